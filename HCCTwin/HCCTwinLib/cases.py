@@ -1,0 +1,125 @@
+"""The ``Case``: pre-treatment phases + masks + clinical values + geometry, as plain numpy data.
+
+Array convention (used everywhere in the engine): numpy arrays are indexed ``[k, j, i]`` (slice, row, column),
+exactly as ``SimpleITK.GetArrayFromImage`` returns them. Physical coordinates follow ITK/DICOM **LPS**;
+:class:`Geometry` converts to Slicer's **RAS** (``ijk_to_ras``) for the scene bridge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+CT_PHASES = ("arterial", "portal")
+MRI_SEQUENCES = ("t1_arterial", "t1_portal", "t1_pre", "t2", "dwi")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Voxel grid: ``shape`` is numpy order (k, j, i); spacing/origin in (x, y, z) mm, LPS; direction row-major 3x3."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        object.__setattr__(self, "origin", tuple(float(s) for s in self.origin))
+        object.__setattr__(self, "direction", tuple(float(s) for s in np.asarray(self.direction).ravel()))
+
+    @property
+    def size_xyz(self) -> tuple[int, int, int]:
+        return (self.shape[2], self.shape[1], self.shape[0])
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def ijk_to_lps(self) -> np.ndarray:
+        """4x4 matrix mapping homogeneous (i, j, k, 1) to LPS millimetres."""
+        m = np.eye(4)
+        m[:3, :3] = self.direction_matrix @ np.diag(self.spacing)
+        m[:3, 3] = self.origin
+        return m
+
+    def ijk_to_ras(self) -> np.ndarray:
+        """4x4 matrix mapping (i, j, k, 1) to RAS millimetres (what Slicer's volume nodes use)."""
+        return LPS_TO_RAS @ self.ijk_to_lps()
+
+    def physical_extent_lps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned bounding box (min, max) in LPS of the voxel centres' grid corners."""
+        nx, ny, nz = self.size_xyz
+        corners = np.array([[i, j, k, 1.0] for i in (-0.5, nx - 0.5) for j in (-0.5, ny - 0.5)
+                            for k in (-0.5, nz - 0.5)])
+        pts = (self.ijk_to_lps() @ corners.T).T[:, :3]
+        return pts.min(axis=0), pts.max(axis=0)
+
+    @classmethod
+    def from_sitk(cls, image) -> Geometry:
+        size = image.GetSize()
+        return cls(shape=(size[2], size[1], size[0]), spacing=image.GetSpacing(), origin=image.GetOrigin(),
+                   direction=image.GetDirection())
+
+    def apply_to(self, image):
+        """Set spacing/origin/direction of a SimpleITK image (whose size must match) and return it."""
+        if tuple(image.GetSize()) != self.size_xyz:
+            raise ValueError(f"image size {image.GetSize()} does not match geometry {self.size_xyz}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def same_grid(self, other: Geometry, tol: float = 1e-4) -> bool:
+        return (self.shape == other.shape
+                and np.allclose(self.spacing, other.spacing, atol=tol)
+                and np.allclose(self.origin, other.origin, atol=tol * 10)
+                and np.allclose(self.direction, other.direction, atol=tol))
+
+
+@dataclass
+class Case:
+    """One patient's pre-treatment study on a single grid.
+
+    ``phases`` maps a phase name ("arterial", "portal", or MRI sequence names) to a float32 array in HU (CT) or
+    scanner units (MRI); all phases and ``labels`` share ``geometry``. ``labels`` uses :mod:`HCCTwinLib.labels`.
+    """
+
+    patient_id: str
+    phases: dict[str, np.ndarray]
+    geometry: Geometry
+    labels: np.ndarray | None = None
+    clinical: dict[str, Any] = field(default_factory=dict)
+    modality: str = "CT"
+    source: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.phases:
+            raise ValueError("a Case needs at least one phase")
+        for name, arr in self.phases.items():
+            if tuple(arr.shape) != self.geometry.shape:
+                raise ValueError(f"phase {name!r} has shape {arr.shape}, geometry says {self.geometry.shape}")
+        if self.labels is not None and tuple(self.labels.shape) != self.geometry.shape:
+            raise ValueError(f"labels have shape {self.labels.shape}, geometry says {self.geometry.shape}")
+
+    @property
+    def phase_names(self) -> list[str]:
+        return list(self.phases)
+
+    @property
+    def reference_phase(self) -> str:
+        """The phase the grid came from: portal venous for CT when present, otherwise the first one."""
+        return "portal" if "portal" in self.phases else next(iter(self.phases))
+
+    def stacked(self, names: tuple[str, ...] | None = None) -> np.ndarray:
+        """Phases as a (C, K, J, I) float32 array in the given order (default: arterial, portal)."""
+        names = names or tuple(n for n in CT_PHASES if n in self.phases) or tuple(self.phases)
+        return np.stack([self.phases[n] for n in names]).astype(np.float32, copy=False)

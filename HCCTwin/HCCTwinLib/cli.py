@@ -1,0 +1,171 @@
+"""``hcctwin`` command line: headless engine for batch work, training, validation and the demo.
+
+Each sub-command lives in one function ``cmd_<name>(args)``; heavy packages are imported lazily so ``hcctwin --help``
+is fast. Errors a user can cause (bad input, wrong units) print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import DISCLAIMER, __version__
+from .errors import HCCTwinError
+
+
+class ProgressBar:
+    """Text progress bar on stderr; the same ``(fraction, message)`` callback the Slicer module uses."""
+
+    def __init__(self, stream=None, width: int = 30):
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.start = time.perf_counter()
+        self._last = ""
+
+    def __call__(self, fraction: float, message: str):
+        filled = int(round(self.width * fraction))
+        line = (f"\r[{'#' * filled}{'.' * (self.width - filled)}] {100 * fraction:5.1f}% "
+                f"{time.perf_counter() - self.start:6.1f}s {message[:60]:<60}")
+        if line != self._last:
+            self.stream.write(line)
+            self.stream.flush()
+            self._last = line
+        if fraction >= 1.0:
+            self.stream.write("\n")
+        return None
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv_list(text)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def read_clinical_row(csv_path: str | Path, patient_id: str) -> dict:
+    """One patient's row of a cohort ``clinical.csv`` as a dict (empty cells dropped)."""
+    import pandas as pd
+
+    from .errors import InputError
+
+    table = pd.read_csv(csv_path, dtype={"patient_id": str})
+    if "patient_id" not in table.columns:
+        raise InputError(f"{csv_path}: no 'patient_id' column; see the cohort layout in the README.")
+    rows = table[table["patient_id"] == str(patient_id)]
+    if rows.empty:
+        raise InputError(f"{csv_path}: patient {patient_id!r} not found ({len(table)} rows).")
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in rows.iloc[0].items() if pd.notna(v)}
+
+
+# ----------------------------------------------------------------------------------------------- sub-commands
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(Path(args.out), seed=args.seed, progress=ProgressBar())
+    print(json.dumps({k: summary[k] for k in ("patient_id", "outputs") if k in summary}, indent=2))
+    print(DISCLAIMER)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .io import load_case
+
+    paths = {k: v for k, v in (("arterial", args.arterial), ("portal", args.portal)) if v}
+    case = load_case(args.pre, paths=paths or None, labels_path=args.labels)
+    g = case.geometry
+    info = {"patient_id": case.patient_id, "modality": case.modality, "phases": case.phase_names,
+            "shape_kji": list(g.shape), "spacing_mm": list(g.spacing), "origin_lps_mm": list(g.origin),
+            "direction": list(g.direction), "sources": case.source,
+            "hu_range": {n: [float(a.min()), float(a.max())] for n, a in case.phases.items()}}
+    if case.labels is not None:
+        from .pipeline import label_volumes_ml
+
+        info["label_volumes_ml"] = label_volumes_ml(case.labels, g.voxel_volume_ml)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_scores(args) -> int:
+    from . import clinical
+
+    values = read_clinical_row(args.clinical, args.patient) if args.clinical else {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        values[key.strip()] = value.strip()
+    scores = clinical.compute_scores(values)
+    regimens = args.regimens or None
+    from .regimens import REGIMEN_IDS
+
+    warnings = {r: clinical.eligibility_warnings(r, values) for r in (regimens or REGIMEN_IDS)}
+    print(json.dumps({"scores": scores, "eligibility_warnings": warnings}, indent=2, default=str))
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .simulate import simulate_cohort
+
+    table = simulate_cohort(args.n, args.seed, Path(args.out), fast=args.fast, progress=ProgressBar(),
+                            write_truth_images=not args.no_truth_images)
+    print(f"wrote {len(table)} patients to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hcctwin",
+        description="HCCTwin: virtual follow-up CT per regimen and survival curves for HCC (headless engine). "
+                    + DISCLAIMER)
+    parser.add_argument("--version", action="version", version=f"hcctwin {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the main job end to end on the embedded default case")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="write a simulated cohort in the HCCTwin cohort layout")
+    p.add_argument("--n", type=int, required=True, help="number of patients")
+    p.add_argument("--seed", type=int, required=True, help="random seed")
+    p.add_argument("--out", required=True, help="output cohort folder")
+    p.add_argument("--fast", action="store_true", help="small volumes (for tests)")
+    p.add_argument("--no-truth-images", action="store_true", help="skip counterfactual follow-up images")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("inspect", help="load and validate a pre-treatment study; print its geometry")
+    p.add_argument("--pre", help="folder with arterial/portal[/labels] files or DICOM series folders")
+    p.add_argument("--arterial", help="arterial phase file or DICOM folder")
+    p.add_argument("--portal", help="portal venous phase file or DICOM folder")
+    p.add_argument("--labels", help="label map file")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("scores", help="clinical scores (ALBI, Child-Pugh, BCLC, HAP, ...) and regimen eligibility")
+    p.add_argument("--clinical", help="clinical.csv of a cohort")
+    p.add_argument("--patient", help="patient_id in clinical.csv")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="clinical values, e.g. bilirubin_umol_l=20")
+    p.add_argument("--regimens", type=_csv_list, help="comma-separated regimen ids (default: all)")
+    p.set_defaults(func=cmd_scores)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except HCCTwinError as exc:
+        print(f"hcctwin {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

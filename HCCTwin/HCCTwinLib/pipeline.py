@@ -1,0 +1,120 @@
+"""The main job on one case: ``run_case(case, regimens, weeks) -> TwinResult`` (pure data, no scene).
+
+Steps grow with the project; each one reports progress through :mod:`HCCTwinLib.progress` and records its wall time
+in ``TwinResult.timings``. A step whose model is not available yet is listed in ``TwinResult.notes`` with the reason,
+never silently faked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import DISCLAIMER, __version__
+from .cases import Case
+from .labels import LABELS, TUMOR_LABELS
+from .progress import ProgressCallback, report
+
+DEFAULT_WEEKS = (8, 16, 24)
+DEFAULT_REGIMENS = ("tace_pd1_len", "haic_pd1_len", "pd1_tki")
+
+
+@dataclass
+class TwinResult:
+    """Everything the scene, the report and the CLI need for one case."""
+
+    case: Case
+    regimens: list[str]
+    weeks: list[int]
+    scores: dict[str, Any] = field(default_factory=dict)
+    eligibility: dict[str, list[str]] = field(default_factory=dict)
+    label_volumes_ml: dict[str, float] = field(default_factory=dict)
+    followups: dict[str, dict[int, Any]] = field(default_factory=dict)
+    survival: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable summary (``result.json``)."""
+        g = self.case.geometry
+        return {
+            "hcctwin_version": __version__,
+            "disclaimer": DISCLAIMER,
+            "patient_id": self.case.patient_id,
+            "modality": self.case.modality,
+            "phases": self.case.phase_names,
+            "geometry": {"shape_kji": list(g.shape), "spacing_mm": list(g.spacing), "origin_lps_mm": list(g.origin),
+                         "direction": list(g.direction)},
+            "regimens": self.regimens,
+            "weeks": self.weeks,
+            "clinical": _jsonable(self.case.clinical),
+            "scores": _jsonable(self.scores),
+            "eligibility_warnings": self.eligibility,
+            "label_volumes_ml": self.label_volumes_ml,
+            "survival": _jsonable(self.survival),
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "notes": self.notes,
+        }
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.summary(), indent=2))
+        return path
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def label_volumes_ml(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, float]:
+    counts = np.bincount(labels.ravel(), minlength=max(info.value for info in LABELS) + 1)
+    out = {info.key: round(float(counts[info.value]) * voxel_volume_ml, 2) for info in LABELS}
+    out["tumor_total"] = round(sum(float(counts[v]) for v in TUMOR_LABELS) * voxel_volume_ml, 2)
+    return out
+
+
+def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *,
+             progress: ProgressCallback | None = None) -> TwinResult:
+    """Run every step that exists on one case and return the result as data."""
+    from . import clinical
+    from . import regimens as regimen_catalogue
+
+    catalogue = regimen_catalogue.load_catalogue()
+    unknown = [r for r in regimens if r not in catalogue]
+    if unknown:
+        raise ValueError(f"unknown regimen(s) {unknown}; known: {', '.join(catalogue)}")
+    result = TwinResult(case=case, regimens=list(regimens), weeks=[int(w) for w in weeks])
+
+    t0 = time.perf_counter()
+    report(progress, 0.05, "Clinical scores and eligibility")
+    if case.clinical:
+        result.scores = clinical.compute_scores(case.clinical)
+        result.eligibility = {r: clinical.eligibility_warnings(r, case.clinical) for r in regimens}
+    else:
+        result.notes.append("No clinical values given: scores, eligibility and survival need them.")
+    result.timings["clinical"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report(progress, 0.2, "Segmentation")
+    if case.labels is not None:
+        result.label_volumes_ml = label_volumes_ml(case.labels, case.geometry.voxel_volume_ml)
+    else:
+        result.notes.append("No segmentation given and no segmentation model is installed yet.")
+    result.timings["segmentation"] = time.perf_counter() - t0
+
+    result.notes.append("Virtual follow-ups and per-regimen survival are not available yet in this version "
+                        "(no generator or survival model shipped).")
+    report(progress, 1.0, "Done")
+    return result

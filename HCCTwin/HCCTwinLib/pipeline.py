@@ -25,6 +25,21 @@ DEFAULT_REGIMENS = ("tace_pd1_len", "haic_pd1_len", "pd1_tki")
 
 
 @dataclass
+class FollowUp:
+    """One follow-up time point on the pre-treatment grid: observed (real, registered) or virtual (generated).
+
+    ``phases`` maps phase name to HU array; ``std`` (virtual only) the per-voxel standard deviation over samples.
+    """
+
+    weeks: int
+    phases: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    std: dict[str, np.ndarray] = field(default_factory=dict)
+    kind: str = "virtual"  # "virtual" or "observed"
+    regimen: str | None = None
+
+
+@dataclass
 class TwinResult:
     """Everything the scene, the report and the CLI need for one case."""
 
@@ -34,7 +49,8 @@ class TwinResult:
     scores: dict[str, Any] = field(default_factory=dict)
     eligibility: dict[str, list[str]] = field(default_factory=dict)
     label_volumes_ml: dict[str, float] = field(default_factory=dict)
-    followups: dict[str, dict[int, Any]] = field(default_factory=dict)
+    followups: dict[str, dict[int, FollowUp]] = field(default_factory=dict)
+    real_followup: FollowUp | None = None
     survival: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -56,6 +72,11 @@ class TwinResult:
             "scores": _jsonable(self.scores),
             "eligibility_warnings": self.eligibility,
             "label_volumes_ml": self.label_volumes_ml,
+            "real_followup": ({"weeks": self.real_followup.weeks, "regimen": self.real_followup.regimen,
+                               "label_volumes_ml": label_volumes_ml(self.real_followup.labels,
+                                                                    self.case.geometry.voxel_volume_ml)
+                               if self.real_followup.labels is not None else None}
+                              if self.real_followup else None),
             "survival": _jsonable(self.survival),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "notes": self.notes,
@@ -85,9 +106,13 @@ def label_volumes_ml(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, fl
     return out
 
 
-def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *,
+def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real_followup: FollowUp | None = None,
              progress: ProgressCallback | None = None) -> TwinResult:
-    """Run every step that exists on one case and return the result as data."""
+    """Run every step that exists on one case and return the result as data.
+
+    ``real_followup`` is an observed follow-up already on the case's grid; it is carried into the result for display
+    and comparison.
+    """
     from . import clinical
     from . import regimens as regimen_catalogue
 
@@ -95,7 +120,13 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *,
     unknown = [r for r in regimens if r not in catalogue]
     if unknown:
         raise ValueError(f"unknown regimen(s) {unknown}; known: {', '.join(catalogue)}")
-    result = TwinResult(case=case, regimens=list(regimens), weeks=[int(w) for w in weeks])
+    result = TwinResult(case=case, regimens=list(regimens), weeks=[int(w) for w in weeks],
+                        real_followup=real_followup)
+    if real_followup is not None:
+        for name, arr in real_followup.phases.items():
+            if arr.shape != case.geometry.shape:
+                raise ValueError(f"real follow-up phase {name!r} has shape {arr.shape}; register it onto the "
+                                 f"pre-treatment grid {case.geometry.shape} first")
 
     t0 = time.perf_counter()
     report(progress, 0.05, "Clinical scores and eligibility")

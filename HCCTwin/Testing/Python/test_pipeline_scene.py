@@ -1,0 +1,125 @@
+"""Pipeline -> TwinResult -> scene (headless slicer-core): the same checks the Slicer self-test runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from HCCTwinLib.cases import Case, Geometry
+from HCCTwinLib.pipeline import FollowUp, run_case
+from HCCTwinLib.scene import layout as L
+from HCCTwinLib.scene import selftest
+from HCCTwinLib.scene.build import show_result
+from HCCTwinLib.scene.nodes import array_and_geometry_from_volume
+
+from conftest import make_phantom
+
+CLINICAL = {"age_years": 61, "sex": "M", "ecog": 1, "albumin_g_l": 36.0, "bilirubin_umol_l": 21.0, "inr": 1.2,
+            "ascites": "none", "encephalopathy": "none", "afp_ng_ml": 650.0, "n_tumors": 2, "max_diameter_mm": 74.0,
+            "pvtt": 1, "extrahepatic_spread": 0, "resectable": 0}
+
+
+def phantom_case(flip=False):
+    hu, labels = make_phantom((20, 40, 44))
+    direction = (-1, 0, 0, 0, -1, 0, 0, 0, 1) if flip else (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    geom = Geometry(shape=hu.shape, spacing=(0.9, 0.9, 3.0), origin=(10.0, -20.0, 30.0), direction=direction)
+    case = Case("PH01", {"arterial": hu + 20, "portal": hu}, geom, labels=labels, clinical=dict(CLINICAL))
+    shrunk = labels.copy()
+    shrunk[(labels == 2) & (np.random.default_rng(0).random(labels.shape) < 0.5)] = 3
+    follow = FollowUp(weeks=8, phases={"arterial": hu + 10, "portal": hu - 5}, labels=shrunk, kind="observed",
+                      regimen="tace_pd1_len")
+    return case, follow
+
+
+@pytest.fixture(scope="module")
+def app():
+    from HCCTwinLib.scene.headless import HeadlessSlicer
+
+    a = HeadlessSlicer()
+    a.slice_views(L.COMPARE_VIEWS)
+    yield a
+    a.close()
+
+
+def test_run_case_result_is_complete_data(tmp_path):
+    case, follow = phantom_case()
+    result = run_case(case, real_followup=follow)
+    assert result.scores["bclc"] == "C"  # PVTT -> BCLC C
+    assert result.scores["child_pugh_class"] == "A"
+    assert set(result.eligibility) == {"tace_pd1_len", "haic_pd1_len", "pd1_tki"}
+    assert result.label_volumes_ml["viable_tumor"] > 0
+    summary = json.loads(result.write_json(tmp_path / "r.json").read_text())
+    assert summary["patient_id"] == "PH01" and "not for clinical use" in summary["disclaimer"]
+    assert summary["real_followup"]["label_volumes_ml"]["necrosis"] > 0
+    assert any("not available" in n for n in summary["notes"])  # honest about what does not exist yet
+
+
+def test_run_case_rejects_unknown_regimen_and_off_grid_followup():
+    case, follow = phantom_case()
+    with pytest.raises(ValueError, match="unknown regimen"):
+        run_case(case, regimens=["chemo_x"])
+    follow.phases["portal"] = follow.phases["portal"][:-1]
+    with pytest.raises(ValueError, match="register it"):
+        run_case(case, real_followup=follow)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_selftest_checks_pass_headless(app, flip):
+    app.clear()
+    case, follow = phantom_case(flip)
+    layout_node = L.layout_node_of(app.scene)
+    failures = selftest.run_all(app.scene, app.segmentations_logic, layout_node=layout_node,
+                                sequences_logic=app.sequences_logic, case=case, real_followup=follow)
+    assert failures == {}
+
+
+def test_selftest_detects_a_broken_scene(app, monkeypatch):
+    """The checks can fail: corrupt the geometry that show_result writes and the volume check must report it."""
+    import HCCTwinLib.scene.build as build
+
+    original = build.add_volume
+
+    def shifted(scene, array, geometry, name, **kw):
+        g = Geometry(geometry.shape, geometry.spacing, tuple(o + 5 for o in geometry.origin), geometry.direction)
+        return original(scene, array, g, name, **kw)
+
+    monkeypatch.setattr(build, "add_volume", shifted)
+    app.clear()
+    case, follow = phantom_case()
+    failures = selftest.run_all(app.scene, app.segmentations_logic, case=case, real_followup=follow)
+    assert "volumes" in failures and "geometry changed" in failures["volumes"]
+
+
+def test_virtual_followups_become_browsable_sequences(app):
+    app.clear()
+    case, follow = phantom_case()
+    result = run_case(case, real_followup=follow)
+    for k, regimen in enumerate(["tace_pd1_len", "haic_pd1_len"]):
+        result.followups[regimen] = {w: FollowUp(w, {"portal": case.phases["portal"] - (k + 1) * w}, regimen=regimen)
+                                     for w in (8, 16, 24)}
+    ids = show_result(app.scene, result, segmentations_logic=app.segmentations_logic,
+                      sequences_logic=app.sequences_logic)
+    assert set(ids.virtual_sequences) == {"tace_pd1_len", "haic_pd1_len"}
+    browser = app.scene.GetNodeByID(ids.virtual_browsers["haic_pd1_len"])
+    seq = app.scene.GetNodeByID(ids.virtual_sequences["haic_pd1_len"])
+    browser.SetSelectedItemNumber(2)
+    array, geom = array_and_geometry_from_volume(browser.GetProxyNode(seq))
+    np.testing.assert_allclose(array, case.phases["portal"] - 2 * 24)
+    assert geom.same_grid(case.geometry)
+    assert L.slice_composite_node(app.scene, L.VIRTUAL_VIEW).GetBackgroundVolumeID() == ids.virtual_proxies[
+        "tace_pd1_len"]
+
+
+def test_rerun_reuses_nodes_and_keeps_user_segmentation(app):
+    app.clear()
+    case, follow = phantom_case()
+    result = run_case(case, real_followup=follow)
+    first = show_result(app.scene, result, segmentations_logic=app.segmentations_logic)
+    n_nodes = app.scene.GetNumberOfNodes()
+    user_seg = app.scene.GetNodeByID(first.segmentation)
+    user_seg.SetName("corrected by the radiologist")
+    second = show_result(app.scene, result, segmentations_logic=app.segmentations_logic, segmentation_node=user_seg)
+    assert second.pre == first.pre and second.segmentation == first.segmentation
+    assert app.scene.GetNumberOfNodes() <= n_nodes + 1  # only a new results table version, no duplicate volumes

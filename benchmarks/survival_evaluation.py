@@ -1,0 +1,442 @@
+"""Survival / decision engine evaluation on a simulated cohort with known truth (issue 6 "Numbers").
+
+    python benchmarks/survival_evaluation.py --cohort COHORT_DIR [--holdout-cohort DIR] [--out benchmarks/results]
+        [--dev-fraction 0.5] [--seed 0] [--bootstrap 50] [--no-images] [--deep-features CSV]
+
+Fits on a development split (or the whole ``--cohort`` when ``--holdout-cohort`` is given) and evaluates on the
+hold-out (the issue asks for >= 300 hold-out patients): OS Harrell/Uno C vs the oracle, time-dependent AUC at
+12/24 months, IBS vs the Kaplan-Meier null, ICI at 12/24 months, PEHE of the RMST-24 differences, recommendation
+accuracy where the true RMST-24 difference exceeds 2 months, the 8-week landmark model vs the baseline model, the
+2-year metastasis AUC with a decision curve, and every model vs the best established score. Writes
+``OUT/survival_evaluation.md`` and ``OUT/survival_evaluation.json``.
+
+Oracle: a per-patient true risk column (``true_lp``, ``true_risk``, ... in clinical.csv or truth/*.csv) when the
+simulator provides one, else minus the true RMST-24 of the received regimen from ``truth/counterfactuals.csv``.
+Synthetic data, demo models: not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
+
+from HCCTwinLib import DISCLAIMER  # noqa: E402
+from HCCTwinLib.survival import metrics as M  # noqa: E402
+from HCCTwinLib.survival.features import (  # noqa: E402
+    DEFAULT_COVARIATES,
+    SCORE_BASELINES,
+    clinical_features,
+    imaging_features,
+    radiomics_features,
+    response_features,
+)
+from HCCTwinLib.survival.models import (  # noqa: E402
+    LandmarkModel,
+    MetastasisModel,
+    PerRegimenSurvival,
+    landmark_dataset,
+)
+
+ORACLE_COLUMNS = ("true_lp", "true_risk", "true_linear_predictor", "true_log_hazard", "oracle_risk", "true_hazard")
+TACE = "tace_pd1_len"
+THRESHOLDS = {"c_gap_to_oracle": 0.03, "ici": 0.05, "recommendation_accuracy": 0.80, "metastasis_auc": 0.80}
+MET_CLINICAL = ("max_diameter_cm", "n_tumors", "log_afp", "pvtt", "albi_score")
+RADIOMICS_KEYS = ("fo_mean", "fo_sd", "fo_entropy", "fo_skewness", "shape_sphericity", "shape_elongation",
+                  "glcm_contrast", "glcm_homogeneity")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------
+
+def load_cohort(cohort: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    clinical = pd.read_csv(cohort / "clinical.csv")
+    cf_path = cohort / "truth" / "counterfactuals.csv"
+    cf = pd.read_csv(cf_path) if cf_path.is_file() else None
+    return clinical, cf
+
+
+def find_oracle(cohort: Path, clinical: pd.DataFrame, cf: pd.DataFrame | None) -> tuple[str, pd.Series | None]:
+    """(description, risk per patient_id; higher = worse)."""
+    for col in ORACLE_COLUMNS:
+        if col in clinical.columns:
+            return f"clinical.csv:{col}", clinical.set_index("patient_id")[col].astype(float)
+    for path in sorted((cohort / "truth").glob("*.csv")) if (cohort / "truth").is_dir() else []:
+        table = pd.read_csv(path)
+        for col in ORACLE_COLUMNS:
+            if col in table.columns and "patient_id" in table.columns:
+                if "regimen" in table.columns:
+                    table = table.merge(clinical[["patient_id", "regimen"]], on=["patient_id", "regimen"])
+                return f"{path.name}:{col}", table.set_index("patient_id")[col].astype(float)
+    if cf is not None and "rmst24_months" in cf.columns:
+        got = cf.merge(clinical[["patient_id", "regimen"]], on=["patient_id", "regimen"])
+        return "-rmst24_months of the received regimen (truth/counterfactuals.csv)", \
+            -got.set_index("patient_id")["rmst24_months"].astype(float)
+    return "none available", None
+
+
+def _read_labels(folder: Path):
+    import SimpleITK as sitk
+
+    from HCCTwinLib.cases import Geometry
+
+    out = {}
+    for name in ("labels", "arterial", "portal"):
+        for ext in (".nii.gz", ".nrrd", ".mha", ".nii"):
+            p = folder / f"{name}{ext}"
+            if p.is_file():
+                img = sitk.ReadImage(str(p))
+                out[name] = sitk.GetArrayFromImage(img)
+                out["geometry"] = Geometry.from_sitk(img)
+                break
+    return out
+
+
+def _viable_only(labels: np.ndarray) -> np.ndarray:
+    lab = labels.copy()
+    lab[lab == 3] = 1
+    return lab
+
+
+def image_features(cohort: Path, patient_ids, weeks=(8, 16)) -> pd.DataFrame:
+    """Imaging + radiomics at baseline and response features at the follow-ups, from the cohort's label maps
+    (mRECIST category approximated from the viable diameters: CR none left, PR <= -30%, PD >= +20%)."""
+    rows = []
+    for pid in patient_ids:
+        case = cohort / "cases" / str(pid)
+        pre = _read_labels(case / "pre")
+        if "labels" not in pre:
+            continue
+        g = pre["geometry"]
+        row: dict[str, Any] = {"patient_id": pid}
+        base = imaging_features(pre["labels"], g, pre.get("arterial"), pre.get("portal"))
+        row.update({f"img_{k}": v for k, v in base.items()})
+        tumor = np.isin(pre["labels"], (2, 3))
+        if "arterial" in pre and tumor.sum() >= 2:
+            rad = radiomics_features(pre["arterial"], tumor, g)
+            row.update({f"rad_{k}": rad[k] for k in RADIOMICS_KEYS})
+        via = imaging_features(_viable_only(pre["labels"]), g)
+        readings = {0: {"viable_volume_ml": base["viable_volume_ml"], "sum_viable_mm": via["sum_diameter_mm"],
+                        "tumor_volume_ml": base["tumor_volume_ml"]}}
+        for w in weeks:
+            fu = _read_labels(case / "followup" / f"w{w:02d}")
+            if "labels" not in fu:
+                continue
+            f_all = imaging_features(fu["labels"], fu["geometry"])
+            f_via = imaging_features(_viable_only(fu["labels"]), fu["geometry"])
+            change = ((f_via["sum_diameter_mm"] - readings[0]["sum_viable_mm"]) / readings[0]["sum_viable_mm"]
+                      if readings[0]["sum_viable_mm"] > 0 else 0.0)
+            cat = "CR" if f_all["viable_volume_ml"] == 0 else "PR" if change <= -0.3 else "PD" if change >= 0.2 \
+                else "SD"
+            readings[w] = {"viable_volume_ml": f_all["viable_volume_ml"], "sum_viable_mm": f_via["sum_diameter_mm"],
+                           "tumor_volume_ml": f_all["tumor_volume_ml"], "category_mrecist": cat}
+        row.update(response_features(readings, weeks=weeks))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+def split_dev_holdout(n: int, dev_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    k = int(round(n * dev_fraction))
+    return np.sort(perm[:k]), np.sort(perm[k:])
+
+
+def _c_pair(t, e, r, tau, tt, te) -> dict[str, float]:
+    return {"harrell_c": M.harrell_c(t, e, r), "uno_c": M.uno_c(t, e, r, tau=tau, train_time=tt, train_event=te)}
+
+
+def evaluate(clinical: pd.DataFrame, cf: pd.DataFrame | None, oracle: pd.Series | None, dev_idx, hold_idx,
+             extra: pd.DataFrame | None = None, n_bootstrap: int = 50, seed: int = 0,
+             covariates=DEFAULT_COVARIATES, oracle_name: str = "") -> dict[str, Any]:
+    """All numbers of the issue on one dev / hold-out split. ``extra``: per-patient image / response / deep
+    feature columns keyed by ``patient_id`` (optional)."""
+    res: dict[str, Any] = {"notes": [], "disclaimer": DISCLAIMER}
+    feats, notes = clinical_features(clinical)
+    res["notes"] += notes
+    data = feats.copy()
+    for c in ("patient_id", "regimen", "os_months", "os_event", "pfs_months", "pfs_event", "metastasis_months",
+              "metastasis_event"):
+        if c in clinical.columns:
+            data[c] = clinical[c].values
+    if extra is not None and len(extra):
+        data = data.merge(extra, on="patient_id", how="left")
+        data.index = feats.index
+    dev, hold = data.iloc[dev_idx], data.iloc[hold_idx]
+    res["n_dev"], res["n_holdout"] = len(dev), len(hold)
+    if len(hold) < 300:
+        res["notes"].append(f"hold-out has {len(hold)} patients; the issue asks for at least 300.")
+    t_d, e_d = dev["os_months"].to_numpy(float), dev["os_event"].to_numpy(float)
+    t_h, e_h = hold["os_months"].to_numpy(float), hold["os_event"].to_numpy(float)
+    tau = float(np.quantile(t_h, 0.9))
+    res["uno_tau_months"] = tau
+
+    # --- per-regimen OS model ---
+    t0 = time.perf_counter()
+    model = PerRegimenSurvival(n_bootstrap=n_bootstrap, seed=seed).fit(dev, "os_months", "os_event", "regimen",
+                                                                        list(covariates))
+    res["fit_seconds"] = time.perf_counter() - t0
+    res["penalizer"] = model.penalizer_
+    hold = hold[hold["regimen"].astype(str).isin(model.regimens_)]
+    t_h, e_h = hold["os_months"].to_numpy(float), hold["os_event"].to_numpy(float)
+    risk = model.predict_risk(hold)
+    os_res: dict[str, Any] = {"model": _c_pair(t_h, e_h, risk, tau, t_d, e_d)}
+    if oracle is not None:
+        o = oracle.reindex(hold["patient_id"]).to_numpy(float)
+        ok = np.isfinite(o)
+        os_res["oracle"] = _c_pair(t_h[ok], e_h[ok], o[ok], tau, t_d, e_d)
+        os_res["oracle_source"] = oracle_name
+        os_res["model_same_patients"] = _c_pair(t_h[ok], e_h[ok], risk[ok], tau, t_d, e_d)
+        for k in ("harrell_c", "uno_c"):
+            gap = os_res["oracle"][k] - os_res["model_same_patients"][k]
+            os_res[f"{k}_gap_to_oracle"] = gap
+            os_res[f"{k}_within_0.03"] = bool(gap <= THRESHOLDS["c_gap_to_oracle"])
+    os_res["td_auc"] = {str(t): M.time_dependent_auc(t_h, e_h, risk, t, t_d, e_d) for t in (12, 24)}
+    grid = np.linspace(1, min(36.0, float(np.quantile(t_h, 0.95))), 36)
+    surv = model.predict_survival(hold, grid)
+    ibs = M.integrated_brier(t_h, e_h, surv, grid, t_d, e_d)
+    ibs_null = M.integrated_brier(t_h, e_h, M.km_null_survival(t_d, e_d, grid, len(t_h)), grid, t_d, e_d)
+    os_res["ibs"] = {"model": ibs, "km_null": ibs_null, "below_null": bool(ibs < ibs_null), "grid_months":
+                     [float(grid[0]), float(grid[-1])]}
+    os_res["ici"] = {}
+    for t in (12, 24):
+        p = 1 - model.predict_survival(hold, [t])[:, 0]
+        cal = M.ici(t_h, e_h, p, t)
+        os_res["ici"][str(t)] = {**cal, "pass": bool(cal["ici"] <= THRESHOLDS["ici"])}
+    scores = {name: hold[col].to_numpy(float) for name, col in SCORE_BASELINES.items()}
+    os_res["baselines"] = {name: _c_pair(t_h, e_h, s, tau, t_d, e_d) for name, s in scores.items()}
+    best = max(scores, key=lambda k: os_res["baselines"][k]["harrell_c"])
+    os_res["best_baseline"] = best
+    os_res["model_beats_best_baseline"] = bool(os_res["model"]["harrell_c"] > os_res["baselines"][best]["harrell_c"])
+    p24 = 1 - model.predict_survival(hold, [24.0])[:, 0]
+    os_res["decision_curve_24"] = M.decision_curve_survival(t_h, e_h, p24, 24.0, np.arange(0.05, 0.96, 0.05))
+    os_res["km_by_risk_group"] = M.km_by_risk_group(t_h, e_h, risk, times=np.linspace(0, 36, 37))
+    res["os"] = os_res
+
+    # --- treatment effect: PEHE and recommendation ---
+    if cf is not None and "rmst24_months" in cf.columns:
+        res["effect"] = _effect(model, hold, cf)
+    else:
+        res["notes"].append("no truth/counterfactuals.csv with rmst24_months: PEHE and recommendation not measured.")
+
+    # --- dynamic (landmark) model at 8 weeks ---
+    resp8 = [c for c in ("rel_change_viable_volume_w08", "rel_change_sum_viable_w08", "mrecist_w08")
+             if c in data.columns and data[c].notna().any()]
+    if resp8:
+        res["landmark_8w"] = _landmark(dev, hold, covariates, resp8, tau)
+    else:
+        res["notes"].append("no follow-up response features (images not read): the 8-week landmark model is not "
+                            "measured.")
+
+    # --- metastasis after TACE ---
+    if "metastasis_event" in data.columns:
+        res["metastasis"] = _metastasis(dev, hold, data, seed)
+    return res
+
+
+def _effect(model: PerRegimenSurvival, hold: pd.DataFrame, cf: pd.DataFrame) -> dict[str, Any]:
+    wide = cf.pivot_table(index="patient_id", columns="regimen", values="rmst24_months")
+    regs = [r for r in model.regimens_ if r in wide.columns]
+    hold = hold[hold["patient_id"].isin(wide.index)]
+    point, boot = model.rmst_matrix(hold, regs)
+    truth = wide.reindex(hold["patient_id"])[regs].to_numpy(float)
+    sq, per_pair = [], {}
+    for a, b in combinations(range(len(regs)), 2):
+        ok = np.isfinite(truth[:, a]) & np.isfinite(truth[:, b])
+        if not ok.any():
+            continue
+        err = (point[ok, a] - point[ok, b]) - (truth[ok, a] - truth[ok, b])
+        per_pair[f"{regs[a]} - {regs[b]}"] = {"pehe_months": float(np.sqrt(np.mean(err ** 2))), "n": int(ok.sum())}
+        sq.append(err ** 2)
+    out: dict[str, Any] = {"pehe_months": float(np.sqrt(np.mean(np.concatenate(sq)))) if sq else float("nan"),
+                           "per_pair": per_pair, "regimens": regs}
+    correct, n_clear, correct_prob = 0, 0, 0
+    for i in range(len(hold)):
+        ok = np.isfinite(truth[i])
+        if ok.sum() < 2:
+            continue
+        tv = np.where(ok, truth[i], -np.inf)
+        order = np.argsort(tv)[::-1]
+        if tv[order[0]] - tv[order[1]] <= 2.0:
+            continue
+        n_clear += 1
+        pv = np.where(ok, point[i], -np.inf)
+        correct += int(np.argmax(pv) == order[0])
+        if len(boot):
+            bv = np.where(ok, boot[:, i, :], -np.inf)
+            share = np.bincount(np.argmax(bv, axis=1), minlength=len(regs))
+            correct_prob += int(np.argmax(share) == order[0])
+    acc = correct / n_clear if n_clear else float("nan")
+    out["recommendation"] = {"n_clear_difference_gt_2_months": n_clear, "accuracy_point_rmst": acc,
+                             "accuracy_prob_best": correct_prob / n_clear if (n_clear and len(boot)) else None,
+                             "pass": bool(n_clear and acc >= THRESHOLDS["recommendation_accuracy"])}
+    return out
+
+
+def _landmark(dev, hold, covariates, resp, tau) -> dict[str, Any]:
+    lmm = LandmarkModel(landmarks_weeks=(8,)).fit(dev, "os_months", "os_event", list(covariates), {8: resp},
+                                                  regimen_col="regimen")
+    base = PerRegimenSurvival(n_bootstrap=0, penalizers=(0.1,)).fit(dev, "os_months", "os_event", "regimen",
+                                                                      list(covariates))
+    lm_dev = landmark_dataset(dev, "os_months", "os_event", 8)
+    lm_hold = landmark_dataset(hold, "os_months", "os_event", 8)
+    lm_hold = lm_hold[lm_hold["regimen"].astype(str).isin(base.regimens_)]
+    t, e = lm_hold["os_months"].to_numpy(float), lm_hold["os_event"].to_numpy(float)
+    td, ed = lm_dev["os_months"].to_numpy(float), lm_dev["os_event"].to_numpy(float)
+    dyn = _c_pair(t, e, lmm.predict_risk(lm_hold, 8), tau, td, ed)
+    bas = _c_pair(t, e, base.predict_risk(lm_hold), tau, td, ed)
+    return {"n_at_risk_holdout": len(lm_hold), "response_features": resp, "dynamic": dyn, "baseline_model": bas,
+            "beats_baseline": bool(dyn["harrell_c"] > bas["harrell_c"]), "notes": lmm.notes_}
+
+
+def _metastasis(dev, hold, data, seed) -> dict[str, Any]:
+    feats = list(MET_CLINICAL) + [c for c in data.columns if c.startswith(("rad_", "deep_"))
+                                  and data[c].notna().mean() > 0.9]
+    out: dict[str, Any] = {"features": feats}
+    for name, d, h in (("tace_only", dev[dev["regimen"] == TACE], hold[hold["regimen"] == TACE]),
+                       ("all_regimens", dev, hold)):
+        try:
+            mm = MetastasisModel(n_bootstrap=0, seed=seed).fit(d, feats)
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            out[name] = {"error": str(exc)}
+            continue
+        y, keep = MetastasisModel.binary_target(h)
+        h, y = h[keep], y[keep]
+        p = mm.predict_proba(h)
+        entry = {"n_dev_used": mm.n_used_, "n_dev_excluded": mm.n_excluded_, "n_holdout": int(len(h)),
+                 "n_holdout_events": int(y.sum()), "auc": M.binary_auc(y, p),
+                 "pass": bool(M.binary_auc(y, p) >= THRESHOLDS["metastasis_auc"]),
+                 "baselines_auc": {k: M.binary_auc(y, h[c].to_numpy(float)) for k, c in SCORE_BASELINES.items()},
+                 "decision_curve": M.decision_curve(y, p, np.arange(0.05, 0.65, 0.05)),
+                 "points_table": mm.points_table(3).to_dict(orient="records")}
+        entry["beats_best_baseline"] = bool(entry["auc"] > max(entry["baselines_auc"].values()))
+        out[name] = entry
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------------
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    return obj
+
+
+def _f(x, nd=3):
+    return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
+
+
+def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = out_dir / "survival_evaluation.json", out_dir / "survival_evaluation.md"
+    jpath.write_text(json.dumps(_json_safe(res), indent=2))
+    o = res["os"]
+    lines = ["# Survival engine evaluation (issue 6)", "", f"_{DISCLAIMER}_", "",
+             f"Machine: {res.get('machine', platform.platform())}; date {res.get('date', time.strftime('%Y-%m-%d'))};"
+             f" cohort `{res.get('cohort', '?')}`; dev {res['n_dev']} / hold-out {res['n_holdout']} patients;"
+             f" bootstrap B = {res.get('n_bootstrap', '?')}; penalty {res.get('penalizer')}.", "",
+             "| OS metric (hold-out) | value | target |", "|---|---|---|",
+             f"| Harrell C model | {_f(o['model']['harrell_c'])} | oracle - 0.03 |",
+             f"| Uno C model (tau {_f(res['uno_tau_months'], 1)} mo) | {_f(o['model']['uno_c'])} | oracle - 0.03 |"]
+    if "oracle" in o:
+        lines += [f"| Harrell / Uno C oracle ({o['oracle_source']}) | {_f(o['oracle']['harrell_c'])} / "
+                  f"{_f(o['oracle']['uno_c'])} | |",
+                  f"| gap to oracle Harrell / Uno | {_f(o['harrell_c_gap_to_oracle'])} / {_f(o['uno_c_gap_to_oracle'])}"
+                  f" | <= 0.03 |"]
+    lines += [f"| time-dependent AUC 12 / 24 mo | {_f(o['td_auc']['12'])} / {_f(o['td_auc']['24'])} | reported |",
+              f"| IBS model vs KM null | {_f(o['ibs']['model'])} vs {_f(o['ibs']['km_null'])} | below null |",
+              f"| ICI 12 / 24 mo | {_f(o['ici']['12']['ici'])} / {_f(o['ici']['24']['ici'])} | <= 0.05 |",
+              f"| best established score ({o['best_baseline']}) Harrell C | "
+              f"{_f(o['baselines'][o['best_baseline']]['harrell_c'])} | model beats it |"]
+    lines += ["", "| Established score | Harrell C | Uno C |", "|---|---|---|"]
+    lines += [f"| {k} | {_f(v['harrell_c'])} | {_f(v['uno_c'])} |" for k, v in o["baselines"].items()]
+    if "effect" in res:
+        ef = res["effect"]
+        rec = ef["recommendation"]
+        lines += ["", f"PEHE (RMST-24 differences, all regimen pairs): {_f(ef['pehe_months'], 2)} months.",
+                  f"Recommendation = truly best regimen in {_f(rec['accuracy_point_rmst'])} of "
+                  f"{rec['n_clear_difference_gt_2_months']} patients with a true RMST-24 difference > 2 months "
+                  f"(target >= 0.80; by probability-best: {_f(rec['accuracy_prob_best'])})."]
+    if "landmark_8w" in res:
+        lm = res["landmark_8w"]
+        lines += ["", f"8-week landmark model Harrell C {_f(lm['dynamic']['harrell_c'])} vs baseline model "
+                  f"{_f(lm['baseline_model']['harrell_c'])} on {lm['n_at_risk_holdout']} hold-out patients at risk."]
+    if "metastasis" in res:
+        for name in ("tace_only", "all_regimens"):
+            m = res["metastasis"].get(name, {})
+            if "auc" in m:
+                lines += ["", f"Metastasis ({name}): AUC {_f(m['auc'])} on {m['n_holdout']} hold-out patients "
+                          f"({m['n_holdout_events']} events; target >= 0.80); best score AUC "
+                          f"{_f(max(m['baselines_auc'].values()))}. Decision curve in the JSON."]
+    lines += ["", "Notes:"] + [f"- {n}" for n in res["notes"]]
+    mpath.write_text("\n".join(lines) + "\n")
+    return mpath, jpath
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cohort", required=True, type=Path)
+    ap.add_argument("--holdout-cohort", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--dev-fraction", type=float, default=0.5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bootstrap", type=int, default=50)
+    ap.add_argument("--no-images", action="store_true", help="skip reading label maps (no landmark/radiomics)")
+    ap.add_argument("--deep-features", type=Path, default=None, help="CSV: patient_id + deep_* columns")
+    args = ap.parse_args(argv)
+    clinical, cf = load_cohort(args.cohort)
+    cohorts = [(args.cohort, clinical, cf)]
+    if args.holdout_cohort:
+        hc, hcf = load_cohort(args.holdout_cohort)
+        cohorts.append((args.holdout_cohort, hc, hcf))
+        clinical = pd.concat([clinical, hc], ignore_index=True)
+        cf = pd.concat([cf, hcf], ignore_index=True) if cf is not None and hcf is not None else None
+        dev_idx, hold_idx = np.arange(len(cohorts[0][1])), np.arange(len(cohorts[0][1]), len(clinical))
+    else:
+        dev_idx, hold_idx = split_dev_holdout(len(clinical), args.dev_fraction, args.seed)
+    oracle_name, oracle = find_oracle(cohorts[-1][0], clinical, cf)
+    extra = None
+    if not args.no_images:
+        parts = [image_features(d, c["patient_id"]) for d, c, _ in cohorts]
+        extra = pd.concat(parts, ignore_index=True) if parts else None
+    if args.deep_features is not None:
+        deep = pd.read_csv(args.deep_features)
+        extra = deep if extra is None or not len(extra) else extra.merge(deep, on="patient_id", how="outer")
+    res = evaluate(clinical, cf, oracle, dev_idx, hold_idx, extra, args.bootstrap, args.seed,
+                   oracle_name=oracle_name)
+    res.update({"cohort": str(args.cohort), "holdout_cohort": str(args.holdout_cohort or ""),
+                "n_bootstrap": args.bootstrap, "machine": f"{platform.node()} {platform.platform()}",
+                "date": time.strftime("%Y-%m-%d")})
+    mpath, _ = write_report(res, args.out)
+    print(mpath.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""Compute device selection for the in-process models (segmentation, generator).
+
+Rules (as in the Slicer extensions we imitate): CUDA when torch was built with it and a GPU is visible, otherwise
+CPU with a message the UI shows; asking for CUDA on a machine without it falls back to CPU with a warning message,
+never an exception; Apple MPS is never used for 3D networks (it lacks or emulates the 3D ops and is slower than the
+CPU). A CUDA out-of-memory error during a step falls back to the CPU for that step (:func:`call_with_cpu_fallback`).
+
+torch is imported lazily inside the functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .errors import HCCTwinError
+
+#: Below this much GPU memory (GiB) the full-resolution 3D models may not fit; the UI offers the CPU or a coarse run.
+MIN_GPU_MEMORY_GB = 4.0
+
+_VALID = ("auto", "cpu", "cuda", "mps")
+
+
+def cuda_usable() -> bool:
+    """True when this torch build has CUDA and a GPU is visible."""
+    import torch
+
+    try:
+        return bool(torch.backends.cuda.is_built() and torch.cuda.is_available())
+    except Exception:  # pragma: no cover - broken driver installs raise here
+        return False
+
+
+def select_device(requested: str | None = "auto") -> tuple[Any, str]:
+    """Return ``(torch.device, message)`` for ``requested`` in ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"``.
+
+    ``"auto"`` (or None) honours the environment variable ``HCCTWIN_DEVICE`` when set. Never raises for a device that
+    is merely unavailable: the message says what was chosen and why.
+    """
+    import torch
+
+    req = (requested or "auto").strip().lower()
+    if req == "auto" and os.environ.get("HCCTWIN_DEVICE"):
+        req = os.environ["HCCTWIN_DEVICE"].strip().lower()
+    base = req.split(":")[0]
+    if base not in _VALID:
+        raise ValueError(f"unknown device {requested!r}; use one of auto, cpu, cuda, cuda:N")
+    if base == "cpu":
+        return torch.device("cpu"), "Using the CPU (requested)."
+    if base == "mps":
+        return torch.device("cpu"), ("Apple MPS is not used for 3D networks (missing/slow 3D operations); "
+                                     "using the CPU.")
+    if not cuda_usable():
+        if not torch.backends.cuda.is_built():
+            why = "this PyTorch build has no CUDA support (CPU-only wheel)"
+        else:
+            why = "no CUDA GPU is visible (driver missing or CUDA_VISIBLE_DEVICES empty)"
+        if base == "cuda":
+            return torch.device("cpu"), f"Warning: CUDA was requested but {why}; falling back to the CPU (slower)."
+        return torch.device("cpu"), f"Using the CPU: {why}."
+    index = int(req.split(":")[1]) if ":" in req else 0
+    if index >= torch.cuda.device_count():
+        return torch.device("cpu"), (f"Warning: GPU cuda:{index} does not exist ({torch.cuda.device_count()} "
+                                     f"visible); falling back to the CPU.")
+    device = torch.device("cuda", index)
+    total = gpu_memory_gb(device)[1]
+    message = f"Using GPU {torch.cuda.get_device_name(index)} ({total:.1f} GiB)."
+    if total < MIN_GPU_MEMORY_GB:
+        message += (f" Warning: less than {MIN_GPU_MEMORY_GB:g} GiB of GPU memory; a large volume may run out of "
+                    f"memory and then continue on the CPU.")
+    return device, message
+
+
+def gpu_memory_gb(device=None) -> tuple[float, float]:
+    """``(free, total)`` GPU memory in GiB for a CUDA device; ``(0, 0)`` on the CPU."""
+    import torch
+
+    if device is None or torch.device(device).type != "cuda" or not cuda_usable():
+        return 0.0, 0.0
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return free / 2**30, total / 2**30
+
+
+def gpu_memory_limit(device=None, *, fraction: float | None = None, gb: float | None = None) -> float | None:
+    """Cap this process's share of a GPU (by ``fraction`` of the total or ``gb``); returns the fraction set.
+
+    Environment override: ``HCCTWIN_GPU_MEMORY_GB``. No-op (returns None) on the CPU.
+    """
+    import torch
+
+    if gb is None and fraction is None and os.environ.get("HCCTWIN_GPU_MEMORY_GB"):
+        gb = float(os.environ["HCCTWIN_GPU_MEMORY_GB"])
+    if device is None or torch.device(device).type != "cuda" or not cuda_usable():
+        return None
+    device = torch.device(device)
+    if fraction is None:
+        if gb is None:
+            return None
+        total = gpu_memory_gb(device)[1]
+        fraction = gb / total if total else 1.0
+    fraction = float(min(max(fraction, 0.05), 1.0))
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
+def set_num_threads(n: int | None = None) -> int:
+    """Set torch's CPU thread count (``n``, else ``HCCTWIN_NUM_THREADS``, else leave torch's default)."""
+    import torch
+
+    if n is None and os.environ.get("HCCTWIN_NUM_THREADS"):
+        n = int(os.environ["HCCTWIN_NUM_THREADS"])
+    if n:
+        torch.set_num_threads(max(1, int(n)))
+    return torch.get_num_threads()
+
+
+def autocast(device):
+    """Mixed precision on CUDA (bfloat16 where supported, else float16); a no-op context on the CPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def is_oom_error(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower() and "cuda" in str(exc).lower())
+
+
+def call_with_cpu_fallback(fn: Callable[[Any], Any], device, *, notify: Callable[[str], Any] | None = None):
+    """Run ``fn(device)``; on a CUDA out-of-memory error empty the cache and run ``fn(cpu)`` instead.
+
+    ``notify`` receives the message shown to the user (e.g. the progress callback's message or a log function).
+    Other errors propagate unchanged.
+    """
+    import torch
+
+    device = torch.device(device)
+    try:
+        return fn(device)
+    except Exception as exc:  # noqa: BLE001 - filtered below
+        if device.type != "cuda" or not is_oom_error(exc):
+            raise
+    empty_cache()
+    message = "The GPU ran out of memory; continuing on the CPU (slower). Close other GPU programs to stay on the GPU."
+    if notify is not None:
+        notify(message)
+    return fn(torch.device("cpu"))
+
+
+@contextlib.contextmanager
+def oom_guard(device, *, notify: Callable[[str], Any] | None = None):
+    """Context manager that turns a CUDA out-of-memory error into :class:`GPUOutOfMemory` after freeing the cache.
+
+    Use :func:`call_with_cpu_fallback` to re-run the step on the CPU; use this guard where the caller decides.
+    """
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001
+        if not is_oom_error(exc):
+            raise
+        empty_cache()
+        if notify is not None:
+            notify("The GPU ran out of memory.")
+        raise GPUOutOfMemory(f"GPU {device} ran out of memory; retry on the CPU (device='cpu') or with a "
+                             f"smaller region.") from exc
+
+
+class GPUOutOfMemory(HCCTwinError, RuntimeError):
+    """Raised by :func:`oom_guard` after a CUDA out-of-memory error (the cache has been emptied)."""

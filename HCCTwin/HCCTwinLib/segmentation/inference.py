@@ -1,0 +1,279 @@
+"""Segmentation inference: a warm model cache, coarse-to-fine sliding windows, post-processing, input-grid output.
+
+``get_segmenter(weights, device)`` loads (and verifies) a model file once per (file, device) and keeps it in memory,
+so the second case is much faster than the first. ``Segmenter.segment(case_or_arrays, geometry)`` returns a uint8
+label map on the *input* grid:
+
+1. phases -> model grid (identity direction, model spacing; :mod:`.preprocessing`), HU window -> [0, 1];
+2. optional stage 1 on a 2x coarser grid over the whole volume finds the liver box (auto for large volumes);
+3. stage 2: ``monai.inferers.sliding_window_inference`` at model resolution inside the padded box only (Gaussian
+   blending, logits held for the box only, argmax in slabs to uint8), CUDA autocast on the GPU, inference_mode;
+4. post-processing (:mod:`.postprocessing`) on the model grid, nearest-neighbour back to the input grid.
+
+A CUDA out-of-memory error re-runs the step on the CPU with a message
+(:func:`HCCTwinLib.device.call_with_cpu_fallback`).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import device as devices
+from ..cases import Case, Geometry
+from ..errors import InputError
+from ..progress import ProgressCallback, SubProgress, report
+from ..weights import ModelFileError, load_state, resolve_model_path, weights_dir
+from . import postprocessing
+from .model import DEFAULT_PATCH_KJI, build_model, total_stride
+from .preprocessing import DEFAULT_WINDOW_HU, from_model_grid, to_model_grid
+
+DEFAULT_MODEL_NAME = "hcctwin_seg"
+#: margin (mm) around the stage-1 liver box: covers stage-1 imprecision and the portal vein at the hilum
+BOX_MARGIN_MM = 20.0
+#: stage 1 runs automatically when the model-grid volume exceeds this many sliding-window ROIs
+COARSE_AUTO_ROIS = 4
+_ARGMAX_SLAB = 16
+
+
+def default_weights_path() -> Path:
+    return weights_dir() / f"{DEFAULT_MODEL_NAME}.safetensors"
+
+
+def _round_up(values: Sequence[int], multiple: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(np.ceil(v / m) * m) for v, m in zip(values, multiple))
+
+
+def n_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """Number of sliding windows MONAI uses for an image of ``shape`` (for progress reporting)."""
+    n = 1
+    for size, r in zip(shape, roi):
+        if size <= r:
+            continue
+        step = max(int(r * (1 - overlap)), 1)
+        n *= int(np.ceil((size - r) / step)) + 1
+    return n
+
+
+def sliding_window_argmax(model, image: np.ndarray, *, roi_size: Sequence[int], device, overlap: float = 0.25,
+                          sw_batch_size: int = 1, progress: ProgressCallback | None = None) -> np.ndarray:
+    """Argmax labels (uint8, ``image.shape[1:]``) of ``model`` over a normalised ``(C, K, J, I)`` image.
+
+    Windows run on ``device``; the blended logits are accumulated on the CPU for this image only.
+    """
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    device = torch.device(device)
+    total = max(1, int(np.ceil(n_windows(image.shape[1:], roi_size, overlap) / sw_batch_size)))
+    done = [0]
+
+    def predictor(x):
+        with devices.autocast(device):
+            y = model(x)
+        done[0] += 1
+        report(progress, min(done[0] / total, 1.0), f"Segmentation window {done[0]}/{total}")
+        return y.float()
+
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    with torch.inference_mode():
+        logits = sliding_window_inference(x, roi_size=tuple(int(r) for r in roi_size), sw_batch_size=sw_batch_size,
+                                          predictor=predictor, overlap=overlap, mode="gaussian", sw_device=device,
+                                          device=torch.device("cpu"))
+        logits = logits[0]
+        out = np.empty(image.shape[1:], np.uint8)
+        for k0 in range(0, out.shape[0], _ARGMAX_SLAB):
+            out[k0:k0 + _ARGMAX_SLAB] = torch.argmax(logits[:, k0:k0 + _ARGMAX_SLAB], dim=0).to(torch.uint8).numpy()
+    del logits
+    return out
+
+
+class Segmenter:
+    """A loaded segmentation model and everything needed to apply it (from its model card)."""
+
+    def __init__(self, model, card: Mapping[str, Any], device="cpu", *, message: str = "", path: Path | None = None,
+                 overlap: float = 0.25, sw_batch_size: int = 1, roi_size: Sequence[int] | None = None):
+        import torch
+
+        self.card = dict(card)
+        self.device = torch.device(device)
+        self.message = message
+        self.path = path
+        self.model = model.to(self.device).eval()
+        self._cpu_model = None
+        self.overlap = float(overlap)
+        self.sw_batch_size = int(sw_batch_size)
+        self.phases = tuple(self.card.get("input_phases") or ("arterial", "portal"))
+        self.spacing_mm = tuple(float(s) for s in (self.card.get("spacing_mm") or (1.5, 1.5, 3.0)))
+        self.window_hu = tuple(self.card.get("intensity", {}).get("window_hu", DEFAULT_WINDOW_HU))
+        self.stride = total_stride(self.card.get("architecture", "DynUNet"), self.card["architecture_kwargs"])
+        roi = roi_size or self.card.get("inference_roi_kji") or self.card.get("patch_size_kji") or DEFAULT_PATCH_KJI
+        self.roi_size = _round_up(roi, self.stride)
+        self.last_info: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path: str | Path, device="auto", **options) -> Segmenter:
+        dev, message = devices.select_device(device) if isinstance(device, str) else (device, "")
+        state, card = load_state(path)
+        if "architecture_kwargs" not in card:
+            raise ModelFileError(f"{path}: model card has no architecture_kwargs; it is not a segmentation model.")
+        model = build_model(card.get("architecture", "DynUNet"), **card["architecture_kwargs"])
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelFileError(f"{path}: weights do not fit the architecture in the model card ({str(exc)[:300]})"
+                                 ) from exc
+        return cls(model, card, dev, message=message, path=Path(path), **options)
+
+    # -- inputs -------------------------------------------------------------------------------------------------
+    def _stack(self, case_or_arrays, geometry: Geometry | None) -> tuple[np.ndarray, Geometry]:
+        if isinstance(case_or_arrays, Case):
+            phases, geometry = case_or_arrays.phases, case_or_arrays.geometry
+        elif isinstance(case_or_arrays, Mapping):
+            phases = case_or_arrays
+        else:
+            arr = np.asarray(case_or_arrays)
+            if arr.ndim == 3 and len(self.phases) == 1:
+                arr = arr[None]
+            if arr.ndim != 4 or arr.shape[0] != len(self.phases):
+                raise InputError(f"segmentation needs {len(self.phases)} phases ({', '.join(self.phases)}) as a "
+                                 f"(C, K, J, I) array or a dict of arrays; got an array of shape {arr.shape}.")
+            phases = dict(zip(self.phases, arr))
+        missing = [p for p in self.phases if p not in phases]
+        if missing:
+            raise InputError(f"the segmentation model needs the {', '.join(self.phases)} phases; missing: "
+                             f"{', '.join(missing)}. Load the missing phase(s) or choose a model trained on the "
+                             f"phases you have.")
+        if geometry is None:
+            raise InputError("segment(): give the geometry of the arrays (or pass a Case).")
+        stack = np.stack([np.asarray(phases[p], dtype=np.float32) for p in self.phases])
+        if tuple(stack.shape[1:]) != tuple(geometry.shape):
+            raise InputError(f"phase arrays have shape {stack.shape[1:]} but the geometry says {geometry.shape}.")
+        return stack, geometry
+
+    def _model_on(self, dev):
+        if dev == self.device:
+            return self.model
+        if self._cpu_model is None:
+            self._cpu_model = copy.deepcopy(self.model).to(dev).eval()
+        return self._cpu_model
+
+    # -- prediction ---------------------------------------------------------------------------------------------
+    def predict_model_grid(self, image: np.ndarray, *, progress: ProgressCallback | None = None,
+                           device=None) -> np.ndarray:
+        """Raw argmax labels for a normalised ``(C, K, J, I)`` image already on the model grid."""
+        dev = self.device if device is None else device
+
+        def run(d):
+            return sliding_window_argmax(self._model_on(d), image, roi_size=self.roi_size, device=d,
+                                         overlap=self.overlap, sw_batch_size=self.sw_batch_size, progress=progress)
+
+        return devices.call_with_cpu_fallback(run, dev, notify=lambda m: self._note(progress, m))
+
+    def _note(self, progress, message):
+        self.last_info.setdefault("messages", []).append(message)
+        report(progress, 0.0, message)
+
+    def segment(self, case_or_arrays, geometry: Geometry | None = None, progress: ProgressCallback | None = None,
+                *, postprocess: bool = True, coarse_to_fine: bool | str = "auto") -> np.ndarray:
+        """Labels (uint8, 0..4) on the input grid for a :class:`Case`, a dict of phase arrays or a stacked array."""
+        with self._lock:
+            return self._segment(case_or_arrays, geometry, progress, postprocess, coarse_to_fine)
+
+    def _segment(self, case_or_arrays, geometry, progress, postprocess, coarse_to_fine):
+        t0 = time.perf_counter()
+        self.last_info = {"device": str(self.device), "messages": [self.message] if self.message else []}
+        stack, geometry = self._stack(case_or_arrays, geometry)
+        report(progress, 0.02, "Segmentation: resampling to the model grid")
+        image, mgeom = to_model_grid(stack, geometry, self.spacing_mm, self.window_hu)
+        self.last_info["model_grid_shape"] = mgeom.shape
+        use_coarse = coarse_to_fine
+        if coarse_to_fine == "auto":
+            use_coarse = int(np.prod(mgeom.shape)) > COARSE_AUTO_ROIS * int(np.prod(self.roi_size))
+        box = tuple(slice(0, s) for s in mgeom.shape)
+        if use_coarse:
+            report(progress, 0.05, "Segmentation stage 1: liver box on a coarse grid")
+            box = self._liver_box(stack, geometry, mgeom, SubProgress(progress, 0.05, 0.25)) or box
+        self.last_info["box"] = [(b.start, b.stop) for b in box]
+        report(progress, 0.25, "Segmentation stage 2: full resolution")
+        crop = np.ascontiguousarray(image[(slice(None), *box)])
+        del image
+        labels = np.zeros(mgeom.shape, np.uint8)
+        labels[box] = self.predict_model_grid(crop, progress=SubProgress(progress, 0.25, 0.9))
+        if postprocess:
+            report(progress, 0.9, "Segmentation: post-processing")
+            labels = postprocessing.postprocess(labels, mgeom.spacing)
+        report(progress, 0.95, "Segmentation: back to the input grid")
+        out = from_model_grid(labels, mgeom, geometry)
+        self.last_info["seconds"] = time.perf_counter() - t0
+        report(progress, 1.0, "Segmentation done")
+        return out
+
+    def _liver_box(self, stack, geometry, mgeom: Geometry, progress) -> tuple[slice, ...] | None:
+        coarse_sp = tuple(2.0 * s for s in self.spacing_mm)
+        cimage, cgeom = to_model_grid(stack, geometry, coarse_sp, self.window_hu)
+        clabels = self.predict_model_grid(cimage, progress=progress)
+        organ = np.isin(clabels, (1, 2, 3))
+        if not organ.any():
+            self.last_info.setdefault("messages", []).append("Stage 1 found no liver; segmenting the whole volume.")
+            return None
+        organ = postprocessing.largest_component(organ)
+        idx = np.argwhere(organ)
+        c_sp, f_sp = np.asarray(cgeom.spacing)[::-1], np.asarray(mgeom.spacing)[::-1]
+        offset = (np.asarray(cgeom.origin) - np.asarray(mgeom.origin))[::-1]
+        lo_mm = offset + (idx.min(axis=0) - 0.5) * c_sp - BOX_MARGIN_MM
+        hi_mm = offset + (idx.max(axis=0) + 0.5) * c_sp + BOX_MARGIN_MM
+        lo = np.clip(np.floor(lo_mm / f_sp).astype(int), 0, mgeom.shape)
+        hi = np.clip(np.ceil(hi_mm / f_sp).astype(int) + 1, 0, mgeom.shape)
+        if np.any(hi <= lo):
+            return None
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+_CACHE: dict[tuple, Segmenter] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_segmenter(weights: str | Path | None = None, device: str = "auto", **options) -> Segmenter:
+    """The cached :class:`Segmenter` for ``weights`` (default: the installed ``hcctwin_seg`` model) on ``device``.
+
+    The model is loaded and verified once and stays in memory; a changed file (mtime/size) is reloaded.
+    """
+    path = resolve_model_path(weights) if weights is not None else default_weights_path()
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no segmentation model is installed. Train one on a cohort "
+                             f"(HCCTwinLib.segmentation.train_segmentation / `hcctwin train`) and copy the "
+                             f".safetensors + .json files to {weights_dir()} or set HCCTWIN_WEIGHTS_DIR.")
+    dev, message = devices.select_device(device)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(dev),
+           tuple(sorted((k, str(v)) for k, v in options.items())))
+    with _CACHE_LOCK:
+        seg = _CACHE.get(key)
+        if seg is None:
+            for old in [k for k in _CACHE if k[0] == key[0] and k[3] == key[3]]:
+                del _CACHE[old]
+            seg = Segmenter.from_file(path, dev, **options)
+            seg.message = message
+            _CACHE[key] = seg
+    return seg
+
+
+def clear_cache() -> None:
+    """Forget all loaded models (frees their memory)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+    devices.empty_cache()
+
+
+def segment_case(case_or_arrays, geometry: Geometry | None = None, *, weights=None, device: str = "auto",
+                 progress: ProgressCallback | None = None, **kwargs) -> np.ndarray:
+    """Convenience: ``get_segmenter(weights, device).segment(...)``."""
+    return get_segmenter(weights, device).segment(case_or_arrays, geometry, progress, **kwargs)

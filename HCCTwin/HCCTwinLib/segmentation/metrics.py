@@ -1,0 +1,96 @@
+"""Segmentation quality: Dice per label and lesion-level detection (for training logs and the evaluation script)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..cases import Geometry
+from ..labels import LABELS, TUMOR_LABELS
+
+_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
+
+
+def dice(pred_mask: np.ndarray, truth_mask: np.ndarray) -> float:
+    """Dice of two boolean masks; NaN when both are empty (undefined, left out of means)."""
+    p, t = np.asarray(pred_mask, bool), np.asarray(truth_mask, bool)
+    denom = int(p.sum()) + int(t.sum())
+    if denom == 0:
+        return float("nan")
+    return 2.0 * int(np.logical_and(p, t).sum()) / denom
+
+
+def dice_per_label(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice for each label (keys ``liver``, ``viable_tumor``, ``necrosis``, ``pvtt``) plus ``tumor_total``
+    (labels 2|3 together) and ``liver_total`` (labels 1|2|3, the whole organ). NaN where both are empty."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} are on different grids")
+    out = {info.key: dice(pred == info.value, truth == info.value) for info in LABELS}
+    out["tumor_total"] = dice(np.isin(pred, TUMOR_LABELS), np.isin(truth, TUMOR_LABELS))
+    organ = (1, *TUMOR_LABELS)
+    out["liver_total"] = dice(np.isin(pred, organ), np.isin(truth, organ))
+    return out
+
+
+def mean_dice(scores: dict[str, float], keys: Sequence[str] = ("liver", "viable_tumor", "necrosis", "pvtt")) -> float:
+    vals = [scores[k] for k in keys if k in scores and np.isfinite(scores[k])]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _spacing_xyz(geometry) -> np.ndarray:
+    return np.asarray(geometry.spacing if isinstance(geometry, Geometry) else geometry, dtype=float)
+
+
+def _lesions(mask: np.ndarray, spacing_kji: np.ndarray, min_diameter_mm: float):
+    """Connected components with their longest axis-aligned extent (mm) >= ``min_diameter_mm``."""
+    lab, n = ndimage.label(mask, structure=_CONNECTIVITY)
+    keep = []
+    for index, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        extent_mm = max((s.stop - s.start) * sp for s, sp in zip(sl, spacing_kji))
+        if extent_mm >= min_diameter_mm:
+            keep.append(index)
+    return lab, keep
+
+
+def lesion_counts(pred: np.ndarray, truth: np.ndarray, geometry, min_diameter_mm: float = 10.0) -> dict[str, int]:
+    """Lesion-level counts for one patient: ``n_lesions``, ``detected``, ``false_positives``.
+
+    A lesion is a connected component (6-connectivity) of tumor labels 2|3 whose longest axis-aligned extent is at
+    least ``min_diameter_mm`` (``geometry`` is a :class:`Geometry` or an (x, y, z) spacing). A true lesion is detected
+    when any predicted tumor voxel overlaps it; a predicted component of that size overlapping no true tumor voxel
+    is a false positive.
+    """
+    pred_t, truth_t = np.isin(pred, TUMOR_LABELS), np.isin(truth, TUMOR_LABELS)
+    if pred_t.shape != truth_t.shape:
+        raise ValueError(f"prediction {pred_t.shape} and truth {truth_t.shape} are on different grids")
+    sp = _spacing_xyz(geometry)[::-1]
+    t_lab, t_keep = _lesions(truth_t, sp, min_diameter_mm)
+    detected = int(sum(bool(pred_t[t_lab == i].any()) for i in t_keep))
+    p_lab, p_keep = _lesions(pred_t, sp, min_diameter_mm)
+    fps = int(sum(not bool(truth_t[p_lab == i].any()) for i in p_keep))
+    return {"n_lesions": len(t_keep), "detected": detected, "false_positives": fps}
+
+
+def lesion_detection(pred: np.ndarray, truth: np.ndarray, geometry, min_diameter_mm: float = 10.0
+                     ) -> tuple[float, float]:
+    """``(sensitivity, false positives per patient)`` for one patient (see :func:`lesion_counts`).
+
+    Sensitivity is NaN when the patient has no true lesion of that size. For a cohort, sum
+    :func:`lesion_counts` over patients, or call :func:`cohort_lesion_detection`.
+    """
+    c = lesion_counts(pred, truth, geometry, min_diameter_mm)
+    sens = c["detected"] / c["n_lesions"] if c["n_lesions"] else float("nan")
+    return sens, float(c["false_positives"])
+
+
+def cohort_lesion_detection(counts: Sequence[dict[str, int]]) -> tuple[float, float]:
+    """Pooled ``(sensitivity, false positives per patient)`` from per-patient :func:`lesion_counts`."""
+    n = sum(c["n_lesions"] for c in counts)
+    sens = sum(c["detected"] for c in counts) / n if n else float("nan")
+    fp = sum(c["false_positives"] for c in counts) / len(counts) if counts else float("nan")
+    return sens, fp

@@ -1,0 +1,490 @@
+"""Training of the segmentation network on a cohort folder (the simulator's layout or a site's own data).
+
+Cohort layout::
+
+    COHORT/clinical.csv                       (column ``patient_id``; optional: without it every cases/<id> is used)
+    COHORT/cases/<id>/pre/{arterial,portal,labels}.nii.gz
+    COHORT/cases/<id>/followup/<tp>/{arterial,portal,labels}.nii.gz   (optional; extra training samples)
+
+The train/validation split is by patient (a patient's follow-ups stay on its side) and deterministic for a seed.
+Every path derived from the CSV must stay inside the cohort folder. Volumes are resampled once to the model grid and
+cached as ``.npy`` under ``out_dir/cache``. Each epoch: random patches with class-balanced sampling (tumor and PVTT
+oversampled), flips, intensity jitter; DiceCE loss; AdamW with a per-iteration cosine schedule; full-volume
+sliding-window validation Dice per class (printed and appended to ``out_dir/train_log.jsonl``); a checkpoint
+(``checkpoint.safetensors`` + card, ``checkpoint_optimizer.pt`` (tensors only, read with weights_only=True),
+``train_state.json``). Re-running with ``resume=True`` continues after the last finished epoch. The best epoch (mean
+validation Dice) is written with :func:`HCCTwinLib.weights.save_model` as ``out_dir/<name>.safetensors`` + card.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .. import device as devices
+from ..errors import InputError
+from ..io import find_image, load_case
+from ..progress import ProgressCallback, SubProgress, report
+from ..weights import ModelFileError, load_state, save_model, sha256_file
+from . import postprocessing
+from .inference import DEFAULT_MODEL_NAME, sliding_window_argmax
+from .metrics import dice_per_label, mean_dice
+from .model import (
+    DEFAULT_ARCHITECTURE,
+    DEFAULT_PATCH_KJI,
+    DEFAULT_SPACING_MM,
+    build_model,
+    model_kwargs,
+    total_stride,
+)
+from .preprocessing import DEFAULT_WINDOW_HU, labels_to_model_grid, to_model_grid
+
+INPUT_PHASES = ("arterial", "portal")
+#: sampling ratios of patch centres per label (background, liver, viable tumor, necrosis, PVTT)
+CLASS_RATIOS = (1.0, 1.0, 2.0, 1.0, 1.5)
+DICE_KEYS = ("liver", "viable_tumor", "necrosis", "pvtt")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training volume: a patient's pre-treatment study or one follow-up time point."""
+
+    sample_id: str
+    patient_id: str
+    folder: Path
+    kind: str  # "pre" or "followup/<tp>"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cohort reading (path-safe)
+def _inside(root: Path, *parts: str) -> Path:
+    """``root/parts`` resolved; InputError when a part is empty, a path, '.'/'..', or the result leaves ``root``."""
+    for part in parts:
+        if not part or part in (".", "..") or "/" in part or "\\" in part or "\x00" in part or os.path.isabs(part):
+            raise InputError(f"{root}: {part!r} is not a valid case name (no path separators, '..' or absolute "
+                             f"paths); fix clinical.csv.")
+    path = root.joinpath(*parts).resolve()
+    if not path.is_relative_to(root):
+        raise InputError(f"{root}: {'/'.join(parts)!r} points outside the cohort folder ({path}); refusing to read "
+                         f"it. Cohort data must lie inside the cohort folder (no symbolic links out of it).")
+    return path
+
+
+def cohort_patient_ids(cohort_dir: str | os.PathLike) -> list[str]:
+    """Patient ids in ``clinical.csv`` order (column ``patient_id``), else the sorted ``cases/`` sub-folders."""
+    root = Path(cohort_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise InputError(f"{cohort_dir}: cohort folder not found.")
+    csv_path = root / "clinical.csv"
+    if csv_path.is_file():
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "patient_id" not in reader.fieldnames:
+                raise InputError(f"{csv_path}: no 'patient_id' column (columns: {reader.fieldnames}).")
+            ids = [str(row["patient_id"] or "").strip() for row in reader]
+        ids = [i for i in dict.fromkeys(ids) if i]
+    else:
+        cases = root / "cases"
+        if not cases.is_dir():
+            raise InputError(f"{root}: neither clinical.csv nor a cases/ folder; not an HCCTwin cohort.")
+        ids = sorted(p.name for p in cases.iterdir() if p.is_dir())
+    if not ids:
+        raise InputError(f"{root}: the cohort lists no patients.")
+    return ids
+
+
+def _has_training_data(folder: Path) -> bool:
+    return folder.is_dir() and all(find_image(folder, n) is not None for n in (*INPUT_PHASES, "labels"))
+
+
+def discover_samples(cohort_dir: str | os.PathLike, *, max_cases: int | None = None, include_followups: bool = True
+                     ) -> dict[str, list[Sample]]:
+    """``{patient_id: [Sample, ...]}`` for patients whose ``pre/`` has both phases and labels (in CSV order)."""
+    root = Path(cohort_dir).expanduser().resolve()
+    out: dict[str, list[Sample]] = {}
+    for pid in cohort_patient_ids(root):
+        if max_cases is not None and len(out) >= max_cases:
+            break
+        pre = _inside(root, "cases", pid, "pre")
+        if not _has_training_data(pre):
+            continue
+        samples = [Sample(_sample_id(pid, "pre"), pid, pre, "pre")]
+        fu_root = _inside(root, "cases", pid, "followup")
+        if include_followups and fu_root.is_dir():
+            for tp in sorted(p.name for p in fu_root.iterdir()):
+                folder = _inside(root, "cases", pid, "followup", tp)
+                if _has_training_data(folder):
+                    samples.append(Sample(_sample_id(pid, f"followup_{tp}"), pid, folder, f"followup/{tp}"))
+        out[pid] = samples
+    if not out:
+        raise InputError(f"{root}: no case has pre/arterial, pre/portal and pre/labels images; nothing to train on.")
+    return out
+
+
+def _sample_id(pid: str, kind: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{pid}__{kind}")
+    return f"{safe}_{hashlib.sha1(f'{pid}/{kind}'.encode()).hexdigest()[:6]}"
+
+
+def split_patients(patient_ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic split by patient: the same ids, fraction and seed always give the same split."""
+    ids = sorted(patient_ids)
+    if len(ids) < 2 or val_fraction <= 0:
+        return ids, []
+    n_val = min(max(1, int(round(val_fraction * len(ids)))), len(ids) - 1)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    val = sorted(ids[i] for i in order[:n_val])
+    return [i for i in ids if i not in set(val)], val
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# preprocessing cache
+def _source_signature(folder: Path) -> list:
+    sig = []
+    for name in (*INPUT_PHASES, "labels"):
+        p = find_image(folder, name)
+        st = p.stat()
+        sig.append([p.name, st.st_size, st.st_mtime_ns])
+    return sig
+
+
+def prepare_sample(sample: Sample, cache_dir: Path, spacing_mm: Sequence[float],
+                   window_hu: Sequence[float] = DEFAULT_WINDOW_HU) -> tuple[Path, Path]:
+    """Resample one sample to the model grid once; returns the cached ``(image.npy, labels.npy)`` paths."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    img_p, lbl_p, meta_p = (cache_dir / f"{sample.sample_id}.{s}" for s in ("img.npy", "lbl.npy", "json"))
+    meta = {"version": CACHE_VERSION, "source": _source_signature(sample.folder),
+            "spacing_mm": [float(s) for s in spacing_mm], "window_hu": [float(w) for w in window_hu]}
+    if img_p.is_file() and lbl_p.is_file() and meta_p.is_file():
+        try:
+            if json.loads(meta_p.read_text()) == meta:
+                return img_p, lbl_p
+        except (OSError, json.JSONDecodeError):
+            pass
+    case = load_case(sample.folder, patient_id=sample.patient_id)
+    if case.labels is None:  # pragma: no cover - discover_samples checked it
+        raise InputError(f"{sample.folder}: no labels.")
+    image, mgeom = to_model_grid(case.stacked(INPUT_PHASES), case.geometry, spacing_mm, window_hu)
+    labels = labels_to_model_grid(case.labels, case.geometry, mgeom)
+    np.save(img_p, image.astype(np.float16))
+    np.save(lbl_p, labels[None].astype(np.uint8))
+    meta_p.write_text(json.dumps(meta))
+    return img_p, lbl_p
+
+
+class _PatchDataset:
+    """Loads a cached volume and returns ``samples_per_volume`` augmented patches (a list of dicts)."""
+
+    def __init__(self, items: list[tuple[Path, Path]], transform):
+        self.items, self.transform = items, transform
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        img_p, lbl_p = self.items[index]
+        data = {"image": np.load(img_p).astype(np.float32), "label": np.load(lbl_p)}
+        return self.transform(data)
+
+
+def _train_transforms(patch: Sequence[int], samples_per_volume: int):
+    from monai.transforms import (
+        Compose,
+        EnsureTyped,
+        RandCropByLabelClassesd,
+        RandFlipd,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
+
+    keys = ["image", "label"]
+    return Compose([
+        EnsureTyped(keys=keys, track_meta=False),
+        SpatialPadd(keys=keys, spatial_size=tuple(patch)),
+        RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=tuple(patch), ratios=list(CLASS_RATIOS),
+                                num_classes=len(CLASS_RATIOS), num_samples=samples_per_volume, warn=False),
+        RandFlipd(keys=keys, prob=0.2, spatial_axis=0),
+        RandFlipd(keys=keys, prob=0.2, spatial_axis=1),
+        RandFlipd(keys=keys, prob=0.2, spatial_axis=2),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+        RandGaussianNoised(keys="image", prob=0.15, std=0.02),
+        EnsureTyped(keys="label", dtype="long", track_meta=False),
+    ])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _lr_at(progress_epochs: float, total_epochs: int, lr: float, warmup_epochs: float = 0.0) -> float:
+    if warmup_epochs > 0 and progress_epochs < warmup_epochs:
+        return lr * (0.1 + 0.9 * progress_epochs / warmup_epochs)
+    t = min(max(progress_epochs / max(total_epochs, 1), 0.0), 1.0)
+    return lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def _nan_to_none(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def validate(model, items: list[tuple[Path, Path]], *, patch: Sequence[int], device, spacing_mm: Sequence[float],
+             postprocess: bool = True, progress: ProgressCallback | None = None) -> dict[str, float]:
+    """Mean (over volumes) Dice per label of full-volume sliding-window predictions on the model grid."""
+    model.eval()
+    per_key: dict[str, list[float]] = {}
+    for n, (img_p, lbl_p) in enumerate(items):
+        image = np.load(img_p).astype(np.float32)
+        truth = np.load(lbl_p)[0]
+        pred = sliding_window_argmax(model, image, roi_size=patch, device=device, overlap=0.25)
+        if postprocess:
+            pred = postprocessing.postprocess(pred, spacing_mm)
+        for key, value in dice_per_label(pred, truth).items():
+            per_key.setdefault(key, []).append(value)
+        report(progress, (n + 1) / len(items), f"Validation {n + 1}/{len(items)}")
+    out = {}
+    for key, values in per_key.items():
+        finite = [v for v in values if math.isfinite(v)]
+        out[key] = float(np.mean(finite)) if finite else float("nan")
+    out["mean"] = mean_dice(out, DICE_KEYS)
+    return out
+
+
+def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epochs: int = 100,
+                       batch_size: int = 2, patch_size: Sequence[int] = DEFAULT_PATCH_KJI, lr: float = 1e-3,
+                       val_fraction: float = 0.2, seed: int = 0, device: str = "auto", resume: bool = True,
+                       max_cases: int | None = None, progress: ProgressCallback | None = None,
+                       spacing_mm: Sequence[float] = DEFAULT_SPACING_MM, architecture: str = DEFAULT_ARCHITECTURE,
+                       architecture_kwargs: dict | None = None, samples_per_volume: int = 2,
+                       include_followups: bool = True, weight_decay: float = 3e-5, num_workers: int = 0,
+                       name: str = DEFAULT_MODEL_NAME, version: str = "0.1.0",
+                       data_description: str = "", log=print) -> dict[str, Any]:
+    """Train (or resume training) the segmentation model; returns a summary dict with the model path and metrics.
+
+    ``patch_size`` is (k, j, i) voxels on the model grid (``spacing_mm`` is (x, y, z)); it is rounded up to a multiple
+    of the network's total stride. ``epochs`` is the total number of epochs: re-running with a larger value continues
+    from the last checkpoint. ``log`` receives one line per epoch (default ``print``).
+    """
+    import torch
+    from monai.losses import DiceCELoss
+
+    t_start = time.perf_counter()
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    dev, message = devices.select_device(device)
+    log(f"[segmentation training] {message}")
+    arch_kwargs = model_kwargs(architecture, **(architecture_kwargs or {}))
+    stride = total_stride(architecture, arch_kwargs)
+    patch = tuple(int(math.ceil(p / s) * s) for p, s in zip(patch_size, stride))
+    config = {"architecture": architecture, "architecture_kwargs": arch_kwargs,
+              "spacing_mm": [float(s) for s in spacing_mm], "patch_size_kji": list(patch),
+              "input_phases": list(INPUT_PHASES), "window_hu": list(DEFAULT_WINDOW_HU), "seed": int(seed),
+              "val_fraction": float(val_fraction), "max_cases": max_cases, "include_followups": include_followups}
+
+    # ---- data
+    report(progress, 0.0, "Reading the cohort")
+    by_patient = discover_samples(cohort_dir, max_cases=max_cases, include_followups=include_followups)
+    train_ids, val_ids = split_patients(list(by_patient), val_fraction, seed)
+    train_samples = [s for pid in train_ids for s in by_patient[pid]]
+    val_samples = [s for pid in val_ids for s in by_patient[pid] if s.kind == "pre"] if val_ids else []
+    if not val_samples:
+        log("[segmentation training] Warning: no validation patients (cohort too small or val_fraction 0); "
+            "validating on the training patients' pre-treatment studies (optimistic).")
+        val_samples = [s for pid in train_ids for s in by_patient[pid] if s.kind == "pre"]
+    cache = out / "cache"
+    prep = SubProgress(progress, 0.0, 0.05)
+    all_samples = train_samples + [s for s in val_samples if s not in train_samples]
+    prepared = {}
+    for n, s in enumerate(all_samples):
+        prepared[s.sample_id] = prepare_sample(s, cache, spacing_mm)
+        report(prep, (n + 1) / len(all_samples), f"Preparing volumes {n + 1}/{len(all_samples)}")
+    train_items = [prepared[s.sample_id] for s in train_samples]
+    val_items = [prepared[s.sample_id] for s in val_samples]
+
+    # ---- model, optimiser, state
+    torch.manual_seed(seed)
+    model = build_model(architecture, **arch_kwargs).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    state_path, ckpt_path, opt_path = out / "train_state.json", out / "checkpoint.safetensors", \
+        out / "checkpoint_optimizer.pt"
+    log_path = out / "train_log.jsonl"
+    state = {"epoch": 0, "best_score": None, "best_epoch": None, "config": config}
+    if resume and state_path.is_file():
+        state = _load_checkpoint(state_path, ckpt_path, opt_path, config, model, optimizer, dev)
+        log(f"[segmentation training] resuming after epoch {state['epoch']} (best mean Dice "
+            f"{state['best_score']} at epoch {state['best_epoch']})")
+    elif log_path.exists():
+        log_path.unlink()
+
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    transform = _train_transforms(patch, samples_per_volume)
+    dataset = _PatchDataset(train_items, transform)
+    from monai.data import DataLoader, list_data_collate
+
+    volumes_per_batch = max(1, batch_size // samples_per_volume)
+    generator = torch.Generator()
+    use_amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) if use_amp \
+        else None
+    card_path_best = out / f"{name}.safetensors"
+    hyper = {"epochs": epochs, "batch_size": batch_size, "patch_size_kji": list(patch), "lr": lr,
+             "weight_decay": weight_decay, "optimizer": "AdamW", "schedule": "cosine (per iteration), floor 1% lr",
+             "loss": "DiceCE (softmax, batch Dice)", "samples_per_volume": samples_per_volume,
+             "class_sampling_ratios": list(CLASS_RATIOS), "seed": seed, "val_fraction": val_fraction,
+             "augmentation": "class-balanced crops, flips (p=0.2/axis), intensity scale/shift, Gaussian noise"}
+    start_epoch = int(state["epoch"])
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        transform.set_random_state(seed=(seed * 100003 + epoch) % (2**32))
+        generator.manual_seed(seed * 7919 + epoch)
+        loader = DataLoader(dataset, batch_size=volumes_per_batch, shuffle=True, generator=generator,
+                            collate_fn=list_data_collate, num_workers=num_workers)
+        model.train()
+        losses = []
+        n_iter = len(loader)
+        ep_progress = SubProgress(progress, 0.05 + 0.95 * epoch / epochs, 0.05 + 0.95 * (epoch + 1) / epochs)
+        for it, batch in enumerate(loader):
+            current_lr = _lr_at(epoch + it / n_iter, epochs, lr)
+            for group in optimizer.param_groups:
+                group["lr"] = current_lr
+            x = batch["image"].to(dev, non_blocking=True)
+            y = batch["label"].to(dev, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with devices.autocast(dev):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            if scaler is not None and scaler.is_enabled():
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+                optimizer.step()
+            losses.append(float(loss.detach()))
+            report(ep_progress, 0.8 * (it + 1) / n_iter, f"Epoch {epoch + 1}/{epochs}: batch {it + 1}/{n_iter}, "
+                                                         f"loss {losses[-1]:.3f}")
+        val = validate(model, val_items, patch=patch, device=dev, spacing_mm=spacing_mm,
+                       progress=SubProgress(ep_progress, 0.8, 1.0))
+        score = val["mean"]
+        improved = math.isfinite(score) and (state["best_score"] is None or score > state["best_score"])
+        entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "lr": current_lr,
+                 "val_dice": _nan_to_none({k: v for k, v in val.items() if k != "mean"}),
+                 "val_mean_dice": None if not math.isfinite(score) else score,
+                 "seconds": round(time.perf_counter() - t0, 2), "device": str(dev), "best": bool(improved)}
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        log(f"[segmentation training] epoch {epoch + 1}/{epochs} loss {entry['train_loss']:.4f} val Dice "
+            + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} n/a"
+                        for k, v in entry["val_dice"].items() if k in DICE_KEYS)
+            + f" (mean {score:.3f}){' *best*' if improved else ''} [{entry['seconds']:.1f} s]")
+        if improved or state["best_epoch"] is None:
+            state["best_score"] = score if math.isfinite(score) else state["best_score"]
+            state["best_epoch"] = epoch + 1
+            card = _model_card(name, version, config, hyper, val, epoch + 1, by_patient, train_ids, val_ids,
+                               train_samples, cohort_dir, data_description, dev)
+            save_model(model, card_path_best, card)
+        state["epoch"] = epoch + 1
+        _save_checkpoint(state_path, ckpt_path, opt_path, state, model, optimizer)
+
+    summary = {"model_path": str(card_path_best), "card_path": str(card_path_best.with_suffix(".json")),
+               "epochs_completed": int(state["epoch"]), "best_epoch": state["best_epoch"],
+               "best_val_mean_dice": state["best_score"], "log_path": str(log_path),
+               "train_patients": train_ids, "val_patients": val_ids, "device": str(dev),
+               "seconds": round(time.perf_counter() - t_start, 2)}
+    report(progress, 1.0, "Training done")
+    return summary
+
+
+def _model_card(name, version, config, hyper, val, epoch, by_patient, train_ids, val_ids, train_samples, cohort_dir,
+                data_description, dev) -> dict[str, Any]:
+    import monai
+    import torch
+
+    from ..labels import LABELS
+
+    label_map = {"0": "background"}
+    label_map.update({str(i.value): i.key for i in LABELS})
+    return {
+        "name": name, "version": version, "task": "segmentation: liver, viable tumor, necrosis, PVTT",
+        "architecture": config["architecture"], "architecture_kwargs": config["architecture_kwargs"],
+        "input_phases": config["input_phases"], "spacing_mm": config["spacing_mm"],
+        "grid": "model grid: identity direction (LPS), axes (k, j, i) = (S, P, L); inputs resampled onto it",
+        "intensity": {"window_hu": config["window_hu"], "scaling": "clip to window, map to [0, 1] per phase"},
+        "patch_size_kji": config["patch_size_kji"], "inference_roi_kji": config["patch_size_kji"],
+        "label_map": label_map,
+        "training_data": {"cohort": Path(cohort_dir).name, "description": data_description or
+                          "HCCTwin cohort folder (synthetic digital-twin cohort unless stated otherwise)",
+                          "n_patients": len(by_patient), "n_train_patients": len(train_ids),
+                          "n_val_patients": len(val_ids), "n_train_volumes": len(train_samples),
+                          "val_patients": val_ids},
+        "hyperparameters": hyper,
+        "metrics": {"selected_epoch": epoch, "val_dice": _nan_to_none({k: v for k, v in val.items() if k != "mean"}),
+                    "val_mean_dice": None if not math.isfinite(val["mean"]) else val["mean"],
+                    "validation": "full-volume sliding window + post-processing on the model grid"},
+        "software": {"hcctwin": __version__, "torch": torch.__version__, "monai": monai.__version__,
+                     "python": platform.python_version(), "trained_on": str(dev)},
+        "disclaimer": "Demo weights trained on synthetic data; research use only, not for clinical use.",
+    }
+
+
+def _save_checkpoint(state_path: Path, ckpt_path: Path, opt_path: Path, state: dict, model, optimizer) -> None:
+    import torch
+
+    save_model(model, ckpt_path, {"name": "checkpoint", "version": str(state["epoch"]),
+                                  "architecture": state["config"]["architecture"],
+                                  "architecture_kwargs": state["config"]["architecture_kwargs"],
+                                  "spacing_mm": state["config"]["spacing_mm"],
+                                  "input_phases": state["config"]["input_phases"],
+                                  "training_state": {"epoch": state["epoch"]}})
+    tmp = opt_path.with_name(opt_path.name + ".tmp")
+    torch.save(optimizer.state_dict(), tmp)
+    os.replace(tmp, opt_path)
+    state = dict(state, optimizer_sha256=sha256_file(opt_path))
+    _write_json_atomic(state_path, state)
+
+
+def _load_checkpoint(state_path: Path, ckpt_path: Path, opt_path: Path, config: dict, model, optimizer, dev) -> dict:
+    import torch
+
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{state_path}: unreadable training state ({exc}); re-run with resume=False.") from exc
+    old = state.get("config", {})
+    differing = [k for k in config if json.dumps(old.get(k)) != json.dumps(config[k])]
+    if differing:
+        raise InputError(f"{state_path.parent}: the checkpoint there was trained with different settings "
+                         f"({', '.join(differing)}); use another output folder or resume=False to start over.")
+    weights, _ = load_state(ckpt_path, device="cpu")
+    model.load_state_dict(weights)
+    if not opt_path.is_file() or sha256_file(opt_path) != state.get("optimizer_sha256"):
+        raise ModelFileError(f"{opt_path}: optimizer checkpoint missing, modified or corrupted; re-run with "
+                             f"resume=False.")
+    optimizer.load_state_dict(torch.load(opt_path, map_location=dev, weights_only=True))
+    return state
+
+
+__all__ = ["train_segmentation", "discover_samples", "split_patients", "prepare_sample", "validate",
+           "cohort_patient_ids", "Sample"]

@@ -1,0 +1,371 @@
+"""Segmentation: device choice, geometry of the output, warm cache, post-processing, metrics, training + resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from HCCTwinLib import device as devices
+from HCCTwinLib.cases import Case, Geometry
+from HCCTwinLib.errors import InputError
+from HCCTwinLib.io import write_image
+from HCCTwinLib.segmentation import (
+    Segmenter,
+    build_model,
+    clear_cache,
+    count_parameters,
+    dice_per_label,
+    get_segmenter,
+    lesion_counts,
+    lesion_detection,
+    model_kwargs,
+    postprocess,
+    train_segmentation,
+)
+from HCCTwinLib.segmentation.preprocessing import from_model_grid, labels_to_model_grid, model_grid
+from HCCTwinLib.weights import ModelFileError, load_state, save_model
+
+TINY = {"filters": [4, 8, 16], "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]]}
+SPACING = (1.5, 1.5, 3.0)
+FLIP = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _card(**extra):
+    card = {"name": "tiny_seg", "version": "0.0.1", "architecture": "DynUNet",
+            "architecture_kwargs": model_kwargs("DynUNet", **TINY), "input_phases": ["arterial", "portal"],
+            "spacing_mm": list(SPACING), "patch_size_kji": [16, 32, 32]}
+    card.update(extra)
+    return card
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny_seg.safetensors"
+    save_model(build_model("DynUNet", **TINY), path, _card())
+    return path
+
+
+def _sphere_case(shape, spacing, direction=None, center_mm=(0.0, 0.0, 0.0), radius_mm=12.0):
+    geom = Geometry(shape=shape, spacing=spacing, origin=(0.0, 0.0, 0.0), direction=direction or np.eye(3))
+    # put the origin so that the grid is centred on 0 in LPS
+    k, j, i = np.indices(shape)
+    ijk = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
+    centre_idx = (np.array(shape[::-1]) - 1) / 2.0
+    m = geom.ijk_to_lps()
+    origin = -(m[:3, :3] @ centre_idx)
+    geom = Geometry(shape=shape, spacing=spacing, origin=tuple(origin), direction=geom.direction)
+    lps = (geom.ijk_to_lps() @ ijk)[:3].T.reshape(*shape, 3)
+    inside = np.linalg.norm(lps - np.asarray(center_mm), axis=-1) <= radius_mm
+    art = np.where(inside, 200.0, -100.0).astype(np.float32)
+    return art, inside, geom
+
+
+class _ThresholdNet(torch.nn.Module):
+    """Label 1 where the arterial phase is bright (normalised > 0.5), else 0: a deterministic 'network'."""
+
+    def forward(self, x):
+        v = x[:, :1] - 0.5
+        return torch.cat([-v, v, -torch.ones_like(v), -torch.ones_like(v), -torch.ones_like(v)], dim=1) * 10
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_select_device_cpu_and_fallbacks(monkeypatch):
+    monkeypatch.delenv("HCCTWIN_DEVICE", raising=False)
+    dev, msg = devices.select_device("cpu")
+    assert dev.type == "cpu" and "CPU" in msg
+    dev, msg = devices.select_device("mps")
+    assert dev.type == "cpu" and "MPS" in msg
+    dev, msg = devices.select_device("auto")
+    assert dev.type == ("cuda" if devices.cuda_usable() else "cpu") and msg
+    if not devices.cuda_usable():
+        dev, msg = devices.select_device("cuda")
+        assert dev.type == "cpu" and msg.startswith("Warning") and "CPU" in msg
+    monkeypatch.setenv("HCCTWIN_DEVICE", "cpu")
+    assert devices.select_device("auto")[0].type == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        devices.select_device("tpu")
+    assert devices.gpu_memory_limit("cpu", fraction=0.5) is None
+    assert devices.gpu_memory_gb("cpu") == (0.0, 0.0)
+
+
+def test_oom_falls_back_to_cpu():
+    calls, notes = [], []
+
+    def step(dev):
+        calls.append(dev.type)
+        if dev.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return "ok"
+
+    assert devices.call_with_cpu_fallback(step, torch.device("cuda"), notify=notes.append) == "ok"
+    assert calls == ["cuda", "cpu"] and "out of memory" in notes[0]
+    with pytest.raises(ValueError):
+        devices.call_with_cpu_fallback(lambda d: (_ for _ in ()).throw(ValueError("other")), torch.device("cuda"))
+    with pytest.raises(devices.GPUOutOfMemory):
+        with devices.oom_guard("cuda"):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+
+def test_default_model_size(tmp_path):
+    model = build_model()
+    n = count_parameters(model)
+    assert 3e6 < n < 6.25e6  # < 25 MB as float32
+    # DynUNet registers its blocks twice (skip_layers.*): stored once, restored on load
+    path, _ = save_model(model, tmp_path / "default.safetensors", _card(architecture_kwargs=model_kwargs()))
+    assert path.stat().st_size < 25e6
+    state, card = load_state(path)
+    build_model(card["architecture"], **card["architecture_kwargs"]).load_state_dict(state)
+    assert card["n_parameters"] == n
+    x = torch.zeros(1, 2, 16, 32, 32)
+    with torch.inference_mode():
+        assert build_model("DynUNet", **TINY)(x).shape == (1, 5, 16, 32, 32)
+
+
+def test_model_grid_round_trip_anisotropic_flipped():
+    # same spacing as the model, flipped axes: voxel centres coincide, the round trip is exact
+    art, inside, geom = _sphere_case((20, 24, 28), SPACING, FLIP)
+    mg = model_grid(geom, SPACING)
+    assert mg.shape == geom.shape and np.allclose(mg.direction_matrix, np.eye(3))
+    lab = labels_to_model_grid(inside.astype(np.uint8), geom, mg)
+    assert np.array_equal(lab, inside[::-1, :, ::-1])  # flip of k and i
+    assert np.array_equal(from_model_grid(lab, mg, geom), inside)
+    # anisotropic spacing different from the model's: aligned within interpolation error
+    art, inside, geom = _sphere_case((18, 40, 33), (0.8, 1.1, 2.5), FLIP, center_mm=(5.0, -4.0, 6.0))
+    mg = model_grid(geom, SPACING)
+    back = from_model_grid(labels_to_model_grid(inside.astype(np.uint8), geom, mg), mg, geom)
+    assert back.shape == geom.shape and back.dtype == np.uint8
+    assert dice_per_label(back, inside.astype(np.uint8))["liver"] > 0.9
+
+
+@pytest.mark.parametrize("spacing", [SPACING, (0.8, 1.1, 2.5)])
+def test_segment_output_is_on_the_input_grid(spacing):
+    art, inside, geom = _sphere_case((18, 40, 36), spacing, FLIP, center_mm=(6.0, -3.0, 4.0))
+    seg = Segmenter(_ThresholdNet(), _card(), "cpu")
+    labels = seg.segment({"arterial": art, "portal": np.zeros_like(art)}, geom, postprocess=False)
+    assert labels.shape == geom.shape and labels.dtype == np.uint8
+    truth = inside.astype(np.uint8)
+    if spacing == SPACING:
+        assert np.array_equal(labels, truth)
+    else:
+        assert dice_per_label(labels, truth)["liver"] > 0.9
+        # centroid in physical space agrees within one model voxel
+        m = geom.ijk_to_lps()
+
+        def centroid(mask):
+            kji = np.argwhere(mask).mean(axis=0)
+            return (m @ np.r_[kji[::-1], 1.0])[:3]
+
+        assert np.linalg.norm(centroid(labels > 0) - centroid(inside)) < 1.5
+
+
+def test_segmenter_with_real_model_case_and_progress(tiny_weights):
+    clear_cache()
+    art, inside, geom = _sphere_case((14, 30, 26), (0.9, 1.3, 2.5), FLIP)
+    case = Case("p1", {"arterial": art, "portal": art + 10}, geom)
+    messages = []
+    seg = get_segmenter(tiny_weights, device="cpu")
+    labels = seg.segment(case, progress=lambda f, m: messages.append((f, m)))
+    assert labels.shape == geom.shape and labels.dtype == np.uint8 and labels.max() <= 4
+    assert messages[-1][0] == 1.0 and any("window" in m for _, m in messages)
+    # coarse-to-fine path on the same input: still the input grid
+    labels2 = seg.segment(case, coarse_to_fine=True)
+    assert labels2.shape == geom.shape
+    with pytest.raises(InputError, match="portal"):
+        seg.segment({"arterial": art}, geom)
+    with pytest.raises(InputError, match="geometry"):
+        seg.segment({"arterial": art, "portal": art})
+
+
+def test_model_stays_cached(tiny_weights):
+    clear_cache()
+    t0 = time.perf_counter()
+    first = get_segmenter(tiny_weights, device="cpu")
+    t_first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    second = get_segmenter(tiny_weights, device="cpu")
+    t_second = time.perf_counter() - t0
+    assert second is first and t_second < t_first
+    clear_cache()
+    assert get_segmenter(tiny_weights, device="cpu") is not first
+
+
+def test_tampered_weights_are_not_loaded(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(build_model("DynUNet", **TINY), path, _card())
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="modified or corrupted"):
+        get_segmenter(path, device="cpu")
+    with pytest.raises(ModelFileError, match="no segmentation model"):
+        get_segmenter(tmp_path / "absent.safetensors", device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def test_postprocess_removes_islands_and_fills_holes():
+    spacing = (1.0, 1.0, 1.0)  # 1 voxel = 0.001 mL
+    lab = np.zeros((40, 40, 60), np.uint8)
+    lab[5:35, 5:35, 5:35] = 1  # liver
+    lab[18:22, 18:22, 18:22] = 0  # a hole (cavity)
+    lab[8:16, 8:16, 8:16] = 2  # tumor 512 voxels = 0.51 mL: kept
+    lab[25:30, 25:30, 25:30] = 3  # necrosis inside it? separate lesion 125 voxels: kept
+    lab[30, 10, 30] = 2  # tumor island of 1 voxel (< 0.1 mL): becomes liver
+    lab[2:6, 45:49, 45:49] = 1  # a separate liver island: dropped
+    lab[10:13, 10:13, 40:46] = 2  # tumor outside the liver: dropped
+    lab[15:20, 15:20, 36:41] = 4  # PVTT next to the liver (1 mm away): kept
+    lab[30:35, 30:35, 55:60] = 4  # PVTT far away (>20 mm): dropped
+    out = postprocess(lab, spacing)
+    assert out.dtype == np.uint8 and out.shape == lab.shape
+    assert np.all(out[18:22, 18:22, 18:22] == 1)
+    assert np.all(out[8:16, 8:16, 8:16] == 2) and np.all(out[25:30, 25:30, 25:30] == 3)
+    assert out[30, 10, 30] == 1
+    assert not out[2:6, 45:49, 45:49].any() and not out[10:13, 10:13, 40:46].any()
+    assert np.all(out[15:20, 15:20, 36:41] == 4) and not out[30:35, 30:35, 55:60].any()
+    assert not postprocess(np.zeros((4, 4, 4), np.uint8), spacing).any()
+    # with coarse voxels the 125-voxel lesion is 0.125 mL x 8 = 1 mL: kept; with fine voxels (0.5 mm) dropped
+    assert not np.isin(postprocess(lab, (0.5, 0.5, 0.5))[25:30, 25:30, 25:30], (2, 3)).any()
+
+
+def test_dice_per_label_hand_made():
+    truth = np.zeros((4, 5, 5), np.uint8)
+    pred = np.zeros_like(truth)
+    truth[0, :2, :5] = 1  # 10 liver voxels
+    pred[0, :2, :4] = 1  # 8 of them
+    pred[1, 0, :2] = 1  # + 2 wrong
+    truth[2, 0, 0:2] = 2
+    pred[2, 0, 0:2] = 2  # tumor perfect
+    d = dice_per_label(pred, truth)
+    assert d["liver"] == pytest.approx(0.8)
+    assert d["viable_tumor"] == pytest.approx(1.0)
+    assert np.isnan(d["necrosis"]) and np.isnan(d["pvtt"])
+    assert d["tumor_total"] == pytest.approx(1.0)
+    assert d["liver_total"] == pytest.approx(2 * 10 / 24)
+    with pytest.raises(ValueError):
+        dice_per_label(pred[:2], truth)
+
+
+def test_lesion_detection_hand_made():
+    geom = Geometry(shape=(20, 40, 40), spacing=(2.0, 2.0, 2.0))
+    truth = np.ones(geom.shape, np.uint8)
+    pred = truth.copy()
+    truth[2:8, 2:8, 2:8] = 2  # 12 mm lesion: detected
+    pred[4:6, 4:6, 4:6] = 3  # (necrosis label counts as tumor)
+    truth[2:8, 20:26, 20:26] = 2  # 12 mm lesion: missed
+    truth[15, 30, 30] = 2  # 2 mm lesion: below 10 mm, ignored
+    pred[12:18, 30:36, 2:8] = 2  # 12 mm predicted lesion, no truth: false positive
+    pred[15, 2, 35] = 2  # 2 mm predicted speck: ignored
+    sens, fp = lesion_detection(pred, truth, geom)
+    assert sens == pytest.approx(0.5) and fp == 1.0
+    assert lesion_counts(pred, truth, geom) == {"n_lesions": 2, "detected": 1, "false_positives": 1}
+    sens, fp = lesion_detection(pred, truth, geom, min_diameter_mm=1.0)
+    assert sens == pytest.approx(1 / 3) and fp == 2.0
+    sens, fp = lesion_detection(np.ones_like(truth), np.ones_like(truth), geom)
+    assert np.isnan(sens) and fp == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _write_cohort(root, n=3, shape=(32, 48, 48), followup=True):
+    geom = Geometry(shape=shape, spacing=SPACING, origin=(-36.0, -36.0, -48.0))
+    rows = []
+    for c in range(n):
+        rng = np.random.default_rng(c)
+        k, j, i = np.indices(shape)
+        liver = (np.abs(k - 16) < 10) & (np.abs(j - 24) < 15) & (i < 30) & (i > 6)
+        tumor = ((k - 16) ** 2 * 4 + (j - 22 - c) ** 2 + (i - 18) ** 2) <= 36
+        necro = tumor & (((k - 16) ** 2 * 4 + (j - 22 - c) ** 2 + (i - 18) ** 2) <= 6)
+        labels = np.zeros(shape, np.uint8)
+        labels[liver] = 1
+        labels[tumor & liver] = 2
+        labels[necro & liver] = 3
+        labels[14:18, 30:33, 30:33] = 4
+        base = np.where(labels > 0, 60.0, -50.0)
+        art = base + np.select([labels == 2, labels == 3, labels == 4], [80.0, -40.0, 20.0], 0.0)
+        por = base + np.select([labels == 2, labels == 3, labels == 4], [-20.0, -40.0, 0.0], 40.0)
+        pid = f"P{c:03d}"
+        folder = root / "cases" / pid / "pre"
+        write_image(art + rng.normal(0, 5, shape), geom, folder / "arterial.nii.gz")
+        write_image(por + rng.normal(0, 5, shape), geom, folder / "portal.nii.gz")
+        write_image(labels, geom, folder / "labels.nii.gz", labels=True)
+        if followup and c == 0:
+            fu = root / "cases" / pid / "followup" / "w08"
+            write_image(art, geom, fu / "arterial.nii.gz")
+            write_image(por, geom, fu / "portal.nii.gz")
+            write_image(labels, geom, fu / "labels.nii.gz", labels=True)
+        rows.append({"patient_id": pid, "age": 60 + c})
+    with open(root / "clinical.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["patient_id", "age"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_train_two_epochs_then_resume(tmp_path):
+    cohort, out = tmp_path / "cohort", tmp_path / "run"
+    _write_cohort(cohort)
+    kwargs = dict(batch_size=2, patch_size=(16, 32, 32), lr=2e-3, val_fraction=0.34, seed=1, device="cpu",
+                  architecture_kwargs=TINY, log=lambda *_: None)
+    progress = []
+    summary = train_segmentation(cohort, out, epochs=2, progress=lambda f, m: progress.append(f), **kwargs)
+    assert summary["epochs_completed"] == 2 and len(summary["val_patients"]) == 1
+    assert progress[-1] == 1.0 and all(b >= a - 1e-9 for a, b in zip(progress, progress[1:]))
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2]
+    assert set(log[0]["val_dice"]) >= {"liver", "viable_tumor", "necrosis", "pvtt"}
+    assert all(isinstance(e["train_loss"], float) for e in log)
+    ckpt_before = load_state(out / "checkpoint.safetensors")[0]
+    # re-run with 3 epochs: continues from epoch 2 (one more epoch, log appended, weights start from the checkpoint)
+    lines = []
+    summary = train_segmentation(cohort, out, epochs=3, log=lines.append,
+                                 **{k: v for k, v in kwargs.items() if k != "log"})
+    assert summary["epochs_completed"] == 3 and any("resuming after epoch 2" in str(x) for x in lines)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+    assert json.loads((out / "train_state.json").read_text())["epoch"] == 3
+    assert not all(torch.equal(ckpt_before[k], v) for k, v in load_state(out / "checkpoint.safetensors")[0].items())
+    state, card = load_state(summary["model_path"])
+    assert card["architecture"] == "DynUNet" and card["architecture_kwargs"]["filters"] == [4, 8, 16]
+    assert card["input_phases"] == ["arterial", "portal"] and card["spacing_mm"] == list(SPACING)
+    assert "liver" in card["metrics"]["val_dice"] and card["metrics"]["selected_epoch"] in (1, 2, 3)
+    # P000 has a follow-up: an extra training volume when it is a training patient
+    assert card["training_data"]["n_train_volumes"] == 2 + ("P000" in summary["train_patients"])
+    assert len(card["sha256"]) == 64 and card["hyperparameters"]["epochs"] in (2, 3)
+    # the trained model file runs through the segmenter
+    seg = get_segmenter(summary["model_path"], device="cpu")
+    assert seg.segment(np.zeros((2, 32, 48, 48), np.float32), Geometry((32, 48, 48), SPACING)).shape == (32, 48, 48)
+    # a different setting refuses to resume into the same folder
+    with pytest.raises(InputError, match="different settings"):
+        train_segmentation(cohort, out, epochs=4, **dict(kwargs, seed=2))
+
+
+def test_cohort_paths_must_stay_inside(tmp_path):
+    cohort = tmp_path / "cohort"
+    _write_cohort(cohort, n=1, shape=(8, 16, 16), followup=False)
+    with open(cohort / "clinical.csv", "a") as fh:
+        fh.write("../../outside,70\n")
+    with pytest.raises(InputError, match="not a valid case name"):
+        train_segmentation(cohort, tmp_path / "run", epochs=1, device="cpu", log=lambda *_: None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA on this machine")
+def test_segment_on_cuda_agrees_with_cpu(tiny_weights):
+    art, _, geom = _sphere_case((24, 64, 64), (0.9, 1.3, 2.5), FLIP)
+    arrays = {"arterial": art, "portal": art + 10}
+    gpu = get_segmenter(tiny_weights, device="cuda")
+    assert gpu.device.type == "cuda"
+    on_gpu = gpu.segment(arrays, geom, postprocess=False)
+    on_cpu = get_segmenter(tiny_weights, device="cpu").segment(arrays, geom, postprocess=False)
+    assert on_gpu.shape == geom.shape and np.mean(on_gpu == on_cpu) > 0.95  # autocast: bf16/fp16 rounding only

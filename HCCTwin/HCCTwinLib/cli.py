@@ -117,6 +117,54 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def _load_case_args(args):
+    from .io import load_case
+
+    paths = {k: v for k, v in (("arterial", args.arterial), ("portal", args.portal)) if v}
+    return load_case(args.pre, paths=paths or None)
+
+
+def cmd_segment(args) -> int:
+    from .io import write_image
+    from .pipeline import label_volumes_ml
+    from .segmentation import get_segmenter
+
+    case = _load_case_args(args)
+    segmenter = get_segmenter(args.weights, device=args.device)
+    print(segmenter.message, file=sys.stderr)
+    t0 = time.perf_counter()
+    labels = segmenter.segment(case, progress=ProgressBar())
+    write_image(labels, case.geometry, args.out, labels=True)
+    print(json.dumps({"out": str(args.out), "seconds": round(time.perf_counter() - t0, 2),
+                      "label_volumes_ml": label_volumes_ml(labels, case.geometry.voxel_volume_ml)}, indent=2))
+    return 0
+
+
+def cmd_train(args) -> int:
+    if args.model == "segmentation":
+        from .segmentation import train_segmentation
+
+        kwargs = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "resume": not args.restart,
+                  "max_cases": args.max_cases, "progress": ProgressBar()}
+        if args.batch_size:
+            kwargs["batch_size"] = args.batch_size
+        if args.lr:
+            kwargs["lr"] = args.lr
+        summary = train_segmentation(args.cohort, args.out, **kwargs)
+    else:  # pragma: no cover - argparse restricts the choices
+        raise SystemExit(f"unknown model {args.model}")
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_survival(args) -> int:
+    from .survival import run_cv_command
+
+    metrics = run_cv_command(args.clinical, args.endpoint, args.folds, args.seed, args.out)
+    print(json.dumps(metrics, indent=2, default=str)[:4000])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hcctwin",
@@ -144,6 +192,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--portal", help="portal venous phase file or DICOM folder")
     p.add_argument("--labels", help="label map file")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("segment", help="segment liver, viable tumor, necrosis and PVTT (in-process, GPU or CPU)")
+    p.add_argument("--pre", help="folder with arterial/portal files or DICOM series folders")
+    p.add_argument("--arterial", help="arterial phase file or DICOM folder")
+    p.add_argument("--portal", help="portal venous phase file or DICOM folder")
+    p.add_argument("--out", required=True, help="output label map (.nii.gz / .nrrd)")
+    p.add_argument("--weights", help="model file (.safetensors with its .json card); default: installed model")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("train", help="train a model on a cohort in the HCCTwin cohort layout")
+    p.add_argument("model", choices=["segmentation"], help="which model")
+    p.add_argument("--cohort", required=True, help="cohort folder (clinical.csv + cases/)")
+    p.add_argument("--out", required=True, help="model folder (checkpoints, log, final model + card)")
+    p.add_argument("--epochs", type=int, default=100, help="total epochs (re-run with more to continue)")
+    p.add_argument("--batch-size", type=int, help="batch size")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split and sampling")
+    p.add_argument("--max-cases", type=int, help="use at most this many patients")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("survival", help="survival models on a site's clinical table")
+    ssub = p.add_subparsers(dest="survival_command", metavar="ACTION", required=True)
+    q = ssub.add_parser("cv", help="cross-validated C-index of the models and the established scores")
+    q.add_argument("--clinical", required=True, help="clinical.csv (cohort layout columns)")
+    q.add_argument("--endpoint", choices=["os", "pfs"], default="os")
+    q.add_argument("--folds", type=int, default=5)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="output folder for metrics.json")
+    q.set_defaults(func=cmd_survival)
 
     p = sub.add_parser("scores", help="clinical scores (ALBI, Child-Pugh, BCLC, HAP, ...) and regimen eligibility")
     p.add_argument("--clinical", help="clinical.csv of a cohort")

@@ -99,6 +99,10 @@ def cross_validate(df: pd.DataFrame, endpoint: str = "os", folds: int = 5, seed:
                                    propensity=has_regimen)
         model.fit(tr, "_T", "_E", "_R", list(covariates),
                   progress=SubProgress(progress, k / folds, (k + 1) / folds) if progress else None)
+        for c in model.dropped_covariates_:
+            note = f"covariate {c} is constant (in at least one training fold) and was left out of the Cox model."
+            if note not in notes:
+                notes.append(note)
         te = te[te["_R"].isin(model.regimens_)]
         risks = {"cox_per_regimen": model.predict_risk(te)}
         risks.update({name: te[col].to_numpy(float) for name, col in SCORE_BASELINES.items()})

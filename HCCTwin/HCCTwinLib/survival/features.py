@@ -186,7 +186,7 @@ def clinical_features(df: pd.DataFrame, fill_values: Mapping[str, Any] | None = 
         out[col] = raw[col].astype(float)
     out["male"] = raw["sex"].astype(float)
     for e in _ETIOLOGIES:
-        out[f"etiology_{e}"] = etiology.map(lambda v, e=e: float(v is not None and e in v)).astype(float)
+        out[f"etiology_{e}"] = etiology.map(lambda v, e=e: float(isinstance(v, str) and e in v)).astype(float)
     out["log_afp"] = np.log10(1.0 + out["afp_ng_ml"].clip(lower=0))
     out["max_diameter_cm"] = out["max_diameter_mm"] / 10.0
     out["log_bilirubin"] = np.log(out["bilirubin_umol_l"].clip(lower=1e-3))

@@ -229,8 +229,19 @@ class PerRegimenSurvival:
                           stacklevel=2)
         if int(data[event_col].sum()) < 5:
             raise InputError(f"only {int(data[event_col].sum())} events in {event_col}: too few to fit a model.")
-        self.covariates_ = list(covariates)
+        # a covariate that does not vary (e.g. every patient INR 1.1) carries no information and makes the Cox
+        # information matrix singular: drop it and say so
+        values = data[list(covariates)].to_numpy(float)
+        constant = [c for c, sd in zip(covariates, values.std(0)) if not sd > 1e-12]
+        self.dropped_covariates_ = constant
+        if constant:
+            warnings.warn(f"constant covariate(s) dropped from the survival model: {', '.join(constant)}.",
+                          stacklevel=2)
+        self.covariates_ = [c for c in covariates if c not in constant]
+        if not self.covariates_:
+            raise InputError("every covariate is constant in this table: nothing to fit a survival model on.")
         inter = self.interaction_covariates if self.interaction_covariates is not None else self.covariates_
+        inter = [c for c in inter if c not in constant]
         unknown = [c for c in inter if c not in self.covariates_]
         if unknown:
             raise InputError(f"interaction covariate(s) {', '.join(unknown)} are not among the covariates.")

@@ -1,0 +1,86 @@
+"""The command line: help, clear errors with exit status 2, and the commands that need no trained model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from HCCTwinLib.cases import Geometry
+from HCCTwinLib.cli import main
+from HCCTwinLib.io import write_image
+
+from conftest import make_phantom
+
+
+@pytest.fixture
+def pre_folder(tmp_path):
+    hu, labels = make_phantom((16, 32, 32))
+    g = Geometry(hu.shape, (1.0, 1.0, 2.5), (0, 0, 0))
+    pre = tmp_path / "cases" / "P7" / "pre"
+    write_image(hu + 30, g, pre / "arterial.nii.gz")
+    write_image(hu, g, pre / "portal.nii.gz")
+    write_image(labels, g, pre / "labels.nii.gz", labels=True)
+    return pre
+
+
+def test_inspect_prints_geometry_and_volumes(pre_folder, capsys):
+    assert main(["inspect", "--pre", str(pre_folder)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["patient_id"] == "P7" and info["shape_kji"] == [16, 32, 32]
+    assert info["spacing_mm"] == [1.0, 1.0, 2.5]
+    assert info["label_volumes_ml"]["liver"] > 0
+
+
+def test_bad_input_exits_2_with_one_clear_line(tmp_path, capsys):
+    bad = tmp_path / "portal.nii.gz"
+    bad.write_bytes(b"garbage")
+    assert main(["inspect", "--portal", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "portal.nii.gz" in err and "Traceback" not in err
+
+
+def test_scores_from_values_and_unit_mistake(capsys):
+    args = ["scores", "--set", "bilirubin_umol_l=20", "albumin_g_l=38", "inr=1.1", "ascites=none",
+            "encephalopathy=none", "ecog=0", "afp_ng_ml=500", "n_tumors=2", "max_diameter_mm=72", "pvtt=0",
+            "extrahepatic_spread=0"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["scores"]["child_pugh_class"] == "A" and out["scores"]["bclc"] == "B"
+    assert set(out["eligibility_warnings"]) >= {"tace_pd1_len", "haic_pd1_len", "pd1_tki"}
+    assert main([*args[:1], "--set", "bilirubin_umol_l=1.2", *args[3:]]) == 2
+    assert "mg/dL" in capsys.readouterr().err
+
+
+def test_segment_without_a_model_says_what_to_do(pre_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HCCTWIN_WEIGHTS_DIR", str(tmp_path / "no_models"))
+    code = main(["segment", "--pre", str(pre_folder), "--out", str(tmp_path / "l.nii.gz"),
+                 "--weights", str(tmp_path / "no_models" / "x.safetensors")])
+    assert code == 2
+    assert "no segmentation model" in capsys.readouterr().err
+
+
+def test_survival_cv_writes_metrics(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 120
+    df = pd.DataFrame({
+        "patient_id": [f"P{i:03d}" for i in range(n)], "age_years": rng.integers(40, 80, n), "sex": "M",
+        "ecog": rng.integers(0, 2, n), "albumin_g_l": rng.normal(38, 4, n), "bilirubin_umol_l": rng.uniform(8, 40, n),
+        "inr": 1.1, "ascites": "none", "encephalopathy": "none", "afp_ng_ml": np.exp(rng.normal(4, 2, n)),
+        "n_tumors": rng.integers(1, 5, n), "max_diameter_mm": rng.uniform(20, 120, n), "pvtt": rng.integers(0, 2, n),
+        "extrahepatic_spread": 0, "regimen": rng.choice(["tace_pd1_len", "haic_pd1_len", "pd1_tki"], n),
+        "site_specific_column": "x"})
+    risk = 0.02 * df["max_diameter_mm"] + 0.8 * df["pvtt"]
+    df["os_months"] = rng.exponential(20 * np.exp(-risk + risk.mean()))
+    df["os_event"] = (rng.random(n) < 0.8).astype(int)
+    csv = tmp_path / "clinical.csv"
+    df.to_csv(csv, index=False)
+    assert main(["survival", "cv", "--clinical", str(csv), "--endpoint", "os", "--folds", "3", "--seed", "0",
+                 "--out", str(tmp_path / "cv")]) == 0
+    metrics = json.loads((tmp_path / "cv" / "metrics.json").read_text())
+    text = json.dumps(metrics)
+    for score in ("hap", "six", "albi", "bclc"):
+        assert score in text.lower()
+    assert "site_specific_column" in text  # the unknown column is reported as ignored

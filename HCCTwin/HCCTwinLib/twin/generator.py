@@ -1,0 +1,303 @@
+"""Virtual follow-ups per regimen and time point, with uncertainty: the loaded generator and its warm cache.
+
+``get_generator(weights, device)`` loads (and verifies) a model file once per (file, device) and keeps it in memory.
+``Generator.generate(...)`` returns ``{regimen: {weeks: FollowUp}}`` on the full pre-treatment grid:
+
+1. liver box from the labels -> crop grid (:mod:`.crop`); pre phases and labels resampled onto it;
+2. all (regimen, week, sample) items with weeks > 0 run through the rectified-flow sampler in as few batched passes as
+   memory allows (CUDA autocast on the GPU; a CUDA out-of-memory error re-runs on the CPU);
+3. per (regimen, week): mean and per-voxel std over samples of the HU residual, mean label probabilities -> labels;
+   residual pasted into the full-resolution pre phases with a smooth seam, labels pasted change-only.
+
+Noise: sample ``s`` uses the noise drawn from ``torch.Generator().manual_seed(seed * 1000003 + s)`` on the CPU, the
+same for every regimen and week of the request (common random numbers: regimens are compared on equal footing and a
+sample's trajectory over weeks is coherent). Same input + seed + steps + device = same output. Weeks == 0 returns the
+input exactly (gate g(0) = 0; the sampler is not run).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import device as devices
+from ..cases import Case, Geometry
+from ..errors import InputError
+from ..pipeline import FollowUp
+from ..progress import ProgressCallback, report
+from ..weights import ModelFileError, load_state, resolve_model_path, weights_dir
+from . import model as tm
+from .crop import (
+    DEFAULT_CROP_KJI,
+    DEFAULT_PAD_MM,
+    DEFAULT_SEAM_MM,
+    blend_weight,
+    from_crop,
+    make_crop_box,
+    paste_image,
+    paste_labels,
+    to_crop,
+)
+
+DEFAULT_MODEL_NAME = "hcctwin_twin"
+PHASES = ("arterial", "portal")
+#: items per network pass: CPU (memory ~40 MB per item at 32x64x64) and CUDA
+CPU_MAX_BATCH = 12
+CUDA_MAX_BATCH = 36
+
+_CACHE: dict[tuple, Generator] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def default_weights_path() -> Path:
+    return weights_dir() / f"{DEFAULT_MODEL_NAME}.safetensors"
+
+
+def generator_card(regimens: Sequence[str], crop_shape: Sequence[int] = DEFAULT_CROP_KJI,
+                   architecture_kwargs: Mapping[str, Any] | None = None, *, pad_mm: float = DEFAULT_PAD_MM,
+                   seam_mm: float = DEFAULT_SEAM_MM, steps: int = tm.DEFAULT_STEPS, name: str = DEFAULT_MODEL_NAME,
+                   version: str = "0.1.0") -> dict[str, Any]:
+    """The parts of the model card that inference needs (training adds data, hyper-parameters, metrics)."""
+    regimens = [str(r) for r in regimens]
+    kw = tm.model_kwargs(regimens, **dict(architecture_kwargs or {}))
+    return {
+        "name": name, "version": version,
+        "task": "virtual follow-up generation (arterial + portal residual and labels) per regimen and interval",
+        "architecture": tm.ARCHITECTURE, "architecture_kwargs": kw,
+        "input_phases": list(PHASES), "regimens": regimens, "null_regimen_index": len(regimens),
+        "crop_kji": [int(c) for c in crop_shape], "pad_mm": float(pad_mm), "seam_mm": float(seam_mm),
+        "spacing_mm": None,
+        "grid": "crop grid: liver box (labels > 0) + pad, identity direction (LPS), in-plane isotropic, fixed size",
+        "channels": {"generated": ["res_arterial", "res_portal", "liver", "viable", "necrosis", "pvtt"],
+                     "condition": ["pre_arterial", "pre_portal", "pre_liver", "pre_viable", "pre_necrosis",
+                                   "pre_pvtt", "weeks/24"], "regimen": "class embedding (last index = none)"},
+        "normalization": {"image": f"(clip(HU, {tm.HU_CLIP[0]}, {tm.HU_CLIP[1]}) - {tm.HU_CENTER}) / {tm.HU_SCALE}",
+                          "residual": f"(follow-up - pre) HU / ({tm.RESIDUAL_SCALE_HU} * g(weeks)), clip "
+                                      f"+-{tm.RESIDUAL_CLIP}",
+                          "gate": f"g(w) = 1 - exp(-w / {tm.GATE_WEEKS}); g(0) = 0",
+                          "labels": "(one-hot follow-up - one-hot pre) / 2 for labels 1..4"},
+        "sampling": {"scheduler": "monai RFlowScheduler (T=1000, Euler)", "steps": int(steps)},
+    }
+
+
+class Generator:
+    """A loaded generator model and its settings (from the model card)."""
+
+    def __init__(self, model, card: Mapping[str, Any], device="cpu", *, message: str = "", path: Path | None = None):
+        import torch
+
+        self.card = dict(card)
+        self.device = torch.device(device)
+        self.message = message
+        self.path = path
+        self.model = model.to(self.device).eval()
+        self._cpu_model = None
+        self.regimens = [str(r) for r in self.card["regimens"]]
+        self.crop_shape = tuple(int(c) for c in self.card.get("crop_kji", DEFAULT_CROP_KJI))
+        self.pad_mm = float(self.card.get("pad_mm", DEFAULT_PAD_MM))
+        self.seam_mm = float(self.card.get("seam_mm", DEFAULT_SEAM_MM))
+        self.default_steps = int(self.card.get("sampling", {}).get("steps", tm.DEFAULT_STEPS))
+        self.max_batch: int | None = None
+        self.last_info: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def untrained(cls, regimens: Sequence[str] | None = None, crop_shape: Sequence[int] = DEFAULT_CROP_KJI,
+                  architecture_kwargs: Mapping[str, Any] | None = None, *, seed: int = 0, device="cpu",
+                  **card_kwargs) -> Generator:
+        """A randomly initialised generator (tests, benchmarks of speed)."""
+        import torch
+
+        from ..regimens import REGIMEN_IDS
+
+        card = generator_card(regimens or REGIMEN_IDS, crop_shape, architecture_kwargs, **card_kwargs)
+        torch.manual_seed(seed)
+        return cls(tm.build_model(**card["architecture_kwargs"]), card, device, message="untrained model")
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _model_on(self, device):
+        import torch
+
+        if torch.device(device) == self.device:
+            return self.model
+        if self._cpu_model is None:
+            import copy
+
+            self._cpu_model = copy.deepcopy(self.model).to("cpu").eval()
+        return self._cpu_model
+
+    def _run(self, cond: np.ndarray, weeks_items: Sequence[float], reg_items: Sequence[int], noise_items, steps: int,
+             device, progress: ProgressCallback | None) -> np.ndarray:
+        import torch
+
+        device = torch.device(device)
+        model = self._model_on(device)
+        n = len(weeks_items)
+        limit = self.max_batch or (CUDA_MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH)
+        n_chunks = max(1, int(np.ceil(n / limit)))
+        chunk = int(np.ceil(n / n_chunks))
+        out = np.empty((n, tm.OUT_CHANNELS, *self.crop_shape), np.float32)
+        cond_t = torch.from_numpy(cond[:6]).to(device)  # the static channels, shared by every item
+        for c0 in range(0, n, chunk):
+            c1 = min(n, c0 + chunk)
+            b = c1 - c0
+            wk = torch.tensor([float(w) / tm.WEEKS_SCALE for w in weeks_items[c0:c1]], device=device)
+            cond_b = torch.cat([cond_t[None].expand(b, -1, -1, -1, -1),
+                                wk[:, None, None, None, None].expand(b, 1, *self.crop_shape)], dim=1)
+            regs = torch.tensor(list(reg_items[c0:c1]), dtype=torch.long, device=device)
+            noise = torch.stack(list(noise_items[c0:c1])).to(device)
+
+            def on_step(i, total, c0=c0, c1=c1, b=b):
+                report(progress, 0.1 + 0.8 * (c0 + b * i / total) / n,
+                       f"Generating follow-ups: items {c0 + 1}-{c1} of {n}, step {i}/{total}")
+
+            with torch.inference_mode():
+                x0 = tm.sample_rf(model, cond_b, regs, noise, steps=steps, autocast=devices.autocast(device),
+                                  callback=on_step)
+            out[c0:c1] = x0.float().cpu().numpy()
+        return out
+
+    def generate(self, case_or_phases: Case | Mapping[str, np.ndarray], labels: np.ndarray | None = None,
+                 geometry: Geometry | None = None, *, regimens: Sequence[str] | None = None,
+                 weeks: Sequence[int] = (8, 16, 24), samples: int = 4, seed: int = 0, steps: int | None = None,
+                 progress: ProgressCallback | None = None) -> dict[str, dict[int, FollowUp]]:
+        """``{regimen: {weeks: FollowUp}}`` of virtual follow-ups on the input grid (see the module docstring).
+
+        ``case_or_phases`` is a :class:`Case` (its labels are used) or ``{"arterial": HU, "portal": HU}`` with
+        ``labels`` and ``geometry``. ``FollowUp.phases`` = mean HU over samples, ``std`` = per-voxel std over samples,
+        ``labels`` = argmax of the mean label probabilities.
+        """
+        t0 = time.perf_counter()
+        if isinstance(case_or_phases, Case):
+            phases, labels, geometry = case_or_phases.phases, case_or_phases.labels, case_or_phases.geometry
+        else:
+            phases = case_or_phases
+        if geometry is None:
+            raise InputError("generate() needs the geometry of the pre-treatment images.")
+        if labels is None:
+            raise InputError("generate() needs the pre-treatment label map (liver, tumour); segment the case first.")
+        missing = [p for p in PHASES if p not in phases]
+        if missing:
+            raise InputError(f"the generator needs the {', '.join(PHASES)} phases; missing {missing}.")
+        for name in (*PHASES, "labels"):
+            arr = labels if name == "labels" else phases[name]
+            if tuple(np.shape(arr)) != geometry.shape:
+                raise InputError(f"{name} has shape {np.shape(arr)}, geometry says {geometry.shape}; put all "
+                                 f"phases and labels on one grid first.")
+        regimens = list(regimens) if regimens is not None else list(self.regimens)
+        unknown = [r for r in regimens if r not in self.regimens]
+        if unknown:
+            raise InputError(f"the generator model does not know regimen(s) {unknown}; it was built for "
+                             f"{', '.join(self.regimens)}.")
+        weeks = [int(w) for w in weeks]
+        if any(w < 0 for w in weeks) or len(set(weeks)) != len(weeks):
+            raise InputError(f"weeks must be distinct intervals >= 0, got {weeks}")
+        samples, steps = int(samples), int(steps or self.default_steps)
+        if samples < 1 or steps < 1:
+            raise InputError("samples and steps must be >= 1")
+        import torch
+
+        report(progress, 0.0, "Cropping the liver")
+        box = make_crop_box(labels, geometry, self.crop_shape, self.pad_mm)
+        art_c, por_c = (to_crop(phases[p], box) for p in PHASES)
+        lab_c = to_crop(labels, box, labels=True)
+        cond = tm.condition(art_c, por_c, lab_c, 0.0)
+        noise = [torch.randn((tm.OUT_CHANNELS, *self.crop_shape), generator=torch.Generator().manual_seed(
+            int(seed) * 1000003 + s)) for s in range(samples)]
+        items = [(r, w, s) for r in regimens for w in weeks if w > 0 for s in range(samples)]
+        x0 = None
+        t_net = time.perf_counter()
+        if items:
+            args = ([w for _, w, _ in items], [self.regimens.index(r) for r, _, _ in items],
+                    [noise[s] for _, _, s in items])
+
+            def notify(msg):
+                report(progress, 0.1, msg)
+
+            x0 = devices.call_with_cpu_fallback(
+                lambda dev: self._run(cond, *args, steps, dev, progress), self.device, notify=notify)
+        t_net = time.perf_counter() - t_net
+
+        report(progress, 0.9, "Pasting the generated liver into the full-resolution volumes")
+        weight = blend_weight(box, self.seam_mm)
+        out: dict[str, dict[int, FollowUp]] = {}
+        index = {item: n for n, item in enumerate(items)}
+        for r in regimens:
+            out[r] = {}
+            for w in weeks:
+                if w == 0:
+                    out[r][w] = FollowUp(weeks=0, phases={p: np.array(phases[p], dtype=np.float32, copy=True)
+                                                          for p in PHASES},
+                                         labels=np.array(labels, dtype=np.uint8, copy=True),
+                                         std={p: np.zeros(geometry.shape, np.float32) for p in PHASES},
+                                         kind="virtual", regimen=r)
+                    continue
+                xs = x0[[index[(r, w, s)] for s in range(samples)]]
+                residual, probs = tm.decode(xs, w, lab_c)
+                mean_res = residual.mean(axis=0)
+                std_res = (residual - residual[:1]).std(axis=0)
+                crop_labels = tm.labels_from_probs(probs.mean(axis=0))
+                new_phases, new_std = {}, {}
+                for c, p in enumerate(PHASES):
+                    new_phases[p] = paste_image(phases[p], box, mean_res[c], weight=weight)
+                    std_full = np.zeros(geometry.shape, np.float32)
+                    if np.any(std_res[c]):
+                        std_full[box.slices] = np.maximum(from_crop(std_res[c], box), 0.0) * weight
+                    new_std[p] = std_full
+                out[r][w] = FollowUp(weeks=w, phases=new_phases, labels=paste_labels(labels, box, crop_labels, lab_c),
+                                     std=new_std, kind="virtual", regimen=r)
+        self.last_info = {"box_lo_kji": list(box.lo), "box_hi_kji": list(box.hi), "crop_kji": list(self.crop_shape),
+                          "crop_spacing_mm": list(box.crop.spacing), "n_items": len(items), "steps": steps,
+                          "samples": samples, "network_s": round(t_net, 3),
+                          "total_s": round(time.perf_counter() - t0, 3), "device": str(self.device)}
+        seen = (self.card.get("training_data") or {}).get("regimens_seen")
+        if seen is not None:
+            self.last_info["regimens_not_in_training_data"] = [r for r in regimens if r not in seen]
+        report(progress, 1.0, "Virtual follow-ups done")
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def load_generator(path: str | Path, device="cpu", message: str = "") -> Generator:
+    state, card = load_state(path, device="cpu")
+    if card.get("architecture") != tm.ARCHITECTURE or "regimens" not in card:
+        raise ModelFileError(f"{path}: not an HCCTwin generator model (architecture {card.get('architecture')!r}).")
+    model = tm.build_model(**card["architecture_kwargs"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{path}: the weights do not fit the architecture in the model card ({str(exc)[:200]})"
+                             f"; re-export the model.") from exc
+    return Generator(model, card, device, message=message, path=Path(path))
+
+
+def get_generator(weights: str | Path | None = None, device: str = "auto") -> Generator:
+    """The generator for ``weights`` (a file or model name; default: the installed demo weights), loaded once per
+    (file, device) and kept warm."""
+    path = resolve_model_path(weights) if weights is not None else default_weights_path()
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no generator weights found. Train them with `hcctwin train generator --cohort "
+                             f"DIR --out MODELDIR` and pass the .safetensors file, or install the demo weights.")
+    dev, message = devices.select_device(device)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, str(dev))
+    with _CACHE_LOCK:
+        gen = _CACHE.get(key)
+        if gen is None:
+            gen = load_generator(path, dev, message)
+            _CACHE[key] = gen
+    return gen
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+__all__ = ["DEFAULT_MODEL_NAME", "Generator", "clear_cache", "default_weights_path", "generator_card",
+           "get_generator", "load_generator"]

@@ -1,0 +1,417 @@
+"""Evaluate the follow-up generator against the simulator's counterfactual truth on a hold-out cohort.
+
+Usage::
+
+    python benchmarks/generator_evaluation.py --cohort HOLDOUT --weights MODEL.safetensors --out benchmarks/results \
+        [--train-cohort TRAIN] [--samples 4] [--seed 0] [--steps N] [--max-cases N] [--update-card]
+
+For every patient of ``HOLDOUT/clinical.csv`` and every regimen that has truth in ``HOLDOUT/truth/cases/<id>/``
+(the eligible ones) and every week (8/16/24), the generator's mean follow-up is compared with the true one and with
+two baselines (copy: pre-treatment image unchanged; exponential: per-regimen viable-volume rate fitted on the
+training cohort's *observed* follow-ups, ``--train-cohort``, else on the hold-out cohort's observed follow-ups, which
+favours the baseline). Metrics (issue 5 targets in brackets):
+
+- viable-tumour (label 2) volume: median relative error, ``|pred - true| / max(true, 1 ml)`` [<= 15 %];
+- tumour Dice, labels 2|3 together [>= 0.80];
+- mRECIST category per time point (``response.read_response`` on labels + arterial, one trajectory per regimen)
+  agreement and linear weighted kappa [>= 80 %];
+- liver-masked 3D SSIM (Gaussian window sigma 1.5 voxels, HU window [-100, 300]) and HU MAE, arterial + portal, vs
+  the copy and exponential baselines [better than both];
+- regimen ordering by viable-tumour change at the last week: fraction of patients (with >= 2 regimens) whose
+  predicted ordering agrees pairwise with the truth (pairs tied in the truth, |diff| < 0.5 ml, ignored) [>= 80 %];
+- Pearson correlation between voxel absolute error of the mean and the predicted std (liver voxels) [> 0];
+- timing of the demo-size request (3 regimens x 3 weeks x 4 samples on a 512 x 512 x 120 case; ``--demo-case`` or a
+  synthetic phantom of that size) [<= 60 s on 2 CPU cores], with machine information.
+
+Writes ``OUT/generator_evaluation.json`` and ``OUT/generator_evaluation.md``. Demo weights, synthetic data, not for
+clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+try:
+    import HCCTwinLib  # noqa: F401
+except ImportError:  # running from a checkout without installing the package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
+
+from HCCTwinLib.cases import Geometry
+from HCCTwinLib.labels import NECROSIS, VIABLE_TUMOR
+
+SSIM_WINDOW_HU = (-100.0, 300.0)
+MIN_VOLUME_ML = 1.0
+TARGETS = {"viable_volume_median_rel_error": ("<=", 0.15), "tumour_dice_mean": (">=", 0.80),
+           "mrecist_agreement": (">=", 0.80), "regimen_ordering_agreement": (">=", 0.80),
+           "demo_request_seconds": ("<=", 60.0)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# metric pieces (unit-tested in HCCTwin/Testing/Python/test_twin.py)
+def ssim3d(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, sigma_vox: float = 1.5,
+           window: Sequence[float] | None = SSIM_WINDOW_HU, k1: float = 0.01, k2: float = 0.03) -> float:
+    """Mean 3D SSIM (Wang et al. 2004, Gaussian window) over ``mask``; images clipped to ``window`` (HU) first."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if window is not None:
+        a, b = np.clip(a, *window), np.clip(b, *window)
+        data_range = float(window[1] - window[0])
+    else:
+        data_range = float(max(a.max(), b.max()) - min(a.min(), b.min())) or 1.0
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+
+    def g(x):
+        return ndimage.gaussian_filter(x, sigma_vox, mode="nearest", truncate=3.5)
+
+    mu_a, mu_b = g(a), g(b)
+    var_a = g(a * a) - mu_a ** 2
+    var_b = g(b * b) - mu_b ** 2
+    cov = g(a * b) - mu_a * mu_b
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    m = np.ones(a.shape, bool) if mask is None else np.asarray(mask, bool)
+    return float(ssim_map[m].mean()) if m.any() else float("nan")
+
+
+def hu_mae(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    m = np.ones(np.shape(a), bool) if mask is None else np.asarray(mask, bool)
+    return float(np.mean(np.abs(np.asarray(a, np.float64)[m] - np.asarray(b, np.float64)[m]))) if m.any() \
+        else float("nan")
+
+
+def tumour_dice(pred_labels: np.ndarray, true_labels: np.ndarray) -> float:
+    """Dice of tumour = labels 2|3 (viable + necrosis); 1.0 when both are empty."""
+    p = np.isin(pred_labels, (VIABLE_TUMOR, NECROSIS))
+    t = np.isin(true_labels, (VIABLE_TUMOR, NECROSIS))
+    denom = int(p.sum()) + int(t.sum())
+    return 1.0 if denom == 0 else 2.0 * float(np.logical_and(p, t).sum()) / denom
+
+
+def viable_volume_ml(labels: np.ndarray, geometry: Geometry) -> float:
+    return float((np.asarray(labels) == VIABLE_TUMOR).sum()) * geometry.voxel_volume_ml
+
+
+def relative_error(pred: float, true: float, floor: float = MIN_VOLUME_ML) -> float:
+    """``|pred - true| / max(true, floor)`` (the floor keeps complete responses finite)."""
+    return abs(float(pred) - float(true)) / max(float(true), floor)
+
+
+def ordering_agreement(pred_change: Mapping[str, float], true_change: Mapping[str, float], tie_tol: float = 0.5
+                       ) -> bool:
+    """True when every pair of regimens not tied in the truth is ordered the same way by the prediction."""
+    keys = [k for k in true_change if k in pred_change]
+    for n, a in enumerate(keys):
+        for b in keys[n + 1:]:
+            dt = true_change[a] - true_change[b]
+            if abs(dt) < tie_tol:
+                continue
+            if np.sign(pred_change[a] - pred_change[b]) != np.sign(dt):
+                return False
+    return True
+
+
+def error_std_correlation(abs_error: np.ndarray, std: np.ndarray) -> float:
+    """Pearson correlation of voxel absolute error and predicted std (NaN when either is constant)."""
+    e, s = np.asarray(abs_error, np.float64).ravel(), np.asarray(std, np.float64).ravel()
+    if e.size < 2 or e.std() == 0 or s.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(e, s)[0, 1])
+
+
+def mrecist_categories(base_labels, base_arterial, followups, geometry: Geometry) -> list[str]:
+    """mRECIST category per follow-up ``[(weeks, labels, arterial)]`` of one trajectory."""
+    from HCCTwinLib.response import read_response
+
+    reading = read_response(base_labels, followups, geometry, base_arterial, criteria=("mrecist",))
+    return reading.categories("mrecist")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        info["load_average_1_5_15"] = list(os.getloadavg())
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def demo_phantom(shape=(120, 512, 512), spacing=(0.75, 0.75, 2.5)):
+    """A 512 x 512 x 120 CT-sized phantom (liver block + two tumours) for timing only."""
+    g = Geometry(shape=shape, spacing=spacing, origin=(-192.0, -192.0, 0.0))
+    k, j, i = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    labels = np.zeros(shape, np.uint8)
+    labels[20:100, 120:380, 60:330] = 1
+    labels[((k - 60) * 2.5) ** 2 + ((j - 250) * .75) ** 2 + ((i - 200) * .75) ** 2 < 30 ** 2] = 2
+    labels[((k - 45) * 2.5) ** 2 + ((j - 180) * .75) ** 2 + ((i - 120) * .75) ** 2 < 15 ** 2] = 2
+    art = np.select([labels == 1, labels == 2], [90.0, 150.0], -60.0).astype(np.float32)
+    por = np.select([labels == 1, labels == 2], [120.0, 95.0], -40.0).astype(np.float32)
+    return {"arterial": art, "portal": por}, labels, g
+
+
+def time_demo(gen, demo_case: str | None, regimens, weeks, samples, seed, steps) -> dict:
+    if demo_case:
+        from HCCTwinLib.io import load_case
+
+        case = load_case(demo_case)
+        phases, labels, geometry = case.phases, case.labels, case.geometry
+        source = str(demo_case)
+    else:
+        phases, labels, geometry = demo_phantom()
+        source = "synthetic 512x512x120 phantom"
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        gen.generate(phases, labels, geometry, regimens=regimens, weeks=weeks, samples=samples, seed=seed,
+                     steps=steps)
+        times.append(time.perf_counter() - t0)
+    return {"case": source, "shape_kji": list(geometry.shape), "regimens": list(regimens), "weeks": list(weeks),
+            "samples": samples, "steps": gen.last_info.get("steps"), "first_s": round(times[0], 2),
+            "warm_s": round(times[1], 2), "network_s": gen.last_info.get("network_s"),
+            "device": str(gen.device), "machine": machine_info()}
+
+
+def _load_truth(folder: Path):
+    from HCCTwinLib.io import find_image, read_image
+
+    out = {}
+    for p in ("arterial", "portal"):
+        out[p] = read_image(find_image(folder, p))[0]
+    labels, geom = read_image(find_image(folder, "labels"), labels=True)
+    return out, labels, geom
+
+
+def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, samples: int = 4, seed: int = 0,
+             steps: int | None = None, weeks: Sequence[int] = (8, 16, 24), max_cases: int | None = None,
+             device: str = "auto", demo_case: str | None = None, skip_timing: bool = False, log=print) -> dict:
+    from HCCTwinLib.io import load_case
+    from HCCTwinLib.response import weighted_kappa
+    from HCCTwinLib.twin.baselines import ExponentialBaseline, copy_baseline
+    from HCCTwinLib.twin.generator import get_generator
+    from HCCTwinLib.twin.train import _inside, read_received_regimens
+
+    cohort = Path(cohort).resolve()
+    gen = get_generator(weights, device=device)
+    fit_on = Path(train_cohort) if train_cohort else cohort
+    exp_model = ExponentialBaseline.fit_cohort(fit_on)
+    log(f"exponential baseline rates (1/week, fit on {fit_on.name}): {exp_model.rates}")
+    patients = list(read_received_regimens(cohort))[: max_cases or None]
+    methods = ("generator", "copy", "exponential")
+    per_fu: list[dict] = []
+    cats = {"pred": [], "true": [], "copy": [], "exponential": []}
+    ordering, err_all, std_all = [], [], []
+    rng = np.random.default_rng(0)
+    t_start = time.perf_counter()
+    for n, pid in enumerate(patients):
+        truth_root = _inside(cohort, "truth", "cases", pid)
+        if not truth_root.is_dir():
+            continue
+        regs = [r for r in sorted(p.name for p in truth_root.iterdir()) if r in gen.regimens]
+        if not regs:
+            continue
+        case = load_case(_inside(cohort, "cases", pid, "pre"), patient_id=pid)
+        preds = {"generator": gen.generate(case, regimens=regs, weeks=weeks, samples=samples, seed=seed,
+                                           steps=steps),
+                 "copy": copy_baseline(case.phases, case.labels, case.geometry, regs, weeks),
+                 "exponential": exp_model.predict(case.phases, case.labels, case.geometry, regs, weeks)}
+        v0 = viable_volume_ml(case.labels, case.geometry)
+        change_pred, change_true = {}, {}
+        for r in regs:
+            traj = {m: [] for m in ("true", *methods)}
+            for w in weeks:
+                folder = truth_root / r / f"w{w:02d}"
+                if not folder.is_dir():
+                    continue
+                t_phases, t_labels, _g = _load_truth(folder)
+                liver = (t_labels > 0) | (case.labels > 0)
+                row = {"patient_id": pid, "regimen": r, "weeks": w, "true_viable_ml": viable_volume_ml(
+                    t_labels, case.geometry), "pre_viable_ml": v0}
+                for m in methods:
+                    f = preds[m][r][w]
+                    vv = viable_volume_ml(f.labels, case.geometry)
+                    row[f"{m}_viable_ml"] = vv
+                    row[f"{m}_viable_rel_error"] = relative_error(vv, row["true_viable_ml"])
+                    row[f"{m}_dice"] = tumour_dice(f.labels, t_labels)
+                    row[f"{m}_ssim"] = float(np.mean([ssim3d(f.phases[p], t_phases[p], liver)
+                                                      for p in ("arterial", "portal")]))
+                    row[f"{m}_mae"] = float(np.mean([hu_mae(f.phases[p], t_phases[p], liver)
+                                                     for p in ("arterial", "portal")]))
+                    traj[m].append((w, f.labels, f.phases["arterial"]))
+                traj["true"].append((w, t_labels, t_phases["arterial"]))
+                f = preds["generator"][r][w]
+                idx = np.flatnonzero(liver)
+                idx = rng.choice(idx, size=min(20000, idx.size), replace=False)
+                for p in ("arterial", "portal"):
+                    err_all.append(np.abs(f.phases[p].ravel()[idx] - t_phases[p].ravel()[idx]))
+                    std_all.append(f.std[p].ravel()[idx])
+                per_fu.append(row)
+            if traj["true"]:
+                true_c = mrecist_categories(case.labels, case.phases["arterial"], traj["true"], case.geometry)
+                cats["true"].extend(true_c)
+                cats["pred"].extend(mrecist_categories(case.labels, case.phases["arterial"], traj["generator"],
+                                                       case.geometry))
+                cats["copy"].extend(mrecist_categories(case.labels, case.phases["arterial"], traj["copy"],
+                                                       case.geometry))
+                cats["exponential"].extend(mrecist_categories(case.labels, case.phases["arterial"],
+                                                              traj["exponential"], case.geometry))
+                last = [x for x in per_fu if x["patient_id"] == pid and x["regimen"] == r][-1]
+                change_pred[r] = last["generator_viable_ml"] - v0
+                change_true[r] = last["true_viable_ml"] - v0
+        if len(change_true) >= 2:
+            ordering.append(ordering_agreement(change_pred, change_true))
+        log(f"[{n + 1}/{len(patients)}] {pid}: {len(regs)} regimens ({time.perf_counter() - t_start:.0f} s)")
+    if not per_fu:
+        raise SystemExit(f"{cohort}: no truth follow-ups found under truth/cases/<id>/<regimen>/wNN/")
+
+    def agg(key, fn=np.median):
+        vals = [x[key] for x in per_fu if x[key] is not None and math.isfinite(x[key])]
+        return float(fn(vals)) if vals else None
+
+    summary = {m: {"viable_volume_median_rel_error": agg(f"{m}_viable_rel_error"),
+                   "tumour_dice_mean": agg(f"{m}_dice", np.mean), "liver_ssim_mean": agg(f"{m}_ssim", np.mean),
+                   "liver_hu_mae_mean": agg(f"{m}_mae", np.mean)} for m in methods}
+    for m, key in (("generator", "pred"), ("copy", "copy"), ("exponential", "exponential")):
+        agree = float(np.mean([a == b for a, b in zip(cats[key], cats["true"])])) if cats["true"] else None
+        summary[m]["mrecist_agreement"] = agree
+        summary[m]["mrecist_weighted_kappa"] = weighted_kappa(cats[key], cats["true"]) if cats["true"] else None
+    summary["generator"]["regimen_ordering_agreement"] = float(np.mean(ordering)) if ordering else None
+    summary["generator"]["n_patients_ordering"] = len(ordering)
+    summary["generator"]["error_std_pearson"] = error_std_correlation(np.concatenate(err_all),
+                                                                      np.concatenate(std_all))
+    result = {"cohort": str(cohort), "weights": str(weights), "model_card": {k: gen.card.get(k) for k in (
+        "name", "version", "sha256", "crop_kji", "architecture_kwargs")}, "samples": samples, "seed": seed,
+        "steps": gen.last_info.get("steps"), "weeks": list(weeks), "n_patients": len({x["patient_id"] for x in per_fu}),
+        "n_followups": len(per_fu), "exponential_rates_per_week": exp_model.rates,
+        "exponential_fit_on": str(fit_on), "summary": summary, "per_followup": per_fu,
+        "disclaimer": "Demo weights, synthetic data, not for clinical use."}
+    if not skip_timing:
+        demo_regs = [r for r in ("tace_pd1_len", "haic_pd1_len", "pd1_tki") if r in gen.regimens][:3]
+        result["timing"] = time_demo(gen, demo_case, demo_regs, (8, 16, 24), 4, seed, steps)
+    result["targets"] = check_targets(result)
+    return result
+
+
+def check_targets(result: dict) -> dict:
+    g = result["summary"]["generator"]
+    values = dict(g)
+    if "timing" in result:
+        values["demo_request_seconds"] = result["timing"]["warm_s"]
+    out = {}
+    for key, (op, thr) in TARGETS.items():
+        v = values.get(key)
+        out[key] = {"value": v, "target": f"{op} {thr}",
+                    "met": None if v is None else (v <= thr if op == "<=" else v >= thr)}
+    for metric, better in (("liver_ssim_mean", max), ("liver_hu_mae_mean", min)):
+        vals = {m: result["summary"][m][metric] for m in ("generator", "copy", "exponential")}
+        ok = None if any(v is None for v in vals.values()) else better(vals, key=vals.get) == "generator"
+        out[f"{metric}_beats_baselines"] = {"value": vals, "met": ok}
+    return out
+
+
+def write_report(result: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = out_dir / "generator_evaluation.json", out_dir / "generator_evaluation.md"
+    jpath.write_text(json.dumps(result, indent=2, default=float))
+
+    def fmt(v):
+        return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    s = result["summary"]
+    lines = ["# Generator evaluation", "", "Demo weights, synthetic data, not for clinical use.", "",
+             f"Cohort `{result['cohort']}`: {result['n_patients']} patients, {result['n_followups']} follow-ups "
+             f"(regimen x week); {result['samples']} samples, seed {result['seed']}, {result['steps']} steps. "
+             f"Exponential baseline fit on `{result['exponential_fit_on']}`.", "",
+             "| metric | generator | copy | exponential |", "|---|---|---|---|"]
+    for key in ("viable_volume_median_rel_error", "tumour_dice_mean", "mrecist_agreement", "mrecist_weighted_kappa",
+                "liver_ssim_mean", "liver_hu_mae_mean"):
+        lines.append(f"| {key} | " + " | ".join(fmt(s[m].get(key)) for m in ("generator", "copy", "exponential"))
+                     + " |")
+    g = s["generator"]
+    lines += ["", f"- Regimen ordering agreement: {fmt(g['regimen_ordering_agreement'])} "
+                  f"({g['n_patients_ordering']} patients with >= 2 regimens)",
+              f"- Voxel |error| vs predicted std, Pearson r: {fmt(g['error_std_pearson'])}"]
+    if "timing" in result:
+        t = result["timing"]
+        lines += [f"- Demo request ({len(t['regimens'])} regimens x {len(t['weeks'])} weeks x {t['samples']} samples, "
+                  f"{t['case']}, {t['shape_kji']}): first {t['first_s']} s, warm {t['warm_s']} s (network "
+                  f"{t['network_s']} s) on {t['device']}; {t['machine']['cpu']}, {t['machine']['torch_threads']} "
+                  f"threads, load {t['machine'].get('load_average_1_5_15')}"]
+    lines += ["", "## Targets (issue 5)", "", "| target | value | met |", "|---|---|---|"]
+    for key, v in result["targets"].items():
+        lines.append(f"| {key} {v.get('target', '')} | {fmt(v['value']) if not isinstance(v['value'], dict) else ''.join(f'{k}: {fmt(x)} ' for k, x in v['value'].items())} | {v['met']} |")  # noqa: E501
+    mpath.write_text("\n".join(lines) + "\n")
+    return jpath, mpath
+
+
+def update_card(weights: Path, result: dict) -> None:
+    """Write the measured numbers into the model card's ``metrics`` (the weights file and its sha256 are unchanged)."""
+    from HCCTwinLib.weights import card_path, load_card, verify
+
+    card = load_card(weights)
+    verify(weights, card)
+    card["metrics"] = {"generator_evaluation": {"cohort": Path(result["cohort"]).name,
+                                                "n_patients": result["n_patients"], **result["summary"]["generator"],
+                                                "baselines": {m: result["summary"][m] for m in ("copy", "exponential")},
+                                                "timing": result.get("timing", {}).get("warm_s")}}
+    path = card_path(weights)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cohort", required=True, type=Path, help="hold-out cohort with truth/ (>= 30 patients)")
+    ap.add_argument("--weights", required=True, type=Path)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--train-cohort", type=Path, default=None, help="fit the exponential baseline here")
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--max-cases", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--demo-case", default=None, help="pre/ folder of the demo case for the timing")
+    ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--update-card", action="store_true", help="write the metrics into the model card")
+    args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = evaluate(args.cohort, args.weights, train_cohort=args.train_cohort, samples=args.samples,
+                      seed=args.seed, steps=args.steps, max_cases=args.max_cases, device=args.device,
+                      demo_case=args.demo_case, skip_timing=args.skip_timing)
+    jpath, mpath = write_report(result, args.out)
+    if args.update_card:
+        update_card(args.weights, result)
+    print(mpath.read_text())
+    print(f"written {jpath} and {mpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

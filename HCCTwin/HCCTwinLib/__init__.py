@@ -7,6 +7,6 @@ Layers (one direction only): ``cases``/``io`` -> ``clinical``/``regimens`` -> mo
 __version__ = "0.1.0"
 
 DISCLAIMER = (
-    "Research use only. Demo weights were trained on synthetic (simulated) data; "
+    "Research use only. Demo data are simulated and demo weights are trained on simulated data; "
     "not for clinical use or treatment decisions."
 )

@@ -18,7 +18,7 @@ import numpy as np
 from . import DISCLAIMER, __version__
 from .cases import Case
 from .labels import LABELS, TUMOR_LABELS
-from .progress import ProgressCallback, report
+from .progress import ProgressCallback, SubProgress, report
 
 DEFAULT_WEEKS = (8, 16, 24)
 DEFAULT_REGIMENS = ("tace_pd1_len", "haic_pd1_len", "pd1_tki")
@@ -54,6 +54,7 @@ class TwinResult:
     survival: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    provenance: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (``result.json``)."""
@@ -78,6 +79,10 @@ class TwinResult:
                                if self.real_followup.labels is not None else None}
                               if self.real_followup else None),
             "survival": _jsonable(self.survival),
+            "virtual_followups": {r: {f"w{w:02d}": label_volumes_ml(fu.labels, self.case.geometry.voxel_volume_ml)
+                                      for w, fu in by_week.items() if fu.labels is not None}
+                                  for r, by_week in self.followups.items()},
+            "provenance": self.provenance,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "notes": self.notes,
         }
@@ -106,20 +111,52 @@ def label_volumes_ml(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, fl
     return out
 
 
+@dataclass
+class PipelineOptions:
+    """How :func:`run_case` runs. ``segmentation``: "auto" uses the case's labels when given (e.g. corrected by the
+    radiologist) and the model otherwise; "model" always runs the model; "given" never runs it."""
+
+    device: str = "auto"
+    samples: int = 4
+    seed: int = 0
+    segmentation: str = "auto"
+    segmentation_weights: str | None = None
+    generator_weights: str | None = None
+    steps: int | None = None
+
+
+def _installed(get_model, weights, device, what: str, notes: list[str]):
+    """The cached model, or None with a note saying why (no model file installed / refused)."""
+    from .weights import ModelFileError
+
+    try:
+        return get_model(weights, device=device)
+    except ModelFileError as exc:
+        notes.append(f"{what}: {exc}")
+        return None
+
+
+def _model_label(card: dict) -> str:
+    return f"model {card.get('name', '?')} {card.get('version', '')}".strip()
+
+
 def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real_followup: FollowUp | None = None,
-             progress: ProgressCallback | None = None) -> TwinResult:
-    """Run every step that exists on one case and return the result as data.
+             options: PipelineOptions | None = None, progress: ProgressCallback | None = None) -> TwinResult:
+    """Run every step whose model is available on one case and return the result as data.
 
     ``real_followup`` is an observed follow-up already on the case's grid; it is carried into the result for display
-    and comparison.
+    and comparison. Steps whose model is not installed are listed in ``result.notes`` (never faked).
     """
     from . import clinical
     from . import regimens as regimen_catalogue
 
+    options = options or PipelineOptions()
     catalogue = regimen_catalogue.load_catalogue()
     unknown = [r for r in regimens if r not in catalogue]
     if unknown:
         raise ValueError(f"unknown regimen(s) {unknown}; known: {', '.join(catalogue)}")
+    if options.segmentation not in {"auto", "model", "given"}:
+        raise ValueError(f"segmentation={options.segmentation!r}: expected auto, model or given")
     result = TwinResult(case=case, regimens=list(regimens), weeks=[int(w) for w in weeks],
                         real_followup=real_followup)
     if real_followup is not None:
@@ -129,7 +166,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
                                  f"pre-treatment grid {case.geometry.shape} first")
 
     t0 = time.perf_counter()
-    report(progress, 0.05, "Clinical scores and eligibility")
+    report(progress, 0.02, "Clinical scores and eligibility")
     if case.clinical:
         result.scores = clinical.compute_scores(case.clinical)
         result.eligibility = {r: clinical.eligibility_warnings(r, case.clinical) for r in regimens}
@@ -138,14 +175,41 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     result.timings["clinical"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    report(progress, 0.2, "Segmentation")
+    report(progress, 0.05, "Segmentation")
+    use_model = options.segmentation == "model" or (options.segmentation == "auto" and case.labels is None)
+    if use_model:
+        from .segmentation import get_segmenter
+
+        segmenter = _installed(get_segmenter, options.segmentation_weights, options.device, "Segmentation",
+                               result.notes)
+        if segmenter is not None:
+            if segmenter.message:
+                result.notes.append(segmenter.message)
+            case.labels = segmenter.segment(case, progress=SubProgress(progress, 0.05, 0.35))
+            result.provenance["segmentation"] = _model_label(segmenter.card)
+    elif case.labels is not None:
+        result.provenance["segmentation"] = "given (user or file)"
     if case.labels is not None:
         result.label_volumes_ml = label_volumes_ml(case.labels, case.geometry.voxel_volume_ml)
-    else:
-        result.notes.append("No segmentation given and no segmentation model is installed yet.")
     result.timings["segmentation"] = time.perf_counter() - t0
 
-    result.notes.append("Virtual follow-ups and per-regimen survival are not available yet in this version "
-                        "(no generator or survival model shipped).")
+    t0 = time.perf_counter()
+    report(progress, 0.35, "Virtual follow-ups")
+    if case.labels is None:
+        result.notes.append("Virtual follow-ups need a segmentation: none given and no model ran.")
+    else:
+        from .twin import get_generator
+
+        generator = _installed(get_generator, options.generator_weights, options.device, "Generator", result.notes)
+        if generator is not None:
+            result.followups = generator.generate(case, regimens=list(regimens), weeks=result.weeks,
+                                                  samples=options.samples, seed=options.seed, steps=options.steps,
+                                                  progress=SubProgress(progress, 0.35, 0.9))
+            result.provenance["generator"] = (f"{_model_label(generator.card)}, {options.samples} samples, "
+                                              f"seed {options.seed}")
+    result.timings["generate"] = time.perf_counter() - t0
+
+    result.notes.append("Per-regimen survival curves are not available yet in this version (no survival model "
+                        "shipped).")
     report(progress, 1.0, "Done")
     return result

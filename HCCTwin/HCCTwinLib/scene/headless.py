@@ -19,9 +19,12 @@ class HeadlessSlicer:
     """Headless Slicer core: ``.scene``, ``.app_logic``, ``.segmentations_logic``, ``.sequences_logic``,
     ``.volumes_logic``, ``.view_manager`` and :meth:`slice_view` for offscreen slice views."""
 
-    def __init__(self, share_directory: str | None = None):
+    def __init__(self, share_directory: str | None = None, quiet: bool = True):
         import slicer
         from trame_slicer.core import SlicerApp
+
+        if quiet:
+            _quiet_vtk_warnings()
 
         self.app = SlicerApp(share_directory)
         self.scene = self.app.scene
@@ -98,3 +101,14 @@ class HeadlessSlicer:
 def create_headless_app(share_directory: str | None = None) -> HeadlessSlicer:
     """Same as ``HeadlessSlicer(share_directory)``."""
     return HeadlessSlicer(share_directory)
+
+
+def _quiet_vtk_warnings() -> None:
+    """Headless, VTK 9.6 warns on every offscreen view ("bad X server connection", "WindowResizeEvent will not be
+    generated ..."): harmless for offscreen rendering, and they bury real messages. Errors are still printed."""
+    import vtk
+
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    if hasattr(vtk, "vtkLogger"):
+        vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
+

@@ -192,8 +192,11 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         try:
+            self.logic.ensureDependencies()
             case = self.logic.caseFromNodes(p.arterialVolume, p.portalVolume, p.segmentation, clinicalValues(p))
+            realFollowup = self.logic.followupFromNode(p.followupVolume, p.followupWeeks, case)
             weeks = [int(w) for w in p.weeks.replace(" ", "").split(",") if w]
+            options = self.logic.options(samples=p.samples, seed=p.seed, device=p.device)
         except Exception as exc:  # bad input: tell the user, change nothing
             slicer.util.errorDisplay(str(exc), windowTitle="HCCTwin")
             return
@@ -206,7 +209,8 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def work():
             try:
-                result = self.logic.run(case, self.selectedRegimens(), weeks, progress=progress)
+                result = self.logic.run(case, self.selectedRegimens(), weeks, realFollowup=realFollowup,
+                                        options=options, progress=progress)
                 self._messages.put(("done", result, None))
             except Exception as exc:  # reported on the Qt thread
                 self._messages.put(("error", exc, None))
@@ -329,11 +333,31 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
         patientId = (portalNode or arterialNode).GetName() if (portalNode or arterialNode) else "case"
         return assemble_case(patientId, images, labels, clinical or {})
 
-    def run(self, case, regimens, weeks, progress=None):
+    def followupFromNode(self, followupNode, weeks: int, case):
+        """A real follow-up volume node -> FollowUp on the pre-treatment grid (resampled in physical space; the
+        follow-up is shown in the portal-venous role)."""
+        if followupNode is None:
+            return None
+        from HCCTwinLib.io import resample_to, to_sitk, validate_image
+        from HCCTwinLib.pipeline import FollowUp
+        from HCCTwinLib.scene.nodes import array_and_geometry_from_volume
+
+        array, geometry = array_and_geometry_from_volume(followupNode)
+        array, geometry = validate_image(to_sitk(array, geometry), followupNode.GetName())
+        array = resample_to(array, geometry, case.geometry)
+        return FollowUp(weeks=int(weeks), phases={"portal": array}, kind="observed")
+
+    @staticmethod
+    def options(samples: int = 4, seed: int = 0, device: str = "auto"):
+        from HCCTwinLib.pipeline import PipelineOptions
+
+        return PipelineOptions(samples=int(samples), seed=int(seed), device=device)
+
+    def run(self, case, regimens, weeks, realFollowup=None, options=None, progress=None):
         """Run the engine (in the calling thread; the Widget calls it from a worker thread)."""
         from HCCTwinLib.pipeline import run_case
 
-        return run_case(case, regimens, weeks, progress=progress)
+        return run_case(case, regimens, weeks, real_followup=realFollowup, options=options, progress=progress)
 
     def showResult(self, result) -> None:
         """Put the result into the scene (Qt thread only): volumes, segmentation, table, layout."""

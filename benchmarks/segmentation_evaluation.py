@@ -1,0 +1,170 @@
+"""Segmentation quality and speed (issue 4), re-runnable by anyone:
+
+    .venv/bin/python benchmarks/segmentation_evaluation.py \
+        --weights HCCTwin/HCCTwinLib/weights/hcctwin_seg.safetensors --n 30 --seed 900 --out benchmarks/results
+
+Quality: a fresh simulated hold-out cohort (seed never used in training; the shipped model was trained on seed 101),
+the model run on each pre-treatment study; Dice per label (mean over patients; PVTT over the patients who have it),
+lesion-wise sensitivity for lesions >= 10 mm and false-positive lesions per patient.
+Speed: a simulated patient rendered on a 512 x 512 x 120 grid; cold (first call in a fresh process, after model load)
+and warm (second call) wall time, and the process's peak RSS, each measured in its own subprocess.
+Results go to ``<out>/segmentation_evaluation.{json,md}`` with machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "HCCTwin"))
+
+TARGETS = {"liver": 0.95, "viable_tumor": 0.85, "necrosis": 0.70, "pvtt": 0.60, "sensitivity_10mm": 0.90,
+           "fp_per_patient": 0.2, "warm_cpu_s": 20.0, "peak_rss_gb": 4.0}
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def evaluate_quality(weights: str, n: int, seed: int, device: str) -> dict:
+    from HCCTwinLib.segmentation import cohort_lesion_detection, dice_per_label, get_segmenter, lesion_counts
+    from HCCTwinLib.simulate import simulate_patient
+
+    segmenter = get_segmenter(weights, device=device)
+    per_patient, pairs = [], []
+    for i in range(n):
+        p = simulate_patient(seed, i)
+        pred = segmenter.segment(p.case)
+        d = dice_per_label(pred, p.labels)
+        d["patient_id"] = p.patient_id
+        d["has_pvtt"] = bool((p.labels == 4).any())
+        per_patient.append(d)
+        pairs.append(lesion_counts(pred, p.labels, p.geometry, min_diameter_mm=10.0))
+        print(f"{p.patient_id}: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()
+                                               if isinstance(v, float) and np.isfinite(v)), flush=True)
+    summary = {}
+    for key in ("liver_total", "liver", "viable_tumor", "necrosis", "pvtt", "tumor_total"):
+        rows = [r for r in per_patient if key != "pvtt" or r["has_pvtt"]]
+        vals = [r.get(key) for r in rows]
+        vals = [v for v in vals if v is not None and np.isfinite(v)]
+        summary[key] = {"mean": float(np.mean(vals)) if vals else None, "n": len(vals),
+                        "median": float(np.median(vals)) if vals else None}
+    sens, fp = cohort_lesion_detection(pairs)
+    summary["sensitivity_10mm"] = float(sens)
+    summary["fp_per_patient"] = float(fp)
+    return {"per_patient": per_patient, "summary": summary}
+
+
+SPEED_CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+torch.set_num_threads(int(sys.argv[4]))
+from HCCTwinLib.segmentation import get_segmenter
+from HCCTwinLib.simulate import simulate_patient
+p = simulate_patient(int(sys.argv[5]), 0, shape=(120, 512, 512))
+t = time.perf_counter(); seg = get_segmenter(sys.argv[2], device=sys.argv[3]); load = time.perf_counter() - t
+if torch.cuda.is_available() and sys.argv[3] != "cpu":
+    torch.cuda.reset_peak_memory_stats()
+t = time.perf_counter(); seg.segment(p.case); cold = time.perf_counter() - t
+t = time.perf_counter(); seg.segment(p.case); warm = time.perf_counter() - t
+out = {"shape_kji": list(p.arterial.shape), "spacing_mm": list(p.geometry.spacing), "load_s": load, "cold_s": cold,
+       "warm_s": warm, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+       "device": str(seg.device)}
+if seg.device.type == "cuda":
+    out["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+print("RESULT " + json.dumps(out))
+"""
+
+
+def evaluate_speed(weights: str, device: str, threads: int, seed: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", SPEED_CHILD, str(ROOT / "HCCTwin"), weights, device, str(threads),
+                           str(seed)], capture_output=True, text=True, check=False)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"speed run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return json.loads(line[7:])
+
+
+def write_report(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "segmentation_evaluation.json").write_text(json.dumps(result, indent=2, default=float))
+    s, sp = result["quality"]["summary"], result.get("speed", {})
+
+    def row(name, value, target, higher=True):
+        ok = value is not None and (value >= target if higher else value <= target)
+        return f"| {name} | {value if value is None else round(value, 3)} | {'>=' if higher else '<='} {target} | " \
+               f"{'met' if ok else 'NOT met'} |"
+
+    lines = [f"# Segmentation evaluation ({result['machine']['date']})", "",
+             f"Model: `{result['weights']}` (sha256 {result['sha256'][:16]}...). Hold-out: {result['n']} simulated "
+             f"patients, seed {result['seed']} (training used seed 101). Machine: {result['machine']['platform']}, "
+             f"{result['machine']['cpu_count']} CPU cores" + (f", GPU {result['machine']['gpu']}"
+                                                             if "gpu" in result["machine"] else ", no GPU") + ".", "",
+             "| metric | measured | target | |", "|---|---|---|---|",
+             row("Dice liver, whole organ (labels 1-3; mean)", s["liver_total"]["mean"], TARGETS["liver"]),
+             f"| Dice liver parenchyma only (label 1; mean) | {s['liver']['mean']:.3f} | | |",
+             row("Dice viable tumor (mean)", s["viable_tumor"]["mean"], TARGETS["viable_tumor"]),
+             row(f"Dice necrosis (mean, n={s['necrosis']['n']})", s["necrosis"]["mean"], TARGETS["necrosis"]),
+             row(f"Dice PVTT (mean over {s['pvtt']['n']} patients with PVTT)", s["pvtt"]["mean"], TARGETS["pvtt"]),
+             row("Lesion sensitivity, lesions >= 10 mm", s["sensitivity_10mm"], TARGETS["sensitivity_10mm"]),
+             row("False-positive lesions per patient", s["fp_per_patient"], TARGETS["fp_per_patient"], False)]
+    for label, run in sp.items():
+        lines += [row(f"{label}: warm inference 512x512x120 (s)", run["warm_s"], TARGETS["warm_cpu_s"], False),
+                  f"| {label}: cold inference (s, after {run['load_s']:.1f} s model load) | {run['cold_s']:.1f} | | |",
+                  row(f"{label}: peak RSS (GB)", run["peak_rss_gb"], TARGETS["peak_rss_gb"], False)]
+    lines += ["", "Dice: mean over hold-out patients of the per-patient Dice on the native grid; necrosis over the "
+              "patients where it is present in the truth or the prediction.", ""]
+    (out / "segmentation_evaluation.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--n", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=900)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    if args.seed == 101:
+        parser.error("seed 101 is the training cohort; evaluate on a fresh seed")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from HCCTwinLib.weights import sha256_file
+
+    result = {"weights": args.weights, "sha256": sha256_file(Path(args.weights)), "n": args.n, "seed": args.seed,
+              "machine": machine(), "targets": TARGETS,
+              "quality": evaluate_quality(args.weights, args.n, args.seed, args.device)}
+    if not args.skip_speed:
+        result["speed"] = {f"CPU, {args.threads} threads": evaluate_speed(args.weights, "cpu", args.threads,
+                                                                           args.seed)}
+        if torch.cuda.is_available():
+            result["speed"]["GPU"] = evaluate_speed(args.weights, "cuda", args.threads, args.seed)
+    result["peak_rss_gb_evaluation_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    write_report(result, Path(args.out))
+    print((Path(args.out) / "segmentation_evaluation.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""``hcctwin demo`` / ``make demo``: the main job end to end on the embedded default case.
+
+The default case is a simulated patient (fixed seed, see :mod:`HCCTwinLib.simulate`): nothing is downloaded. The demo
+writes the case in the cohort layout, loads it back through the same I/O a site's data goes through, runs the
+pipeline, builds the Slicer scene headless (slicer-core) and renders the linked "pre-treatment | real follow-up |
+virtual follow-up" views offscreen.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from . import DISCLAIMER
+from .cases import Case
+from .io import load_case, read_image, save_case, write_image
+from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS, FollowUp, run_case
+from .progress import ProgressCallback, SubProgress, report
+
+#: The embedded default case: simulator seed and patient index (a patient with HCC eligible for the three main
+#: regimens). Changing it changes the demo's pictures, not its code path.
+DEFAULT_SEED = 0
+DEFAULT_PATIENT_INDEX = 0
+REAL_FOLLOWUP_WEEKS = 8
+
+
+def default_case(seed: int = DEFAULT_SEED, small: bool = False, index: int = DEFAULT_PATIENT_INDEX
+                 ) -> tuple[Case, FollowUp]:
+    """The default simulated patient and its observed 8-week follow-up under the regimen it received."""
+    from .simulate import simulate_patient
+
+    patient = simulate_patient(seed, index, fast=small)
+    imgs = patient.render_followups(patient.regimen, [REAL_FOLLOWUP_WEEKS])[REAL_FOLLOWUP_WEEKS]
+    follow = FollowUp(weeks=REAL_FOLLOWUP_WEEKS, phases={"arterial": imgs["arterial"], "portal": imgs["portal"]},
+                      labels=imgs["labels"], kind="observed", regimen=patient.regimen)
+    return patient.case, follow
+
+
+def run_demo(out: str | Path, seed: int = DEFAULT_SEED, *, small: bool = False, render: bool = True,
+             progress: ProgressCallback | None = None) -> dict:
+    """Run the demo into ``out``; returns a summary dict (also written as ``out/demo_summary.json``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    t0 = time.perf_counter()
+    report(progress, 0.0, "Simulating the default patient")
+    sim_case, follow = default_case(seed, small)
+    case_dir = out / "case"
+    save_case(sim_case, case_dir / "pre")
+    fu_dir = case_dir / "followup" / f"w{follow.weeks:02d}"
+    for name, arr in follow.phases.items():
+        write_image(arr, sim_case.geometry, fu_dir / f"{name}.nii.gz")
+    write_image(follow.labels, sim_case.geometry, fu_dir / "labels.nii.gz", labels=True)
+    (case_dir / "clinical.json").write_text(json.dumps(sim_case.clinical, indent=2, default=str))
+    timings["simulate"] = time.perf_counter() - t0
+
+    # load back exactly as a site's case is loaded
+    t0 = time.perf_counter()
+    report(progress, 0.15, "Loading the case")
+    case = load_case(case_dir / "pre", patient_id=sim_case.patient_id, clinical=sim_case.clinical)
+    real = FollowUp(weeks=follow.weeks, kind="observed", regimen=follow.regimen,
+                    phases={n: read_image(fu_dir / f"{n}.nii.gz")[0] for n in ("arterial", "portal")},
+                    labels=read_image(fu_dir / "labels.nii.gz", labels=True)[0])
+    timings["load"] = time.perf_counter() - t0
+
+    result = run_case(case, DEFAULT_REGIMENS, DEFAULT_WEEKS, real_followup=real,
+                      progress=SubProgress(progress, 0.2, 0.7))
+    result.timings.update(timings)
+    outputs = {"case": str(case_dir), "result_json": str(out / "result.json")}
+
+    if render:
+        t0 = time.perf_counter()
+        report(progress, 0.75, "Building the scene and rendering the linked views")
+        outputs.update(render_result(result, out))
+        result.timings["scene_and_render"] = time.perf_counter() - t0
+
+    result.write_json(out / "result.json")
+    report(progress, 1.0, "Demo done")
+    summary = {"patient_id": case.patient_id, "received_regimen": real.regimen, "outputs": outputs,
+               "timings_s": {k: round(v, 2) for k, v in result.timings.items()}, "disclaimer": DISCLAIMER}
+    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def render_result(result, out: Path) -> dict[str, str]:
+    """Headless scene of ``result`` + offscreen PNGs of the linked views (``out/views/*.png``, ``out/layout.png``)."""
+    from .scene import layout as L
+    from .scene.build import show_result
+    from .scene.headless import HeadlessSlicer
+    from .scene.render import ViewSpec, compose_panels, render_views_png
+
+    app = HeadlessSlicer()
+    try:
+        app.slice_views(L.COMPARE_VIEWS)
+        ids = show_result(app.scene, result, segmentations_logic=app.segmentations_logic,
+                          sequences_logic=app.sequences_logic, layout_node=L.layout_node_of(app.scene))
+        specs = [ViewSpec(L.PRE_VIEW, ids.pre["portal"], "Pre-treatment (portal venous)",
+                          segmentation_id=ids.segmentation)]
+        if ids.real_followup:
+            fu = result.real_followup
+            specs.append(ViewSpec(L.REAL_VIEW, ids.real_followup["portal"],
+                                  f"Real follow-up w{fu.weeks:02d} ({fu.regimen})"))
+        if ids.virtual_proxies:
+            regimen, proxy = next(iter(ids.virtual_proxies.items()))
+            specs.append(ViewSpec(L.VIRTUAL_VIEW, proxy, f"Virtual follow-up ({regimen})"))
+        # the slice through the largest tumour cross-section, so the panels show the disease
+        ras = _tumour_center_ras(result)
+        rendered = render_views_png(app, specs, out / "views", ras_position=ras)
+        layout_png = compose_panels([rendered[s.name] for s in specs], out / "layout.png",
+                                    title=f"HCCTwin - {result.case.patient_id}", footer=DISCLAIMER)
+        return {"layout_png": str(layout_png), "views": str(out / "views")}
+    finally:
+        app.close()
+
+
+def _tumour_center_ras(result):
+    import numpy as np
+
+    labels = result.case.labels
+    if labels is None or not np.isin(labels, (2, 3)).any():
+        return None
+    tumour = np.isin(labels, (2, 3))
+    k = int(np.argmax(tumour.sum(axis=(1, 2))))
+    j, i = (float(v.mean()) for v in np.nonzero(tumour[k]))
+    ras = result.case.geometry.ijk_to_ras() @ np.array([i, j, k, 1.0])
+    return tuple(float(v) for v in ras[:3])

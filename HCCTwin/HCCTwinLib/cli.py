@@ -151,8 +151,16 @@ def cmd_train(args) -> int:
         if args.lr:
             kwargs["lr"] = args.lr
         summary = train_segmentation(args.cohort, args.out, **kwargs)
-    else:  # pragma: no cover - argparse restricts the choices
-        raise SystemExit(f"unknown model {args.model}")
+    else:
+        from .twin.train import train_generator
+
+        kwargs = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "resume": not args.restart,
+                  "max_cases": args.max_cases, "progress": ProgressBar()}
+        if args.batch_size:
+            kwargs["batch_size"] = args.batch_size
+        if args.lr:
+            kwargs["lr"] = args.lr
+        summary = train_generator(args.cohort, args.out, **kwargs)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -203,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("train", help="train a model on a cohort in the HCCTwin cohort layout")
-    p.add_argument("model", choices=["segmentation"], help="which model")
+    p.add_argument("model", choices=["segmentation", "generator"],
+                   help="segmentation (pre-treatment and follow-up labels) or generator (observed follow-ups only)")
     p.add_argument("--cohort", required=True, help="cohort folder (clinical.csv + cases/)")
     p.add_argument("--out", required=True, help="model folder (checkpoints, log, final model + card)")
     p.add_argument("--epochs", type=int, default=100, help="total epochs (re-run with more to continue)")

@@ -84,3 +84,18 @@ def test_survival_cv_writes_metrics(tmp_path):
     for score in ("hap", "six", "albi", "bclc"):
         assert score in text.lower()
     assert "site_specific_column" in text  # the unknown column is reported as ignored
+
+
+def test_simulate_then_train_generator_from_the_cli(tmp_path):
+    cohort = tmp_path / "cohort"
+    assert main(["simulate", "--n", "2", "--seed", "11", "--out", str(cohort), "--fast", "--no-truth-images"]) == 0
+    table = pd.read_csv(cohort / "clinical.csv")
+    assert len(table) == 2 and (cohort / "cases" / table.patient_id[0] / "pre" / "portal.nii.gz").is_file()
+    assert main(["simulate", "--n", "2", "--seed", "11", "--out", str(cohort)]) == 2  # never overwrites
+    out = tmp_path / "gen"
+    assert main(["train", "generator", "--cohort", str(cohort), "--out", str(out), "--epochs", "1",
+                 "--batch-size", "2"]) == 0
+    from HCCTwinLib.weights import load_state
+
+    state, card = load_state(out / "hcctwin_twin.safetensors")
+    assert card["training"]["epochs_completed"] == 1 and state

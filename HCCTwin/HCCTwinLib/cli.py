@@ -142,25 +142,16 @@ def cmd_segment(args) -> int:
 
 def cmd_train(args) -> int:
     if args.model == "segmentation":
-        from .segmentation import train_segmentation
-
-        kwargs = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "resume": not args.restart,
-                  "max_cases": args.max_cases, "progress": ProgressBar()}
-        if args.batch_size:
-            kwargs["batch_size"] = args.batch_size
-        if args.lr:
-            kwargs["lr"] = args.lr
-        summary = train_segmentation(args.cohort, args.out, **kwargs)
+        from .segmentation import train_segmentation as train
     else:
-        from .twin.train import train_generator
-
-        kwargs = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "resume": not args.restart,
-                  "max_cases": args.max_cases, "progress": ProgressBar()}
-        if args.batch_size:
-            kwargs["batch_size"] = args.batch_size
-        if args.lr:
-            kwargs["lr"] = args.lr
-        summary = train_generator(args.cohort, args.out, **kwargs)
+        from .twin.train import train_generator as train
+    kwargs = {"epochs": args.epochs, "seed": args.seed, "device": args.device, "resume": not args.restart,
+              "max_cases": args.max_cases, "progress": ProgressBar()}
+    if args.batch_size:
+        kwargs["batch_size"] = args.batch_size
+    if args.lr:
+        kwargs["lr"] = args.lr
+    summary = train(args.cohort, args.out, **kwargs)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

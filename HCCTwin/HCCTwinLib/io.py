@@ -321,3 +321,20 @@ def save_case(case: Case, folder: str | os.PathLike) -> dict[str, Path]:
     if case.labels is not None:
         written["labels"] = write_image(case.labels, case.geometry, folder / "labels.nii.gz", labels=True)
     return written
+
+
+def path_inside(root: Path, *parts: str) -> Path:
+    """``root/parts`` resolved; InputError when a part is empty, a path, '.'/'..', or the result leaves ``root``.
+
+    Every path built from a cohort table (patient ids, regimens, time points) goes through this, so a CSV cannot
+    make HCCTwin read or write outside the cohort folder (also not through a symbolic link).
+    """
+    for part in parts:
+        if not part or part in (".", "..") or "/" in part or "\\" in part or "\x00" in part or os.path.isabs(part):
+            raise InputError(f"{root}: {part!r} is not a valid case name (no path separators, '..' or absolute "
+                             f"paths); fix clinical.csv.")
+    path = root.joinpath(*parts).resolve()
+    if not path.is_relative_to(root):
+        raise InputError(f"{root}: {'/'.join(parts)!r} points outside the cohort folder ({path}); refusing to read "
+                         f"it. Cohort data must lie inside the cohort folder (no symbolic links out of it).")
+    return path

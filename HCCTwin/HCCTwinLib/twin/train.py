@@ -40,6 +40,7 @@ from .. import __version__
 from .. import device as devices
 from ..errors import InputError
 from ..io import find_image, load_case, read_image
+from ..io import path_inside as _inside
 from ..progress import ProgressCallback, SubProgress, report
 from ..weights import ModelFileError, load_state, save_model, sha256_file
 from . import model as tm
@@ -60,19 +61,6 @@ class Pair:
     tp: str
     pre_folder: Path
     followup_folder: Path
-
-
-def _inside(root: Path, *parts: str) -> Path:
-    """``root/parts`` resolved; InputError when a part is empty, a path, '.'/'..', or the result leaves ``root``."""
-    for part in parts:
-        if not part or part in (".", "..") or "/" in part or "\\" in part or "\x00" in part or os.path.isabs(part):
-            raise InputError(f"{root}: {part!r} is not a valid case name (no path separators, '..' or absolute "
-                             f"paths); fix clinical.csv.")
-    path = root.joinpath(*parts).resolve()
-    if not path.is_relative_to(root):
-        raise InputError(f"{root}: {'/'.join(parts)!r} points outside the cohort folder ({path}); refusing to read "
-                         f"it. Cohort data must lie inside the cohort folder (no symbolic links out of it).")
-    return path
 
 
 def read_received_regimens(cohort_dir: str | os.PathLike) -> dict[str, str]:

@@ -37,7 +37,8 @@ def _first(pred, seed=SEED, limit=60):
         m = sample_patient(seed, i)
         if pred(m):
             return i
-    pytest.skip("no patient of the wanted kind among the first ones")
+    pytest.fail(f"no patient of the wanted kind among the first {limit} of seed {seed}: the simulator no longer "
+                "draws the case this test needs")
 
 
 # ---------------------------------------------------------------------------------------------------------------

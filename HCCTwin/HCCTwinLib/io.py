@@ -338,3 +338,21 @@ def path_inside(root: Path, *parts: str) -> Path:
         raise InputError(f"{root}: {'/'.join(parts)!r} points outside the cohort folder ({path}); refusing to read "
                          f"it. Cohort data must lie inside the cohort folder (no symbolic links out of it).")
     return path
+
+
+def read_training_state(state_path: Path, config: Mapping) -> dict:
+    """A trainer's ``train_state.json``; InputError when it is unreadable or was written with other settings
+    (resuming must never mix two configurations)."""
+    import json
+
+    try:
+        state = json.loads(Path(state_path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{state_path}: unreadable training state ({exc}); re-run with resume=False.") from exc
+    old = state.get("config", {})
+    differing = [k for k in config if json.dumps(old.get(k)) != json.dumps(config[k])]
+    if differing:
+        raise InputError(f"{Path(state_path).parent}: the checkpoint there was trained with different settings "
+                         f"({', '.join(differing)}); use another output folder or resume=False to start over.")
+    return state
+

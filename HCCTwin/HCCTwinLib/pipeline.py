@@ -17,6 +17,7 @@ import numpy as np
 
 from . import DISCLAIMER, __version__
 from .cases import Case
+from .jsonutil import jsonable
 from .labels import LABELS, TUMOR_LABELS
 from .progress import ProgressCallback, SubProgress, report
 
@@ -69,8 +70,8 @@ class TwinResult:
                          "direction": list(g.direction)},
             "regimens": self.regimens,
             "weeks": self.weeks,
-            "clinical": _jsonable(self.case.clinical),
-            "scores": _jsonable(self.scores),
+            "clinical": jsonable(self.case.clinical),
+            "scores": jsonable(self.scores),
             "eligibility_warnings": self.eligibility,
             "label_volumes_ml": self.label_volumes_ml,
             "real_followup": ({"weeks": self.real_followup.weeks, "regimen": self.real_followup.regimen,
@@ -78,7 +79,7 @@ class TwinResult:
                                                                     self.case.geometry.voxel_volume_ml)
                                if self.real_followup.labels is not None else None}
                               if self.real_followup else None),
-            "survival": _jsonable(self.survival),
+            "survival": jsonable(self.survival),
             "virtual_followups": {r: {f"w{w:02d}": label_volumes_ml(fu.labels, self.case.geometry.voxel_volume_ml)
                                       for w, fu in by_week.items() if fu.labels is not None}
                                   for r, by_week in self.followups.items()},
@@ -92,16 +93,6 @@ class TwinResult:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.summary(), indent=2))
         return path
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def label_volumes_ml(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, float]:

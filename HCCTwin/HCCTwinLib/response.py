@@ -73,6 +73,7 @@ from scipy import ndimage
 
 from .cases import Geometry
 from .errors import InputError
+from .jsonutil import jsonable
 from .labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
 
 __all__ = [
@@ -154,7 +155,7 @@ class Lesion:
         return self.longest_diameter_mm if _criterion(criterion) == "recist" else self.viable_longest_diameter_mm
 
     def to_dict(self) -> dict[str, Any]:
-        return {f: _jsonable(getattr(self, f)) for f in self.__dataclass_fields__ if f != "mask"}
+        return {f: jsonable(getattr(self, f)) for f in self.__dataclass_fields__ if f != "mask"}
 
 
 @dataclass
@@ -188,7 +189,7 @@ class TimePointReading:
         for f in self.__dataclass_fields__:
             value = getattr(self, f)
             out[f] = [x.to_dict() for x in value] if f in ("new_lesions", "lesions", "new_lesions_mrecist") \
-                else _jsonable(value)
+                else jsonable(value)
         return out
 
 
@@ -226,7 +227,7 @@ class ResponseReading:
             "baseline_sum_viable_mm": self.baseline_sum_viable_mm,
             "baseline_pvtt_volume_ml": self.baseline_pvtt_volume_ml,
             "timepoints": [tp.to_dict() for tp in self.timepoints],
-            "target_ids": _jsonable(self.target_ids),
+            "target_ids": jsonable(self.target_ids),
             "measurable_disease": dict(self.measurable_disease),
             "best_overall": dict(self.best_overall),
             "objective_response": dict(self.objective_response),
@@ -236,20 +237,6 @@ class ResponseReading:
 
 # --------------------------------------------------------------------------------------------------------------------
 # helpers
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value)
-    return value
-
 
 def _criterion(name: str) -> str:
     crit = str(name).strip().lower()

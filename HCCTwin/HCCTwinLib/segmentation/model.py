@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..jsonutil import jsonable
+
 ARCHITECTURES = ("DynUNet", "SegResNet")
 DEFAULT_ARCHITECTURE = "DynUNet"
 DEFAULT_FILTERS = (16, 32, 64, 128, 256)
@@ -45,17 +47,7 @@ def model_kwargs(architecture: str = DEFAULT_ARCHITECTURE, **overrides) -> dict[
     else:
         raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
     kw.update(overrides)
-    return json_ready(kw)
-
-
-def json_ready(value):
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    return jsonable(kw)
 
 
 def build_model(architecture: str = DEFAULT_ARCHITECTURE, **kwargs):

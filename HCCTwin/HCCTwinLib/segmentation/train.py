@@ -36,7 +36,7 @@ import numpy as np
 from .. import __version__
 from .. import device as devices
 from ..errors import InputError
-from ..io import find_image, load_case
+from ..io import find_image, load_case, read_training_state
 from ..io import path_inside as _inside
 from ..progress import ProgressCallback, SubProgress, report
 from ..weights import ModelFileError, load_state, save_model, sha256_file
@@ -456,15 +456,7 @@ def _save_checkpoint(state_path: Path, ckpt_path: Path, opt_path: Path, state: d
 def _load_checkpoint(state_path: Path, ckpt_path: Path, opt_path: Path, config: dict, model, optimizer, dev) -> dict:
     import torch
 
-    try:
-        state = json.loads(state_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{state_path}: unreadable training state ({exc}); re-run with resume=False.") from exc
-    old = state.get("config", {})
-    differing = [k for k in config if json.dumps(old.get(k)) != json.dumps(config[k])]
-    if differing:
-        raise InputError(f"{state_path.parent}: the checkpoint there was trained with different settings "
-                         f"({', '.join(differing)}); use another output folder or resume=False to start over.")
+    state = read_training_state(state_path, config)
     weights, _ = load_state(ckpt_path, device="cpu")
     model.load_state_dict(weights)
     if not opt_path.is_file() or sha256_file(opt_path) != state.get("optimizer_sha256"):

@@ -39,7 +39,7 @@ import numpy as np
 from .. import __version__
 from .. import device as devices
 from ..errors import InputError
-from ..io import find_image, load_case, read_image
+from ..io import find_image, load_case, read_image, read_training_state
 from ..io import path_inside as _inside
 from ..progress import ProgressCallback, SubProgress, report
 from ..weights import ModelFileError, load_state, save_model, sha256_file
@@ -384,15 +384,7 @@ def _save_checkpoint(state, model, ema, optimizer, state_path, ckpt, ckpt_ema, o
 def _load_checkpoint(state_path, config, model, ema, optimizer, ckpt, ckpt_ema, opt_path, dev) -> dict:
     import torch
 
-    try:
-        state = json.loads(state_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{state_path}: unreadable training state ({exc}); re-run with resume=False.") from exc
-    old = state.get("config", {})
-    differing = [k for k in config if json.dumps(old.get(k)) != json.dumps(config[k])]
-    if differing:
-        raise InputError(f"{state_path.parent}: the checkpoint there was trained with different settings "
-                         f"({', '.join(differing)}); use another output folder or resume=False to start over.")
+    state = read_training_state(state_path, config)
     model.load_state_dict(load_state(ckpt)[0])
     if ema is not None:
         ema.load_state_dict(load_state(ckpt_ema)[0])

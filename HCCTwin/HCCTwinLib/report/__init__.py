@@ -1,0 +1,64 @@
+"""Tumor-board report: ``result.json`` (the pipeline summary as a dict) -> HTML + PDF + survival PNGs.
+
+Public API::
+
+    plot_survival(summary, out_png, endpoint="os") -> Path
+    write_report(summary, out_dir, *, images=None, deidentify=False) -> dict[str, Path]
+
+``content`` turns the summary into sections (the one place that decides what the report says), ``html`` and ``pdf``
+draw the same sections, ``plots`` draws the survival curves. Engine code: imports neither qt nor slicer; the
+rendered Slicer layout comes in as a PNG through ``images``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+from .content import DEIDENTIFIED, build_sections, curves, deidentify_summary, disclaimer_text, patient_label
+from .plots import plot_survival, survival_figure
+
+__all__ = ["plot_survival", "survival_figure", "write_report", "DEIDENTIFIED"]
+
+TITLE = "HCCTwin tumor-board report"
+
+
+def write_report(summary: Mapping, out_dir: str | Path, *, images: Mapping[str, str | Path] | None = None,
+                 deidentify: bool = False) -> dict[str, Path]:
+    """Write ``report.html``, ``report.pdf``, ``survival.png`` (and ``survival_pfs.png`` when PFS curves exist)
+    into ``out_dir``; returns ``{"html", "pdf", "survival_png"[, "survival_pfs_png"]}`` -> paths.
+
+    ``images`` maps captions to extra PNGs (e.g. ``{"Linked views: pre | real | virtual": "layout.png"}``); they
+    are embedded in both files. ``deidentify=True`` leaves the patient ID and name out of every text, caption and
+    the PDF metadata (the patient shows as "de-identified"); pixels of the given images are embedded as they are,
+    so render them without patient annotations.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = {str(k): Path(v) for k, v in (images or {}).items()}
+    if deidentify:
+        from .content import scrub_text
+
+        images = {scrub_text(k, summary): v for k, v in images.items()}
+        summary = deidentify_summary(summary)
+    paths: dict[str, Path] = {"survival_png": plot_survival(summary, out_dir / "survival.png", "os")}
+    plots = {"os": paths["survival_png"]}
+    if curves(summary, "pfs"):
+        paths["survival_pfs_png"] = plot_survival(summary, out_dir / "survival_pfs.png", "pfs")
+        plots["pfs"] = paths["survival_pfs_png"]
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sections = build_sections(summary, images=images, plots=plots, date=date)
+    patient = DEIDENTIFIED if deidentify else patient_label(summary)
+    title = f"{TITLE}: patient {patient}"
+    banner = "Research use only. Demo weights are trained on synthetic data; not for clinical use."
+    from .html import write_html
+    from .pdf import write_pdf
+
+    paths["html"] = write_html(sections, out_dir / "report.html", title=title, banner=banner)
+    metadata = {"Title": title, "Author": "HCCTwin", "Subject": disclaimer_text(summary),
+                "Creator": f"HCCTwin {summary.get('hcctwin_version') or __version__}",
+                "Keywords": "HCC; tumor board; digital twin; research use only"}
+    paths["pdf"], _ = write_pdf(sections, out_dir / "report.pdf", title=title, banner=banner, metadata=metadata)
+    return paths

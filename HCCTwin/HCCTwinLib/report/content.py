@@ -1,0 +1,570 @@
+"""What the report says, independent of how it is drawn: ``result.json`` (the summary dict) -> sections of blocks.
+
+The HTML and the PDF writers render the same :class:`Section` list, so both always carry the same content. Every
+section tolerates absent data: it then holds a "not available" block with the reason taken from the summary's notes.
+Numbers that are ``None`` or NaN (``null`` in JSON) print as "n/a".
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .. import DISCLAIMER, __version__
+
+DEMO_SENTENCE = ("The shipped demo weights are trained on synthetic (simulated) data only. This report is for "
+                 "research use only and must not be used for clinical or treatment decisions.")
+DEIDENTIFIED = "de-identified"
+ENDPOINT_NAMES = {"os": "Overall survival", "pfs": "Progression-free survival"}
+#: Keys that name or identify a patient; dropped everywhere when de-identifying.
+IDENTIFYING_KEYS = ("patient_id", "patient_name", "name", "mrn", "accession_number", "birth_date", "date_of_birth",
+                    "dicom_patient_id", "dicom_patient_name", "study_uid", "series_uid", "study_instance_uid",
+                    "series_instance_uid")
+_SCORE_LABELS = {
+    "albi_score": "ALBI score", "albi_grade": "ALBI grade", "child_pugh_points": "Child-Pugh points",
+    "child_pugh_class": "Child-Pugh class", "child_pugh_label": "Child-Pugh", "bclc": "BCLC stage",
+    "hap_points": "HAP points", "hap_class": "HAP class", "mhap2_points": "mHAP-II points",
+    "mhap2_class": "mHAP-II class", "six_twelve_cm": "Six-and-twelve (cm)",
+    "six_twelve_stratum": "Six-and-twelve stratum", "up_to_seven_value": "Up-to-seven value",
+    "within_up_to_seven": "Within up-to-seven", "tbs": "Tumour burden score", "tbs_group": "Tumour burden group",
+}
+_VOLUME_LABELS = {"liver": "Liver", "viable_tumor": "Viable tumour", "necrosis": "Necrosis", "pvtt": "PVTT",
+                  "tumor_total": "Tumour total", "background": "Background"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Blocks and sections
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Block:
+    """One piece of a section. ``kind``: "text", "list" (``items``), "table" (``header`` + ``rows``, optional
+    ``row_keys`` naming each row, e.g. the regimen id), "image" (``image`` path + ``text`` caption), "na" (``text``:
+    the reason), "warning" (``text``)."""
+
+    kind: str
+    text: str = ""
+    items: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    row_keys: list[str] = field(default_factory=list)
+    image: str | None = None
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Formatting
+# ----------------------------------------------------------------------------------------------------------------
+
+def num(value: Any) -> float | None:
+    """A finite float, or None for None / NaN / inf / anything not a number."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def fmt(value: Any, digits: int = 1, unit: str = "") -> str:
+    x = num(value)
+    if x is None:
+        return "n/a"
+    return f"{x:.{digits}f}{unit}"
+
+
+def fmt_pct(value: Any) -> str:
+    x = num(value)
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _pair(ci: Any) -> tuple[Any, Any]:
+    if isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2:
+        return ci[0], ci[1]
+    return None, None
+
+
+def fmt_ci(estimate: Any, ci: Any, kind: str = "months") -> str:
+    """``"18.2 (14.0–23.5)"`` for months, ``"72% (64–80%)"`` for probabilities; missing bounds print as n/a."""
+    lo, hi = _pair(ci)
+    if kind == "pct":
+        est = fmt_pct(estimate)
+        if num(lo) is None and num(hi) is None:
+            return est
+        return f"{est} ({fmt_pct(lo)[:-1] if num(lo) is not None else 'n/a'}–{fmt_pct(hi)})"
+    est = fmt(estimate)
+    if num(lo) is None and num(hi) is None:
+        return est
+    return f"{est} ({fmt(lo)}–{fmt(hi)})"
+
+
+def fmt_median(curve: Mapping) -> str:
+    """Median with its interval; a curve that never reaches 0.5 has median "not reached" (NR)."""
+    lo, hi = _pair(curve.get("median_ci"))
+    med = num(curve.get("median"))
+    est = f"{med:.1f}" if med is not None else "NR"
+    if num(lo) is None and num(hi) is None:
+        return est if med is not None else "not reached"
+    return f"{est} ({fmt(lo) if num(lo) is not None else 'n/a'}–{fmt(hi) if num(hi) is not None else 'NR'})"
+
+
+def scalar_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    if value is None:
+        return "n/a"
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {scalar_text(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(scalar_text(v) for v in value)
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Regimens, curves, reasons
+# ----------------------------------------------------------------------------------------------------------------
+
+_FALLBACK_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def regimen_info(regimen_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``{id: {"name", "short_name", "color"}}`` from the regimen catalogue; an id the catalogue does not know (a
+    site's own regimen) keeps its id as name and gets a distinct fallback colour."""
+    try:
+        from ..regimens import load_catalogue
+
+        catalogue = load_catalogue()
+    except Exception:  # a broken site catalogue must not stop the report
+        catalogue = {}
+    out, used = {}, set()
+    for rid in regimen_ids:
+        reg = catalogue.get(rid)
+        if reg is not None:
+            out[rid] = {"name": reg.name, "short_name": reg.short_name, "color": reg.color}
+            used.add(reg.color.lower())
+    spare = [c for c in _FALLBACK_COLORS if c not in used]
+    for rid in regimen_ids:
+        if rid not in out:
+            color = spare.pop(0) if spare else _FALLBACK_COLORS[len(out) % len(_FALLBACK_COLORS)]
+            out[rid] = {"name": str(rid), "short_name": str(rid), "color": color}
+    return out
+
+
+def survival_part(summary: Mapping) -> Mapping:
+    surv = summary.get("survival")
+    return surv if isinstance(surv, Mapping) else {}
+
+
+def curves(summary: Mapping, endpoint: str = "os") -> dict[str, Mapping]:
+    """The endpoint's curves ``{regimen: CURVE}`` that have at least one time point (empty when none)."""
+    endpoints = survival_part(summary).get("endpoints")
+    by_reg = endpoints.get(endpoint) if isinstance(endpoints, Mapping) else None
+    if not isinstance(by_reg, Mapping):
+        return {}
+    return {r: c for r, c in by_reg.items() if isinstance(c, Mapping) and c.get("times")}
+
+
+def all_notes(summary: Mapping) -> list[str]:
+    notes = [str(n) for n in summary.get("notes") or []]
+    notes += [str(n) for n in survival_part(summary).get("notes") or [] if str(n) not in notes]
+    return notes
+
+
+def reason(summary: Mapping, *keywords: str, default: str) -> str:
+    """The first note mentioning one of ``keywords`` (case-insensitive), else ``default``."""
+    for note in all_notes(summary):
+        low = note.lower()
+        if any(k.lower() in low for k in keywords):
+            return note
+    return default
+
+
+def regimen_order(summary: Mapping) -> list[str]:
+    """Regimens in the order of the run, then any others the survival / response parts mention."""
+    order = [str(r) for r in summary.get("regimens") or []]
+    extra: list[str] = []
+    for endpoint in ("os", "pfs"):
+        extra += list(curves(summary, endpoint))
+    for part in (summary.get("response"), summary.get("eligibility_warnings"), summary.get("virtual_followups")):
+        if isinstance(part, Mapping):
+            extra += [str(k) for k in part]
+    for rid in extra:
+        if rid not in order:
+            order.append(rid)
+    return order
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# De-identification
+# ----------------------------------------------------------------------------------------------------------------
+
+def identifiers(summary: Mapping) -> list[str]:
+    """Strings that identify the patient (ID, name, ...), longest first."""
+    found = set()
+    for part in (summary, summary.get("clinical") if isinstance(summary.get("clinical"), Mapping) else {}):
+        for key in IDENTIFYING_KEYS:
+            value = part.get(key)
+            if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+                found.add(str(value).strip())
+    return sorted(found, key=len, reverse=True)
+
+
+def deidentify_summary(summary: Mapping) -> dict:
+    """A copy without identifying keys and with every identifier inside any string (notes, provenance, model
+    names, captions) replaced by "de-identified". Identifiers shorter than 3 characters are dropped as keys but not
+    searched for inside text (that would mangle ordinary words and numbers)."""
+    ids = [i for i in identifiers(summary) if len(i) >= 3]
+    pattern = re.compile("|".join(re.escape(i) for i in ids), re.IGNORECASE) if ids else None
+
+    def scrub(value):
+        if isinstance(value, Mapping):
+            return {scrub(str(k)): scrub(v) for k, v in value.items() if str(k).lower() not in IDENTIFYING_KEYS}
+        if isinstance(value, (list, tuple)):
+            return [scrub(v) for v in value]
+        if isinstance(value, str) and pattern is not None:
+            return pattern.sub(DEIDENTIFIED, value)
+        return value
+
+    out = scrub(copy.deepcopy(dict(summary)))
+    out["patient_id"] = DEIDENTIFIED
+    return out
+
+
+def scrub_text(text: str, summary: Mapping) -> str:
+    for ident in identifiers(summary):
+        if len(ident) >= 3:
+            text = re.sub(re.escape(ident), DEIDENTIFIED, text, flags=re.IGNORECASE)
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------------------------
+
+def disclaimer_text(summary: Mapping) -> str:
+    base = str(summary.get("disclaimer") or DISCLAIMER).strip()
+    return f"{base} {DEMO_SENTENCE}"
+
+
+def patient_label(summary: Mapping) -> str:
+    pid = summary.get("patient_id")
+    return str(pid) if pid not in (None, "") else "not given"
+
+
+def _na(text: str) -> Block:
+    return Block("na", text=f"Not available: {text}")
+
+
+def header_section(summary: Mapping, date: str | None = None) -> Section:
+    surv = survival_part(summary)
+    rows = [
+        ["Patient", patient_label(summary)],
+        ["Report date", date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")],
+        ["HCCTwin version", f"{summary.get('hcctwin_version') or 'n/a'} (report writer {__version__})"],
+        ["Modality / phases", f"{summary.get('modality') or 'n/a'} / {scalar_text(summary.get('phases') or 'n/a')}"],
+        ["Regimens evaluated", scalar_text([regimen_info([r])[r]["name"] for r in regimen_order(summary)] or "n/a")],
+        ["Time points (weeks)", scalar_text(summary.get("weeks") or "n/a")],
+        ["Survival model", str(surv.get("model") or "n/a")],
+    ]
+    return Section("header", "Patient and run", [Block("table", header=["Item", "Value"], rows=rows)])
+
+
+def scores_section(summary: Mapping) -> Section:
+    sec = Section("scores", "Clinical scores")
+    scores = summary.get("scores")
+    if not isinstance(scores, Mapping) or not [k for k in scores if k != "notes"]:
+        sec.blocks.append(_na(reason(summary, "clinical", "score", default="no clinical scores in this result.")))
+        return sec
+    rows = [[_SCORE_LABELS.get(k, k.replace("_", " ")), scalar_text(v)] for k, v in scores.items() if k != "notes"]
+    sec.blocks.append(Block("table", header=["Score", "Value"], rows=rows))
+    if scores.get("notes"):
+        sec.blocks.append(Block("list", items=[str(n) for n in scores["notes"]]))
+    clinical = summary.get("clinical")
+    if isinstance(clinical, Mapping) and clinical:
+        from ..clinical import CLINICAL_FIELDS
+
+        shown = [[k, scalar_text(clinical[k])] for k in CLINICAL_FIELDS if k in clinical]
+        if shown:
+            sec.blocks.append(Block("text", text="Clinical inputs:"))
+            sec.blocks.append(Block("table", header=["Field", "Value"], rows=shown))
+    return sec
+
+
+def eligibility_section(summary: Mapping, info: Mapping) -> Section:
+    sec = Section("eligibility", "Eligibility per regimen")
+    warnings = summary.get("eligibility_warnings")
+    if not isinstance(warnings, Mapping) or not warnings:
+        sec.blocks.append(_na(reason(summary, "eligib", "clinical", default="eligibility was not checked.")))
+        return sec
+    rows, keys = [], []
+    for rid in regimen_order(summary):
+        if rid not in warnings:
+            continue
+        items = [str(w) for w in warnings[rid] or []]
+        rows.append([info[rid]["name"], "; ".join(items) if items else "no warning"])
+        keys.append(rid)
+    sec.blocks.append(Block("table", header=["Regimen", "Eligibility warnings"], rows=rows, row_keys=keys))
+    return sec
+
+
+def volumes_section(summary: Mapping, info: Mapping) -> Section:
+    sec = Section("volumes", "Tumour volumes (mL)")
+    pre = summary.get("label_volumes_ml")
+    real = summary.get("real_followup") if isinstance(summary.get("real_followup"), Mapping) else None
+    virtual = summary.get("virtual_followups") if isinstance(summary.get("virtual_followups"), Mapping) else {}
+    rows: list[list[str]] = []
+    keys = [k for k in ("liver", "viable_tumor", "necrosis", "pvtt", "tumor_total")]
+    if isinstance(pre, Mapping) and pre:
+        keys += [k for k in pre if k not in keys and k != "background"]
+        rows.append(["pre-treatment", *[fmt(pre.get(k)) for k in keys]])
+    else:
+        sec.blocks.append(_na(reason(summary, "segment", default="no segmentation in this result.")))
+        return sec
+    if real and isinstance(real.get("label_volumes_ml"), Mapping):
+        label = f"real follow-up w{int(num(real.get('weeks')) or 0):02d}"
+        if real.get("regimen"):
+            label += f" ({info.get(real['regimen'], {}).get('short_name', real['regimen'])})"
+        rows.append([label, *[fmt(real["label_volumes_ml"].get(k)) for k in keys]])
+    n_virtual = 0
+    for rid, by_week in virtual.items():
+        if not isinstance(by_week, Mapping):
+            continue
+        for week, vols in sorted(by_week.items()):
+            if isinstance(vols, Mapping):
+                short = info.get(rid, {}).get("short_name", rid)
+                rows.append([f"virtual {short} {week}", *[fmt(vols.get(k)) for k in keys]])
+                n_virtual += 1
+    sec.blocks.append(Block("table", header=["Volume", *[_VOLUME_LABELS.get(k, k) for k in keys]], rows=rows))
+    if n_virtual == 0:
+        sec.blocks.append(_na("virtual follow-ups: " + reason(summary, "follow-up", "generator",
+                                                             default="none were generated.")))
+    return sec
+
+
+def images_section(summary: Mapping, images: Mapping[str, str]) -> Section:
+    sec = Section("images", "Linked views")
+    if not images:
+        sec.blocks.append(_na(reason(summary, "layout", "render", default="no rendered layout was given to the "
+                                                                          "report writer.")))
+    for caption, path in images.items():
+        sec.blocks.append(Block("image", text=str(caption), image=str(path)))
+    return sec
+
+
+def _response_text(by_week: Any) -> str:
+    if not isinstance(by_week, Mapping) or not by_week:
+        return "n/a"
+    parts = []
+    for week, reading in sorted(by_week.items()):
+        if isinstance(reading, Mapping):
+            parts.append(f"{week}: {reading.get('mrecist') or 'n/a'} / {reading.get('recist') or 'n/a'}")
+    return "; ".join(parts) or "n/a"
+
+
+def metastasis_by_regimen(summary: Mapping) -> tuple[dict[str, str], str | None]:
+    """Per-regimen metastasis risk text, and the patient-level one (the schema's single estimate) when given."""
+    meta = survival_part(summary).get("metastasis")
+    if not isinstance(meta, Mapping):
+        return {}, None
+    horizon = int(num(meta.get("horizon_months")) or 24)
+    per: dict[str, str] = {}
+    by_reg = meta.get("by_regimen")
+    if isinstance(by_reg, Mapping):
+        for rid, m in by_reg.items():
+            if isinstance(m, Mapping):
+                per[rid] = f"{fmt_ci(m.get('risk'), [m.get('lower'), m.get('upper')], 'pct')} at {horizon} mo"
+    overall = None
+    if "risk" in meta:
+        overall = f"{fmt_ci(meta.get('risk'), [meta.get('lower'), meta.get('upper')], 'pct')} at {horizon} mo"
+    return per, overall
+
+
+def survival_section(summary: Mapping, info: Mapping, plots: Mapping[str, str]) -> Section:
+    sec = Section("survival", "Survival per regimen")
+    os_curves, pfs_curves = curves(summary, "os"), curves(summary, "pfs")
+    for endpoint, png in plots.items():
+        sec.blocks.append(Block("image", text=f"{ENDPOINT_NAMES.get(endpoint, endpoint)} by regimen (shaded: 95% "
+                                               f"interval)", image=str(png)))
+    if not os_curves and not pfs_curves:
+        sec.blocks.append(_na(reason(summary, "surviv", default="no survival model ran for this result.")))
+    response = summary.get("response") if isinstance(summary.get("response"), Mapping) else {}
+    meta_per, meta_all = metastasis_by_regimen(summary)
+    header = ["Regimen", "Median OS, mo (95% CI)", "1-year OS (95% CI)", "2-year OS (95% CI)",
+              "RMST-24, mo (95% CI)", "Median PFS, mo (95% CI)", "mRECIST / RECIST", "Metastasis risk"]
+    rows, keys = [], []
+    for rid in regimen_order(summary):
+        os_c, pfs_c = os_curves.get(rid), pfs_curves.get(rid)
+        rows.append([
+            info[rid]["name"],
+            fmt_median(os_c) if os_c else "n/a",
+            fmt_ci(os_c.get("s12"), os_c.get("s12_ci"), "pct") if os_c else "n/a",
+            fmt_ci(os_c.get("s24"), os_c.get("s24_ci"), "pct") if os_c else "n/a",
+            fmt_ci(os_c.get("rmst24"), os_c.get("rmst24_ci")) if os_c else "n/a",
+            fmt_median(pfs_c) if pfs_c else "n/a",
+            _response_text(response.get(rid)),
+            meta_per.get(rid) or (f"{meta_all} (patient-level)" if meta_all else "n/a"),
+        ])
+        keys.append(rid)
+    sec.blocks.append(Block("table", header=header, rows=rows, row_keys=keys))
+    methods = sorted({str(c.get("interval_method")) for c in [*os_curves.values(), *pfs_curves.values()]
+                      if c.get("interval_method")})
+    if methods:
+        sec.blocks.append(Block("text", text=f"Intervals: {', '.join(methods)}. NR: not reached within follow-up."))
+    if not response:
+        sec.blocks.append(_na("mRECIST / RECIST response: " + reason(
+            summary, "response", "recist", "follow-up", default="no response readings in this result.")))
+    return sec
+
+
+def benefit_section(summary: Mapping, info: Mapping) -> Section:
+    sec = Section("benefit", "Treatment benefit: RMST-24 differences")
+    diffs = survival_part(summary).get("rmst24_differences")
+    if not isinstance(diffs, list) or not diffs:
+        sec.blocks.append(_na(reason(summary, "rmst", "benefit", "surviv",
+                                     default="no between-regimen comparison in this result.")))
+        return sec
+    rows = []
+    for d in diffs:
+        if not isinstance(d, Mapping):
+            continue
+        a, b = str(d.get("regimen_a")), str(d.get("regimen_b"))
+        na, nb = (info.get(r, {}).get("short_name", r) for r in (a, b))
+        tau = fmt(d.get("tau_months"), 0)
+        diff = fmt_ci(d.get("estimate"), [d.get("lower"), d.get("upper")])
+        rows.append([f"{na} vs {nb}", diff if diff == "n/a" else f"{diff} mo",
+                     tau, fmt_pct(d.get("prob_a_better"))])
+    sec.blocks.append(Block("table", header=["Comparison (A vs B)", "RMST difference A - B (95% CI)",
+                                             "Horizon (mo)", "P(A better)"], rows=rows))
+    sec.blocks.append(Block("text", text="A positive difference means more months alive within the horizon "
+                                         "with regimen A."))
+    return sec
+
+
+def recommendation_section(summary: Mapping, info: Mapping) -> Section:
+    sec = Section("recommendation", "Model recommendation")
+    rec = survival_part(summary).get("recommendation")
+    if not isinstance(rec, Mapping) or not rec.get("regimen"):
+        sec.blocks.append(_na(reason(summary, "recommend", "surviv",
+                                     default="no recommendation in this result.")))
+        return sec
+    rid = str(rec["regimen"])
+    probs = rec.get("probability_best") if isinstance(rec.get("probability_best"), Mapping) else {}
+    endpoint = ENDPOINT_NAMES.get(str(rec.get("endpoint", "os")), str(rec.get("endpoint")))
+    scope = "eligible regimens only" if rec.get("eligible_only") else "all regimens"
+    name = info.get(rid, {}).get("name", rid)
+    sec.blocks.append(Block("text", text=(
+        f"{name}: probability {fmt_pct(probs.get(rid))} of giving the longest restricted mean "
+        f"{endpoint.lower()} over {fmt(rec.get('tau_months'), 0)} months ({scope}). A model estimate to inform "
+        f"discussion, not a treatment decision.")))
+    if probs:
+        order = sorted(probs, key=lambda r: -(num(probs[r]) or 0))
+        sec.blocks.append(Block("table", header=["Regimen", "Probability best"],
+                                rows=[[info.get(r, {}).get("name", r), fmt_pct(probs[r])] for r in order],
+                                row_keys=list(order)))
+    return sec
+
+
+def metastasis_section(summary: Mapping) -> Section:
+    sec = Section("metastasis", "Distant metastasis risk")
+    meta = survival_part(summary).get("metastasis")
+    if not isinstance(meta, Mapping):
+        sec.blocks.append(_na(reason(summary, "metasta", default="no metastasis model ran for this result.")))
+        return sec
+    per, overall = metastasis_by_regimen(summary)
+    if overall:
+        sec.blocks.append(Block("text", text=f"Risk of distant metastasis: {overall}."))
+    for rid, text in per.items():
+        sec.blocks.append(Block("text", text=f"{rid}: {text}"))
+    points = meta.get("points")
+    if isinstance(points, Mapping) and points:
+        sec.blocks.append(Block("table", header=["Nomogram feature", "Points"],
+                                rows=[[str(k), fmt(v)] for k, v in points.items()]))
+    return sec
+
+
+def landmark_section(summary: Mapping) -> Section | None:
+    landmark = survival_part(summary).get("landmark")
+    if not isinstance(landmark, Mapping) or not landmark:
+        return None
+    rows = [[str(k), scalar_text(v)] for k, v in landmark.items()]
+    return Section("landmark", "Dynamic (landmark) risk", [Block("table", header=["Item", "Value"], rows=rows)])
+
+
+def _card_rows(card: Any, prefix: str = "") -> list[list[str]]:
+    rows = []
+    if isinstance(card, Mapping):
+        for k, v in card.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, Mapping) and prefix.count(".") < 1:
+                rows += _card_rows(v, f"{key}.")
+            else:
+                rows.append([key, scalar_text(v)])
+    else:
+        rows.append([prefix.rstrip(".") or "value", scalar_text(card)])
+    return rows
+
+
+def provenance_section(summary: Mapping) -> Section:
+    sec = Section("provenance", "Model cards and provenance")
+    prov = summary.get("provenance")
+    if isinstance(prov, Mapping) and prov:
+        sec.blocks.append(Block("table", header=["Step", "Model / source"],
+                                rows=[[str(k), scalar_text(v)] for k, v in prov.items()]))
+    surv_model = survival_part(summary).get("model")
+    if surv_model:
+        sec.blocks.append(Block("text", text=f"Survival model: {surv_model}"))
+    models = summary.get("models")
+    cards: list[tuple[str, Any]] = []
+    if isinstance(models, Mapping):
+        cards = list(models.items())
+    elif isinstance(models, list):
+        cards = [(str(c.get("name", f"model {i + 1}")) if isinstance(c, Mapping) else f"model {i + 1}", c)
+                 for i, c in enumerate(models)]
+    for name, card in cards:
+        sec.blocks.append(Block("text", text=f"Model card: {name}"))
+        sec.blocks.append(Block("table", header=["Field", "Value"], rows=_card_rows(card)))
+    if not sec.blocks:
+        sec.blocks.append(_na(reason(summary, "model", default="no model ran for this result.")))
+    timings = summary.get("timings_s")
+    if isinstance(timings, Mapping) and timings:
+        sec.blocks.append(Block("text", text="Run time (s): " + ", ".join(f"{k} {fmt(v, 2)}"
+                                                                           for k, v in timings.items())))
+    return sec
+
+
+def notes_section(summary: Mapping) -> Section:
+    notes = all_notes(summary)
+    return Section("notes", "Notes", [Block("list", items=notes) if notes else Block("text", text="No notes.")])
+
+
+def disclaimer_section(summary: Mapping) -> Section:
+    return Section("disclaimer", "Disclaimer", [Block("warning", text=disclaimer_text(summary))])
+
+
+def build_sections(summary: Mapping, *, images: Mapping[str, str] | None = None,
+                   plots: Mapping[str, str] | None = None, date: str | None = None) -> list[Section]:
+    """All sections in report order. ``summary`` should already be de-identified when wanted."""
+    info = regimen_info(regimen_order(summary))
+    sections = [header_section(summary, date), scores_section(summary), eligibility_section(summary, info),
+                volumes_section(summary, info), images_section(summary, dict(images or {})),
+                survival_section(summary, info, dict(plots or {})), benefit_section(summary, info),
+                recommendation_section(summary, info), metastasis_section(summary)]
+    landmark = landmark_section(summary)
+    if landmark is not None:
+        sections.append(landmark)
+    sections += [provenance_section(summary), notes_section(summary), disclaimer_section(summary)]
+    return sections

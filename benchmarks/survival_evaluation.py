@@ -1,7 +1,7 @@
 """Survival / decision engine evaluation on a simulated cohort with known truth (issue 6 "Numbers").
 
     python benchmarks/survival_evaluation.py --cohort COHORT_DIR [--holdout-cohort DIR] [--out benchmarks/results]
-        [--dev-fraction 0.5] [--seed 0] [--bootstrap 50] [--no-images] [--deep-features CSV]
+        [--dev-fraction 0.5] [--seed 0] [--bootstrap 50] [--no-images] [--cache DIR]
 
 Fits on a development split (or the whole ``--cohort`` when ``--holdout-cohort`` is given) and evaluates on the
 hold-out (the issue asks for >= 300 hold-out patients): OS Harrell/Uno C vs the oracle, time-dependent AUC at
@@ -33,27 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
 
 from HCCTwinLib import DISCLAIMER  # noqa: E402
 from HCCTwinLib.survival import metrics as M  # noqa: E402
-from HCCTwinLib.survival.features import (  # noqa: E402
-    DEFAULT_COVARIATES,
-    SCORE_BASELINES,
-    clinical_features,
-    imaging_features,
-    radiomics_features,
-    response_features,
-)
-from HCCTwinLib.survival.models import (  # noqa: E402
-    LandmarkModel,
-    MetastasisModel,
-    PerRegimenSurvival,
-    landmark_dataset,
-)
+from HCCTwinLib.survival.engine import cohort_feature_table, fit_engine  # noqa: E402
+from HCCTwinLib.survival.features import SCORE_BASELINES  # noqa: E402
+from HCCTwinLib.survival.models import MetastasisModel, PerRegimenSurvival, landmark_dataset  # noqa: E402
 
 ORACLE_COLUMNS = ("true_lp", "true_risk", "true_linear_predictor", "true_log_hazard", "oracle_risk", "true_hazard")
 TACE = "tace_pd1_len"
 THRESHOLDS = {"c_gap_to_oracle": 0.03, "ici": 0.05, "recommendation_accuracy": 0.80, "metastasis_auc": 0.80}
-MET_CLINICAL = ("max_diameter_cm", "n_tumors", "log_afp", "pvtt", "albi_score")
-RADIOMICS_KEYS = ("fo_mean", "fo_sd", "fo_entropy", "fo_skewness", "shape_sphericity", "shape_elongation",
-                  "glcm_contrast", "glcm_homogeneity")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -86,64 +72,18 @@ def find_oracle(cohort: Path, clinical: pd.DataFrame, cf: pd.DataFrame | None) -
     return "none available", None
 
 
-def _read_labels(folder: Path):
-    import SimpleITK as sitk
-
-    from HCCTwinLib.cases import Geometry
-
-    out = {}
-    for name in ("labels", "arterial", "portal"):
-        for ext in (".nii.gz", ".nrrd", ".mha", ".nii"):
-            p = folder / f"{name}{ext}"
-            if p.is_file():
-                img = sitk.ReadImage(str(p))
-                out[name] = sitk.GetArrayFromImage(img)
-                out["geometry"] = Geometry.from_sitk(img)
-                break
-    return out
-
-
-def _viable_only(labels: np.ndarray) -> np.ndarray:
-    lab = labels.copy()
-    lab[lab == 3] = 1
-    return lab
-
-
-def image_features(cohort: Path, patient_ids, weeks=(8, 16)) -> pd.DataFrame:
-    """Imaging + radiomics at baseline and response features at the follow-ups, from the cohort's label maps
-    (mRECIST category approximated from the viable diameters: CR none left, PR <= -30%, PD >= +20%)."""
-    rows = []
-    for pid in patient_ids:
-        case = cohort / "cases" / str(pid)
-        pre = _read_labels(case / "pre")
-        if "labels" not in pre:
-            continue
-        g = pre["geometry"]
-        row: dict[str, Any] = {"patient_id": pid}
-        base = imaging_features(pre["labels"], g, pre.get("arterial"), pre.get("portal"))
-        row.update({f"img_{k}": v for k, v in base.items()})
-        tumor = np.isin(pre["labels"], (2, 3))
-        if "arterial" in pre and tumor.sum() >= 2:
-            rad = radiomics_features(pre["arterial"], tumor, g)
-            row.update({f"rad_{k}": rad[k] for k in RADIOMICS_KEYS})
-        via = imaging_features(_viable_only(pre["labels"]), g)
-        readings = {0: {"viable_volume_ml": base["viable_volume_ml"], "sum_viable_mm": via["sum_diameter_mm"],
-                        "tumor_volume_ml": base["tumor_volume_ml"]}}
-        for w in weeks:
-            fu = _read_labels(case / "followup" / f"w{w:02d}")
-            if "labels" not in fu:
-                continue
-            f_all = imaging_features(fu["labels"], fu["geometry"])
-            f_via = imaging_features(_viable_only(fu["labels"]), fu["geometry"])
-            change = ((f_via["sum_diameter_mm"] - readings[0]["sum_viable_mm"]) / readings[0]["sum_viable_mm"]
-                      if readings[0]["sum_viable_mm"] > 0 else 0.0)
-            cat = "CR" if f_all["viable_volume_ml"] == 0 else "PR" if change <= -0.3 else "PD" if change >= 0.2 \
-                else "SD"
-            readings[w] = {"viable_volume_ml": f_all["viable_volume_ml"], "sum_viable_mm": f_via["sum_diameter_mm"],
-                           "tumor_volume_ml": f_all["tumor_volume_ml"], "category_mrecist": cat}
-        row.update(response_features(readings, weeks=weeks))
-        rows.append(row)
-    return pd.DataFrame(rows)
+def feature_table(cohort: Path, images: bool, cache_dir: Path | None) -> pd.DataFrame:
+    """The engine's feature table of a cohort (:func:`HCCTwinLib.survival.engine.cohort_feature_table`), cached as
+    CSV in ``cache_dir`` when given (reading images is the slow part)."""
+    cache = cache_dir / f"features_{cohort.name}_{'img' if images else 'noimg'}.csv" if cache_dir else None
+    if cache is not None and cache.is_file():
+        return pd.read_csv(cache)
+    table, notes = cohort_feature_table(cohort, images=images)
+    table["_notes"] = " | ".join(notes)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(cache, index=False)
+    return table
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -160,39 +100,33 @@ def _c_pair(t, e, r, tau, tt, te) -> dict[str, float]:
     return {"harrell_c": M.harrell_c(t, e, r), "uno_c": M.uno_c(t, e, r, tau=tau, train_time=tt, train_event=te)}
 
 
-def evaluate(clinical: pd.DataFrame, cf: pd.DataFrame | None, oracle: pd.Series | None, dev_idx, hold_idx,
-             extra: pd.DataFrame | None = None, n_bootstrap: int = 50, seed: int = 0,
-             covariates=DEFAULT_COVARIATES, oracle_name: str = "") -> dict[str, Any]:
-    """All numbers of the issue on one dev / hold-out split. ``extra``: per-patient image / response / deep
-    feature columns keyed by ``patient_id`` (optional)."""
+def evaluate(table: pd.DataFrame, cf: pd.DataFrame | None, oracle: pd.Series | None, dev_idx, hold_idx,
+             n_bootstrap: int = 50, seed: int = 0, oracle_name: str = "") -> dict[str, Any]:
+    """All numbers of the issue on one dev / hold-out split of the engine's feature table: the engine is fitted on
+    the dev rows exactly as ``hcctwin train survival`` fits it, and scored on the hold-out rows."""
     res: dict[str, Any] = {"notes": [], "disclaimer": DISCLAIMER}
-    feats, notes = clinical_features(clinical)
-    res["notes"] += notes
-    data = feats.copy()
-    for c in ("patient_id", "regimen", "os_months", "os_event", "pfs_months", "pfs_event", "metastasis_months",
-              "metastasis_event"):
-        if c in clinical.columns:
-            data[c] = clinical[c].values
-    if extra is not None and len(extra):
-        data = data.merge(extra, on="patient_id", how="left")
-        data.index = feats.index
-    dev, hold = data.iloc[dev_idx], data.iloc[hold_idx]
+    if "_notes" in table.columns:
+        res["notes"] += sorted({n for text in table["_notes"].dropna() for n in str(text).split(" | ") if n})
+    dev, hold = table.iloc[dev_idx].copy(), table.iloc[hold_idx].copy()
     res["n_dev"], res["n_holdout"] = len(dev), len(hold)
     if len(hold) < 300:
         res["notes"].append(f"hold-out has {len(hold)} patients; the issue asks for at least 300.")
+    t0 = time.perf_counter()
+    engine, fit_notes = fit_engine(dev, n_bootstrap=n_bootstrap, seed=seed)
+    res["fit_seconds"] = time.perf_counter() - t0
+    res["notes"] += fit_notes
+    model = engine.os
+    res["penalizer"] = model.penalizer_
+    res["covariates"] = list(model.covariates_)
+    res["interaction_covariates"] = [model.covariates_[i] for i in model._inter_idx]
+    for col, fill in engine.feature_fill_values.items():  # the hold-out is imputed with the dev medians
+        if col in hold.columns:
+            hold[col] = pd.to_numeric(hold[col], errors="coerce").fillna(fill)
     t_d, e_d = dev["os_months"].to_numpy(float), dev["os_event"].to_numpy(float)
+    hold = hold[hold["regimen"].astype(str).isin(model.regimens_)]
     t_h, e_h = hold["os_months"].to_numpy(float), hold["os_event"].to_numpy(float)
     tau = float(np.quantile(t_h, 0.9))
     res["uno_tau_months"] = tau
-
-    # --- per-regimen OS model ---
-    t0 = time.perf_counter()
-    model = PerRegimenSurvival(n_bootstrap=n_bootstrap, seed=seed).fit(dev, "os_months", "os_event", "regimen",
-                                                                        list(covariates))
-    res["fit_seconds"] = time.perf_counter() - t0
-    res["penalizer"] = model.penalizer_
-    hold = hold[hold["regimen"].astype(str).isin(model.regimens_)]
-    t_h, e_h = hold["os_months"].to_numpy(float), hold["os_event"].to_numpy(float)
     risk = model.predict_risk(hold)
     os_res: dict[str, Any] = {"model": _c_pair(t_h, e_h, risk, tau, t_d, e_d)}
     if oracle is not None:
@@ -227,24 +161,18 @@ def evaluate(clinical: pd.DataFrame, cf: pd.DataFrame | None, oracle: pd.Series 
     os_res["km_by_risk_group"] = M.km_by_risk_group(t_h, e_h, risk, times=np.linspace(0, 36, 37))
     res["os"] = os_res
 
-    # --- treatment effect: PEHE and recommendation ---
     if cf is not None and "rmst24_months" in cf.columns:
         res["effect"] = _effect(model, hold, cf)
     else:
         res["notes"].append("no truth/counterfactuals.csv with rmst24_months: PEHE and recommendation not measured.")
 
-    # --- dynamic (landmark) model at 8 weeks ---
-    resp8 = [c for c in ("rel_change_viable_volume_w08", "rel_change_sum_viable_w08", "mrecist_w08")
-             if c in data.columns and data[c].notna().any()]
-    if resp8:
-        res["landmark_8w"] = _landmark(dev, hold, covariates, resp8, tau)
+    if engine.landmark is not None:
+        res["landmark"] = {f"{w}w": _landmark(engine, dev, hold, w, tau, scores_cols=SCORE_BASELINES)
+                           for w in sorted(engine.landmark.models_)}
     else:
-        res["notes"].append("no follow-up response features (images not read): the 8-week landmark model is not "
-                            "measured.")
-
-    # --- metastasis after TACE ---
-    if "metastasis_event" in data.columns:
-        res["metastasis"] = _metastasis(dev, hold, data, seed)
+        res["notes"].append("no follow-up response features: the landmark models are not measured.")
+    if engine.metastasis is not None:
+        res["metastasis"] = _metastasis(engine, hold)
     return res
 
 
@@ -287,45 +215,35 @@ def _effect(model: PerRegimenSurvival, hold: pd.DataFrame, cf: pd.DataFrame) -> 
     return out
 
 
-def _landmark(dev, hold, covariates, resp, tau) -> dict[str, Any]:
-    lmm = LandmarkModel(landmarks_weeks=(8,)).fit(dev, "os_months", "os_event", list(covariates), {8: resp},
-                                                  regimen_col="regimen")
-    base = PerRegimenSurvival(n_bootstrap=0, penalizers=(0.1,)).fit(dev, "os_months", "os_event", "regimen",
-                                                                      list(covariates))
-    lm_dev = landmark_dataset(dev, "os_months", "os_event", 8)
-    lm_hold = landmark_dataset(hold, "os_months", "os_event", 8)
-    lm_hold = lm_hold[lm_hold["regimen"].astype(str).isin(base.regimens_)]
+def _landmark(engine, dev, hold, week: int, tau: float, scores_cols) -> dict[str, Any]:
+    """Dynamic model at ``week`` vs the baseline model (and the scores) on the hold-out patients event-free then."""
+    lm_dev = landmark_dataset(dev, "os_months", "os_event", week)
+    lm_hold = landmark_dataset(hold, "os_months", "os_event", week)
     t, e = lm_hold["os_months"].to_numpy(float), lm_hold["os_event"].to_numpy(float)
     td, ed = lm_dev["os_months"].to_numpy(float), lm_dev["os_event"].to_numpy(float)
-    dyn = _c_pair(t, e, lmm.predict_risk(lm_hold, 8), tau, td, ed)
-    bas = _c_pair(t, e, base.predict_risk(lm_hold), tau, td, ed)
-    return {"n_at_risk_holdout": len(lm_hold), "response_features": resp, "dynamic": dyn, "baseline_model": bas,
-            "beats_baseline": bool(dyn["harrell_c"] > bas["harrell_c"]), "notes": lmm.notes_}
+    dyn = _c_pair(t, e, engine.landmark.predict_risk(lm_hold, week), tau, td, ed)
+    bas = _c_pair(t, e, engine.os.predict_risk(lm_hold), tau, td, ed)
+    sc = {k: M.harrell_c(t, e, lm_hold[c].to_numpy(float)) for k, c in scores_cols.items()}
+    return {"n_at_risk_holdout": len(lm_hold), "response_features": engine.landmark.models_[week]["columns"][-3:],
+            "dynamic": dyn, "baseline_model": bas, "beats_baseline": bool(dyn["harrell_c"] > bas["harrell_c"]),
+            "best_score_harrell_c": max(sc.values()), "beats_best_score": bool(dyn["harrell_c"] > max(sc.values()))}
 
 
-def _metastasis(dev, hold, data, seed) -> dict[str, Any]:
-    feats = list(MET_CLINICAL) + [c for c in data.columns if c.startswith(("rad_", "deep_"))
-                                  and data[c].notna().mean() > 0.9]
-    out: dict[str, Any] = {"features": feats}
-    for name, d, h in (("tace_only", dev[dev["regimen"] == TACE], hold[hold["regimen"] == TACE]),
-                       ("all_regimens", dev, hold)):
-        try:
-            mm = MetastasisModel(n_bootstrap=0, seed=seed).fit(d, feats)
-        except Exception as exc:  # noqa: BLE001 - report and go on
-            out[name] = {"error": str(exc)}
-            continue
-        y, keep = MetastasisModel.binary_target(h)
-        h, y = h[keep], y[keep]
-        p = mm.predict_proba(h)
-        entry = {"n_dev_used": mm.n_used_, "n_dev_excluded": mm.n_excluded_, "n_holdout": int(len(h)),
-                 "n_holdout_events": int(y.sum()), "auc": M.binary_auc(y, p),
-                 "pass": bool(M.binary_auc(y, p) >= THRESHOLDS["metastasis_auc"]),
-                 "baselines_auc": {k: M.binary_auc(y, h[c].to_numpy(float)) for k, c in SCORE_BASELINES.items()},
-                 "decision_curve": M.decision_curve(y, p, np.arange(0.05, 0.65, 0.05)),
-                 "points_table": mm.points_table(3).to_dict(orient="records")}
-        entry["beats_best_baseline"] = bool(entry["auc"] > max(entry["baselines_auc"].values()))
-        out[name] = entry
-    return out
+def _metastasis(engine, hold) -> dict[str, Any]:
+    """2-year metastasis after TACE on the hold-out TACE patients (the engine's model is fitted on dev TACE)."""
+    mm = engine.metastasis
+    h = hold[hold["regimen"] == TACE]
+    y, keep = MetastasisModel.binary_target(h)
+    h, y = h[keep], y[keep]
+    p = mm.predict_proba(h)
+    auc = M.binary_auc(y, p)
+    base = {k: M.binary_auc(y, h[c].to_numpy(float)) for k, c in SCORE_BASELINES.items()}
+    return {"features": mm.features_, "n_dev_used": mm.n_used_, "n_dev_excluded": mm.n_excluded_,
+            "n_dev_events": mm.n_events_, "n_holdout": int(len(h)), "n_holdout_events": int(y.sum()), "auc": auc,
+            "pass": bool(auc >= THRESHOLDS["metastasis_auc"]), "baselines_auc": base,
+            "beats_best_baseline": bool(auc > max(base.values())),
+            "decision_curve": M.decision_curve(y, p, np.arange(0.05, 0.65, 0.05)),
+            "points_table": mm.points_table(3).to_dict(orient="records")}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -383,17 +301,17 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
                   f"Recommendation = truly best regimen in {_f(rec['accuracy_point_rmst'])} of "
                   f"{rec['n_clear_difference_gt_2_months']} patients with a true RMST-24 difference > 2 months "
                   f"(target >= 0.80; by probability-best: {_f(rec['accuracy_prob_best'])})."]
-    if "landmark_8w" in res:
-        lm = res["landmark_8w"]
-        lines += ["", f"8-week landmark model Harrell C {_f(lm['dynamic']['harrell_c'])} vs baseline model "
-                  f"{_f(lm['baseline_model']['harrell_c'])} on {lm['n_at_risk_holdout']} hold-out patients at risk."]
+    for key, lm in res.get("landmark", {}).items():
+        lines += ["", f"Landmark {key}: dynamic model Harrell C {_f(lm['dynamic']['harrell_c'])} vs baseline model "
+                  f"{_f(lm['baseline_model']['harrell_c'])} (best score {_f(lm['best_score_harrell_c'])}) on "
+                  f"{lm['n_at_risk_holdout']} hold-out patients event-free at the landmark (response read from the "
+                  f"observed follow-up images)."]
     if "metastasis" in res:
-        for name in ("tace_only", "all_regimens"):
-            m = res["metastasis"].get(name, {})
-            if "auc" in m:
-                lines += ["", f"Metastasis ({name}): AUC {_f(m['auc'])} on {m['n_holdout']} hold-out patients "
-                          f"({m['n_holdout_events']} events; target >= 0.80); best score AUC "
-                          f"{_f(max(m['baselines_auc'].values()))}. Decision curve in the JSON."]
+        m = res["metastasis"]
+        lines += ["", f"Metastasis after TACE (2 years): AUC {_f(m['auc'])} on {m['n_holdout']} hold-out TACE patients "
+                  f"({m['n_holdout_events']} events; target >= 0.80); best score AUC "
+                  f"{_f(max(m['baselines_auc'].values()))}; fitted on {m['n_dev_used']} dev TACE patients "
+                  f"({m['n_dev_events']} events). Decision curve and points table in the JSON."]
     lines += ["", "Notes:"] + [f"- {n}" for n in res["notes"]]
     mpath.write_text("\n".join(lines) + "\n")
     return mpath, jpath
@@ -407,29 +325,24 @@ def main(argv=None) -> int:
     ap.add_argument("--dev-fraction", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=50)
-    ap.add_argument("--no-images", action="store_true", help="skip reading label maps (no landmark/radiomics)")
-    ap.add_argument("--deep-features", type=Path, default=None, help="CSV: patient_id + deep_* columns")
+    ap.add_argument("--no-images", action="store_true", help="skip reading label maps (clinical features only)")
+    ap.add_argument("--cache", type=Path, default=None, help="folder for cached feature tables (CSV)")
     args = ap.parse_args(argv)
+    images = not args.no_images
     clinical, cf = load_cohort(args.cohort)
-    cohorts = [(args.cohort, clinical, cf)]
+    table = feature_table(args.cohort, images, args.cache)
     if args.holdout_cohort:
         hc, hcf = load_cohort(args.holdout_cohort)
-        cohorts.append((args.holdout_cohort, hc, hcf))
         clinical = pd.concat([clinical, hc], ignore_index=True)
         cf = pd.concat([cf, hcf], ignore_index=True) if cf is not None and hcf is not None else None
-        dev_idx, hold_idx = np.arange(len(cohorts[0][1])), np.arange(len(cohorts[0][1]), len(clinical))
+        hold_table = feature_table(args.holdout_cohort, images, args.cache)
+        dev_idx = np.arange(len(table))
+        table = pd.concat([table, hold_table], ignore_index=True)
+        hold_idx = np.arange(len(dev_idx), len(table))
     else:
-        dev_idx, hold_idx = split_dev_holdout(len(clinical), args.dev_fraction, args.seed)
-    oracle_name, oracle = find_oracle(cohorts[-1][0], clinical, cf)
-    extra = None
-    if not args.no_images:
-        parts = [image_features(d, c["patient_id"]) for d, c, _ in cohorts]
-        extra = pd.concat(parts, ignore_index=True) if parts else None
-    if args.deep_features is not None:
-        deep = pd.read_csv(args.deep_features)
-        extra = deep if extra is None or not len(extra) else extra.merge(deep, on="patient_id", how="outer")
-    res = evaluate(clinical, cf, oracle, dev_idx, hold_idx, extra, args.bootstrap, args.seed,
-                   oracle_name=oracle_name)
+        dev_idx, hold_idx = split_dev_holdout(len(table), args.dev_fraction, args.seed)
+    oracle_name, oracle = find_oracle(args.holdout_cohort or args.cohort, clinical, cf)
+    res = evaluate(table, cf, oracle, dev_idx, hold_idx, args.bootstrap, args.seed, oracle_name=oracle_name)
     res.update({"cohort": str(args.cohort), "holdout_cohort": str(args.holdout_cohort or ""),
                 "n_bootstrap": args.bootstrap, "machine": f"{platform.node()} {platform.platform()}",
                 "date": time.strftime("%Y-%m-%d")})

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import DISCLAIMER, __version__
 from .errors import HCCTwinError
+from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS
 
 
 class ProgressBar:
@@ -140,7 +141,71 @@ def cmd_segment(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .io import load_case
+    from .pipeline import FollowUp, PipelineOptions, run_case, save_result
+
+    clinical = read_clinical_row(args.clinical, args.patient) if args.clinical else {}
+    paths = {k: v for k, v in (("arterial", args.arterial), ("portal", args.portal)) if v}
+    case = load_case(args.pre, patient_id=args.patient, paths=paths or None, labels_path=args.labels,
+                     clinical=clinical)
+    real = None
+    if args.followup:
+        fu_case = load_case(args.followup)
+        if fu_case.geometry.shape != case.geometry.shape:
+            from .errors import InputError
+
+            raise InputError(f"the follow-up {args.followup} is on a different grid {fu_case.geometry.shape} than the "
+                             f"pre-treatment study {case.geometry.shape}: register it first (hcctwin register).")
+        if args.followup_weeks is None:
+            from .errors import InputError
+
+            raise InputError("--followup needs --followup-weeks (weeks since the start of treatment).")
+        real = FollowUp(weeks=args.followup_weeks, phases=dict(fu_case.phases), labels=fu_case.labels,
+                        kind="observed", regimen=args.followup_regimen)
+    options = PipelineOptions(device=args.device, samples=args.samples, seed=args.seed,
+                              segmentation_weights=args.segmentation_weights,
+                              generator_weights=args.generator_weights, survival_model=args.survival_model,
+                              segmentation="model" if args.resegment else "auto")
+    result = run_case(case, args.regimens, args.weeks, real_followup=real, options=options, progress=ProgressBar())
+    out = Path(args.out)
+    paths = save_result(result, out)
+    if args.report:
+        from .report import write_report
+
+        summary = json.loads(Path(paths["result_json"]).read_text())
+        paths.update({k: str(v) for k, v in write_report(summary, out, deidentify=args.deidentify).items()})
+    print(json.dumps({"outputs": paths, "recommendation": result.survival.get("recommendation"),
+                      "notes": result.notes}, indent=2, default=str))
+    print(DISCLAIMER)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    result_json = Path(args.result)
+    if result_json.is_dir():
+        result_json = result_json / "result.json"
+    summary = json.loads(result_json.read_text())
+    images = {}
+    for caption, path in (("Linked views", args.layout or result_json.parent / "layout.png"),):
+        if path and Path(path).is_file():
+            images[caption] = Path(path)
+    paths = write_report(summary, Path(args.out or result_json.parent), images=images or None,
+                         deidentify=args.deidentify)
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
 def cmd_train(args) -> int:
+    if args.model == "survival":
+        from .survival.engine import train_survival_command
+
+        summary = train_survival_command(args.cohort, args.out, n_bootstrap=args.bootstrap, seed=args.seed,
+                                         images=not args.no_images, progress=ProgressBar())
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
     if args.model == "segmentation":
         from .segmentation import train_segmentation as train
     else:
@@ -202,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("train", help="train a model on a cohort in the HCCTwin cohort layout")
-    p.add_argument("model", choices=["segmentation", "generator"],
-                   help="segmentation (pre-treatment and follow-up labels) or generator (observed follow-ups only)")
+    p.add_argument("model", choices=["segmentation", "generator", "survival"],
+                   help="segmentation (pre-treatment and follow-up labels), generator (observed follow-ups only) or "
+                        "survival (OS/PFS per regimen, landmark, metastasis; clinical.csv + label maps)")
     p.add_argument("--cohort", required=True, help="cohort folder (clinical.csv + cases/)")
     p.add_argument("--out", required=True, help="model folder (checkpoints, log, final model + card)")
     p.add_argument("--epochs", type=int, default=100, help="total epochs (re-run with more to continue)")
@@ -213,7 +279,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cases", type=int, help="use at most this many patients")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--bootstrap", type=int, default=50, help="survival: bootstrap replicates for the bands")
+    p.add_argument("--no-images", action="store_true", help="survival: clinical features only")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="virtual follow-ups per regimen and time point, survival, recommendation")
+    p.add_argument("--pre", help="pre-treatment folder (arterial/portal[/labels] files or DICOM series folders)")
+    p.add_argument("--arterial", help="arterial phase file or DICOM folder")
+    p.add_argument("--portal", help="portal venous phase file or DICOM folder")
+    p.add_argument("--labels", help="a (corrected) label map to use instead of running the segmentation")
+    p.add_argument("--resegment", action="store_true", help="run the segmentation even when labels are given")
+    p.add_argument("--clinical", help="clinical.csv (cohort layout columns)")
+    p.add_argument("--patient", help="patient_id in clinical.csv")
+    p.add_argument("--regimens", type=_csv_list, default=list(DEFAULT_REGIMENS),
+                   help="comma-separated regimen ids (default tace_pd1_len,haic_pd1_len,pd1_tki)")
+    p.add_argument("--weeks", type=_int_list, default=list(DEFAULT_WEEKS), help="time points (default 8,16,24)")
+    p.add_argument("--samples", type=int, default=4, help="generator samples per request (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--followup", help="a real follow-up folder already registered to the pre-treatment grid")
+    p.add_argument("--followup-weeks", type=int, help="weeks of the real follow-up since the start of treatment")
+    p.add_argument("--followup-regimen", help="regimen the patient received (for the real follow-up)")
+    p.add_argument("--segmentation-weights", help="segmentation model file (default: installed)")
+    p.add_argument("--generator-weights", help="generator model file (default: installed)")
+    p.add_argument("--survival-model", help="survival engine file (default: installed)")
+    p.add_argument("--report", action="store_true", help="also write report.html / report.pdf / survival.png")
+    p.add_argument("--deidentify", action="store_true", help="report without patient name or ID")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="tumor-board report (HTML + PDF) from a result.json")
+    p.add_argument("--result", required=True, help="result.json or the folder holding it")
+    p.add_argument("--layout", help="rendered layout PNG to include (default: layout.png next to result.json)")
+    p.add_argument("--out", help="output folder (default: next to result.json)")
+    p.add_argument("--deidentify", action="store_true", help="leave out patient name and ID")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("survival", help="survival models on a site's clinical table")
     ssub = p.add_subparsers(dest="survival_command", metavar="ACTION", required=True)

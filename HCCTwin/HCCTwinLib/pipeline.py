@@ -17,6 +17,7 @@ import numpy as np
 
 from . import DISCLAIMER, __version__
 from .cases import Case
+from .errors import InputError
 from .jsonutil import jsonable
 from .labels import LABELS, TUMOR_LABELS
 from .progress import ProgressCallback, SubProgress, report
@@ -53,6 +54,9 @@ class TwinResult:
     followups: dict[str, dict[int, FollowUp]] = field(default_factory=dict)
     real_followup: FollowUp | None = None
     survival: dict[str, Any] = field(default_factory=dict)
+    response: dict[str, dict[str, Any]] = field(default_factory=dict)
+    image_features: dict[str, float] = field(default_factory=dict)
+    readings: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     provenance: dict[str, str] = field(default_factory=dict)
@@ -80,6 +84,7 @@ class TwinResult:
                                if self.real_followup.labels is not None else None}
                               if self.real_followup else None),
             "survival": jsonable(self.survival),
+            "response": jsonable(self.response),
             "virtual_followups": {r: {f"w{w:02d}": label_volumes_ml(fu.labels, self.case.geometry.voxel_volume_ml)
                                       for w, fu in by_week.items() if fu.labels is not None}
                                   for r, by_week in self.followups.items()},
@@ -113,6 +118,7 @@ class PipelineOptions:
     segmentation: str = "auto"
     segmentation_weights: str | None = None
     generator_weights: str | None = None
+    survival_model: str | None = None
     steps: int | None = None
 
 
@@ -200,7 +206,108 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
                                               f"seed {options.seed}")
     result.timings["generate"] = time.perf_counter() - t0
 
-    result.notes.append("Per-regimen survival curves are not available yet in this version (no survival model "
-                        "shipped).")
+    t0 = time.perf_counter()
+    report(progress, 0.9, "Response reading and survival")
+    read_responses(result)
+    update_survival(result, options)
+    result.timings["survival"] = time.perf_counter() - t0
     report(progress, 1.0, "Done")
     return result
+
+
+def read_responses(result: TwinResult) -> None:
+    """RECIST 1.1 / mRECIST of every virtual trajectory (and the real follow-up) against the baseline labels, into
+    ``result.readings`` (for the landmark models) and ``result.response`` (for the table and the report)."""
+    from .survival.engine import trajectory_readings
+
+    case = result.case
+    if case.labels is None:
+        return
+    arterial = case.phases.get("arterial")
+    trajectories = {r: [(w, fu.labels, fu.phases.get("arterial")) for w, fu in sorted(by_week.items())
+                        if fu.labels is not None] for r, by_week in result.followups.items()}
+    real = result.real_followup
+    if real is not None and real.labels is not None:
+        trajectories["observed"] = [(real.weeks, real.labels, real.phases.get("arterial"))]
+    for key, items in trajectories.items():
+        if not items:
+            continue
+        try:
+            readings = trajectory_readings(case.labels, case.geometry, items, arterial)
+        except Exception as exc:  # noqa: BLE001 - a reading that fails is reported, the rest goes on
+            result.notes.append(f"response reading of {key} failed: {exc}")
+            continue
+        result.readings[key] = readings
+        result.response[key] = {f"w{w:02d}": {"mrecist": r.get("category_mrecist"),
+                                              "recist": r.get("category_recist"),
+                                              "viable_volume_ml": round(r["viable_volume_ml"], 2),
+                                              "sum_viable_mm": round(float(r["sum_viable_mm"]), 1)}
+                                for w, r in sorted(readings.items()) if w > 0}
+    if real is not None and "observed" in result.response and real.regimen:
+        result.response["observed"]["regimen"] = real.regimen
+
+
+def update_survival(result: TwinResult, options: PipelineOptions | None = None,
+                    regimens: list[str] | None = None) -> None:
+    """(Re)compute ``result.survival`` for ``regimens`` (default ``result.regimens``) from what the run already
+    produced (scores, image features, response readings): no segmentation or generation is repeated, so a change of
+    the regimen selection in the module is cheap."""
+    from .survival.engine import baseline_image_features, get_survival_engine
+
+    options = options or PipelineOptions()
+    regimens = list(result.regimens if regimens is None else regimens)
+    result.notes[:] = [n for n in result.notes if not n.startswith("Survival:")]
+    if not result.case.clinical:
+        result.survival = {}
+        result.notes.append("Survival: no clinical values given, no survival prediction.")
+        return
+    engine = _installed(get_survival_engine, options.survival_model, "cpu", "Survival", result.notes)
+    if engine is None:
+        result.survival = {}
+        return
+    case = result.case
+    if case.labels is not None and not result.image_features:
+        result.image_features = baseline_image_features(case.labels, case.geometry, case.phases.get("arterial"),
+                                                        case.phases.get("portal"))
+    readings, source = {}, {}
+    for r in regimens:
+        if r in result.readings:
+            readings[r], source[r] = dict(result.readings[r]), "virtual"
+    real = result.real_followup
+    if real is not None and real.regimen in regimens and "observed" in result.readings:
+        # the real follow-up replaces the virtual one at its time point ("real when it exists")
+        merged = dict(readings.get(real.regimen, {0: result.readings["observed"][0]}))
+        merged.update({w: v for w, v in result.readings["observed"].items() if w > 0})
+        readings[real.regimen], source[real.regimen] = merged, "observed"
+    eligible = [r for r in regimens if not result.eligibility.get(r)]
+    try:
+        result.survival = engine.predict(case.clinical, result.image_features or None, regimens,
+                                         eligible=eligible or None, readings=readings or None, readings_source=source)
+    except InputError as exc:
+        result.survival = {}
+        result.notes.append(f"Survival: {exc}")
+        return
+    result.provenance["survival"] = _model_label(engine.card)
+
+
+def save_result(result: TwinResult, out_dir: str | Path, *, write_images: bool = True) -> dict[str, str]:
+    """Write ``out_dir/result.json`` and, per regimen and time point, the virtual follow-up volumes
+    ``out_dir/<regimen>/wWW/{arterial,portal,labels,arterial_std,portal_std}.nii.gz`` on the pre-treatment grid."""
+    from .io import path_inside, write_image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    if write_images:
+        for regimen, by_week in result.followups.items():
+            for w, fu in sorted(by_week.items()):
+                folder = path_inside(out, regimen, f"w{int(w):02d}")
+                for name, arr in fu.phases.items():
+                    write_image(arr, result.case.geometry, folder / f"{name}.nii.gz")
+                for name, arr in fu.std.items():
+                    write_image(arr, result.case.geometry, folder / f"{name}_std.nii.gz")
+                if fu.labels is not None:
+                    write_image(fu.labels, result.case.geometry, folder / "labels.nii.gz", labels=True)
+                paths[f"{regimen}/w{int(w):02d}"] = str(folder)
+    paths["result_json"] = str(result.write_json(out / "result.json"))
+    return paths

@@ -63,6 +63,21 @@ class _CoxFit:
         return self.survival(x, grid) @ widths
 
 
+def _cox_arrays(fit: _CoxFit, prefix: str, arrays: dict[str, np.ndarray]) -> None:
+    arrays[f"{prefix}.beta"] = np.asarray(fit.beta, float)
+    arrays[f"{prefix}.offset"] = np.array([fit.offset], float)
+    arrays[f"{prefix}.jump_times"] = np.asarray(fit.jump_times, float)
+    arrays[f"{prefix}.cumhaz"] = np.asarray(fit.cumhaz, float)
+
+
+def _cox_from(arrays: Mapping[str, np.ndarray], prefix: str) -> _CoxFit:
+    try:
+        return _CoxFit(np.asarray(arrays[f"{prefix}.beta"], float), float(np.asarray(arrays[f"{prefix}.offset"])[0]),
+                       np.asarray(arrays[f"{prefix}.jump_times"], float), np.asarray(arrays[f"{prefix}.cumhaz"], float))
+    except KeyError as exc:
+        raise InputError(f"survival model file lacks the array {exc.args[0]!r}: incomplete or foreign file.") from None
+
+
 def rmst_step(times, survival, tau: float) -> float:
     """RMST to ``tau`` of a right-continuous step curve given at ``times`` (S = 1 before the first time)."""
     t = np.asarray(times, float)
@@ -271,7 +286,10 @@ class PerRegimenSurvival:
                     train = np.concatenate([folds[j] for j in range(self.cv_folds) if j != k])
                     if e[test].sum() < 2:
                         continue
-                    _, cph = self._fit_once(z[train], reg[train], t[train], e[train], pen)
+                    try:
+                        _, cph = self._fit_once(z[train], reg[train], t[train], e[train], pen)
+                    except InputError:  # e.g. a rare regimen absent from this training fold
+                        continue
                     cols_x = [f"x{i:04d}" for i in range(len(cph.params_))]
                     test_df = pd.DataFrame(self._design(z[test], reg[test]), columns=cols_x)
                     test_df["_T"], test_df["_E"] = t[test], e[test]
@@ -302,9 +320,54 @@ class PerRegimenSurvival:
         report(progress, 1.0, "survival model fitted")
         return self
 
+    # -- persistence (plain arrays + JSON metadata; never pickled) -------------------------------------------
+    def to_state(self, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, meta)`` of the fitted model: numeric arrays for a safetensors file and JSON metadata."""
+        arrays: dict[str, np.ndarray] = {f"{prefix}mean": np.asarray(self.mean_, float),
+                                         f"{prefix}sd": np.asarray(self.sd_, float)}
+        _cox_arrays(self.fit_, f"{prefix}fit", arrays)
+        for b, fit_b in enumerate(self.boot_):
+            _cox_arrays(fit_b, f"{prefix}boot{b:03d}", arrays)
+        meta = {"kind": "PerRegimenSurvival", "covariates": list(self.covariates_),
+                "interaction_covariates": [self.covariates_[i] for i in self._inter_idx],
+                "regimens": list(self.regimens_), "regimen_counts": self.regimen_counts_,
+                "duration_col": self.duration_col_, "event_col": self.event_col_, "regimen_col": self.regimen_col_,
+                "penalizer": float(self.penalizer_), "tau": self.tau, "n": int(self.n_),
+                "n_events": int(self.n_events_),
+                "n_bootstrap": len(self.boot_), "propensity": self.propensity,
+                "dropped_covariates": list(self.dropped_covariates_)}
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], prefix: str = ""
+                   ) -> PerRegimenSurvival:
+        """Rebuild a fitted model from :meth:`to_state` output (predictions only: no lifelines object)."""
+        self = cls(n_bootstrap=int(meta["n_bootstrap"]), propensity=bool(meta.get("propensity", True)),
+                   tau=float(meta.get("tau", 24.0)))
+        self.covariates_ = list(meta["covariates"])
+        self._inter_idx = [self.covariates_.index(c) for c in meta["interaction_covariates"]]
+        self.regimens_ = list(meta["regimens"])
+        self.regimen_counts_ = dict(meta.get("regimen_counts", {}))
+        self.duration_col_, self.event_col_ = meta["duration_col"], meta["event_col"]
+        self.regimen_col_ = meta["regimen_col"]
+        self.penalizer_ = float(meta["penalizer"])
+        self.n_, self.n_events_ = int(meta["n"]), int(meta["n_events"])
+        self.dropped_covariates_ = list(meta.get("dropped_covariates", []))
+        self.mean_ = np.asarray(arrays[f"{prefix}mean"], float)
+        self.sd_ = np.asarray(arrays[f"{prefix}sd"], float)
+        if len(self.mean_) != len(self.covariates_):
+            raise InputError("survival model file: covariate names and arrays disagree.")
+        self.fit_ = _cox_from(arrays, f"{prefix}fit")
+        self.boot_ = [_cox_from(arrays, f"{prefix}boot{b:03d}") for b in range(int(meta["n_bootstrap"]))]
+        self.cph_ = None
+        return self
+
     # -- summaries -------------------------------------------------------------------------------------------
     def coefficients(self) -> pd.DataFrame:
-        """Coefficients on the standardised scale with robust (sandwich) standard errors."""
+        """Coefficients on the standardised scale with robust (sandwich) standard errors (NaN standard errors
+        for a model read back from a file)."""
+        if self.cph_ is None:
+            return pd.DataFrame({"coef": self.fit_.beta, "se_robust": np.nan, "p": np.nan}, index=self._names())
         s = self.cph_.summary.reindex([f"x{i:04d}" for i in range(len(self._names()))])
         return pd.DataFrame({"coef": s["coef"].values, "se_robust": s["se(coef)"].values, "p": s["p"].values},
                             index=self._names())
@@ -510,6 +573,43 @@ class LandmarkModel:
             reg = frame[self.regimen_col_].astype(str).to_numpy()
         return np.hstack([z] + [(reg == r).astype(float)[:, None] for r in regs[1:]])
 
+    def to_state(self, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays: dict[str, np.ndarray] = {}
+        models = {}
+        for w, m in self.models_.items():
+            p = f"{prefix}w{w:02d}."
+            arrays[p + "mean"], arrays[p + "sd"] = np.asarray(m["mean"], float), np.asarray(m["sd"], float)
+            _cox_arrays(m["fit"], p + "fit", arrays)
+            for b, fb in enumerate(m["boot"]):
+                _cox_arrays(fb, f"{p}boot{b:03d}", arrays)
+            models[str(w)] = {"columns": list(m["columns"]), "fills": {c: float(m["fills"][c]) for c in m["columns"]},
+                              "regimens": list(m["regimens"]), "n_at_risk": int(m["n_at_risk"]),
+                              "n_events": int(m["n_events"]), "landmark_months": float(m["landmark_months"]),
+                              "n_bootstrap": len(m["boot"])}
+        meta = {"kind": "LandmarkModel", "landmarks_weeks": list(self.landmarks_weeks), "penalizer": self.penalizer,
+                "duration_col": self.duration_col_, "event_col": self.event_col_, "regimen_col": self.regimen_col_,
+                "models": models, "notes": list(self.notes_)}
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], prefix: str = "") -> LandmarkModel:
+        self = cls(landmarks_weeks=meta["landmarks_weeks"], penalizer=float(meta["penalizer"]))
+        self.duration_col_, self.event_col_, self.regimen_col_ = (meta["duration_col"], meta["event_col"],
+                                                                  meta["regimen_col"])
+        self.notes_ = list(meta.get("notes", []))
+        self.models_ = {}
+        for w_text, m in meta["models"].items():
+            w = int(w_text)
+            p = f"{prefix}w{w:02d}."
+            fills = pd.Series({c: float(v) for c, v in m["fills"].items()}, dtype=float)
+            self.models_[w] = {"columns": list(m["columns"]), "fills": fills, "regimens": list(m["regimens"]),
+                               "n_at_risk": m["n_at_risk"], "n_events": m["n_events"],
+                               "landmark_months": m["landmark_months"],
+                               "mean": np.asarray(arrays[p + "mean"], float), "sd": np.asarray(arrays[p + "sd"], float),
+                               "fit": _cox_from(arrays, p + "fit"),
+                               "boot": [_cox_from(arrays, f"{p}boot{b:03d}") for b in range(int(m["n_bootstrap"]))]}
+        return self
+
     def _model(self, landmark_week: int) -> dict[str, Any]:
         if landmark_week not in self.models_:
             raise InputError(f"no landmark model at {landmark_week} weeks (fitted: {sorted(self.models_)}).")
@@ -600,6 +700,41 @@ class MetastasisModel:
         for _ in range(self.n_bootstrap):
             idx = _stratified_bootstrap(rng, y)
             self.boot_.append(LogisticRegression(self.l2).fit(x[idx], y[idx]))
+        return self
+
+    def to_state(self, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {f"{prefix}coef": np.asarray(self.model_.coef_, float),
+                  f"{prefix}intercept": np.array([self.model_.intercept_], float),
+                  f"{prefix}range_lo": np.asarray(self.range_[0], float),
+                  f"{prefix}range_hi": np.asarray(self.range_[1], float)}
+        if self.boot_:
+            arrays[f"{prefix}boot_coef"] = np.vstack([m.coef_ for m in self.boot_])
+            arrays[f"{prefix}boot_intercept"] = np.array([m.intercept_ for m in self.boot_], float)
+        meta = {"kind": "MetastasisModel", "features": list(self.features_), "l2": self.l2,
+                "horizon_months": self.horizon_months, "fills": {c: float(self.fills_[c]) for c in self.features_},
+                "n_used": self.n_used_, "n_excluded": self.n_excluded_, "n_events": self.n_events_}
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], prefix: str = ""
+                   ) -> MetastasisModel:
+        self = cls(l2=float(meta["l2"]), horizon_months=float(meta["horizon_months"]), n_bootstrap=0)
+        self.features_ = list(meta["features"])
+        self.fills_ = pd.Series(meta["fills"], dtype=float)
+        self.n_used_, self.n_excluded_, self.n_events_ = meta["n_used"], meta["n_excluded"], meta["n_events"]
+
+        def logistic(coef, intercept):
+            m = LogisticRegression(self.l2)
+            m.coef_, m.intercept_ = np.asarray(coef, float), float(intercept)
+            return m
+
+        self.model_ = logistic(arrays[f"{prefix}coef"], np.asarray(arrays[f"{prefix}intercept"])[0])
+        self.range_ = (np.asarray(arrays[f"{prefix}range_lo"], float), np.asarray(arrays[f"{prefix}range_hi"], float))
+        self.boot_ = []
+        if f"{prefix}boot_coef" in arrays:
+            self.boot_ = [logistic(c, i) for c, i in zip(arrays[f"{prefix}boot_coef"],
+                                                         arrays[f"{prefix}boot_intercept"])]
+        self.n_bootstrap = len(self.boot_)
         return self
 
     def _x(self, df) -> np.ndarray:

@@ -1,0 +1,489 @@
+"""The survival and decision engine behind ``result.json["survival"]``: fitted once on a cohort, saved as a model
+file, loaded by the pipeline, the CLI and the Slicer module.
+
+It bundles four models fitted on the same feature table (:func:`cohort_feature_table`):
+
+- ``os`` and ``pfs``: :class:`~HCCTwinLib.survival.models.PerRegimenSurvival` (Cox S-learner with regimen x covariate
+  interactions, stabilised propensity weights, bootstrap bands);
+- ``landmark``: :class:`~HCCTwinLib.survival.models.LandmarkModel` at 8 and 16 weeks on response features read from
+  the follow-up images (real when there is one, virtual otherwise);
+- ``metastasis``: :class:`~HCCTwinLib.survival.models.MetastasisModel`, 2-year distant metastasis after TACE
+  (clinical + imaging + radiomics features, points table).
+
+Features of one patient come from the same functions at training and at prediction time (one place):
+:func:`baseline_image_features` (segmentation + phases) and :func:`trajectory_readings` (RECIST / mRECIST reading of
+a follow-up trajectory with :func:`HCCTwinLib.response.read_response`).
+
+Model file: ``<name>.safetensors`` (all numeric arrays) + ``<name>.json`` (model card with the sha256, the feature
+names, fill values and the metrics measured when it was trained), through :mod:`HCCTwinLib.weights`: nothing is ever
+unpickled. Research use only: the demo engine is fitted on simulated patients.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..errors import InputError
+from ..progress import ProgressCallback, SubProgress, report
+from .features import DEFAULT_COVARIATES, clinical_features, imaging_features, radiomics_features, response_features
+from .models import DEFAULT_TIMES, LandmarkModel, MetastasisModel, PerRegimenSurvival
+
+ENGINE_NAME = "hcctwin_survival"
+ARCHITECTURE = "survival-engine/cox-s-learner+landmark+logistic"
+TACE = "tace_pd1_len"
+LANDMARK_WEEKS = (8, 16)
+
+#: Imaging covariates added to the clinical ones (computed by :func:`baseline_image_features`).
+IMAGING_COVARIATES = ("img_log_viable_volume_ml", "img_necrosis_fraction", "img_arterial_enhancement_ratio",
+                      "img_log_pvtt_volume_ml")
+#: Covariates whose effect may differ between regimens (regimen x covariate interactions). A short list measured
+#: better than "all covariates" for choosing the best regimen (benchmarks/results/survival_evaluation.md).
+INTERACTION_COVARIATES = ("pvtt", "img_arterial_enhancement_ratio", "max_diameter_cm")
+#: Response features of the landmark models per landmark week.
+RESPONSE_COVARIATES = {w: (f"rel_change_viable_volume_w{w:02d}", f"rel_change_sum_viable_w{w:02d}",
+                           f"mrecist_w{w:02d}") for w in LANDMARK_WEEKS}
+#: Metastasis model features: clinical, imaging, radiomics of the arterial phase inside the tumour. A short list with
+#: a strong penalty: with a few hundred TACE patients, eleven features over-fitted (hold-out AUC fell below the
+#: clinical-only model, benchmarks/results/survival_evaluation.md).
+METASTASIS_FEATURES = ("max_diameter_cm", "n_tumors", "log_afp", "pvtt", "img_log_viable_volume_ml",
+                       "img_arterial_enhancement_ratio", "rad_fo_entropy")
+METASTASIS_L2 = 10.0
+#: A regimen needs this many patients in the training table to get its own curve.
+MIN_PATIENTS_PER_REGIMEN = 15
+RADIOMICS_KEYS = ("fo_mean", "fo_sd", "fo_entropy", "fo_skewness", "shape_sphericity", "shape_elongation",
+                  "glcm_contrast", "glcm_homogeneity")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Features of one patient (the same code at training and prediction time)
+# ----------------------------------------------------------------------------------------------------------------
+
+def baseline_image_features(labels: np.ndarray, geometry, arterial: np.ndarray | None = None,
+                            portal: np.ndarray | None = None) -> dict[str, float]:
+    """``img_*`` (segmentation), derived log volumes and ``rad_*`` (arterial radiomics inside the tumour)."""
+    base = imaging_features(labels, geometry, arterial, portal)
+    out = {f"img_{k}": float(v) for k, v in base.items()}
+    out["img_log_viable_volume_ml"] = float(np.log1p(base["viable_volume_ml"]))
+    out["img_log_tumor_volume_ml"] = float(np.log1p(base["tumor_volume_ml"]))
+    out["img_log_pvtt_volume_ml"] = float(np.log1p(base["pvtt_volume_ml"]))
+    tumor = np.isin(labels, (2, 3))
+    if arterial is not None and int(tumor.sum()) >= 2:
+        rad = radiomics_features(arterial, tumor, geometry)
+        out.update({f"rad_{k}": float(rad[k]) for k in RADIOMICS_KEYS})
+    return out
+
+
+def trajectory_readings(baseline_labels: np.ndarray, geometry, followups: Sequence[tuple[int, np.ndarray, Any]],
+                        baseline_arterial: np.ndarray | None = None) -> dict[int, dict[str, Any]]:
+    """Readings ``{0: baseline, week: {...}}`` of one trajectory (one regimen) for :func:`response_features`:
+    viable / tumour volumes from the labels and the mRECIST / RECIST 1.1 reading of
+    :func:`HCCTwinLib.response.read_response` (targets, sums of viable diameters, category, new lesions)."""
+    from ..response import read_response
+
+    voxel_ml = geometry.voxel_volume_ml
+
+    def volumes(lab):
+        return {"viable_volume_ml": float((lab == 2).sum() * voxel_ml),
+                "tumor_volume_ml": float(np.isin(lab, (2, 3)).sum() * voxel_ml)}
+
+    reading = read_response(baseline_labels, [(w, lab, art) for w, lab, art in followups], geometry,
+                            baseline_arterial=baseline_arterial)
+    out: dict[int, dict[str, Any]] = {0: {**volumes(baseline_labels), "sum_viable_mm": reading.baseline_sum_viable_mm}}
+    by_week = {int(round(w)): lab for w, lab, _ in followups}
+    for tp in reading.timepoints:
+        w = int(round(tp.weeks))
+        out[w] = {**volumes(by_week[w]), "sum_viable_mm": tp.sum_viable_mm, "category_mrecist": tp.category_mrecist,
+                  "category_recist": tp.category_recist, "new_lesion": float(bool(tp.new_lesions_mrecist))}
+    return out
+
+
+def _read_folder(folder: Path) -> dict[str, Any]:
+    from ..io import find_image, read_image
+
+    out: dict[str, Any] = {}
+    for name in ("labels", "arterial", "portal"):
+        path = find_image(folder, name)
+        if path is not None:
+            out[name], out["geometry"] = read_image(path, labels=(name == "labels"))
+    return out
+
+
+def patient_image_row(case_dir: Path, weeks: Sequence[int] = LANDMARK_WEEKS) -> dict[str, Any] | None:
+    """Baseline image features + observed response features of one cohort case folder (None without labels)."""
+    pre = _read_folder(case_dir / "pre")
+    if "labels" not in pre:
+        return None
+    g = pre["geometry"]
+    row = baseline_image_features(pre["labels"], g, pre.get("arterial"), pre.get("portal"))
+    fus = []
+    for w in weeks:
+        fu = _read_folder(case_dir / "followup" / f"w{w:02d}")
+        if "labels" in fu and tuple(fu["labels"].shape) == tuple(g.shape):
+            fus.append((w, fu["labels"], fu.get("arterial")))
+    if fus:
+        row.update(response_features(trajectory_readings(pre["labels"], g, fus, pre.get("arterial")), weeks=weeks))
+    return row
+
+
+def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True,
+                         progress: ProgressCallback | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The training / evaluation table of a cohort folder: clinical features and scores, outcomes, and (with
+    ``images``) image + observed response features read from ``cases/<id>/``. Returns ``(table, notes)``."""
+    from ..io import path_inside
+
+    cohort = Path(cohort_dir)
+    csv = cohort / "clinical.csv"
+    if not csv.is_file():
+        raise InputError(f"{csv} not found: a cohort folder needs clinical.csv (see the README's data layout).")
+    clinical = pd.read_csv(csv)
+    if "patient_id" not in clinical.columns:
+        raise InputError(f"{csv} has no patient_id column.")
+    feats, notes = clinical_features(clinical)
+    table = feats.copy()
+    for col in ("patient_id", "regimen", "os_months", "os_event", "pfs_months", "pfs_event", "metastasis_months",
+                "metastasis_event"):
+        if col in clinical.columns:
+            table[col] = clinical[col].values
+    table.attrs["fill_values"] = feats.attrs.get("fill_values", {})
+    if not images:
+        return table, notes
+    rows = []
+    ids = [str(p) for p in clinical["patient_id"]]
+    for n, pid in enumerate(ids):
+        case_dir = path_inside(cohort, "cases", pid)
+        row = patient_image_row(case_dir) if case_dir.is_dir() else None
+        if row is not None:
+            row["patient_id"] = pid
+            rows.append(row)
+        report(progress, (n + 1) / len(ids), f"image features {n + 1}/{len(ids)}")
+    if not rows:
+        notes.append("no case folder with a pre-treatment label map: imaging features not used.")
+        return table, notes
+    if len(rows) < len(ids):
+        notes.append(f"{len(ids) - len(rows)} of {len(ids)} patient(s) have no pre-treatment label map: their "
+                     f"imaging features are imputed with the cohort median.")
+    img = pd.DataFrame(rows)
+    merged = table.merge(img, on="patient_id", how="left")
+    merged.index = table.index
+    merged.attrs = table.attrs
+    return merged, notes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------------------------------------
+
+def _nan_to_none(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, list):
+        return [_nan_to_none(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    return v
+
+
+@dataclass
+class SurvivalEngine:
+    """Fitted models + the feature conventions they were fitted with."""
+
+    os: PerRegimenSurvival
+    pfs: PerRegimenSurvival | None = None
+    landmark: LandmarkModel | None = None
+    metastasis: MetastasisModel | None = None
+    clinical_fill_values: dict[str, Any] = field(default_factory=dict)
+    feature_fill_values: dict[str, float] = field(default_factory=dict)
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def regimens(self) -> list[str]:
+        return list(self.os.regimens_)
+
+    # -- features of one patient -------------------------------------------------------------------------------
+    def patient_row(self, clinical: Mapping[str, Any], image_features: Mapping[str, float] | None = None
+                    ) -> tuple[pd.DataFrame, list[str]]:
+        """One-row feature table for a patient (training fill values for anything missing, each one noted)."""
+        raw = pd.DataFrame([{k: v for k, v in dict(clinical).items()}])
+        feats, notes = clinical_features(raw, fill_values=self.clinical_fill_values)
+        notes = [n for n in notes if not n.startswith("ignored")]
+        row = feats.copy()
+        for k, v in dict(image_features or {}).items():
+            row[k] = v
+        needed = set(self.os.covariates_) | (set(self.metastasis.features_) if self.metastasis else set())
+        for col in sorted(needed):
+            value = row[col].iloc[0] if col in row.columns else np.nan
+            if value is None or (isinstance(value, float) and not math.isfinite(value)):
+                fill = self.feature_fill_values.get(col, 0.0)
+                row[col] = fill
+                if col.startswith(("img_", "rad_")):
+                    notes.append(f"{col} not available for this patient (no segmentation or image): the training "
+                                 f"median {fill:.3g} is used.")
+        row = row.apply(pd.to_numeric, errors="coerce").astype(float)
+        row.attrs = {}
+        return row, notes
+
+    # -- prediction --------------------------------------------------------------------------------------------
+    def predict(self, clinical: Mapping[str, Any], image_features: Mapping[str, float] | None = None,
+                regimens: Sequence[str] | None = None, *, eligible: Sequence[str] | None = None,
+                readings: Mapping[str, Mapping[int, Mapping[str, Any]]] | None = None,
+                readings_source: Mapping[str, str] | None = None, times=None) -> dict[str, Any]:
+        """``result.json["survival"]`` for one patient.
+
+        ``regimens``: curves to give (default all the model knows); ``eligible``: the regimens the recommendation
+        chooses among (default ``regimens``); ``readings``: ``{regimen: {week: reading}}`` from
+        :func:`trajectory_readings` of the virtual (or real) follow-ups, with ``readings_source[regimen]`` =
+        "virtual" or "observed"; they feed the landmark models.
+        """
+        regimens = list(regimens) if regimens is not None else self.regimens
+        unknown = [r for r in regimens if r not in self.os.regimens_]
+        notes: list[str] = []
+        if unknown:
+            notes.append(f"the survival model was not trained on {', '.join(unknown)}: no curve for it.")
+        regimens = [r for r in regimens if r in self.os.regimens_]
+        if not regimens:
+            raise InputError("none of the chosen regimens is known to the survival model "
+                             f"(it knows {', '.join(self.os.regimens_)}).")
+        row, row_notes = self.patient_row(clinical, image_features)
+        notes += row_notes
+        times = np.asarray(DEFAULT_TIMES if times is None else times, float)
+        endpoints = {"os": self.os.predict_curves(row, regimens, times)}
+        if self.pfs is not None:
+            endpoints["pfs"] = self.pfs.predict_curves(row, regimens, times)
+        choose = [r for r in (eligible if eligible is not None else regimens) if r in regimens] or regimens
+        # one RMST matrix (point + bootstrap) for the differences and the probability of being best
+        point, boot = self.os.rmst_matrix(row, regimens)
+        col = {r: i for i, r in enumerate(regimens)}
+        mats = boot[:, 0, :] if len(boot) else point
+        sub = mats[:, [col[r] for r in choose]]
+        is_best = sub == sub.max(axis=1, keepdims=True)
+        prob = {r: float(v) for r, v in zip(choose, (is_best / is_best.sum(axis=1, keepdims=True)).mean(axis=0))}
+        best = max(prob, key=lambda r: (prob[r], point[0, col[r]]))
+        diffs = []
+        for i, a in enumerate(regimens):
+            for b in regimens[i + 1:]:
+                est = float(point[0, col[a]] - point[0, col[b]])
+                d = {"regimen_a": a, "regimen_b": b, "tau_months": self.os.tau, "estimate": est,
+                     "lower": float("nan"), "upper": float("nan"), "prob_a_better": float(est > 0)}
+                if len(boot):
+                    db = boot[:, 0, col[a]] - boot[:, 0, col[b]]
+                    d.update({"lower": float(min(np.percentile(db, 2.5), est)),
+                              "upper": float(max(np.percentile(db, 97.5), est)),
+                              "prob_a_better": float((db > 0).mean())})
+                diffs.append(d)
+        out: dict[str, Any] = {
+            "model": f"{self.card.get('name', ENGINE_NAME)} {self.card.get('version', '')}".strip(),
+            "endpoints": endpoints,
+            "rmst24_differences": diffs,
+            "recommendation": {"regimen": best, "probability_best": prob, "endpoint": "os",
+                               "tau_months": self.os.tau, "eligible_only": eligible is not None,
+                               "chosen_among": choose},
+        }
+        neo, res = "neoadj_haic_pd1_len_resection", "resection"
+        if {neo, res} <= set(self.os.regimens_) and str(dict(clinical).get("resectable", "")).lower() in (
+                "1", "1.0", "true", "yes"):
+            out["neoadjuvant"] = self.os.rmst_difference(row, neo, res)
+            out["neoadjuvant"]["question"] = ("benefit of neoadjuvant HAIC + PD-1 + lenvatinib before resection vs "
+                                              "direct resection (RMST-24 difference, months)")
+        if self.metastasis is not None:
+            met = self.metastasis.predict(row)
+            met["applies_to"] = TACE
+            out["metastasis"] = met
+        if self.landmark is not None and readings:
+            out["landmark"] = self._landmarks(row, readings, readings_source or {}, times)
+        out["notes"] = notes
+        return _nan_to_none(out)
+
+    def _landmarks(self, row: pd.DataFrame, readings, source, times) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for regimen, by_week in readings.items():
+            feats = response_features(by_week, weeks=LANDMARK_WEEKS)
+            entry = {}
+            for w in sorted(self.landmark.models_):
+                if w not in by_week:
+                    continue
+                frame = row.copy()
+                for k, v in response_features(by_week, weeks=LANDMARK_WEEKS, up_to_week=w).items():
+                    frame[k] = v
+                regs = self.landmark.models_[w]["regimens"]
+                if regs and regimen not in regs:
+                    continue
+                pred = self.landmark.predict(frame, w, times=times, source=source.get(regimen, "virtual"),
+                                             regimen=regimen if regs else None)
+                pred["mrecist"] = by_week[w].get("category_mrecist")
+                entry[f"w{w:02d}"] = pred
+            if entry:
+                out[regimen] = {"timepoints": entry, "response_features": feats}
+        return out
+
+
+def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, images: bool | None = None,
+               progress: ProgressCallback | None = None) -> tuple[SurvivalEngine, list[str]]:
+    """Fit the four models on a feature table from :func:`cohort_feature_table`. Returns ``(engine, notes)``."""
+    notes: list[str] = []
+    has = [c for c in IMAGING_COVARIATES if c in table.columns and table[c].notna().mean() > 0.5]
+    use_images = (len(has) == len(IMAGING_COVARIATES)) if images is None else images
+    covariates = list(DEFAULT_COVARIATES) + (list(IMAGING_COVARIATES) if use_images else [])
+    if not use_images:
+        notes.append("imaging features not used (no label maps in the cohort).")
+    data = table.copy()
+    fills = {}
+    for col in set(covariates) | set(METASTASIS_FEATURES):
+        if col in data.columns:
+            values = pd.to_numeric(data[col], errors="coerce")
+            fills[col] = float(values.median()) if values.notna().any() else 0.0
+            k = int(values.isna().sum())
+            if k:
+                notes.append(f"{col}: {k} missing value(s) imputed with the median {fills[col]:.3g}.")
+            data[col] = values.fillna(fills[col])
+    counts = data["regimen"].astype(str).value_counts()
+    rare = [r for r, k in counts.items() if k < MIN_PATIENTS_PER_REGIMEN]
+    if rare:
+        notes.append(f"regimen(s) with fewer than {MIN_PATIENTS_PER_REGIMEN} patients left out of the survival models "
+                     f"(no curve for them): " + ", ".join(f"{r} ({counts[r]})" for r in rare) + ".")
+        data = data[~data["regimen"].astype(str).isin(rare)]
+    inter = [c for c in INTERACTION_COVARIATES if c in covariates]
+    report(progress, 0.0, "Fitting the OS model")
+    os_model = PerRegimenSurvival(n_bootstrap=n_bootstrap, interaction_covariates=inter, seed=seed).fit(
+        data, "os_months", "os_event", "regimen", covariates, progress=SubProgress(progress, 0.0, 0.45))
+    pfs_model = None
+    if {"pfs_months", "pfs_event"} <= set(data.columns):
+        report(progress, 0.45, "Fitting the PFS model")
+        pfs_model = PerRegimenSurvival(n_bootstrap=n_bootstrap, interaction_covariates=inter, seed=seed).fit(
+            data, "pfs_months", "pfs_event", "regimen", covariates, progress=SubProgress(progress, 0.45, 0.85))
+    landmark = None
+    resp = {w: [c for c in cols if c in data.columns and data[c].notna().any()]
+            for w, cols in RESPONSE_COVARIATES.items()}
+    if all(resp.values()):
+        report(progress, 0.85, "Fitting the landmark models")
+        landmark = LandmarkModel(landmarks_weeks=LANDMARK_WEEKS, n_bootstrap=min(n_bootstrap, 20), seed=seed).fit(
+            data, "os_months", "os_event", covariates, resp, regimen_col="regimen")
+        notes += landmark.notes_
+    else:
+        notes.append("no follow-up response features in the cohort: no landmark (dynamic) model.")
+    metastasis = None
+    feats = [c for c in METASTASIS_FEATURES if c in data.columns]
+    tace = data[data["regimen"].astype(str) == TACE] if "regimen" in data.columns else data.iloc[:0]
+    if "metastasis_event" in data.columns and len(tace):
+        report(progress, 0.93, "Fitting the metastasis model")
+        try:
+            metastasis = MetastasisModel(l2=METASTASIS_L2, n_bootstrap=min(n_bootstrap * 4, 200),
+                                         seed=seed).fit(tace, feats)
+        except InputError as exc:
+            notes.append(f"metastasis model not fitted: {exc}")
+    clinical_fills = {k: (v.item() if hasattr(v, "item") else v)
+                      for k, v in dict(table.attrs.get("fill_values", {})).items()}
+    engine = SurvivalEngine(os=os_model, pfs=pfs_model, landmark=landmark, metastasis=metastasis,
+                            clinical_fill_values=clinical_fills, feature_fill_values=fills)
+    report(progress, 1.0, "Survival engine fitted")
+    return engine, notes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model file
+# ----------------------------------------------------------------------------------------------------------------
+
+_PARTS = ("os", "pfs", "landmark", "metastasis")
+
+
+def save_engine(engine: SurvivalEngine, path: str | os.PathLike, *, training_data: Mapping[str, Any] | None = None,
+                metrics: Mapping[str, Any] | None = None, version: str = "0.1") -> tuple[Path, Path]:
+    """Write ``path`` (.safetensors, all arrays) and its model card (structure, fill values, sha256)."""
+    import torch
+
+    from ..weights import save_model
+
+    arrays: dict[str, np.ndarray] = {}
+    parts: dict[str, Any] = {}
+    for name in _PARTS:
+        model = getattr(engine, name)
+        if model is None:
+            continue
+        a, meta = model.to_state(prefix=f"{name}/")
+        arrays.update(a)
+        parts[name] = meta
+    state = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)) for k, v in arrays.items()}
+    path = Path(path)
+    card = {
+        "name": path.stem, "version": version, "architecture": ARCHITECTURE,
+        "architecture_kwargs": {"parts": parts, "clinical_fill_values": engine.clinical_fill_values,
+                                "feature_fill_values": engine.feature_fill_values},
+        "input_phases": ["arterial", "portal"], "label_map": None,
+        "training_data": dict(training_data or {}), "metrics": dict(metrics or {}),
+        "hyperparameters": {"os_penalizer": engine.os.penalizer_, "n_bootstrap": len(engine.os.boot_),
+                            "interaction_covariates": [engine.os.covariates_[i] for i in engine.os._inter_idx],
+                            "covariates": engine.os.covariates_},
+        "intended_use": "Research use only; demo engine fitted on simulated patients, not for clinical decisions.",
+        "software": {"hcctwin": __version__, "python": platform.python_version()},
+    }
+    return save_model(state, path, card)
+
+
+def load_engine(path: str | os.PathLike) -> SurvivalEngine:
+    """Verify (sha256) and read a survival engine file written by :func:`save_engine`."""
+    from ..weights import ModelFileError, load_state, resolve_model_path
+
+    state, card = load_state(resolve_model_path(path))
+    if card.get("architecture") != ARCHITECTURE:
+        raise ModelFileError(f"{path} is a {card.get('architecture')!r} model file, not a survival engine.")
+    arrays = {k: v.numpy() for k, v in state.items()}
+    kw = card.get("architecture_kwargs", {})
+    parts = kw.get("parts", {})
+    builders = {"os": PerRegimenSurvival, "pfs": PerRegimenSurvival, "landmark": LandmarkModel,
+                "metastasis": MetastasisModel}
+    models = {}
+    for name, meta in parts.items():
+        if name not in builders:
+            raise ModelFileError(f"{path}: unknown part {name!r} in the model card.")
+        models[name] = builders[name].from_state(arrays, meta, prefix=f"{name}/")
+    if "os" not in models:
+        raise ModelFileError(f"{path}: the survival engine has no OS model.")
+    return SurvivalEngine(**models, clinical_fill_values=dict(kw.get("clinical_fill_values", {})),
+                          feature_fill_values={k: float(v) for k, v in kw.get("feature_fill_values", {}).items()},
+                          card=card)
+
+
+_CACHE: dict[str, SurvivalEngine] = {}
+
+
+def get_survival_engine(path: str | os.PathLike | None = None, device: str | None = None) -> SurvivalEngine:
+    """The installed engine (``hcctwin_survival`` in the weights folder) or ``path``; cached between runs.
+    Raises :class:`~HCCTwinLib.weights.ModelFileError` when none is installed. ``device`` is accepted for the
+    pipeline's common model interface (the engine runs on the CPU)."""
+    from ..weights import ModelFileError, resolve_model_path
+
+    resolved = resolve_model_path(path or ENGINE_NAME)
+    if not resolved.is_file():
+        raise ModelFileError(f"no survival engine installed ({resolved} not found); train one with "
+                             f"'hcctwin train survival --cohort DIR --out DIR' and install it, or pass its path.")
+    key = f"{resolved}:{resolved.stat().st_mtime_ns}"
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = load_engine(resolved)
+    return _CACHE[key]
+
+
+def train_survival_command(cohort_dir, out_dir, *, n_bootstrap: int = 50, seed: int = 0, images: bool = True,
+                           name: str = ENGINE_NAME, progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """``hcctwin train survival``: feature table of the cohort, fit, save ``out_dir/<name>.safetensors`` + card."""
+    t0 = time.perf_counter()
+    table, notes = cohort_feature_table(cohort_dir, images=images, progress=SubProgress(progress, 0.0, 0.4))
+    engine, fit_notes = fit_engine(table, n_bootstrap=n_bootstrap, seed=seed, progress=SubProgress(progress, 0.4, 1))
+    notes += fit_notes
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    training = {"cohort": Path(cohort_dir).name, "n_patients": int(len(table)),
+                "n_os_events": int(engine.os.n_events_), "regimens": engine.os.regimen_counts_, "notes": notes,
+                "seed": seed, "fit_seconds": round(time.perf_counter() - t0, 1)}
+    weights, card = save_engine(engine, out / f"{name}.safetensors", training_data=training)
+    return {"weights": str(weights), "card": str(card), "notes": notes, "n_patients": len(table)}

@@ -1,0 +1,202 @@
+"""The survival engine end to end on a small simulated cohort with images: feature table from label maps and
+follow-ups, fit, model file round trip (sha256, no pickle), per-patient prediction, pipeline + CLI wiring."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from HCCTwinLib.cli import main as cli_main
+from HCCTwinLib.survival.engine import (
+    IMAGING_COVARIATES,
+    baseline_image_features,
+    cohort_feature_table,
+    fit_engine,
+    get_survival_engine,
+    load_engine,
+    save_engine,
+    trajectory_readings,
+)
+from HCCTwinLib.weights import ModelFileError
+
+REGS = ["tace_pd1_len", "haic_pd1_len", "pd1_tki"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from HCCTwinLib.simulate import simulate_cohort
+
+    out = tmp_path_factory.mktemp("engine") / "cohort"
+    simulate_cohort(80, 5151, out, fast=True, write_truth_images=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def table(cohort):
+    table, notes = cohort_feature_table(cohort)
+    return table
+
+
+@pytest.fixture(scope="module")
+def engine_file(table, tmp_path_factory):
+    engine, notes = fit_engine(table, n_bootstrap=4, seed=0)
+    path = tmp_path_factory.mktemp("model") / "hcctwin_survival.safetensors"
+    save_engine(engine, path, training_data={"cohort": "test"})
+    return engine, path
+
+
+def test_feature_table_has_imaging_and_observed_response(table):
+    for col in IMAGING_COVARIATES + ("rad_fo_sd", "mrecist_w08", "rel_change_viable_volume_w08"):
+        assert col in table.columns, col
+        assert table[col].notna().mean() > 0.8, col
+    assert (table["img_viable_volume_ml"] >= 0).all()
+    # mRECIST ordinals 0..3 (CR..PD)
+    assert set(table["mrecist_w08"].dropna().unique()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_trajectory_readings_follow_the_labels(cohort):
+    from HCCTwinLib.io import load_case
+
+    case = load_case(cohort / "cases" / sorted(p.name for p in (cohort / "cases").iterdir())[0] / "pre")
+    # a follow-up with every viable voxel turned into necrosis: mRECIST complete response, viable volume 0
+    fu = case.labels.copy()
+    fu[fu == 2] = 3
+    readings = trajectory_readings(case.labels, case.geometry, [(8, fu, None)], case.phases["arterial"])
+    assert readings[0]["viable_volume_ml"] > 0
+    assert readings[8]["viable_volume_ml"] == 0 and readings[8]["category_mrecist"] == "CR"
+    # the same labels: stable disease
+    same = trajectory_readings(case.labels, case.geometry, [(8, case.labels, case.phases["arterial"])],
+                               case.phases["arterial"])
+    assert same[8]["category_mrecist"] == "SD"
+    feats = baseline_image_features(case.labels, case.geometry, case.phases["arterial"], case.phases["portal"])
+    assert feats["img_log_viable_volume_ml"] == pytest.approx(np.log1p(feats["img_viable_volume_ml"]))
+
+
+def test_model_file_round_trip_gives_identical_predictions(engine_file, table):
+    engine, path = engine_file
+    loaded = load_engine(path)
+    row = table.iloc[3].to_dict()
+    a = engine.predict(row, None, REGS)
+    b = loaded.predict(row, None, REGS)
+    for r in REGS:
+        assert np.allclose(a["endpoints"]["os"][r]["survival"], b["endpoints"]["os"][r]["survival"])
+        assert np.allclose(a["endpoints"]["pfs"][r]["lower"], b["endpoints"]["pfs"][r]["lower"])
+    assert a["recommendation"] == b["recommendation"]
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["architecture"].startswith("survival-engine") and len(card["sha256"]) == 64
+    assert "os" in card["architecture_kwargs"]["parts"]
+
+
+def test_tampered_or_missing_engine_is_refused(engine_file, tmp_path):
+    _, path = engine_file
+    bad = tmp_path / path.name
+    shutil.copy(path, bad)
+    shutil.copy(path.with_suffix(".json"), bad.with_suffix(".json"))
+    data = bytearray(bad.read_bytes())
+    data[-9] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError):
+        load_engine(bad)
+    with pytest.raises(ModelFileError):
+        get_survival_engine(tmp_path / "nothing.safetensors")
+
+
+def test_prediction_schema_bands_and_recommendation(engine_file, table):
+    engine, _ = engine_file
+    row = table.iloc[0].to_dict()
+    img = {k: row[k] for k in row if str(k).startswith(("img_", "rad_"))}
+    out = engine.predict(row, img, REGS, eligible=["tace_pd1_len", "pd1_tki"])
+    assert set(out["endpoints"]) == {"os", "pfs"}
+    for r in REGS:
+        c = out["endpoints"]["os"][r]
+        s, lo, hi = (np.array(c[k], float) for k in ("survival", "lower", "upper"))
+        assert np.all(np.diff(s) <= 1e-12) and np.all(lo <= s + 1e-12) and np.all(s <= hi + 1e-12)
+        assert 0 < c["rmst24"] <= 24 and c["rmst24_ci"][0] <= c["rmst24"] <= c["rmst24_ci"][1]
+    rec = out["recommendation"]
+    assert set(rec["probability_best"]) == {"tace_pd1_len", "pd1_tki"}  # only the eligible ones compete
+    assert sum(rec["probability_best"].values()) == pytest.approx(1.0)
+    assert len(out["rmst24_differences"]) == 3
+    d = out["rmst24_differences"][0]
+    rm = {r: out["endpoints"]["os"][r]["rmst24"] for r in REGS}
+    assert d["estimate"] == pytest.approx(rm[d["regimen_a"]] - rm[d["regimen_b"]])
+    if "metastasis" in out:
+        m = out["metastasis"]
+        assert 0 <= m["lower"] <= m["risk"] <= m["upper"] <= 1
+    # no imaging features: imputed with the training medians and said so
+    bare = engine.predict({k: row[k] for k in ("age_years", "ecog", "afp_ng_ml")}, None, REGS)
+    assert any("img_" in n for n in bare["notes"])
+
+
+def test_landmark_uses_virtual_or_observed_response(engine_file, table):
+    engine, _ = engine_file
+    assert engine.landmark is not None and set(engine.landmark.models_) == {8, 16}
+    row = table.iloc[1].to_dict()
+    base = {"viable_volume_ml": 40.0, "tumor_volume_ml": 50.0, "sum_viable_mm": 60.0}
+    good = {0: base, 8: {"viable_volume_ml": 2.0, "tumor_volume_ml": 30.0, "sum_viable_mm": 10.0,
+                         "category_mrecist": "PR"}}
+    bad = {0: base, 8: {"viable_volume_ml": 90.0, "tumor_volume_ml": 100.0, "sum_viable_mm": 90.0,
+                        "category_mrecist": "PD"}}
+    out = engine.predict(row, None, ["tace_pd1_len", "haic_pd1_len"],
+                         readings={"tace_pd1_len": good, "haic_pd1_len": bad},
+                         readings_source={"tace_pd1_len": "observed"})
+    lm = out["landmark"]
+    assert lm["tace_pd1_len"]["timepoints"]["w08"]["source"] == "observed"
+    assert lm["haic_pd1_len"]["timepoints"]["w08"]["source"] == "virtual"
+    s_good = np.array(lm["tace_pd1_len"]["timepoints"]["w08"]["survival"])
+    s_bad = np.array(lm["haic_pd1_len"]["timepoints"]["w08"]["survival"])
+    assert s_good[-1] > s_bad[-1]  # response predicts longer survival after the landmark
+
+
+def test_pipeline_survival_and_cheap_regimen_change(engine_file, monkeypatch):
+    from HCCTwinLib.demo import default_case
+    from HCCTwinLib.pipeline import PipelineOptions, run_case, update_survival
+
+    _, path = engine_file
+    case, fu = default_case(small=True)
+    options = PipelineOptions(survival_model=str(path))
+    result = run_case(case, REGS, (8, 16), real_followup=fu, options=options)
+    assert set(result.survival["endpoints"]["os"]) == set(REGS)
+    assert result.survival["recommendation"]["regimen"] in REGS
+    assert result.response["observed"]["w08"]["mrecist"] in {"CR", "PR", "SD", "PD", "NE"}
+    assert "survival" in result.provenance and "survival" in result.timings
+    summary = json.loads(json.dumps(result.summary()))
+    assert summary["survival"]["endpoints"]["os"]["pd1_tki"]["median"] is None or \
+        summary["survival"]["endpoints"]["os"]["pd1_tki"]["median"] > 0
+
+    # a change of the selection recomputes survival only: nothing reads images or runs a network
+    import HCCTwinLib.survival.engine as E
+
+    monkeypatch.setattr(E, "baseline_image_features", lambda *a, **k: pytest.fail("features recomputed"))
+    update_survival(result, options, ["tace_pd1_len", "pd1_tki"])
+    assert set(result.survival["endpoints"]["os"]) == {"tace_pd1_len", "pd1_tki"}
+    assert set(result.survival["recommendation"]["chosen_among"]) <= {"tace_pd1_len", "pd1_tki"}
+
+
+def test_no_engine_is_a_note_not_an_error(tmp_path):
+    from HCCTwinLib.demo import default_case
+    from HCCTwinLib.pipeline import PipelineOptions, run_case
+
+    case, _ = default_case(small=True)
+    result = run_case(case, REGS, (8,), options=PipelineOptions(survival_model=str(tmp_path / "none.safetensors")))
+    assert result.survival == {} and any(n.startswith("Survival:") for n in result.notes)
+
+
+def test_cli_train_survival_and_predict(cohort, tmp_path):
+    model_dir = tmp_path / "model"
+    assert cli_main(["train", "survival", "--cohort", str(cohort), "--out", str(model_dir), "--bootstrap", "2",
+                    "--no-images"]) == 0
+    engine_path = model_dir / "hcctwin_survival.safetensors"
+    assert engine_path.is_file() and engine_path.with_suffix(".json").is_file()
+    pid = pd.read_csv(cohort / "clinical.csv")["patient_id"].iloc[0]
+    out = tmp_path / "pred"
+    rc = cli_main(["predict", "--pre", str(cohort / "cases" / pid / "pre"), "--clinical", str(cohort / "clinical.csv"),
+                   "--patient", pid, "--regimens", "tace_pd1_len,pd1_tki", "--weeks", "8",
+                   "--survival-model", str(engine_path), "--out", str(out)])
+    assert rc == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["patient_id"] == pid and set(result["survival"]["endpoints"]["os"]) == {"tace_pd1_len", "pd1_tki"}
+    assert result["label_volumes_ml"]["liver"] > 0  # the cohort's labels were used

@@ -77,6 +77,16 @@ def run_demo(out: str | Path, seed: int = DEFAULT_SEED, *, small: bool = False, 
         result.timings["scene_and_render"] = time.perf_counter() - t0
 
     result.write_json(out / "result.json")
+    t0 = time.perf_counter()
+    report(progress, 0.92, "Tumor-board report")
+    from .report import write_report
+
+    images = {"Pre-treatment | real follow-up | virtual follow-up (linked views)": outputs["layout_png"]} \
+        if "layout_png" in outputs else None
+    paths = write_report(json.loads((out / "result.json").read_text()), out, images=images)
+    outputs.update({f"report_{k}": str(v) for k, v in paths.items()})
+    result.timings["report"] = time.perf_counter() - t0
+    result.write_json(out / "result.json")
     report(progress, 1.0, "Demo done")
     summary = {"patient_id": case.patient_id, "received_regimen": real.regimen, "outputs": outputs,
                "timings_s": {k: round(v, 2) for k, v in result.timings.items()}, "disclaimer": DISCLAIMER}
@@ -84,8 +94,9 @@ def run_demo(out: str | Path, seed: int = DEFAULT_SEED, *, small: bool = False, 
     return summary
 
 
-def render_result(result, out: Path) -> dict[str, str]:
-    """Headless scene of ``result`` + offscreen PNGs of the linked views (``out/views/*.png``, ``out/layout.png``)."""
+def render_result(result, out: Path, *, bundle: bool = True) -> dict[str, str]:
+    """Headless scene of ``result`` + offscreen PNGs of the linked views (``out/views/*.png``, ``out/layout.png``)
+    and, with ``bundle``, the scene as a Slicer bundle ``out/scene.mrb`` (opens in 3D Slicer)."""
     from .scene import layout as L
     from .scene.build import show_result
     from .scene.headless import HeadlessSlicer
@@ -110,7 +121,12 @@ def render_result(result, out: Path) -> dict[str, str]:
         rendered = render_views_png(app, specs, out / "views", ras_position=ras)
         layout_png = compose_panels([rendered[s.name] for s in specs], out / "layout.png",
                                     title=f"HCCTwin - {result.case.patient_id}", footer=DISCLAIMER)
-        return {"layout_png": str(layout_png), "views": str(out / "views")}
+        paths = {"layout_png": str(layout_png), "views": str(out / "views")}
+        if bundle:
+            from .scene.bundle import save_scene_bundle
+
+            paths["scene_mrb"] = str(save_scene_bundle(app.scene, out / "scene.mrb"))
+        return paths
     finally:
         app.close()
 

@@ -20,7 +20,8 @@ def test_demo_writes_case_result_and_pictures(demo_out):
     out, summary = demo_out
     for rel in ("case/pre/arterial.nii.gz", "case/pre/portal.nii.gz", "case/pre/labels.nii.gz",
                 "case/followup/w08/portal.nii.gz", "result.json", "layout.png", "views/HCCTwinPre.png",
-                "views/HCCTwinReal.png", "demo_summary.json"):
+                "views/HCCTwinReal.png", "demo_summary.json", "report.html", "report.pdf", "survival.png",
+                "scene.mrb"):
         assert (out / rel).is_file(), rel
     result = json.loads((out / "result.json").read_text())
     assert result["patient_id"] == summary["patient_id"]
@@ -28,6 +29,19 @@ def test_demo_writes_case_result_and_pictures(demo_out):
     assert result["label_volumes_ml"]["viable_tumor"] > 0
     assert result["real_followup"]["weeks"] == 8
     assert "not for clinical use" in result["disclaimer"]
+    html = (out / "report.html").read_text()
+    assert summary["patient_id"] in html and "data:image/png;base64," in html
+    assert (out / "report.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_demo_scene_bundle_loads_back(demo_out):
+    from HCCTwinLib.scene.bundle import load_scene_bundle
+
+    out, summary = demo_out
+    scene = load_scene_bundle(out / "scene.mrb")
+    names = [scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())]
+    assert any(n and n.endswith("pre portal") for n in names)
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 1
 
 
 def test_demo_pictures_are_not_blank(demo_out):

@@ -1,21 +1,67 @@
-"""TwinResult -> MRML nodes: volumes, editable segmentation, follow-up sequences, result table, linked layout.
+"""TwinResult -> MRML nodes: volumes, editable segmentation, follow-up sequences, survival curves, result tables,
+uncertainty overlay and the linked layout.
 
-The same function serves the Slicer module (``slicer.mrmlScene`` + its logics) and headless use (HeadlessSlicer).
-Node names start with ``HCCTwin <patient>`` so a re-run updates its own nodes; a segmentation the user corrected is
-passed in (``segmentation_node``) and never replaced.
+The same functions serve the Slicer module (``slicer.mrmlScene`` + its logics) and headless use (HeadlessSlicer).
+Every node name starts with ``HCCTwin <patient>`` and nodes are re-used by name, so a re-run or a new regimen
+selection updates its own nodes instead of adding copies; a segmentation the user corrected is passed in
+(``segmentation_node``) and never replaced.
+
+Public API::
+
+    show_result(scene, result, *, segmentations_logic, ...) -> SceneNodes      # everything, after a run
+    update_selection(scene, result, regimens, ids=None, ...) -> SceneNodes     # curves, table, views; no model runs
+    show_endpoint(scene, ids, "os" | "pfs") -> chart node id                    # which survival chart the plot shows
+    set_uncertainty_visible(scene, ids, visible) -> bool                        # per-voxel SD overlay on/off
+    find_scene_nodes(scene, result) -> SceneNodes                               # the ids again, from node names
+
+Survival (``result.survival``) and response (``result.response``) are shown as computed by the engine; after a new
+regimen selection call :func:`HCCTwinLib.pipeline.update_survival` first, then :func:`update_selection`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import layout as L
-from .nodes import add_segmentation, add_sequence, add_table, add_volume
+from .nodes import (
+    NODE_ATTRIBUTE,
+    add_plot,
+    add_segmentation,
+    add_sequence,
+    add_synchronized_sequence,
+    add_table,
+    add_volume,
+    find_node,
+    hex_to_rgb,
+)
+
+ENDPOINTS = {"os": "Overall survival", "pfs": "Progression-free survival"}
+#: Colour table of the uncertainty overlay (exists in Slicer and in slicer-core scenes), with a fallback.
+UNCERTAINTY_COLOR_NODE_IDS = ("vtkMRMLPETProceduralColorNodePET-Heat", "vtkMRMLColorTableNodeIron")
+UNCERTAINTY_OPACITY = 0.5
+#: Regimen whose model the metastasis risk comes from, when the survival output does not say.
+METASTASIS_DEFAULT_REGIMEN = "tace_pd1_len"
+
+# results-by-regimen table columns (mRECIST columns are "mRECIST wWW", one per time point)
+COL_REGIMEN = "Regimen"
+COL_REGIMEN_ID = "Regimen ID"
+COL_MEDIAN_OS = "Median OS (95% CI), months"
+COL_MEDIAN_PFS = "Median PFS (95% CI), months"
+COL_OS12 = "1-year OS (95% CI)"
+COL_OS24 = "2-year OS (95% CI)"
+COL_RMST24 = "RMST-24 OS (95% CI), months"
+COL_METASTASIS = "Metastasis risk (95% CI)"
+COL_P_BEST = "Probability best"
+COL_RECOMMENDATION = "Recommendation"
 
 
 @dataclass
 class SceneNodes:
-    """IDs of the nodes :func:`show_result` made or used."""
+    """IDs of the nodes :func:`show_result` made or used, and what the views show now."""
 
     pre: dict[str, str] = field(default_factory=dict)
     segmentation: str | None = None
@@ -23,7 +69,16 @@ class SceneNodes:
     virtual_sequences: dict[str, str] = field(default_factory=dict)
     virtual_browsers: dict[str, str] = field(default_factory=dict)
     virtual_proxies: dict[str, str] = field(default_factory=dict)
+    uncertainty_sequences: dict[str, str] = field(default_factory=dict)
+    uncertainty_proxies: dict[str, str] = field(default_factory=dict)
     table: str | None = None
+    survival_table: str | None = None
+    charts: dict[str, str] = field(default_factory=dict)
+    regimens_shown: list[str] = field(default_factory=list)
+    endpoint: str = "os"
+    uncertainty_visible: bool = False
+    display_phase: str = "portal"
+    virtual_regimen: str | None = None
     views_assigned: bool = False
 
 
@@ -31,8 +86,79 @@ def _prefix(result) -> str:
     return f"HCCTwin {result.case.patient_id}"
 
 
+def node_names(result, display_phase: str = "portal") -> dict[str, str]:
+    """Names of the per-case nodes (not per regimen): tables and survival charts."""
+    prefix = _prefix(result)
+    return {"table": f"{prefix} results", "survival_table": f"{prefix} survival by regimen",
+            **{f"chart_{e}": f"{prefix} {e.upper()}" for e in ENDPOINTS}}
+
+
+# ------------------------------------------------------------------------------------------------------ formatting
+def _num(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _pair(ci) -> tuple[float | None, float | None]:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        return _num(ci[0]), _num(ci[1])
+    return None, None
+
+
+def fmt_months(value, ci=None, *, missing: str = "n/a") -> str:
+    """``14.3 (10.2-19.6)``; a median that is not reached (None with a curve) reads "not reached"."""
+    v = _num(value)
+    lo, hi = _pair(ci)
+    text = f"{v:.1f}" if v is not None else missing
+    if ci is not None and (lo is not None or hi is not None):
+        text += f" ({lo:.1f}" if lo is not None else " (NR"
+        text += f"-{hi:.1f})" if hi is not None else "-NR)"
+    return text
+
+
+def fmt_percent(value, ci=None) -> str:
+    """``62% (51-72%)``."""
+    v = _num(value)
+    if v is None:
+        return "n/a"
+    lo, hi = _pair(ci)
+    text = f"{100 * v:.0f}%"
+    if lo is not None and hi is not None:
+        text += f" ({100 * lo:.0f}-{100 * hi:.0f}%)"
+    return text
+
+
+def _catalogue() -> Mapping:
+    from ..regimens import load_catalogue
+
+    try:
+        return load_catalogue()
+    except Exception:  # noqa: BLE001 - names and colours are cosmetic; a broken catalogue is reported elsewhere
+        return {}
+
+
+def regimen_label(regimen_id: str, catalogue: Mapping | None = None) -> str:
+    """Short display name of a regimen (catalogue ``short_name``), or its id when the catalogue lacks it."""
+    catalogue = _catalogue() if catalogue is None else catalogue
+    entry = catalogue.get(regimen_id)
+    return getattr(entry, "short_name", None) or regimen_id
+
+
+def regimen_color(regimen_id: str, catalogue: Mapping | None = None) -> tuple[float, float, float] | None:
+    """Catalogue colour of a regimen as RGB in 0..1, or None (then the plot picks a default colour)."""
+    catalogue = _catalogue() if catalogue is None else catalogue
+    entry = catalogue.get(regimen_id)
+    try:
+        return hex_to_rgb(entry.color) if entry is not None and getattr(entry, "color", None) else None
+    except ValueError:
+        return None
+
+
 def results_table_columns(result) -> dict[str, list]:
-    """Rows of the results table: clinical scores, eligibility warnings per regimen, volumes."""
+    """Rows of the case table: clinical scores, eligibility warnings per regimen, volumes."""
     names, values = [], []
     for key, value in result.scores.items():
         if key != "notes":
@@ -48,12 +174,123 @@ def results_table_columns(result) -> dict[str, list]:
     return {"item": names, "value": values}
 
 
+def response_weeks(result, regimens: Sequence[str]) -> list[int]:
+    """Time points (weeks) with a response reading for any of ``regimens`` (the run's weeks when none)."""
+    weeks = set()
+    for r in regimens:
+        for key in (result.response.get(r) or {}):
+            if isinstance(key, str) and key.startswith("w") and key[1:].isdigit():
+                weeks.add(int(key[1:]))
+    return sorted(weeks) or sorted(int(w) for w in result.weeks)
+
+
+def survival_table_columns(result, regimens: Sequence[str] | None = None) -> dict[str, list]:
+    """One row per regimen: median OS / PFS, 1- and 2-year OS, RMST-24 (with 95% CIs), mRECIST of the virtual
+    follow-up per time point, metastasis risk, probability of being best and the recommendation.
+
+    Values come from ``result.survival`` (and ``result.response``) as they are; "n/a" where the engine gave none.
+    The metastasis model is fitted for TACE + PD-1 + lenvatinib only (``survival["metastasis"]["applies_to"]``):
+    other regimens read "n/a (<regimen> model only)".
+    """
+    regimens = list(result.regimens if regimens is None else regimens)
+    catalogue = _catalogue()
+    survival = result.survival or {}
+    endpoints = survival.get("endpoints") or {}
+    os_curves, pfs_curves = endpoints.get("os") or {}, endpoints.get("pfs") or {}
+    rec = survival.get("recommendation") or {}
+    p_best = rec.get("probability_best") or {}
+    chosen = rec.get("chosen_among")
+    meta = survival.get("metastasis") if isinstance(survival.get("metastasis"), Mapping) else None
+    weeks = response_weeks(result, regimens)
+    cols: dict[str, list] = {COL_REGIMEN: [], COL_REGIMEN_ID: [], COL_MEDIAN_OS: [], COL_MEDIAN_PFS: [], COL_OS12: [],
+                             COL_OS24: [], COL_RMST24: []}
+    for w in weeks:
+        cols[f"mRECIST w{w:02d}"] = []
+    metastasis_col = COL_METASTASIS
+    if meta is not None and _num(meta.get("horizon_months")) is not None:
+        metastasis_col = f"Metastasis risk {_num(meta['horizon_months']):g} mo (95% CI)"
+    cols[metastasis_col] = []
+    cols[COL_P_BEST] = []
+    cols[COL_RECOMMENDATION] = []
+    for r in regimens:
+        cols[COL_REGIMEN].append(regimen_label(r, catalogue))
+        cols[COL_REGIMEN_ID].append(r)
+        o, p = os_curves.get(r) or {}, pfs_curves.get(r) or {}
+        missing_median = "not reached" if o.get("survival") else "n/a"
+        cols[COL_MEDIAN_OS].append(fmt_months(o.get("median"), o.get("median_ci"), missing=missing_median)
+                                   if o else "n/a")
+        cols[COL_MEDIAN_PFS].append(fmt_months(p.get("median"), p.get("median_ci"),
+                                               missing="not reached" if p.get("survival") else "n/a") if p else "n/a")
+        cols[COL_OS12].append(fmt_percent(o.get("s12"), o.get("s12_ci")))
+        cols[COL_OS24].append(fmt_percent(o.get("s24"), o.get("s24_ci")))
+        cols[COL_RMST24].append(fmt_months(o.get("rmst24"), o.get("rmst24_ci")) if o else "n/a")
+        by_week = result.response.get(r) or {}
+        for w in weeks:
+            reading = by_week.get(f"w{w:02d}")
+            cols[f"mRECIST w{w:02d}"].append((reading or {}).get("mrecist") or "n/a")
+        cols[metastasis_col].append(_metastasis_text(meta, r, catalogue))
+        cols[COL_P_BEST].append(float(p_best[r]) if _num(p_best.get(r)) is not None else float("nan"))
+        if rec.get("regimen") == r:
+            cols[COL_RECOMMENDATION].append("recommended")
+        elif chosen is not None and r not in chosen and r in os_curves:
+            cols[COL_RECOMMENDATION].append("not eligible (see warnings)")
+        else:
+            cols[COL_RECOMMENDATION].append("")
+    return cols
+
+
+def _metastasis_text(meta: Mapping | None, regimen: str, catalogue: Mapping) -> str:
+    if meta is None:
+        return "n/a"
+    by_regimen = meta.get("by_regimen")
+    if isinstance(by_regimen, Mapping) and isinstance(by_regimen.get(regimen), Mapping):
+        m = by_regimen[regimen]
+        return fmt_percent(m.get("risk"), [m.get("lower"), m.get("upper")])
+    applies = meta.get("applies_to") or METASTASIS_DEFAULT_REGIMEN
+    if regimen == applies:
+        return fmt_percent(meta.get("risk"), [meta.get("lower"), meta.get("upper")])
+    return f"n/a ({regimen_label(applies, catalogue)} model only)"
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in (values or [])], dtype=float)
+
+
+def survival_series(result, regimens: Sequence[str], endpoint: str = "os") -> list[dict]:
+    """Plot series (see :func:`~HCCTwinLib.scene.nodes.add_plot`) of ``endpoint`` for the regimens that have a curve:
+    the step curve and its 95% band, named by the regimen's short name and coloured by the catalogue."""
+    catalogue = _catalogue()
+    curves = ((result.survival or {}).get("endpoints") or {}).get(endpoint) or {}
+    out = []
+    for r in regimens:
+        curve = curves.get(r)
+        if not curve or not curve.get("times"):
+            continue
+        spec = {"x": _floats(curve["times"]), "y": _floats(curve["survival"]), "name": regimen_label(r, catalogue),
+                "color": regimen_color(r, catalogue), "step": True, "regimen": r}
+        for key in ("lower", "upper"):
+            band = _floats(curve.get(key))
+            if band.shape == spec["x"].shape and np.isfinite(band).any():
+                spec[key] = band
+        out.append(spec)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ the scene
 def show_result(scene, result, *, segmentations_logic, sequences_logic=None, layout_node=None,
-                segmentation_node=None, display_phase: str = "portal") -> SceneNodes:
-    """Put ``result`` into ``scene`` and arrange the "pre | real | virtual" layout when its views exist."""
+                segmentation_node=None, display_phase: str = "portal", regimens: Sequence[str] | None = None,
+                endpoint: str = "os", show_uncertainty: bool = False,
+                layout_id: int = L.HCCTWIN_PLOT_LAYOUT_ID) -> SceneNodes:
+    """Put ``result`` into ``scene``: pre-treatment volumes, the (editable) segmentation, the real follow-up, one
+    browsable sequence of virtual follow-ups per regimen (with a synchronized uncertainty sequence when the
+    follow-ups carry ``std``), the case table, the survival table and OS / PFS charts for ``regimens`` (default all
+    of ``result.regimens``), then arrange ``layout_id`` (default "pre | real | virtual" over the plot) and assign the
+    linked views when they exist. Re-running on the same patient re-uses the nodes by name.
+    """
     case = result.case
     prefix = _prefix(result)
-    ids = SceneNodes()
+    names = node_names(result)
+    ids = SceneNodes(display_phase=display_phase, endpoint=endpoint, uncertainty_visible=bool(show_uncertainty))
     for phase, array in case.phases.items():
         ids.pre[phase] = add_volume(scene, array, case.geometry, f"{prefix} pre {phase}").GetID()
     reference = scene.GetNodeByID(ids.pre.get(display_phase) or next(iter(ids.pre.values())))
@@ -72,33 +309,191 @@ def show_result(scene, result, *, segmentations_logic, sequences_logic=None, lay
         weeks = sorted(by_week)
         if not weeks:
             continue
-        arrays = [by_week[w].phases[display_phase] for w in weeks]
+        phase = display_phase if all(display_phase in by_week[w].phases for w in weeks) else next(
+            iter(by_week[weeks[0]].phases))
+        arrays = [by_week[w].phases[phase] for w in weeks]
         seq, browser = add_sequence(scene, arrays, case.geometry, f"{prefix} virtual {regimen}", weeks,
-                                    index_name="time", index_unit="week", sequences_logic=sequences_logic)
+                                    index_name="time", index_unit="week", sequences_logic=sequences_logic,
+                                    reuse=True)
         ids.virtual_sequences[regimen] = seq.GetID()
         ids.virtual_browsers[regimen] = browser.GetID()
-        proxy = browser.GetProxyNode(seq)
-        if proxy is not None:
-            ids.virtual_proxies[regimen] = proxy.GetID()
-    ids.table = add_table(scene, f"{prefix} results", results_table_columns(result)).GetID()
+        std_phase = phase if all(phase in by_week[w].std for w in weeks) else next(
+            (p for p in by_week[weeks[0]].std if all(p in by_week[w].std for w in weeks)), None)
+        if std_phase is not None:
+            stds = [np.asarray(by_week[w].std[std_phase], dtype=np.float32) for w in weeks]
+            top = float(max(np.percentile(s, 99.5) for s in stds)) or 1.0
+            std_seq = add_synchronized_sequence(scene, browser, stds, case.geometry, f"{prefix} uncertainty {regimen}",
+                                                weeks, sequences_logic=sequences_logic, reuse=True,
+                                                window_level=(top, top / 2), color_node_id=_uncertainty_color(scene))
+            ids.uncertainty_sequences[regimen] = std_seq.GetID()
+        _refresh_proxies(scene, ids, regimen)
+    ids.table = add_table(scene, names["table"], results_table_columns(result), reuse=True).GetID()
     if layout_node is not None:
         L.register_layouts(layout_node)
-        layout_node.SetViewArrangement(L.HCCTWIN_LAYOUT_ID)
-    ids.views_assigned = assign_compare_views(scene, ids, display_phase)
+        layout_node.SetViewArrangement(int(layout_id))
+    return update_selection(scene, result, result.regimens if regimens is None else regimens, ids)
+
+
+def update_selection(scene, result, regimens: Sequence[str], ids: SceneNodes | None = None, *,
+                     endpoint: str | None = None, show_uncertainty: bool | None = None,
+                     display_phase: str | None = None) -> SceneNodes:
+    """Show another regimen selection without running any model: the survival table rows, the OS/PFS curves and
+    which virtual follow-up the views show follow ``regimens``. Nodes are re-used by name (curves and rows of
+    regimens no longer chosen are removed; virtual sequences of all regimens stay in the scene, only the views
+    change). Call :func:`HCCTwinLib.pipeline.update_survival` first so ``result.survival`` matches ``regimens``.
+    ``ids`` defaults to :func:`find_scene_nodes`; returns the updated ids. The survival table is made once there is
+    something to show in it (survival or a response reading); until then ``ids.survival_table`` is None.
+    """
+    ids = find_scene_nodes(scene, result, display_phase or "portal") if ids is None else ids
+    if display_phase is not None:
+        ids.display_phase = display_phase
+    if endpoint is not None:
+        ids.endpoint = endpoint
+    if show_uncertainty is not None:
+        ids.uncertainty_visible = bool(show_uncertainty)
+    ids.regimens_shown = list(dict.fromkeys(regimens))
+    names = node_names(result)
+    has_content = bool(result.survival) or any(result.response.get(r) for r in ids.regimens_shown)
+    if has_content or find_node(scene, names["survival_table"], "vtkMRMLTableNode") is not None:
+        ids.survival_table = add_table(scene, names["survival_table"],
+                                       survival_table_columns(result, ids.regimens_shown), reuse=True).GetID()
+    for key, title in ENDPOINTS.items():
+        chart = add_plot(scene, names[f"chart_{key}"], survival_series(result, ids.regimens_shown, key),
+                         x_label="months since treatment start", y_label=f"{title.lower()} probability",
+                         title=f"{title} by regimen (dashed: 95% CI)", step=True, reuse=True)
+        chart.SetAttribute(NODE_ATTRIBUTE + ".endpoint", key)
+        ids.charts[key] = chart.GetID()
+    show_endpoint(scene, ids, ids.endpoint)
+    ids.virtual_regimen = pick_virtual_regimen(result, ids)
+    ids.views_assigned = assign_compare_views(scene, ids, ids.display_phase, ids.virtual_regimen)
     return ids
 
 
+def pick_virtual_regimen(result, ids: SceneNodes) -> str | None:
+    """The regimen the virtual view shows: the recommended one when it is chosen and has follow-ups, else the first
+    chosen regimen with follow-ups, else (nothing chosen has follow-ups) None."""
+    with_volumes = [r for r in ids.regimens_shown if r in ids.virtual_proxies]
+    recommended = ((result.survival or {}).get("recommendation") or {}).get("regimen")
+    if recommended in with_volumes:
+        return recommended
+    return with_volumes[0] if with_volumes else None
+
+
+def show_endpoint(scene, ids: SceneNodes, endpoint: str) -> str | None:
+    """Show the OS (``"os"``) or PFS (``"pfs"``) chart in the HCCTwin plot view; returns the chart node id."""
+    if endpoint not in ENDPOINTS:
+        raise ValueError(f"endpoint {endpoint!r}: expected one of {', '.join(ENDPOINTS)}")
+    ids.endpoint = endpoint
+    chart_id = ids.charts.get(endpoint)
+    if chart_id is not None:
+        L.show_chart(scene, chart_id)
+    return chart_id
+
+
+def set_uncertainty_visible(scene, ids: SceneNodes, visible: bool) -> bool:
+    """Show (or hide) the per-voxel standard deviation of the virtual follow-up as a foreground overlay on the
+    virtual (and regimen) views. Returns whether an overlay is now shown (False when the run has no uncertainty)."""
+    ids.uncertainty_visible = bool(visible)
+    ids.views_assigned = assign_compare_views(scene, ids, ids.display_phase, ids.virtual_regimen)
+    return bool(visible) and ids.virtual_regimen in ids.uncertainty_proxies
+
+
 def assign_compare_views(scene, ids: SceneNodes, display_phase: str = "portal", regimen: str | None = None) -> bool:
-    """Show pre / real / virtual in the three linked views, if those views exist (after the layout was shown)."""
+    """Show pre / real / virtual in the three linked views, if those views exist (after the layout was shown), and
+    the first two chosen regimens in the "regimen A | regimen B" views when those exist. The uncertainty overlay is
+    the foreground layer of the virtual views when ``ids.uncertainty_visible`` (none otherwise)."""
     try:
         for name in L.COMPARE_VIEWS:
             L.slice_node(scene, name)
     except (KeyError, LookupError, ValueError, RuntimeError):
         return False
-    pre = ids.pre.get(display_phase) or next(iter(ids.pre.values()))
-    real = ids.real_followup.get(display_phase)
-    virtual = ids.virtual_proxies.get(regimen) if regimen else next(iter(ids.virtual_proxies.values()), None)
+    pre = ids.pre.get(display_phase) or next(iter(ids.pre.values()), None)
+    real = ids.real_followup.get(display_phase) or next(iter(ids.real_followup.values()), None)
+    if regimen is None:
+        regimen = next((r for r in ids.regimens_shown if r in ids.virtual_proxies), None)
+    virtual = ids.virtual_proxies.get(regimen) if regimen else None
+
+    def overlay(r):
+        return ids.uncertainty_proxies.get(r) if (r and ids.uncertainty_visible) else None
+
     L.assign_volumes(scene, {L.PRE_VIEW: pre, L.REAL_VIEW: real, L.VIRTUAL_VIEW: virtual},
-                     segmentations={L.PRE_VIEW: ids.segmentation, L.REAL_VIEW: None, L.VIRTUAL_VIEW: None})
+                     foregrounds={L.PRE_VIEW: None, L.REAL_VIEW: None, L.VIRTUAL_VIEW: overlay(regimen)},
+                     segmentations={L.PRE_VIEW: ids.segmentation, L.REAL_VIEW: None, L.VIRTUAL_VIEW: None},
+                     foreground_opacity=UNCERTAINTY_OPACITY)
     L.link_slice_views(scene, L.COMPARE_VIEWS)
+    pair = [r for r in ids.regimens_shown if r in ids.virtual_proxies][:2]
+    try:
+        for name in L.REGIMEN_VIEWS:
+            L.slice_composite_node(scene, name)
+    except ValueError:
+        return True
+    regimen_views = dict(zip(L.REGIMEN_VIEWS, pair + [None] * (2 - len(pair))))
+    L.assign_volumes(scene, {v: ids.virtual_proxies.get(r) if r else None for v, r in regimen_views.items()},
+                     foregrounds={v: overlay(r) for v, r in regimen_views.items()},
+                     foreground_opacity=UNCERTAINTY_OPACITY)
+    L.link_slice_views(scene, L.REGIMEN_VIEWS)
     return True
+
+
+def _uncertainty_color(scene) -> str | None:
+    return next((c for c in UNCERTAINTY_COLOR_NODE_IDS if scene.GetNodeByID(c) is not None), None)
+
+
+def _refresh_proxies(scene, ids: SceneNodes, regimen: str) -> None:
+    browser = scene.GetNodeByID(ids.virtual_browsers[regimen])
+    seq = scene.GetNodeByID(ids.virtual_sequences[regimen])
+    proxy = browser.GetProxyNode(seq) if browser is not None and seq is not None else None
+    if proxy is not None:
+        ids.virtual_proxies[regimen] = proxy.GetID()
+    std_id = ids.uncertainty_sequences.get(regimen)
+    std_proxy = browser.GetProxyNode(scene.GetNodeByID(std_id)) if std_id and browser is not None else None
+    if std_proxy is not None:
+        ids.uncertainty_proxies[regimen] = std_proxy.GetID()
+        std_proxy.SetAttribute(NODE_ATTRIBUTE, "uncertainty")
+
+
+def find_scene_nodes(scene, result, display_phase: str = "portal") -> SceneNodes:
+    """The :class:`SceneNodes` of a scene that :func:`show_result` filled for ``result``, found by node names
+    (e.g. after the module was reloaded). Views are not changed."""
+    prefix = _prefix(result)
+    names = node_names(result)
+    ids = SceneNodes(display_phase=display_phase)
+
+    def node_id(name, class_name):
+        node = find_node(scene, name, class_name)
+        return node.GetID() if node is not None else None
+
+    for phase in result.case.phases:
+        if (i := node_id(f"{prefix} pre {phase}", "vtkMRMLScalarVolumeNode")) is not None:
+            ids.pre[phase] = i
+    ids.segmentation = node_id(f"{prefix} segmentation", "vtkMRMLSegmentationNode")
+    if result.real_followup is not None:
+        fu = result.real_followup
+        for phase in fu.phases:
+            if (i := node_id(f"{prefix} real follow-up w{fu.weeks:02d} {phase}", "vtkMRMLScalarVolumeNode")):
+                ids.real_followup[phase] = i
+    for regimen in result.followups:
+        seq_id = node_id(f"{prefix} virtual {regimen}", "vtkMRMLSequenceNode")
+        browser_id = node_id(f"{prefix} virtual {regimen} browser", "vtkMRMLSequenceBrowserNode")
+        if seq_id is None or browser_id is None:
+            continue
+        ids.virtual_sequences[regimen], ids.virtual_browsers[regimen] = seq_id, browser_id
+        if (std_id := node_id(f"{prefix} uncertainty {regimen}", "vtkMRMLSequenceNode")) is not None:
+            ids.uncertainty_sequences[regimen] = std_id
+        _refresh_proxies(scene, ids, regimen)
+    ids.table = node_id(names["table"], "vtkMRMLTableNode")
+    ids.survival_table = node_id(names["survival_table"], "vtkMRMLTableNode")
+    for key in ENDPOINTS:
+        if (i := node_id(names[f"chart_{key}"], "vtkMRMLPlotChartNode")) is not None:
+            ids.charts[key] = i
+    view = L.plot_view_node(scene, create=False)
+    shown = view.GetPlotChartNodeID() if view is not None else None
+    ids.endpoint = next((k for k, v in ids.charts.items() if v == shown), "os")
+    try:
+        comp = L.slice_composite_node(scene, L.VIRTUAL_VIEW)
+        ids.uncertainty_visible = comp.GetForegroundVolumeID() in set(ids.uncertainty_proxies.values())
+        background = comp.GetBackgroundVolumeID()
+        ids.virtual_regimen = next((r for r, p in ids.virtual_proxies.items() if p == background), None)
+    except ValueError:
+        pass
+    return ids

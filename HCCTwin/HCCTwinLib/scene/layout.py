@@ -253,3 +253,35 @@ def move_linked_slice(app_logic, scene, view_name: str, offset: float) -> dict[s
     group = snode.GetViewGroup()
     names = [n.GetLayoutName() for n in _nodes(scene, "vtkMRMLSliceNode") if n.GetViewGroup() == group]
     return slice_offsets(scene, names)
+
+
+# ------------------------------------------------------------------------------------------------------- plot view
+def plot_view_node(scene, view_name: str = PLOT_VIEW, *, create: bool = True):
+    """The ``vtkMRMLPlotViewNode`` of the plot view ``view_name`` (layout :data:`HCCTWIN_PLOT_LAYOUT_ID`).
+
+    In Slicer the layout manager creates it when the layout is shown; headless (or before the layout was shown) it is
+    created here with the same singleton tag / layout name, which the layout logic then re-uses. ``create=False``
+    returns None when it does not exist.
+    """
+    import slicer
+
+    node = scene.GetSingletonNode(view_name, "vtkMRMLPlotViewNode")
+    if node is None:
+        for candidate in _nodes(scene, "vtkMRMLPlotViewNode"):
+            if candidate.GetLayoutName() == view_name:
+                return candidate
+    if node is None and create:
+        node = slicer.vtkMRMLPlotViewNode()
+        node.SetSingletonTag(view_name)
+        node.SetLayoutName(view_name)
+        node.SetLayoutLabel("P")
+        node = scene.AddNode(node)
+    return node
+
+
+def show_chart(scene, chart_id: str | None, view_name: str = PLOT_VIEW, *, create: bool = True):
+    """Show the plot chart ``chart_id`` in the plot view (None empties it); returns the plot view node or None."""
+    node = plot_view_node(scene, view_name, create=create)
+    if node is not None:
+        node.SetPlotChartNodeID(chart_id)
+    return node

@@ -145,7 +145,8 @@ def add_volume(scene, array: np.ndarray, geometry: Geometry, name: str, *, label
     return node
 
 
-def _ensure_volume_display(scene, node, *, labelmap: bool, window_level: tuple[float, float] | None):
+def _ensure_volume_display(scene, node, *, labelmap: bool, window_level: tuple[float, float] | None,
+                           color_node_id: str | None = None):
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
@@ -155,7 +156,9 @@ def _ensure_volume_display(scene, node, *, labelmap: bool, window_level: tuple[f
         display.SetAndObserveColorNodeID(label_color_node(scene).GetID())
     else:
         width, level = window_level or ABDOMEN_WINDOW_LEVEL
-        if display.GetColorNodeID() is None:
+        if color_node_id and scene.GetNodeByID(color_node_id) is not None:
+            display.SetAndObserveColorNodeID(color_node_id)
+        elif display.GetColorNodeID() is None:
             display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
         display.AutoWindowLevelOff()
         display.SetWindowLevel(float(width), float(level))
@@ -283,47 +286,86 @@ def labels_from_segmentation(scene, segmentations_logic, seg_node, geometry: Geo
 # --------------------------------------------------------------------------------------------------------- sequences
 def add_sequence(scene, arrays: Sequence[np.ndarray], geometry: Geometry, name: str, index_values: Sequence[float],
                  index_name: str = "time", index_unit: str = "week", sequences_logic=None, *,
-                 window_level: tuple[float, float] | None = None, labelmap: bool = False):
+                 window_level: tuple[float, float] | None = None, labelmap: bool = False, reuse: bool = False,
+                 color_node_id: str | None = None):
     """A ``vtkMRMLSequenceNode`` of volumes (e.g. virtual follow-ups at 0, 8, 16 weeks) and a browser node.
 
     Returns ``(sequence_node, browser_node)``; ``browser_node.SetSelectedItemNumber(n)`` shows ``arrays[n]`` in the
     browser's proxy volume (``browser_node.GetProxyNode(sequence_node)``). Browser nodes need the Sequences module
     logic: in Slicer it is always there; headless register it (``HeadlessSlicer`` does). With ``sequences_logic``
     given, the proxy node is created at once (otherwise the logic does it when it sees the browser).
+    ``reuse=True`` refills the same-named sequence and browser (``"<name> browser"``) instead of adding new nodes,
+    so a re-run updates its own sequences.
     """
+    seq = _fill_sequence(scene, arrays, geometry, name, index_values, index_name, index_unit, labelmap=labelmap,
+                         reuse=reuse)
+    browser = find_node(scene, f"{name} browser", "vtkMRMLSequenceBrowserNode") if reuse else None
+    if browser is None:
+        browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
+    browser.SetAttribute(NODE_ATTRIBUTE, "sequence-browser")
+    set_primary = (getattr(browser, "SetAndObservePrimarySequenceNodeID", None)
+                   or browser.SetAndObserveMasterSequenceNodeID)  # renamed in newer Slicer
+    set_primary(seq.GetID())
+    _update_proxy(scene, browser, seq, name, sequences_logic, labelmap=labelmap, window_level=window_level,
+                  color_node_id=color_node_id)
+    return seq, browser
+
+
+def add_synchronized_sequence(scene, browser, arrays: Sequence[np.ndarray], geometry: Geometry, name: str,
+                              index_values: Sequence[float], index_name: str = "time", index_unit: str = "week",
+                              sequences_logic=None, *, window_level: tuple[float, float] | None = None,
+                              reuse: bool = False, color_node_id: str | None = None):
+    """A second sequence (e.g. the per-voxel uncertainty) played by an existing browser in step with its primary
+    sequence: browsing the time points moves both proxies. Returns the sequence node; its proxy is
+    ``browser.GetProxyNode(sequence)``. ``index_values`` must match the primary sequence's."""
+    seq = _fill_sequence(scene, arrays, geometry, name, index_values, index_name, index_unit, labelmap=False,
+                         reuse=reuse)
+    if not browser.IsSynchronizedSequenceNodeID(seq.GetID()):
+        browser.AddSynchronizedSequenceNode(seq)
+    _update_proxy(scene, browser, seq, name, sequences_logic, labelmap=False, window_level=window_level,
+                  color_node_id=color_node_id)
+    return seq
+
+
+def _fill_sequence(scene, arrays, geometry, name, index_values, index_name, index_unit, *, labelmap, reuse):
     slicer = _slicer()
     if len(arrays) != len(index_values):
         raise ValueError(f"{len(arrays)} arrays but {len(index_values)} index values; give one index value per array")
     if not len(arrays):
         raise ValueError(f"sequence {name!r} needs at least one array")
-    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    for array, value in zip(arrays, index_values):
+        _check_geometry(np.asarray(array), geometry, f"sequence {name!r} item {value}")
+    seq = find_node(scene, name, "vtkMRMLSequenceNode") if reuse else None
+    if seq is None:
+        seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    else:
+        seq.RemoveAllDataNodes()
     seq.SetIndexName(index_name)
     seq.SetIndexUnit(index_unit)
     seq.SetIndexType(slicer.vtkMRMLSequenceNode.NumericIndex)
     seq.SetAttribute(NODE_ATTRIBUTE, "sequence")
     item_class = slicer.vtkMRMLLabelMapVolumeNode if labelmap else slicer.vtkMRMLScalarVolumeNode
     for array, value in zip(arrays, index_values):
-        array = np.asarray(array)
-        _check_geometry(array, geometry, f"sequence {name!r} item {value}")
         item = item_class()  # not in the scene: SetDataNodeAtValue deep-copies it into the sequence
         item.SetName(f"{name} {index_name}={value:g}{index_unit}")
         set_volume_geometry(item, geometry)
-        slicer.util.updateVolumeFromArray(item, np.ascontiguousarray(array.astype(np.uint8 if labelmap else
-                                                                                  np.float32)))
+        slicer.util.updateVolumeFromArray(item, np.ascontiguousarray(np.asarray(array).astype(
+            np.uint8 if labelmap else np.float32)))
         seq.SetDataNodeAtValue(item, f"{float(value):g}")
-    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
-    browser.SetAttribute(NODE_ATTRIBUTE, "sequence-browser")
-    set_primary = (getattr(browser, "SetAndObservePrimarySequenceNodeID", None)
-                   or browser.SetAndObserveMasterSequenceNodeID)  # renamed in newer Slicer
-    set_primary(seq.GetID())
+    return seq
+
+
+def _update_proxy(scene, browser, seq, name, sequences_logic, *, labelmap, window_level, color_node_id):
     if sequences_logic is not None:
         sequences_logic.UpdateProxyNodesFromSequences(browser)
     browser.SetSelectedItemNumber(0)
+    if sequences_logic is not None:  # refresh the proxies when the selected item number did not change (re-use)
+        sequences_logic.UpdateProxyNodesFromSequences(browser)
     proxy = browser.GetProxyNode(seq)
     if proxy is not None:
         proxy.SetName(name)
-        _ensure_volume_display(scene, proxy, labelmap=labelmap, window_level=window_level)
-    return seq, browser
+        _ensure_volume_display(scene, proxy, labelmap=labelmap, window_level=window_level,
+                               color_node_id=color_node_id)
 
 
 # ------------------------------------------------------------------------------------------------------------ tables
@@ -347,12 +389,19 @@ def _vtk_column(name: str, values: list):
     return arr
 
 
-def add_table(scene, name: str, columns: Mapping[str, Sequence]):
-    """``vtkMRMLTableNode`` with one column per key: ints -> int column, numbers -> double, anything else -> string."""
+def add_table(scene, name: str, columns: Mapping[str, Sequence], *, reuse: bool = False):
+    """``vtkMRMLTableNode`` with one column per key: ints -> int column, numbers -> double, anything else -> string.
+
+    ``reuse=True`` replaces the columns of an existing same-named table node instead of adding a new node.
+    """
     lengths = {k: len(v) for k, v in columns.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"table {name!r} columns have different lengths {lengths}; give every column the same length")
-    node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    node = find_node(scene, name, "vtkMRMLTableNode") if reuse else None
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    else:
+        node.RemoveAllColumns()
     node.SetAttribute(NODE_ATTRIBUTE, "table")
     table = node.GetTable()
     for col, values in columns.items():
@@ -399,9 +448,18 @@ def _lighter(color: Sequence[float], amount: float = 0.45) -> tuple[float, float
     return tuple(float(v) for v in c + (1.0 - c) * amount)
 
 
-def _add_series(scene, chart, table_node, name: str, x_col: str, y_col: str, color, *, band: bool):
+def hex_to_rgb(color: str) -> tuple[float, float, float]:
+    """``"#1f77b4"`` -> ``(0.12, 0.47, 0.71)`` (the regimen catalogue's colour format)."""
+    text = str(color).lstrip("#")
+    if len(text) != 6:
+        raise ValueError(f"colour {color!r} is not #rrggbb")
+    return tuple(int(text[n:n + 2], 16) / 255.0 for n in (0, 2, 4))
+
+
+def _add_series(scene, chart, table_node, name: str, x_col: str, y_col: str, color, *, band: bool, series=None):
     slicer = _slicer()
-    series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
+    if series is None:
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
     series.SetAndObserveTableNodeID(table_node.GetID())
     series.SetXColumnName(x_col)
     series.SetYColumnName(y_col)
@@ -416,27 +474,39 @@ def _add_series(scene, chart, table_node, name: str, x_col: str, y_col: str, col
         series.SetColor(*[float(c) for c in color[:3]])
         series.SetLineWidth(3)
     series.SetAttribute(NODE_ATTRIBUTE, "plot-band" if band else "plot-curve")
-    chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    if not chart.HasPlotSeriesNodeID(series.GetID()):
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
     return series
 
 
 def add_plot(scene, name: str, series: Sequence[Mapping], x_label: str = "time (months)",
-             y_label: str = "probability", title: str | None = None, *, step: bool = False):
+             y_label: str = "probability", title: str | None = None, *, step: bool = False, reuse: bool = False):
     """``vtkMRMLPlotChartNode`` with one solid ``vtkMRMLPlotSeriesNode`` per curve (+ dashed, lighter band series).
 
     Each entry of ``series`` is ``dict(x, y, name, color=(r, g, b), lower=None, upper=None, step=<step>)``; ``lower``
     and ``upper`` (e.g. a 95% confidence band) add the series ``"<name> lower"`` / ``"<name> upper"``. With ``step``
     (survival curves) every curve and band is drawn as a post-step line. Each curve is backed by one table node
-    (columns ``x``, ``y`` and optionally ``lower``, ``upper``), so the data can be exported from Slicer.
+    (``"<chart name> <curve name> table"``, columns ``x``, ``y`` and optionally ``lower``, ``upper``), so the data can
+    be exported from Slicer.
+
+    ``reuse=True`` updates the same-named chart in place: series and tables are re-used by name, and the chart's
+    series (and their tables) that are no longer asked for are removed from the scene, so nothing is duplicated or
+    left orphaned when the curves shown change (e.g. another regimen selection).
     """
-    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+    chart = find_node(scene, name, "vtkMRMLPlotChartNode") if reuse else None
+    if chart is None:
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
     chart.SetAttribute(NODE_ATTRIBUTE, "plot-chart")
     chart.SetTitle(title or name)
     chart.SetXAxisTitle(x_label)
     chart.SetYAxisTitle(y_label)
     chart.SetLegendVisibility(True)
+    old_series = {node.GetName(): node for node in plot_series_nodes(chart)} if reuse else {}
+    old_tables = {node.GetTableNode().GetID(): node.GetTableNode() for node in old_series.values()
+                  if node.GetTableNode() is not None}
     default_colors = [(0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
                       (0.58, 0.40, 0.74)]
+    kept_series, kept_tables = [], set()
     for n, spec in enumerate(series):
         label = str(spec.get("name", f"series {n + 1}"))
         x = np.asarray(spec["x"], dtype=float)
@@ -453,11 +523,38 @@ def add_plot(scene, name: str, series: Sequence[Mapping], x_label: str = "time (
         if is_step:
             columns = {k: _step_xy(x, v)[1] for k, v in columns.items()}
             columns["x"] = _step_xy(x, x)[0]
-        table = add_table(scene, f"{name} {label} table", {k: [float(t) for t in v] for k, v in columns.items()})
-        _add_series(scene, chart, table, label, "x", "y", color, band=False)
+        table = add_table(scene, f"{name} {label} table", {k: [float(t) for t in v] for k, v in columns.items()},
+                          reuse=reuse)
+        table.SetAttribute(NODE_ATTRIBUTE, "plot-table")
+        kept_tables.add(table.GetID())
+        kept_series.append(_add_series(scene, chart, table, label, "x", "y", color, band=False,
+                                       series=old_series.get(label)))
         for k in bands:
-            _add_series(scene, chart, table, f"{label} {k}", "x", k, color, band=True)
+            kept_series.append(_add_series(scene, chart, table, f"{label} {k}", "x", k, color, band=True,
+                                           series=old_series.get(f"{label} {k}")))
+    if reuse:
+        kept_ids = {node.GetID() for node in kept_series}
+        for node in old_series.values():
+            if node.GetID() not in kept_ids:
+                chart.RemovePlotSeriesNodeID(node.GetID())
+                scene.RemoveNode(node)
+        for table_id, table in old_tables.items():
+            if table_id not in kept_tables and table.GetScene() is scene:
+                _remove_with_extras(scene, table)
+        # keep the chart's series in the order asked for (legend order = regimen order)
+        if [chart.GetNthPlotSeriesNodeID(i) for i in range(chart.GetNumberOfPlotSeriesNodes())] != [
+                node.GetID() for node in kept_series]:
+            chart.RemoveAllPlotSeriesNodeIDs()
+            for node in kept_series:
+                chart.AddAndObservePlotSeriesNodeID(node.GetID())
     return chart
+
+
+def _remove_with_extras(scene, node) -> None:
+    storage = node.GetStorageNode() if hasattr(node, "GetStorageNode") else None
+    scene.RemoveNode(node)
+    if storage is not None and storage.GetScene() is scene:
+        scene.RemoveNode(storage)
 
 
 def plot_series_nodes(chart) -> list:

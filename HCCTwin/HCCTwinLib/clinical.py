@@ -104,11 +104,12 @@ def _number(field: str, value: Any, unit: str) -> float:
 def _integer(field: str, value: Any, lo: int, hi: int | None, what: str) -> int:
     number = _number(field, value, what)
     if number != int(number):
-        raise ClinicalValueError(f"{field} = {value!r} is not a whole number: expected an integer {what}.")
+        raise ClinicalValueError(f"{field} = {value!r} is not a whole number: give an integer {what}.")
     number = int(number)
     if number < lo or (hi is not None and number > hi):
         rng = f"{lo}-{hi}" if hi is not None else f">= {lo}"
-        raise ClinicalValueError(f"{field} = {value!r} is out of range: expected an integer {what} ({rng}).")
+        raise ClinicalValueError(f"{field} = {value!r} is out of range: expected an integer {what} ({rng}). Correct "
+                                 f"the value.")
     return number
 
 
@@ -145,14 +146,15 @@ def _check_inr(value: Any) -> float:
     if not 0.5 <= v <= 10:
         raise ClinicalValueError(
             f"inr = {value!r} is out of range: expected the international normalized ratio, 0.5-10 (not the "
-            f"prothrombin time in seconds or percent).")
+            f"prothrombin time in seconds or percent). Give the INR from the lab report.")
     return v
 
 
 def _check_afp(value: Any) -> float:
     v = _number("afp_ng_ml", value, "ng/mL")
     if v < 0:
-        raise ClinicalValueError(f"afp_ng_ml = {value!r} is negative: AFP is a concentration in ng/mL (>= 0).")
+        raise ClinicalValueError(f"afp_ng_ml = {value!r} is negative: AFP is a concentration in ng/mL (>= 0). Correct "
+                                 f"the value.")
     return v
 
 
@@ -169,7 +171,8 @@ def _check_diameter(value: Any, n_tumors: int | None = None) -> float:
     v = _number(field, value, "mm")
     if not 0 <= v <= 300:
         raise ClinicalValueError(
-            f"{field} = {value!r} is out of range: expected the largest tumour diameter in mm, 0-300.")
+            f"{field} = {value!r} is out of range: expected the largest tumour diameter in mm, 0-300. Check the "
+            f"value and its unit.")
     if n_tumors is not None:
         if n_tumors > 0 and v == 0:
             raise ClinicalValueError(
@@ -194,13 +197,13 @@ def _check_category(field: str, value: Any, words: Mapping[str, int], spelled: s
             return words[key]
         if key in {"0", "1", "2"}:
             return int(key)
-        raise ClinicalValueError(f"{field} = {value!r} is not recognised: expected {spelled}.")
+        raise ClinicalValueError(f"{field} = {value!r} is not recognised: use {spelled}.")
     if isinstance(value, bool):
         raise ClinicalValueError(f"{field} = {value!r} is a yes/no value: expected {spelled}.")
     if isinstance(value, numbers.Number) and float(value) in (0.0, 1.0, 2.0):
         return int(value)
     raise ClinicalValueError(
-        f"{field} = {value!r} is not recognised: expected {spelled} (categories 0/1/2, not Child-Pugh points 1-3).")
+        f"{field} = {value!r} is not recognised: use {spelled} (categories 0/1/2, not Child-Pugh points 1-3).")
 
 
 def _check_ascites(value: Any) -> int:
@@ -236,14 +239,15 @@ def _check_bclc(value: Any) -> str:
     if text.endswith(".0"):  # 0.0 read from a numeric column
         text = text[:-2]
     if text not in BCLC_STAGES:
-        raise ClinicalValueError(f"bclc = {value!r} is not a BCLC stage: expected one of 0, A, B, C, D.")
+        raise ClinicalValueError(f"bclc = {value!r} is not a BCLC stage: use one of 0, A, B, C, D, or leave it empty "
+                                 f"(HCCTwin computes the stage).")
     return text
 
 
 def _check_child_pugh_class(value: Any) -> str:
     text = str(value).strip().upper()
     if text not in ("A", "B", "C"):
-        raise ClinicalValueError(f"child_pugh_class = {value!r} is not a Child-Pugh class: expected A, B or C.")
+        raise ClinicalValueError(f"child_pugh_class = {value!r} is not a Child-Pugh class: use A, B or C.")
     return text
 
 
@@ -461,12 +465,14 @@ def _normalize_optional(field: str, value: Any, out: dict[str, Any]) -> None:
     if field == "age_years":
         age = _number(field, value, "years")
         if not 0 <= age <= 120:
-            raise ClinicalValueError(f"age_years = {value!r} is out of range: expected age in years, 0-120.")
+            raise ClinicalValueError(f"age_years = {value!r} is out of range: expected age in years, 0-120. "
+                                     f"Correct the value (not a birth year or days).")
         out[field] = int(age) if age == int(age) else age
     elif field == "sex":
         key = str(value).strip().lower()
         if key not in _SEX_WORDS:
-            raise ClinicalValueError(f"sex = {value!r} is not recognised: expected M or F (male / female).")
+            raise ClinicalValueError(f"sex = {value!r} is not recognised: use M or F (male / female), or leave it "
+                                     f"empty.")
         out[field] = _SEX_WORDS[key]
     elif field == "etiology":
         out[field] = str(value).strip()
@@ -490,14 +496,15 @@ def validate_clinical(values: Mapping[str, Any]) -> dict[str, Any]:
     and what to do (e.g. bilirubin 1.2 "looks like mg/dL ... multiply by 17.1").
     """
     if not isinstance(values, Mapping):
-        raise ClinicalValueError(f"clinical values must be a mapping of column -> value, got {type(values).__name__}.")
+        raise ClinicalValueError(f"clinical values must be a mapping of column -> value, got {type(values).__name__}; "
+                                 f"pass a dict.")
     out: dict[str, Any] = dict(values)
     have_points = "child_pugh_points" in values and not _is_missing(values["child_pugh_points"])
     for field in CLINICAL_FIELDS:
         value = values.get(field)
         if _is_missing(value):
             if field in REQUIRED_FIELDS:
-                raise ClinicalValueError(f"{field} is missing: it is required for the clinical scores "
+                raise ClinicalValueError(f"{field} is missing: it is required for the clinical scores; give it "
                                          f"({_EXPECTED[field]}).")
             if field in CHILD_PUGH_INPUT_FIELDS and not have_points:
                 raise ClinicalValueError(f"{field} is missing: it is needed to compute Child-Pugh "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
 import zlib
 from collections.abc import Mapping
@@ -29,6 +30,11 @@ MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 15.0
 DEFAULT_MAX_VOXELS = 512 * 512 * 1000
 #: Phases must share at least this fraction of the smaller one's physical extent.
 MIN_PHASE_OVERLAP = 0.5
+#: A folder whose second-largest DICOM series has at least this fraction of the largest one's files is ambiguous.
+MIXED_SERIES_FRACTION = 0.5
+#: DICOM slice gaps may deviate this much (relative) from the median gap.
+MAX_SLICE_GAP_DEVIATION = 0.2
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def max_voxels() -> int:
@@ -57,12 +63,94 @@ def _dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
     if series_uid is None:
         if len(uids) > 1:
             counts = {uid: len(reader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
-            series_uid = max(counts, key=counts.get)
+            ranked = sorted(counts, key=counts.get, reverse=True)
+            if counts[ranked[1]] >= MIXED_SERIES_FRACTION * counts[ranked[0]]:
+                listing = ", ".join(f"{uid} ({counts[uid]} files)" for uid in ranked)
+                raise InputError(f"{folder}: the folder mixes {len(uids)} DICOM series of similar size ({listing}); "
+                                 f"HCCTwin cannot tell which one is meant. Put each series (phase) in its own folder, "
+                                 f"or pass the series UID.")
+            series_uid = ranked[0]
         else:
             series_uid = uids[0]
     elif series_uid not in uids:
-        raise InputError(f"{folder}: series {series_uid} not found; the folder has {', '.join(uids)}.")
-    return list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+        raise InputError(f"{folder}: series {series_uid} not found; the folder has {', '.join(uids)}. Pass one of "
+                         f"these series UIDs.")
+    files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    _check_dicom_members(folder, files, series_uid)
+    return files
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".ima")
+
+
+def _check_dicom_members(folder: Path, files: list[str], series_uid: str) -> None:
+    """GDCM silently leaves out files it cannot parse (e.g. a slice cut short), and ITK then stacks the remaining
+    slices with an averaged spacing. Refuse both: a damaged file of this series, and uneven slice positions."""
+    listed = {os.path.realpath(f) for f in files}
+    uid = series_uid.encode()
+    damaged = []
+    for entry in sorted(folder.iterdir()):
+        if not entry.is_file() or os.path.realpath(entry) in listed or not _looks_like_dicom(entry):
+            continue
+        try:
+            if uid in entry.read_bytes():
+                damaged.append(entry.name)
+        except OSError:
+            damaged.append(entry.name)
+    if damaged:
+        raise InputError(f"{folder}: {len(damaged)} file(s) of the series could not be read (truncated or damaged): "
+                         f"{', '.join(damaged[:5])}. The volume would have a gap; copy or export the series again.")
+    if len(files) < 3:
+        return
+    positions = []
+    info = sitk.ImageFileReader()
+    for f in files:
+        info.SetFileName(f)
+        try:
+            info.ReadImageInformation()
+        except RuntimeError as exc:
+            raise InputError(f"{folder}: {Path(f).name} is unreadable ({str(exc).strip().splitlines()[-1][:150]}); "
+                             f"copy or export the series again.") from exc
+        positions.append(info.GetOrigin())
+        if len(positions) == 1:
+            normal = np.asarray(info.GetDirection()).reshape(3, 3)[:, 2]
+    along = np.asarray(positions, dtype=float) @ normal
+    gaps = np.abs(np.diff(np.sort(along)))
+    step = float(np.median(gaps))
+    if step <= 1e-3 or np.any(gaps <= 1e-3):
+        raise InputError(f"{folder}: several slices of the series lie at the same position: the folder mixes two "
+                         f"acquisitions with one series UID (or holds copies). Keep one acquisition per folder.")
+    worst = int(np.argmax(np.abs(gaps - step)))
+    if abs(gaps[worst] - step) > MAX_SLICE_GAP_DEVIATION * step:
+        missing = gaps[worst] / step - 1
+        hint = (f"about {missing:.0f} slice(s) are missing" if missing > 0.5 else "the slices are unevenly spaced")
+        raise InputError(f"{folder}: slice positions are not evenly spaced: a gap of {gaps[worst]:.2f} mm after "
+                         f"slice {worst + 1} of {len(files)} where the spacing is {step:.2f} mm ({hint}). The volume "
+                         f"would be distorted; copy or export the complete series again.")
+
+
+def dicom_patient_id(folder: str | os.PathLike) -> str | None:
+    """The DICOM PatientID (0010,0020) of the first file of the series in ``folder``, or None.
+
+    Only the ID is read (used as the default case name); the patient's name is never read into HCCTwin.
+    """
+    try:
+        files = _dicom_series_files(Path(folder), None)
+        info = sitk.ImageFileReader()
+        info.SetFileName(files[0])
+        info.ReadImageInformation()
+        value = info.GetMetaData("0010|0020").strip() if info.HasMetaDataKey("0010|0020") else ""
+    except (InputError, RuntimeError):
+        return None
+    return value if value and _SAFE_ID.fullmatch(value) else None
 
 
 def read_image(path: str | os.PathLike, *, labels: bool = False, series_uid: str | None = None,
@@ -70,7 +158,7 @@ def read_image(path: str | os.PathLike, *, labels: bool = False, series_uid: str
     """Read and validate one 3D image. ``labels=True`` reads an integer label map (values 0..4)."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: file or folder not found.")
+        raise InputError(f"{path}: file or folder not found; check the path (and that the drive is mounted).")
     limit = max_voxels_allowed or max_voxels()
     try:
         if path.is_dir():
@@ -112,37 +200,56 @@ def _check_dimension(path: Path, ndim: int, components: int, size) -> None:
         raise InputError(f"{path}: image is 2D (size {tuple(size)}); HCCTwin needs a 3D volume. For DICOM, give the "
                          f"folder of the whole series, not one slice.")
     if ndim != 3:
-        raise InputError(f"{path}: image has {ndim} dimensions; HCCTwin needs a 3D volume.")
+        raise InputError(f"{path}: image has {ndim} dimensions; HCCTwin needs a 3D volume. Export one 3D volume per "
+                         f"phase.")
 
 
 def _check_nifti_complete(path: Path) -> None:
-    """ITK reads a truncated NIfTI without complaint (filling the missing voxels); check the data length ourselves."""
+    """ITK reads a truncated NIfTI without complaint (filling the missing voxels) and turns NaN/Inf voxels of a float
+    NIfTI into 0 (a plausible HU value): check the data length and, for float data, the values ourselves."""
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return
+    opener = gzip.open if name.endswith(".gz") else open
+    n_bad = 0
     try:
-        if name.endswith(".gz"):
-            with gzip.open(path, "rb") as fh:
-                header = fh.read(352)
-                n_bytes = len(header) + sum(len(chunk) for chunk in iter(lambda: fh.read(1 << 22), b""))
-        else:
-            with open(path, "rb") as fh:
-                header = fh.read(352)
-            n_bytes = path.stat().st_size
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path}: the compressed file is unreadable or truncated ({exc}). Copy or export it "
+        with opener(path, "rb") as fh:
+            header = fh.read(352)
+            if len(header) < 348:
+                raise InputError(f"{path}: file is truncated (no complete NIfTI header). Copy or export it again.")
+            endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+            dims = struct.unpack(endian + "8h", header[40:56])
+            datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
+            vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            float_type = {16: "f4", 64: "f8"}.get(datatype)
+            n_bytes = len(header)
+            skip = max(vox_offset - len(header), 0)
+            while skip > 0:
+                chunk = fh.read(min(skip, 1 << 22))
+                if not chunk:
+                    break
+                skip -= len(chunk)
+                n_bytes += len(chunk)
+            carry = b""
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                n_bytes += len(chunk)
+                if float_type is None:
+                    continue
+                buf = carry + chunk
+                usable = len(buf) - len(buf) % int(float_type[1])
+                values = np.frombuffer(buf[:usable], dtype=endian + float_type)
+                n_bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                carry = buf[usable:]
+    except (OSError, EOFError, zlib.error, struct.error) as exc:
+        raise InputError(f"{path}: the file is unreadable or truncated ({exc}). Copy or export it "
                          f"again.") from exc
-    if len(header) < 348:
-        raise InputError(f"{path}: file is truncated (no complete NIfTI header). Copy or export it again.")
-    endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
-    dims = struct.unpack(endian + "8h", header[40:56])
-    bitpix = struct.unpack(endian + "h", header[72:74])[0]
-    vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
-    n_voxels = int(np.prod([max(d, 1) for d in dims[1:1 + max(dims[0], 1)]]))
-    expected = vox_offset + n_voxels * bitpix // 8
+    n_voxels = int(np.prod([max(d, 1) for d in dims[1:1 + min(max(dims[0], 1), 7)]]))
+    expected = vox_offset + n_voxels * max(bitpix, 0) // 8
     if n_bytes < expected:
         raise InputError(f"{path}: file is truncated ({n_bytes:,} of {expected:,} bytes): the image is unreadable. "
                          f"Copy or export it again.")
+    if n_bad:
+        raise InputError(f"{path}: image contains {n_bad:,} NaN or infinite voxels; fill or crop them before use.")
 
 
 def _check_budget(path: Path, n_voxels: int, limit: int) -> None:
@@ -159,11 +266,13 @@ def validate_image(image: sitk.Image, path: str | os.PathLike = "<image>", *, la
     size = image.GetSize()
     _check_dimension(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel(), size)
     if min(size) < 1 or int(np.prod(size)) == 0:
-        raise InputError(f"{path}: image is empty (size {size}).")
+        raise InputError(f"{path}: image is empty (size {size}); export the image again.")
     if max(size) > 1 and sorted(size)[0] == 1 and sorted(size)[1] == 1:
-        raise InputError(f"{path}: image is a line of voxels (size {size}), not a 3D volume.")
+        raise InputError(f"{path}: image is a line of voxels (size {size}), not a 3D volume; export the whole 3D "
+                         f"volume.")
     if size[2] == 1:
-        raise InputError(f"{path}: image has a single slice (size {size}); HCCTwin needs a 3D volume.")
+        raise InputError(f"{path}: image has a single slice (size {size}); HCCTwin needs a 3D volume. For DICOM, give "
+                         f"the folder of the whole series; otherwise export the whole volume.")
     spacing = image.GetSpacing()
     if not all(np.isfinite(spacing)) or min(spacing) < MIN_SPACING_MM or max(spacing) > MAX_SPACING_MM:
         raise InputError(f"{path}: voxel spacing {tuple(round(s, 4) for s in spacing)} mm is outside the plausible "
@@ -177,7 +286,8 @@ def validate_image(image: sitk.Image, path: str | os.PathLike = "<image>", *, la
     if labels:
         if not np.issubdtype(array.dtype, np.integer):
             if not np.all(np.isfinite(array)) or not np.allclose(array, np.round(array)):
-                raise InputError(f"{path}: label map has non-integer values; expected integers 0..{MAX_LABEL}.")
+                raise InputError(f"{path}: label map has non-integer values; expected integers "
+                                 f"0..{MAX_LABEL}. Export the segmentation as a label map (integer type).")
         array = array.astype(np.int16)
         bad = np.setdiff1d(np.unique(array), np.arange(MAX_LABEL + 1))
         if bad.size:
@@ -190,7 +300,8 @@ def validate_image(image: sitk.Image, path: str | os.PathLike = "<image>", *, la
         n_bad = int((~finite).sum())
         raise InputError(f"{path}: image contains {n_bad:,} NaN or infinite voxels; fill or crop them before use.")
     if float(array.max()) == float(array.min()):
-        raise InputError(f"{path}: image is empty: every voxel has the value {float(array.min()):g}.")
+        raise InputError(f"{path}: image is empty: every voxel has the value {float(array.min()):g}. Check that the "
+                         f"right series was exported (a blank or failed export).")
     return array, Geometry.from_sitk(image)
 
 
@@ -234,6 +345,29 @@ def resample_to(array: np.ndarray, source: Geometry, target: Geometry, *, labels
     return sitk.GetArrayFromImage(out)
 
 
+def check_ct_range(what: str, array: np.ndarray) -> None:
+    """InputError when a CT phase is evidently not in Hounsfield units.
+
+    Abdominal CT in HU always holds air (about -1000 HU) or at least fat (about -100 HU): an image without a single
+    negative value is raw scanner values stored without the DICOM rescale (0..4095, HU = value - 1024), an MR
+    image, or an intensity-normalised export. An image spanning less than 100 units is normalised (z-scores, 0..1).
+    """
+    lo, hi = float(np.min(array)), float(np.max(array))
+    if lo >= 0 and hi > 1500:
+        raise InputError(f"{what}: values {lo:g}..{hi:g} with nothing below 0 look like raw unsigned CT stored "
+                         f"without the DICOM rescale (0..4095), not Hounsfield units (air is -1000 HU). Apply "
+                         f"RescaleSlope/RescaleIntercept (usually HU = value - 1024) and export again.")
+    if lo >= 0:
+        raise InputError(f"{what}: values {lo:g}..{hi:g} have nothing below 0, so this is not a CT in Hounsfield "
+                         f"units (air -1000 HU, fat about -100 HU); it looks like an MR image or an intensity-"
+                         f"normalised export. Load MRI under an MRI sequence name ({', '.join(MRI_SEQUENCES)}), or "
+                         f"export the CT in HU.")
+    if hi - lo < 100:
+        raise InputError(f"{what}: values span only {lo:g}..{hi:g}, too narrow for a CT in Hounsfield units "
+                         f"(air -1000 HU to contrast-enhanced vessels +200 HU); the image looks intensity-normalised. "
+                         f"Export the original CT in HU.")
+
+
 def overlap_fraction(a: Geometry, b: Geometry) -> float:
     """Fraction of the smaller image's physical bounding box (LPS) that the two images share."""
     a_lo, a_hi = a.physical_extent_lps()
@@ -252,7 +386,7 @@ def assemble_case(patient_id: str, images: Mapping[str, tuple[np.ndarray, Geomet
     reference physically raise InputError.
     """
     if not images:
-        raise InputError(f"{patient_id}: no pre-treatment phase given; need at least the arterial or portal phase.")
+        raise InputError(f"{patient_id}: no pre-treatment phase given; give at least the arterial or portal phase.")
     names = list(images)
     reference = "portal" if "portal" in images else names[0]
     ref_geom = images[reference][1]
@@ -267,14 +401,21 @@ def assemble_case(patient_id: str, images: Mapping[str, tuple[np.ndarray, Geomet
                                  f"different studies or have a wrong origin; check the series.")
             arr = resample_to(arr, geom, ref_geom)
         phases[name] = np.asarray(arr, dtype=np.float32)
+        if name in CT_PHASES:
+            check_ct_range(f"{patient_id}: phase {name!r}", phases[name])
     label_array = None
     if labels is not None:
         arr, geom = labels
         if not geom.same_grid(ref_geom):
             if overlap_fraction(geom, ref_geom) < MIN_PHASE_OVERLAP:
-                raise InputError(f"{patient_id}: the label map does not overlap the {reference!r} phase.")
+                raise InputError(f"{patient_id}: the label map does not overlap the {reference!r} phase; check that it "
+                                 f"belongs to this study (or leave it out so the segmentation runs).")
             arr = resample_to(arr, geom, ref_geom, labels=True)
         label_array = np.asarray(arr, dtype=np.uint8)
+        if not label_array.any():
+            raise InputError(f"{patient_id}: the label map is empty (no liver, label 1, and no tumour): the liver was "
+                             f"not found in it. Check that the label map belongs to this study, or leave it out so "
+                             f"the segmentation runs.")
     modality = "MR" if any(n in MRI_SEQUENCES for n in names) else "CT"
     return Case(patient_id=patient_id, phases=phases, geometry=ref_geom, labels=label_array,
                 clinical=dict(clinical or {}), modality=modality, source=dict(source or {}))
@@ -305,13 +446,25 @@ def load_case(pre: str | os.PathLike | None = None, *, patient_id: str | None = 
             raise InputError(f"{pre}: no phase images found; expected files named arterial / portal with one of "
                              f"{', '.join(IMAGE_SUFFIXES)} or DICOM series folders of those names.")
     if patient_id is None:
-        patient_id = (Path(pre).parent.name if pre is not None else Path(next(iter(paths.values()))).stem)
+        if pre is not None:
+            patient_id = Path(pre).parent.name
+        else:  # a DICOM series carries the patient ID; a file's name is the last resort
+            dicom_ids = (dicom_patient_id(p) for p in paths.values() if Path(p).is_dir())
+            patient_id = next((i for i in dicom_ids if i), None) or _stem(Path(next(iter(paths.values()))))
     images = {name: read_image(p) for name, p in paths.items()}
     labels = read_image(labels_path, labels=True) if labels_path is not None else None
     source = {name: str(p) for name, p in paths.items()}
     if labels_path is not None:
         source["labels"] = str(labels_path)
     return assemble_case(patient_id, images, labels, clinical, source)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def save_case(case: Case, folder: str | os.PathLike) -> dict[str, Path]:
@@ -333,10 +486,12 @@ def path_inside(root: Path, *parts: str) -> Path:
         if not part or part in (".", "..") or "/" in part or "\\" in part or "\x00" in part or os.path.isabs(part):
             raise InputError(f"{root}: {part!r} is not a valid case name (no path separators, '..' or absolute "
                              f"paths); fix clinical.csv.")
+    root = Path(root).expanduser().resolve()  # a relative or symlinked root must not make every case "outside"
     path = root.joinpath(*parts).resolve()
     if not path.is_relative_to(root):
         raise InputError(f"{root}: {'/'.join(parts)!r} points outside the cohort folder ({path}); refusing to read "
-                         f"it. Cohort data must lie inside the cohort folder (no symbolic links out of it).")
+                         f"it. Cohort data must lie inside the cohort folder (no symbolic links out of "
+                         f"it): copy or move the data into the cohort folder.")
     return path
 
 
@@ -356,3 +511,157 @@ def read_training_state(state_path: Path, config: Mapping) -> dict:
                          f"({', '.join(differing)}); use another output folder or resume=False to start over.")
     return state
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Clinical tables (clinical.csv of the cohort layout)
+# ----------------------------------------------------------------------------------------------------------------
+_DELIMITERS = (",", ";", "\t", "|")
+#: Cells read as missing ("none" is not one of them: it is a valid ascites / encephalopathy category).
+_MISSING_CELLS = {"", "na", "n/a", "nan", "null", "-", "?"}
+
+
+def _decode_table(path: Path, data: bytes, notes: list[str]) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "utf-16"
+    elif data.startswith(b"\xef\xbb\xbf"):
+        encoding = "utf-8-sig"
+    else:
+        encoding = "utf-8"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError:
+        try:
+            text = data.decode("cp1252")
+        except UnicodeDecodeError:
+            text = data.decode("latin-1")
+        notes.append(f"{path.name} is not UTF-8; read it as Windows-1252/Latin-1. Save it as UTF-8 to be sure "
+                     f"that names and units are read correctly.")
+    if "\x00" in text:
+        raise InputError(f"{path}: the file holds binary data (NUL bytes), not a text table. Export the table as CSV "
+                         f"(UTF-8, comma-separated) with a header row.")
+    return text
+
+
+def _cell_value(text: str):
+    """A CSV cell: None when empty/missing, a number when it reads as one, else the stripped string (a decimal
+    comma such as "12,5" stays text, so the clinical checks name it instead of guessing)."""
+    cell = text.strip().strip('"').strip()
+    if cell.lower() in _MISSING_CELLS:
+        return None
+    try:
+        number = float(cell)
+    except ValueError:
+        return cell
+    if not np.isfinite(number):
+        return cell
+    return int(number) if number.is_integer() and "." not in cell and "e" not in cell.lower() else number
+
+
+def read_clinical_table(path: str | os.PathLike, *, required: tuple[str, ...] = ("patient_id",)):
+    """Read a cohort ``clinical.csv`` robustly; returns ``(DataFrame, notes)``.
+
+    Accepts UTF-8 (with or without BOM), UTF-16 with BOM and (with a note) Windows-1252; comma, semicolon, tab or
+    pipe as delimiter (a non-comma one gets a note); quoted numbers; blank lines. Cells that read as numbers become
+    numbers, missing markers (empty, NA, n/a, NaN, null, -, ?) become None, ``patient_id`` stays text. Raises
+    :class:`~HCCTwinLib.errors.InputError` naming the file, line or column and what to do for: a missing or empty
+    file, binary content, no header, a duplicate or empty column name, a row with more cells than the header, a
+    missing required column, an empty or duplicate patient id. The file is only read.
+    """
+    import csv
+
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: clinical table not found; give the path of the cohort's clinical.csv.")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: clinical table unreadable ({exc}); check its permissions.") from exc
+    notes: list[str] = []
+    text = _decode_table(path, data, notes)
+    lines = [ln for ln in text.splitlines() if ln.strip(" \t,;|")]
+    if not lines:
+        raise InputError(f"{path}: the clinical table is empty; export it again with a header row (patient_id, ...) "
+                         f"and one row per patient.")
+    header_line = lines[0]
+    delimiter = max(_DELIMITERS, key=lambda d: (header_line.count(d), d == ","))
+    if header_line.count(delimiter) == 0:
+        delimiter = ","
+    if delimiter != ",":
+        notes.append(f"{path.name}: columns are separated by {delimiter!r}, not commas; read accordingly.")
+    try:
+        rows = list(csv.reader(lines, delimiter=delimiter, skipinitialspace=True, strict=True))
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a well-formed CSV table ({exc}); check the quotes and export it again as "
+                         f"CSV.") from exc
+    header = [str(h).strip().strip('"').strip() for h in rows[0]]
+    while header and header[-1] == "":  # trailing delimiter
+        header.pop()
+    for i, name in enumerate(header):
+        if not name:
+            raise InputError(f"{path}: column {i + 1} of the header has no name; every column needs a name "
+                             f"(e.g. patient_id, bilirubin_umol_l): name it or delete the column.")
+    lowered = [h.lower() for h in header]
+    dupes = sorted({h for h in header if lowered.count(h.lower()) > 1})
+    if dupes:
+        raise InputError(f"{path}: column(s) {', '.join(map(repr, dupes))} appear more than once in the header; keep "
+                         f"one column per value.")
+    for want in required:
+        if want not in header:
+            near = [h for h in header if h.lower().replace(" ", "_") == want]
+            if near:
+                header[header.index(near[0])] = want
+                notes.append(f"{path.name}: column {near[0]!r} read as {want!r}.")
+                continue
+            raise InputError(f"{path}: no {want!r} column (columns: {', '.join(header[:12]) or 'none'}); the header "
+                             f"row needs {', '.join(required)}: add or rename the column (see the cohort layout in "
+                             f"the README).")
+    records = []
+    for n, row in enumerate(rows[1:], start=2):
+        while len(row) > len(header) and row[-1].strip() == "":
+            row = row[:-1]
+        if len(row) > len(header):
+            raise InputError(f"{path}: row {n} has {len(row)} cells but the header has {len(header)} columns; a "
+                             f"value probably contains the delimiter {delimiter!r} without quotes. Quote it or "
+                             f"remove it.")
+        row = list(row) + [""] * (len(header) - len(row))
+        records.append({h: (cell.strip().strip('"').strip() or None) if h == "patient_id" else _cell_value(cell)
+                        for h, cell in zip(header, row)})
+    if "patient_id" in header:
+        ids = [r["patient_id"] for r in records]
+        empty = [n + 2 for n, i in enumerate(ids) if not i]
+        if empty:
+            raise InputError(f"{path}: row(s) {', '.join(map(str, empty[:5]))} have no patient_id; give every row "
+                             f"a unique patient_id or delete the row.")
+        seen: set[str] = set()
+        dup = sorted({i for i in ids if i in seen or seen.add(i)})
+        if dup:
+            raise InputError(f"{path}: patient_id(s) {', '.join(map(repr, dup[:5]))} occur more than once; each "
+                             f"patient needs exactly one row: merge or delete the duplicates.")
+    table = pd.DataFrame.from_records(records, columns=header)
+    for col in header:
+        if col == "patient_id":
+            continue
+        values = [v for v in table[col] if v is not None]
+        if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            table[col] = pd.to_numeric(table[col])
+    return table, notes
+
+
+def read_clinical_row(path: str | os.PathLike, patient_id: str) -> tuple[dict, list[str]]:
+    """One patient's row of a clinical table as ``(values, notes)`` (missing cells left out); see
+    :func:`read_clinical_table`. InputError when the patient is not in the table."""
+    table, notes = read_clinical_table(path)
+    pid = str(patient_id).strip()
+    rows = table[table["patient_id"] == pid]
+    if rows.empty:
+        raise InputError(f"{path}: patient {pid!r} not found ({len(table)} rows); check the patient_id.")
+    row = rows.iloc[0]
+    values = {}
+    for key, value in row.items():
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+            continue
+        values[key] = value.item() if hasattr(value, "item") else value
+    return values, notes

@@ -2,13 +2,15 @@
 
 Thin Qt + scene glue only. The engine is ``HCCTwinLib`` (importable without Slicer); the MRML bridge is
 ``HCCTwinLib.scene`` (also tested headless with slicer-core). Long work runs in a worker thread polled by a QTimer,
-so the Qt thread is never blocked; Apply turns into Cancel while it runs.
+so the Qt thread is never blocked; Apply turns into Cancel while it runs. After a run, changing the regimen selection,
+the survival endpoint (OS/PFS) or the uncertainty overlay updates the scene without running any model.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import queue
 import threading
 from typing import Annotated
@@ -32,6 +34,8 @@ from slicer.util import VTKObservationMixin
 REQUIREMENTS_FILE = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 TORCH_REQUIREMENT = ">=2.1,<3"
 POLL_INTERVAL_MS = 200
+#: A change of the regimen check-boxes is applied this long after the last click (several clicks, one update).
+SELECTION_DELAY_MS = 300
 
 
 #
@@ -87,6 +91,12 @@ class HCCTwinParameterNode:
     samples: Annotated[int, WithinRange(1, 32)] = 4
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    # how the results are shown (no model runs when these change)
+    endpoint: Annotated[str, Choice(["OS", "PFS"])] = "OS"
+    showUncertainty: bool = False
+    # report and scene bundle
+    outputDirectory: pathlib.Path
+    deidentify: bool = False
 
 
 REGIMEN_PARAMETERS = {
@@ -119,6 +129,8 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._worker = None
         self._timer = None
+        self._selectionTimer = None
+        self._runOptions = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -130,11 +142,19 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.reportButton.connect("clicked(bool)", self.onReportButton)
+        self.ui.saveBundleButton.connect("clicked(bool)", self.onSaveBundleButton)
         self.ui.progressBar.hide()
+        self._selectionTimer = qt.QTimer()
+        self._selectionTimer.setSingleShot(True)
+        self._selectionTimer.setInterval(SELECTION_DELAY_MS)
+        self._selectionTimer.timeout.connect(self._applySelection)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.cancelWorker()
+        if self._selectionTimer:
+            self._selectionTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -148,6 +168,7 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelWorker()
+        self.logic.forgetResult()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -181,6 +202,47 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ready = bool(p.portalVolume or p.arterialVolume)
             self.ui.applyButton.enabled = ready
             self.ui.applyButton.toolTip = _("Run") if ready else _("Select the pre-treatment volumes first")
+        haveResult = self.logic.result is not None and self._worker is None
+        self.ui.reportButton.enabled = haveResult
+        self.ui.saveBundleButton.enabled = haveResult
+        if haveResult:
+            self._updateShownResult()
+
+    def _updateShownResult(self) -> None:
+        """Endpoint and overlay follow the GUI at once; a new regimen selection after a short delay."""
+        p = self._parameterNode
+        try:
+            if p.endpoint.lower() != self.logic.shownEndpoint():
+                self.logic.showEndpoint(p.endpoint.lower())
+            if p.showUncertainty != self.logic.uncertaintyShown():
+                if not self.logic.showUncertainty(p.showUncertainty) and p.showUncertainty:
+                    self.ui.statusLabel.text = _("This run has no uncertainty volumes (one sample per time point?).")
+        except Exception as exc:  # noqa: BLE001 - show it, keep the GUI usable
+            logging.exception("HCCTwin: updating the views failed")
+            self.ui.statusLabel.text = _("Updating the views failed: {error}").format(error=exc)
+        if self.selectedRegimens() != self.logic.shownRegimens():
+            self._selectionTimer.start()
+
+    def _applySelection(self) -> None:
+        """New regimen selection after a run: survival recomputed from the run's outputs, curves, table and views
+        updated; no segmentation or generation runs (press Apply for new virtual follow-ups)."""
+        if self.logic.result is None or self._worker is not None or self._parameterNode is None:
+            return
+        regimens = self.selectedRegimens()
+        if not regimens:
+            self.ui.statusLabel.text = _("Choose at least one regimen.")
+            return
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Updating the regimen selection failed."), waitCursor=True):
+                withoutVolumes = self.logic.updateSelection(regimens)
+        except Exception:  # noqa: BLE001 - already shown to the user
+            return
+        text = _("Curves, table and views updated for {n} regimen(s) without re-running the models.").format(
+            n=len(regimens))
+        if withoutVolumes:
+            text += " " + _("No virtual follow-ups for {regimens}: press Apply to generate them.").format(
+                regimens=", ".join(withoutVolumes))
+        self.ui.statusLabel.text = text
 
     def selectedRegimens(self) -> list[str]:
         return [rid for attr, rid in REGIMEN_PARAMETERS.items() if getattr(self._parameterNode, attr)]
@@ -200,6 +262,9 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:  # bad input: tell the user, change nothing
             slicer.util.errorDisplay(str(exc), windowTitle="HCCTwin")
             return
+        self._selectionTimer.stop()
+        self._runOptions = options
+        regimens = self.selectedRegimens()
         self._messages = queue.Queue()
         self._cancel = threading.Event()
 
@@ -209,14 +274,16 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def work():
             try:
-                result = self.logic.run(case, self.selectedRegimens(), weeks, realFollowup=realFollowup,
-                                        options=options, progress=progress)
+                result = self.logic.run(case, regimens, weeks, realFollowup=realFollowup, options=options,
+                                        progress=progress)
                 self._messages.put(("done", result, None))
             except Exception as exc:  # reported on the Qt thread
                 self._messages.put(("error", exc, None))
 
         self._worker = threading.Thread(target=work, name="HCCTwinWorker", daemon=True)
         self.ui.applyButton.text = _("Cancel")
+        self.ui.reportButton.enabled = False
+        self.ui.saveBundleButton.enabled = False
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.show()
         self._worker.start()
@@ -231,9 +298,16 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.setValue(int(100 * a))
                 self.ui.statusLabel.text = b
             elif kind == "done":
-                self._finish()
-                self.logic.showResult(a)
-                self.ui.statusLabel.text = _("Done")
+                p = self._parameterNode
+                try:
+                    with slicer.util.tryWithErrorDisplay(_("Showing the result failed."), waitCursor=True):
+                        self.logic.showResult(a, options=self._runOptions, endpoint=p.endpoint.lower() if p else "os",
+                                              showUncertainty=bool(p and p.showUncertainty))
+                    self.ui.statusLabel.text = _("Done")
+                except Exception:  # noqa: BLE001 - already shown to the user
+                    self.ui.statusLabel.text = _("Failed")
+                finally:
+                    self._finish()  # also applies a regimen selection changed while the run was going
             elif kind == "error":
                 self._finish()
                 from HCCTwinLib.errors import CancelledError
@@ -258,6 +332,34 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._cancel.set()
             self.ui.statusLabel.text = _("Cancelling...")
 
+    # -- report and scene bundle
+    def _outputDirectory(self) -> pathlib.Path:
+        p = self._parameterNode
+        folder = p.outputDirectory if p is not None else None
+        if not folder or str(folder) in ("", "."):
+            folder = self.logic.defaultOutputDirectory()
+            if p is not None:
+                p.outputDirectory = folder
+        return pathlib.Path(folder)
+
+    def onReportButton(self) -> None:
+        p = self._parameterNode
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Writing the report failed."), waitCursor=True):
+                paths = self.logic.writeReport(self._outputDirectory(), deidentify=bool(p and p.deidentify))
+                self.ui.statusLabel.text = _("Report written: {path}").format(path=paths["html"])
+                qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(paths["html"])))
+        except Exception:  # noqa: BLE001 - already shown to the user
+            pass
+
+    def onSaveBundleButton(self) -> None:
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Saving the scene bundle failed."), waitCursor=True):
+                path = self.logic.saveSceneBundle(self._outputDirectory() / "scene.mrb")
+                self.ui.statusLabel.text = _("Scene saved: {path}").format(path=path)
+        except Exception:  # noqa: BLE001 - already shown to the user
+            pass
+
 
 #
 # Logic
@@ -267,6 +369,9 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.result = None  # the last TwinResult shown (pure data)
+        self.options = None  # its PipelineOptions (survival model path for a new selection)
+        self.ids = None  # HCCTwinLib.scene.build.SceneNodes of the shown result
 
     def getParameterNode(self):
         return HCCTwinParameterNode(super().getParameterNode())
@@ -359,13 +464,133 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
 
         return run_case(case, regimens, weeks, real_followup=realFollowup, options=options, progress=progress)
 
-    def showResult(self, result) -> None:
-        """Put the result into the scene (Qt thread only): volumes, segmentation, table, layout."""
+    def showResult(self, result, options=None, regimens=None, endpoint: str = "os", showUncertainty: bool = False):
+        """Put the result into the scene (Qt thread only): volumes, segmentation, sequences, survival charts, tables,
+        uncertainty overlay and the "pre | real | virtual" + plot layout. Returns the scene node ids."""
         from HCCTwinLib.scene import build
 
-        build.show_result(slicer.mrmlScene, result, segmentations_logic=slicer.modules.segmentations.logic(),
-                          layout_node=slicer.app.layoutManager().layoutLogic().GetLayoutNode()
-                          if slicer.app.layoutManager() else None)
+        layoutManager = slicer.app.layoutManager()
+        segmentationNode = None
+        if self.ids is not None and self.result is not None and self.ids.segmentation:
+            # a segmentation shown for this patient before (possibly corrected by the user) is re-used, never replaced
+            previous = slicer.mrmlScene.GetNodeByID(self.ids.segmentation)
+            if previous is not None and self.result.case.patient_id == result.case.patient_id:
+                segmentationNode = previous
+        self.ids = build.show_result(
+            slicer.mrmlScene, result, segmentations_logic=slicer.modules.segmentations.logic(),
+            sequences_logic=slicer.modules.sequences.logic(),
+            layout_node=layoutManager.layoutLogic().GetLayoutNode() if layoutManager else None,
+            segmentation_node=segmentationNode, regimens=regimens, endpoint=endpoint,
+            show_uncertainty=showUncertainty)
+        self.result, self.options = result, options
+        return self.ids
+
+    def forgetResult(self) -> None:
+        """The scene is closing: its nodes go, so does the result they show."""
+        self.result, self.options, self.ids = None, None, None
+
+    def _needResult(self):
+        if self.result is None or self.ids is None:
+            raise RuntimeError("No HCCTwin result in the scene: press Apply first.")
+        return self.result
+
+    def shownRegimens(self) -> list[str]:
+        return list(self.ids.regimens_shown) if self.ids is not None else []
+
+    def shownEndpoint(self) -> str | None:
+        return self.ids.endpoint if self.ids is not None else None
+
+    def uncertaintyShown(self) -> bool:
+        return bool(self.ids is not None and self.ids.uncertainty_visible)
+
+    def updateSelection(self, regimens) -> list[str]:
+        """Another regimen selection for the shown result without running the segmentation or the generator:
+        survival is recomputed from the run's outputs (``pipeline.update_survival``, about 0.5 s), then the curves,
+        the table and the views are updated (nodes re-used by name). Returns the chosen regimens that have no
+        virtual follow-ups (they were not in the run: Apply generates them)."""
+        from HCCTwinLib import clinical as clinicalScores
+        from HCCTwinLib.errors import HCCTwinError
+        from HCCTwinLib.pipeline import update_survival
+        from HCCTwinLib.scene import build
+
+        result = self._needResult()
+        regimens = list(regimens)
+        if result.case.clinical:
+            for rid in regimens:  # eligibility of a regimen that was not in the run (the recommendation needs it)
+                if rid not in result.eligibility:
+                    try:
+                        result.eligibility[rid] = clinicalScores.eligibility_warnings(rid, result.case.clinical)
+                    except HCCTwinError as exc:  # incomplete clinical values: treated as eligible, said in the log
+                        logging.warning(f"HCCTwin: eligibility of {rid} not checked: {exc}")
+        update_survival(result, self.options, regimens)
+        self.ids = build.update_selection(slicer.mrmlScene, result, regimens, self.ids)
+        return [rid for rid in regimens if rid not in result.followups]
+
+    def showEndpoint(self, endpoint: str) -> None:
+        """Survival chart in the plot view: "os" or "pfs"."""
+        from HCCTwinLib.scene import build
+
+        self._needResult()
+        build.show_endpoint(slicer.mrmlScene, self.ids, endpoint)
+
+    def showUncertainty(self, visible: bool) -> bool:
+        """Per-voxel SD of the virtual follow-up as a foreground overlay on the virtual views; returns whether it is
+        shown (False when the run has no uncertainty volumes)."""
+        from HCCTwinLib.scene import build
+
+        self._needResult()
+        return build.set_uncertainty_visible(slicer.mrmlScene, self.ids, visible)
+
+    @staticmethod
+    def defaultOutputDirectory() -> pathlib.Path:
+        import time
+
+        return pathlib.Path(slicer.app.defaultScenePath) / f"HCCTwin-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def captureLayout(self, path) -> pathlib.Path | None:
+        """PNG of the current view layout (what the user sees), or None when it cannot be captured."""
+        path = pathlib.Path(path)
+        try:
+            import ScreenCapture
+
+            ScreenCapture.ScreenCaptureLogic().captureImageFromView(None, str(path))
+        except Exception:  # noqa: BLE001 - older ScreenCapture: grab the layout widget
+            try:
+                import ctk
+
+                slicer.util.forceRenderAllViews()
+                ctk.ctkWidgetsUtils.grabWidget(slicer.app.layoutManager().viewport()).save(str(path))
+            except Exception:  # noqa: BLE001 - the report is still useful without it
+                logging.warning("HCCTwin: could not capture the view layout for the report", exc_info=True)
+                return None
+        return path if path.is_file() else None
+
+    def writeReport(self, outputDir, deidentify: bool = False) -> dict:
+        """Tumor-board report (HTML + PDF + survival PNGs) of the shown result into ``outputDir``.
+
+        The captured view layout is included unless ``deidentify``: Slicer's views can show node names (which hold
+        the patient's volume names), so a de-identified report carries the survival plots and tables only.
+        """
+        from HCCTwinLib.report import write_report
+
+        result = self._needResult()
+        out = pathlib.Path(outputDir)
+        out.mkdir(parents=True, exist_ok=True)
+        images = {}
+        if not deidentify:
+            layoutPng = self.captureLayout(out / "layout.png")
+            if layoutPng is not None:
+                images["Pre-treatment | real follow-up | virtual follow-up (linked views) and survival curves"] = \
+                    layoutPng
+        if not deidentify:  # result.json holds the patient ID
+            result.write_json(out / "result.json")
+        return write_report(result.summary(), out, images=images, deidentify=deidentify)
+
+    def saveSceneBundle(self, path) -> pathlib.Path:
+        """The scene as a Slicer data bundle (``.mrb``, opens in 3D Slicer); node names are kept as they are."""
+        from HCCTwinLib.scene.bundle import save_scene_bundle
+
+        return save_scene_bundle(slicer.mrmlScene, path)
 
 
 #
@@ -380,6 +605,8 @@ class HCCTwinTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_HCCTwinSceneChecks()
+        self.setUp()
+        self.test_HCCTwinLogicResultViews()
 
     def test_HCCTwinSceneChecks(self):
         from HCCTwinLib.scene import selftest
@@ -387,6 +614,37 @@ class HCCTwinTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Running HCCTwin scene checks on a small simulated case")
         failures = selftest.run_all(slicer.mrmlScene, slicer.modules.segmentations.logic(),
                                     layout_node=slicer.app.layoutManager().layoutLogic().GetLayoutNode())
+        for name, error in failures.items():
+            logging.error(f"{name}: {error}")
+        self.assertEqual(failures, {}, f"failed checks: {sorted(failures)}")
+        self.delayDisplay("Test passed")
+
+    def test_HCCTwinLogicResultViews(self):
+        """The Widget's Logic calls in the application: result -> scene (views + plot layout), endpoint switch,
+        uncertainty overlay, a regimen selection without re-running the models; checked with the shared checks."""
+        from HCCTwinLib.scene import selftest
+
+        self.delayDisplay("Showing a result through the Logic and changing the regimen selection")
+        case, realFollowup = selftest.small_case()
+        logic = HCCTwinLogic()
+        result = logic.run(case, ["tace_pd1_len", "haic_pd1_len", "pd1_tki"], [8, 16, 24], realFollowup=realFollowup)
+        selftest.add_synthetic_outputs(result)  # where the models are not installed
+        ids = logic.showResult(result)
+        failures = {}
+        for name, check in selftest.result_checks(slicer.mrmlScene, result, ids).items():
+            try:
+                check()
+            except Exception as exc:  # collect every failure with its message
+                failures[name] = f"{type(exc).__name__}: {exc}"
+        logic.showEndpoint("pfs")
+        self.assertEqual(ids.endpoint, "pfs")
+        if ids.uncertainty_proxies:
+            self.assertTrue(logic.showUncertainty(True))
+        self.assertFalse(logic.showUncertainty(False))
+        if "survival" in result.provenance:  # the survival engine is installed: the Widget's selection path
+            logic.updateSelection(["tace_pd1_len", "pd1_tki"])
+            selftest.check_survival_charts(slicer.mrmlScene, result, logic.ids)
+            selftest.check_no_duplicates(slicer.mrmlScene)
         for name, error in failures.items():
             logging.error(f"{name}: {error}")
         self.assertEqual(failures, {}, f"failed checks: {sorted(failures)}")

@@ -77,6 +77,80 @@ def test_widget_code_uses_only_widgets_that_exist_in_the_ui():
     assert used and used <= names, used - names
 
 
+def _ui_classes() -> dict[str, str]:
+    root = ET.parse(MODULE / "Resources" / "UI" / "HCCTwin.ui").getroot()
+    return {w.get("name"): w.get("class") for w in root.iter("widget")}
+
+
+#: widget-name suffix (the naming convention of the .ui) -> Qt classes a widget with that name may have
+NAME_CLASSES = {
+    "PathLineEdit": {"ctkPathLineEdit"}, "CollapsibleButton": {"ctkCollapsibleButton"}, "Button": {"QPushButton"},
+    "CheckBox": {"QCheckBox"}, "ComboBox": {"QComboBox"}, "SpinBox": {"QSpinBox", "QDoubleSpinBox"},
+    "LineEdit": {"QLineEdit"}, "Label": {"QLabel"}, "Selector": {"qMRMLNodeComboBox"}, "Bar": {"QProgressBar"},
+}
+
+
+def _expected_classes(name: str) -> set[str]:
+    for suffix in sorted(NAME_CLASSES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return NAME_CLASSES[suffix]
+    raise AssertionError(f"widget {name!r} does not follow the naming convention ({', '.join(NAME_CLASSES)})")
+
+
+def test_widget_names_used_in_the_code_have_the_expected_class():
+    classes = _ui_classes()
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "HCCTwin.py").read_text()))
+    for name in sorted(used):
+        assert name in classes, f"{name} is not in HCCTwin.ui"
+        assert classes[name] in _expected_classes(name), f"{name} is a {classes[name]} in HCCTwin.ui"
+
+
+def _widget_class_for(annotation: ast.expr) -> set[str]:
+    """Widget classes the parameterNodeWrapper can bind to a parameter of this (AST) type annotation."""
+    if isinstance(annotation, ast.Subscript) and getattr(annotation.value, "id", "") == "Annotated":
+        base, *extras = annotation.slice.elts
+        if any(isinstance(e, ast.Call) and getattr(e.func, "id", "") == "Choice" for e in extras):
+            return {"QComboBox"}
+        return _widget_class_for(base)
+    name = annotation.id if isinstance(annotation, ast.Name) else ast.unparse(annotation)
+    if name.startswith("vtkMRML"):
+        return {"qMRMLNodeComboBox"}
+    return {"bool": {"QCheckBox"}, "int": {"QSpinBox", "QSlider"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+            "str": {"QLineEdit", "QTextEdit"}, "pathlib.Path": {"ctkPathLineEdit", "ctkDirectoryButton"}}[name]
+
+
+def test_every_parameter_is_bound_to_a_widget_of_a_class_that_can_hold_it():
+    tree = ast.parse((MODULE / "HCCTwin.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "HCCTwinParameterNode")
+    _, params = _ui_widgets()
+    widget_of = {param: widget for widget, param in params.items()}
+    classes = _ui_classes()
+    for field in (n for n in cls.body if isinstance(n, ast.AnnAssign)):
+        widget = widget_of[field.target.id]
+        assert classes[widget] in _widget_class_for(field.annotation), (
+            f"parameter {field.target.id} ({ast.unparse(field.annotation)}) is bound to a {classes[widget]}")
+
+
+def test_custom_widget_classes_are_declared_in_the_ui():
+    root = ET.parse(MODULE / "Resources" / "UI" / "HCCTwin.ui").getroot()
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    custom = {c for c in _ui_classes().values() if not c.startswith("Q")}
+    assert custom <= declared, custom - declared
+
+
+def test_widget_connects_to_methods_that_exist():
+    tree = ast.parse((MODULE / "HCCTwin.py").read_text())
+    methods = {n.name: {f.name for f in n.body if isinstance(f, ast.FunctionDef)} for n in tree.body
+               if isinstance(n, ast.ClassDef)}
+    text = (MODULE / "HCCTwin.py").read_text()
+    slots = set(re.findall(r"connect\((?:\"[^\"]*\",\s*)?self\.(\w+)\)", text))
+    assert {"onApplyButton", "onReportButton", "onSaveBundleButton", "_applySelection"} <= slots
+    assert slots <= methods["HCCTwinWidget"], slots - methods["HCCTwinWidget"]
+    logic_calls = set(re.findall(r"self\.logic\.(\w+)\(", text))
+    assert {"updateSelection", "showEndpoint", "showUncertainty", "writeReport", "saveSceneBundle"} <= logic_calls
+    assert logic_calls <= methods["HCCTwinLogic"], logic_calls - methods["HCCTwinLogic"]
+
+
 def test_engine_imports_neither_qt_nor_slicer_outside_scene():
     for path in (MODULE / "HCCTwinLib").rglob("*.py"):
         if "scene" in path.parts:

@@ -22,6 +22,9 @@ from HCCTwinLib.scene.nodes import NODE_ATTRIBUTE, hex_to_rgb, plot_series_nodes
 GEOMETRY = Geometry(shape=(10, 18, 20), spacing=(1.5, 1.5, 3.0), origin=(-15.0, 10.0, -12.0),
                     direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1))
 THREE = ["tace_pd1_len", "haic_pd1_len", "pd1_tki"]
+CLINICAL = {"age_years": 58, "sex": "F", "ecog": 0, "albumin_g_l": 39.0, "bilirubin_umol_l": 14.0, "inr": 1.05,
+            "ascites": "none", "encephalopathy": "none", "afp_ng_ml": 120.0, "n_tumors": 2, "max_diameter_mm": 61.0,
+            "pvtt": 0, "extrahepatic_spread": 0, "resectable": 1}
 WEEKS = [8, 16, 24]
 
 
@@ -33,7 +36,7 @@ def make_result(regimens=THREE, *, std=True, patient="RES01", survival=True) -> 
     labels[2:8, 3:15, 3:17] = LIVER
     labels[4:6, 7:11, 8:12] = VIABLE_TUMOR
     case = Case(patient, {"arterial": portal + 30, "portal": portal}, GEOMETRY, labels=labels,
-                clinical={"ecog": 0})
+                clinical=dict(CLINICAL))
     result = TwinResult(case=case, regimens=list(regimens), weeks=list(WEEKS),
                         scores={"bclc": "B", "albi_score": -2.61}, eligibility={r: [] for r in regimens},
                         label_volumes_ml={"liver": 100.0})

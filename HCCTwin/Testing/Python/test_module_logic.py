@@ -1,0 +1,171 @@
+"""The Slicer module's Logic (HCCTwin.py) run headless: the GUI-only imports (qt, slicer.i18n,
+slicer.parameterNodeWrapper, slicer.ScriptedLoadableModule) are stubbed, ``slicer.mrmlScene`` / ``slicer.modules`` /
+``slicer.app`` point at a HeadlessSlicer. This exercises the glue the Widget calls (show result, regimen selection
+without a model run, endpoint switch, uncertainty overlay, report, scene bundle) with the real scene code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import slicer
+from test_scene_results import THREE, make_result
+
+from HCCTwinLib.scene import layout as L
+from HCCTwinLib.scene import selftest
+from HCCTwinLib.scene.nodes import NODE_ATTRIBUTE, plot_series_nodes, table_to_dict
+
+MODULE_FILE = Path(__file__).resolve().parents[2] / "HCCTwin.py"
+
+
+def _stub_modules() -> dict[str, types.ModuleType]:
+    qt = types.ModuleType("qt")
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+
+    class _Validator:
+        def __init__(self, *args):
+            self.args = args
+
+    pnw.Choice, pnw.WithinRange = type("Choice", (_Validator,), {}), type("WithinRange", (_Validator,), {})
+    pnw.parameterNodeWrapper = lambda cls: cls
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class _Base:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
+                 "ScriptedLoadableModuleWidget"):
+        setattr(slm, name, type(name, (_Base,), {}))
+    return {"qt": qt, "slicer.i18n": i18n, "slicer.parameterNodeWrapper": pnw, "slicer.ScriptedLoadableModule": slm}
+
+
+@pytest.fixture(scope="module")
+def app():
+    from HCCTwinLib.scene.headless import HeadlessSlicer
+
+    a = HeadlessSlicer()
+    a.slice_views(L.COMPARE_VIEWS, group=L.COMPARE_VIEW_GROUP)
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def module(app, monkeypatch, tmp_path):
+    for name, stub in _stub_modules().items():
+        monkeypatch.setitem(sys.modules, name, stub)
+    monkeypatch.setattr(slicer, "mrmlScene", app.scene, raising=False)
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(
+        segmentations=types.SimpleNamespace(logic=lambda: app.segmentations_logic),
+        sequences=types.SimpleNamespace(logic=lambda: app.sequences_logic)), raising=False)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(layoutManager=lambda: None,
+                                                             defaultScenePath=str(tmp_path)), raising=False)
+    spec = importlib.util.spec_from_file_location("HCCTwinModuleUnderTest", MODULE_FILE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    app.clear()
+    return mod
+
+
+@pytest.fixture
+def fake_update_survival(monkeypatch):
+    """update_survival without an installed engine: the synthetic curves restricted to the selection (and a record
+    that it, not the models, was called)."""
+    import HCCTwinLib.pipeline as pipeline
+
+    calls = []
+
+    def update(result, options=None, regimens=None):
+        calls.append(list(regimens))
+        result.survival = selftest.subset_survival(result._full_survival, regimens)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a selection change must not run a model")
+
+    monkeypatch.setattr(pipeline, "update_survival", update)
+    monkeypatch.setattr(pipeline, "run_case", no_model)
+    return calls
+
+
+def _curve_names(scene, chart_id):
+    chart = scene.GetNodeByID(chart_id)
+    return [s.GetName() for s in plot_series_nodes(chart) if s.GetAttribute(NODE_ATTRIBUTE) == "plot-curve"]
+
+
+def test_logic_shows_result_and_updates_selection_without_models(app, module, fake_update_survival):
+    logic = module.HCCTwinLogic()
+    result = make_result()
+    result._full_survival = result.survival
+    ids = logic.showResult(result, options=None, endpoint="os")
+    assert logic.shownRegimens() == THREE and logic.shownEndpoint() == "os" and not logic.uncertaintyShown()
+    assert len(_curve_names(app.scene, ids.charts["os"])) == 3
+    n_nodes = app.scene.GetNumberOfNodes()
+
+    missing = logic.updateSelection(["tace_pd1_len", "pd1_tki"])
+    assert fake_update_survival == [["tace_pd1_len", "pd1_tki"]] and missing == []
+    assert logic.shownRegimens() == ["tace_pd1_len", "pd1_tki"]
+    assert _curve_names(app.scene, ids.charts["os"]) == ["TACE+PD-1+LEN", _curve_names_of(result, "pd1_tki")]
+    assert table_to_dict(app.scene.GetNodeByID(logic.ids.survival_table))["Regimen ID"] == ["tace_pd1_len", "pd1_tki"]
+    assert app.scene.GetNumberOfNodes() == n_nodes - 8  # one regimen's curve + band series and table, two charts
+    selftest.check_no_duplicates(app.scene)
+    selftest.check_views_valid(app.scene, logic.ids)
+
+    # a regimen that was not in the run: survival and table follow, the Widget is told it has no volumes
+    assert logic.updateSelection(["tace_pd1_len", "neoadj_haic_pd1_len_resection"]) == [
+        "neoadj_haic_pd1_len_resection"]
+    assert "neoadj_haic_pd1_len_resection" in result.eligibility
+
+    logic.showEndpoint("pfs")
+    assert L.plot_view_node(app.scene, create=False).GetPlotChartNodeID() == ids.charts["pfs"]
+    assert logic.shownEndpoint() == "pfs"
+    assert logic.showUncertainty(True) and logic.uncertaintyShown()
+    assert L.slice_composite_node(app.scene, L.VIRTUAL_VIEW).GetForegroundVolumeID() is not None
+    assert not logic.showUncertainty(False)
+    assert L.slice_composite_node(app.scene, L.VIRTUAL_VIEW).GetForegroundVolumeID() is None
+
+
+def _curve_names_of(result, regimen):
+    from HCCTwinLib.scene.build import regimen_label
+
+    return regimen_label(regimen)
+
+
+def test_logic_rerun_reuses_the_corrected_segmentation(app, module):
+    logic = module.HCCTwinLogic()
+    result = make_result()
+    first = logic.showResult(result)
+    seg = app.scene.GetNodeByID(first.segmentation)
+    seg.SetName("corrected")
+    n_nodes = app.scene.GetNumberOfNodes()
+    second = logic.showResult(make_result())
+    assert second.segmentation == first.segmentation
+    assert app.scene.GetNodeByID(second.segmentation).GetName() == "corrected"
+    assert app.scene.GetNumberOfNodes() == n_nodes
+    logic.forgetResult()
+    with pytest.raises(RuntimeError, match="Apply"):
+        logic.updateSelection(THREE)
+
+
+def test_logic_report_and_bundle(app, module, tmp_path):
+    logic = module.HCCTwinLogic()
+    result = make_result(patient="Doe^Jane-4711")
+    logic.showResult(result)
+    # no Slicer GUI here: the layout cannot be captured, the report is still written (survival plot + tables)
+    assert logic.captureLayout(tmp_path / "layout.png") is None
+    plain = logic.writeReport(tmp_path / "plain", deidentify=False)
+    assert Path(plain["html"]).is_file() and Path(plain["pdf"]).is_file() and Path(plain["survival_png"]).is_file()
+    assert "Doe^Jane-4711" in Path(plain["html"]).read_text() and (tmp_path / "plain" / "result.json").is_file()
+    anonymous = logic.writeReport(tmp_path / "anon", deidentify=True)
+    html = Path(anonymous["html"]).read_text()
+    assert "Doe^Jane-4711" not in html and not (tmp_path / "anon" / "result.json").exists()
+    bundle = logic.saveSceneBundle(tmp_path / "bundle" / "scene.mrb")
+    assert bundle.is_file() and bundle.stat().st_size > 1000
+    default = logic.defaultOutputDirectory()
+    assert default.parent == tmp_path and default.name.startswith("HCCTwin-")

@@ -43,6 +43,8 @@ ENDPOINTS = {"os": "Overall survival", "pfs": "Progression-free survival"}
 #: Colour table of the uncertainty overlay (exists in Slicer and in slicer-core scenes), with a fallback.
 UNCERTAINTY_COLOR_NODE_IDS = ("vtkMRMLPETProceduralColorNodePET-Heat", "vtkMRMLColorTableNodeIron")
 UNCERTAINTY_OPACITY = 0.5
+#: Below this fraction of the overlay's top value the uncertainty overlay is transparent (does not darken the CT).
+UNCERTAINTY_TRANSPARENT_BELOW = 0.1
 #: Regimen whose model the metastasis risk comes from, when the survival output does not say.
 METASTASIS_DEFAULT_REGIMEN = "tace_pd1_len"
 
@@ -327,6 +329,8 @@ def show_result(scene, result, *, segmentations_logic, sequences_logic=None, lay
                                                 window_level=(top, top / 2), color_node_id=_uncertainty_color(scene))
             ids.uncertainty_sequences[regimen] = std_seq.GetID()
         _refresh_proxies(scene, ids, regimen)
+        if regimen in ids.uncertainty_proxies:
+            style_uncertainty_display(scene.GetNodeByID(ids.uncertainty_proxies[regimen]), top)
     ids.table = add_table(scene, names["table"], results_table_columns(result), reuse=True).GetID()
     if layout_node is not None:
         L.register_layouts(layout_node)
@@ -364,19 +368,17 @@ def update_selection(scene, result, regimens: Sequence[str], ids: SceneNodes | N
         chart.SetAttribute(NODE_ATTRIBUTE + ".endpoint", key)
         ids.charts[key] = chart.GetID()
     show_endpoint(scene, ids, ids.endpoint)
+    L.show_table(scene, ids.survival_table or ids.table)
     ids.virtual_regimen = pick_virtual_regimen(result, ids)
     ids.views_assigned = assign_compare_views(scene, ids, ids.display_phase, ids.virtual_regimen)
     return ids
 
 
 def pick_virtual_regimen(result, ids: SceneNodes) -> str | None:
-    """The regimen the virtual view shows: the recommended one when it is chosen and has follow-ups, else the first
-    chosen regimen with follow-ups, else (nothing chosen has follow-ups) None."""
-    with_volumes = [r for r in ids.regimens_shown if r in ids.virtual_proxies]
-    recommended = ((result.survival or {}).get("recommendation") or {}).get("regimen")
-    if recommended in with_volumes:
-        return recommended
-    return with_volumes[0] if with_volumes else None
+    """The regimen the virtual view shows: the first chosen regimen (check-box order) with virtual follow-ups, or
+    None when no chosen regimen has any. (The recommendation is marked in the table; the "regimen A | regimen B"
+    layout shows the first two side by side.)"""
+    return next((r for r in ids.regimens_shown if r in ids.virtual_proxies), None)
 
 
 def show_endpoint(scene, ids: SceneNodes, endpoint: str) -> str | None:
@@ -433,6 +435,23 @@ def assign_compare_views(scene, ids: SceneNodes, display_phase: str = "portal", 
                      foreground_opacity=UNCERTAINTY_OPACITY)
     L.link_slice_views(scene, L.REGIMEN_VIEWS)
     return True
+
+
+def style_uncertainty_display(volume_node, top: float) -> None:
+    """Display of an uncertainty (per-voxel SD) volume as an overlay: heat colours over 0..``top``, transparent below
+    :data:`UNCERTAINTY_TRANSPARENT_BELOW` x ``top`` so certain regions show the CT unchanged."""
+    scene = volume_node.GetScene()
+    if volume_node.GetDisplayNode() is None:
+        volume_node.CreateDefaultDisplayNodes()
+    display = volume_node.GetDisplayNode()
+    color = _uncertainty_color(scene) if scene is not None else None
+    if color is not None:
+        display.SetAndObserveColorNodeID(color)
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(float(top), float(top) / 2)
+    display.AutoThresholdOff()
+    display.SetThreshold(float(top) * UNCERTAINTY_TRANSPARENT_BELOW, 1e30)
+    display.ApplyThresholdOn()
 
 
 def _uncertainty_color(scene) -> str | None:

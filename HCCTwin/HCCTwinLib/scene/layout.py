@@ -4,7 +4,8 @@ Three custom layouts (Slicer layout XML, registered on a ``vtkMRMLLayoutNode``):
 
 * :data:`HCCTWIN_LAYOUT_ID` - three axial views "pre-treatment | real follow-up | virtual follow-up";
 * :data:`HCCTWIN_REGIMENS_LAYOUT_ID` - "regimen A | regimen B";
-* :data:`HCCTWIN_PLOT_LAYOUT_ID` - the three slice views over a plot view (survival curves).
+* :data:`HCCTWIN_PLOT_LAYOUT_ID` - the three slice views over a plot view (survival curves) and a table view (results
+  by regimen).
 
 The comparison views share one view group (:data:`COMPARE_VIEW_GROUP`, the regimen views
 :data:`REGIMEN_VIEW_GROUP`): Slicer's slice link logic only propagates linked/hot-linked changes between slice
@@ -30,6 +31,7 @@ COMPARE_VIEWS = (PRE_VIEW, REAL_VIEW, VIRTUAL_VIEW)
 REGIMEN_A_VIEW, REGIMEN_B_VIEW = "HCCTwinRegimenA", "HCCTwinRegimenB"
 REGIMEN_VIEWS = (REGIMEN_A_VIEW, REGIMEN_B_VIEW)
 PLOT_VIEW = "HCCTwinPlot"
+TABLE_VIEW = "HCCTwinTable"
 COMPARE_VIEW_GROUP = 1
 REGIMEN_VIEW_GROUP = 2
 
@@ -61,8 +63,12 @@ COMPARE_LAYOUT_XML = _row(COMPARE_VIEWS, COMPARE_VIEW_GROUP)
 REGIMENS_LAYOUT_XML = _row(REGIMEN_VIEWS, REGIMEN_VIEW_GROUP)
 PLOT_LAYOUT_XML = ('<layout type="vertical" split="true">'
                    f'<item splitSize="600">{_row(COMPARE_VIEWS, COMPARE_VIEW_GROUP)}</item>'
-                   f'<item splitSize="400"><view class="vtkMRMLPlotViewNode" singletontag="{PLOT_VIEW}">'
+                   '<item splitSize="400"><layout type="horizontal" split="true">'
+                   f'<item splitSize="550"><view class="vtkMRMLPlotViewNode" singletontag="{PLOT_VIEW}">'
                    '<property name="viewlabel" action="default">P</property></view></item>'
+                   f'<item splitSize="450"><view class="vtkMRMLTableViewNode" singletontag="{TABLE_VIEW}">'
+                   '<property name="viewlabel" action="default">T</property></view></item>'
+                   "</layout></item>"
                    "</layout>")
 
 #: layout id -> XML description
@@ -255,7 +261,22 @@ def move_linked_slice(app_logic, scene, view_name: str, offset: float) -> dict[s
     return slice_offsets(scene, names)
 
 
-# ------------------------------------------------------------------------------------------------------- plot view
+# -------------------------------------------------------------------------------------------- plot and table views
+def _view_node(scene, class_name: str, view_name: str, label: str, create: bool):
+    import slicer
+
+    node = scene.GetSingletonNode(view_name, class_name)
+    if node is None:
+        node = next((n for n in _nodes(scene, class_name) if n.GetLayoutName() == view_name), None)
+    if node is None and create:
+        node = getattr(slicer, class_name)()
+        node.SetSingletonTag(view_name)
+        node.SetLayoutName(view_name)
+        node.SetLayoutLabel(label)
+        node = scene.AddNode(node)
+    return node
+
+
 def plot_view_node(scene, view_name: str = PLOT_VIEW, *, create: bool = True):
     """The ``vtkMRMLPlotViewNode`` of the plot view ``view_name`` (layout :data:`HCCTWIN_PLOT_LAYOUT_ID`).
 
@@ -263,20 +284,12 @@ def plot_view_node(scene, view_name: str = PLOT_VIEW, *, create: bool = True):
     created here with the same singleton tag / layout name, which the layout logic then re-uses. ``create=False``
     returns None when it does not exist.
     """
-    import slicer
+    return _view_node(scene, "vtkMRMLPlotViewNode", view_name, "P", create)
 
-    node = scene.GetSingletonNode(view_name, "vtkMRMLPlotViewNode")
-    if node is None:
-        for candidate in _nodes(scene, "vtkMRMLPlotViewNode"):
-            if candidate.GetLayoutName() == view_name:
-                return candidate
-    if node is None and create:
-        node = slicer.vtkMRMLPlotViewNode()
-        node.SetSingletonTag(view_name)
-        node.SetLayoutName(view_name)
-        node.SetLayoutLabel("P")
-        node = scene.AddNode(node)
-    return node
+
+def table_view_node(scene, view_name: str = TABLE_VIEW, *, create: bool = True):
+    """The ``vtkMRMLTableViewNode`` of the table view ``view_name`` (as :func:`plot_view_node`)."""
+    return _view_node(scene, "vtkMRMLTableViewNode", view_name, "T", create)
 
 
 def show_chart(scene, chart_id: str | None, view_name: str = PLOT_VIEW, *, create: bool = True):
@@ -284,4 +297,12 @@ def show_chart(scene, chart_id: str | None, view_name: str = PLOT_VIEW, *, creat
     node = plot_view_node(scene, view_name, create=create)
     if node is not None:
         node.SetPlotChartNodeID(chart_id)
+    return node
+
+
+def show_table(scene, table_id: str | None, view_name: str = TABLE_VIEW, *, create: bool = True):
+    """Show the table node ``table_id`` in the table view (None empties it); returns the table view node or None."""
+    node = table_view_node(scene, view_name, create=create)
+    if node is not None:
+        node.SetTableNodeID(table_id)
     return node

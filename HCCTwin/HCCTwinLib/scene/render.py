@@ -19,7 +19,8 @@ from .layout import COMPARE_VIEW_GROUP, assign_volumes, link_slice_views, slice_
 
 @dataclass
 class ViewSpec:
-    """One panel: view name, background volume node id, optional label map / segmentation overlay and caption."""
+    """One panel: view name, background volume node id, optional foreground (e.g. the uncertainty overlay), label map
+    / segmentation overlay and caption."""
 
     name: str
     background_id: str
@@ -27,6 +28,8 @@ class ViewSpec:
     label_id: str | None = None
     segmentation_id: str | None = None
     orientation: str = "Axial"
+    foreground_id: str | None = None
+    foreground_opacity: float = 0.5
 
 
 @dataclass
@@ -98,6 +101,9 @@ def render_views_png(app, view_specs: Sequence[ViewSpec], out: str | Path, size:
     assign_volumes(scene, {s.name: s.background_id for s in view_specs},
                    labels={s.name: s.label_id for s in view_specs},
                    segmentations={s.name: s.segmentation_id for s in view_specs})
+    for spec in view_specs:
+        assign_volumes(scene, {}, foregrounds={spec.name: spec.foreground_id},
+                       foreground_opacity=spec.foreground_opacity)
     link_slice_views(scene, names, crosshair=show_crosshair)
     width, height = (int(v) for v in size)
     for view in views.values():

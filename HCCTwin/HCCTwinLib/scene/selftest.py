@@ -94,7 +94,7 @@ def _checks(scene, segmentations_logic, result, ids: SceneNodes, layout_node) ->
             assert layout_node.IsLayoutDescription(layout_id), f"HCCTwin layout {layout_id} not registered"
         assert layout_node.GetViewArrangement() == L.HCCTWIN_PLOT_LAYOUT_ID, "HCCTwin views + plot layout not shown"
         description = layout_node.GetLayoutDescription(L.HCCTWIN_PLOT_LAYOUT_ID)
-        for name in (*L.COMPARE_VIEWS, L.PLOT_VIEW):
+        for name in (*L.COMPARE_VIEWS, L.PLOT_VIEW, L.TABLE_VIEW):
             assert name in description, f"view {name} missing from the layout"
 
     def linked_views():
@@ -185,6 +185,9 @@ def check_survival_charts(scene, result, ids: SceneNodes) -> None:
                            if np.isfinite([lo, y, hi]).all()), f"{endpoint} {r}: band does not contain the curve"
     view = L.plot_view_node(scene, create=False)
     assert view is not None and view.GetPlotChartNodeID() == ids.charts[ids.endpoint], "plot view shows no chart"
+    table_view = L.table_view_node(scene, create=False)
+    assert table_view is not None and table_view.GetTableNodeID() == (ids.survival_table or ids.table), (
+        "table view does not show the results table")
 
 
 def check_survival_table(scene, result, ids: SceneNodes) -> None:

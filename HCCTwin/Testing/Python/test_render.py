@@ -121,3 +121,28 @@ def test_flipped_geometry_renders_the_same_anatomy(app, tmp_path):
     a, b = out[L.PRE_VIEW].image, out[L.VIRTUAL_VIEW].image
     assert _bright(a).sum() > 50
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0
+
+
+def test_uncertainty_overlay_renders_in_colour_only_where_asked(app, tmp_path):
+    """The virtual follow-up with its per-voxel SD as foreground (the HCCTwin uncertainty overlay) renders in colour;
+    the same view without it stays grey."""
+    from HCCTwinLib.scene.build import style_uncertainty_display
+
+    base = N.add_volume(app.scene, _sphere(GEOMETRY, 12.0), GEOMETRY, "virtual w08")
+    std = np.zeros(GEOMETRY.shape, np.float32)
+    std[:, :, : GEOMETRY.shape[2] // 2] = 15.0  # uncertain on the patient's right half only (mid-window: red)
+    overlay = N.add_volume(app.scene, std, GEOMETRY, "uncertainty w08")
+    style_uncertainty_display(overlay, 40.0)
+    out = R.render_views_png(app, [R.ViewSpec(L.PRE_VIEW, base.GetID()),
+                                   R.ViewSpec(L.VIRTUAL_VIEW, base.GetID(), foreground_id=overlay.GetID())],
+                             tmp_path, size=SIZE)
+    colour = lambda im: np.abs(im[..., 0] - im[..., 2])  # noqa: E731
+    plain, shown = out[L.PRE_VIEW].image.astype(int), out[L.VIRTUAL_VIEW].image.astype(int)
+    assert colour(plain).mean() < 1
+    # radiological convention: the patient's right is on the screen's left, where the overlay is
+    left, right = colour(shown)[:, : SIZE[0] // 2].mean(), colour(shown)[:, SIZE[0] // 2:].mean()
+    assert left > 10 and left > 3 * right
+    # where the SD is ~0 the overlay is transparent: the CT looks as without the overlay
+    assert np.abs(shown[:, SIZE[0] // 2 + 2:] - plain[:, SIZE[0] // 2 + 2:]).mean() < 1
+    assert L.slice_composite_node(app.scene, L.PRE_VIEW).GetForegroundVolumeID() is None
+

@@ -216,7 +216,9 @@ def test_layout_descriptions(app):
         assert v.get("class") == "vtkMRMLSliceNode"
         assert props["orientation"] == "Axial" and props["viewgroup"] == str(L.COMPARE_VIEW_GROUP)
     plot_root = ET.fromstring(layout_node.GetLayoutDescription(L.HCCTWIN_PLOT_LAYOUT_ID))
-    assert [v.get("class") for v in plot_root.iter("view")] == ["vtkMRMLSliceNode"] * 3 + ["vtkMRMLPlotViewNode"]
+    assert [v.get("class") for v in plot_root.iter("view")] == ["vtkMRMLSliceNode"] * 3 + [
+        "vtkMRMLPlotViewNode", "vtkMRMLTableViewNode"]
+    assert [v.get("singletontag") for v in plot_root.iter("view")][3:] == [L.PLOT_VIEW, L.TABLE_VIEW]
     regimen_root = ET.fromstring(layout_node.GetLayoutDescription(L.HCCTWIN_REGIMENS_LAYOUT_ID))
     assert [v.get("singletontag") for v in regimen_root.iter("view")] == list(L.REGIMEN_VIEWS)
     layout_node.SetViewArrangement(L.HCCTWIN_LAYOUT_ID)

@@ -146,7 +146,8 @@ def test_results_table_rows_equal_survival_numbers(app):
     # metastasis: the model is for TACE + PD-1 + lenvatinib only, and the table says so for the others
     column = "Metastasis risk 24 mo (95% CI)"
     assert table[column] == ["23% (14-34%)", "n/a (TACE+PD-1+LEN model only)", "n/a (TACE+PD-1+LEN model only)"]
-    # the case table is still there
+    # the table view of the layout shows it; the case table is still there
+    assert L.table_view_node(app.scene, create=False).GetTableNodeID() == ids.survival_table
     assert "bclc" in table_to_dict(app.scene.GetNodeByID(ids.table))["item"]
 
 
@@ -158,7 +159,7 @@ def test_no_survival_model_gives_rows_without_numbers_and_empty_charts(app):
     assert set(table[B.COL_MEDIAN_OS]) == {"n/a"} and all(np.isnan(table[B.COL_P_BEST]))
     assert table["mRECIST w16"] == [result.response[r]["w16"]["mrecist"] for r in THREE]
     assert all(app.scene.GetNodeByID(c).GetNumberOfPlotSeriesNodes() == 0 for c in ids.charts.values())
-    assert ids.views_assigned and ids.virtual_regimen == "tace_pd1_len"  # first chosen when nothing is recommended
+    assert ids.views_assigned and ids.virtual_regimen == "tace_pd1_len"
 
 
 def test_selection_update_three_then_two_reuses_nodes_and_runs_no_model(app, monkeypatch):
@@ -170,7 +171,7 @@ def test_selection_update_three_then_two_reuses_nodes_and_runs_no_model(app, mon
     ids = _show(app, result)
     n_three = app.scene.GetNumberOfNodes()
     names_three = sorted((n.GetClassName(), n.GetName()) for n in _hcctwin_nodes(app.scene))
-    assert ids.virtual_regimen == "pd1_tki"  # the recommended regimen is in the virtual view
+    assert ids.virtual_regimen == "tace_pd1_len"  # the first chosen regimen is in the virtual view
 
     def no_model(*args, **kwargs):
         raise AssertionError("a selection change must not run a model")
@@ -194,8 +195,8 @@ def test_selection_update_three_then_two_reuses_nodes_and_runs_no_model(app, mon
     selftest.check_views_valid(app.scene, ids)
     selftest.check_survival_charts(app.scene, result, ids)
     selftest.check_survival_table(app.scene, result, ids)
-    # the virtual view now shows a chosen regimen (the recommendation among the two), regimen views the pair
-    assert ids.virtual_regimen in two
+    # the virtual view now shows the first chosen regimen, the regimen views the pair
+    assert ids.virtual_regimen == "haic_pd1_len"
     virtual = L.slice_composite_node(app.scene, L.VIRTUAL_VIEW).GetBackgroundVolumeID()
     assert virtual == ids.virtual_proxies[ids.virtual_regimen]
     assert [L.slice_composite_node(app.scene, v).GetBackgroundVolumeID() for v in L.REGIMEN_VIEWS] == [
@@ -236,6 +237,7 @@ def test_uncertainty_overlay_present_browsable_and_off_by_default(app):
     assert comp.GetForegroundVolumeID() == std_proxy.GetID()
     assert comp.GetForegroundOpacity() == pytest.approx(B.UNCERTAINTY_OPACITY)
     assert std_proxy.GetDisplayNode().GetColorNodeID() in B.UNCERTAINTY_COLOR_NODE_IDS
+    assert std_proxy.GetDisplayNode().GetApplyThreshold()  # near-zero SD is transparent, not a dark veil
     # browsing the follow-up time moves the overlay with it (one browser, synchronized sequences)
     browser = app.scene.GetNodeByID(ids.virtual_browsers[regimen])
     from HCCTwinLib.scene.nodes import array_and_geometry_from_volume

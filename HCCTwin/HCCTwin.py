@@ -131,6 +131,7 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._selectionTimer = None
         self._runOptions = None
+        self._runSegmentation = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -264,6 +265,7 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._selectionTimer.stop()
         self._runOptions = options
+        self._runSegmentation = p.segmentation  # a given (corrected) segmentation is shown, never replaced
         regimens = self.selectedRegimens()
         self._messages = queue.Queue()
         self._cancel = threading.Event()
@@ -302,7 +304,8 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 try:
                     with slicer.util.tryWithErrorDisplay(_("Showing the result failed."), waitCursor=True):
                         self.logic.showResult(a, options=self._runOptions, endpoint=p.endpoint.lower() if p else "os",
-                                              showUncertainty=bool(p and p.showUncertainty))
+                                              showUncertainty=bool(p and p.showUncertainty),
+                                              segmentationNode=self._runSegmentation)
                     self.ui.statusLabel.text = _("Done")
                 except Exception:  # noqa: BLE001 - already shown to the user
                     self.ui.statusLabel.text = _("Failed")
@@ -464,14 +467,18 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
 
         return run_case(case, regimens, weeks, real_followup=realFollowup, options=options, progress=progress)
 
-    def showResult(self, result, options=None, regimens=None, endpoint: str = "os", showUncertainty: bool = False):
+    def showResult(self, result, options=None, regimens=None, endpoint: str = "os", showUncertainty: bool = False,
+                   segmentationNode=None):
         """Put the result into the scene (Qt thread only): volumes, segmentation, sequences, survival charts, tables,
-        uncertainty overlay and the "pre | real | virtual" + plot layout. Returns the scene node ids."""
+        uncertainty overlay and the "pre | real | virtual" + plot + table layout. Returns the scene node ids.
+
+        ``segmentationNode`` (the segmentation the run used, e.g. corrected by the user) is shown as it is; without
+        it, the segmentation shown for the same patient before is re-used; only otherwise a new one is made.
+        """
         from HCCTwinLib.scene import build
 
         layoutManager = slicer.app.layoutManager()
-        segmentationNode = None
-        if self.ids is not None and self.result is not None and self.ids.segmentation:
+        if segmentationNode is None and self.ids is not None and self.result is not None and self.ids.segmentation:
             # a segmentation shown for this patient before (possibly corrected by the user) is re-used, never replaced
             previous = slicer.mrmlScene.GetNodeByID(self.ids.segmentation)
             if previous is not None and self.result.case.patient_id == result.case.patient_id:

@@ -148,6 +148,10 @@ def test_logic_rerun_reuses_the_corrected_segmentation(app, module):
     assert second.segmentation == first.segmentation
     assert app.scene.GetNodeByID(second.segmentation).GetName() == "corrected"
     assert app.scene.GetNumberOfNodes() == n_nodes
+    # the segmentation the user picked for the run is the one shown
+    picked = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "picked by the user")
+    third = logic.showResult(make_result(), segmentationNode=picked)
+    assert third.segmentation == picked.GetID()
     logic.forgetResult()
     with pytest.raises(RuntimeError, match="Apply"):
         logic.updateSelection(THREE)

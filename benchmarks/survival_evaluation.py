@@ -33,7 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
 
 from HCCTwinLib import DISCLAIMER  # noqa: E402
 from HCCTwinLib.survival import metrics as M  # noqa: E402
-from HCCTwinLib.survival.engine import cohort_feature_table, fit_engine  # noqa: E402
+from HCCTwinLib.survival.engine import (  # noqa: E402
+    cohort_feature_table,
+    fit_engine,
+    metastasis_population,
+    save_engine,
+)
 from HCCTwinLib.survival.features import SCORE_BASELINES  # noqa: E402
 from HCCTwinLib.survival.models import MetastasisModel, PerRegimenSurvival, landmark_dataset  # noqa: E402
 
@@ -114,6 +119,7 @@ def evaluate(table: pd.DataFrame, cf: pd.DataFrame | None, oracle: pd.Series | N
     t0 = time.perf_counter()
     engine, fit_notes = fit_engine(dev, n_bootstrap=n_bootstrap, seed=seed)
     res["fit_seconds"] = time.perf_counter() - t0
+    res["_engine"] = engine
     res["notes"] += fit_notes
     model = engine.os
     res["penalizer"] = model.penalizer_
@@ -230,9 +236,10 @@ def _landmark(engine, dev, hold, week: int, tau: float, scores_cols) -> dict[str
 
 
 def _metastasis(engine, hold) -> dict[str, Any]:
-    """2-year metastasis after TACE on the hold-out TACE patients (the engine's model is fitted on dev TACE)."""
+    """2-year new distant metastasis after TACE on the hold-out TACE patients without extrahepatic spread at baseline
+    (the engine's model is fitted on the same population of the development data)."""
     mm = engine.metastasis
-    h = hold[hold["regimen"] == TACE]
+    h = metastasis_population(hold)
     y, keep = MetastasisModel.binary_target(h)
     h, y = h[keep], y[keep]
     p = mm.predict_proba(h)
@@ -273,7 +280,7 @@ def _f(x, nd=3):
 def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     jpath, mpath = out_dir / "survival_evaluation.json", out_dir / "survival_evaluation.md"
-    jpath.write_text(json.dumps(_json_safe(res), indent=2))
+    jpath.write_text(json.dumps(_json_safe({k: v for k, v in res.items() if not k.startswith("_")}), indent=2))
     o = res["os"]
     lines = ["# Survival engine evaluation (issue 6)", "", f"_{DISCLAIMER}_", "",
              f"Machine: {res.get('machine', platform.platform())}; date {res.get('date', time.strftime('%Y-%m-%d'))};"
@@ -308,7 +315,8 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
                   f"observed follow-up images)."]
     if "metastasis" in res:
         m = res["metastasis"]
-        lines += ["", f"Metastasis after TACE (2 years): AUC {_f(m['auc'])} on {m['n_holdout']} hold-out TACE patients "
+        lines += ["", f"Metastasis after TACE (2 years, new distant metastasis; patients with extrahepatic spread at "
+                  f"baseline excluded): AUC {_f(m['auc'])} on {m['n_holdout']} hold-out TACE patients "
                   f"({m['n_holdout_events']} events; target >= 0.80); best score AUC "
                   f"{_f(max(m['baselines_auc'].values()))}; fitted on {m['n_dev_used']} dev TACE patients "
                   f"({m['n_dev_events']} events). Decision curve and points table in the JSON."]
@@ -327,6 +335,9 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap", type=int, default=50)
     ap.add_argument("--no-images", action="store_true", help="skip reading label maps (clinical features only)")
     ap.add_argument("--cache", type=Path, default=None, help="folder for cached feature tables (CSV)")
+    ap.add_argument("--save-engine", type=Path, default=None,
+                    help="write the engine fitted on the development data (the one measured here) to this "
+                         ".safetensors path, with the hold-out metrics in its model card")
     args = ap.parse_args(argv)
     images = not args.no_images
     clinical, cf = load_cohort(args.cohort)
@@ -346,6 +357,24 @@ def main(argv=None) -> int:
     res.update({"cohort": str(args.cohort), "holdout_cohort": str(args.holdout_cohort or ""),
                 "n_bootstrap": args.bootstrap, "machine": f"{platform.node()} {platform.platform()}",
                 "date": time.strftime("%Y-%m-%d")})
+    engine = res.pop("_engine")
+    if args.save_engine is not None:
+        o = res["os"]
+        metrics = {"holdout_cohort": Path(args.holdout_cohort or args.cohort).name, "n_holdout": res["n_holdout"],
+                   "os_harrell_c": o["model"]["harrell_c"], "os_uno_c": o["model"]["uno_c"],
+                   "os_ibs": o["ibs"]["model"], "os_ibs_km_null": o["ibs"]["km_null"],
+                   "os_ici_12": o["ici"]["12"]["ici"], "os_ici_24": o["ici"]["24"]["ici"],
+                   "pehe_months": res.get("effect", {}).get("pehe_months"),
+                   "recommendation_accuracy": res.get("effect", {}).get("recommendation", {}).get(
+                       "accuracy_point_rmst"),
+                   "landmark_harrell_c": {k: v["dynamic"]["harrell_c"] for k, v in res.get("landmark", {}).items()},
+                   "metastasis_auc": res.get("metastasis", {}).get("auc"),
+                   "report": "benchmarks/results/survival_evaluation.md"}
+        training = {"cohort": Path(args.cohort).name, "n_patients": res["n_dev"],
+                    "command": "python benchmarks/survival_evaluation.py " + " ".join(argv or sys.argv[1:]),
+                    "notes": res["notes"], "regimens": engine.os.regimen_counts_}
+        save_engine(engine, args.save_engine, training_data=training, metrics=_json_safe(metrics))
+        res["saved_engine"] = str(args.save_engine)
     mpath, _ = write_report(res, args.out)
     print(mpath.read_text())
     return 0

@@ -296,9 +296,14 @@ class SurvivalEngine:
             out["neoadjuvant"]["question"] = ("benefit of neoadjuvant HAIC + PD-1 + lenvatinib before resection vs "
                                               "direct resection (RMST-24 difference, months)")
         if self.metastasis is not None:
-            met = self.metastasis.predict(row)
-            met["applies_to"] = TACE
-            out["metastasis"] = met
+            if float(row["extrahepatic_spread"].iloc[0]) > 0 if "extrahepatic_spread" in row.columns else False:
+                out["metastasis"] = {"not_applicable": "extrahepatic spread at baseline: distant metastasis is "
+                                                       "already present", "applies_to": TACE}
+            else:
+                met = self.metastasis.predict(row)
+                met["applies_to"] = TACE
+                met["population"] = "TACE patients without extrahepatic spread at baseline"
+                out["metastasis"] = met
         if self.landmark is not None and readings:
             out["landmark"] = self._landmarks(row, readings, readings_source or {}, times)
         out["notes"] = notes
@@ -325,6 +330,17 @@ class SurvivalEngine:
             if entry:
                 out[regimen] = {"timepoints": entry, "response_features": feats}
         return out
+
+
+def metastasis_population(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows the metastasis model is for: TACE patients without extrahepatic spread at baseline (a patient with
+    extrahepatic spread already has distant metastasis: counting them as events would only re-discover it)."""
+    if "regimen" not in table.columns:
+        return table.iloc[:0]
+    rows = table["regimen"].astype(str) == TACE
+    if "extrahepatic_spread" in table.columns:
+        rows &= pd.to_numeric(table["extrahepatic_spread"], errors="coerce").fillna(0) == 0
+    return table[rows]
 
 
 def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, images: bool | None = None,
@@ -373,7 +389,7 @@ def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, ima
         notes.append("no follow-up response features in the cohort: no landmark (dynamic) model.")
     metastasis = None
     feats = [c for c in METASTASIS_FEATURES if c in data.columns]
-    tace = data[data["regimen"].astype(str) == TACE] if "regimen" in data.columns else data.iloc[:0]
+    tace = metastasis_population(data)
     if "metastasis_event" in data.columns and len(tace):
         report(progress, 0.93, "Fitting the metastasis model")
         try:

@@ -12,6 +12,21 @@ import SimpleITK as sitk
 
 os.environ.setdefault("HCCTWIN_NUM_THREADS", "2")
 
+# Installed models for the test session: every shipped model file except the generator, whose 3 regimens x 3 time
+# points x 4 samples take 30-100 s per request on 2 CPU cores. Tests of the pipeline's logic run without it (the
+# "no generator installed" path); test_shipped_models.py runs the demo and the CLI with every shipped model,
+# generator included (HCCTWIN_WEIGHTS_DIR pointed back at the package folder).
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "HCCTwinLib" / "weights"
+SLOW_SHIPPED_MODELS = ("hcctwin_twin",)
+if "HCCTWIN_WEIGHTS_DIR" not in os.environ:
+    import tempfile
+
+    _session_weights = Path(tempfile.mkdtemp(prefix="hcctwin_test_weights_"))
+    for _f in SHIPPED_WEIGHTS_DIR.iterdir():
+        if _f.suffix in (".safetensors", ".json") and _f.stem not in SLOW_SHIPPED_MODELS:
+            (_session_weights / _f.name).symlink_to(_f)
+    os.environ["HCCTWIN_WEIGHTS_DIR"] = str(_session_weights)
+
 
 def make_phantom(shape=(24, 40, 48), seed=0):
     """Small CT-like phantom: body ellipse (fat/muscle), liver block, a bright tumour sphere. Returns HU + labels."""

@@ -442,7 +442,7 @@ def test_evaluation_script_on_synthetic_cohort(tmp_path):
     assert res["effect"]["pehe_months"] < 6 and res["effect"]["recommendation"]["n_clear_difference_gt_2_months"] > 0
     assert res["effect"]["recommendation"]["accuracy_point_rmst"] > 0.6
     assert "landmark" not in res and any("landmark" in n for n in res["notes"])  # no follow-up images here
-    assert 0.0 <= res["metastasis"]["auc"] <= 1.0 and res["metastasis"]["n_holdout"] > 20
+    assert 0.0 <= res["metastasis"]["auc"] <= 1.0 and res["metastasis"]["n_holdout"] > 10  # TACE, no spread
     assert any("300" in n for n in res["notes"])  # 210 hold-out patients < 300 is reported
     mpath, jpath = bench.write_report(res, tmp_path / "results")
     assert "Harrell C model" in mpath.read_text() and json.loads(jpath.read_text())["n_holdout"] == len(hold)

@@ -1,0 +1,51 @@
+"""The shipped demo models end to end: ``make demo``'s job on the small default case with every installed model
+(generator included), and ``hcctwin predict`` with them. The rest of the suite runs without the generator (see
+conftest.py) because it costs 30-100 s per request on 2 CPU cores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from HCCTwinLib.weights import list_models, verify
+
+from conftest import SHIPPED_WEIGHTS_DIR
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_shipped_model_file_matches_its_card_and_size_limit():
+    cards = list_models(SHIPPED_WEIGHTS_DIR)
+    names = {c["name"] for c in cards}
+    assert {"hcctwin_twin", "hcctwin_survival"} <= names
+    for card in cards:
+        path = SHIPPED_WEIGHTS_DIR / card["file"]
+        assert path.stat().st_size < 25 * 1024 ** 2, path
+        assert verify(path)["sha256"] == card["sha256"]
+        assert card.get("metrics"), f"{card['name']}: the model card must carry its measured metrics"
+
+
+def test_demo_with_every_shipped_model(tmp_path, monkeypatch):
+    from HCCTwinLib.demo import run_demo
+
+    monkeypatch.setenv("HCCTWIN_WEIGHTS_DIR", str(SHIPPED_WEIGHTS_DIR))
+    run_demo(tmp_path, small=True)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert set(result["virtual_followups"]) == {"tace_pd1_len", "haic_pd1_len", "pd1_tki"}
+    assert all(set(v) == {"w08", "w16", "w24"} for v in result["virtual_followups"].values())
+    assert "generator" in result["provenance"] and "survival" in result["provenance"]
+    os_curves = result["survival"]["endpoints"]["os"]
+    assert set(os_curves) == {"tace_pd1_len", "haic_pd1_len", "pd1_tki"}
+    assert result["survival"]["recommendation"]["regimen"] in os_curves
+    # virtual follow-ups feed the landmark model and the response table
+    assert result["response"]["tace_pd1_len"]["w08"]["mrecist"] in {"CR", "PR", "SD", "PD", "NE"}
+    # the layout picture has the three linked panels: pre | real | virtual
+    from PIL import Image
+
+    views = sorted(p.name for p in (tmp_path / "views").glob("*.png"))
+    assert len(views) >= 3, views
+    px = np.asarray(Image.open(tmp_path / "layout.png").convert("L"), float)
+    thirds = np.array_split(px, 3, axis=1)
+    assert all(t.std() > 10 for t in thirds)  # no blank panel

@@ -478,6 +478,20 @@ def test_clinical_csv_malformed(tmp_path, label, content, problem):
     expect_error(lambda: read_clinical_table(path), path, problem)
 
 
+def test_clinical_csv_value_in_the_wrong_unit(tmp_path):
+    from HCCTwinLib.survival.features import clinical_features
+
+    row = dict(zip(HEADER, ROW), bilirubin_umol_l="1.2")  # mg/dL in the umol/L column
+    path = _csv(tmp_path, [HEADER, [row[h] for h in HEADER], ["P002"] + ROW[1:]])
+    values, _ = read_clinical_row(path, "P001")
+    with pytest.raises(ClinicalValueError) as info:
+        compute_scores(values)
+    assert_clear(info.value, r"bilirubin_umol_l = 1\.2", r"mg/dL", r"17\.1")
+    table, _ = read_clinical_table(path)
+    features, notes = clinical_features(table)  # a cohort table goes on, and names the row
+    assert len(features) == 2 and any("P001" in n and "mg/dL" in n for n in notes), notes
+
+
 def test_clinical_csv_patient_not_found_and_missing_file(tmp_path):
     path = _csv(tmp_path, [HEADER, ROW])
     expect_error(lambda: read_clinical_row(path, "P999"), path, r"'P999' not found")
@@ -647,9 +661,10 @@ def _card_for(path: Path, architecture: str):
                                            "sha256": sha256_file(path)}))
 
 
-@pytest.mark.parametrize("loader", ["load_state", "load_engine", "load_generator"])
+@pytest.mark.parametrize("loader", ["load_state", "load_engine", "load_generator", "get_segmenter"])
 def test_pt_with_custom_class_is_refused_even_with_a_matching_card(tmp_path, loader):
     torch = pytest.importorskip("torch")
+    from HCCTwinLib.segmentation import get_segmenter
     from HCCTwinLib.survival.engine import ARCHITECTURE, load_engine
     from HCCTwinLib.twin.generator import load_generator
     from HCCTwinLib.weights import ModelFileError, load_state
@@ -658,10 +673,28 @@ def test_pt_with_custom_class_is_refused_even_with_a_matching_card(tmp_path, loa
     path = tmp_path / "model.pt"
     torch.save({"weight": torch.zeros(3), "extra": CustomPayload(str(marker))}, path)
     _card_for(path, ARCHITECTURE)
-    fn = {"load_state": load_state, "load_engine": load_engine, "load_generator": load_generator}[loader]
+    fn = {"load_state": load_state, "load_engine": load_engine, "load_generator": load_generator,
+          "get_segmenter": lambda p: get_segmenter(p, device="cpu")}[loader]
     msg = expect_error(lambda: fn(path), path, r"refused", exc_type=ModelFileError)
     assert "safetensors" in msg
     assert not marker.exists()
+
+
+def test_pipeline_with_a_pickled_model_file_notes_the_refusal(tmp_path, phantom_small):
+    torch = pytest.importorskip("torch")
+    from HCCTwinLib.cases import Case
+    from HCCTwinLib.pipeline import PipelineOptions, run_case
+
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "generator.pt"
+    torch.save({"weight": torch.zeros(3), "extra": CustomPayload(str(marker))}, path)
+    _card_for(path, "generator")
+    hu, labels = phantom_small
+    case = Case("p", {"arterial": hu + 20, "portal": hu}, Geometry(shape=SHAPE), labels=labels)
+    before = digest(path)
+    result = run_case(case, ["tace_pd1_len"], [8], options=PipelineOptions(generator_weights=str(path)))
+    assert any(n.startswith("Generator:") and "refused" in n for n in result.notes), result.notes
+    assert not result.followups and not marker.exists() and digest(path) == before
 
 
 def test_legacy_pt_is_read_with_weights_only(tmp_path, monkeypatch):
@@ -790,8 +823,10 @@ def dicom_result(tmp_path_factory):
     por = write_dicom_series(hu, root / "study" / "por", series_uid="1.2.826.0.1.3680043.8.498.12", **kw)
     geom = Geometry(shape=hu.shape, spacing=(0.9, 0.9, 3.0), origin=(-20.0, -30.0, 5.0))
     lab = write_image(labels, geom, root / "study" / "labels.nii.gz", labels=True)
+    before = digest(root)
     case = load_case(paths={"arterial": art, "portal": por}, labels_path=lab, clinical=dict(GOOD))
     result = run_case(case, ["tace_pd1_len", "pd1_tki"], [8], options=PipelineOptions(segmentation="given"))
+    assert digest(root) == before  # the DICOM files are only read
     return case, result
 
 

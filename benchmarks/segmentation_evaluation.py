@@ -43,21 +43,43 @@ def machine() -> dict:
     return info
 
 
-def evaluate_quality(weights: str, n: int, seed: int, device: str) -> dict:
+def _holdout_cases(n: int, seed: int, cohort: str | None):
+    """``(patient_id, case, labels)`` for the first ``n`` hold-out patients: read from a simulated cohort folder
+    (its ``cases/<id>/pre``) when given, else simulated here with ``seed``."""
+    if cohort:
+        from HCCTwinLib.io import load_case
+        from HCCTwinLib.segmentation.train import cohort_patient_ids
+
+        for pid in cohort_patient_ids(cohort)[:n]:
+            case = load_case(Path(cohort) / "cases" / pid / "pre", patient_id=pid)
+            labels, case.labels = case.labels, None
+            yield pid, case, labels
+    else:
+        from HCCTwinLib.simulate import simulate_patient
+
+        for i in range(n):
+            p = simulate_patient(seed, i)
+            yield p.patient_id, p.case, p.labels
+
+
+def evaluate_quality(weights: str, n: int, seed: int, device: str, cohort: str | None = None) -> dict:
     from HCCTwinLib.segmentation import cohort_lesion_detection, dice_per_label, get_segmenter, lesion_counts
-    from HCCTwinLib.simulate import simulate_patient
 
     segmenter = get_segmenter(weights, device=device)
     per_patient, pairs = [], []
-    for i in range(n):
-        p = simulate_patient(seed, i)
-        pred = segmenter.segment(p.case)
-        d = dice_per_label(pred, p.labels)
-        d["patient_id"] = p.patient_id
-        d["has_pvtt"] = bool((p.labels == 4).any())
+    for pid, case, labels in _holdout_cases(n, seed, cohort):
+        t = time.perf_counter()
+        pred = segmenter.segment(case)
+        seconds = time.perf_counter() - t
+        d = dice_per_label(pred, labels)
+        d["patient_id"] = pid
+        d["has_pvtt"] = bool((labels == 4).any())
+        d["seconds"] = round(seconds, 2)
+        d["shape_kji"] = list(labels.shape)
         per_patient.append(d)
-        pairs.append(lesion_counts(pred, p.labels, p.geometry, min_diameter_mm=10.0))
-        print(f"{p.patient_id}: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()
+        pairs.append(lesion_counts(pred, labels, case.geometry, min_diameter_mm=10.0))
+        d.update(pairs[-1])
+        print(f"{pid} ({seconds:.1f} s): " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()
                                                if isinstance(v, float) and np.isfinite(v)), flush=True)
     summary = {}
     for key in ("liver_total", "liver", "viable_tumor", "necrosis", "pvtt", "tumor_total"):
@@ -69,6 +91,7 @@ def evaluate_quality(weights: str, n: int, seed: int, device: str) -> dict:
     sens, fp = cohort_lesion_detection(pairs)
     summary["sensitivity_10mm"] = float(sens)
     summary["fp_per_patient"] = float(fp)
+    summary["seconds_per_patient"] = float(np.mean([r["seconds"] for r in per_patient]))
     return {"per_patient": per_patient, "summary": summary}
 
 
@@ -80,6 +103,7 @@ torch.set_num_threads(int(sys.argv[4]))
 from HCCTwinLib.segmentation import get_segmenter
 from HCCTwinLib.simulate import simulate_patient
 p = simulate_patient(int(sys.argv[5]), 0, shape=(120, 512, 512))
+rss_input = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 t = time.perf_counter(); seg = get_segmenter(sys.argv[2], device=sys.argv[3]); load = time.perf_counter() - t
 if torch.cuda.is_available() and sys.argv[3] != "cpu":
     torch.cuda.reset_peak_memory_stats()
@@ -87,6 +111,7 @@ t = time.perf_counter(); seg.segment(p.case); cold = time.perf_counter() - t
 t = time.perf_counter(); seg.segment(p.case); warm = time.perf_counter() - t
 out = {"shape_kji": list(p.arterial.shape), "spacing_mm": list(p.geometry.spacing), "load_s": load, "cold_s": cold,
        "warm_s": warm, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+       "peak_rss_gb_after_simulating_input": rss_input,
        "device": str(seg.device)}
 if seg.device.type == "cuda":
     out["gpu_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -107,6 +132,7 @@ def write_report(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "segmentation_evaluation.json").write_text(json.dumps(result, indent=2, default=float))
     s, sp = result["quality"]["summary"], result.get("speed", {})
+    shape = "x".join(map(str, result["quality"]["per_patient"][0]["shape_kji"]))
 
     def row(name, value, target, higher=True):
         ok = value is not None and (value >= target if higher else value <= target)
@@ -115,7 +141,8 @@ def write_report(result: dict, out: Path) -> None:
 
     lines = [f"# Segmentation evaluation ({result['machine']['date']})", "",
              f"Model: `{result['weights']}` (sha256 {result['sha256'][:16]}...). Hold-out: {result['n']} simulated "
-             f"patients, seed {result['seed']} (training used seed 101). Machine: {result['machine']['platform']}, "
+             f"patients, seed {result['seed']}" + (f" (read from `{result['cohort']}`)" if result.get("cohort") else "")
+             + f", training used seed 101. Machine: {result['machine']['platform']}, "
              f"{result['machine']['cpu_count']} CPU cores" + (f", GPU {result['machine']['gpu']}"
                                                              if "gpu" in result["machine"] else ", no GPU") + ".", "",
              "| metric | measured | target | |", "|---|---|---|---|",
@@ -125,14 +152,34 @@ def write_report(result: dict, out: Path) -> None:
              row(f"Dice necrosis (mean, n={s['necrosis']['n']})", s["necrosis"]["mean"], TARGETS["necrosis"]),
              row(f"Dice PVTT (mean over {s['pvtt']['n']} patients with PVTT)", s["pvtt"]["mean"], TARGETS["pvtt"]),
              row("Lesion sensitivity, lesions >= 10 mm", s["sensitivity_10mm"], TARGETS["sensitivity_10mm"]),
-             row("False-positive lesions per patient", s["fp_per_patient"], TARGETS["fp_per_patient"], False)]
+             row("False-positive lesions per patient", s["fp_per_patient"], TARGETS["fp_per_patient"], False),
+             f"| Hold-out inference, mean s per patient ({shape} voxels) | {s['seconds_per_patient']:.1f} | | |"]
     for label, run in sp.items():
         lines += [row(f"{label}: warm inference 512x512x120 (s)", run["warm_s"], TARGETS["warm_cpu_s"], False),
                   f"| {label}: cold inference (s, after {run['load_s']:.1f} s model load) | {run['cold_s']:.1f} | | |",
-                  row(f"{label}: peak RSS (GB)", run["peak_rss_gb"], TARGETS["peak_rss_gb"], False)]
+                  row(f"{label}: peak RSS of the process (GB)", run["peak_rss_gb"], TARGETS["peak_rss_gb"], False),
+                  f"| {label}: peak RSS before segmenting (after simulating the input, GB) | "
+                  f"{run.get('peak_rss_gb_after_simulating_input', float('nan')):.2f} | | |"]
     lines += ["", "Dice: mean over hold-out patients of the per-patient Dice on the native grid; necrosis over the "
               "patients where it is present in the truth or the prediction.", ""]
     (out / "segmentation_evaluation.md").write_text("\n".join(lines) + "\n")
+
+
+def update_card(result: dict) -> None:
+    from HCCTwinLib.weights import card_path
+
+    path = card_path(Path(result["weights"]))
+    card = json.loads(path.read_text())
+    summary = result["quality"]["summary"]
+    card.setdefault("metrics", {})["holdout"] = {
+        "cohort": f"simulated hold-out, seed {result['seed']}, {result['n']} patients"
+                  + (f" ({Path(result['cohort']).name})" if result.get("cohort") else ""),
+        "dice_mean": {k: summary[k]["mean"] for k in ("liver_total", "liver", "viable_tumor", "necrosis", "pvtt",
+                                                      "tumor_total")},
+        "lesion_sensitivity_10mm": summary["sensitivity_10mm"], "fp_lesions_per_patient": summary["fp_per_patient"],
+        "speed": result.get("speed", {}), "machine": result["machine"],
+        "report": "benchmarks/results/segmentation_evaluation.md"}
+    path.write_text(json.dumps(card, indent=2, default=float) + "\n")
 
 
 def main(argv=None) -> int:
@@ -140,9 +187,14 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", required=True)
     parser.add_argument("--n", type=int, default=30)
     parser.add_argument("--seed", type=int, default=900)
+    parser.add_argument("--cohort", help="read the hold-out patients from this simulated cohort folder "
+                                         "(e.g. /work/data/holdout900, made with --seed 900) instead of simulating")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--update-card", action="store_true",
+                        help="also write the hold-out summary and timings into the model card next to --weights "
+                             "(metrics.holdout; the card's sha256 covers the weights file, which is not changed)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     if args.seed == 101:
@@ -152,9 +204,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from HCCTwinLib.weights import sha256_file
 
+    if args.cohort:
+        card = Path(args.cohort) / "cohort.json"
+        if card.is_file() and json.loads(card.read_text()).get("seed") == 101:
+            parser.error("that cohort is the training cohort (seed 101)")
     result = {"weights": args.weights, "sha256": sha256_file(Path(args.weights)), "n": args.n, "seed": args.seed,
-              "machine": machine(), "targets": TARGETS,
-              "quality": evaluate_quality(args.weights, args.n, args.seed, args.device)}
+              "cohort": args.cohort, "machine": machine(), "targets": TARGETS,
+              "quality": evaluate_quality(args.weights, args.n, args.seed, args.device, args.cohort)}
     if not args.skip_speed:
         result["speed"] = {f"CPU, {args.threads} threads": evaluate_speed(args.weights, "cpu", args.threads,
                                                                            args.seed)}
@@ -162,6 +218,8 @@ def main(argv=None) -> int:
             result["speed"]["GPU"] = evaluate_speed(args.weights, "cuda", args.threads, args.seed)
     result["peak_rss_gb_evaluation_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     write_report(result, Path(args.out))
+    if args.update_card:
+        update_card(result)
     print((Path(args.out) / "segmentation_evaluation.md").read_text())
     return 0
 

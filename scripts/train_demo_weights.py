@@ -21,9 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Hyper-parameters of the shipped models (recorded in their model cards too).
 SEGMENTATION = {
-    "epochs": 2, "batch_size": 2, "lr": 2e-3, "seed": 0, "max_cases": 80,
+    "epochs": 10, "batch_size": 2, "lr": 2e-3, "seed": 0, "max_cases": 80, "warmup_epochs": 0.1,
     "spacing_mm": (2.0, 2.0, 3.5), "patch_size": (32, 96, 96),
-    "architecture": "DynUNet", "architecture_kwargs": {"filters": [16, 32, 64, 128, 160]},
+    "architecture": "DynUNet", "architecture_kwargs": {"filters": [8, 16, 32, 64, 128]},
+    "iterations_per_epoch": 150, "val_max_cases": 5, "coarse_fraction": 0.15, "flip_prob": 0.0,
+    "class_weights": (1.0, 1.0, 3.0, 3.0, 3.0),
     "data_description": "HCCTwin simulator cohort seed 101 (synthetic multiphase CT, pre-treatment and observed "
                         "follow-ups w08/w16/w24)",
 }
@@ -39,9 +41,18 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, help="override the recorded number of epochs")
     parser.add_argument("--install", action="store_true", help="copy the final model into HCCTwinLib/weights/")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--time-budget", type=float, help="segmentation: stop after this many seconds (wall time)")
+    parser.add_argument("--cache-dir", help="segmentation: folder of the resampled volumes (default OUT/cache)")
+    parser.add_argument("--init-weights", help="segmentation: start from this model file (same architecture)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "HCCTwin"))
     from HCCTwinLib.cli import ProgressBar
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     if args.model == "segmentation":
         from HCCTwinLib.segmentation import train_segmentation
@@ -49,6 +60,12 @@ def main(argv=None) -> int:
         params = dict(SEGMENTATION)
         if args.epochs:
             params["epochs"] = args.epochs
+        if args.time_budget:
+            params["time_budget_s"] = args.time_budget
+        if args.cache_dir:
+            params["cache_dir"] = args.cache_dir
+        if args.init_weights:
+            params["init_weights"] = args.init_weights
         summary = train_segmentation(args.cohort, args.out, device=args.device, progress=ProgressBar(), **params)
     else:
         from HCCTwinLib.twin.train import train_generator

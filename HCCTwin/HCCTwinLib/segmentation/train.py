@@ -8,9 +8,12 @@ Cohort layout::
 
 The train/validation split is by patient (a patient's follow-ups stay on its side) and deterministic for a seed.
 Every path derived from the CSV must stay inside the cohort folder. Volumes are resampled once to the model grid and
-cached as ``.npy`` under ``out_dir/cache``. Each epoch: random patches with class-balanced sampling (tumor and PVTT
-oversampled), flips, intensity jitter; DiceCE loss; AdamW with a per-iteration cosine schedule; full-volume
-sliding-window validation Dice per class (printed and appended to ``out_dir/train_log.jsonl``); a checkpoint
+cached as ``.npy`` under ``out_dir/cache`` (or ``cache_dir``). Each epoch: ``iterations_per_epoch`` batches of
+random patches drawn in numpy from memory-mapped volumes with class-balanced centres (tumor and PVTT oversampled;
+optionally some from the 2x coarser grid used by the liver-box stage), optional flips, intensity jitter; DiceCE loss
+(optionally class-weighted); AdamW with a per-iteration cosine schedule (optionally bounded by a wall-time budget);
+full-volume sliding-window validation Dice per class on all or the first ``val_max_cases`` validation patients
+(printed and appended to ``out_dir/train_log.jsonl``); a checkpoint
 (``checkpoint.safetensors`` + card, ``checkpoint_optimizer.pt`` (tensors only, read with weights_only=True),
 ``train_state.json``). Re-running with ``resume=True`` continues after the last finished epoch. The best epoch (mean
 validation Dice) is written with :func:`HCCTwinLib.weights.save_model` as ``out_dir/<name>.safetensors`` + card.
@@ -174,47 +177,96 @@ def prepare_sample(sample: Sample, cache_dir: Path, spacing_mm: Sequence[float],
     return img_p, lbl_p
 
 
-class _PatchDataset:
-    """Loads a cached volume and returns ``samples_per_volume`` augmented patches (a list of dicts)."""
-
-    def __init__(self, items: list[tuple[Path, Path]], transform):
-        self.items, self.transform = items, transform
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        img_p, lbl_p = self.items[index]
-        data = {"image": np.load(img_p).astype(np.float32), "label": np.load(lbl_p)}
-        return self.transform(data)
+#: at most this many candidate centres are kept per label and volume (random subset; background is drawn uniformly)
+_MAX_CENTRES = 20000
 
 
-def _train_transforms(patch: Sequence[int], samples_per_volume: int):
-    from monai.transforms import (
-        Compose,
-        EnsureTyped,
-        RandCropByLabelClassesd,
-        RandFlipd,
-        RandGaussianNoised,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
-        SpatialPadd,
-    )
+def _label_centres(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray | None]:
+    """Flat voxel indices per label 1..4 (a random subset of at most ``_MAX_CENTRES``); None for absent labels."""
+    flat = labels.ravel()
+    out: list[np.ndarray | None] = [None]
+    for value in range(1, len(CLASS_RATIOS)):
+        idx = np.flatnonzero(flat == value)
+        if idx.size > _MAX_CENTRES:
+            idx = rng.choice(idx, _MAX_CENTRES, replace=False)
+        out.append(idx.astype(np.int64) if idx.size else None)
+    return out
 
-    keys = ["image", "label"]
-    return Compose([
-        EnsureTyped(keys=keys, track_meta=False),
-        SpatialPadd(keys=keys, spatial_size=tuple(patch)),
-        RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=tuple(patch), ratios=list(CLASS_RATIOS),
-                                num_classes=len(CLASS_RATIOS), num_samples=samples_per_volume, warn=False),
-        RandFlipd(keys=keys, prob=0.2, spatial_axis=0),
-        RandFlipd(keys=keys, prob=0.2, spatial_axis=1),
-        RandFlipd(keys=keys, prob=0.2, spatial_axis=2),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-        RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
-        RandGaussianNoised(keys="image", prob=0.15, std=0.02),
-        EnsureTyped(keys="label", dtype="long", track_meta=False),
-    ])
+
+class _PatchSampler:
+    """Random training patches from the cached volumes, drawn in numpy (no per-patch scan of the volume).
+
+    Images are memory-mapped (only the patch is read); candidate centres per label are computed once. Each patch
+    comes from the next volume in a shuffled cycle; its centre is a voxel of a label drawn with ``CLASS_RATIOS``
+    among the labels present (background: anywhere). With ``coarse_fraction`` > 0 that fraction of patches is cut
+    from the volume sub-sampled by 2 on every axis (the grid of the coarse liver-box stage at inference), so the
+    same network also finds the liver at twice the spacing. Augmentation: optional flips, intensity scale and
+    shift, Gaussian noise.
+    """
+
+    def __init__(self, items: list[tuple[Path, Path]], patch: Sequence[int], seed: int, *,
+                 coarse_fraction: float = 0.0, flip_prob: float = 0.2):
+        self.patch = tuple(int(p) for p in patch)
+        self.coarse_fraction = float(coarse_fraction)
+        self.flip_prob = float(flip_prob)
+        self.rng = np.random.default_rng(seed)
+        self.volumes, self.coarse = [], []
+        for img_p, lbl_p in items:
+            image = np.load(img_p, mmap_mode="r")
+            labels = np.ascontiguousarray(np.load(lbl_p)[0])
+            self.volumes.append((image, labels, _label_centres(labels, self.rng)))
+            if self.coarse_fraction > 0:
+                c_img = np.ascontiguousarray(image[:, ::2, ::2, ::2])
+                c_lbl = np.ascontiguousarray(labels[::2, ::2, ::2])
+                self.coarse.append((c_img, c_lbl, _label_centres(c_lbl, self.rng)))
+        self._order: list[int] = []
+
+    def set_seed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self._order = []
+
+    def _next_volume(self) -> int:
+        if not self._order:
+            self._order = list(self.rng.permutation(len(self.volumes)))
+        return int(self._order.pop())
+
+    def patch_from(self, image, labels, centres) -> tuple[np.ndarray, np.ndarray]:
+        rng, shape = self.rng, labels.shape
+        present = [c for c in range(len(CLASS_RATIOS)) if c == 0 or centres[c] is not None]
+        ratios = np.array([CLASS_RATIOS[c] for c in present], float)
+        cls = present[int(rng.choice(len(present), p=ratios / ratios.sum()))]
+        if cls == 0:
+            centre = [int(rng.integers(0, s)) for s in shape]
+        else:
+            centre = np.unravel_index(int(centres[cls][rng.integers(0, centres[cls].size)]), shape)
+        starts = [min(max(int(c) - p // 2, 0), max(s - p, 0)) for c, p, s in zip(centre, self.patch, shape)]
+        box = tuple(slice(a, a + p) for a, p in zip(starts, self.patch))
+        img = np.asarray(image[(slice(None), *box)], dtype=np.float32)
+        lbl = np.asarray(labels[box], dtype=np.int64)
+        if img.shape[1:] != self.patch:  # volume smaller than the patch: pad (image with 0 = air, labels background)
+            pad = [(0, p - s) for p, s in zip(self.patch, img.shape[1:])]
+            img = np.pad(img, [(0, 0), *pad])
+            lbl = np.pad(lbl, pad)
+        for axis in range(3):
+            if self.flip_prob > 0 and rng.random() < self.flip_prob:
+                img, lbl = np.flip(img, axis + 1), np.flip(lbl, axis)
+        if rng.random() < 0.5:
+            img = img * float(1.0 + rng.uniform(-0.1, 0.1))
+        if rng.random() < 0.5:
+            img = img + float(rng.uniform(-0.05, 0.05))
+        if rng.random() < 0.15:
+            img = img + rng.normal(0.0, 0.02, img.shape).astype(np.float32)
+        return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(lbl)
+
+    def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for _ in range(batch_size):
+            v = self._next_volume()
+            use_coarse = self.coarse and self.rng.random() < self.coarse_fraction
+            x, y = self.patch_from(*(self.coarse[v] if use_coarse else self.volumes[v]))
+            xs.append(x)
+            ys.append(y[None])
+        return np.stack(xs), np.stack(ys)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,12 +317,26 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                        architecture_kwargs: dict | None = None, samples_per_volume: int = 2,
                        include_followups: bool = True, weight_decay: float = 3e-5, num_workers: int = 0,
                        name: str = DEFAULT_MODEL_NAME, version: str = "0.1.0",
-                       data_description: str = "", log=print) -> dict[str, Any]:
+                       data_description: str = "", log=print, iterations_per_epoch: int | None = None,
+                       val_max_cases: int | None = None, coarse_fraction: float = 0.0, flip_prob: float = 0.2,
+                       time_budget_s: float | None = None, cache_dir: str | os.PathLike | None = None,
+                       warmup_epochs: float = 0.0, class_weights: Sequence[float] | None = None,
+                       init_weights: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train (or resume training) the segmentation model; returns a summary dict with the model path and metrics.
 
     ``patch_size`` is (k, j, i) voxels on the model grid (``spacing_mm`` is (x, y, z)); it is rounded up to a multiple
     of the network's total stride. ``epochs`` is the total number of epochs: re-running with a larger value continues
     from the last checkpoint. ``log`` receives one line per epoch (default ``print``).
+
+    ``iterations_per_epoch`` (default: every training volume ``samples_per_volume`` times) and ``val_max_cases``
+    (default: all validation patients) trade the length of an epoch against how often it is validated.
+    ``coarse_fraction`` of the patches come from the 2x sub-sampled volumes (see :class:`_PatchSampler`).
+    ``time_budget_s`` bounds this call's wall time: the learning-rate schedule follows whichever of iterations or
+    elapsed time is further along, and training stops (after validating and checkpointing the partial epoch) when
+    the budget is spent. ``cache_dir`` (default ``out_dir/cache``) may be shared between runs with the same spacing.
+    ``num_workers`` is kept for compatibility; patches are drawn in the main process. ``class_weights`` (one per
+    label 0-4) weight the loss (CE and Dice terms). ``init_weights`` starts a new run from a verified model file of
+    the same architecture (e.g. an earlier run's checkpoint); it is ignored when resuming.
     """
     import torch
     from monai.losses import DiceCELoss
@@ -298,7 +364,7 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
         log("[segmentation training] Warning: no validation patients (cohort too small or val_fraction 0); "
             "validating on the training patients' pre-treatment studies (optimistic).")
         val_samples = [s for pid in train_ids for s in by_patient[pid] if s.kind == "pre"]
-    cache = out / "cache"
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else out / "cache"
     prep = SubProgress(progress, 0.0, 0.05)
     all_samples = train_samples + [s for s in val_samples if s not in train_samples]
     prepared = {}
@@ -307,6 +373,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
         report(prep, (n + 1) / len(all_samples), f"Preparing volumes {n + 1}/{len(all_samples)}")
     train_items = [prepared[s.sample_id] for s in train_samples]
     val_items = [prepared[s.sample_id] for s in val_samples]
+    if val_max_cases is not None:
+        val_items = val_items[:max(1, int(val_max_cases))]
 
     # ---- model, optimiser, state
     torch.manual_seed(seed)
@@ -320,42 +388,54 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
         state = _load_checkpoint(state_path, ckpt_path, opt_path, config, model, optimizer, dev)
         log(f"[segmentation training] resuming after epoch {state['epoch']} (best mean Dice "
             f"{state['best_score']} at epoch {state['best_epoch']})")
-    elif log_path.exists():
-        log_path.unlink()
+    else:
+        if log_path.exists():
+            log_path.unlink()
+        if init_weights is not None:
+            init_state, _ = load_state(init_weights, device="cpu")
+            model.load_state_dict(init_state)
+            log(f"[segmentation training] starting from the weights of {init_weights}")
 
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    transform = _train_transforms(patch, samples_per_volume)
-    dataset = _PatchDataset(train_items, transform)
-    from monai.data import DataLoader, list_data_collate
-
-    volumes_per_batch = max(1, batch_size // samples_per_volume)
-    generator = torch.Generator()
+    weight = None if class_weights is None else torch.tensor([float(w) for w in class_weights], device=dev)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=weight)
+    sampler = _PatchSampler(train_items, patch, seed, coarse_fraction=coarse_fraction, flip_prob=flip_prob)
+    n_iter = int(iterations_per_epoch or max(1, math.ceil(len(train_items) * samples_per_volume / batch_size)))
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) if use_amp \
         else None
     card_path_best = out / f"{name}.safetensors"
     hyper = {"epochs": epochs, "batch_size": batch_size, "patch_size_kji": list(patch), "lr": lr,
              "weight_decay": weight_decay, "optimizer": "AdamW", "schedule": "cosine (per iteration), floor 1% lr",
-             "loss": "DiceCE (softmax, batch Dice)", "samples_per_volume": samples_per_volume,
+             "loss": "DiceCE (softmax, batch Dice)", "class_weights": class_weights,
+             "init_weights": None if init_weights is None else Path(init_weights).name,
+             "samples_per_volume": samples_per_volume,
              "class_sampling_ratios": list(CLASS_RATIOS), "seed": seed, "val_fraction": val_fraction,
-             "augmentation": "class-balanced crops, flips (p=0.2/axis), intensity scale/shift, Gaussian noise"}
+             "iterations_per_epoch": n_iter, "val_max_cases": val_max_cases, "coarse_fraction": coarse_fraction,
+             "time_budget_s": time_budget_s, "warmup_epochs": warmup_epochs,
+             "augmentation": f"class-balanced patch centres, flips (p={flip_prob}/axis), intensity scale +-10%, "
+                             f"shift +-0.05, Gaussian noise (p=0.15, sd 0.02)"}
     start_epoch = int(state["epoch"])
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
-        transform.set_random_state(seed=(seed * 100003 + epoch) % (2**32))
-        generator.manual_seed(seed * 7919 + epoch)
-        loader = DataLoader(dataset, batch_size=volumes_per_batch, shuffle=True, generator=generator,
-                            collate_fn=list_data_collate, num_workers=num_workers)
+        sampler.set_seed((seed * 100003 + epoch) % (2**32))
         model.train()
         losses = []
-        n_iter = len(loader)
+        out_of_time = False
         ep_progress = SubProgress(progress, 0.05 + 0.95 * epoch / epochs, 0.05 + 0.95 * (epoch + 1) / epochs)
-        for it, batch in enumerate(loader):
-            current_lr = _lr_at(epoch + it / n_iter, epochs, lr)
+        for it in range(n_iter):
+            progress_epochs = epoch + it / n_iter
+            if time_budget_s:
+                used = (time.perf_counter() - t_start) / float(time_budget_s)
+                if used >= 1.0 and losses:
+                    out_of_time = True
+                    break
+                progress_epochs = max(progress_epochs, used * epochs)
+            current_lr = _lr_at(progress_epochs, epochs, lr, warmup_epochs)
             for group in optimizer.param_groups:
                 group["lr"] = current_lr
-            x = batch["image"].to(dev, non_blocking=True)
-            y = batch["label"].to(dev, non_blocking=True)
+            xb, yb = sampler.batch(batch_size)
+            x = torch.from_numpy(xb).to(dev, non_blocking=True)
+            y = torch.from_numpy(yb).to(dev, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with devices.autocast(dev):
                 logits = model(x)
@@ -380,7 +460,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
         entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "lr": current_lr,
                  "val_dice": _nan_to_none({k: v for k, v in val.items() if k != "mean"}),
                  "val_mean_dice": None if not math.isfinite(score) else score,
-                 "seconds": round(time.perf_counter() - t0, 2), "device": str(dev), "best": bool(improved)}
+                 "seconds": round(time.perf_counter() - t0, 2), "device": str(dev), "best": bool(improved),
+                 "iterations": len(losses)}
         with open(log_path, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
         log(f"[segmentation training] epoch {epoch + 1}/{epochs} loss {entry['train_loss']:.4f} val Dice "
@@ -395,6 +476,10 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
             save_model(model, card_path_best, card)
         state["epoch"] = epoch + 1
         _save_checkpoint(state_path, ckpt_path, opt_path, state, model, optimizer)
+        if out_of_time:
+            log(f"[segmentation training] time budget of {time_budget_s:.0f} s spent; stopped after "
+                f"{len(losses)}/{n_iter} iterations of epoch {epoch + 1}")
+            break
 
     summary = {"model_path": str(card_path_best), "card_path": str(card_path_best.with_suffix(".json")),
                "epochs_completed": int(state["epoch"]), "best_epoch": state["best_epoch"],

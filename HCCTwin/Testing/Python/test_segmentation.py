@@ -350,6 +350,50 @@ def test_train_two_epochs_then_resume(tmp_path):
         train_segmentation(cohort, out, epochs=4, **dict(kwargs, seed=2))
 
 
+def test_patch_sampler_shapes_padding_coarse_and_seed(tmp_path):
+    from HCCTwinLib.segmentation.train import _PatchSampler
+
+    labels = np.zeros((12, 40, 40), np.uint8)
+    labels[3:9, 10:30, 10:30] = 1
+    labels[5:7, 15:19, 15:19] = 2
+    image = np.random.default_rng(0).random((2, *labels.shape)).astype(np.float16)
+    np.save(tmp_path / "a.img.npy", image)
+    np.save(tmp_path / "a.lbl.npy", labels[None])
+    items = [(tmp_path / "a.img.npy", tmp_path / "a.lbl.npy")]
+    sampler = _PatchSampler(items, (16, 32, 32), seed=3, coarse_fraction=0.5, flip_prob=0.5)
+    x, y = sampler.batch(6)  # the volume is thinner than the patch in k: padded
+    assert x.shape == (6, 2, 16, 32, 32) and x.dtype == np.float32
+    assert y.shape == (6, 1, 16, 32, 32) and y.dtype == np.int64 and set(np.unique(y)) <= {0, 1, 2}
+    assert sampler.coarse[0][1].shape == (6, 20, 20)
+    sampler.set_seed(7)
+    again = _PatchSampler(items, (16, 32, 32), seed=3, coarse_fraction=0.5, flip_prob=0.5)
+    again.set_seed(7)
+    for a, b in zip(sampler.batch(4), again.batch(4)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_short_epochs_time_budget_class_weights(tmp_path):
+    cohort, out = tmp_path / "cohort", tmp_path / "run"
+    _write_cohort(cohort)
+    lines = []
+    summary = train_segmentation(cohort, out, epochs=3, batch_size=2, patch_size=(16, 32, 32), val_fraction=0.34,
+                                 seed=1, device="cpu", architecture_kwargs=TINY, log=lines.append,
+                                 iterations_per_epoch=2, val_max_cases=1, coarse_fraction=0.5, flip_prob=0.0,
+                                 class_weights=(1, 1, 3, 3, 3), time_budget_s=1e-6)
+    # the budget is spent before the first batch: one iteration runs, then validation, checkpoint and stop
+    assert summary["epochs_completed"] == 1 and any("time budget" in str(x) for x in lines)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["iterations"] == 1
+    _, card = load_state(summary["model_path"])
+    hp = card["hyperparameters"]
+    assert hp["iterations_per_epoch"] == 2 and hp["class_weights"] == [1, 1, 3, 3, 3] and hp["val_max_cases"] == 1
+    # a new run may start from those weights
+    summary2 = train_segmentation(cohort, tmp_path / "run2", epochs=1, batch_size=2, patch_size=(16, 32, 32),
+                                  val_fraction=0.34, seed=1, device="cpu", architecture_kwargs=TINY,
+                                  log=lines.append, iterations_per_epoch=1, init_weights=summary["model_path"])
+    assert summary2["epochs_completed"] == 1 and any("starting from the weights" in str(x) for x in lines)
+
+
 def test_cohort_paths_must_stay_inside(tmp_path):
     cohort = tmp_path / "cohort"
     _write_cohort(cohort, n=1, shape=(8, 16, 16), followup=False)

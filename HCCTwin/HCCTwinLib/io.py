@@ -76,7 +76,8 @@ def _dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
         raise InputError(f"{folder}: series {series_uid} not found; the folder has {', '.join(uids)}. Pass one of "
                          f"these series UIDs.")
     files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
-    _check_dicom_members(folder, files, series_uid)
+    others = [f for uid in uids if uid != series_uid for f in reader.GetGDCMSeriesFileNames(str(folder), uid)]
+    _check_dicom_members(folder, files, series_uid, others)
     return files
 
 
@@ -91,17 +92,18 @@ def _looks_like_dicom(path: Path) -> bool:
     return head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".ima")
 
 
-def _check_dicom_members(folder: Path, files: list[str], series_uid: str) -> None:
+def _check_dicom_members(folder: Path, files: list[str], series_uid: str, others=()) -> None:
     """GDCM silently leaves out files it cannot parse (e.g. a slice cut short), and ITK then stacks the remaining
-    slices with an averaged spacing. Refuse both: a damaged file of this series, and uneven slice positions."""
-    listed = {os.path.realpath(f) for f in files}
-    uid = series_uid.encode()
+    slices with an averaged spacing. Refuse both: a damaged file of this series (a DICOM file in no series that
+    still holds this series' UID), and uneven slice positions."""
+    listed = {os.path.realpath(f) for f in (*files, *others)}
+    uid = re.compile(re.escape(series_uid.encode()) + rb"(?![0-9.])")
     damaged = []
     for entry in sorted(folder.iterdir()):
         if not entry.is_file() or os.path.realpath(entry) in listed or not _looks_like_dicom(entry):
             continue
         try:
-            if uid in entry.read_bytes():
+            if uid.search(entry.read_bytes()):
                 damaged.append(entry.name)
         except OSError:
             damaged.append(entry.name)

@@ -211,7 +211,7 @@ def test_dicom_mixed_series_of_similar_size(tmp_path, phantom_small):
 def test_dicom_small_extra_series_is_ignored(tmp_path, phantom_small):
     hu = phantom_small[0]
     folder = _series(tmp_path, hu)
-    scout = _series(tmp_path, hu[:3], name="scout", series_uid="1.2.826.0.1.3680043.8.498.78")
+    scout = _series(tmp_path, hu[:3], name="scout", series_uid="1.2.826.0.1.3680043.8.498.15")  # UID prefix
     for f in scout.iterdir():
         f.rename(folder / f"scout_{f.name}")
     array, _ = read_image(folder)

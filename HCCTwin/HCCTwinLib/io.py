@@ -3,6 +3,10 @@
 Every reader returns ``(array, Geometry)`` with the array in numpy ``[k, j, i]`` order and the geometry in LPS (see
 :mod:`HCCTwinLib.cases`). Every problem with an input raises :class:`~HCCTwinLib.errors.InputError` whose message
 names the file, the problem and what to do. Nothing here ever modifies or deletes an input file.
+
+Beyond what ITK checks: truncated NIfTI and NaN/Inf in float NIfTI (ITK would fill or zero them), DICOM series with a
+damaged or missing slice or two series of similar size in one folder, CT phases that are not in Hounsfield units,
+empty label maps. :func:`read_clinical_table` reads a cohort's ``clinical.csv`` with the same kind of errors.
 """
 
 from __future__ import annotations

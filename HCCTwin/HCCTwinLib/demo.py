@@ -21,7 +21,7 @@ from .progress import ProgressCallback, SubProgress, report
 #: The embedded default case: simulator seed and patient index (a patient with HCC eligible for the three main
 #: regimens). Changing it changes the demo's pictures, not its code path.
 DEFAULT_SEED = 0
-DEFAULT_PATIENT_INDEX = 0
+DEFAULT_PATIENT_INDEX = 2  # HAIC + PD-1 + lenvatinib received; single 54 mm tumour with portal vein tumour thrombus
 REAL_FOLLOWUP_WEEKS = 8
 
 
@@ -114,8 +114,18 @@ def render_result(result, out: Path, *, bundle: bool = True) -> dict[str, str]:
             specs.append(ViewSpec(L.REAL_VIEW, ids.real_followup["portal"],
                                   f"Real follow-up w{fu.weeks:02d} ({fu.regimen})"))
         if ids.virtual_proxies:
-            regimen, proxy = next(iter(ids.virtual_proxies.items()))
-            specs.append(ViewSpec(L.VIRTUAL_VIEW, proxy, f"Virtual follow-up ({regimen})"))
+            # compare like with like: the virtual follow-up under the regimen the patient received, at the week of
+            # the real follow-up, when both exist
+            fu = result.real_followup
+            regimen = fu.regimen if fu is not None and fu.regimen in ids.virtual_proxies else \
+                next(iter(ids.virtual_proxies))
+            weeks = sorted(result.followups.get(regimen, {}))
+            week = fu.weeks if fu is not None and fu.weeks in weeks else (weeks[0] if weeks else None)
+            if week is not None and regimen in ids.virtual_browsers:
+                app.scene.GetNodeByID(ids.virtual_browsers[regimen]).SetSelectedItemNumber(weeks.index(week))
+            L.slice_composite_node(app.scene, L.VIRTUAL_VIEW).SetBackgroundVolumeID(ids.virtual_proxies[regimen])
+            label = f"Virtual follow-up{f' w{week:02d}' if week is not None else ''} ({regimen})"
+            specs.append(ViewSpec(L.VIRTUAL_VIEW, ids.virtual_proxies[regimen], label))
         # the slice through the largest tumour cross-section, so the panels show the disease
         ras = _tumour_center_ras(result)
         rendered = render_views_png(app, specs, out / "views", ras_position=ras)

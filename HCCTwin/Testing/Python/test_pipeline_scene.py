@@ -126,3 +126,32 @@ def test_rerun_reuses_nodes_and_keeps_user_segmentation(app):
     second = show_result(app.scene, result, segmentations_logic=app.segmentations_logic, segmentation_node=user_seg)
     assert second.pre == first.pre and second.segmentation == first.segmentation
     assert app.scene.GetNumberOfNodes() <= n_nodes + 1  # only a new results table version, no duplicate volumes
+
+
+@pytest.mark.parametrize("stop_at", ["Segmentation", "Virtual follow-ups", "Response reading and survival"])
+def test_cancel_mid_run_leaves_the_scene_as_it_was(app, stop_at):
+    """The module runs the pipeline on a worker thread and touches the scene only after it finished: a cancel at any
+    step raises CancelledError and leaves every node of the previous result as it was, with nothing half-made."""
+    from HCCTwinLib.errors import CancelledError
+
+    app.clear()
+    case, follow = phantom_case()
+    first = run_case(case, real_followup=follow)
+    show_result(app.scene, first, segmentations_logic=app.segmentations_logic, sequences_logic=app.sequences_logic)
+
+    def snapshot():
+        nodes = [app.scene.GetNthNode(i) for i in range(app.scene.GetNumberOfNodes())]
+        return sorted((n.GetID(), n.GetName(), n.GetMTime()) for n in nodes)
+
+    before = snapshot()
+    seen = []
+
+    def progress(fraction, message):
+        seen.append(message)
+        return not message.startswith(stop_at)
+
+    case2, follow2 = phantom_case()
+    with pytest.raises(CancelledError, match="Cancelled by the user"):
+        run_case(case2, real_followup=follow2, progress=progress)
+    assert any(m.startswith(stop_at) for m in seen)
+    assert snapshot() == before

@@ -51,18 +51,14 @@ def _int_list(text: str) -> list[int]:
 
 
 def read_clinical_row(csv_path: str | Path, patient_id: str) -> dict:
-    """One patient's row of a cohort ``clinical.csv`` as a dict (empty cells dropped)."""
-    import pandas as pd
+    """One patient's row of a cohort ``clinical.csv`` as a dict (empty cells dropped); notes about how the table was
+    read (delimiter, encoding, ...) go to stderr. See :func:`HCCTwinLib.io.read_clinical_row`."""
+    from .io import read_clinical_row as _read
 
-    from .errors import InputError
-
-    table = pd.read_csv(csv_path, dtype={"patient_id": str})
-    if "patient_id" not in table.columns:
-        raise InputError(f"{csv_path}: no 'patient_id' column; see the cohort layout in the README.")
-    rows = table[table["patient_id"] == str(patient_id)]
-    if rows.empty:
-        raise InputError(f"{csv_path}: patient {patient_id!r} not found ({len(table)} rows).")
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in rows.iloc[0].items() if pd.notna(v)}
+    values, notes = _read(csv_path, patient_id)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return values
 
 
 # ----------------------------------------------------------------------------------------------- sub-commands
@@ -170,13 +166,22 @@ def cmd_predict(args) -> int:
     result = run_case(case, args.regimens, args.weeks, real_followup=real, options=options, progress=ProgressBar())
     out = Path(args.out)
     paths = save_result(result, out)
+    if args.deidentify:  # result.json without the patient's ID (the report below is de-identified too)
+        from .report.content import deidentify_summary
+
+        Path(paths["result_json"]).write_text(json.dumps(deidentify_summary(
+            json.loads(Path(paths["result_json"]).read_text())), indent=2))
     if args.report:
         from .report import write_report
 
         summary = json.loads(Path(paths["result_json"]).read_text())
         paths.update({k: str(v) for k, v in write_report(summary, out, deidentify=args.deidentify).items()})
-    print(json.dumps({"outputs": paths, "recommendation": result.survival.get("recommendation"),
-                      "notes": result.notes}, indent=2, default=str))
+    shown = {"outputs": paths, "recommendation": result.survival.get("recommendation"), "notes": result.notes}
+    if args.deidentify:
+        from .report.content import deidentify_summary
+
+        shown = deidentify_summary({**shown, "patient_id": result.case.patient_id})
+    print(json.dumps(shown, indent=2, default=str))
     print(DISCLAIMER)
     return 0
 
@@ -304,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator-weights", help="generator model file (default: installed)")
     p.add_argument("--survival-model", help="survival engine file (default: installed)")
     p.add_argument("--report", action="store_true", help="also write report.html / report.pdf / survival.png")
-    p.add_argument("--deidentify", action="store_true", help="report without patient name or ID")
+    p.add_argument("--deidentify", action="store_true", help="result.json and report without patient name or ID")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_predict)
 

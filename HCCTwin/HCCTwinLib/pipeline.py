@@ -188,12 +188,20 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
         result.provenance["segmentation"] = "given (user or file)"
     if case.labels is not None:
         result.label_volumes_ml = label_volumes_ml(case.labels, case.geometry.voxel_volume_ml)
+    liver_found = case.labels is not None and bool(np.any(case.labels > 0))
+    if case.labels is not None and not liver_found:
+        result.notes.append("Segmentation: liver not found (the label map has no liver or tumour voxel). Check that "
+                            "the volumes are abdominal CT in the arterial and portal venous phases, or draw the liver "
+                            "with the Segment Editor and run again; virtual follow-ups and imaging features are "
+                            "skipped.")
     result.timings["segmentation"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     report(progress, 0.35, "Virtual follow-ups")
     if case.labels is None:
         result.notes.append("Virtual follow-ups need a segmentation: none given and no model ran.")
+    elif not liver_found:
+        pass  # said above
     else:
         from .twin import get_generator
 

@@ -154,11 +154,11 @@ def run_cv_command(clinical_csv, endpoint: str = "os", folds: int = 5, seed: int
     path = Path(clinical_csv)
     if not path.is_file():
         raise InputError(f"clinical table {path} not found: give the path of the cohort's clinical.csv.")
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:  # noqa: BLE001 - any parse error becomes one clear message
-        raise InputError(f"could not read {path} as CSV ({exc}).") from None
+    from ..io import read_clinical_table
+
+    df, read_notes = read_clinical_table(path)
     metrics = cross_validate(df, endpoint=endpoint, folds=folds, seed=seed, progress=progress)
+    metrics["notes"] = list(read_notes) + list(metrics.get("notes", []))
     metrics["clinical_csv"] = str(path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

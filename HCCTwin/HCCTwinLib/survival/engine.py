@@ -146,10 +146,11 @@ def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True,
     csv = cohort / "clinical.csv"
     if not csv.is_file():
         raise InputError(f"{csv} not found: a cohort folder needs clinical.csv (see the README's data layout).")
-    clinical = pd.read_csv(csv)
-    if "patient_id" not in clinical.columns:
-        raise InputError(f"{csv} has no patient_id column.")
-    feats, notes = clinical_features(clinical)
+    from ..io import read_clinical_table
+
+    clinical, notes = read_clinical_table(csv)
+    feats, feat_notes = clinical_features(clinical)
+    notes = list(notes) + list(feat_notes)
     table = feats.copy()
     for col in ("patient_id", "regimen", "os_months", "os_event", "pfs_months", "pfs_event", "metastasis_months",
                 "metastasis_event"):

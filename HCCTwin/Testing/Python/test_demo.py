@@ -29,7 +29,7 @@ def test_demo_writes_case_result_and_pictures(demo_out):
     assert result["label_volumes_ml"]["viable_tumor"] > 0
     assert result["real_followup"]["weeks"] == 8
     assert "not for clinical use" in result["disclaimer"]
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert summary["patient_id"] in html and "data:image/png;base64," in html
     assert (out / "report.pdf").read_bytes().startswith(b"%PDF")
 

@@ -1,0 +1,835 @@
+"""Registration of a real follow-up scan to the pre-treatment scan (SimpleITK): rigid, affine, then deformable inside
+the liver, so that real and virtual follow-ups can be compared voxel by voxel on the pre-treatment grid.
+
+Conventions
+-----------
+- Arrays are numpy ``[k, j, i]``; physical points are LPS millimetres (see :mod:`HCCTwinLib.cases`).
+- Every transform follows the ITK convention: it maps a point of the **fixed** (pre-treatment) physical space to the
+  **moving** (follow-up) physical space, which is what resampling the follow-up onto the fixed grid needs. Written to
+  a file (``transform.h5``) it loads in 3D Slicer as the follow-up's "resampling" transform.
+- :func:`register_followup` drives the registration with the portal venous phase (the phase the grids come from) and
+  applies the same transform to every phase; labels are resampled with nearest neighbour.
+- Stages: rigid (``Euler3DTransform`` centred on the liver, body mask, Mattes MI) -> affine (``AffineTransform``,
+  liver dilated by 20 mm, Mattes MI) -> optional deformable: a cubic B-spline (control points about 50 mm apart over
+  the liver's bounding box) optimised (L-BFGS-B) on the liver dilated by 10 mm, with normalised correlation when both
+  scans are CT (Mattes MI otherwise), then turned into a dense displacement field that fades to zero within 10 mm
+  outside that region, so the anatomy away from the liver keeps the affine alignment. Metric samples are drawn at
+  random positions with a fixed seed. The optimisation runs on a working copy of about 3 mm voxels (block-averaged,
+  so a 512 x 512 x 120 CT becomes 128 x 128 x 120) with a 3-level (rigid) / 2-level pyramid; the outputs are
+  resampled once, at full resolution (linear; labels nearest neighbour).
+- A stage that makes the (fixed-seed) similarity worse is reverted, and so is a B-spline that folds (Jacobian
+  determinant <= 0.05 in the liver); ``notes`` say so.
+- Determinism: same inputs, seed and number of threads give identical transforms. ITK sums the metric over threads,
+  so another thread count changes the result slightly (by about 0.01 mm on the test phantom); pass ``threads`` (or
+  set ``HCCTWIN_NUM_THREADS``) to pin it. The global ITK thread setting is left alone.
+
+:func:`simulate_misalignment` moves a case by a known rigid + affine + smooth local deformation onto a new grid and
+returns landmark pairs (lesion centroids and points inside the liver), so the target-registration error (TRE, mm) of
+any recovered transform can be measured (``Misalignment.tre``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from .cases import Case, Geometry
+from .errors import CancelledError, InputError
+from .labels import MAX_LABEL
+from .progress import ProgressCallback, report
+
+#: Voxel size (mm) the optimisation works at; finer images are block-averaged down to about this.
+WORKING_SPACING_MM = 3.0
+#: Soft-tissue window (HU) applied to CT images for the similarity metric (air, bone and contrast clipped).
+HU_WINDOW = (-250.0, 350.0)
+#: Voxels above this (HU) belong to the body (for CT: everything but air).
+BODY_THRESHOLD_HU = -500.0
+#: B-spline control-point spacing (mm) of the final level (the first level uses twice this).
+BSPLINE_SPACING_MM = 50.0
+#: Dilation (mm) of the liver mask for the affine and the deformable stage.
+AFFINE_MARGIN_MM, DEFORMABLE_MARGIN_MM = 20.0, 10.0
+#: Tumours (pre-treatment labels >= 2) dilated by this much are left out of the deformable stage's metric.
+TUMOUR_MARGIN_MM = 10.0
+#: Mattes mutual information histogram bins and number of metric samples aimed at per pyramid level.
+MI_BINS, SAMPLES_PER_LEVEL = 32, 30000
+#: At least this fraction of the fixed liver (or body) must map inside the moving image.
+MIN_COVERAGE = 0.3
+#: Smallest Jacobian determinant accepted for the deformable stage inside the liver.
+MIN_JACOBIAN = 0.05
+#: Iterations (L-BFGS-B) and metric samples per pyramid level of the deformable stage. Its metric is the normalised
+#: correlation when both images are CT (same modality; fast with many B-spline parameters), else Mattes MI with 16
+#: bins (Mattes keeps a bins^2 x parameters derivative table, slow for thousands of control points).
+BSPLINE_ITERATIONS, BSPLINE_SAMPLES = 30, 5000
+DEFAULT_SEED = 20260
+STAGES = ("rigid", "affine", "deformable")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# result
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RegistrationResult:
+    """The moving phases/labels resampled onto the fixed grid, the transforms and the quality figures.
+
+    ``transform`` maps fixed LPS points to moving LPS points (composite: rigid, then affine, then B-spline when the
+    deformable stage ran); ``stage_transforms`` holds each stage's own transform (identity when reverted/skipped).
+    ``metrics``: per stage the optimised metric's final value (``metric``, ``final_metric``; Mattes MI for rigid and
+    affine, normalised correlation for a CT deformable stage; lower is better), iterations (metric evaluations), stop
+    condition, and ``mi_eval``: the final Mattes MI, evaluated with the same fixed-seed samples in the liver region
+    after every stage (``metrics["mi_eval"]`` lists it for identity, initial and each stage; lower is better);
+    ``overlap`` (when both label maps are given): liver and tumour Dice at ``identity`` (physical identity),
+    ``initial`` (after the centring) and after each stage, on the working grid, plus ``final`` at full resolution.
+    """
+
+    phases: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    geometry: Geometry
+    transform: sitk.Transform
+    stage_transforms: dict[str, sitk.Transform]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    initial_transform: sitk.Transform | None = None
+
+    def transform_after(self, stage: str) -> sitk.Transform:
+        """The composite transform up to and including ``stage`` ("initial", "rigid", "affine", "deformable")."""
+        if stage == "initial":
+            return sitk.CompositeTransform([sitk.Transform(self.initial_transform)])
+        names = [s for s in STAGES if s in self.stage_transforms]
+        if stage not in names:
+            raise ValueError(f"unknown stage {stage!r}; one of initial, {', '.join(names)}")
+        return sitk.CompositeTransform([self.stage_transforms[s] for s in names[:names.index(stage) + 1]])
+
+    def followup(self, weeks: int, regimen: str | None = None):
+        """A :class:`~HCCTwinLib.pipeline.FollowUp` (kind "observed") holding the registered images."""
+        from .pipeline import FollowUp
+
+        return FollowUp(weeks=int(weeks), phases=dict(self.phases), labels=self.labels, kind="observed",
+                        regimen=regimen)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable metrics, timings and notes (no arrays)."""
+        metrics = dict(self.metrics)
+        return {"geometry": {"shape_kji": list(self.geometry.shape), "spacing_mm": list(self.geometry.spacing)},
+                "stages": [s for s in STAGES if s in self.stage_transforms], "metrics": metrics,
+                "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+                "wall_time_s": round(self.wall_time_s, 3), "notes": list(self.notes)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input checks and image helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+def _image(array: np.ndarray, geometry: Geometry, dtype=np.float32) -> sitk.Image:
+    return geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=dtype)))
+
+
+def _check_phases(what: str, phases, geometry: Geometry) -> dict[str, np.ndarray]:
+    if not isinstance(geometry, Geometry):
+        raise InputError(f"{what}: no geometry given (spacing/origin/direction); pass a Geometry with the phases.")
+    if not isinstance(phases, dict) or not phases:
+        raise InputError(f"{what}: no image phase given; give at least the portal venous phase.")
+    if min(geometry.shape) < 4:
+        raise InputError(f"{what}: the image grid {geometry.shape} (k, j, i) is too thin to register (at least 4 "
+                         f"voxels per axis); give the whole 3D volume.")
+    out = {}
+    for name, arr in phases.items():
+        arr = np.asarray(arr)
+        if tuple(arr.shape) != geometry.shape:
+            raise InputError(f"{what}: phase {name!r} has shape {arr.shape}, the geometry says {geometry.shape}; "
+                             f"give the phases on their own grid.")
+        if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)):
+            raise InputError(f"{what}: phase {name!r} has NaN, infinite or non-numeric voxels; fill or crop them.")
+        if float(arr.max()) == float(arr.min()):
+            raise InputError(f"{what}: phase {name!r} is empty (every voxel is {float(arr.min()):g}); check that "
+                             f"the right series was loaded.")
+        out[name] = arr
+    return out
+
+
+def _check_labels(what: str, labels, geometry: Geometry) -> np.ndarray | None:
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if tuple(labels.shape) != geometry.shape:
+        raise InputError(f"{what}: the label map has shape {labels.shape}, the images {geometry.shape}; resample it "
+                         f"onto the image grid first.")
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL or not np.all(labels == np.round(labels))):
+        raise InputError(f"{what}: the label map has values outside 0..{MAX_LABEL}; remap the labels first.")
+    if not labels.any():
+        raise InputError(f"{what}: the label map is empty (no liver, no tumour); give the segmentation of this scan "
+                         f"or leave it out.")
+    return labels
+
+
+def _unpack_fixed(fixed) -> tuple[dict, Geometry, np.ndarray | None]:
+    if isinstance(fixed, Case):
+        return fixed.phases, fixed.geometry, fixed.labels
+    if isinstance(fixed, (tuple, list)) and len(fixed) in (2, 3):
+        return fixed[0], fixed[1], (fixed[2] if len(fixed) == 3 else None)
+    raise InputError("fixed: give the pre-treatment Case, or (phases dict, Geometry[, labels]).")
+
+
+def _drive_phases(fixed: dict, moving: dict) -> tuple[str, str]:
+    if "portal" in fixed and "portal" in moving:
+        return "portal", "portal"
+    common = [n for n in fixed if n in moving]
+    if common:
+        return common[0], common[0]
+    f = "portal" if "portal" in fixed else next(iter(fixed))
+    m = "portal" if "portal" in moving else next(iter(moving))
+    return f, m  # different phases/modalities: mutual information copes
+
+
+def _is_ct(array: np.ndarray) -> bool:
+    return float(np.min(array)) < -500.0
+
+
+def _shrink_factors(spacing, target: float) -> list[int]:
+    return [max(1, int(np.floor(target / s + 0.5))) for s in spacing]
+
+
+def _working(array: np.ndarray, geometry: Geometry, target: float) -> tuple[sitk.Image, sitk.Image | None]:
+    """(windowed working image, body mask or None) at about ``target`` mm voxels (block average)."""
+    img = _image(array, geometry)
+    factors = _shrink_factors(geometry.spacing, target)
+    if max(factors) > 1:
+        img = sitk.BinShrink(img, factors)
+    body = None
+    if _is_ct(array):
+        body = sitk.BinaryThreshold(img, BODY_THRESHOLD_HU, 1e9, 1, 0)
+        img = sitk.Clamp(img, sitk.sitkFloat32, HU_WINDOW[0], HU_WINDOW[1])
+    return img, body
+
+
+def _mask_on(reference: sitk.Image, mask: np.ndarray, geometry: Geometry) -> sitk.Image:
+    src = _image((np.asarray(mask) > 0).astype(np.uint8), geometry, np.uint8)
+    return sitk.Resample(src, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def _dilate(mask: sitk.Image, mm: float) -> sitk.Image:
+    radius = [max(1, int(round(mm / s))) for s in mask.GetSpacing()]
+    return sitk.BinaryDilate(mask, radius, sitk.sitkBall)
+
+
+def _count(mask: sitk.Image | None) -> int:
+    return int(sitk.GetArrayViewFromImage(mask).sum()) if mask is not None else 0
+
+
+def _centroid(mask: sitk.Image) -> tuple[float, float, float]:
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(mask)
+    return stats.GetCentroid(1)
+
+
+def _mask_points(mask: sitk.Image, n: int = 2000) -> np.ndarray:
+    idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1]  # (i, j, k)
+    if len(idx) > n:
+        idx = idx[np.linspace(0, len(idx) - 1, n).astype(int)]
+    g = Geometry.from_sitk(mask)
+    return (g.ijk_to_lps() @ np.c_[idx, np.ones(len(idx))].T).T[:, :3]
+
+
+def _coverage(transform: sitk.Transform, points: np.ndarray, moving: sitk.Image) -> float:
+    """Fraction of fixed points whose image under ``transform`` lies inside the moving image."""
+    size = np.asarray(moving.GetSize())
+    inside = 0
+    for p in points:
+        c = np.asarray(moving.TransformPhysicalPointToContinuousIndex(transform.TransformPoint(tuple(p))))
+        inside += bool(np.all(c >= -0.5) and np.all(c <= size - 0.5))
+    return inside / max(len(points), 1)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
+    total = int(a.sum()) + int(b.sum())
+    return round(2.0 * float(np.logical_and(a, b).sum()) / total, 4) if total else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# registration
+# ----------------------------------------------------------------------------------------------------------------
+
+class _Stage:
+    """One ImageRegistrationMethod run with the shared settings (metric, sampling, pyramid, progress, cancel)."""
+
+    def __init__(self, fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image | None, seed: int, threads: int | None,
+                 progress, start: float, end: float, label: str):
+        self.fixed, self.moving, self.mask, self.seed, self.threads = fixed, moving, mask, seed, threads
+        self.progress, self.start, self.end, self.label = progress, start, end, label
+        self.cancelled: CancelledError | None = None
+
+    def method(self, shrink: list[int], sigmas: list[float], metric: str = "mattes", samples: int = SAMPLES_PER_LEVEL
+               ) -> sitk.ImageRegistrationMethod:
+        reg = sitk.ImageRegistrationMethod()
+        if self.threads:
+            reg.SetNumberOfThreads(int(self.threads))
+        if metric == "correlation":
+            reg.SetMetricAsCorrelation()
+        elif metric == "meansquares":
+            reg.SetMetricAsMeanSquares()
+        else:
+            reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(metric[6:] or MI_BINS))
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        n_total = float(np.prod(self.fixed.GetSize()))
+        frac = _count(self.mask) / n_total if self.mask is not None else 1.0
+        pct = [float(min(1.0, samples / max(frac * n_total / s ** 3, 1.0))) for s in shrink]
+        reg.SetMetricSamplingPercentagePerLevel(pct, self.seed)
+        if self.mask is not None:
+            reg.SetMetricFixedMask(self.mask)
+        reg.SetInterpolator(sitk.sitkLinear)
+        reg.SetShrinkFactorsPerLevel(shrink)
+        reg.SetSmoothingSigmasPerLevel(sigmas)
+        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+        self.iterations = 0
+        self.levels = len(shrink)
+        self.metric = metric
+
+        def on_iteration():
+            self.iterations += 1
+            if self.cancelled is not None:
+                return
+            level = reg.GetCurrentLevel()
+            frac_done = (level + min(reg.GetOptimizerIteration() / 100.0, 0.95)) / self.levels
+            try:
+                report(self.progress, self.start + (self.end - self.start) * frac_done,
+                       f"Registration: {self.label} (level {level + 1}/{self.levels})")
+            except CancelledError as exc:
+                self.cancelled = exc
+                reg.StopRegistration()
+
+        reg.AddCommand(sitk.sitkIterationEvent, on_iteration)
+        return reg
+
+    def run(self, reg: sitk.ImageRegistrationMethod) -> tuple[sitk.Transform, dict]:
+        try:
+            out = reg.Execute(self.fixed, self.moving)
+        except RuntimeError as exc:
+            text = str(exc)
+            if "outside" in text.lower() or "samples" in text.lower():
+                raise InputError(f"Registration ({self.label}): the follow-up and the pre-treatment scan do not "
+                                 f"overlap enough (too few metric samples inside both images). Check that the "
+                                 f"follow-up covers the liver and belongs to this patient.") from exc
+            raise
+        if self.cancelled is not None:
+            raise self.cancelled
+        info = {"metric": self.metric, "final_metric": round(float(reg.GetMetricValue()), 5),
+                "iterations": int(self.iterations),
+                "stop": reg.GetOptimizerStopConditionDescription()[:200]}
+        return out, info
+
+
+def _evaluate_mi(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, mask: sitk.Image | None,
+                 seed: int, threads: int | None) -> float:
+    reg = sitk.ImageRegistrationMethod()
+    if threads:
+        reg.SetNumberOfThreads(int(threads))
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=MI_BINS)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    n_total = float(np.prod(fixed.GetSize()))
+    frac = _count(mask) / n_total if mask is not None else 1.0
+    reg.SetMetricSamplingPercentage(float(min(1.0, 4 * SAMPLES_PER_LEVEL / max(frac * n_total, 1.0))), seed)
+    if mask is not None:
+        reg.SetMetricFixedMask(mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    # the transform goes in as the moving-initial transform (ITK refuses a dense field as the optimised transform
+    # unless the virtual domain is the field's grid)
+    reg.SetMovingInitialTransform(transform)
+    reg.SetInitialTransform(sitk.TranslationTransform(3), inPlace=False)
+    return round(float(reg.MetricEvaluate(fixed, moving)), 5)
+
+
+def _threads(threads: int | None) -> int | None:
+    if threads is None and os.environ.get("HCCTWIN_NUM_THREADS"):
+        threads = int(os.environ["HCCTWIN_NUM_THREADS"])
+    return threads
+
+
+def register_followup(fixed, moving_phases: dict[str, np.ndarray], moving_geometry: Geometry,
+                      moving_labels: np.ndarray | None = None, *, deformable: bool = True,
+                      liver_mask: np.ndarray | None = None, seed: int = DEFAULT_SEED, threads: int | None = None,
+                      working_spacing_mm: float = WORKING_SPACING_MM, progress: ProgressCallback | None = None
+                      ) -> RegistrationResult:
+    """Register a follow-up scan (``moving_*``) to the pre-treatment scan ``fixed`` and resample it onto its grid.
+
+    ``fixed`` is the pre-treatment :class:`~HCCTwinLib.cases.Case` or ``(phases, geometry[, labels])``. The liver
+    mask (fixed grid) defaults to the fixed labels > 0; without any, the deformable stage is skipped (noted).
+    Raises :class:`~HCCTwinLib.errors.InputError` for empty or inconsistent inputs, an empty mask, or images that do
+    not overlap; :class:`~HCCTwinLib.errors.CancelledError` when ``progress`` cancels. Inputs are not modified.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    threads = _threads(threads)
+    f_phases, f_geom, f_labels = _unpack_fixed(fixed)
+    f_phases = _check_phases("pre-treatment scan", f_phases, f_geom)
+    f_labels = _check_labels("pre-treatment scan", f_labels, f_geom)
+    m_phases = _check_phases("follow-up scan", moving_phases, moving_geometry)
+    m_labels = _check_labels("follow-up scan", moving_labels, moving_geometry)
+    if liver_mask is not None:
+        liver_mask = np.asarray(liver_mask)
+        if tuple(liver_mask.shape) != f_geom.shape:
+            raise InputError(f"liver mask: shape {liver_mask.shape} differs from the pre-treatment grid "
+                             f"{f_geom.shape}; give it on the pre-treatment grid.")
+        if not liver_mask.any():
+            raise InputError("liver mask: the mask is empty; give the liver segmentation of the pre-treatment scan "
+                             "(or leave it out to use the labels).")
+    elif f_labels is not None:
+        liver_mask = f_labels > 0
+    f_name, m_name = _drive_phases(f_phases, m_phases)
+    report(progress, 0.0, f"Registration: preparing ({f_name} -> {m_name} phase)")
+
+    t0 = time.perf_counter()
+    fixed_w, f_body = _working(f_phases[f_name], f_geom, working_spacing_mm)
+    moving_w, m_body = _working(m_phases[m_name], moving_geometry, working_spacing_mm)
+    liver_w = _mask_on(fixed_w, liver_mask, f_geom) if liver_mask is not None else None
+    if liver_w is not None and _count(liver_w) == 0:
+        liver_w = _mask_on(fixed_w, sitk.GetArrayFromImage(_dilate(_image(liver_mask.astype(np.uint8), f_geom,
+                                                                                np.uint8), 1.0)), f_geom)
+    if f_body is not None and _count(f_body) < 0.01 * np.prod(fixed_w.GetSize()):
+        f_body = None
+    rigid_mask = f_body
+    affine_mask = _dilate(liver_w, AFFINE_MARGIN_MM) if liver_w is not None and _count(liver_w) else f_body
+    deform_mask = _dilate(liver_w, DEFORMABLE_MARGIN_MM) if liver_w is not None and _count(liver_w) else None
+    if deform_mask is not None and f_labels is not None and (f_labels >= 2).any():
+        # tumours change between the scans (that change is what is compared): keep them, and a margin around them,
+        # out of the deformable metric so the deformation cannot explain the response away
+        tumour_w = _dilate(_mask_on(fixed_w, f_labels >= 2, f_geom), TUMOUR_MARGIN_MM)
+        kept = sitk.And(deform_mask, sitk.Not(tumour_w))
+        if _count(kept) >= 0.3 * _count(deform_mask):
+            deform_mask = kept
+    if liver_w is not None and _count(liver_w):
+        region = liver_w
+    elif f_body is not None:
+        region = f_body
+    else:
+        region = sitk.Cast(fixed_w * 0 + 1, sitk.sitkUInt8)
+    centre = _centroid(region)
+    timings["prepare"] = time.perf_counter() - t0
+
+    # --- initial alignment: physical identity or body centres of mass, whichever matches better -------------------
+    t0 = time.perf_counter()
+    points = _mask_points(region)
+    candidates = {"identity": (0.0, 0.0, 0.0)}
+    if f_body is not None and m_body is not None and _count(m_body):
+        candidates["centre_of_mass"] = tuple(np.subtract(_centroid(m_body), _centroid(f_body)))
+    else:
+        candidates["centre_of_grid"] = tuple(np.subtract(_grid_centre(moving_w), _grid_centre(fixed_w)))
+    scored = {}
+    for name, shift in candidates.items():
+        tx = sitk.Euler3DTransform()
+        tx.SetCenter(centre)
+        tx.SetTranslation(shift)
+        cov = _coverage(tx, points, moving_w)
+        if cov >= MIN_COVERAGE:
+            scored[name] = (_evaluate_mi(fixed_w, moving_w, tx, rigid_mask, seed, threads), cov, tx)
+    if not scored:
+        raise InputError("Registration: the follow-up does not cover the pre-treatment liver (less than "
+                         f"{100 * MIN_COVERAGE:.0f}% of it falls inside the follow-up image, with the scans' own "
+                         "coordinates or centred on each other). Check that the follow-up shows the liver and "
+                         "belongs to this patient.")
+    init_name = min(scored, key=lambda k: (np.nan_to_num(scored[k][0], nan=0.0), k))
+    initial = scored[init_name][2]
+    metrics: dict[str, Any] = {"drive_phases": [f_name, m_name], "initialisation": init_name,
+                               "working_grid": {"fixed_size_xyz": list(fixed_w.GetSize()),
+                                                "spacing_mm": [round(s, 3) for s in fixed_w.GetSpacing()]}}
+    mi_mask = affine_mask
+    mi_eval = {"identity": _evaluate_mi(fixed_w, moving_w, sitk.Transform(3, sitk.sitkIdentity), mi_mask, seed,
+                                        threads),
+               "initial": _evaluate_mi(fixed_w, moving_w, initial, mi_mask, seed, threads)}
+    overlap: dict[str, Any] = {}
+    m_labels_w = None
+    if f_labels is not None and m_labels is not None:
+        f_lab_w = sitk.GetArrayFromImage(sitk.Resample(_image(f_labels, f_geom, np.uint8), fixed_w, sitk.Transform(),
+                                                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+        m_labels_w = _image(m_labels, moving_geometry, np.uint8)
+
+        def overlap_at(tx: sitk.Transform) -> dict:
+            moved = sitk.GetArrayFromImage(sitk.Resample(m_labels_w, fixed_w, tx, sitk.sitkNearestNeighbor, 0,
+                                                         sitk.sitkUInt8))
+            return {"liver_dice": _dice(f_lab_w > 0, moved > 0),
+                    "tumour_dice": _dice(f_lab_w >= 2, moved >= 2)}
+
+        overlap["identity"] = overlap_at(sitk.Transform(3, sitk.sitkIdentity))
+        overlap["initial"] = overlap_at(initial)
+    timings["initialise"] = time.perf_counter() - t0
+
+    # --- rigid -------------------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    stage = _Stage(fixed_w, moving_w, rigid_mask, seed, threads, progress, 0.05, 0.35, "rigid")
+    reg = stage.method([4, 2, 1], [2.0, 1.0, 0.0])
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=150,
+                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetInitialTransform(sitk.Euler3DTransform(initial), inPlace=False)
+    rigid_out, info = stage.run(reg)
+    rigid = _last_of(rigid_out, sitk.Euler3DTransform)
+    info["mi_eval"] = _evaluate_mi(fixed_w, moving_w, rigid, mi_mask, seed, threads)
+    if info["mi_eval"] > mi_eval["initial"] + 1e-4:
+        notes.append("rigid stage reverted: it did not improve the similarity")
+        rigid = sitk.Euler3DTransform(initial)
+        info["mi_eval"], info["reverted"] = mi_eval["initial"], True
+    metrics["rigid"] = info
+    stage_tx: dict[str, sitk.Transform] = {"rigid": rigid}
+    if overlap:
+        overlap["rigid"] = overlap_at(rigid)
+    timings["rigid"] = time.perf_counter() - t0
+
+    # --- affine ------------------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    stage = _Stage(fixed_w, moving_w, affine_mask, seed, threads, progress, 0.35, 0.55, "affine")
+    reg = stage.method([2, 1], [1.0, 0.0])
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=100,
+                                                 relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    affine0 = sitk.AffineTransform(3)
+    affine0.SetCenter(centre)
+    reg.SetMovingInitialTransform(rigid)
+    reg.SetInitialTransform(affine0, inPlace=False)
+    affine_out, info = stage.run(reg)
+    affine = _last_of(affine_out, sitk.AffineTransform)
+    info["mi_eval"] = _evaluate_mi(fixed_w, moving_w, sitk.CompositeTransform([rigid, affine]), mi_mask, seed,
+                                   threads)
+    if info["mi_eval"] > metrics["rigid"]["mi_eval"] + 1e-4:
+        notes.append("affine stage reverted: it did not improve the similarity in the liver region")
+        affine = affine0
+        info["mi_eval"], info["reverted"] = metrics["rigid"]["mi_eval"], True
+    metrics["affine"] = info
+    stage_tx["affine"] = affine
+    linear = sitk.CompositeTransform([rigid, affine])
+    if overlap:
+        overlap["affine"] = overlap_at(linear)
+    timings["affine"] = time.perf_counter() - t0
+
+    # --- deformable (B-spline on the liver region, then a tapered dense field) --------------------------------------
+    final = linear
+    if deformable and deform_mask is None:
+        notes.append("deformable stage skipped: no liver mask (give the pre-treatment labels or a liver mask)")
+    elif deformable:
+        t0 = time.perf_counter()
+        both_ct = _is_ct(f_phases[f_name]) and _is_ct(m_phases[m_name])
+        metric = "correlation" if both_ct else f"mattes{MI_BINS // 2}"
+        stage = _Stage(fixed_w, moving_w, deform_mask, seed, threads, progress, 0.55, 0.85, "deformable")
+        reg = stage.method([2, 1], [1.0, 0.0], metric, BSPLINE_SAMPLES)
+        domain = _bbox_image(fixed_w, deform_mask, DEFORMABLE_MARGIN_MM)
+        extent = np.asarray(domain.GetSize()) * np.asarray(domain.GetSpacing())
+        mesh = [max(1, int(round(e / BSPLINE_SPACING_MM))) for e in extent]
+        bspline0 = sitk.BSplineTransformInitializer(domain, mesh, 3)
+        reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=BSPLINE_ITERATIONS,
+                                 maximumNumberOfCorrections=5,
+                                 maximumNumberOfFunctionEvaluations=2 * BSPLINE_ITERATIONS,
+                                 costFunctionConvergenceFactor=1e7)
+        reg.SetMovingInitialTransform(linear)
+        reg.SetInitialTransform(bspline0, inPlace=False)
+        bspline_out, info = stage.run(reg)
+        info["control_points"] = int(bspline0.GetNumberOfParameters() // 3)
+        bspline = _last_of(bspline_out, sitk.BSplineTransform)
+        # dense field on the working grid, faded to zero within DEFORMABLE_MARGIN_MM outside the liver region
+        field_img = sitk.TransformToDisplacementField(bspline, sitk.sitkVectorFloat64, fixed_w.GetSize(),
+                                                      fixed_w.GetOrigin(), fixed_w.GetSpacing(),
+                                                      fixed_w.GetDirection())
+        distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(deform_mask, insideIsPositive=False,
+                                                                        squaredDistance=False,
+                                                                        useImageSpacing=True))
+        weight = np.clip(1.0 - distance / DEFORMABLE_MARGIN_MM, 0.0, 1.0)
+        disp = sitk.GetArrayFromImage(field_img) * weight[..., None]
+        field_img = sitk.GetImageFromArray(disp, isVector=True)
+        field_img.CopyInformation(fixed_w)
+        jac = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field_img))
+        info["jacobian_min"] = round(float(jac.min()), 4)
+        info["max_displacement_mm"] = round(float(np.linalg.norm(disp, axis=-1).max()), 3)
+        field_tx = sitk.DisplacementFieldTransform(field_img)
+        candidate = sitk.CompositeTransform([rigid, affine, field_tx])
+        info["mi_eval"] = _evaluate_mi(fixed_w, moving_w, candidate, mi_mask, seed, threads)
+        if info["mi_eval"] > metrics["affine"]["mi_eval"] + 2e-3:
+            notes.append("deformable stage reverted: it did not improve the similarity in the liver")
+            info["reverted"] = True
+        elif info["jacobian_min"] <= MIN_JACOBIAN:
+            notes.append(f"deformable stage reverted: the deformation folds (Jacobian {info['jacobian_min']:.2f})")
+            info["reverted"] = True
+        if info.get("reverted"):
+            stage_tx["deformable"] = sitk.Transform(3, sitk.sitkIdentity)
+            info["mi_eval"] = metrics["affine"]["mi_eval"]
+        else:
+            stage_tx["deformable"] = field_tx
+            final = candidate
+        metrics["deformable"] = info
+        if overlap:
+            overlap["deformable"] = overlap_at(final)
+        timings["deformable"] = time.perf_counter() - t0
+    metrics["mi_eval"] = {**mi_eval, **{s: metrics[s]["mi_eval"] for s in STAGES if s in metrics}}
+
+    # --- resample every phase (and the labels) at full resolution ---------------------------------------------------
+    t0 = time.perf_counter()
+    report(progress, 0.9, "Registration: resampling the follow-up onto the pre-treatment grid")
+    resampling = final
+    reference = f_geom.apply_to(sitk.Image(list(f_geom.size_xyz), sitk.sitkUInt8))
+    out_phases = {}
+    for name, arr in m_phases.items():
+        img = _image(arr, moving_geometry)
+        default = -1000.0 if _is_ct(arr) else float(np.min(arr))
+        out_phases[name] = sitk.GetArrayFromImage(sitk.Resample(img, reference, resampling, sitk.sitkLinear,
+                                                                default, sitk.sitkFloat32))
+    out_labels = None
+    if m_labels is not None:
+        out_labels = sitk.GetArrayFromImage(sitk.Resample(_image(m_labels, moving_geometry, np.uint8), reference,
+                                                          resampling, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+        if f_labels is not None:
+            overlap["final"] = {"liver_dice": _dice(f_labels > 0, out_labels > 0),
+                                "tumour_dice": _dice(f_labels >= 2, out_labels >= 2)}
+    if overlap:
+        metrics["overlap"] = overlap
+    coverage = _coverage(final, points, moving_w)
+    metrics["coverage"] = round(coverage, 4)
+    if coverage < MIN_COVERAGE:
+        raise InputError(f"Registration: after alignment only {100 * coverage:.0f}% of the pre-treatment liver lies "
+                         f"inside the follow-up image; the scans do not overlap enough. Check that the follow-up "
+                         f"covers the liver.")
+    timings["resample"] = time.perf_counter() - t0
+    report(progress, 1.0, "Registration: done")
+    return RegistrationResult(phases=out_phases, labels=out_labels, geometry=f_geom, transform=final,
+                              stage_transforms=stage_tx, metrics=metrics, timings=timings,
+                              wall_time_s=time.perf_counter() - t_start, notes=notes,
+                              initial_transform=sitk.Euler3DTransform(initial))
+
+
+def _bbox_image(image: sitk.Image, mask: sitk.Image, margin_mm: float) -> sitk.Image:
+    """The part of ``image`` covering the bounding box of ``mask`` plus ``margin_mm`` (the B-spline's domain)."""
+    idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1]
+    pad = np.ceil(margin_mm / np.asarray(image.GetSpacing())).astype(int)
+    lo = np.maximum(idx.min(axis=0) - pad, 0)
+    hi = np.minimum(idx.max(axis=0) + pad + 1, np.asarray(image.GetSize()))
+    return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
+
+
+def _grid_centre(image: sitk.Image) -> tuple[float, float, float]:
+    return image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in image.GetSize()])
+
+
+def _last_of(transform: sitk.Transform, kind):
+    """The optimised transform out of what ``Execute`` returns (a composite when a moving initial was set)."""
+    if transform.GetName() == "CompositeTransform":
+        comp = sitk.CompositeTransform(transform)
+        transform = comp.GetNthTransform(comp.GetNumberOfTransforms() - 1)
+    return kind(transform)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# simulated misalignment and target-registration error
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Misalignment:
+    """A case moved by a known transform onto a new grid, with landmark pairs for the TRE.
+
+    ``transform`` maps a point of the moved (moving) image to the original (fixed) image's physical space: it is what
+    produced the moved images by resampling. ``landmarks_fixed`` (N x 3, LPS mm) are lesion centroids and points
+    inside the liver of the original; ``landmarks_moving`` their exact positions in the moved image.
+    """
+
+    phases: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    geometry: Geometry
+    transform: sitk.Transform
+    landmarks_fixed: np.ndarray
+    landmarks_moving: np.ndarray
+    landmark_kinds: list[str]
+    parameters: dict[str, Any]
+
+    def tre(self, transform: sitk.Transform | None = None) -> np.ndarray:
+        """Target-registration error (mm) per landmark of a fixed->moving ``transform`` (None: physical identity)."""
+        if transform is None:
+            mapped = self.landmarks_fixed
+        else:
+            mapped = np.array([transform.TransformPoint(tuple(map(float, p))) for p in self.landmarks_fixed])
+        return np.linalg.norm(mapped - self.landmarks_moving, axis=1)
+
+
+def _rotation_matrix(axis: np.ndarray, angle: float) -> np.ndarray:
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def simulate_misalignment(source, geometry: Geometry | None = None, seed: int = 0, *,
+                          labels: np.ndarray | None = None, landmark_labels: np.ndarray | None = None,
+                          max_rotation_deg: float = 8.0, max_translation_mm: float = 15.0,
+                          deformation_mm: float = 6.0, max_scale: float = 0.04, n_liver_points: int = 20,
+                          spacing_jitter: float = 0.05) -> Misalignment:
+    """Move a case (a :class:`Case`, or a phases dict with ``geometry`` and optional ``labels``) by a known transform.
+
+    Drawn with ``seed``: a rotation about the liver centre (random axis, angle 0.5-1 x ``max_rotation_deg``), a
+    translation (0.5-1 x ``max_translation_mm``), per-axis scaling (1 +- ``max_scale``) and a smooth local deformation
+    (three Gaussian bumps of 25-40 mm width centred in the liver, peak 0.6-1 x ``deformation_mm``); the result lies on
+    a new grid (spacing jittered by +-``spacing_jitter``, origin shifted by a fraction of a voxel). Landmarks: the
+    centroid of every tumour component of ``landmark_labels`` (default the labels) and ``n_liver_points`` random liver
+    voxels. The inputs are not modified.
+    """
+    if isinstance(source, Case):
+        phases, geometry, labels = source.phases, source.geometry, source.labels if labels is None else labels
+    else:
+        phases = source
+    phases = _check_phases("simulate_misalignment", phases, geometry)
+    labels = _check_labels("simulate_misalignment", labels, geometry)
+    lm_labels = labels if landmark_labels is None else _check_labels("landmarks", landmark_labels, geometry)
+    rng = np.random.default_rng(seed)
+    m = geometry.ijk_to_lps()
+
+    def to_lps(ijk: np.ndarray) -> np.ndarray:
+        return (m @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
+
+    if lm_labels is not None and (lm_labels > 0).any():
+        liver_ijk = np.argwhere(lm_labels > 0)[:, ::-1].astype(float)
+    else:  # central third of the volume
+        shape = np.asarray(geometry.size_xyz)
+        liver_ijk = np.argwhere(np.ones(tuple(np.maximum(shape[::-1] // 3, 1)), bool))[:, ::-1] + shape // 3
+    centre = to_lps(liver_ijk.mean(axis=0, keepdims=True))[0]
+
+    angle = np.deg2rad(max_rotation_deg) * rng.uniform(0.5, 1.0)
+    rot = _rotation_matrix(rng.normal(size=3), angle)
+    direction = rng.normal(size=3)
+    shift = direction / np.linalg.norm(direction) * max_translation_mm * rng.uniform(0.5, 1.0)
+    scale = 1.0 + rng.uniform(-max_scale, max_scale, size=3)
+    rigid = sitk.Euler3DTransform()
+    rigid.SetCenter(tuple(centre))
+    rigid.SetMatrix(tuple(rot.ravel()))
+    rigid.SetTranslation(tuple(shift))
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(tuple(centre))
+    affine.SetMatrix(tuple(np.diag(scale).ravel()))
+    linear = sitk.CompositeTransform([rigid, affine])  # y -> rigid(affine(y))
+    lin_m = rot @ np.diag(scale)
+    lin_b = np.asarray(linear.TransformPoint((0.0, 0.0, 0.0)))
+    lin_inv = np.linalg.inv(lin_m)
+
+    # new grid for the moved image
+    spacing = np.asarray(geometry.spacing) * (1 + rng.uniform(-spacing_jitter, spacing_jitter, size=3))
+    size_xyz = np.maximum(np.round(np.asarray(geometry.size_xyz) * np.asarray(geometry.spacing) / spacing), 4)
+    origin = np.asarray(geometry.origin) + geometry.direction_matrix @ (rng.uniform(-0.5, 0.5, size=3) * spacing)
+    new_geom = Geometry(shape=tuple(int(s) for s in size_xyz[::-1]), spacing=tuple(spacing), origin=tuple(origin),
+                        direction=geometry.direction)
+
+    bumps = []
+    transforms: list[sitk.Transform] = [rigid, affine]
+    if deformation_mm > 0:
+        picks = liver_ijk[rng.choice(len(liver_ijk), size=3, replace=len(liver_ijk) < 3)]
+        centres_moving = (lin_inv @ (to_lps(picks) - lin_b).T).T
+        for c in centres_moving:
+            v = rng.normal(size=3)
+            v = v / np.linalg.norm(v) * deformation_mm * rng.uniform(0.6, 1.0)
+            bumps.append((c, v, rng.uniform(25.0, 40.0)))
+        step = np.full(3, 6.0)
+        lo, hi = new_geom.physical_extent_lps()
+        lo, hi = lo - 20.0, hi + 20.0
+        n = np.ceil((hi - lo) / step).astype(int) + 1
+        grid = np.stack(np.meshgrid(*[lo[a] + step[a] * np.arange(n[a]) for a in range(3)], indexing="ij"), -1)
+        disp = np.zeros_like(grid)
+        for c, v, sigma in bumps:
+            w = np.exp(-np.sum((grid - c) ** 2, axis=-1) / (2 * sigma ** 2))
+            disp += w[..., None] * v
+        field_img = sitk.GetImageFromArray(np.ascontiguousarray(disp.transpose(2, 1, 0, 3)), isVector=True)
+        field_img.SetOrigin(tuple(lo))
+        field_img.SetSpacing(tuple(step))
+        transforms.append(sitk.DisplacementFieldTransform(sitk.Cast(field_img, sitk.sitkVectorFloat64)))
+    truth = sitk.CompositeTransform(transforms)  # y -> rigid(affine(y + d(y)))
+
+    reference = new_geom.apply_to(sitk.Image(list(new_geom.size_xyz), sitk.sitkUInt8))
+    moved = {}
+    for name, arr in phases.items():
+        default = -1000.0 if _is_ct(arr) else float(np.min(arr))
+        moved[name] = sitk.GetArrayFromImage(sitk.Resample(_image(arr, geometry), reference, truth, sitk.sitkLinear,
+                                                           default, sitk.sitkFloat32))
+    moved_labels = None
+    if labels is not None:
+        moved_labels = sitk.GetArrayFromImage(sitk.Resample(_image(labels, geometry, np.uint8), reference, truth,
+                                                            sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+
+    # landmarks: tumour centroids + random liver points, and their exact positions in the moved image
+    kinds, pts = [], []
+    if lm_labels is not None and (lm_labels >= 2).any():
+        cc = sitk.ConnectedComponent(_image((lm_labels >= 2).astype(np.uint8), geometry, np.uint8))
+        stats = sitk.LabelShapeStatisticsImageFilter()
+        stats.Execute(cc)
+        for lab in stats.GetLabels():
+            if stats.GetNumberOfPixels(lab) >= 3:
+                pts.append(stats.GetCentroid(lab))
+                kinds.append("lesion")
+    picks = liver_ijk[rng.choice(len(liver_ijk), size=min(n_liver_points, len(liver_ijk)), replace=False)]
+    picks = picks + rng.uniform(-0.5, 0.5, size=picks.shape)
+    pts.extend(map(tuple, to_lps(picks)))
+    kinds.extend(["liver"] * len(picks))
+    fixed_pts = np.asarray(pts, dtype=float)
+    moving_pts = (lin_inv @ (fixed_pts - lin_b).T).T
+    for _ in range(50):
+        mapped = np.array([truth.TransformPoint(tuple(p)) for p in moving_pts])
+        resid = fixed_pts - mapped
+        moving_pts = moving_pts + (lin_inv @ resid.T).T
+        if np.abs(resid).max() < 1e-4:
+            break
+    params = {"seed": int(seed), "rotation_deg": round(float(np.rad2deg(angle)), 3),
+              "translation_mm": [round(float(x), 3) for x in shift], "scale": [round(float(x), 4) for x in scale],
+              "deformation_peaks_mm": [round(float(np.linalg.norm(v)), 3) for _, v, _ in bumps],
+              "deformation_sigmas_mm": [round(float(s), 2) for _, _, s in bumps],
+              "inversion_residual_mm": float(np.abs(resid).max())}
+    return Misalignment(phases=moved, labels=moved_labels, geometry=new_geom, transform=truth,
+                        landmarks_fixed=fixed_pts, landmarks_moving=moving_pts, landmark_kinds=kinds,
+                        parameters=params)
+
+
+def tre_summary(distances_mm: np.ndarray) -> dict[str, float]:
+    """Mean, median, 95th percentile and maximum of target-registration errors (mm)."""
+    d = np.asarray(distances_mm, dtype=float)
+    return {"mean": round(float(d.mean()), 3), "median": round(float(np.median(d)), 3),
+            "p95": round(float(np.percentile(d, 95)), 3), "max": round(float(d.max()), 3), "n": int(d.size)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command (hcctwin register)
+# ----------------------------------------------------------------------------------------------------------------
+
+def run_register_command(fixed_dir, moving_dir, out_dir, deformable: bool = True,
+                         progress: ProgressCallback | None = None) -> dict:
+    """``hcctwin register``: register the follow-up in ``moving_dir`` to the pre-treatment scan in ``fixed_dir``.
+
+    Both folders hold ``arterial`` / ``portal`` (and optionally ``labels``) as NIfTI/NRRD files or DICOM series
+    folders (the cohort layout's ``pre/`` and ``followup/wNN/``). Writes into ``out_dir``: every registered phase and
+    the labels (``<phase>.nii.gz``, ``labels.nii.gz``) on the pre-treatment grid, ``transform.h5`` (fixed -> moving,
+    ITK convention; loads in 3D Slicer) and ``registration.json`` (metrics, timings). The input folders are only read;
+    ``out_dir`` must be neither of them. Returns the summary that ``registration.json`` holds.
+    """
+    from .io import load_case, write_image
+
+    fixed_dir, moving_dir, out_dir = Path(fixed_dir), Path(moving_dir), Path(out_dir)
+    for d in (fixed_dir, moving_dir):
+        if out_dir.resolve() == d.resolve():
+            raise InputError(f"{out_dir}: the output folder is an input folder; its images would be overwritten. "
+                             f"Give another --out folder.")
+    fixed = load_case(fixed_dir, patient_id=fixed_dir.resolve().parent.name or "fixed")
+    moving = load_case(moving_dir, patient_id="followup")
+    result = register_followup(fixed, moving.phases, moving.geometry, moving.labels, deformable=deformable,
+                               progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {name: str(write_image(arr, result.geometry, out_dir / f"{name}.nii.gz"))
+               for name, arr in result.phases.items()}
+    if result.labels is not None:
+        written["labels"] = str(write_image(result.labels, result.geometry, out_dir / "labels.nii.gz", labels=True))
+    sitk.WriteTransform(result.transform, str(out_dir / "transform.h5"))
+    written["transform"] = str(out_dir / "transform.h5")
+    summary = {"fixed": str(fixed_dir), "moving": str(moving_dir), "deformable": bool(deformable),
+               **result.summary(), "files": written}
+    from .jsonutil import jsonable
+
+    (out_dir / "registration.json").write_text(json.dumps(jsonable(summary), indent=2))
+    return summary
+
+
+__all__ = ["RegistrationResult", "Misalignment", "register_followup", "simulate_misalignment", "tre_summary",
+           "run_register_command"]

@@ -441,19 +441,20 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
         patientId = (portalNode or arterialNode).GetName() if (portalNode or arterialNode) else "case"
         return assemble_case(patientId, images, labels, clinical or {})
 
-    def followupFromNode(self, followupNode, weeks: int, case):
-        """A real follow-up volume node -> FollowUp on the pre-treatment grid (resampled in physical space; the
-        follow-up is shown in the portal-venous role)."""
+    def followupFromNode(self, followupNode, weeks: int, case, regimen: str | None = None, deformable: bool = True):
+        """A real follow-up volume node -> ObservedScan on its own grid (shown in the portal-venous role). The
+        pipeline registers it to the pre-treatment scan (rigid + affine, then deformable inside the liver) on the
+        worker thread, so the Qt thread is never blocked by the registration."""
         if followupNode is None:
             return None
-        from HCCTwinLib.io import resample_to, to_sitk, validate_image
-        from HCCTwinLib.pipeline import FollowUp
+        from HCCTwinLib.io import to_sitk, validate_image
+        from HCCTwinLib.pipeline import ObservedScan
         from HCCTwinLib.scene.nodes import array_and_geometry_from_volume
 
         array, geometry = array_and_geometry_from_volume(followupNode)
         array, geometry = validate_image(to_sitk(array, geometry), followupNode.GetName())
-        array = resample_to(array, geometry, case.geometry)
-        return FollowUp(weeks=int(weeks), phases={"portal": array}, kind="observed")
+        return ObservedScan(weeks=int(weeks), phases={"portal": array}, geometry=geometry, regimen=regimen,
+                            deformable=deformable)
 
     @staticmethod
     def options(samples: int = 4, seed: int = 0, device: str = "auto"):

@@ -139,7 +139,7 @@ def cmd_segment(args) -> int:
 
 def cmd_predict(args) -> int:
     from .io import load_case
-    from .pipeline import FollowUp, PipelineOptions, run_case, save_result
+    from .pipeline import ObservedScan, PipelineOptions, run_case, save_result
 
     clinical = read_clinical_row(args.clinical, args.patient) if args.clinical else {}
     paths = {k: v for k, v in (("arterial", args.arterial), ("portal", args.portal)) if v}
@@ -147,18 +147,14 @@ def cmd_predict(args) -> int:
                      clinical=clinical)
     real = None
     if args.followup:
-        fu_case = load_case(args.followup)
-        if fu_case.geometry.shape != case.geometry.shape:
-            from .errors import InputError
-
-            raise InputError(f"the follow-up {args.followup} is on a different grid {fu_case.geometry.shape} than the "
-                             f"pre-treatment study {case.geometry.shape}: register it first (hcctwin register).")
         if args.followup_weeks is None:
             from .errors import InputError
 
             raise InputError("--followup needs --followup-weeks (weeks since the start of treatment).")
-        real = FollowUp(weeks=args.followup_weeks, phases=dict(fu_case.phases), labels=fu_case.labels,
-                        kind="observed", regimen=args.followup_regimen)
+        fu_case = load_case(args.followup)
+        real = ObservedScan(weeks=args.followup_weeks, phases=dict(fu_case.phases), geometry=fu_case.geometry,
+                            labels=fu_case.labels, regimen=args.followup_regimen,
+                            deformable=not args.no_deformable)
     options = PipelineOptions(device=args.device, samples=args.samples, seed=args.seed,
                               segmentation_weights=args.segmentation_weights,
                               generator_weights=args.generator_weights, survival_model=args.survival_model,
@@ -183,6 +179,30 @@ def cmd_predict(args) -> int:
         shown = deidentify_summary({**shown, "patient_id": result.case.patient_id})
     print(json.dumps(shown, indent=2, default=str))
     print(DISCLAIMER)
+    return 0
+
+
+def cmd_register(args) -> int:
+    from .registration import run_register_command
+
+    summary = run_register_command(args.fixed, args.moving, args.out, deformable=not args.no_deformable,
+                                   progress=ProgressBar())
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import run_evaluate_command
+    from .pipeline import PipelineOptions
+
+    metrics = run_evaluate_command(args.cohort, args.out, max_cases=args.max_cases, images=not args.no_images,
+                                   options=PipelineOptions(device=args.device, samples=args.samples, seed=args.seed),
+                                   progress=ProgressBar())
+    surv = metrics.get("survival", {})
+    summary = {"metrics_json": str(Path(args.out) / "metrics.json"), "notes": metrics["notes"]}
+    if "os" in surv:
+        summary["os_harrell_c"] = surv["os"]["model"]["harrell_c"]
+    print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
@@ -302,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4, help="generator samples per request (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--followup", help="a real follow-up folder already registered to the pre-treatment grid")
+    p.add_argument("--followup", help="a real follow-up folder (registered to the pre-treatment scan first)")
+    p.add_argument("--no-deformable", action="store_true", help="real follow-up: rigid + affine registration only")
     p.add_argument("--followup-weeks", type=int, help="weeks of the real follow-up since the start of treatment")
     p.add_argument("--followup-regimen", help="regimen the patient received (for the real follow-up)")
     p.add_argument("--segmentation-weights", help="segmentation model file (default: installed)")
@@ -312,6 +333,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deidentify", action="store_true", help="result.json and report without patient name or ID")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("register", help="register a real follow-up to the pre-treatment scan (rigid, affine, "
+                                        "deformable in the liver)")
+    p.add_argument("--fixed", required=True, help="pre-treatment folder (arterial/portal[/labels])")
+    p.add_argument("--moving", required=True, help="follow-up folder")
+    p.add_argument("--out", required=True, help="output folder (registered images, transform.h5, registration.json)")
+    p.add_argument("--no-deformable", action="store_true", help="rigid + affine only")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("evaluate", help="measure the installed models on a cohort (writes OUT/metrics.json)")
+    p.add_argument("--cohort", required=True, help="cohort folder (clinical.csv + cases/)")
+    p.add_argument("--out", required=True, help="output folder for metrics.json")
+    p.add_argument("--max-cases", type=int, default=20, help="patients for the image models (default 20)")
+    p.add_argument("--no-images", action="store_true", help="survival from the clinical table only")
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="tumor-board report (HTML + PDF) from a result.json")
     p.add_argument("--result", required=True, help="result.json or the folder holding it")

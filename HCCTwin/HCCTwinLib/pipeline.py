@@ -42,6 +42,19 @@ class FollowUp:
 
 
 @dataclass
+class ObservedScan:
+    """A real follow-up scan on its own grid (as acquired): :func:`run_case` registers it to the pre-treatment scan
+    (rigid + affine, then deformable inside the liver unless ``deformable`` is False) before anything uses it."""
+
+    weeks: int
+    phases: dict[str, np.ndarray]
+    geometry: Any
+    labels: np.ndarray | None = None
+    regimen: str | None = None
+    deformable: bool = True
+
+
+@dataclass
 class TwinResult:
     """Everything the scene, the report and the CLI need for one case."""
 
@@ -154,8 +167,10 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
         raise ValueError(f"unknown regimen(s) {unknown}; known: {', '.join(catalogue)}")
     if options.segmentation not in {"auto", "model", "given"}:
         raise ValueError(f"segmentation={options.segmentation!r}: expected auto, model or given")
-    result = TwinResult(case=case, regimens=list(regimens), weeks=[int(w) for w in weeks],
-                        real_followup=real_followup)
+    result = TwinResult(case=case, regimens=list(regimens), weeks=[int(w) for w in weeks])
+    if isinstance(real_followup, ObservedScan):
+        real_followup = register_observed(case, real_followup, result, progress=SubProgress(progress, 0.0, 0.05))
+    result.real_followup = real_followup
     if real_followup is not None:
         for name, arr in real_followup.phases.items():
             if arr.shape != case.geometry.shape:
@@ -223,6 +238,34 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     return result
 
 
+def register_observed(case: Case, scan: ObservedScan, result: TwinResult | None = None,
+                      progress: ProgressCallback | None = None) -> FollowUp:
+    """The real follow-up registered to the pre-treatment scan and resampled onto its grid (SimpleITK: rigid,
+    affine, then B-spline inside the liver). When the scan is already on the same grid it is used as is."""
+    from .registration import register_followup
+
+    t0 = time.perf_counter()
+    g = case.geometry
+    same = (tuple(scan.geometry.shape) == tuple(g.shape) and np.allclose(scan.geometry.spacing, g.spacing)
+            and np.allclose(scan.geometry.origin, g.origin) and np.allclose(scan.geometry.direction, g.direction))
+    if same:
+        follow = FollowUp(weeks=int(scan.weeks), phases=dict(scan.phases), labels=scan.labels, kind="observed",
+                          regimen=scan.regimen)
+        if result is not None:
+            result.provenance["real_followup"] = "on the pre-treatment grid already (not registered)"
+        return follow
+    report(progress, 0.0, "Registering the real follow-up to the pre-treatment scan")
+    reg = register_followup(case, scan.phases, scan.geometry, scan.labels, deformable=scan.deformable,
+                            progress=progress)
+    follow = reg.followup(scan.weeks, scan.regimen)
+    if result is not None:
+        stages = reg.summary()["stages"]
+        result.provenance["real_followup"] = f"registered to the pre-treatment scan ({' + '.join(stages)})"
+        result.notes.extend(f"Registration: {n}" for n in reg.notes)
+        result.timings["registration"] = time.perf_counter() - t0
+    return follow
+
+
 def read_responses(result: TwinResult) -> None:
     """RECIST 1.1 / mRECIST of every virtual trajectory (and the real follow-up) against the baseline labels, into
     ``result.readings`` (for the landmark models) and ``result.response`` (for the table and the report)."""
@@ -287,6 +330,14 @@ def update_survival(result: TwinResult, options: PipelineOptions | None = None,
         merged = dict(readings.get(real.regimen, {0: result.readings["observed"][0]}))
         merged.update({w: v for w, v in result.readings["observed"].items() if w > 0})
         readings[real.regimen], source[real.regimen] = merged, "observed"
+    from . import clinical as clinical_scores
+
+    for r in regimens:  # a regimen ticked after the run: its eligibility warnings too
+        if r not in result.eligibility:
+            try:
+                result.eligibility[r] = clinical_scores.eligibility_warnings(r, case.clinical)
+            except InputError as exc:
+                result.eligibility[r] = [str(exc)]
     eligible = [r for r in regimens if not result.eligibility.get(r)]
     try:
         result.survival = engine.predict(case.clinical, result.image_features or None, regimens,

@@ -165,7 +165,8 @@ def test_logic_report_and_bundle(app, module, tmp_path):
     assert logic.captureLayout(tmp_path / "layout.png") is None
     plain = logic.writeReport(tmp_path / "plain", deidentify=False)
     assert Path(plain["html"]).is_file() and Path(plain["pdf"]).is_file() and Path(plain["survival_png"]).is_file()
-    assert "Doe^Jane-4711" in Path(plain["html"]).read_text(encoding="utf-8") and (tmp_path / "plain" / "result.json").is_file()
+    assert "Doe^Jane-4711" in Path(plain["html"]).read_text(encoding="utf-8")
+    assert (tmp_path / "plain" / "result.json").is_file()
     anonymous = logic.writeReport(tmp_path / "anon", deidentify=True)
     html = Path(anonymous["html"]).read_text(encoding="utf-8")
     assert "Doe^Jane-4711" not in html and not (tmp_path / "anon" / "result.json").exists()

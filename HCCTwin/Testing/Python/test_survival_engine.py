@@ -174,6 +174,10 @@ def test_pipeline_survival_and_cheap_regimen_change(engine_file, monkeypatch):
     update_survival(result, options, ["tace_pd1_len", "pd1_tki"])
     assert set(result.survival["endpoints"]["os"]) == {"tace_pd1_len", "pd1_tki"}
     assert set(result.survival["recommendation"]["chosen_among"]) <= {"tace_pd1_len", "pd1_tki"}
+    # a regimen ticked after the run gets its eligibility warnings computed too
+    result.eligibility.pop("pd1_tki")
+    update_survival(result, options, ["pd1_tki", "haic_pd1_len"])
+    assert "pd1_tki" in result.eligibility and set(result.survival["endpoints"]["os"]) == {"pd1_tki", "haic_pd1_len"}
 
 
 def test_no_engine_is_a_note_not_an_error(tmp_path):
@@ -200,3 +204,23 @@ def test_cli_train_survival_and_predict(cohort, tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["patient_id"] == pid and set(result["survival"]["endpoints"]["os"]) == {"tace_pd1_len", "pd1_tki"}
     assert result["label_volumes_ml"]["liver"] > 0  # the cohort's labels were used
+
+
+def test_cli_evaluate_measures_the_installed_engine_without_refitting(cohort, engine_file, tmp_path, monkeypatch):
+    """`hcctwin evaluate` applies the installed engine to a cohort: C-index etc. in metrics.json, and a note (not a
+    failure) for every model that is not installed."""
+    _, path = engine_file
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for f in (path, path.with_suffix(".json")):
+        (weights / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv("HCCTWIN_WEIGHTS_DIR", str(weights))
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", "--cohort", str(cohort), "--out", str(out), "--max-cases", "2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    os_m = metrics["survival"]["os"]
+    assert 0.5 < os_m["model"]["harrell_c"] <= 1.0 and set(os_m["baselines"]) >= {"HAP", "BCLC"}
+    assert os_m["ibs"]["model"] < os_m["ibs"]["km_null"] + 0.05
+    assert "w08" in metrics["survival"]["landmark"]
+    assert any(n.startswith("segmentation:") for n in metrics["notes"])
+    assert any(n.startswith("generator:") for n in metrics["notes"])

@@ -65,8 +65,17 @@ def run_demo(out: str | Path, seed: int = DEFAULT_SEED, *, small: bool = False, 
                     labels=read_image(fu_dir / "labels.nii.gz", labels=True)[0])
     timings["load"] = time.perf_counter() - t0
 
+    # the demo segments with the installed network when there is one (the simulator's labels are the truth, kept
+    # for comparison); without one it uses the simulator's labels and says so
+    from .pipeline import PipelineOptions
+    from .segmentation.inference import default_weights_path as segmentation_weights
+
+    seg_mode = "model" if segmentation_weights().is_file() else "given"
     result = run_case(case, DEFAULT_REGIMENS, DEFAULT_WEEKS, real_followup=real,
-                      progress=SubProgress(progress, 0.2, 0.7))
+                      options=PipelineOptions(segmentation=seg_mode), progress=SubProgress(progress, 0.2, 0.7))
+    if seg_mode == "given":
+        result.notes.append("Segmentation: no segmentation network installed; the demo uses the simulator's label "
+                            "map of the default case.")
     result.timings.update(timings)
     outputs = {"case": str(case_dir), "result_json": str(out / "result.json")}
 

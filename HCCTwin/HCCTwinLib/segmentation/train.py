@@ -416,6 +416,9 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                              f"shift +-0.05, Gaussian noise (p=0.15, sd 0.02)"}
     start_epoch = int(state["epoch"])
     for epoch in range(start_epoch, epochs):
+        if time_budget_s and epoch > start_epoch and time.perf_counter() - t_start >= float(time_budget_s):
+            log(f"[segmentation training] time budget of {time_budget_s:.0f} s spent after epoch {epoch}")
+            break
         t0 = time.perf_counter()
         sampler.set_seed((seed * 100003 + epoch) % (2**32))
         model.train()

@@ -19,7 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Hyper-parameters of the shipped models (recorded in their model cards too).
+#: Hyper-parameters of the shipped models (recorded in their model cards too). The shipped segmentation weights came
+#: from two CPU runs (1 thread): first 3 epochs with these settings but no class weights and no time budget
+#: (``--epochs 3``, class_weights removed), then a new run from its checkpoint with these settings,
+#: ``--init-weights RUN1/checkpoint.safetensors --time-budget 3840 --threads 1`` (best epoch 7 selected).
 SEGMENTATION = {
     "epochs": 10, "batch_size": 2, "lr": 2e-3, "seed": 0, "max_cases": 80, "warmup_epochs": 0.1,
     "spacing_mm": (2.0, 2.0, 3.5), "patch_size": (32, 96, 96),

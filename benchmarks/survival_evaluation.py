@@ -32,6 +32,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
 
 from HCCTwinLib import DISCLAIMER  # noqa: E402
+from HCCTwinLib.jsonutil import jsonable  # noqa: E402
 from HCCTwinLib.survival import metrics as M  # noqa: E402
 from HCCTwinLib.survival.engine import (  # noqa: E402
     cohort_feature_table,
@@ -257,22 +258,6 @@ def _metastasis(engine, hold) -> dict[str, Any]:
 # Report
 # ----------------------------------------------------------------------------------------------------------------
 
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    return obj
-
-
 def _f(x, nd=3):
     return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
 
@@ -280,7 +265,8 @@ def _f(x, nd=3):
 def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     jpath, mpath = out_dir / "survival_evaluation.json", out_dir / "survival_evaluation.md"
-    jpath.write_text(json.dumps(_json_safe({k: v for k, v in res.items() if not k.startswith("_")}), indent=2))
+    public = {k: v for k, v in res.items() if not k.startswith("_")}
+    jpath.write_text(json.dumps(jsonable(public, finite=True), indent=2))
     o = res["os"]
     lines = ["# Survival engine evaluation (issue 6)", "", f"_{DISCLAIMER}_", "",
              f"Machine: {res.get('machine', platform.platform())}; date {res.get('date', time.strftime('%Y-%m-%d'))};"
@@ -373,7 +359,7 @@ def main(argv=None) -> int:
         training = {"cohort": Path(args.cohort).name, "n_patients": res["n_dev"],
                     "command": "python benchmarks/survival_evaluation.py " + " ".join(argv or sys.argv[1:]),
                     "notes": res["notes"], "regimens": engine.os.regimen_counts_}
-        save_engine(engine, args.save_engine, training_data=training, metrics=_json_safe(metrics))
+        save_engine(engine, args.save_engine, training_data=training, metrics=jsonable(metrics, finite=True))
         res["saved_engine"] = str(args.save_engine)
     mpath, _ = write_report(res, args.out)
     print(mpath.read_text())

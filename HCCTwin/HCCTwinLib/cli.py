@@ -139,6 +139,7 @@ def cmd_segment(args) -> int:
 
 def cmd_predict(args) -> int:
     from .io import load_case
+    from .jsonutil import jsonable
     from .pipeline import ObservedScan, PipelineOptions, run_case, save_result
 
     clinical = read_clinical_row(args.clinical, args.patient) if args.clinical else {}
@@ -161,16 +162,15 @@ def cmd_predict(args) -> int:
                               segmentation="model" if args.resegment else "auto")
     result = run_case(case, args.regimens, args.weeks, real_followup=real, options=options, progress=ProgressBar())
     out = Path(args.out)
-    paths = save_result(result, out)
-    if args.deidentify:  # result.json without the patient's ID (the report below is de-identified too)
+    summary = jsonable(result.summary(), finite=True)
+    if args.deidentify:  # result.json and the report without the patient's name or ID
         from .report.content import deidentify_summary
 
-        Path(paths["result_json"]).write_text(json.dumps(deidentify_summary(
-            json.loads(Path(paths["result_json"]).read_text())), indent=2))
+        summary = deidentify_summary(summary)
+    paths = save_result(result, out, summary=summary)
     if args.report:
         from .report import write_report
 
-        summary = json.loads(Path(paths["result_json"]).read_text())
         paths.update({k: str(v) for k, v in write_report(summary, out, deidentify=args.deidentify).items()})
     shown = {"outputs": paths, "recommendation": result.survival.get("recommendation"), "notes": result.notes}
     if args.deidentify:

@@ -30,17 +30,6 @@ from . import DISCLAIMER, __version__
 from .progress import ProgressCallback, SubProgress, report
 
 
-def _finite(value):
-    """NaN / inf -> None (valid JSON)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def _c_pair(M, t, e, risk, tau):
     return {"harrell_c": M.harrell_c(t, e, risk), "uno_c": M.uno_c(t, e, risk, tau=tau)}
 
@@ -238,6 +227,6 @@ def run_evaluate_command(cohort_dir: str | os.PathLike, out_dir: str | os.PathLi
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_finite(jsonable(metrics)), indent=2))
+    (out / "metrics.json").write_text(json.dumps(jsonable(metrics, finite=True), indent=2))
     report(progress, 1.0, "Evaluation done")
     return metrics

@@ -106,10 +106,11 @@ class TwinResult:
             "notes": self.notes,
         }
 
-    def write_json(self, path: str | Path) -> Path:
+    def write_json(self, path: str | Path, summary: dict[str, Any] | None = None) -> Path:
+        """Write ``summary`` (default :meth:`summary`) as strict JSON (NaN -> null)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.summary(), indent=2))
+        path.write_text(json.dumps(jsonable(self.summary() if summary is None else summary, finite=True), indent=2))
         return path
 
 
@@ -349,9 +350,11 @@ def update_survival(result: TwinResult, options: PipelineOptions | None = None,
     result.provenance["survival"] = _model_label(engine.card)
 
 
-def save_result(result: TwinResult, out_dir: str | Path, *, write_images: bool = True) -> dict[str, str]:
-    """Write ``out_dir/result.json`` and, per regimen and time point, the virtual follow-up volumes
-    ``out_dir/<regimen>/wWW/{arterial,portal,labels,arterial_std,portal_std}.nii.gz`` on the pre-treatment grid."""
+def save_result(result: TwinResult, out_dir: str | Path, *, write_images: bool = True,
+                summary: dict[str, Any] | None = None) -> dict[str, str]:
+    """Write ``out_dir/result.json`` (``summary``, default ``result.summary()``) and, per regimen and time point,
+    the virtual follow-up volumes ``out_dir/<regimen>/wWW/{arterial,portal,labels,arterial_std,portal_std}.nii.gz``
+    on the pre-treatment grid."""
     from .io import path_inside, write_image
 
     out = Path(out_dir)
@@ -368,5 +371,5 @@ def save_result(result: TwinResult, out_dir: str | Path, *, write_images: bool =
                 if fu.labels is not None:
                     write_image(fu.labels, result.case.geometry, folder / "labels.nii.gz", labels=True)
                 paths[f"{regimen}/w{int(w):02d}"] = str(folder)
-    paths["result_json"] = str(result.write_json(out / "result.json"))
+    paths["result_json"] = str(result.write_json(out / "result.json", summary))
     return paths

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .. import DISCLAIMER, __version__
 from ..errors import InputError
+from ..jsonutil import jsonable
 from ..progress import ProgressCallback, SubProgress, report
 from .features import DEFAULT_COVARIATES, SCORE_BASELINES, clinical_features
 from .metrics import harrell_c, uno_c
@@ -135,18 +136,6 @@ def cross_validate(df: pd.DataFrame, endpoint: str = "os", folds: int = 5, seed:
     }
 
 
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def run_cv_command(clinical_csv, endpoint: str = "os", folds: int = 5, seed: int = 0, out_dir=".",
                    progress: ProgressCallback | None = None, echo=print) -> dict[str, Any]:
     """``hcctwin survival cv``: read the table, cross-validate, echo the imputed / ignored columns, and write
@@ -162,7 +151,7 @@ def run_cv_command(clinical_csv, endpoint: str = "os", folds: int = 5, seed: int
     metrics["clinical_csv"] = str(path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+    (out / "metrics.json").write_text(json.dumps(jsonable(metrics, finite=True), indent=2))
     if echo is not None:
         for note in metrics["notes"]:
             echo(f"note: {note}")

@@ -35,6 +35,7 @@ import pandas as pd
 
 from .. import __version__
 from ..errors import InputError
+from ..jsonutil import jsonable
 from ..progress import ProgressCallback, SubProgress, report
 from .features import DEFAULT_COVARIATES, clinical_features, imaging_features, radiomics_features, response_features
 from .models import DEFAULT_TIMES, LandmarkModel, MetastasisModel, PerRegimenSurvival
@@ -185,16 +186,6 @@ def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True,
 # The engine
 # ----------------------------------------------------------------------------------------------------------------
 
-def _nan_to_none(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, list):
-        return [_nan_to_none(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _nan_to_none(x) for k, x in v.items()}
-    return v
-
-
 @dataclass
 class SurvivalEngine:
     """Fitted models + the feature conventions they were fitted with."""
@@ -308,7 +299,7 @@ class SurvivalEngine:
         if self.landmark is not None and readings:
             out["landmark"] = self._landmarks(row, readings, readings_source or {}, times)
         out["notes"] = notes
-        return _nan_to_none(out)
+        return jsonable(out, finite=True)
 
     def _landmarks(self, row: pd.DataFrame, readings, source, times) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -106,11 +106,74 @@ def cmd_scores(args) -> int:
 
 
 def cmd_simulate(args) -> int:
+    if args.format == "dicom":
+        from .simulate.dicom_export import simulate_dicom_cohort
+
+        table = simulate_dicom_cohort(args.n, args.seed, Path(args.out), fast=args.fast, progress=ProgressBar())
+        print(f"wrote {len(table)} patients as DICOM to {Path(args.out) / 'dicom'} (+ clinical_site.csv, "
+              f"mapping.json, truth/); import with: hcctwin import --dicom {Path(args.out) / 'dicom'} --clinical "
+              f"{Path(args.out) / 'clinical_site.csv'} --mapping {Path(args.out) / 'mapping.json'} --out COHORT")
+        return 0
     from .simulate import simulate_cohort
 
     table = simulate_cohort(args.n, args.seed, Path(args.out), fast=args.fast, progress=ProgressBar(),
                             write_truth_images=not args.no_truth_images)
     print(f"wrote {len(table)} patients to {args.out}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .errors import InputError
+
+    table, notes = None, []
+    if args.clinical:  # read (and check) the table before any image is written
+        if args.mapping:
+            from .sitemap import read_site_clinical
+
+            table, notes = read_site_clinical(args.clinical, args.mapping)
+        else:
+            from .io import read_clinical_table
+
+            table, notes = read_clinical_table(args.clinical)
+    elif args.mapping:
+        raise InputError("--mapping reads a site's clinical table: give the table with --clinical too.")
+    segment_map = None
+    if args.segment_map:
+        try:
+            segment_map = json.loads(Path(args.segment_map).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{args.segment_map}: segment mapping unreadable ({exc}); give a JSON object such as "
+                             f"{{\"Mass\": \"viable_tumor\", \"Portal vein\": \"ignore\"}}.") from exc
+        if not isinstance(segment_map, dict):
+            raise InputError(f"{args.segment_map}: the segment mapping must be a JSON object (segment -> label).")
+    from .dicom import import_dicom_cohort
+
+    out = Path(args.out)
+    log = import_dicom_cohort(args.dicom, out, phase_rules=args.phase_rules, segment_map=segment_map,
+                              progress=ProgressBar())
+    imported = [p["patient_id"] for p in log["patients"] if p["status"] == "imported"]
+    summary = dict(log["summary"])
+    if table is not None:
+        followups = {p["patient_id"]: ";".join(p["followups"]) for p in log["patients"] if p["status"] == "imported"}
+        ids = [str(i) for i in table["patient_id"]]
+        table["followups"] = [followups.get(i, "") for i in ids]
+        table.to_csv(out / "clinical.csv", index=False)
+        clinical = {"table": str(args.clinical), "mapping": str(args.mapping) if args.mapping else None,
+                    "rows": len(table), "notes": notes,
+                    "patients_without_images": sorted(set(ids) - set(imported)),
+                    "patients_without_clinical_row": sorted(set(imported) - set(ids))}
+        log["clinical"] = clinical
+        (out / "import_log.json").write_text(json.dumps(log, indent=2, allow_nan=False), encoding="utf-8")
+        summary.update({k: clinical[k] for k in ("rows", "patients_without_images", "patients_without_clinical_row")})
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+    for skip in log["skipped"]:
+        what = f"{skip['patient_id']} {skip['study_date'] or ''}".strip()
+        print(f"skipped {what}: {skip['reason']}", file=sys.stderr)
+    print(json.dumps({"out": str(out), **summary}, indent=2))
+    if not imported:
+        print(f"hcctwin import: error: no patient could be imported; see {out / 'import_log.json'}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -273,7 +336,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output cohort folder")
     p.add_argument("--fast", action="store_true", help="small volumes (for tests)")
     p.add_argument("--no-truth-images", action="store_true", help="skip counterfactual follow-up images")
+    p.add_argument("--format", choices=["nifti", "dicom"], default="nifti",
+                   help="nifti: the HCCTwin cohort layout (default); dicom: a TCIA-like DICOM tree (CT series + "
+                        "DICOM SEG per study) with a site-style clinical table and its mapping.json, as a site "
+                        "brings a cohort (no truth images)")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("import", help="import a DICOM cohort (TCIA-like tree, DICOM SEG masks) into the HCCTwin "
+                                      "cohort layout")
+    p.add_argument("--dicom", required=True, help="root folder of the DICOM tree (any nesting)")
+    p.add_argument("--out", required=True, help="new cohort folder (cases/, clinical.csv, import_log.json)")
+    p.add_argument("--clinical", help="the site's clinical table (CSV); with --mapping in the site's own columns")
+    p.add_argument("--mapping", help="column mapping JSON that reads --clinical into HCCTwin columns")
+    p.add_argument("--phase-rules", help="JSON: phase -> SeriesDescription keywords, e.g. {\"arterial\": "
+                                         "[\"art\"], \"portal\": [\"pv\"], \"ignore\": [\"delayed\"]}")
+    p.add_argument("--segment-map", help="JSON: DICOM SEG segment label -> HCCTwin label (liver, viable_tumor, "
+                                         "necrosis, pvtt, ignore), overriding the name rules")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("inspect", help="load and validate a pre-treatment study; print its geometry")
     p.add_argument("--pre", help="folder with arterial/portal[/labels] files or DICOM series folders")

@@ -190,14 +190,16 @@ def _floats(ds: Dataset, keyword: str, n: int, where: str) -> np.ndarray:
     return arr
 
 
+def _damaged(path, exc: Exception) -> InputError:
+    return InputError(f"{path}: the DICOM file is unreadable, truncated or damaged ({type(exc).__name__}: "
+                      f"{str(exc)[:150]}). Copy or export the series again.")
+
+
 def _read_slice(path: Path) -> Dataset:
     try:
-        ds = pydicom.dcmread(path)
-        _ = ds.pixel_array  # decode now so that a truncated file fails here, named
+        return pydicom.dcmread(path)
     except Exception as exc:  # pydicom raises many types on damaged files
-        raise InputError(f"{path}: the DICOM file is unreadable, truncated or damaged ({type(exc).__name__}: "
-                         f"{str(exc)[:150]}). Copy or export the series again.") from exc
-    return ds
+        raise _damaged(path, exc) from exc
 
 
 def slice_geometry(datasets: Sequence[Dataset], where: str) -> tuple[list[int], Geometry]:
@@ -284,7 +286,11 @@ def read_ct_series(files: Sequence[str | os.PathLike] | str | os.PathLike, *, va
         ds = datasets[idx]
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        pixels = ds.pixel_array
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # a slice cut short: its header reads, its pixel data do not
+            raise _damaged(files[idx], exc) from exc
+        datasets[idx] = None  # free the slice's raw and decoded data as the volume fills
         if pixels.ndim != 2:
             raise InputError(f"{files[idx]}: holds {pixels.ndim}-D pixel data (multi-frame or colour); HCCTwin reads "
                              f"single-frame greyscale CT slices. Export the series as classic CT images.")

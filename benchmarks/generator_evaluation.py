@@ -40,7 +40,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 try:
     import HCCTwinLib  # noqa: F401
@@ -48,62 +47,26 @@ except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
 
 from HCCTwinLib.cases import Geometry
-from HCCTwinLib.labels import NECROSIS, VIABLE_TUMOR
+from HCCTwinLib.imagemetrics import (  # noqa: F401  (re-exported: the metric pieces live in the library)
+    MIN_VOLUME_ML,
+    SSIM_WINDOW_HU,
+    hu_mae,
+    relative_error,
+    ssim3d,
+    tumour_dice,
+)
+from HCCTwinLib.imagemetrics import viable_volume_ml as _viable_volume_ml
 
-SSIM_WINDOW_HU = (-100.0, 300.0)
-MIN_VOLUME_ML = 1.0
 TARGETS = {"viable_volume_median_rel_error": ("<=", 0.15), "tumour_dice_mean": (">=", 0.80),
            "mrecist_agreement": (">=", 0.80), "regimen_ordering_agreement": (">=", 0.80),
            "demo_request_seconds": ("<=", 60.0)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# metric pieces (unit-tested in HCCTwin/Testing/Python/test_twin.py)
-def ssim3d(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, *, sigma_vox: float = 1.5,
-           window: Sequence[float] | None = SSIM_WINDOW_HU, k1: float = 0.01, k2: float = 0.03) -> float:
-    """Mean 3D SSIM (Wang et al. 2004, Gaussian window) over ``mask``; images clipped to ``window`` (HU) first."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    if window is not None:
-        a, b = np.clip(a, *window), np.clip(b, *window)
-        data_range = float(window[1] - window[0])
-    else:
-        data_range = float(max(a.max(), b.max()) - min(a.min(), b.min())) or 1.0
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-
-    def g(x):
-        return ndimage.gaussian_filter(x, sigma_vox, mode="nearest", truncate=3.5)
-
-    mu_a, mu_b = g(a), g(b)
-    var_a = g(a * a) - mu_a ** 2
-    var_b = g(b * b) - mu_b ** 2
-    cov = g(a * b) - mu_a * mu_b
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    m = np.ones(a.shape, bool) if mask is None else np.asarray(mask, bool)
-    return float(ssim_map[m].mean()) if m.any() else float("nan")
-
-
-def hu_mae(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    m = np.ones(np.shape(a), bool) if mask is None else np.asarray(mask, bool)
-    return float(np.mean(np.abs(np.asarray(a, np.float64)[m] - np.asarray(b, np.float64)[m]))) if m.any() \
-        else float("nan")
-
-
-def tumour_dice(pred_labels: np.ndarray, true_labels: np.ndarray) -> float:
-    """Dice of tumour = labels 2|3 (viable + necrosis); 1.0 when both are empty."""
-    p = np.isin(pred_labels, (VIABLE_TUMOR, NECROSIS))
-    t = np.isin(true_labels, (VIABLE_TUMOR, NECROSIS))
-    denom = int(p.sum()) + int(t.sum())
-    return 1.0 if denom == 0 else 2.0 * float(np.logical_and(p, t).sum()) / denom
-
+# metric pieces (ssim3d, hu_mae, tumour_dice, ... from HCCTwinLib.imagemetrics; unit-tested in test_twin.py)
 
 def viable_volume_ml(labels: np.ndarray, geometry: Geometry) -> float:
-    return float((np.asarray(labels) == VIABLE_TUMOR).sum()) * geometry.voxel_volume_ml
-
-
-def relative_error(pred: float, true: float, floor: float = MIN_VOLUME_ML) -> float:
-    """``|pred - true| / max(true, floor)`` (the floor keeps complete responses finite)."""
-    return abs(float(pred) - float(true)) / max(float(true), floor)
+    return _viable_volume_ml(labels, geometry.voxel_volume_ml)
 
 
 def ordering_agreement(pred_change: Mapping[str, float], true_change: Mapping[str, float], tie_tol: float = 0.5

@@ -269,6 +269,28 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from .pipeline import PipelineOptions
+    from .study import run_study
+
+    study = run_study(args.cohort, args.out, splits=_csv_list(args.splits), train=args.train,
+                      images=not args.no_images, max_cases=args.max_cases, n_bootstrap=args.bootstrap,
+                      seed=args.seed, options=PipelineOptions(device=args.device, samples=args.samples,
+                                                              seed=args.seed),
+                      progress=ProgressBar())
+    summary = {"study_html": str(Path(args.out) / "study.html"), "study_json": str(Path(args.out) / "study.json"),
+               "split_sizes": study["split_sizes"], "survival_model": study["models"]["survival"]["source"]}
+    for name, res in study["results"].items():
+        os_m = (res.get("survival") or {}).get("os")
+        if os_m:
+            summary[f"{name}_os_harrell_c"] = os_m["model"]["harrell_c"]
+        im = (res.get("images") or {}).get("model")
+        if im and im.get("n_followups"):
+            summary[f"{name}_tumour_dice"] = im["tumour_dice_mean"]
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_report
 
@@ -430,6 +452,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("study", help="validation study per split: virtual-vs-real image fidelity, survival "
+                                     "discrimination and calibration, next to the copy baseline and the established "
+                                     "scores (OUT/study.html)")
+    p.add_argument("--cohort", required=True, help="cohort folder (clinical.csv + cases/); see hcctwin import")
+    p.add_argument("--out", required=True, help="output folder (study.html, study.json, splits.csv, models/)")
+    p.add_argument("--splits", default="development,validation,test",
+                   help="comma-separated split names; the first is the development split the survival engine is "
+                        "trained on (default development,validation,test). Taken from the clinical table's 'split' "
+                        "column when it has one, else assigned by a hash of the patient ID")
+    p.add_argument("--train", default="auto", choices=["auto", "always", "never"],
+                   help="train the survival engine on the development split (auto: when it is large enough)")
+    p.add_argument("--max-cases", type=int, default=20, help="patients per split for the image models (default 20)")
+    p.add_argument("--no-images", action="store_true", help="survival from the clinical table only")
+    p.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for the survival bands")
+    p.add_argument("--samples", type=int, default=4, help="generator samples per virtual follow-up")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="tumor-board report (HTML + PDF) from a result.json")
     p.add_argument("--result", required=True, help="result.json or the folder holding it")

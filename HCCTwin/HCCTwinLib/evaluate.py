@@ -133,59 +133,178 @@ def evaluate_segmentation(cohort: Path, ids, max_cases: int | None, device: str,
             "per_patient": rows}
 
 
+FIDELITY_PHASES = ("arterial", "portal")
+
+
+def _observed_followups(case_dir: Path, case, pid: str):
+    """The cohort's observed follow-ups of one patient on the pre-treatment grid: ``[(weeks, labels, phases)]``.
+    A follow-up on another grid is registered first (rigid, affine, deformable inside the liver)."""
+    from .io import find_image, read_image
+    from .pipeline import ObservedScan, register_observed
+
+    fu_root = case_dir / "followup"
+    out = []
+    for folder in sorted(fu_root.glob("w[0-9]*")) if fu_root.is_dir() else []:
+        try:
+            w = int(folder.name[1:])
+        except ValueError:
+            continue
+        lab_path = find_image(folder, "labels")
+        if lab_path is None:
+            continue
+        labels, geometry = read_image(lab_path, labels=True)
+        phases = {}
+        for name in FIDELITY_PHASES:
+            p = find_image(folder, name)
+            if p is not None:
+                phases[name] = read_image(p)[0]
+        follow = register_observed(case, ObservedScan(weeks=w, phases=phases, geometry=geometry, labels=labels))
+        out.append((w, follow.labels, follow.phases))
+    return out
+
+
+def _fidelity_row(pred_labels, pred_phases, true_labels, true_phases, voxel_ml: float) -> dict[str, float]:
+    from . import imagemetrics as im
+
+    liver = true_labels > 0
+    row = {"tumour_dice": im.tumour_dice(pred_labels, true_labels),
+           "viable_rel_error": im.relative_error(im.viable_volume_ml(pred_labels, voxel_ml),
+                                                 im.viable_volume_ml(true_labels, voxel_ml))}
+    for name in FIDELITY_PHASES:
+        if name in pred_phases and name in true_phases and pred_phases[name] is not None:
+            a, b = pred_phases[name], true_phases[name]
+            row[f"ssim_{name}"] = im.ssim3d(a, b, liver)
+            row[f"psnr_{name}"] = im.psnr(a, b, liver)
+            row[f"hu_mae_{name}"] = im.hu_mae(a, b, liver)
+    return row
+
+
+def _summarise_rows(rows: list[dict], cats_true: list[str], cats_pred: list[str]) -> dict[str, Any]:
+    from .response import weighted_kappa
+
+    out: dict[str, Any] = {"n_followups": len(rows)}
+    keys = sorted({k for r in rows for k in r if k.startswith(("ssim_", "psnr_", "hu_mae_"))})
+    for k in ["tumour_dice"] + keys:
+        vals = [r[k] for r in rows if k in r and np.isfinite(r[k])]
+        out[f"{k}_mean"] = float(np.mean(vals)) if vals else None
+    vals = [r["viable_rel_error"] for r in rows]
+    out["viable_rel_error_median"] = float(np.median(vals)) if vals else None
+    out["mrecist_agreement"] = float(np.mean([a == b for a, b in zip(cats_true, cats_pred)])) if cats_true else None
+    out["mrecist_weighted_kappa"] = (weighted_kappa(cats_true, cats_pred)
+                                     if cats_true and len(set(cats_true) | set(cats_pred)) > 1 else None)
+    return out
+
+
+def _reader_agreement(reads: list[tuple[str, list[str]]]) -> dict[str, Any] | None:
+    """Agreement and linear weighted kappa of one rater (model or automatic reading) against each reader."""
+    from .response import weighted_kappa
+
+    pairs = [(c, r) for c, readers in reads for r in readers if c and r]
+    if not pairs:
+        return None
+    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+    return {"n_reads": len(pairs), "agreement": float(np.mean([x == y for x, y in pairs])),
+            "weighted_kappa": weighted_kappa(a, b) if len(set(a) | set(b)) > 1 else None}
+
+
 def evaluate_generator(cohort: Path, clinical: pd.DataFrame, max_cases: int | None, options, progress=None
                        ) -> dict[str, Any]:
-    from .io import find_image, load_case, read_image
+    """Virtual vs real follow-ups: for each patient with observed follow-ups, the installed generator's follow-up
+    under the received regimen at each observed week against the observed one (registered to the pre-treatment
+    scan when it is on another grid), next to the copy baseline (the pre-treatment scan unchanged): liver-masked
+    SSIM / PSNR / HU MAE per phase, tumour Dice, viable-volume relative error, mRECIST agreement and weighted kappa
+    (the observed images read by the same automatic mRECIST reading). When the table has readers' mRECIST of the
+    first follow-up (``reader<k>_mrecist``), the model's, the copy baseline's and the automatic reading of the real
+    images are compared with each reader, and the readers with each other."""
+    from .io import load_case
     from .response import weighted_kappa
+    from .sitemap import reader_columns
     from .survival.engine import trajectory_readings
     from .twin import get_generator
 
     generator = get_generator(None, device=options.device)
     regimen_of = dict(zip(clinical["patient_id"].astype(str), clinical.get("regimen", pd.Series(dtype=str))))
-    rows, cats_true, cats_pred = [], [], []
-    cases = _case_dirs(cohort, clinical["patient_id"], max_cases)
-    for n, (pid, d) in enumerate(cases):
+    readers_first = reader_columns(clinical).get("first", [])
+    reader_of = {str(pid): [str(row[c]) for c in readers_first if isinstance(row[c], str) and row[c] in
+                            ("CR", "PR", "SD", "PD")]
+                 for pid, (_, row) in zip(clinical["patient_id"], clinical.iterrows())} if readers_first else {}
+    rows = {"model": [], "copy_baseline": []}
+    cats = {"observed": [], "model": [], "copy_baseline": []}
+    reads = {"model": [], "copy_baseline": [], "observed": []}
+    inter_reader: list[tuple[str, str]] = []
+    skipped: dict[str, int] = {}
+    per_followup = []
+    cases = _case_dirs(cohort, clinical["patient_id"], None)
+    used = 0
+    for pid, d in cases:
+        if max_cases is not None and used >= max_cases:
+            break
         regimen = str(regimen_of.get(pid, ""))
-        fu_root = d / "followup"
-        weeks = sorted(int(p.name[1:]) for p in fu_root.glob("w[0-9]*")) if fu_root.is_dir() else []
-        if not weeks or regimen not in generator.card.get("regimens", []):
+        if not (d / "followup").is_dir():
+            skipped["no observed follow-up"] = skipped.get("no observed follow-up", 0) + 1
+            continue
+        if regimen not in generator.card.get("regimens", []):
+            skipped["regimen not known to the generator"] = skipped.get("regimen not known to the generator", 0) + 1
             continue
         case = load_case(d / "pre", patient_id=pid)
         if case.labels is None:
+            skipped["no pre-treatment labels"] = skipped.get("no pre-treatment labels", 0) + 1
             continue
+        observed = _observed_followups(d, case, pid)
+        if not observed:
+            skipped["no labelled follow-up"] = skipped.get("no labelled follow-up", 0) + 1
+            continue
+        used += 1
+        weeks = [w for w, _, _ in observed]
         virt = generator.generate(case, regimens=[regimen], weeks=weeks, samples=options.samples, seed=options.seed)
-        observed = []
-        for w in weeks:
-            lab_path = find_image(fu_root / f"w{w:02d}", "labels")
-            if lab_path is None:
-                continue
-            lab, _ = read_image(lab_path, labels=True)
-            art = find_image(fu_root / f"w{w:02d}", "arterial")
-            observed.append((w, lab, read_image(art)[0] if art is not None else None))
+        voxel_ml = case.geometry.voxel_volume_ml
+        for w, lab, phases in observed:
             v = virt[regimen][w]
-            t_tumor, p_tumor = np.isin(lab, (2, 3)), np.isin(v.labels, (2, 3))
-            inter = float((t_tumor & p_tumor).sum())
-            denom = float(t_tumor.sum() + p_tumor.sum())
-            tv, pv = float((lab == 2).sum()), float((v.labels == 2).sum())
-            rows.append({"patient_id": pid, "regimen": regimen, "weeks": w,
-                         "tumour_dice": 2 * inter / denom if denom else 1.0,
-                         "viable_rel_error": abs(pv - tv) / max(tv, 1.0)})
-        if observed:
-            t_read = trajectory_readings(case.labels, case.geometry, observed, case.phases.get("arterial"))
-            p_read = trajectory_readings(case.labels, case.geometry,
-                                         [(w, virt[regimen][w].labels, virt[regimen][w].phases.get("arterial"))
-                                          for w, _, _ in observed], case.phases.get("arterial"))
-            for w, _, _ in observed:
-                cats_true.append(t_read[w]["category_mrecist"])
-                cats_pred.append(p_read[w]["category_mrecist"])
-        report(progress, (n + 1) / max(len(cases), 1), f"virtual vs observed {n + 1}/{len(cases)}")
-    agree = float(np.mean([a == b for a, b in zip(cats_true, cats_pred)])) if cats_true else None
-    return {"n_followups": len(rows),
-            "tumour_dice_mean": float(np.mean([r["tumour_dice"] for r in rows])) if rows else None,
-            "viable_rel_error_median": float(np.median([r["viable_rel_error"] for r in rows])) if rows else None,
-            "mrecist_agreement": agree,
-            "mrecist_weighted_kappa": weighted_kappa(cats_true, cats_pred) if len(set(cats_true)) > 1 else None,
-            "per_followup": rows}
+            m = _fidelity_row(v.labels, v.phases, lab, phases, voxel_ml)
+            c = _fidelity_row(case.labels, case.phases, lab, phases, voxel_ml)
+            rows["model"].append(m)
+            rows["copy_baseline"].append(c)
+            per_followup.append({"patient_id": pid, "regimen": regimen, "weeks": w,
+                                 **{f"model_{k}": val for k, val in m.items()},
+                                 **{f"copy_{k}": val for k, val in c.items()}})
+        art = case.phases.get("arterial")
+        t_read = trajectory_readings(case.labels, case.geometry, [(w, lab, ph.get("arterial"))
+                                                                  for w, lab, ph in observed], art)
+        p_read = trajectory_readings(case.labels, case.geometry,
+                                     [(w, virt[regimen][w].labels, virt[regimen][w].phases.get("arterial"))
+                                      for w in weeks], art)
+        for n, w in enumerate(weeks):
+            cats["observed"].append(t_read[w]["category_mrecist"])
+            cats["model"].append(p_read[w]["category_mrecist"])
+            cats["copy_baseline"].append("SD")  # the baseline against itself: no change
+            per_followup[len(per_followup) - len(weeks) + n].update(
+                {"mrecist_observed": t_read[w]["category_mrecist"], "mrecist_model": p_read[w]["category_mrecist"]})
+        readers = reader_of.get(pid, [])
+        if readers:
+            first = weeks[0]
+            reads["model"].append((p_read[first]["category_mrecist"], readers))
+            reads["observed"].append((t_read[first]["category_mrecist"], readers))
+            reads["copy_baseline"].append(("SD", readers))
+            inter_reader += [(a, b) for i, a in enumerate(readers) for b in readers[i + 1:]]
+        report(progress, min(1.0, used / max(min(len(cases), max_cases or len(cases)), 1)),
+               f"virtual vs observed {used}")
+    out: dict[str, Any] = {"n_patients": used, "generator": generator.card.get("name"),
+                           "skipped": skipped, "per_followup": per_followup}
+    for key in ("model", "copy_baseline"):
+        out[key] = _summarise_rows(rows[key], cats["observed"], cats[key])
+    # kept at the top level for scripts written against the first version of this report
+    out["n_followups"] = out["model"]["n_followups"]
+    for k in ("tumour_dice_mean", "viable_rel_error_median", "mrecist_agreement", "mrecist_weighted_kappa"):
+        out[k] = out["model"][k]
+    if reads["model"]:
+        a, b = [p[0] for p in inter_reader], [p[1] for p in inter_reader]
+        out["readers"] = {
+            "columns": readers_first, "n_patients": len(reads["model"]),
+            **{f"{k}_vs_readers": _reader_agreement(v) for k, v in reads.items()},
+            "inter_reader": ({"n_pairs": len(a), "agreement": float(np.mean([x == y for x, y in inter_reader])),
+                              "weighted_kappa": weighted_kappa(a, b) if len(set(a) | set(b)) > 1 else None}
+                             if inter_reader else None)}
+    return out
 
 
 def run_evaluate_command(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_cases: int | None = 20,

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +37,11 @@ OUTCOME_COLUMNS = ("patient_id", "regimen", "os_months", "os_event", "pfs_months
 _NUMERIC = ("age_years", "ecog", "child_pugh_points", "albumin_g_l", "bilirubin_umol_l", "inr", "afp_ng_ml",
             "n_tumors", "max_diameter_mm")
 _CATEGORICAL = ("sex", "ascites", "encephalopathy", "etiology", "pvtt", "extrahepatic_spread", "bclc", "resectable")
-KNOWN_COLUMNS = OUTCOME_COLUMNS + _NUMERIC + _CATEGORICAL
+#: Study bookkeeping a cohort table may carry (split, observed follow-ups, readers' mRECIST ``reader<k>_mrecist
+#: [_wNN]``): known, never features, no "ignored" note.
+BOOKKEEPING_COLUMNS = ("split", "followups")
+_READER_COLUMN = re.compile(r"reader\d+_mrecist(_w\d\d)?")
+KNOWN_COLUMNS = OUTCOME_COLUMNS + _NUMERIC + _CATEGORICAL + BOOKKEEPING_COLUMNS
 
 #: A compact default covariate set for the Cox models (all columns of :func:`clinical_features`' output).
 DEFAULT_COVARIATES = ("age_years", "ecog", "albi_score", "child_pugh_points", "log_afp", "n_tumors",
@@ -103,7 +108,7 @@ def clinical_features(df: pd.DataFrame, fill_values: Mapping[str, Any] | None = 
     if not isinstance(df, pd.DataFrame):
         raise InputError(f"clinical_features needs a pandas DataFrame, got {type(df).__name__}.")
     notes: list[str] = []
-    ignored = [c for c in df.columns if c not in KNOWN_COLUMNS]
+    ignored = [c for c in df.columns if c not in KNOWN_COLUMNS and not _READER_COLUMN.fullmatch(str(c))]
     if ignored:
         notes.append(f"ignored {len(ignored)} unknown column(s): {', '.join(map(str, ignored))} "
                      f"(not in the HCCTwin cohort layout).")

@@ -206,6 +206,7 @@ def test_clinical_features_imputation_report_and_unknown_columns(cohort):
     df.loc[df.index[5], "albumin_g_l"] = None
     df.loc[df.index[6], "ascites"] = "unknown-word"
     df["scanner_vendor"] = "X"
+    df["split"], df["reader1_mrecist"], df["reader2_mrecist_w16"] = "test", "PR", "SD"  # study bookkeeping: known
     feats, notes = clinical_features(df)
     assert feats.attrs["imputed"]["afp_ng_ml"] == 3 and feats.attrs["imputed"]["albumin_g_l"] == 1
     assert feats.attrs["imputed"]["ascites"] == 1

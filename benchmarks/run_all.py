@@ -1,0 +1,130 @@
+"""Run every benchmark with the settings its recorded results used (``make benchmarks``).
+
+Usage::
+
+    python benchmarks/run_all.py [--only NAME[,NAME]] [--data out/bench-data] [--out benchmarks/results] [--quick]
+                                 [--list]
+
+Simulates the cohorts the benchmarks read (into ``--data``, re-used when already there) and runs, in order:
+
+=====================  ==========================================================================================
+simulator_calibration  trial medians / response rates of 500 simulated patients vs the reference (issue 3)
+survival_evaluation    survival engine on a 2000-patient development / 800-patient hold-out image cohort (issue 6)
+segmentation           shipped segmentation network on the 30-patient hold-out (seed 900) (issue 4)
+generator              shipped generator vs counterfactual truth on the same hold-out (issue 5)
+registration           target-registration error on simulated misalignments (issues 7 / 9)
+pipeline               stage timings and peak memory from 128^3 to 512x512x300, copy baseline (issue 8)
+study_dicom            simulate as DICOM -> hcctwin import -> hcctwin study (issue 9)
+=====================  ==========================================================================================
+
+``--quick`` runs each on a small input (minutes, for checking that they run; its numbers are not the recorded
+ones and are written to ``--out`` which then should not be the results folder). Each benchmark writes its own
+``.md`` / ``.json`` with the machine and the date. Hours on 2 CPU cores; minutes with a GPU for the image models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+WEIGHTS = ROOT / "HCCTwin" / "HCCTwinLib" / "weights"
+
+
+def _simulate(data: Path, name: str, n: int, seed: int, *, fast: bool, truth_images: bool = True) -> Path:
+    folder = data / name
+    if (folder / "clinical.csv").is_file():
+        return folder
+    cmd = [sys.executable, "-m", "HCCTwinLib.cli", "simulate", "--n", str(n), "--seed", str(seed), "--out",
+           str(folder)] + (["--fast"] if fast else []) + ([] if truth_images else ["--no-truth-images"])
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return folder
+
+
+def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
+    py = sys.executable
+    q = quick
+
+    def survival():
+        dev = _simulate(data, "surv779img" if not q else "q_surv_dev", 2000 if not q else 200, 779, fast=True,
+                        truth_images=False)
+        hold = _simulate(data, "surv777img" if not q else "q_surv_hold", 800 if not q else 120, 777, fast=True,
+                         truth_images=False)
+        return [py, str(BENCH / "survival_evaluation.py"), "--cohort", str(dev), "--holdout-cohort", str(hold),
+                "--out", str(out), "--cache", str(data / "featcache")] + (["--bootstrap", "5"] if q else [])
+
+    def holdout():
+        return _simulate(data, "holdout900" if not q else "q_holdout", 30 if not q else 4, 900, fast=q)
+
+    def segmentation():
+        return [py, str(BENCH / "segmentation_evaluation.py"), "--weights", str(WEIGHTS / "hcctwin_seg.safetensors"),
+                "--cohort", str(holdout()), "--n", "30" if not q else "4", "--seed", "900", "--out", str(out)] + \
+            (["--skip-speed"] if q else [])
+
+    def generator():
+        return [py, str(BENCH / "generator_evaluation.py"), "--cohort", str(holdout()), "--weights",
+                str(WEIGHTS / "hcctwin_twin.safetensors"), "--out", str(out)] + \
+            (["--max-cases", "2", "--samples", "1", "--skip-timing"] if q else [])
+
+    return {
+        "simulator_calibration": lambda: [py, str(BENCH / "simulator_calibration.py"), "--n",
+                                          "500" if not q else "100", "--seed", "2026", "--out",
+                                          str(out / "simulator_calibration.md")],
+        "survival_evaluation": survival,
+        "segmentation": segmentation,
+        "generator": generator,
+        "registration": lambda: [py, str(BENCH / "registration_evaluation.py"), "--out",
+                                 str(out / "registration_evaluation")] +
+                                (["--fast", "2", "--full", "0", "--ct512", "0"] if q else []),
+        "pipeline": lambda: [py, str(BENCH / "pipeline_benchmark.py"), "--out", str(out)] +
+                            (["--sizes", "128x128x128", "--samples", "1"] if q else []),
+        "study_dicom": lambda: [py, str(BENCH / "study_dicom.py"), "--work", str(data / "study-dicom"), "--out",
+                                str(out)] + (["--n", "15", "--fast", "--max-cases", "1", "--samples", "1"] if q else
+                                             ["--n", "120", "--seed", "4040", "--max-cases", "10"]),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default=None, help="comma-separated benchmark names (default: all)")
+    ap.add_argument("--data", type=Path, default=ROOT / "out" / "bench-data", help="simulated cohorts (re-used)")
+    ap.add_argument("--out", type=Path, default=BENCH / "results")
+    ap.add_argument("--quick", action="store_true", help="small inputs: checks that every benchmark runs")
+    ap.add_argument("--list", action="store_true", help="print the benchmark names and exit")
+    args = ap.parse_args(argv)
+    steps = plan(args.data, args.out, args.quick)
+    if args.list:
+        print("\n".join(steps))
+        return 0
+    names = list(steps) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in steps]
+    if unknown:
+        ap.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(steps)}")
+    if args.quick and args.out.resolve() == (BENCH / "results").resolve():
+        ap.error("--quick numbers are not the recorded ones: give another --out")
+    args.data.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    failed, timings = [], {}
+    for name in names:
+        t0 = time.perf_counter()
+        print(f"== {name}", flush=True)
+        try:
+            subprocess.run(steps[name](), check=True, cwd=ROOT)
+        except subprocess.CalledProcessError as exc:
+            failed.append(f"{name} (exit {exc.returncode})")
+        timings[name] = round(time.perf_counter() - t0, 1)
+        print(f"== {name}: {timings[name]} s", flush=True)
+    print("timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    if failed:
+        print("non-zero exit: " + ", ".join(failed) + " (a benchmark also exits 1 when it ran but its targets are "
+              "not met: see its .md)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

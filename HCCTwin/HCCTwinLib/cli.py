@@ -275,8 +275,8 @@ def cmd_study(args) -> int:
 
     study = run_study(args.cohort, args.out, splits=_csv_list(args.splits), train=args.train,
                       images=not args.no_images, max_cases=args.max_cases, n_bootstrap=args.bootstrap,
-                      seed=args.seed, options=PipelineOptions(device=args.device, samples=args.samples,
-                                                              seed=args.seed),
+                      seed=args.seed, with_ids=args.with_ids,
+                      options=PipelineOptions(device=args.device, samples=args.samples, seed=args.seed),
                       progress=ProgressBar())
     summary = {"study_html": str(Path(args.out) / "study.html"), "study_json": str(Path(args.out) / "study.json"),
                "split_sizes": study["split_sizes"], "survival_model": study["models"]["survival"]["source"]}
@@ -467,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cases", type=int, default=20, help="patients per split for the image models (default 20)")
     p.add_argument("--no-images", action="store_true", help="survival from the clinical table only")
     p.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for the survival bands")
+    p.add_argument("--with-ids", action="store_true",
+                   help="keep patient IDs in study.json (default: study codes; the key is in splits.csv)")
     p.add_argument("--samples", type=int, default=4, help="generator samples per virtual follow-up")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

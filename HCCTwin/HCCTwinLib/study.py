@@ -184,11 +184,26 @@ def _survival_engine(train: str, dev: pd.DataFrame, out: Path, *, n_bootstrap: i
                                  "training_data": card.get("training_data")}}
 
 
+def _pseudonymise(obj: Any, codes: dict[str, str]) -> Any:
+    """Every ``patient_id`` value in nested results replaced by a study code (``S0001``, ...; the key is in
+    ``splits.csv`` only)."""
+    if isinstance(obj, dict):
+        return {k: (codes.setdefault(str(v), f"S{len(codes) + 1:04d}") if k == "patient_id" else
+                    _pseudonymise(v, codes)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_pseudonymise(v, codes) for v in obj]
+    return obj
+
+
 def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, splits: Sequence[str] = DEFAULT_SPLITS,
               train: str = "auto", images: bool = True, max_cases: int | None = 20, n_bootstrap: int = 50,
-              seed: int = 0, options=None, progress: ProgressCallback | None = None) -> dict[str, Any]:
+              seed: int = 0, with_ids: bool = False, options=None, progress: ProgressCallback | None = None
+              ) -> dict[str, Any]:
     """Run the validation study (see the module docstring); writes ``OUT/study.json``, ``OUT/study.html``,
-    ``OUT/splits.csv`` and the trained models; returns the results."""
+    ``OUT/splits.csv`` and the trained models; returns the results.
+
+    Per-patient rows in ``study.json`` carry study codes (S0001, ...), not patient IDs, unless ``with_ids``; the
+    code -> patient ID key is ``OUT/splits.csv`` (keep it at the site)."""
     from .evaluate import evaluate_generator, evaluate_segmentation, evaluate_survival
     from .io import read_clinical_table
     from .jsonutil import jsonable
@@ -208,7 +223,6 @@ def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, spli
     notes += split_notes
     split_names = [s.strip().lower() for s in splits if s.strip()]
     clinical = clinical.assign(split=split_of)
-    clinical[["patient_id", "split"]].to_csv(out / "splits.csv", index=False)
     t_table = time.perf_counter()
     table, table_notes = cohort_feature_table(cohort, images=images, progress=SubProgress(progress, 0.0, 0.3))
     notes += table_notes
@@ -255,6 +269,13 @@ def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, spli
                           "seed": seed, "samples": options.samples, "device": options.device},
              "results": results, "notes": notes, "seconds": round(time.perf_counter() - t0, 1),
              "feature_table_seconds": feature_seconds}
+    codes: dict[str, str] = {}
+    for pid in clinical["patient_id"].astype(str):
+        codes.setdefault(pid, f"S{len(codes) + 1:04d}")
+    if not with_ids:
+        study["results"] = _pseudonymise(study["results"], codes)
+    clinical.assign(study_code=[codes[str(p)] for p in clinical["patient_id"]])[
+        ["patient_id", "study_code", "split"]].to_csv(out / "splits.csv", index=False)
     study = jsonable(study, finite=True)
     (out / "study.json").write_text(json.dumps(study, indent=2))
     write_study_html(study, out / "study.html")

@@ -63,8 +63,12 @@ def test_study_end_to_end_measures_every_split_next_to_the_baselines(cohort, wit
     assert study["splits"] == ["development", "validation", "test"]
     assert sum(study["split_sizes"].values()) == 15 and min(study["split_sizes"].values()) >= 1
     assert study["models"]["survival"]["source"].startswith("installed")
-    splits = pd.read_csv(out / "splits.csv")
+    splits = pd.read_csv(out / "splits.csv", dtype=str)
     assert set(splits["split"]) == {"development", "validation", "test"}
+    # no patient ID in the study's outputs unless asked (the code -> ID key stays in splits.csv)
+    text = (out / "study.json").read_text() + (out / "study.html").read_text()
+    assert not [pid for pid in splits["patient_id"] if pid in text]
+    assert any(code in text for code in splits["study_code"])
     measured = readers = 0
     for name in study["splits"]:
         res = study["results"][name]

@@ -130,8 +130,23 @@ def patient_image_row(case_dir: Path, weeks: Sequence[int] = LANDMARK_WEEKS) -> 
     fus = []
     for w in weeks:
         fu = _read_folder(case_dir / "followup" / f"w{w:02d}")
-        if "labels" in fu and tuple(fu["labels"].shape) == tuple(g.shape):
-            fus.append((w, fu["labels"], fu.get("arterial")))
+        if "labels" not in fu:
+            continue
+        if not fu["geometry"].same_grid(g):
+            # a real follow-up on its own grid: rigid + affine registration to the pre-treatment scan (sizes and
+            # diameters do not depend on a deformable refinement, which costs ~20 s per scan)
+            from ..cases import Case
+            from ..pipeline import ObservedScan, register_observed
+
+            phases = {k: fu[k] for k in ("arterial", "portal") if k in fu}
+            pre_phases = {k: pre[k] for k in ("arterial", "portal") if k in pre}
+            if not phases or not pre_phases:
+                continue
+            case = Case(patient_id=case_dir.name, phases=pre_phases, geometry=g, labels=pre["labels"])
+            reg = register_observed(case, ObservedScan(weeks=w, phases=phases, geometry=fu["geometry"],
+                                                       labels=fu["labels"], deformable=False))
+            fu = {"labels": reg.labels, "arterial": reg.phases.get("arterial")}
+        fus.append((w, fu["labels"], fu.get("arterial")))
     if fus:
         row.update(response_features(trajectory_readings(pre["labels"], g, fus, pre.get("arterial")), weeks=weeks))
     return row

@@ -224,3 +224,36 @@ def test_cli_evaluate_measures_the_installed_engine_without_refitting(cohort, en
     assert "w08" in metrics["survival"]["landmark"]
     assert any(n.startswith("segmentation:") for n in metrics["notes"])
     assert any(n.startswith("generator:") for n in metrics["notes"])
+
+
+def test_follow_up_on_its_own_grid_is_registered_before_it_is_read(tmp_path):
+    """A real follow-up arrives on its own grid (other origin and field of view): the feature table registers it to
+    the pre-treatment scan (rigid + affine) and reads the same response as from the follow-up on the pre grid; it is
+    neither dropped nor read voxel-by-voxel on the wrong grid."""
+    import dataclasses
+
+    from HCCTwinLib.io import resample_to, write_image
+    from HCCTwinLib.simulate.cohort import simulate_patient
+    from HCCTwinLib.survival.engine import patient_image_row
+
+    p = simulate_patient(5, 1, fast=True)
+    case, fu = p.case, p.followup_case(p.model.regimen, 8)
+    g = case.geometry
+    moved = dataclasses.replace(g, shape=(g.shape[0] - 4, g.shape[1] - 6, g.shape[2] - 6),
+                                origin=(g.origin[0] + 6.0, g.origin[1] - 4.0, g.origin[2] + 2.0 * g.spacing[2]))
+    for name, shifted in (("same", False), ("moved", True)):
+        root = tmp_path / name
+        for key, arr in (("arterial", case.phases["arterial"]), ("portal", case.phases["portal"]),
+                         ("labels", case.labels)):
+            write_image(arr, g, root / "pre" / f"{key}.nii.gz", labels=key == "labels")
+        for key, arr in (("arterial", fu.phases["arterial"]), ("portal", fu.phases["portal"]), ("labels", fu.labels)):
+            if shifted:
+                arr = resample_to(arr, g, moved, labels=key == "labels",
+                                  **({} if key == "labels" else {"default_value": -1000.0}))
+            write_image(arr, moved if shifted else g, root / "followup" / "w08" / f"{key}.nii.gz",
+                        labels=key == "labels")
+    same, moved_row = patient_image_row(tmp_path / "same"), patient_image_row(tmp_path / "moved")
+    w08 = sorted(k for k in same if k.endswith("_w08"))
+    assert w08 and all(k in moved_row for k in w08)
+    for k in w08:
+        assert moved_row[k] == pytest.approx(same[k], rel=0.15, abs=0.05), k

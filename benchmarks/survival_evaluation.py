@@ -1,14 +1,26 @@
 """Survival / decision engine evaluation on a simulated cohort with known truth (issue 6 "Numbers").
 
     python benchmarks/survival_evaluation.py --cohort COHORT_DIR [--holdout-cohort DIR] [--out benchmarks/results]
-        [--dev-fraction 0.5] [--seed 0] [--bootstrap 50] [--no-images] [--cache DIR]
+        [--dev-fraction 0.5] [--seed 0] [--bootstrap 50] [--no-images] [--no-deep] [--compare-without-deep]
+        [--cache DIR] [--save-engine PATH]
+
+Recorded run (benchmarks/results/survival_evaluation.md)::
+
+    python benchmarks/survival_evaluation.py --cohort /work/data/surv779img --holdout-cohort /work/data/surv777img \
+        --cache /work/data/featcache --compare-without-deep [--save-engine DIR/hcctwin_survival.safetensors]
 
 Fits on a development split (or the whole ``--cohort`` when ``--holdout-cohort`` is given) and evaluates on the
 hold-out (the issue asks for >= 300 hold-out patients): OS Harrell/Uno C vs the oracle, time-dependent AUC at
 12/24 months, IBS vs the Kaplan-Meier null, ICI at 12/24 months, PEHE of the RMST-24 differences, recommendation
 accuracy where the true RMST-24 difference exceeds 2 months, the 8-week landmark model vs the baseline model, the
 2-year metastasis AUC with a decision curve, and every model vs the best established score. Writes
-``OUT/survival_evaluation.md`` and ``OUT/survival_evaluation.json``.
+``OUT/survival_evaluation.md`` and ``OUT/survival_evaluation.json``; the headline numbers of the run recorded there
+before are kept in the new report for comparison.
+
+Deep features (segmentation-encoder, :mod:`HCCTwinLib.survival.deep`) are used when a segmentation model is
+installed (``--no-deep``: never); their raw table is cached separately (``features_<cohort>_deep.csv``), so the
+image feature cache of an earlier run is reused. ``--compare-without-deep`` fits and scores the engine a second time
+without them on the same split and records both.
 
 Oracle: a per-patient true risk column (``true_lp``, ``true_risk``, ... in clinical.csv or truth/*.csv) when the
 simulator provides one, else minus the true RMST-24 of the received regimen from ``truth/counterfactuals.csv``.
@@ -35,6 +47,7 @@ from HCCTwinLib import DISCLAIMER  # noqa: E402
 from HCCTwinLib.jsonutil import jsonable  # noqa: E402
 from HCCTwinLib.survival import metrics as M  # noqa: E402
 from HCCTwinLib.survival.engine import (  # noqa: E402
+    cohort_deep_table,
     cohort_feature_table,
     fit_engine,
     metastasis_population,
@@ -78,18 +91,38 @@ def find_oracle(cohort: Path, clinical: pd.DataFrame, cf: pd.DataFrame | None) -
     return "none available", None
 
 
-def feature_table(cohort: Path, images: bool, cache_dir: Path | None) -> pd.DataFrame:
+def feature_table(cohort: Path, images: bool, cache_dir: Path | None, deep: bool = True) -> pd.DataFrame:
     """The engine's feature table of a cohort (:func:`HCCTwinLib.survival.engine.cohort_feature_table`), cached as
-    CSV in ``cache_dir`` when given (reading images is the slow part)."""
+    CSV in ``cache_dir`` when given (reading images is the slow part); with ``deep`` (and images) the raw deep
+    features (:func:`HCCTwinLib.survival.engine.cohort_deep_table`) merged on ``patient_id``, cached on their own."""
     cache = cache_dir / f"features_{cohort.name}_{'img' if images else 'noimg'}.csv" if cache_dir else None
     if cache is not None and cache.is_file():
-        return pd.read_csv(cache)
-    table, notes = cohort_feature_table(cohort, images=images)
-    table["_notes"] = " | ".join(notes)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(cache, index=False)
-    return table
+        table = pd.read_csv(cache)
+    else:
+        table, notes = cohort_feature_table(cohort, images=images, deep=False)
+        table["_notes"] = " | ".join(notes)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(cache, index=False)
+    if not (images and deep):
+        return table
+    dcache = cache_dir / f"features_{cohort.name}_deep.csv" if cache_dir else None
+    if dcache is not None and dcache.is_file():
+        raw = pd.read_csv(dcache)
+    else:
+        t0 = time.perf_counter()
+        raw, notes = cohort_deep_table(cohort)
+        print(f"deep features of {cohort.name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        if notes:
+            raw["_deep_notes"] = " | ".join(notes)
+        if dcache is not None:
+            raw.to_csv(dcache, index=False)
+    if "_deep_notes" in raw.columns:
+        table["_notes"] = table.get("_notes", "").astype(str) + " | " + raw["_deep_notes"].astype(str).iloc[0]
+        raw = raw.drop(columns=["_deep_notes"])
+    raw["patient_id"] = raw["patient_id"].astype(str)
+    table["patient_id"] = table["patient_id"].astype(str)
+    return table.merge(raw, on="patient_id", how="left")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,7 +140,8 @@ def _c_pair(t, e, r, tau, tt, te) -> dict[str, float]:
 
 
 def evaluate(table: pd.DataFrame, cf: pd.DataFrame | None, oracle: pd.Series | None, dev_idx, hold_idx,
-             n_bootstrap: int = 50, seed: int = 0, oracle_name: str = "") -> dict[str, Any]:
+             n_bootstrap: int = 50, seed: int = 0, oracle_name: str = "", deep: bool | None = None
+             ) -> dict[str, Any]:
     """All numbers of the issue on one dev / hold-out split of the engine's feature table: the engine is fitted on
     the dev rows exactly as ``hcctwin train survival`` fits it, and scored on the hold-out rows."""
     res: dict[str, Any] = {"notes": [], "disclaimer": DISCLAIMER}
@@ -118,10 +152,16 @@ def evaluate(table: pd.DataFrame, cf: pd.DataFrame | None, oracle: pd.Series | N
     if len(hold) < 300:
         res["notes"].append(f"hold-out has {len(hold)} patients; the issue asks for at least 300.")
     t0 = time.perf_counter()
-    engine, fit_notes = fit_engine(dev, n_bootstrap=n_bootstrap, seed=seed)
+    engine, fit_notes = fit_engine(dev, n_bootstrap=n_bootstrap, seed=seed, deep=deep)
     res["fit_seconds"] = time.perf_counter() - t0
     res["_engine"] = engine
     res["notes"] += fit_notes
+    res["deep_features"] = None
+    if engine.deep is not None:
+        res["deep_features"] = {"columns": engine.deep.columns_, "encoder": engine.deep.encoder_,
+                                "explained_variance_ratio": {r: b["explained"] for r, b in engine.deep.blocks_.items()},
+                                "n_fit": {r: b["n_fit"] for r, b in engine.deep.blocks_.items()}}
+    hold = engine.derived_columns(hold)  # deep_* of the hold-out with the PCA fitted on the dev rows
     model = engine.os
     res["penalizer"] = model.penalizer_
     res["covariates"] = list(model.covariates_)
@@ -306,9 +346,38 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
                   f"({m['n_holdout_events']} events; target >= 0.80); best score AUC "
                   f"{_f(max(m['baselines_auc'].values()))}; fitted on {m['n_dev_used']} dev TACE patients "
                   f"({m['n_dev_events']} events). Decision curve and points table in the JSON."]
+    df = res.get("deep_features")
+    lines += ["", "Deep features (segmentation encoder, PCA fitted on the dev split): " + (
+        f"{', '.join(df['columns'])} from {df['encoder'].get('name')} (sha256 {df['encoder'].get('sha256', '')[:12]}); "
+        f"OS covariates: {', '.join(c for c in res['covariates'] if c.startswith('deep_')) or 'none'}; metastasis "
+        f"features: {', '.join(c for c in res.get('metastasis', {}).get('features', []) if c.startswith('deep_'))}."
+        if df else "not used.")]
+    comparison = [("this run" + (" (with deep features)" if df else ""), headline(res))]
+    if res.get("without_deep"):
+        comparison.append(("same split, without deep features", res["without_deep"]))
+    if res.get("previous"):
+        comparison.append((f"previous recorded run ({res['previous'].get('date', '?')})", res["previous"]))
+    if len(comparison) > 1:
+        lines += ["", "| Comparison (hold-out) | OS Harrell C | OS Uno C | IBS | metastasis AUC | recommendation "
+                  "acc. | landmark 8w C |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {_f(h.get('os_harrell_c'))} | {_f(h.get('os_uno_c'))} | {_f(h.get('os_ibs'))} | "
+                  f"{_f(h.get('metastasis_auc'))} | {_f(h.get('recommendation_accuracy'))} | "
+                  f"{_f(h.get('landmark_8w_harrell_c'))} |" for name, h in comparison]
     lines += ["", "Notes:"] + [f"- {n}" for n in res["notes"]]
     mpath.write_text("\n".join(lines) + "\n")
     return mpath, jpath
+
+
+def headline(res: dict[str, Any]) -> dict[str, Any]:
+    """The numbers compared between runs (with / without deep features, the previous recorded run)."""
+    o = res.get("os", {})
+    return {"os_harrell_c": o.get("model", {}).get("harrell_c"), "os_uno_c": o.get("model", {}).get("uno_c"),
+            "os_ibs": o.get("ibs", {}).get("model"),
+            "metastasis_auc": res.get("metastasis", {}).get("auc"),
+            "recommendation_accuracy": res.get("effect", {}).get("recommendation", {}).get("accuracy_point_rmst"),
+            "pehe_months": res.get("effect", {}).get("pehe_months"),
+            "landmark_8w_harrell_c": res.get("landmark", {}).get("8w", {}).get("dynamic", {}).get("harrell_c"),
+            "date": res.get("date"), "machine": res.get("machine")}
 
 
 def main(argv=None) -> int:
@@ -320,26 +389,46 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=50)
     ap.add_argument("--no-images", action="store_true", help="skip reading label maps (clinical features only)")
+    ap.add_argument("--no-deep", action="store_true", help="no deep (segmentation-encoder) features")
+    ap.add_argument("--compare-without-deep", action="store_true",
+                    help="also fit and score the engine without deep features on the same split and record both")
     ap.add_argument("--cache", type=Path, default=None, help="folder for cached feature tables (CSV)")
     ap.add_argument("--save-engine", type=Path, default=None,
                     help="write the engine fitted on the development data (the one measured here) to this "
                          ".safetensors path, with the hold-out metrics in its model card")
     args = ap.parse_args(argv)
     images = not args.no_images
+    deep = images and not args.no_deep
+    previous = None
+    old = args.out / "survival_evaluation.json"
+    if old.is_file():
+        try:
+            previous = headline(json.loads(old.read_text()))
+        except (ValueError, AttributeError):
+            previous = None
     clinical, cf = load_cohort(args.cohort)
-    table = feature_table(args.cohort, images, args.cache)
+    table = feature_table(args.cohort, images, args.cache, deep)
     if args.holdout_cohort:
         hc, hcf = load_cohort(args.holdout_cohort)
         clinical = pd.concat([clinical, hc], ignore_index=True)
         cf = pd.concat([cf, hcf], ignore_index=True) if cf is not None and hcf is not None else None
-        hold_table = feature_table(args.holdout_cohort, images, args.cache)
+        hold_table = feature_table(args.holdout_cohort, images, args.cache, deep)
         dev_idx = np.arange(len(table))
         table = pd.concat([table, hold_table], ignore_index=True)
         hold_idx = np.arange(len(dev_idx), len(table))
     else:
         dev_idx, hold_idx = split_dev_holdout(len(table), args.dev_fraction, args.seed)
     oracle_name, oracle = find_oracle(args.holdout_cohort or args.cohort, clinical, cf)
-    res = evaluate(table, cf, oracle, dev_idx, hold_idx, args.bootstrap, args.seed, oracle_name=oracle_name)
+    res = evaluate(table, cf, oracle, dev_idx, hold_idx, args.bootstrap, args.seed, oracle_name=oracle_name,
+                   deep=None if deep else False)
+    if deep and args.compare_without_deep:
+        plain = evaluate(table, cf, oracle, dev_idx, hold_idx, args.bootstrap, args.seed, oracle_name=oracle_name,
+                         deep=False)
+        plain.pop("_engine")
+        res["without_deep"] = {**headline(plain), "metastasis_features": plain.get("metastasis", {}).get("features"),
+                               "covariates": plain.get("covariates")}
+    if previous is not None:
+        res["previous"] = previous
     res.update({"cohort": str(args.cohort), "holdout_cohort": str(args.holdout_cohort or ""),
                 "n_bootstrap": args.bootstrap, "machine": f"{platform.node()} {platform.platform()}",
                 "date": time.strftime("%Y-%m-%d")})

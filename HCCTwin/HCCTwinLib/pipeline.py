@@ -320,7 +320,7 @@ def update_survival(result: TwinResult, options: PipelineOptions | None = None,
     case = result.case
     if case.labels is not None and not result.image_features:
         result.image_features = baseline_image_features(case.labels, case.geometry, case.phases.get("arterial"),
-                                                        case.phases.get("portal"))
+                                                        case.phases.get("portal"), deep=engine.uses_deep)
     readings, source = {}, {}
     for r in regimens:
         if r in result.readings:

@@ -8,11 +8,15 @@ It bundles four models fitted on the same feature table (:func:`cohort_feature_t
 - ``landmark``: :class:`~HCCTwinLib.survival.models.LandmarkModel` at 8 and 16 weeks on response features read from
   the follow-up images (real when there is one, virtual otherwise);
 - ``metastasis``: :class:`~HCCTwinLib.survival.models.MetastasisModel`, 2-year distant metastasis after TACE
-  (clinical + imaging + radiomics features, points table).
+  (clinical + imaging + radiomics + deep features, points table);
+- ``deep`` (when the training table has them): :class:`~HCCTwinLib.survival.deep.DeepFeatureReducer`, the PCA of
+  the segmentation encoder's pooled features (fitted on the training table only) into a few ``deep_*`` columns.
 
 Features of one patient come from the same functions at training and at prediction time (one place):
-:func:`baseline_image_features` (segmentation + phases) and :func:`trajectory_readings` (RECIST / mRECIST reading of
-a follow-up trajectory with :func:`HCCTwinLib.response.read_response`).
+:func:`baseline_image_features` (segmentation + phases; with ``deep=True`` also the raw encoder features of
+:mod:`.deep`) and :func:`trajectory_readings` (RECIST / mRECIST reading of a follow-up trajectory with
+:func:`HCCTwinLib.response.read_response`). The engine turns raw encoder features into its ``deep_*`` columns
+(:meth:`SurvivalEngine.derived_columns`), so a table or a patient row only ever carries the raw ones.
 
 Model file: ``<name>.safetensors`` (all numeric arrays) + ``<name>.json`` (model card with the sha256, the feature
 names, fill values and the metrics measured when it was trained), through :mod:`HCCTwinLib.weights`: nothing is ever
@@ -37,6 +41,7 @@ from .. import __version__
 from ..errors import InputError
 from ..jsonutil import jsonable
 from ..progress import ProgressCallback, SubProgress, report
+from .deep import RAW_PREFIX, DeepFeatureReducer, raw_deep_columns
 from .features import DEFAULT_COVARIATES, clinical_features, imaging_features, radiomics_features, response_features
 from .models import DEFAULT_TIMES, LandmarkModel, MetastasisModel, PerRegimenSurvival
 
@@ -60,6 +65,13 @@ RESPONSE_COVARIATES = {w: (f"rel_change_viable_volume_w{w:02d}", f"rel_change_su
 METASTASIS_FEATURES = ("max_diameter_cm", "n_tumors", "log_afp", "pvtt", "img_log_viable_volume_ml",
                        "img_arterial_enhancement_ratio", "rad_fo_entropy")
 METASTASIS_L2 = 10.0
+#: Deep (segmentation-encoder) features: PCA components per region (:class:`~HCCTwinLib.survival.deep.
+#: DeepFeatureReducer`), which of them the metastasis model adds to :data:`METASTASIS_FEATURES`, and which the OS /
+#: PFS / landmark models add to their covariates (measured on the development split,
+#: benchmarks/results/survival_evaluation.md).
+DEEP_COMPONENTS = {"tumor": 3, "liver": 2}
+METASTASIS_DEEP_FEATURES = ("deep_tumor_1", "deep_tumor_2", "deep_tumor_3", "deep_liver_1", "deep_liver_2")
+SURVIVAL_DEEP_COVARIATES: tuple[str, ...] = ()
 #: A regimen needs this many patients in the training table to get its own curve.
 MIN_PATIENTS_PER_REGIMEN = 15
 RADIOMICS_KEYS = ("fo_mean", "fo_sd", "fo_entropy", "fo_skewness", "shape_sphericity", "shape_elongation",
@@ -71,8 +83,11 @@ RADIOMICS_KEYS = ("fo_mean", "fo_sd", "fo_entropy", "fo_skewness", "shape_spheri
 # ----------------------------------------------------------------------------------------------------------------
 
 def baseline_image_features(labels: np.ndarray, geometry, arterial: np.ndarray | None = None,
-                            portal: np.ndarray | None = None) -> dict[str, float]:
-    """``img_*`` (segmentation), derived log volumes and ``rad_*`` (arterial radiomics inside the tumour)."""
+                            portal: np.ndarray | None = None, *, deep: bool = False, segmenter=None
+                            ) -> dict[str, float]:
+    """``img_*`` (segmentation), derived log volumes and ``rad_*`` (arterial radiomics inside the tumour); with
+    ``deep`` also the raw ``deepraw_*`` segmentation-encoder features (:func:`.deep.deep_raw_features`, with
+    ``segmenter`` or the installed model; none when no model is installed)."""
     base = imaging_features(labels, geometry, arterial, portal)
     out = {f"img_{k}": float(v) for k, v in base.items()}
     out["img_log_viable_volume_ml"] = float(np.log1p(base["viable_volume_ml"]))
@@ -82,6 +97,10 @@ def baseline_image_features(labels: np.ndarray, geometry, arterial: np.ndarray |
     if arterial is not None and int(tumor.sum()) >= 2:
         rad = radiomics_features(arterial, tumor, geometry)
         out.update({f"rad_{k}": float(rad[k]) for k in RADIOMICS_KEYS})
+    if deep:
+        from .deep import deep_raw_features
+
+        out.update(deep_raw_features(labels, geometry, arterial, portal, segmenter=segmenter)[0])
     return out
 
 
@@ -120,13 +139,16 @@ def _read_folder(folder: Path) -> dict[str, Any]:
     return out
 
 
-def patient_image_row(case_dir: Path, weeks: Sequence[int] = LANDMARK_WEEKS) -> dict[str, Any] | None:
-    """Baseline image features + observed response features of one cohort case folder (None without labels)."""
+def patient_image_row(case_dir: Path, weeks: Sequence[int] = LANDMARK_WEEKS, *, segmenter=None
+                      ) -> dict[str, Any] | None:
+    """Baseline image features + observed response features of one cohort case folder (None without labels);
+    with ``segmenter`` also the raw deep features of the pre-treatment study."""
     pre = _read_folder(case_dir / "pre")
     if "labels" not in pre:
         return None
     g = pre["geometry"]
-    row = baseline_image_features(pre["labels"], g, pre.get("arterial"), pre.get("portal"))
+    row = baseline_image_features(pre["labels"], g, pre.get("arterial"), pre.get("portal"),
+                                  deep=segmenter is not None, segmenter=segmenter)
     fus = []
     for w in weeks:
         fu = _read_folder(case_dir / "followup" / f"w{w:02d}")
@@ -152,10 +174,12 @@ def patient_image_row(case_dir: Path, weeks: Sequence[int] = LANDMARK_WEEKS) -> 
     return row
 
 
-def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True,
+def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True, deep: bool | str = "auto",
                          progress: ProgressCallback | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The training / evaluation table of a cohort folder: clinical features and scores, outcomes, and (with
-    ``images``) image + observed response features read from ``cases/<id>/``. Returns ``(table, notes)``."""
+    ``images``) image + observed response features read from ``cases/<id>/``; with ``deep`` ("auto": when a
+    segmentation model is installed) also the raw segmentation-encoder features (``deepraw_*``, about 0.5 s per
+    patient on one CPU core). Returns ``(table, notes)``."""
     from ..io import path_inside
 
     cohort = Path(cohort_dir)
@@ -175,11 +199,20 @@ def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True,
     table.attrs["fill_values"] = feats.attrs.get("fill_values", {})
     if not images:
         return table, notes
+    segmenter = None
+    if deep:
+        from .deep import get_encoder
+
+        segmenter, note = get_encoder()
+        if segmenter is None:
+            notes.append(note)
+            if deep is True:
+                raise InputError(f"{note} (deep features were asked for).")
     rows = []
     ids = [str(p) for p in clinical["patient_id"]]
     for n, pid in enumerate(ids):
         case_dir = path_inside(cohort, "cases", pid)
-        row = patient_image_row(case_dir) if case_dir.is_dir() else None
+        row = patient_image_row(case_dir, segmenter=segmenter) if case_dir.is_dir() else None
         if row is not None:
             row["patient_id"] = pid
             rows.append(row)
@@ -197,6 +230,50 @@ def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True,
     return merged, notes
 
 
+def cohort_deep_table(cohort_dir: str | os.PathLike, *, segmenter=None, progress: ProgressCallback | None = None
+                      ) -> tuple[pd.DataFrame, list[str]]:
+    """Raw deep (segmentation-encoder) features of every pre-treatment study of a cohort folder: ``patient_id`` +
+    ``deepraw_*`` (:func:`HCCTwinLib.survival.deep.deep_raw_features`). Without an installed segmentation model the
+    table has only ``patient_id`` and the notes say why. Returns ``(table, notes)``."""
+    from ..io import path_inside, read_clinical_table
+    from .deep import get_encoder
+
+    cohort = Path(cohort_dir)
+    clinical, _ = read_clinical_table(cohort / "clinical.csv")
+    ids = [str(p) for p in clinical["patient_id"]]
+    notes: list[str] = []
+    if segmenter is None:
+        segmenter, note = get_encoder()
+        if segmenter is None:
+            return pd.DataFrame({"patient_id": ids}), [note]
+    rows = []
+    missing = 0
+    for n, pid in enumerate(ids):
+        case_dir = path_inside(cohort, "cases", pid)
+        row = _deep_row(case_dir / "pre", segmenter) if case_dir.is_dir() else None
+        if row is None:
+            missing += 1
+            row = {}
+        row["patient_id"] = pid
+        rows.append(row)
+        report(progress, (n + 1) / len(ids), f"deep features {n + 1}/{len(ids)}")
+    if missing:
+        notes.append(f"deep features: {missing} of {len(ids)} patient(s) have no pre-treatment label map and both "
+                     f"phases: imputed.")
+    return pd.DataFrame(rows), notes
+
+
+def _deep_row(pre_dir: Path, segmenter) -> dict[str, float] | None:
+    from .deep import deep_raw_features
+
+    pre = _read_folder(pre_dir)
+    if "labels" not in pre:
+        return None
+    feats, _ = deep_raw_features(pre["labels"], pre["geometry"], pre.get("arterial"), pre.get("portal"),
+                                 segmenter=segmenter)
+    return feats or None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The engine
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,13 +286,41 @@ class SurvivalEngine:
     pfs: PerRegimenSurvival | None = None
     landmark: LandmarkModel | None = None
     metastasis: MetastasisModel | None = None
+    deep: DeepFeatureReducer | None = None
     clinical_fill_values: dict[str, Any] = field(default_factory=dict)
     feature_fill_values: dict[str, float] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        self._attach_derived()
+
     @property
     def regimens(self) -> list[str]:
         return list(self.os.regimens_)
+
+    @property
+    def uses_deep(self) -> bool:
+        """Whether the models need the raw segmentation-encoder features (``baseline_image_features(deep=True)``)."""
+        return self.deep is not None
+
+    def derived_columns(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` with the engine's derived columns (``deep_*`` from the raw ``deepraw_*`` ones) added; the
+        same frame when the engine has none."""
+        if self.deep is None:
+            return frame
+        out = self.deep.add_columns(frame)
+        for col in self.deep.columns_:  # a region the label map lacks (no tumour): the training median
+            if col in self.feature_fill_values:
+                out[col] = out[col].fillna(self.feature_fill_values[col])
+        return out
+
+    def _attach_derived(self) -> None:
+        """Let every model compute the ``deep_*`` columns itself from a table that has only the raw ones (tables
+        from :func:`cohort_feature_table`, e.g. in ``hcctwin evaluate`` / ``hcctwin study``)."""
+        derive = self.derived_columns if self.deep is not None else None
+        for model in (self.os, self.pfs, self.landmark, self.metastasis):
+            if model is not None:
+                model.derive_ = derive
 
     # -- features of one patient -------------------------------------------------------------------------------
     def patient_row(self, clinical: Mapping[str, Any], image_features: Mapping[str, float] | None = None
@@ -225,15 +330,24 @@ class SurvivalEngine:
         feats, notes = clinical_features(raw, fill_values=self.clinical_fill_values)
         notes = [n for n in notes if not n.startswith("ignored")]
         row = feats.copy()
-        for k, v in dict(image_features or {}).items():
-            row[k] = v
+        extra = {k: v for k, v in dict(image_features or {}).items()}
+        if extra:
+            row = pd.concat([row, pd.DataFrame([extra], index=row.index)], axis=1)
+        if self.deep is not None:
+            have = raw_deep_columns(row)
+            if not have:
+                notes.append("deep (segmentation-encoder) features not computed for this patient (no segmentation "
+                             "model, phase or liver): the training medians are used.")
+            row = self.deep.add_columns(row)
+            row = row.drop(columns=have)
         needed = set(self.os.covariates_) | (set(self.metastasis.features_) if self.metastasis else set())
+        raw_ok = self.deep is None or not any("deep (segmentation-encoder)" in n for n in notes)
         for col in sorted(needed):
             value = row[col].iloc[0] if col in row.columns else np.nan
             if value is None or (isinstance(value, float) and not math.isfinite(value)):
                 fill = self.feature_fill_values.get(col, 0.0)
                 row[col] = fill
-                if col.startswith(("img_", "rad_")):
+                if col.startswith(("img_", "rad_")) or (col.startswith("deep_") and raw_ok):
                     notes.append(f"{col} not available for this patient (no segmentation or image): the training "
                                  f"median {fill:.3g} is used.")
         row = row.apply(pd.to_numeric, errors="coerce").astype(float)
@@ -350,18 +464,55 @@ def metastasis_population(table: pd.DataFrame) -> pd.DataFrame:
     return table[rows]
 
 
+def _fit_deep(table: pd.DataFrame, deep: bool | None, notes: list[str]) -> DeepFeatureReducer | None:
+    """The PCA of the raw deep features of the training table (None when they are absent or not wanted)."""
+    raw = raw_deep_columns(table)
+    complete = table[raw].notna().all(axis=1).mean() if raw else 0.0
+    if deep is False:
+        return None
+    if not raw or complete < 0.5:
+        msg = ("deep (segmentation-encoder) features not used: " + ("the table has none (no segmentation model "
+               "installed when it was built)." if not raw else f"only {complete:.0%} of the patients have them."))
+        if deep:
+            raise InputError(msg)
+        notes.append(msg)
+        return None
+    from .deep import encoder_id, get_encoder
+
+    segmenter, _ = get_encoder()
+    encoder = encoder_id(segmenter) if segmenter is not None else {}
+    channels = {layer: sum(1 for c in raw if c.startswith(f"{RAW_PREFIX}tumor_{layer}_")) for layer in ("down", "bott")}
+    if encoder.get("channels") and encoder["channels"] != channels:
+        encoder = {}
+    if not encoder:
+        encoder = {"name": "?", "sha256": "", "channels": channels}
+        notes.append("deep features: the installed segmentation model does not match the table's raw features; the "
+                     "engine does not record which encoder they came from.")
+    return DeepFeatureReducer(DEEP_COMPONENTS).fit(table, encoder)
+
+
 def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, images: bool | None = None,
-               progress: ProgressCallback | None = None) -> tuple[SurvivalEngine, list[str]]:
-    """Fit the four models on a feature table from :func:`cohort_feature_table`. Returns ``(engine, notes)``."""
+               deep: bool | None = None, progress: ProgressCallback | None = None
+               ) -> tuple[SurvivalEngine, list[str]]:
+    """Fit the models on a feature table from :func:`cohort_feature_table`. Returns ``(engine, notes)``.
+
+    ``deep``: use the raw segmentation-encoder features when the table has them (None), always (True: an error
+    when absent) or never (False). Their PCA is fitted on ``table`` (the training rows) only."""
     notes: list[str] = []
     has = [c for c in IMAGING_COVARIATES if c in table.columns and table[c].notna().mean() > 0.5]
     use_images = (len(has) == len(IMAGING_COVARIATES)) if images is None else images
     covariates = list(DEFAULT_COVARIATES) + (list(IMAGING_COVARIATES) if use_images else [])
     if not use_images:
         notes.append("imaging features not used (no label maps in the cohort).")
+    reducer = _fit_deep(table, deep, notes) if use_images else None
     data = table.copy()
+    met_features = list(METASTASIS_FEATURES)
+    if reducer is not None:
+        data = reducer.add_columns(data).drop(columns=raw_deep_columns(data))
+        covariates += [c for c in SURVIVAL_DEEP_COVARIATES if c in reducer.columns_]
+        met_features += [c for c in METASTASIS_DEEP_FEATURES if c in reducer.columns_]
     fills = {}
-    for col in set(covariates) | set(METASTASIS_FEATURES):
+    for col in set(covariates) | set(met_features):
         if col in data.columns:
             values = pd.to_numeric(data[col], errors="coerce")
             fills[col] = float(values.median()) if values.notna().any() else 0.0
@@ -395,7 +546,7 @@ def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, ima
     else:
         notes.append("no follow-up response features in the cohort: no landmark (dynamic) model.")
     metastasis = None
-    feats = [c for c in METASTASIS_FEATURES if c in data.columns]
+    feats = [c for c in met_features if c in data.columns]
     tace = metastasis_population(data)
     if "metastasis_event" in data.columns and len(tace):
         report(progress, 0.93, "Fitting the metastasis model")
@@ -406,7 +557,7 @@ def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, ima
             notes.append(f"metastasis model not fitted: {exc}")
     clinical_fills = {k: (v.item() if hasattr(v, "item") else v)
                       for k, v in dict(table.attrs.get("fill_values", {})).items()}
-    engine = SurvivalEngine(os=os_model, pfs=pfs_model, landmark=landmark, metastasis=metastasis,
+    engine = SurvivalEngine(os=os_model, pfs=pfs_model, landmark=landmark, metastasis=metastasis, deep=reducer,
                             clinical_fill_values=clinical_fills, feature_fill_values=fills)
     report(progress, 1.0, "Survival engine fitted")
     return engine, notes
@@ -416,7 +567,7 @@ def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, ima
 # Model file
 # ----------------------------------------------------------------------------------------------------------------
 
-_PARTS = ("os", "pfs", "landmark", "metastasis")
+_PARTS = ("os", "pfs", "landmark", "metastasis", "deep")
 
 
 def save_engine(engine: SurvivalEngine, path: str | os.PathLike, *, training_data: Mapping[str, Any] | None = None,
@@ -463,7 +614,7 @@ def load_engine(path: str | os.PathLike) -> SurvivalEngine:
     kw = card.get("architecture_kwargs", {})
     parts = kw.get("parts", {})
     builders = {"os": PerRegimenSurvival, "pfs": PerRegimenSurvival, "landmark": LandmarkModel,
-                "metastasis": MetastasisModel}
+                "metastasis": MetastasisModel, "deep": DeepFeatureReducer}
     models = {}
     for name, meta in parts.items():
         if name not in builders:

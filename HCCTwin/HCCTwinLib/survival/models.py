@@ -148,7 +148,16 @@ def _stratified_bootstrap(rng: np.random.Generator, groups: np.ndarray) -> np.nd
     return np.concatenate(idx)
 
 
-def _row_frame(row: Any, columns: Sequence[str]) -> pd.DataFrame:
+def _derived(model, frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with the columns the engine derives (``deep_*`` from the raw encoder features, through the hook
+    ``model.derive_`` the engine sets) when some of ``columns`` are missing."""
+    derive = getattr(model, "derive_", None)
+    if derive is not None and any(c not in frame.columns for c in columns):
+        return derive(frame)
+    return frame
+
+
+def _row_frame(row: Any, columns: Sequence[str], model=None) -> pd.DataFrame:
     if isinstance(row, pd.DataFrame):
         frame = row
     elif isinstance(row, pd.Series):
@@ -157,6 +166,7 @@ def _row_frame(row: Any, columns: Sequence[str]) -> pd.DataFrame:
         frame = pd.DataFrame([dict(row)])
     else:
         raise InputError(f"a patient row must be a dict, Series or DataFrame, got {type(row).__name__}.")
+    frame = _derived(model, frame, columns)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise InputError(f"patient row lacks the model covariate(s) {', '.join(missing)}: compute them with "
@@ -397,7 +407,7 @@ class PerRegimenSurvival:
         regimens = self._check_regimens(regimens)
         times = np.asarray(DEFAULT_TIMES if times is None else times, float)
         tau = self.tau if tau is None else float(tau)
-        frame = _row_frame(row, self.covariates_).iloc[:1]
+        frame = _row_frame(row, self.covariates_, self).iloc[:1]
         out = {}
         for r in regimens:
             x = self._x_for(frame, r)
@@ -439,7 +449,7 @@ class PerRegimenSurvival:
         """RMST to ``tau`` for every patient x regimen: (point (n, R), bootstrap (B, n, R))."""
         regimens = self._check_regimens(regimens)
         tau = self.tau if tau is None else float(tau)
-        frame = _row_frame(df, self.covariates_)
+        frame = _row_frame(df, self.covariates_, self)
         xs = [self._x_for(frame, r) for r in regimens]
         point = np.column_stack([self.fit_.rmst(x, tau) for x in xs])
         boot = np.stack([np.column_stack([f.rmst(x, tau) for x in xs]) for f in self.boot_]) if self.boot_ else \
@@ -450,7 +460,7 @@ class PerRegimenSurvival:
         """RMST(``a``) - RMST(``b``) to ``tau`` months for one patient with a 95% bootstrap interval and the share of
         replicates in which ``a`` is better. Also the neoadjuvant question:
         ``rmst_difference(row, "neoadj_haic_pd1_len_resection", "resection")``."""
-        point, boot = self.rmst_matrix(_row_frame(row, self.covariates_).iloc[:1], [a, b], tau)
+        point, boot = self.rmst_matrix(_row_frame(row, self.covariates_, self).iloc[:1], [a, b], tau)
         est = float(point[0, 0] - point[0, 1])
         out = {"regimen_a": a, "regimen_b": b, "tau_months": self.tau if tau is None else float(tau),
                "estimate": est, "lower": float("nan"), "upper": float("nan"), "prob_a_better": float(est > 0)}
@@ -464,7 +474,7 @@ class PerRegimenSurvival:
         """Probability that each regimen is best = share of bootstrap replicates in which it has the highest
         RMST-``tau`` (ties shared). Pass only the regimens the patient is eligible for."""
         regimens = self._check_regimens(regimens)
-        point, boot = self.rmst_matrix(_row_frame(row, self.covariates_).iloc[:1], regimens, tau)
+        point, boot = self.rmst_matrix(_row_frame(row, self.covariates_, self).iloc[:1], regimens, tau)
         mats = boot[:, 0, :] if len(boot) else point
         best = mats == mats.max(axis=1, keepdims=True)
         share = (best / best.sum(axis=1, keepdims=True)).mean(axis=0)
@@ -473,7 +483,7 @@ class PerRegimenSurvival:
     def predict_risk(self, df: pd.DataFrame, regimen: str | None = None) -> np.ndarray:
         """Linear predictor (higher = worse) under ``regimen``, or under each patient's received regimen
         (the training ``regimen_col``) when ``regimen`` is None."""
-        frame = _row_frame(df, self.covariates_)
+        frame = _row_frame(df, self.covariates_, self)
         if regimen is None:
             if self.regimen_col_ not in df.columns:
                 raise InputError(f"the table lacks {self.regimen_col_}: give regimen= to predict under one regimen.")
@@ -616,6 +626,7 @@ class LandmarkModel:
         return self.models_[landmark_week]
 
     def _x(self, model, frame: pd.DataFrame, regimen: str | None) -> np.ndarray:
+        frame = _derived(self, frame, model["columns"])
         x = frame.reindex(columns=model["columns"]).apply(pd.to_numeric, errors="coerce")
         x = x.fillna(model["fills"]).fillna(0.0).to_numpy(float)
         if model["regimens"] and regimen is None and (self.regimen_col_ not in frame.columns):
@@ -740,6 +751,7 @@ class MetastasisModel:
     def _x(self, df) -> np.ndarray:
         frame = df if isinstance(df, pd.DataFrame) else (df.to_frame().T if isinstance(df, pd.Series)
                                                          else pd.DataFrame([dict(df)]))
+        frame = _derived(self, frame, self.features_)
         missing = [c for c in self.features_ if c not in frame.columns]
         if missing:
             raise InputError(f"metastasis model needs column(s) {', '.join(missing)}.")

@@ -37,7 +37,7 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def table(cohort):
-    table, notes = cohort_feature_table(cohort)
+    table, notes = cohort_feature_table(cohort, deep=False)  # deep features: test_survival_deep.py
     return table
 
 

@@ -118,7 +118,8 @@ def feature_table(cohort: Path, images: bool, cache_dir: Path | None, deep: bool
         if dcache is not None:
             raw.to_csv(dcache, index=False)
     if "_deep_notes" in raw.columns:
-        table["_notes"] = table.get("_notes", "").astype(str) + " | " + raw["_deep_notes"].astype(str).iloc[0]
+        prior = table["_notes"].fillna("").astype(str) if "_notes" in table.columns else ""
+        table["_notes"] = prior + " | " + str(raw["_deep_notes"].iloc[0])
         raw = raw.drop(columns=["_deep_notes"])
     raw["patient_id"] = raw["patient_id"].astype(str)
     table["patient_id"] = table["patient_id"].astype(str)

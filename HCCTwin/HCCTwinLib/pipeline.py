@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,26 +20,95 @@ from . import DISCLAIMER, __version__
 from .cases import Case
 from .errors import InputError
 from .jsonutil import jsonable
-from .labels import LABELS, TUMOR_LABELS
+from .labels import LABELS, MAX_LABEL, TUMOR_LABELS
 from .progress import ProgressCallback, SubProgress, report
 
 DEFAULT_WEEKS = (8, 16, 24)
 DEFAULT_REGIMENS = ("tace_pd1_len", "haic_pd1_len", "pd1_tki")
 
 
-@dataclass
 class FollowUp:
     """One follow-up time point on the pre-treatment grid: observed (real, registered) or virtual (generated).
 
-    ``phases`` maps phase name to HU array; ``std`` (virtual only) the per-voxel standard deviation over samples.
+    ``phases`` maps phase name to HU array; ``std`` (virtual only) the per-voxel standard deviation over samples;
+    ``labels`` the uint8 label map. All three read as full-grid numpy arrays ``[k, j, i]``.
+
+    Virtual follow-ups from the generator are stored compactly (the generated liver crop; see
+    :class:`HCCTwinLib.twin.crop.CropFollowUp`): there ``phases[name]``, ``std[name]`` and ``labels`` are computed
+    on each access (a new array every time, nothing kept), so hold on to the array while you use it and let it go
+    afterwards. The accessors below give cheaper views for the scene, the report and the response reading; on a
+    plain FollowUp (arrays given) they work on those arrays.
     """
 
-    weeks: int
-    phases: dict[str, np.ndarray]
-    labels: np.ndarray | None = None
-    std: dict[str, np.ndarray] = field(default_factory=dict)
-    kind: str = "virtual"  # "virtual" or "observed"
-    regimen: str | None = None
+    def __init__(self, weeks: int, phases: Mapping[str, np.ndarray], labels: np.ndarray | None = None,
+                 std: Mapping[str, np.ndarray] | None = None, kind: str = "virtual", regimen: str | None = None):
+        self.weeks = weeks
+        self.phases = phases
+        self.labels = labels
+        self.std = {} if std is None else std
+        self.kind = kind  # "virtual" or "observed"
+        self.regimen = regimen
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(weeks={self.weeks!r}, phases={list(self.phases)}, kind={self.kind!r}, "
+                f"regimen={self.regimen!r}, std={list(self.std)}, labels={'yes' if self.has_labels else 'no'})")
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the follow-up has a label map (without computing it)."""
+        return self.labels is not None
+
+    @property
+    def region(self) -> tuple[slice, slice, slice] | None:
+        """Index box ``[k, j, i]`` outside which images and labels equal the pre-treatment input (None: anywhere)."""
+        return None
+
+    def phase_region(self, phase: str, region: tuple[slice, ...] | None) -> np.ndarray:
+        """``phases[phase][region]`` (float32; the whole grid for None) without computing the whole grid first."""
+        arr = np.asarray(self.phases[phase], dtype=np.float32)
+        return arr if region is None else arr[region]
+
+    def labels_region(self, region: tuple[slice, ...] | None) -> np.ndarray | None:
+        """``labels[region]`` (the whole grid for None) without computing the whole grid first."""
+        labels = self.labels
+        return labels if labels is None or region is None else labels[region]
+
+    def label_counts(self) -> np.ndarray | None:
+        """Voxel count per label value (``np.bincount`` of ``labels``), or None without labels."""
+        labels = self.labels
+        return None if labels is None else np.bincount(np.asarray(labels).ravel(), minlength=MAX_LABEL + 1)
+
+    def fill_phase(self, phase: str, out: np.ndarray, *, rounded_input: np.ndarray | None = None) -> np.ndarray:
+        """Write ``phases[phase]`` into ``out`` (same shape; an integer ``out`` gets the values rounded and clipped
+        to its range) in slabs, without a full-size temporary. Used to fill scene volumes in place.
+        ``rounded_input``: the pre-treatment phase already stored as ``out`` stores it (e.g. the scene's input
+        volume); a follow-up that knows where it equals the input copies it from there."""
+        store_rounded(out, self.phases[phase])
+        return out
+
+    def std_volume(self, phase: str, geometry) -> tuple[np.ndarray, Any]:
+        """``(SD array, its Geometry)`` at the resolution the SD was computed on: ``(std[phase], geometry)`` for
+        plain arrays; the generator's crop grid for compact virtual follow-ups (much smaller, same information; the
+        scene shows it as an overlay, which Slicer resamples)."""
+        return np.asarray(self.std[phase], dtype=np.float32), geometry
+
+
+#: slab thickness (slices) of :func:`store_rounded`
+_SLAB = 8
+
+
+def store_rounded(out: np.ndarray, src: np.ndarray, k0: int = 0) -> None:
+    """``out[...] = src[k0 : k0 + len(out)]`` slab by slab; an integer ``out`` gets ``rint`` and its range clipped
+    (HU -> int16 changes a value by at most 0.5)."""
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        for a in range(0, out.shape[0], _SLAB):
+            b = min(out.shape[0], a + _SLAB)
+            slab = np.rint(np.asarray(src[k0 + a:k0 + b], dtype=np.float32))
+            np.clip(slab, info.min, info.max, out=slab)
+            out[a:b] = slab
+    else:
+        out[...] = src[k0:k0 + out.shape[0]]
 
 
 @dataclass
@@ -98,8 +168,9 @@ class TwinResult:
                               if self.real_followup else None),
             "survival": jsonable(self.survival),
             "response": jsonable(self.response),
-            "virtual_followups": {r: {f"w{w:02d}": label_volumes_ml(fu.labels, self.case.geometry.voxel_volume_ml)
-                                      for w, fu in by_week.items() if fu.labels is not None}
+            "virtual_followups": {r: {f"w{w:02d}": label_volumes_from_counts(fu.label_counts(),
+                                                                              self.case.geometry.voxel_volume_ml)
+                                      for w, fu in by_week.items() if fu.has_labels}
                                   for r, by_week in self.followups.items()},
             "provenance": self.provenance,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
@@ -115,7 +186,13 @@ class TwinResult:
 
 
 def label_volumes_ml(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, float]:
-    counts = np.bincount(labels.ravel(), minlength=max(info.value for info in LABELS) + 1)
+    return label_volumes_from_counts(np.bincount(np.asarray(labels).ravel(), minlength=MAX_LABEL + 1),
+                                     voxel_volume_ml)
+
+
+def label_volumes_from_counts(counts: np.ndarray, voxel_volume_ml: float) -> dict[str, float]:
+    """:func:`label_volumes_ml` from voxel counts per label value (``FollowUp.label_counts()``)."""
+    counts = np.pad(np.asarray(counts), (0, max(0, max(info.value for info in LABELS) + 1 - len(counts))))
     out = {info.key: round(float(counts[info.value]) * voxel_volume_ml, 2) for info in LABELS}
     out["tumor_total"] = round(sum(float(counts[v]) for v in TUMOR_LABELS) * voxel_volume_ml, 2)
     return out
@@ -145,6 +222,14 @@ def _installed(get_model, weights, device, what: str, notes: list[str]):
     except ModelFileError as exc:
         notes.append(f"{what}: {exc}")
         return None
+
+
+def _add_messages(result: TwinResult, step: str, model) -> None:
+    """The model's messages from this run (e.g. "The GPU ran out of memory; continuing on the CPU") into the notes,
+    once (the device message is noted when the model is picked)."""
+    for message in (getattr(model, "last_info", None) or {}).get("messages") or []:
+        if message and message != getattr(model, "message", None) and f"{step}: {message}" not in result.notes:
+            result.notes.append(f"{step}: {message}")
 
 
 def _model_label(card: dict) -> str:
@@ -199,6 +284,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
             if segmenter.message:
                 result.notes.append(segmenter.message)
             case.labels = segmenter.segment(case, progress=SubProgress(progress, 0.05, 0.35))
+            _add_messages(result, "Segmentation", segmenter)
             result.provenance["segmentation"] = _model_label(segmenter.card)
     elif case.labels is not None:
         result.provenance["segmentation"] = "given (user or file)"
@@ -226,6 +312,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
             result.followups = generator.generate(case, regimens=list(regimens), weeks=result.weeks,
                                                   samples=options.samples, seed=options.seed, steps=options.steps,
                                                   progress=SubProgress(progress, 0.35, 0.9))
+            _add_messages(result, "Generator", generator)
             result.provenance["generator"] = (f"{_model_label(generator.card)}, {options.samples} samples, "
                                               f"seed {options.seed}")
     result.timings["generate"] = time.perf_counter() - t0
@@ -275,20 +362,25 @@ def read_responses(result: TwinResult) -> None:
     case = result.case
     if case.labels is None:
         return
-    arterial = case.phases.get("arterial")
-    trajectories = {r: [(w, fu.labels, fu.phases.get("arterial")) for w, fu in sorted(by_week.items())
-                        if fu.labels is not None] for r, by_week in result.followups.items()}
+    full = (case.labels, case.geometry, case.phases.get("arterial"))
+    trajectories: dict[str, list[FollowUp]] = {
+        r: [fu for _, fu in sorted(by_week.items()) if fu.has_labels] for r, by_week in result.followups.items()}
     real = result.real_followup
     if real is not None and real.labels is not None:
-        trajectories["observed"] = [(real.weeks, real.labels, real.phases.get("arterial"))]
-    for key, items in trajectories.items():
-        if not items:
+        trajectories["observed"] = [real]
+    for key, followups in trajectories.items():
+        if not followups:
             continue
+        # one trajectory at a time; a virtual one is read on the box it differs from the input in (when the input
+        # has no label outside it, nothing outside can count): the same reading at a fraction of memory and time
+        base, items = _trajectory(case, followups, full)
         try:
-            readings = trajectory_readings(case.labels, case.geometry, items, arterial)
+            readings = trajectory_readings(base[0], base[1], items, base[2])
         except Exception as exc:  # noqa: BLE001 - a reading that fails is reported, the rest goes on
             result.notes.append(f"response reading of {key} failed: {exc}")
             continue
+        finally:
+            del items
         result.readings[key] = readings
         result.response[key] = {f"w{w:02d}": {"mrecist": r.get("category_mrecist"),
                                               "recist": r.get("category_recist"),
@@ -297,6 +389,34 @@ def read_responses(result: TwinResult) -> None:
                                 for w, r in sorted(readings.items()) if w > 0}
     if real is not None and "observed" in result.response and real.regimen:
         result.response["observed"]["regimen"] = real.regimen
+
+
+def _trajectory(case: Case, followups: list[FollowUp], full):
+    """``((baseline labels, geometry, baseline arterial), [(weeks, labels, arterial)])`` of one virtual trajectory,
+    on the follow-ups' common :attr:`FollowUp.region` when they share one and the input has no label outside it."""
+    region = followups[0].region if followups else None
+    if region is None or any(fu.region != region for fu in followups[1:]) or \
+            np.count_nonzero(case.labels) != np.count_nonzero(case.labels[region]):
+        region, base = None, full
+    else:
+        arterial = full[2]
+        base = (case.labels[region], sub_geometry(case.geometry, region),
+                None if arterial is None else arterial[region])
+    items = [(fu.weeks, fu.labels_region(region),
+              fu.phase_region("arterial", region) if "arterial" in fu.phases else None) for fu in followups]
+    return base, items
+
+
+def sub_geometry(geometry, region: tuple[slice, ...]):
+    """Geometry of the index box ``region`` (k, j, i slices with steps of 1) of ``geometry``: same spacing and
+    direction, origin moved to the box's first voxel."""
+    from .cases import Geometry
+
+    lo = [s.indices(n)[0] for s, n in zip(region, geometry.shape)]
+    hi = [s.indices(n)[1] for s, n in zip(region, geometry.shape)]
+    origin = geometry.ijk_to_lps() @ np.array([lo[2], lo[1], lo[0], 1.0])
+    return Geometry(shape=tuple(b - a for a, b in zip(lo, hi)), spacing=geometry.spacing, origin=tuple(origin[:3]),
+                    direction=geometry.direction)
 
 
 def update_survival(result: TwinResult, options: PipelineOptions | None = None,

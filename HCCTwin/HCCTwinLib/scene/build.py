@@ -16,10 +16,16 @@ Public API::
 
 Survival (``result.survival``) and response (``result.response``) are shown as computed by the engine; after a new
 regimen selection call :func:`HCCTwinLib.pipeline.update_survival` first, then :func:`update_selection`.
+
+Memory: CT volumes are stored as int16 HU (:func:`image_dtype`); each virtual follow-up is computed straight into
+its sequence item (``FollowUp.fill_phase``), the sequence proxies share their item's voxels, and the uncertainty
+sequences hold the SD on the grid it was computed on (``FollowUp.std_volume``: the generator's crop grid), so the
+scene holds one int16 volume per shown time point and nothing else at full size.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +88,19 @@ class SceneNodes:
     display_phase: str = "portal"
     virtual_regimen: str | None = None
     views_assigned: bool = False
+
+
+def image_dtype(case) -> np.dtype:
+    """Voxel type of the image volumes put into the scene: int16 for CT (whole HU, within 0.5 HU of the engine's
+    float32, half the memory), float32 otherwise (MR intensities keep their scale)."""
+    return np.dtype(np.int16 if str(getattr(case, "modality", "CT")).upper() == "CT" else np.float32)
+
+
+def _voxels(volume_node) -> np.ndarray | None:
+    """The node's voxels as a numpy view (no copy), or None."""
+    import slicer
+
+    return slicer.util.arrayFromVolume(volume_node) if volume_node.GetImageData() is not None else None
 
 
 def _prefix(result) -> str:
@@ -288,13 +307,29 @@ def show_result(scene, result, *, segmentations_logic, sequences_logic=None, lay
     follow-ups carry ``std``), the case table, the survival table and OS / PFS charts for ``regimens`` (default all
     of ``result.regimens``), then arrange ``layout_id`` (default "pre | real | virtual" over the plot) and assign the
     linked views when they exist. Re-running on the same patient re-uses the nodes by name.
+
+    The nodes are made inside a scene batch-processing state (as Slicer does when it loads a scene), so views and
+    logics update once at the end instead of after every node.
     """
+    scene.StartState(scene.BatchProcessState)
+    try:
+        return _show_result(scene, result, segmentations_logic=segmentations_logic, sequences_logic=sequences_logic,
+                            layout_node=layout_node, segmentation_node=segmentation_node,
+                            display_phase=display_phase, regimens=regimens, endpoint=endpoint,
+                            show_uncertainty=show_uncertainty, layout_id=layout_id)
+    finally:
+        scene.EndState(scene.BatchProcessState)
+
+
+def _show_result(scene, result, *, segmentations_logic, sequences_logic, layout_node, segmentation_node,
+                 display_phase, regimens, endpoint, show_uncertainty, layout_id) -> SceneNodes:
     case = result.case
     prefix = _prefix(result)
     names = node_names(result)
     ids = SceneNodes(display_phase=display_phase, endpoint=endpoint, uncertainty_visible=bool(show_uncertainty))
+    dtype = image_dtype(case)
     for phase, array in case.phases.items():
-        ids.pre[phase] = add_volume(scene, array, case.geometry, f"{prefix} pre {phase}").GetID()
+        ids.pre[phase] = add_volume(scene, array, case.geometry, f"{prefix} pre {phase}", dtype=dtype).GetID()
     reference = scene.GetNodeByID(ids.pre.get(display_phase) or next(iter(ids.pre.values())))
     if segmentation_node is not None:
         ids.segmentation = segmentation_node.GetID()
@@ -306,28 +341,36 @@ def show_result(scene, result, *, segmentations_logic, sequences_logic=None, lay
         fu = result.real_followup
         for phase, array in fu.phases.items():
             name = f"{prefix} real follow-up w{fu.weeks:02d} {phase}"
-            ids.real_followup[phase] = add_volume(scene, array, case.geometry, name).GetID()
+            ids.real_followup[phase] = add_volume(scene, array, case.geometry, name, dtype=dtype).GetID()
     for regimen, by_week in result.followups.items():
         weeks = sorted(by_week)
         if not weeks:
             continue
         phase = display_phase if all(display_phase in by_week[w].phases for w in weeks) else next(
             iter(by_week[weeks[0]].phases))
-        arrays = [by_week[w].phases[phase] for w in weeks]
-        seq, browser = add_sequence(scene, arrays, case.geometry, f"{prefix} virtual {regimen}", weeks,
+        # each follow-up is computed straight into its sequence item (no full-size copy in between), starting from
+        # the input volume just stored the same way
+        pre_node = scene.GetNodeByID(ids.pre[phase]) if phase in ids.pre else None
+        rounded = _voxels(pre_node) if pre_node is not None else None
+        fills = [functools.partial(by_week[w].fill_phase, phase, rounded_input=rounded) for w in weeks]
+        seq, browser = add_sequence(scene, fills, case.geometry, f"{prefix} virtual {regimen}", weeks,
                                     index_name="time", index_unit="week", sequences_logic=sequences_logic,
-                                    reuse=True)
+                                    reuse=True, dtype=dtype)
         ids.virtual_sequences[regimen] = seq.GetID()
         ids.virtual_browsers[regimen] = browser.GetID()
         std_phase = phase if all(phase in by_week[w].std for w in weeks) else next(
             (p for p in by_week[weeks[0]].std if all(p in by_week[w].std for w in weeks)), None)
         if std_phase is not None:
-            stds = [np.asarray(by_week[w].std[std_phase], dtype=np.float32) for w in weeks]
+            # the SD at the resolution it was computed on (the generator's crop grid: small at any input size)
+            stds, grids = zip(*(by_week[w].std_volume(std_phase, case.geometry) for w in weeks))
             top = float(max(np.percentile(s, 99.5) for s in stds)) or 1.0
-            std_seq = add_synchronized_sequence(scene, browser, stds, case.geometry, f"{prefix} uncertainty {regimen}",
-                                                weeks, sequences_logic=sequences_logic, reuse=True,
+            std_seq = add_synchronized_sequence(scene, browser, list(stds), list(grids),
+                                                f"{prefix} uncertainty {regimen}", weeks,
+                                                sequences_logic=sequences_logic, reuse=True,
                                                 window_level=(top, top / 2), color_node_id=_uncertainty_color(scene))
+            del stds
             ids.uncertainty_sequences[regimen] = std_seq.GetID()
+        del rounded, fills
         _refresh_proxies(scene, ids, regimen)
         if regimen in ids.uncertainty_proxies:
             style_uncertainty_display(scene.GetNodeByID(ids.uncertainty_proxies[regimen]), top)

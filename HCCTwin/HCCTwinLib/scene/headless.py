@@ -88,6 +88,19 @@ class HeadlessSlicer:
             comp.SetBackgroundVolumeID(None)
             comp.SetForegroundVolumeID(None)
             comp.SetLabelVolumeID(None)
+        # a slice layer whose volume is removed keeps its reslice filters connected to the old voxels, and the views
+        # outlive close() (VTK observer cycles): disconnect them, or every closed app keeps the last shown volumes
+        logics = self.app_logic.GetSliceLogics() if views else None
+        for i in range(logics.GetNumberOfItems() if logics is not None else 0):
+            logic = logics.GetItemAsObject(i)
+            for layer in (logic.GetBackgroundLayer(), logic.GetForegroundLayer(), logic.GetLabelLayer()):
+                for reslice in (layer.GetReslice(), layer.GetResliceUVW()) if layer is not None else ():
+                    if reslice is not None:
+                        reslice.RemoveAllInputConnections(0)
+        # likewise a segmentation shown in a view stays referenced by its 2D pipeline: empty it (the nodes go anyway)
+        segs = self.scene.GetNodesByClass("vtkMRMLSegmentationNode") if views else None
+        for i in range(segs.GetNumberOfItems() if segs is not None else 0):
+            segs.GetItemAsObject(i).GetSegmentation().RemoveAllSegments()
         return views
 
     def close(self) -> None:

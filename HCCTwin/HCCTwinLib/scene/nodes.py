@@ -13,11 +13,17 @@ RAS. ``Geometry.ijk_to_ras()`` is written to the node's IJKToRAS matrix as is (d
 Only ``slicer.util.updateVolumeFromArray`` / ``arrayFromVolume`` are used from ``slicer.util``: they take the node as
 an argument and work headless; ``addVolumeFromArray`` and ``updateSegmentBinaryLabelmapFromArray`` do not (they need
 ``slicer.mrmlScene`` / ``slicer.modules``).
+
+Memory: a volume is written straight into the node's VTK buffer (allocated with the asked ``dtype``, filled through
+the ``arrayFromVolume`` view, slab by slab), so no full-size temporary is made; the voxels may also come from a
+function ``fill(out)`` instead of an array (a virtual follow-up computed into the buffer). Sequence items are made
+inside the sequence (not deep-copied from a temporary node) and browser proxies share their item's voxels instead of
+holding a copy (``SetDeepCopyVirtualNodes(False)``; editing a proxy therefore edits the item it shows).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -97,6 +103,54 @@ def geometry_from_volume(node) -> Geometry:
 
 
 # ----------------------------------------------------------------------------------------------------------- volumes
+#: Voxels of a volume: a ``[k, j, i]`` array, or a function that writes them into the array it is given.
+VolumeData = np.ndarray | Callable[[np.ndarray], object]
+_SLAB = 8
+
+
+def _storage_dtype(array, dtype, labelmap: bool) -> np.dtype:
+    if labelmap:
+        return np.dtype(np.uint8)
+    if dtype is not None:
+        return np.dtype(dtype)
+    if callable(array):
+        raise ValueError("a volume given as a fill function needs its dtype")
+    dt = np.asarray(array).dtype
+    if dt in (np.int64, np.uint64, np.float16, np.bool_):
+        return np.dtype(np.float32)  # VTK_LONG_LONG is rejected by updateVolumeFromArray; float16 has no VTK type
+    return dt
+
+
+def _write_voxels(node, data: VolumeData, shape, dtype: np.dtype) -> None:
+    """Allocate ``node``'s image data as ``dtype`` with ``shape`` (k, j, i) and write ``data`` into it in place
+    (integer storage of float data: rounded, clipped to the type's range)."""
+    import vtk
+    import vtk.util.numpy_support
+
+    slicer = _slicer()
+    image = node.GetImageData()
+    if image is None:
+        image = vtk.vtkImageData()
+        node.SetAndObserveImageData(image)
+    image.SetDimensions(int(shape[2]), int(shape[1]), int(shape[0]))
+    image.AllocateScalars(vtk.util.numpy_support.get_vtk_array_type(dtype), 1)
+    target = slicer.util.arrayFromVolume(node)
+    if callable(data):
+        data(target)
+    else:
+        src = np.asarray(data)
+        if np.issubdtype(dtype, np.integer) and not np.issubdtype(src.dtype, np.integer):
+            from ..pipeline import store_rounded
+
+            store_rounded(target, src)
+        else:
+            for k0 in range(0, target.shape[0], _SLAB):
+                target[k0:k0 + _SLAB] = src[k0:k0 + _SLAB]
+    slicer.util.arrayFromVolumeModified(node)
+    node.StorableModified()
+    node.InvokeEvent(slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, node)
+
+
 def label_color_node(scene):
     """A ``vtkMRMLColorTableNode`` with the HCCTwin label names/colours (:data:`HCCTwinLib.labels.LABELS`).
 
@@ -118,30 +172,30 @@ def label_color_node(scene):
     return node
 
 
-def add_volume(scene, array: np.ndarray, geometry: Geometry, name: str, *, labelmap: bool = False,
-               window_level: tuple[float, float] | None = None, reuse: bool = True):
+def add_volume(scene, array: VolumeData, geometry: Geometry, name: str, *, labelmap: bool = False,
+               window_level: tuple[float, float] | None = None, reuse: bool = True, dtype=None):
     """Add (or, with ``reuse``, update the same-named) volume node holding ``array`` on ``geometry``.
 
-    ``array`` is ``[k, j, i]``; the node's IJKToRAS is exactly ``geometry.ijk_to_ras()``. Scalar volumes get a display
+    ``array`` is ``[k, j, i]`` (or a function writing the voxels into the array it gets; then give ``dtype``); the
+    node's IJKToRAS is exactly ``geometry.ijk_to_ras()``. ``dtype`` is the voxel type stored in the node (default:
+    the array's; int16 for CT halves the memory of float32 and rounds to whole HU). Scalar volumes get a display
     node with ``window_level`` = (width, level) (default abdominal CT W 350 / L 50); label maps
     (``labelmap=True``, stored as uint8) get the HCCTwin label colour table. Returns
     ``vtkMRMLScalarVolumeNode`` or ``vtkMRMLLabelMapVolumeNode``.
     """
-    slicer = _slicer()
-    array = np.asarray(array)
-    _check_geometry(array, geometry, f"volume {name!r}")
-    if labelmap:
-        if array.min(initial=0) < 0 or array.max(initial=0) > 255:
+    if not callable(array):
+        array = np.asarray(array)
+        _check_geometry(array, geometry, f"volume {name!r}")
+        if labelmap and (array.min(initial=0) < 0 or array.max(initial=0) > 255):
             raise ValueError(f"label map {name!r} has values outside 0..255; pass integer label values")
-        array = array.astype(np.uint8)
-    elif array.dtype == np.int64 or array.dtype == np.uint64 or array.dtype == np.float16 or array.dtype == bool:
-        array = array.astype(np.float32)  # VTK_LONG_LONG is rejected by updateVolumeFromArray; float16 has no VTK type
+    store = _storage_dtype(array, dtype, labelmap)
     class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
     node = _new_or_reused(scene, class_name, name, reuse)
     set_volume_geometry(node, geometry)
-    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
     node.SetAttribute(NODE_ATTRIBUTE, "labelmap" if labelmap else "volume")
+    # display first: its window/level is set, so no automatic window/level histogram is computed over the voxels
     _ensure_volume_display(scene, node, labelmap=labelmap, window_level=window_level)
+    _write_voxels(node, array, geometry.shape, store)
     return node
 
 
@@ -284,57 +338,84 @@ def labels_from_segmentation(scene, segmentations_logic, seg_node, geometry: Geo
 
 
 # --------------------------------------------------------------------------------------------------------- sequences
-def add_sequence(scene, arrays: Sequence[np.ndarray], geometry: Geometry, name: str, index_values: Sequence[float],
-                 index_name: str = "time", index_unit: str = "week", sequences_logic=None, *,
-                 window_level: tuple[float, float] | None = None, labelmap: bool = False, reuse: bool = False,
-                 color_node_id: str | None = None):
+def add_sequence(scene, arrays: Sequence[VolumeData], geometry: Geometry | Sequence[Geometry], name: str,
+                 index_values: Sequence[float], index_name: str = "time", index_unit: str = "week",
+                 sequences_logic=None, *, window_level: tuple[float, float] | None = None, labelmap: bool = False,
+                 reuse: bool = False, color_node_id: str | None = None, dtype=None):
     """A ``vtkMRMLSequenceNode`` of volumes (e.g. virtual follow-ups at 0, 8, 16 weeks) and a browser node.
 
     Returns ``(sequence_node, browser_node)``; ``browser_node.SetSelectedItemNumber(n)`` shows ``arrays[n]`` in the
-    browser's proxy volume (``browser_node.GetProxyNode(sequence_node)``). Browser nodes need the Sequences module
-    logic: in Slicer it is always there; headless register it (``HeadlessSlicer`` does). With ``sequences_logic``
-    given, the proxy node is created at once (otherwise the logic does it when it sees the browser).
-    ``reuse=True`` refills the same-named sequence and browser (``"<name> browser"``) instead of adding new nodes,
-    so a re-run updates its own sequences.
+    browser's proxy volume (``browser_node.GetProxyNode(sequence_node)``), which shares the item's voxels. Browser
+    nodes need the Sequences module logic: in Slicer it is always there; headless register it (``HeadlessSlicer``
+    does). With ``sequences_logic`` given, the proxy node is created at once (otherwise the logic does it when it
+    sees the browser). ``reuse=True`` refills the same-named sequence and browser (``"<name> browser"``) instead of
+    adding new nodes, so a re-run updates its own sequences. Items may be fill functions (see :func:`add_volume`;
+    then give ``dtype``; default float32) and ``geometry`` one per item.
     """
-    seq = _fill_sequence(scene, arrays, geometry, name, index_values, index_name, index_unit, labelmap=labelmap,
-                         reuse=reuse)
+    seq, pending = _fill_sequence(scene, arrays, geometry, name, index_values, index_name, index_unit,
+                                  labelmap=labelmap, reuse=reuse, dtype=dtype, defer=True)
     browser = find_node(scene, f"{name} browser", "vtkMRMLSequenceBrowserNode") if reuse else None
     if browser is None:
         browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
     browser.SetAttribute(NODE_ATTRIBUTE, "sequence-browser")
     set_primary = (getattr(browser, "SetAndObservePrimarySequenceNodeID", None)
                    or browser.SetAndObserveMasterSequenceNodeID)  # renamed in newer Slicer
+    browser.SetDeepCopyVirtualNodes(False)
     set_primary(seq.GetID())
+    browser.SetDeepCopyVirtualNodes(False)  # proxies share the item's voxels (setting the primary resets it)
+    # the proxy and its display are made while the items have no voxels yet, so no automatic window/level
+    # histogram is computed over a full volume (about 0.5 s per 30 M voxels); then the voxels are written
     _update_proxy(scene, browser, seq, name, sequences_logic, labelmap=labelmap, window_level=window_level,
                   color_node_id=color_node_id)
+    _write_pending(pending)
+    if sequences_logic is not None:
+        sequences_logic.UpdateProxyNodesFromSequences(browser)
     return seq, browser
 
 
-def add_synchronized_sequence(scene, browser, arrays: Sequence[np.ndarray], geometry: Geometry, name: str,
-                              index_values: Sequence[float], index_name: str = "time", index_unit: str = "week",
-                              sequences_logic=None, *, window_level: tuple[float, float] | None = None,
-                              reuse: bool = False, color_node_id: str | None = None):
+def add_synchronized_sequence(scene, browser, arrays: Sequence[VolumeData], geometry: Geometry | Sequence[Geometry],
+                              name: str, index_values: Sequence[float], index_name: str = "time",
+                              index_unit: str = "week", sequences_logic=None, *,
+                              window_level: tuple[float, float] | None = None, reuse: bool = False,
+                              color_node_id: str | None = None, dtype=None):
     """A second sequence (e.g. the per-voxel uncertainty) played by an existing browser in step with its primary
     sequence: browsing the time points moves both proxies. Returns the sequence node; its proxy is
-    ``browser.GetProxyNode(sequence)``. ``index_values`` must match the primary sequence's."""
-    seq = _fill_sequence(scene, arrays, geometry, name, index_values, index_name, index_unit, labelmap=False,
-                         reuse=reuse)
+    ``browser.GetProxyNode(sequence)``. ``index_values`` must match the primary sequence's. Its items may lie on
+    another grid than the primary's (``geometry``: one, or one per item): the views resample them."""
+    seq, pending = _fill_sequence(scene, arrays, geometry, name, index_values, index_name, index_unit,
+                                  labelmap=False, reuse=reuse, dtype=dtype, defer=True)
     if not browser.IsSynchronizedSequenceNodeID(seq.GetID()):
         browser.AddSynchronizedSequenceNode(seq)
+    browser.SetDeepCopyVirtualNodes(False)
     _update_proxy(scene, browser, seq, name, sequences_logic, labelmap=False, window_level=window_level,
                   color_node_id=color_node_id)
+    _write_pending(pending)
+    if sequences_logic is not None:
+        sequences_logic.UpdateProxyNodesFromSequences(browser)
     return seq
 
 
-def _fill_sequence(scene, arrays, geometry, name, index_values, index_name, index_unit, *, labelmap, reuse):
+def _write_pending(pending) -> None:
+    for stored, data, shape, store in pending:
+        _write_voxels(stored, data, shape, store)
+
+
+def _fill_sequence(scene, arrays, geometry, name, index_values, index_name, index_unit, *, labelmap, reuse,
+                   dtype=None, defer: bool = False):
+    """The sequence node with one item per array; with ``defer`` the items are made without voxels and
+    ``(sequence, [(item, data, shape, dtype)])`` is returned for :func:`_write_pending`."""
     slicer = _slicer()
     if len(arrays) != len(index_values):
         raise ValueError(f"{len(arrays)} arrays but {len(index_values)} index values; give one index value per array")
     if not len(arrays):
         raise ValueError(f"sequence {name!r} needs at least one array")
-    for array, value in zip(arrays, index_values):
-        _check_geometry(np.asarray(array), geometry, f"sequence {name!r} item {value}")
+    geometries = [geometry] * len(arrays) if isinstance(geometry, Geometry) else list(geometry)
+    if len(geometries) != len(arrays):
+        raise ValueError(f"sequence {name!r}: {len(geometries)} geometries for {len(arrays)} items")
+    for array, geom, value in zip(arrays, geometries, index_values):
+        if not callable(array):
+            _check_geometry(np.asarray(array), geom, f"sequence {name!r} item {value}")
+    store = np.dtype(np.uint8) if labelmap else np.dtype(dtype or np.float32)
     seq = find_node(scene, name, "vtkMRMLSequenceNode") if reuse else None
     if seq is None:
         seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
@@ -345,13 +426,16 @@ def _fill_sequence(scene, arrays, geometry, name, index_values, index_name, inde
     seq.SetIndexType(slicer.vtkMRMLSequenceNode.NumericIndex)
     seq.SetAttribute(NODE_ATTRIBUTE, "sequence")
     item_class = slicer.vtkMRMLLabelMapVolumeNode if labelmap else slicer.vtkMRMLScalarVolumeNode
-    for array, value in zip(arrays, index_values):
-        item = item_class()  # not in the scene: SetDataNodeAtValue deep-copies it into the sequence
+    pending = []
+    for array, geom, value in zip(arrays, geometries, index_values):
+        item = item_class()  # without voxels: SetDataNodeAtValue copies it into the sequence, then we fill that copy
         item.SetName(f"{name} {index_name}={value:g}{index_unit}")
-        set_volume_geometry(item, geometry)
-        slicer.util.updateVolumeFromArray(item, np.ascontiguousarray(np.asarray(array).astype(
-            np.uint8 if labelmap else np.float32)))
-        seq.SetDataNodeAtValue(item, f"{float(value):g}")
+        set_volume_geometry(item, geom)
+        stored = seq.SetDataNodeAtValue(item, f"{float(value):g}")
+        pending.append((stored, array, geom.shape, store))
+    if defer:
+        return seq, pending
+    _write_pending(pending)
     return seq
 
 

@@ -133,7 +133,9 @@ class Segmenter:
         return cls(model, card, dev, message=message, path=Path(path), **options)
 
     # -- inputs -------------------------------------------------------------------------------------------------
-    def _stack(self, case_or_arrays, geometry: Geometry | None) -> tuple[np.ndarray, Geometry]:
+    def _stack(self, case_or_arrays, geometry: Geometry | None) -> tuple[list[np.ndarray], Geometry]:
+        """The model's input phases as a list of ``(K, J, I)`` arrays (the caller's arrays, not a stacked copy:
+        each phase is resampled onto the model grid on its own, so no full-resolution copy is made)."""
         if isinstance(case_or_arrays, Case):
             phases, geometry = case_or_arrays.phases, case_or_arrays.geometry
         elif isinstance(case_or_arrays, Mapping):
@@ -153,9 +155,10 @@ class Segmenter:
                              f"phases you have.")
         if geometry is None:
             raise InputError("segment(): give the geometry of the arrays (or pass a Case).")
-        stack = np.stack([np.asarray(phases[p], dtype=np.float32) for p in self.phases])
-        if tuple(stack.shape[1:]) != tuple(geometry.shape):
-            raise InputError(f"phase arrays have shape {stack.shape[1:]} but the geometry says {geometry.shape}.")
+        stack = [np.asarray(phases[p]) for p in self.phases]
+        for name, arr in zip(self.phases, stack):
+            if tuple(arr.shape) != tuple(geometry.shape):
+                raise InputError(f"phase {name!r} has shape {arr.shape} but the geometry says {geometry.shape}.")
         return stack, geometry
 
     def _model_on(self, dev):

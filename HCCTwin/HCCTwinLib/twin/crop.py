@@ -19,12 +19,18 @@ bit-identical to the input):
   generated crop labels differ from the pre labels seen on the crop grid (both mapped back with nearest neighbour),
   otherwise it keeps its full-resolution pre label. Unchanged anatomy therefore keeps its exact boundaries, and a
   generated crop equal to the pre crop gives back the input labels exactly.
+
+:class:`CropFollowUp` keeps a virtual follow-up in this compact form (crop-grid residual, SD and labels plus
+references to the input arrays, about 1 MB per time point whatever the input size) and pastes on access, with exactly
+the functions above: ``phases[name]``, ``std[name]`` and ``labels`` are bit-identical to :func:`paste_image` /
+:func:`paste_labels` of the same crop. The input arrays are referenced, not copied: do not modify them in place while
+the follow-ups are in use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -32,6 +38,8 @@ import SimpleITK as sitk
 from ..cases import Geometry
 from ..errors import InputError
 from ..io import to_sitk
+from ..labels import MAX_LABEL
+from ..pipeline import FollowUp, store_rounded
 
 #: default crop grid (k, j, i): ~3.5 mm in-plane, ~6.5 mm between slices for a typical 23 x 20 x 21 cm padded liver box
 DEFAULT_CROP_KJI = (32, 64, 64)
@@ -237,5 +245,241 @@ def paste_labels(pre_labels: np.ndarray, box: CropBox, crop_labels: np.ndarray,
     return out
 
 
-__all__ = ["DEFAULT_CROP_KJI", "DEFAULT_PAD_MM", "DEFAULT_SEAM_MM", "CropBox", "blend_weight", "crop_geometry",
-           "from_crop", "liver_index_box", "make_crop_box", "paste_image", "paste_labels", "to_crop"]
+def crop_blend_weight(box: CropBox, seam_mm: float = DEFAULT_SEAM_MM) -> np.ndarray:
+    """:func:`blend_weight` evaluated at the crop grid's voxel centres (float32, crop shape): 0 where a crop voxel
+    centre lies outside the index box (or the volume), the smoothstep ramp over ``seam_mm`` inside."""
+    crop, src = box.crop, box.source
+    k, j, i = np.indices(crop.shape, dtype=np.float64)
+    pts = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
+    ijk = (np.linalg.inv(src.ijk_to_lps()) @ crop.ijk_to_lps() @ pts)[:3]  # continuous source (i, j, k)
+    spacing_kji = src.spacing[::-1]
+    weight = np.ones(i.size)
+    for axis in range(3):
+        pos = ijk[2 - axis] - box.lo[axis]  # continuous index inside the box along numpy axis ``axis``
+        n = box.box_shape[axis]
+        inside = (pos >= -0.5) & (pos <= n - 0.5)
+        dist = np.full(i.size, np.inf)
+        if box.lo[axis] > 0:
+            dist = np.minimum(dist, (pos + 0.5) * spacing_kji[axis])
+        if box.hi[axis] < src.shape[axis]:
+            dist = np.minimum(dist, (n - 0.5 - pos) * spacing_kji[axis])
+        t = np.clip(dist / max(seam_mm, 1e-6), 0.0, 1.0)
+        weight = np.minimum(weight, np.where(inside, t * t * (3.0 - 2.0 * t), 0.0))
+    return weight.reshape(crop.shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class PasteContext:
+    """What the virtual follow-ups of one generator run share: the input (referenced, not copied), the box, the pre
+    labels as seen on the crop grid and the seam."""
+
+    pre: Mapping[str, np.ndarray]
+    pre_labels: np.ndarray
+    box: CropBox
+    pre_crop_labels: np.ndarray
+    seam_mm: float = DEFAULT_SEAM_MM
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def weight(self) -> np.ndarray:
+        """Blend weight on the index box (computed on each call: box-sized, not kept)."""
+        return blend_weight(self.box, self.seam_mm)
+
+    def crop_weight(self) -> np.ndarray:
+        if "crop_weight" not in self._cache:
+            self._cache["crop_weight"] = crop_blend_weight(self.box, self.seam_mm)
+        return self._cache["crop_weight"]
+
+    def pre_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Label counts of the whole input and of its index box."""
+        if "counts" not in self._cache:
+            n = MAX_LABEL + 1
+            self._cache["counts"] = (np.bincount(np.asarray(self.pre_labels).ravel(), minlength=n),
+                                     np.bincount(np.asarray(self.pre_labels)[self.box.slices].ravel(), minlength=n))
+        return self._cache["counts"]
+
+
+class _LazyVolumes(Mapping):
+    """Read-only ``{name: full-grid array}`` computed on access by ``get(name)`` (a new array every time)."""
+
+    def __init__(self, names: Sequence[str], get):
+        self._names = tuple(names)
+        self._get = get
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def __repr__(self) -> str:
+        return f"<computed on access: {', '.join(self._names)}>"
+
+
+def _overlap(region: tuple[slice, ...], box: CropBox, shape) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """``(slices in region-array coordinates, slices in box-array coordinates)`` of region & box, or None."""
+    in_region, in_box = [], []
+    for s, lo, hi, n in zip(region, box.lo, box.hi, shape):
+        a, b, step = s.indices(n)
+        if step != 1:
+            raise ValueError("regions must be boxes with step 1")
+        c0, c1 = max(a, lo), min(b, hi)
+        if c0 >= c1:
+            return None
+        in_region.append(slice(c0 - a, c1 - a))
+        in_box.append(slice(c0 - lo, c1 - lo))
+    return tuple(in_region), tuple(in_box)
+
+
+class CropFollowUp(FollowUp):
+    """A virtual follow-up kept as the generated crop: mean HU residual, per-voxel SD (both ``(phase, K, J, I)``
+    on the crop grid) and crop labels, pasted into the input grid when read (see the module docstring).
+
+    ``residual``/``std`` None: no change / no spread (interval 0); ``crop_labels`` None: the input labels.
+    """
+
+    def __init__(self, weeks: int, context: PasteContext, phases: Sequence[str], *, residual: np.ndarray | None = None,
+                 std: np.ndarray | None = None, crop_labels: np.ndarray | None = None, regimen: str | None = None):
+        self.weeks = weeks
+        self.kind = "virtual"
+        self.regimen = regimen
+        self.context = context
+        self.phase_names = tuple(phases)
+        self.residual = residual
+        self.std_crop = std
+        self.crop_labels = crop_labels
+        self.phases = _LazyVolumes(self.phase_names, self._phase)
+        self.std = _LazyVolumes(self.phase_names, self._std)
+        self._counts: np.ndarray | None = None
+
+    # -- plain-array view (FollowUp API) --------------------------------------------------------------------------
+    @property
+    def labels(self) -> np.ndarray:
+        """= ``paste_labels(pre_labels, box, crop_labels, pre_crop_labels)`` (a new array on each access)."""
+        ctx = self.context
+        out = np.array(ctx.pre_labels, dtype=np.uint8, copy=True)
+        if self.crop_labels is not None:
+            out[ctx.box.slices] = self._box_labels()
+        return out
+
+    @property
+    def has_labels(self) -> bool:
+        return True
+
+    @property
+    def region(self) -> tuple[slice, slice, slice]:
+        return self.context.box.slices
+
+    def nbytes(self) -> int:
+        """Memory this follow-up holds itself (the input arrays it refers to not counted)."""
+        return sum(a.nbytes for a in (self.residual, self.std_crop, self.crop_labels) if a is not None)
+
+    def _index(self, phase: str) -> int:
+        return self.phase_names.index(phase)
+
+    def _delta(self, phase: str) -> np.ndarray | None:
+        """Blended HU change on the index box, or None where the residual is zero."""
+        if self.residual is None:
+            return None
+        res = self.residual[self._index(phase)]
+        if not np.any(res):
+            return None
+        return from_crop(res, self.context.box) * self.context.weight()
+
+    def _phase(self, phase: str) -> np.ndarray:
+        ctx = self.context
+        out = np.array(ctx.pre[phase], dtype=np.float32, copy=True)
+        delta = self._delta(phase)
+        if delta is not None:
+            out[ctx.box.slices] += delta
+        return out
+
+    def _std(self, phase: str) -> np.ndarray:
+        ctx = self.context
+        out = np.zeros(np.shape(ctx.pre_labels), np.float32)
+        if self.std_crop is not None and np.any(self.std_crop[self._index(phase)]):
+            out[ctx.box.slices] = np.maximum(from_crop(self.std_crop[self._index(phase)], ctx.box), 0.0) * \
+                ctx.weight()
+        return out
+
+    # -- cheaper accessors ------------------------------------------------------------------------------------------
+    def phase_region(self, phase: str, region: tuple[slice, ...] | None) -> np.ndarray:
+        if region is None:
+            return self._phase(phase)
+        ctx = self.context
+        out = np.array(np.asarray(ctx.pre[phase])[region], dtype=np.float32, copy=True)
+        delta = self._delta(phase)
+        hit = _overlap(region, ctx.box, np.shape(ctx.pre_labels)) if delta is not None else None
+        if hit is not None:
+            out[hit[0]] += delta[hit[1]]
+        return out
+
+    def _box_labels(self) -> np.ndarray:
+        """The follow-up's labels on the index box: :func:`paste_labels` restricted to the box, with one
+        nearest-neighbour resampling instead of two (a voxel's generated and pre crop labels come from the same crop
+        voxel, so "they differ" can be decided on the crop: changed voxels carry label + 1, the others 0)."""
+        ctx = self.context
+        out = np.array(np.asarray(ctx.pre_labels)[ctx.box.slices], dtype=np.uint8, copy=True)
+        if self.crop_labels is not None:
+            changed = self.crop_labels != ctx.pre_crop_labels
+            if changed.any():
+                marked = from_crop(np.where(changed, self.crop_labels + np.uint8(1), np.uint8(0)), ctx.box,
+                                   labels=True)  # labels 0..4 -> 1..5 fit uint8
+                hit = marked > 0
+                out[hit] = marked[hit] - 1
+        return out
+
+    def labels_region(self, region: tuple[slice, ...] | None) -> np.ndarray:
+        if region is None:
+            return self.labels
+        ctx = self.context
+        out = np.array(np.asarray(ctx.pre_labels)[region], dtype=np.uint8, copy=True)
+        hit = _overlap(region, ctx.box, np.shape(ctx.pre_labels)) if self.crop_labels is not None else None
+        if hit is not None:
+            out[hit[0]] = self._box_labels()[hit[1]]
+        return out
+
+    def label_counts(self) -> np.ndarray:
+        if self._counts is None:
+            whole, in_box = self.context.pre_counts()
+            if self.crop_labels is None:
+                self._counts = whole.copy()
+            else:
+                new = np.bincount(self._box_labels().ravel(), minlength=MAX_LABEL + 1)
+                n = max(len(whole), len(in_box), len(new))
+                self._counts = sum(np.pad(a, (0, n - len(a))) * sign for a, sign in ((whole, 1), (in_box, -1),
+                                                                                       (new, 1)))
+        return self._counts
+
+    def fill_phase(self, phase: str, out: np.ndarray, *, rounded_input: np.ndarray | None = None) -> np.ndarray:
+        ctx = self.context
+        pre = np.asarray(ctx.pre[phase])
+        if rounded_input is not None and rounded_input.shape == out.shape and rounded_input.dtype == out.dtype:
+            np.copyto(out, rounded_input)  # = store_rounded(out, pre), already done once for the input volume
+        else:
+            store_rounded(out, pre)
+        delta = self._delta(phase)
+        if delta is not None:
+            box = ctx.box.slices
+            delta += np.asarray(pre[box], dtype=np.float32)  # = the pasted values on the box, as in _phase
+            store_rounded(out[box], delta)
+        return out
+
+    def std_volume(self, phase: str, geometry=None) -> tuple[np.ndarray, Geometry]:
+        ctx = self.context
+        if self.std_crop is None:
+            return np.zeros(ctx.box.crop.shape, np.float32), ctx.box.crop
+        return np.maximum(self.std_crop[self._index(phase)], 0.0) * ctx.crop_weight(), ctx.box.crop
+
+
+__all__ = ["DEFAULT_CROP_KJI", "DEFAULT_PAD_MM", "DEFAULT_SEAM_MM", "CropBox", "CropFollowUp", "PasteContext",
+           "blend_weight", "crop_blend_weight", "crop_geometry", "from_crop", "liver_index_box", "make_crop_box",
+           "paste_image", "paste_labels", "to_crop"]

@@ -6,8 +6,10 @@
 1. liver box from the labels -> crop grid (:mod:`.crop`); pre phases and labels resampled onto it;
 2. all (regimen, week, sample) items with weeks > 0 run through the rectified-flow sampler in as few batched passes as
    memory allows (CUDA autocast on the GPU; a CUDA out-of-memory error re-runs on the CPU);
-3. per (regimen, week): mean and per-voxel std over samples of the HU residual, mean label probabilities -> labels;
-   residual pasted into the full-resolution pre phases with a smooth seam, labels pasted change-only.
+3. per (regimen, week): mean and per-voxel std over samples of the HU residual, mean label probabilities -> labels,
+   kept on the crop grid (:class:`~.crop.CropFollowUp`, about 1 MB per time point at any input size); reading
+   ``phases`` / ``std`` / ``labels`` pastes them into the full-resolution input (residual with a smooth seam, labels
+   change-only), so only what is shown or saved is ever made at full resolution.
 
 Noise: sample ``s`` uses the noise drawn from ``torch.Generator().manual_seed(seed * 1000003 + s)`` on the CPU, the
 same for every regimen and week of the request (common random numbers: regimens are compared on equal footing and a
@@ -32,17 +34,7 @@ from ..pipeline import FollowUp
 from ..progress import ProgressCallback, report
 from ..weights import ModelFileError, load_state, resolve_model_path, weights_dir
 from . import model as tm
-from .crop import (
-    DEFAULT_CROP_KJI,
-    DEFAULT_PAD_MM,
-    DEFAULT_SEAM_MM,
-    blend_weight,
-    from_crop,
-    make_crop_box,
-    paste_image,
-    paste_labels,
-    to_crop,
-)
+from .crop import DEFAULT_CROP_KJI, DEFAULT_PAD_MM, DEFAULT_SEAM_MM, CropFollowUp, PasteContext, make_crop_box, to_crop
 
 DEFAULT_MODEL_NAME = "hcctwin_twin"
 PHASES = ("arterial", "portal")
@@ -170,7 +162,8 @@ class Generator:
 
         ``case_or_phases`` is a :class:`Case` (its labels are used) or ``{"arterial": HU, "portal": HU}`` with
         ``labels`` and ``geometry``. ``FollowUp.phases`` = mean HU over samples, ``std`` = per-voxel std over samples,
-        ``labels`` = argmax of the mean label probabilities.
+        ``labels`` = argmax of the mean label probabilities, each computed on access from the crop (the follow-ups
+        refer to the input arrays: do not modify those in place while the follow-ups are in use).
         """
         t0 = time.perf_counter()
         if isinstance(case_or_phases, Case):
@@ -211,50 +204,42 @@ class Generator:
             int(seed) * 1000003 + s)) for s in range(samples)]
         items = [(r, w, s) for r in regimens for w in weeks if w > 0 for s in range(samples)]
         x0 = None
+        messages: list[str] = []  # e.g. the GPU ran out of memory and the CPU took over
         t_net = time.perf_counter()
         if items:
             args = ([w for _, w, _ in items], [self.regimens.index(r) for r, _, _ in items],
                     [noise[s] for _, _, s in items])
 
             def notify(msg):
+                messages.append(msg)
                 report(progress, 0.1, msg)
 
             x0 = devices.call_with_cpu_fallback(
                 lambda dev: self._run(cond, *args, steps, dev, progress), self.device, notify=notify)
         t_net = time.perf_counter() - t_net
 
-        report(progress, 0.9, "Pasting the generated liver into the full-resolution volumes")
-        weight = blend_weight(box, self.seam_mm)
+        report(progress, 0.9, "Virtual follow-ups: mean, spread and labels per time point")
+        context = PasteContext(pre={p: phases[p] for p in PHASES}, pre_labels=labels, box=box, pre_crop_labels=lab_c,
+                               seam_mm=self.seam_mm)
         out: dict[str, dict[int, FollowUp]] = {}
         index = {item: n for n, item in enumerate(items)}
         for r in regimens:
             out[r] = {}
             for w in weeks:
                 if w == 0:
-                    out[r][w] = FollowUp(weeks=0, phases={p: np.array(phases[p], dtype=np.float32, copy=True)
-                                                          for p in PHASES},
-                                         labels=np.array(labels, dtype=np.uint8, copy=True),
-                                         std={p: np.zeros(geometry.shape, np.float32) for p in PHASES},
-                                         kind="virtual", regimen=r)
+                    out[r][w] = CropFollowUp(0, context, PHASES, regimen=r)
                     continue
                 xs = x0[[index[(r, w, s)] for s in range(samples)]]
                 residual, probs = tm.decode(xs, w, lab_c)
-                mean_res = residual.mean(axis=0)
-                std_res = (residual - residual[:1]).std(axis=0)
-                crop_labels = tm.labels_from_probs(probs.mean(axis=0))
-                new_phases, new_std = {}, {}
-                for c, p in enumerate(PHASES):
-                    new_phases[p] = paste_image(phases[p], box, mean_res[c], weight=weight)
-                    std_full = np.zeros(geometry.shape, np.float32)
-                    if np.any(std_res[c]):
-                        std_full[box.slices] = np.maximum(from_crop(std_res[c], box), 0.0) * weight
-                    new_std[p] = std_full
-                out[r][w] = FollowUp(weeks=w, phases=new_phases, labels=paste_labels(labels, box, crop_labels, lab_c),
-                                     std=new_std, kind="virtual", regimen=r)
+                out[r][w] = CropFollowUp(w, context, PHASES, residual=residual.mean(axis=0),
+                                         std=(residual - residual[:1]).std(axis=0),
+                                         crop_labels=tm.labels_from_probs(probs.mean(axis=0)), regimen=r)
+        del x0
         self.last_info = {"box_lo_kji": list(box.lo), "box_hi_kji": list(box.hi), "crop_kji": list(self.crop_shape),
                           "crop_spacing_mm": list(box.crop.spacing), "n_items": len(items), "steps": steps,
                           "samples": samples, "network_s": round(t_net, 3),
-                          "total_s": round(time.perf_counter() - t0, 3), "device": str(self.device)}
+                          "total_s": round(time.perf_counter() - t0, 3), "device": str(self.device),
+                          "messages": messages}
         seen = (self.card.get("training_data") or {}).get("regimens_seen")
         if seen is not None:
             self.last_info["regimens_not_in_training_data"] = [r for r in regimens if r not in seen]

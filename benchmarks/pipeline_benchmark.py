@@ -16,7 +16,8 @@ sampling thread); the machine's load average is sampled too, since the benchmark
 
 Writes ``OUT/pipeline_benchmark.md`` and ``.json`` with the machine, date and load; when
 ``OUT/pipeline_benchmark_baseline.json`` exists (the results before the memory work) the key numbers are shown
-next to it. Targets (2 CPU cores): full pipeline on 512x512x120 <= 90 s cold, <= 30 s warm; regimen change <= 1 s;
+next to it, and ``OUT/pipeline_benchmark_notes.md`` (written by hand: conditions, paired runs) is appended.
+Targets (2 CPU cores): full pipeline on 512x512x120 <= 90 s cold, <= 30 s warm; regimen change <= 1 s;
 peak RSS <= 4 GB at 512x512x300. On a GPU: <= 10 s cold after model load, GPU memory <= 6 GB.
 """
 
@@ -364,7 +365,9 @@ def main(argv=None) -> int:
     baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else None
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pipeline_benchmark.json").write_text(json.dumps(res, indent=2, default=str))
-    (args.out / "pipeline_benchmark.md").write_text(render_markdown(res, baseline))
+    notes_path = args.out / "pipeline_benchmark_notes.md"
+    notes = notes_path.read_text() if notes_path.is_file() else None
+    (args.out / "pipeline_benchmark.md").write_text(render_markdown(res, baseline, notes))
     print((args.out / "pipeline_benchmark.md").read_text())
     return 0
 
@@ -389,7 +392,9 @@ def _run_value(row: dict, run: str, key: str):
     return r.get(key)
 
 
-def render_markdown(res: dict, baseline: dict | None = None) -> str:
+def render_markdown(res: dict, baseline: dict | None = None, notes: str | None = None) -> str:
+    """The results page; ``notes`` (``OUT/pipeline_benchmark_notes.md``: conditions, paired runs, what the numbers
+    mean) is appended as written."""
     cols = (*STAGES, "total")
     ok = [r for r in res["rows"] if "error" not in r]
     samples = ", ".join(sorted({str(r.get("samples")) for r in ok})) or "?"
@@ -460,9 +465,11 @@ def render_markdown(res: dict, baseline: dict | None = None) -> str:
               ("peak RSS 512x512x300 <= 4 GB", by.get("512x512x300", {}).get("peak_rss_gb"), 4.0)]
     for name, value, limit in checks:
         lines.append(f"| {name} | {_f(value, 2)} | {'n/a' if value is None else 'yes' if value <= limit else 'no'} |")
-    notes = sorted({n for r in ok for run in ("cold", "warm") for n in (r.get(run) or {}).get("notes", [])})
+    run_notes = sorted({n for r in ok for run in ("cold", "warm") for n in (r.get(run) or {}).get("notes", [])})
+    if run_notes:
+        lines += ["", "Notes from the runs:"] + [f"- {n}" for n in run_notes]
     if notes:
-        lines += ["", "Notes from the runs:"] + [f"- {n}" for n in notes]
+        lines += ["", notes.rstrip()]
     return "\n".join(lines) + "\n"
 
 

@@ -129,8 +129,11 @@ def evaluate_segmentation(cohort: Path, ids, max_cases: int | None, device: str,
         rows.append({"patient_id": pid, **dice_per_label(pred, truth)})
         report(progress, (n + 1) / max(len(cases), 1), f"segmentation {n + 1}/{len(cases)}")
     keys = sorted({k for r in rows for k in r if k != "patient_id"})
-    return {"n": len(rows), "mean_dice": {k: float(np.nanmean([r.get(k, np.nan) for r in rows])) for k in keys},
-            "per_patient": rows}
+    mean_dice = {}
+    for k in keys:  # a label absent from every case (Dice undefined) is None, not the mean of nothing
+        vals = np.asarray([r.get(k, np.nan) for r in rows], float)
+        mean_dice[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+    return {"n": len(rows), "mean_dice": mean_dice, "per_patient": rows}
 
 
 FIDELITY_PHASES = ("arterial", "portal")

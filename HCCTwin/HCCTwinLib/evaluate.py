@@ -34,6 +34,15 @@ def _c_pair(M, t, e, risk, tau):
     return {"harrell_c": M.harrell_c(t, e, risk), "uno_c": M.uno_c(t, e, risk, tau=tau)}
 
 
+def fill_features(engine, table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` with the engine's features imputed by its training fill values (as when it was fitted)."""
+    data = table.copy()
+    for col, fill in engine.feature_fill_values.items():
+        if col in data.columns:
+            data[col] = pd.to_numeric(data[col], errors="coerce").fillna(fill)
+    return data
+
+
 def evaluate_survival(engine, table: pd.DataFrame) -> dict[str, Any]:
     """Discrimination and calibration of a fitted engine on a feature table (no refit)."""
     from .survival import metrics as M
@@ -41,10 +50,7 @@ def evaluate_survival(engine, table: pd.DataFrame) -> dict[str, Any]:
     from .survival.features import SCORE_BASELINES
     from .survival.models import MetastasisModel, landmark_dataset
 
-    data = table.copy()
-    for col, fill in engine.feature_fill_values.items():
-        if col in data.columns:
-            data[col] = pd.to_numeric(data[col], errors="coerce").fillna(fill)
+    data = fill_features(engine, table)
     out: dict[str, Any] = {"notes": []}
     known = data["regimen"].astype(str).isin(engine.os.regimens_)
     if (~known).any():

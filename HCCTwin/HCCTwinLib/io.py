@@ -85,6 +85,26 @@ def _dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
     return files
 
 
+def check_slice_spacing(along_sorted: np.ndarray, where) -> float:
+    """The slice step (mm) of a DICOM series from its slice positions along the slice normal, sorted ascending.
+    InputError for slices at the same position (two acquisitions or copies in one series) and for a gap that
+    deviates from the median step by more than :data:`MAX_SLICE_GAP_DEVIATION` (missing slices): either would
+    give a distorted volume. Shared by the SimpleITK reader here and the pydicom reader of :mod:`HCCTwinLib.dicom`."""
+    gaps = np.diff(np.asarray(along_sorted, dtype=float))
+    step = float(np.median(gaps))
+    if step <= 1e-3 or np.any(gaps <= 1e-3):
+        raise InputError(f"{where}: several slices of the series lie at the same position: the series mixes two "
+                         f"acquisitions (or holds copies of slices). Keep one acquisition per series.")
+    worst = int(np.argmax(np.abs(gaps - step)))
+    if abs(gaps[worst] - step) > MAX_SLICE_GAP_DEVIATION * step:
+        missing = gaps[worst] / step - 1
+        hint = f"about {missing:.0f} slice(s) are missing" if missing > 0.5 else "the slices are unevenly spaced"
+        raise InputError(f"{where}: slice positions are not evenly spaced: a gap of {gaps[worst]:.2f} mm after "
+                         f"slice {worst + 1} of {len(gaps) + 1} where the spacing is {step:.2f} mm ({hint}). The "
+                         f"volume would be distorted; copy or export the complete series again.")
+    return step
+
+
 def _looks_like_dicom(path: Path) -> bool:
     if path.name.upper() == "DICOMDIR":
         return False
@@ -128,19 +148,7 @@ def _check_dicom_members(folder: Path, files: list[str], series_uid: str, others
         positions.append(info.GetOrigin())
         if len(positions) == 1:
             normal = np.asarray(info.GetDirection()).reshape(3, 3)[:, 2]
-    along = np.asarray(positions, dtype=float) @ normal
-    gaps = np.abs(np.diff(np.sort(along)))
-    step = float(np.median(gaps))
-    if step <= 1e-3 or np.any(gaps <= 1e-3):
-        raise InputError(f"{folder}: several slices of the series lie at the same position: the folder mixes two "
-                         f"acquisitions with one series UID (or holds copies). Keep one acquisition per folder.")
-    worst = int(np.argmax(np.abs(gaps - step)))
-    if abs(gaps[worst] - step) > MAX_SLICE_GAP_DEVIATION * step:
-        missing = gaps[worst] / step - 1
-        hint = (f"about {missing:.0f} slice(s) are missing" if missing > 0.5 else "the slices are unevenly spaced")
-        raise InputError(f"{folder}: slice positions are not evenly spaced: a gap of {gaps[worst]:.2f} mm after "
-                         f"slice {worst + 1} of {len(files)} where the spacing is {step:.2f} mm ({hint}). The volume "
-                         f"would be distorted; copy or export the complete series again.")
+    check_slice_spacing(np.sort(np.asarray(positions, dtype=float) @ normal), folder)
 
 
 def dicom_patient_id(folder: str | os.PathLike) -> str | None:

@@ -99,21 +99,6 @@ def assign_splits(clinical: pd.DataFrame, splits: Sequence[str], seed: int = 0) 
 # Survival curves for the report
 # ----------------------------------------------------------------------------------------------------------------
 
-def _calibration_curve(t, e, risk_at, horizon: float, n_groups: int = 5) -> dict[str, Any]:
-    """Predicted vs Kaplan-Meier observed event probability by ``horizon``, in quantile groups of predicted risk."""
-    from .survival.metrics import km_curve
-
-    order = np.argsort(risk_at)
-    groups = [g for g in np.array_split(order, n_groups) if len(g)]
-    pred, obs = [], []
-    for g in groups:
-        jt, sv = km_curve(t[g], e[g])
-        idx = np.searchsorted(jt, horizon, side="right") - 1
-        obs.append(float(1.0 - (sv[idx] if idx >= 0 else 1.0)))
-        pred.append(float(np.mean(risk_at[g])))
-    return {"horizon_months": horizon, "predicted": pred, "observed": obs, "n_per_group": [len(g) for g in groups]}
-
-
 def survival_curves(engine, table: pd.DataFrame, cutpoints=None) -> dict[str, Any]:
     """OS calibration (12 months), Kaplan-Meier by predicted risk group and the decision curve at 12 months."""
     from .survival import metrics as M
@@ -125,7 +110,7 @@ def survival_curves(engine, table: pd.DataFrame, cutpoints=None) -> dict[str, An
     t, e = d["os_months"].to_numpy(float), d["os_event"].to_numpy(float)
     risk = engine.os.predict_risk(d)
     risk_12 = 1.0 - engine.os.predict_survival(d, [CALIBRATION_MONTHS])[:, 0]
-    out = {"calibration": _calibration_curve(t, e, risk_12, CALIBRATION_MONTHS),
+    out = {"calibration": M.calibration_by_group(t, e, risk_12, CALIBRATION_MONTHS),
            "km_by_risk": M.km_by_risk_group(t, e, risk, cutpoints=cutpoints,
                                             times=np.linspace(0, min(48.0, float(t.max())), 49)),
            "decision_curve": M.decision_curve_survival(t, e, risk_12, CALIBRATION_MONTHS,
@@ -137,14 +122,6 @@ def _risk_tertiles(engine, table: pd.DataFrame):
     d = table.dropna(subset=["os_months"])
     d = d[d["regimen"].astype(str).isin(engine.os.regimens_)]
     return np.quantile(engine.os.predict_risk(d), [1 / 3, 2 / 3]).tolist() if len(d) >= 6 else None
-
-
-def _fill(engine, table: pd.DataFrame) -> pd.DataFrame:
-    data = table.copy()
-    for col, fill in engine.feature_fill_values.items():
-        if col in data.columns:
-            data[col] = pd.to_numeric(data[col], errors="coerce").fillna(fill)
-    return data
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -204,7 +181,7 @@ def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, spli
 
     Per-patient rows in ``study.json`` carry study codes (S0001, ...), not patient IDs, unless ``with_ids``; the
     code -> patient ID key is ``OUT/splits.csv`` (keep it at the site)."""
-    from .evaluate import evaluate_generator, evaluate_segmentation, evaluate_survival
+    from .evaluate import evaluate_generator, evaluate_segmentation, evaluate_survival, fill_features
     from .io import read_clinical_table
     from .jsonutil import jsonable
     from .pipeline import PipelineOptions
@@ -234,7 +211,7 @@ def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, spli
     engine, models = _survival_engine(train, dev, out, n_bootstrap=n_bootstrap, seed=seed, cohort_name=cohort.name,
                                       split_name=dev_name, notes=notes, progress=SubProgress(progress, 0.3, 0.45))
     trained_on_dev = models["survival"]["source"].startswith("trained")
-    cutpoints = _risk_tertiles(engine, _fill(engine, dev))
+    cutpoints = _risk_tertiles(engine, fill_features(engine, dev))
     results: dict[str, Any] = {}
     span = 0.55 / max(len(split_names), 1)
     for n, name in enumerate(split_names):
@@ -247,7 +224,7 @@ def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, spli
         t_split = time.perf_counter()
         if len(part):
             res["survival"] = evaluate_survival(engine, part)
-            res["survival_curves"] = survival_curves(engine, _fill(engine, part), cutpoints)
+            res["survival_curves"] = survival_curves(engine, fill_features(engine, part), cutpoints)
             report(progress, lo + 0.2 * span, f"{name}: survival measured")
         if images and len(cl):
             for key, fn, args, w in (

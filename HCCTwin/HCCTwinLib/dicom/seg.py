@@ -279,13 +279,11 @@ def _group(ds: Dataset, index: int, keyword: str):
 
 
 def _frame_floats(ds, index, group, attr, n, where):
+    from .series import finite_floats
+
     item = _group(ds, index, group)
-    value = None if item is None else item.get(attr)
-    try:
-        arr = np.asarray([float(v) for v in value], dtype=float)
-    except (TypeError, ValueError):
-        arr = np.empty(0)
-    if arr.size != n or not np.all(np.isfinite(arr)):
+    arr = finite_floats(None if item is None else item.get(attr), n)
+    if arr is None:
         raise InputError(f"{where}: frame {index + 1} has no valid {attr} ({group}); the SEG cannot be placed on the "
                          f"CT. Export the segmentation again (with plane positions per frame).")
     return arr

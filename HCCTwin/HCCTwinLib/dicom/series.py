@@ -29,11 +29,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from .. import __version__
 from ..cases import Geometry
 from ..errors import InputError
+from ..io import check_slice_spacing
 
 #: Stored value = round(HU) - RESCALE_INTERCEPT.
 RESCALE_INTERCEPT = -1024.0
-#: Slices may deviate this much (relative) from the median gap (as :mod:`HCCTwinLib.io`).
-MAX_SLICE_GAP_DEVIATION = 0.2
 #: Orientation cosines must agree to this tolerance across slices.
 ORIENTATION_TOL = 1e-4
 MANUFACTURER = "HCCTwin"
@@ -178,13 +177,19 @@ def write_ct_series(hu: np.ndarray, geometry: Geometry, folder: str | os.PathLik
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-def _floats(ds: Dataset, keyword: str, n: int, where: str) -> np.ndarray:
-    value = ds.get(keyword)
+def finite_floats(value, n: int) -> np.ndarray | None:
+    """A multi-valued DICOM element as ``n`` finite floats, or None when it is missing or malformed."""
     try:
         arr = np.asarray([float(v) for v in value], dtype=float)
     except (TypeError, ValueError):
-        arr = np.empty(0)
-    if arr.size != n or not np.all(np.isfinite(arr)):
+        return None
+    return arr if arr.size == n and np.all(np.isfinite(arr)) else None
+
+
+def _floats(ds: Dataset, keyword: str, n: int, where: str) -> np.ndarray:
+    value = ds.get(keyword)
+    arr = finite_floats(value, n)
+    if arr is None:
         raise InputError(f"{where}: {keyword} is missing or malformed ({value!r}); the slice cannot be placed in "
                          f"space. Export the series again from the PACS or scanner.")
     return arr
@@ -233,18 +238,7 @@ def slice_geometry(datasets: Sequence[Dataset], where: str) -> tuple[list[int], 
     positions = np.asarray(positions)
     along = positions @ normal
     order = [int(i) for i in np.argsort(along, kind="stable")]
-    gaps = np.diff(along[order])
-    step = float(np.median(gaps))
-    if step <= 1e-3 or np.any(gaps <= 1e-3):
-        raise InputError(f"{where}: several slices lie at the same position: the series mixes two acquisitions "
-                         f"(or holds copies of slices). Keep one acquisition per series.")
-    worst = int(np.argmax(np.abs(gaps - step)))
-    if abs(gaps[worst] - step) > MAX_SLICE_GAP_DEVIATION * step:
-        missing = gaps[worst] / step - 1
-        hint = f"about {missing:.0f} slice(s) are missing" if missing > 0.5 else "the slices are unevenly spaced"
-        raise InputError(f"{where}: slice positions are not evenly spaced: a gap of {gaps[worst]:.2f} mm after "
-                         f"slice {worst + 1} of {len(order)} where the spacing is {step:.2f} mm ({hint}). Copy or "
-                         f"export the complete series again.")
+    step = check_slice_spacing(along[order], where)
     shift = positions[order[-1]] - positions[order[0]]
     in_plane = shift - (shift @ normal) * normal
     if np.linalg.norm(in_plane) > 0.05 * max(spacing.min(), 1e-6) * max(len(order) - 1, 1):

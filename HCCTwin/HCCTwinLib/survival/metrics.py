@@ -245,6 +245,15 @@ def lowess(x, y, frac: float = 0.75, grid: np.ndarray | None = None) -> np.ndarr
     return out
 
 
+def calibration_by_group(time, event, risk_at_t, t, n_groups: int = 5) -> dict[str, Any]:
+    """Grouped calibration at ``t``: mean predicted event probability vs the Kaplan-Meier observed one in
+    ``n_groups`` quantile groups of predicted risk (the points of a calibration plot)."""
+    time, event, p = _arrays(time, event, risk_at_t)
+    groups = [g for g in np.array_split(np.argsort(p, kind="stable"), n_groups) if len(g)]
+    return {"horizon_months": float(t), "predicted": [float(p[g].mean()) for g in groups],
+            "observed": [1.0 - _km_at(time[g], event[g], t) for g in groups], "n_per_group": [len(g) for g in groups]}
+
+
 def ici(time, event, risk_at_t, t, frac: float = 0.75) -> dict[str, float]:
     """Integrated calibration index at ``t`` for predicted event probabilities ``risk_at_t`` = 1 - S(t).
 

@@ -48,6 +48,11 @@ def main(argv=None) -> int:
     parser.add_argument("--time-budget", type=float, help="segmentation: stop after this many seconds (wall time)")
     parser.add_argument("--cache-dir", help="segmentation: folder of the resampled volumes (default OUT/cache)")
     parser.add_argument("--init-weights", help="segmentation: start from this model file (same architecture)")
+    parser.add_argument("--lr", type=float, help="override the recorded peak learning rate")
+    parser.add_argument("--max-cases", type=int, help="override the recorded number of training-cohort patients")
+    parser.add_argument("--val-max-cases", type=int, help="segmentation: validate on this many patients per epoch")
+    parser.add_argument("--class-weights", help="segmentation: loss weights of labels 0-4, comma-separated")
+    parser.add_argument("--class-ratios", help="segmentation: patch-centre odds of labels 0-4, comma-separated")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "HCCTwin"))
     from HCCTwinLib.cli import ProgressBar
@@ -61,6 +66,10 @@ def main(argv=None) -> int:
         from HCCTwinLib.segmentation import train_segmentation
 
         params = dict(SEGMENTATION)
+        if args.lr:
+            params["lr"] = args.lr
+        if args.max_cases:
+            params["max_cases"] = args.max_cases
         if args.epochs:
             params["epochs"] = args.epochs
         if args.time_budget:
@@ -69,6 +78,11 @@ def main(argv=None) -> int:
             params["cache_dir"] = args.cache_dir
         if args.init_weights:
             params["init_weights"] = args.init_weights
+        if args.val_max_cases:
+            params["val_max_cases"] = args.val_max_cases
+        for key in ("class_weights", "class_ratios"):
+            if getattr(args, key):
+                params[key] = tuple(float(v) for v in getattr(args, key).split(","))
         summary = train_segmentation(args.cohort, args.out, device=args.device, progress=ProgressBar(), **params)
     else:
         from HCCTwinLib.twin.train import train_generator

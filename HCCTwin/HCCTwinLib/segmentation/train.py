@@ -196,17 +196,23 @@ def _label_centres(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndar
 class _PatchSampler:
     """Random training patches from the cached volumes, drawn in numpy (no per-patch scan of the volume).
 
-    Images are memory-mapped (only the patch is read); candidate centres per label are computed once. Each patch
-    comes from the next volume in a shuffled cycle; its centre is a voxel of a label drawn with ``CLASS_RATIOS``
-    among the labels present (background: anywhere). With ``coarse_fraction`` > 0 that fraction of patches is cut
-    from the volume sub-sampled by 2 on every axis (the grid of the coarse liver-box stage at inference), so the
-    same network also finds the liver at twice the spacing. Augmentation: optional flips, intensity scale and
+    Images are memory-mapped (only the patch is read); candidate centres per label are computed once. Each patch comes
+    from the next volume in a shuffled cycle; its centre is a voxel of a label drawn with ``class_ratios`` (default
+    ``CLASS_RATIOS``) among the labels present (background: anywhere). With ``coarse_fraction`` > 0 that fraction of
+    patches is cut from the volume sub-sampled by 2 on every axis (the grid of the coarse liver-box stage at inference),
+    so the same network also finds the liver at twice the spacing. Augmentation: optional flips, intensity scale and
     shift, Gaussian noise.
     """
 
     def __init__(self, items: list[tuple[Path, Path]], patch: Sequence[int], seed: int, *,
-                 coarse_fraction: float = 0.0, flip_prob: float = 0.2):
+                 coarse_fraction: float = 0.0, flip_prob: float = 0.2,
+                 class_ratios: Sequence[float] = CLASS_RATIOS):
         self.patch = tuple(int(p) for p in patch)
+        self.class_ratios = tuple(float(r) for r in class_ratios)
+        if len(self.class_ratios) != len(CLASS_RATIOS) or min(self.class_ratios) < 0 or \
+                sum(self.class_ratios[1:]) <= 0:
+            raise ValueError(f"class_ratios needs {len(CLASS_RATIOS)} values >= 0 (background, liver, viable tumor, "
+                             f"necrosis, PVTT), not all labels zero; got {class_ratios}")
         self.coarse_fraction = float(coarse_fraction)
         self.flip_prob = float(flip_prob)
         self.rng = np.random.default_rng(seed)
@@ -232,8 +238,9 @@ class _PatchSampler:
 
     def patch_from(self, image, labels, centres) -> tuple[np.ndarray, np.ndarray]:
         rng, shape = self.rng, labels.shape
-        present = [c for c in range(len(CLASS_RATIOS)) if c == 0 or centres[c] is not None]
-        ratios = np.array([CLASS_RATIOS[c] for c in present], float)
+        present = [c for c in range(len(self.class_ratios))
+                   if (c == 0 or centres[c] is not None) and self.class_ratios[c] > 0] or [0]
+        ratios = np.array([self.class_ratios[c] for c in present], float) + 1e-12
         cls = present[int(rng.choice(len(present), p=ratios / ratios.sum()))]
         if cls == 0:
             centre = [int(rng.integers(0, s)) for s in shape]
@@ -321,7 +328,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                        val_max_cases: int | None = None, coarse_fraction: float = 0.0, flip_prob: float = 0.2,
                        time_budget_s: float | None = None, cache_dir: str | os.PathLike | None = None,
                        warmup_epochs: float = 0.0, class_weights: Sequence[float] | None = None,
-                       init_weights: str | os.PathLike | None = None) -> dict[str, Any]:
+                       init_weights: str | os.PathLike | None = None,
+                       class_ratios: Sequence[float] = CLASS_RATIOS) -> dict[str, Any]:
     """Train (or resume training) the segmentation model; returns a summary dict with the model path and metrics.
 
     ``patch_size`` is (k, j, i) voxels on the model grid (``spacing_mm`` is (x, y, z)); it is rounded up to a multiple
@@ -332,11 +340,12 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     (default: all validation patients) trade the length of an epoch against how often it is validated.
     ``coarse_fraction`` of the patches come from the 2x sub-sampled volumes (see :class:`_PatchSampler`).
     ``time_budget_s`` bounds this call's wall time: the learning-rate schedule follows whichever of iterations or
-    elapsed time is further along, and training stops (after validating and checkpointing the partial epoch) when
-    the budget is spent. ``cache_dir`` (default ``out_dir/cache``) may be shared between runs with the same spacing.
-    ``num_workers`` is kept for compatibility; patches are drawn in the main process. ``class_weights`` (one per
-    label 0-4) weight the loss (CE and Dice terms). ``init_weights`` starts a new run from a verified model file of
-    the same architecture (e.g. an earlier run's checkpoint); it is ignored when resuming.
+    elapsed time is further along, and training stops (after validating and checkpointing the partial epoch) when the
+    budget is spent. ``cache_dir`` (default ``out_dir/cache``) may be shared between runs with the same spacing.
+    ``num_workers`` is kept for compatibility; patches are drawn in the main process. ``class_weights`` (one per label
+    0-4) weight the loss (CE and Dice terms); ``class_ratios`` (one per label 0-4) are the odds of a patch centre on
+    each label present in the volume (default ``CLASS_RATIOS``). ``init_weights`` starts a new run from a verified model
+    file of the same architecture (e.g. an earlier run's checkpoint); it is ignored when resuming.
     """
     import torch
     from monai.losses import DiceCELoss
@@ -398,7 +407,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
 
     weight = None if class_weights is None else torch.tensor([float(w) for w in class_weights], device=dev)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=weight)
-    sampler = _PatchSampler(train_items, patch, seed, coarse_fraction=coarse_fraction, flip_prob=flip_prob)
+    sampler = _PatchSampler(train_items, patch, seed, coarse_fraction=coarse_fraction, flip_prob=flip_prob,
+                            class_ratios=class_ratios)
     n_iter = int(iterations_per_epoch or max(1, math.ceil(len(train_items) * samples_per_volume / batch_size)))
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) if use_amp \
@@ -409,7 +419,7 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
              "loss": "DiceCE (softmax, batch Dice)", "class_weights": class_weights,
              "init_weights": None if init_weights is None else Path(init_weights).name,
              "samples_per_volume": samples_per_volume,
-             "class_sampling_ratios": list(CLASS_RATIOS), "seed": seed, "val_fraction": val_fraction,
+             "class_sampling_ratios": [float(r) for r in class_ratios], "seed": seed, "val_fraction": val_fraction,
              "iterations_per_epoch": n_iter, "val_max_cases": val_max_cases, "coarse_fraction": coarse_fraction,
              "time_budget_s": time_budget_s, "warmup_epochs": warmup_epochs,
              "augmentation": f"class-balanced patch centres, flips (p={flip_prob}/axis), intensity scale +-10%, "

@@ -372,6 +372,28 @@ def test_patch_sampler_shapes_padding_coarse_and_seed(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+
+def test_patch_sampler_class_ratios_steer_the_centres(tmp_path):
+    """Patch centres follow ``class_ratios``: all on the PVTT voxels when only PVTT has odds, never there when it
+    has none; bad ratios are refused."""
+    from HCCTwinLib.segmentation.train import _PatchSampler
+
+    labels = np.zeros((24, 64, 64), np.uint8)
+    labels[4:20, 8:56, 8:56] = 1
+    labels[10:14, 50:54, 50:54] = 4  # small PVTT in a corner of the liver
+    image = np.zeros((2, *labels.shape), np.float16)
+    np.save(tmp_path / "a.img.npy", image)
+    np.save(tmp_path / "a.lbl.npy", labels[None])
+    items = [(tmp_path / "a.img.npy", tmp_path / "a.lbl.npy")]
+    only_pvtt = _PatchSampler(items, (8, 8, 8), seed=0, flip_prob=0.0, class_ratios=(0, 0, 0, 0, 1))
+    assert all((only_pvtt.batch(1)[1] == 4).any() for _ in range(20))
+    no_pvtt = _PatchSampler(items, (8, 8, 8), seed=0, flip_prob=0.0, class_ratios=(0, 1, 0, 0, 0))
+    hits = [(no_pvtt.batch(1)[1] == 4).any() for _ in range(40)]
+    assert sum(hits) < 10  # only liver centres close to the PVTT can include it
+    for bad in ((1, 1, 1), (1, 0, 0, 0, 0), (1, -1, 1, 1, 1)):
+        with pytest.raises(ValueError, match="class_ratios"):
+            _PatchSampler(items, (8, 8, 8), seed=0, class_ratios=bad)
+
 def test_train_short_epochs_time_budget_class_weights(tmp_path):
     cohort, out = tmp_path / "cohort", tmp_path / "run"
     _write_cohort(cohort)

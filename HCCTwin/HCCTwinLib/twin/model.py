@@ -139,11 +139,17 @@ def make_scheduler(discrete: bool = False):
                           sample_method="uniform")
 
 
-def network(model, x_t, t, cond, regimen_index):
-    """One network evaluation: ``model(cat(x_t, cond), t, class_labels=regimen_index)`` (the predicted ``x0``)."""
+def network(model, x_t, t, cond, regimen_index, memory_format=None):
+    """One network evaluation: ``model(cat(x_t, cond), t, class_labels=regimen_index)`` (the predicted ``x0``).
+
+    ``memory_format`` (e.g. ``torch.channels_last_3d`` for a model converted with ``model.to(memory_format=...)``)
+    lays the input out the same way; the result is the same up to float rounding."""
     import torch
 
-    return model(torch.cat([x_t, cond], dim=1), timesteps=t, class_labels=regimen_index)
+    inp = torch.cat([x_t, cond], dim=1)
+    if memory_format is not None:
+        inp = inp.contiguous(memory_format=memory_format)
+    return model(inp, timesteps=t, class_labels=regimen_index).contiguous()
 
 
 def velocity_from_x0(x0_hat, x_t, t):
@@ -152,11 +158,12 @@ def velocity_from_x0(x0_hat, x_t, t):
     return (x0_hat - x_t) / s
 
 
-def sample_rf(model, cond, regimen_index, noise, *, steps: int = DEFAULT_STEPS, autocast=None, callback=None):
+def sample_rf(model, cond, regimen_index, noise, *, steps: int = DEFAULT_STEPS, autocast=None, callback=None,
+              memory_format=None):
     """Euler integration of the learned flow from ``noise`` (t = T) to ``x0`` (t = 0) with ``RFlowScheduler.step``.
 
     The network predicts ``x0``; the velocity handed to the scheduler is :func:`velocity_from_x0`, so the last step
-    (from t = T / steps to 0) lands exactly on the last ``x0`` prediction.
+    (from t = T / steps to 0) lands exactly on the last ``x0`` prediction. ``memory_format``: see :func:`network`.
     """
     import contextlib
 
@@ -170,7 +177,7 @@ def sample_rf(model, cond, regimen_index, noise, *, steps: int = DEFAULT_STEPS, 
     for n, t in enumerate(timesteps):
         t_batch = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float32)
         with ctx:
-            x0_hat = network(model, x, t_batch, cond, regimen_index)
+            x0_hat = network(model, x, t_batch, cond, regimen_index, memory_format)
         v = velocity_from_x0(x0_hat.float(), x, t_batch)
         next_t = timesteps[n + 1] if n + 1 < len(timesteps) else 0
         x, _ = scheduler.step(v, t, x, next_t)

@@ -175,6 +175,27 @@ def test_same_seed_same_output_different_seed_differs():
         assert not np.array_equal(a[SHRINK][w].phases["arterial"], c[SHRINK][w].phases["arterial"])
 
 
+
+def test_cpu_inference_channels_last_same_numbers_as_default_layout():
+    """On the CPU the network runs in channels-last layout (faster oneDNN convolutions); the flow it integrates is
+    the same as with the default layout up to float rounding."""
+    import copy
+
+    gen = tiny_generator()
+    conv_weights = [p for p in gen.model.parameters() if p.dim() == 5 and p.shape[1] > 1]
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in conv_weights)
+    assert any(not p.is_contiguous() for p in conv_weights)  # not the default layout
+    plain = copy.deepcopy(gen.model).to(memory_format=torch.contiguous_format)
+    torch.manual_seed(1)
+    cond = torch.randn(3, tm.COND_CHANNELS, *TINY_CROP)
+    noise = torch.randn(3, tm.OUT_CHANNELS, *TINY_CROP)
+    regs = torch.tensor([0, 1, 2])
+    with torch.inference_mode():
+        a = tm.sample_rf(plain, cond, regs, noise, steps=2)
+        b = tm.sample_rf(gen.model, cond, regs, noise, steps=2, memory_format=torch.channels_last_3d)
+    assert b.is_contiguous() and a.abs().max() > 0.1
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
 class _Stub(torch.nn.Module):
     """Predicts x0 = 0 except on ``noisy`` channels, where it passes x_t (= the sample's noise at t = T) through."""
 

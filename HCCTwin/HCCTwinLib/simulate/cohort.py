@@ -50,7 +50,7 @@ EXTRA_COLUMNS = ("pvtt_grade", "child_pugh_class", "albi_score", "albi_grade", "
 COUNTERFACTUAL_COLUMNS = (
     "patient_id", "regimen", "os_months", "pfs_months", "best_response_mrecist", "rmst24_months", "received",
     "pfs_reason", "metastasis_months", "response_w08", "response_w16", "response_w24", "immune_responder",
-    "tace_sessions", "resection_months", "surgery_cancelled",
+    "tace_sessions", "resection_months", "surgery_cancelled", "metastasis_risk24",
 )
 COLUMN_GLOSSARY = {
     "ascites": "0 none, 1 mild, 2 moderate-severe", "encephalopathy": "0 none, 1 grade I-II, 2 grade III-IV",
@@ -63,6 +63,8 @@ COLUMN_GLOSSARY = {
     "best_response_mrecist": "CR / PR / SD / PD, NE when no evaluable scan (death before w08, resection)",
     "followups": "observed follow-up scans in cases/<id>/followup/",
     "rmst24_months": "truth only: expected restricted mean survival to 24 months from the true hazard",
+    "metastasis_risk24": "truth only: expected probability of distant metastasis within 24 months (before death) "
+                         "from the true hazards; 1 when present at baseline",
 }
 
 
@@ -177,6 +179,7 @@ def _truth_row(model: PatientModel, regimen: str) -> dict:
         "immune_responder": int(o.io_responder), "tace_sessions": int(o.extra["tace_sessions"]),
         "resection_months": _r2(o.resection_months) if o.resection_months is not None else np.nan,
         "surgery_cancelled": int(bool(o.extra["surgery_cancelled"])),
+        "metastasis_risk24": round(float(o.metastasis_risk24), 4),
     }
 
 

@@ -75,6 +75,8 @@ class Outcome:
     io_responder: bool
     resection_months: float | None
     extra: dict = field(default_factory=dict)
+    #: expected probability of distant metastasis within 24 months while alive (1.0 when present at baseline)
+    metastasis_risk24: float = float("nan")
 
 
 def static_lp(clinical: dict, lesions, pvtt, hyper_all: bool, p: HazardParams = PARAMS) -> float:
@@ -156,6 +158,16 @@ def rmst(h0: np.ndarray, hm: np.ndarray | None, tau: float = 24.0, p: HazardPara
         # S(t) = no_met(t) + sum_{m < t} dens[m] * exp(-c H0(t))
         S = no_met + np.concatenate([[0.0], np.cumsum(dens[:-1])]) * np.exp(-c * H0)
     return float(np.sum(0.5 * (S[1:] + S[:-1])) * DT)
+
+
+def metastasis_risk(h0: np.ndarray, hm: np.ndarray | None, tau: float = 24.0) -> float:
+    """Expected probability of distant metastasis by ``tau`` months before death (cumulative incidence with death as
+    a competing risk, from the true hazards: no sampling noise); 1.0 for ``hm`` None (metastatic from baseline)."""
+    if hm is None:
+        return 1.0
+    n = int(round(tau / DT))
+    Hm, H0 = _cumulative(hm)[:n], _cumulative(h0)[:n]
+    return float(np.sum(hm[:n] * np.exp(-Hm - H0)) * DT)
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -279,4 +291,5 @@ def outcome(traj: Trajectory, bio, clinical: dict, lesions, pvtt, ehs: bool, p: 
                    metastasis_months=met, best_response=best, responses=responses, rmst24=rmst(h0, hm, 24.0, p),
                    io_responder=traj.io_responder, resection_months=traj.resection_time,
                    extra={"lp": lp, "tace_sessions": len(traj.tace_sessions),
-                          "surgery_cancelled": traj.surgery_cancelled})
+                          "surgery_cancelled": traj.surgery_cancelled},
+                   metastasis_risk24=metastasis_risk(h0, hm, 24.0))

@@ -375,12 +375,16 @@ def _response_text(by_week: Any) -> str:
     return "; ".join(parts) or "n/a"
 
 
+def horizon_of(meta: Mapping) -> int:
+    return int(num(meta.get("horizon_months")) or 24)
+
+
 def metastasis_by_regimen(summary: Mapping) -> tuple[dict[str, str], str | None]:
     """Per-regimen metastasis risk text, and the patient-level one (the schema's single estimate) when given."""
     meta = survival_part(summary).get("metastasis")
     if not isinstance(meta, Mapping):
         return {}, None
-    horizon = int(num(meta.get("horizon_months")) or 24)
+    horizon = horizon_of(meta)
     per: dict[str, str] = {}
     by_reg = meta.get("by_regimen")
     if isinstance(by_reg, Mapping):
@@ -489,6 +493,15 @@ def metastasis_section(summary: Mapping) -> Section:
         sec.blocks.append(Block("text", text=f"Risk of distant metastasis: {overall}."))
     for rid, text in per.items():
         sec.blocks.append(Block("text", text=f"{rid}: {text}"))
+    landmark = meta.get("landmark")
+    if isinstance(landmark, Mapping) and landmark:
+        rows = [[str(k), str(m.get("source", "")),
+                 fmt_ci(m.get("risk"), [m.get("lower"), m.get("upper")], "pct")]
+                for k, m in sorted(landmark.items()) if isinstance(m, Mapping)]
+        sec.blocks.append(Block("text", text="Updated with the response of the TACE follow-ups (for a patient still "
+                                             "free of distant metastasis at that time point):"))
+        sec.blocks.append(Block("table", header=["Time point", "Follow-up", f"Risk at {horizon_of(meta)} mo"],
+                                rows=rows))
     points = meta.get("points")
     if isinstance(points, Mapping) and points:
         sec.blocks.append(Block("table", header=["Nomogram feature", "Points"],

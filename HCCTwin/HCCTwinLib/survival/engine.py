@@ -1,7 +1,7 @@
 """The survival and decision engine behind ``result.json["survival"]``: fitted once on a cohort, saved as a model
 file, loaded by the pipeline, the CLI and the Slicer module.
 
-It bundles four models fitted on the same feature table (:func:`cohort_feature_table`):
+It bundles these models, fitted on the same feature table (:func:`cohort_feature_table`):
 
 - ``os`` and ``pfs``: :class:`~HCCTwinLib.survival.models.PerRegimenSurvival` (Cox S-learner with regimen x covariate
   interactions, stabilised propensity weights, bootstrap bands);
@@ -9,6 +9,8 @@ It bundles four models fitted on the same feature table (:func:`cohort_feature_t
   the follow-up images (real when there is one, virtual otherwise);
 - ``metastasis``: :class:`~HCCTwinLib.survival.models.MetastasisModel`, 2-year distant metastasis after TACE
   (clinical + imaging + radiomics + deep features, points table);
+- ``metastasis_landmark``: :class:`~HCCTwinLib.survival.models.LandmarkMetastasis`, the same 2-year risk updated at
+  8 and 16 weeks with the response of the TACE trajectory (real follow-up when there is one, virtual otherwise);
 - ``deep`` (when the training table has them): :class:`~HCCTwinLib.survival.deep.DeepFeatureReducer`, the PCA of
   the segmentation encoder's pooled features (fitted on the training table only) into a few ``deep_*`` columns.
 
@@ -43,7 +45,7 @@ from ..jsonutil import jsonable
 from ..progress import ProgressCallback, SubProgress, report
 from .deep import RAW_PREFIX, DeepFeatureReducer, raw_deep_columns
 from .features import DEFAULT_COVARIATES, clinical_features, imaging_features, radiomics_features, response_features
-from .models import DEFAULT_TIMES, LandmarkModel, MetastasisModel, PerRegimenSurvival
+from .models import DEFAULT_TIMES, LandmarkMetastasis, LandmarkModel, MetastasisModel, PerRegimenSurvival
 
 ENGINE_NAME = "hcctwin_survival"
 ARCHITECTURE = "survival-engine/cox-s-learner+landmark+logistic"
@@ -65,6 +67,11 @@ RESPONSE_COVARIATES = {w: (f"rel_change_viable_volume_w{w:02d}", f"rel_change_su
 METASTASIS_FEATURES = ("max_diameter_cm", "n_tumors", "log_afp", "pvtt", "img_log_viable_volume_ml",
                        "img_arterial_enhancement_ratio", "rad_fo_entropy")
 METASTASIS_L2 = 10.0
+#: Baseline features of the metastasis landmark models (plus the response at each landmark week <= the landmark):
+#: the four clinical ones beat the seven above at every penalty in 5 x 5-fold cross-validation on the development
+#: cohort (AUC 0.668 vs 0.662 at 8 weeks, 0.719 vs 0.698 at 16 weeks; benchmarks/results/survival_evaluation.md).
+#: The penalty of each landmark is chosen by cross-validation when the engine is fitted.
+METASTASIS_LANDMARK_FEATURES = ("max_diameter_cm", "n_tumors", "log_afp", "pvtt")
 #: Deep (segmentation-encoder) features: PCA components per region (:class:`~HCCTwinLib.survival.deep.
 #: DeepFeatureReducer`), which of them the metastasis model adds to :data:`METASTASIS_FEATURES`, and which the OS /
 #: PFS / landmark models add to their covariates. Chosen by 5-fold cross-validation on the development cohort
@@ -288,6 +295,7 @@ class SurvivalEngine:
     pfs: PerRegimenSurvival | None = None
     landmark: LandmarkModel | None = None
     metastasis: MetastasisModel | None = None
+    metastasis_landmark: LandmarkMetastasis | None = None
     deep: DeepFeatureReducer | None = None
     clinical_fill_values: dict[str, Any] = field(default_factory=dict)
     feature_fill_values: dict[str, float] = field(default_factory=dict)
@@ -320,7 +328,7 @@ class SurvivalEngine:
         """Let every model compute the ``deep_*`` columns itself from a table that has only the raw ones (tables
         from :func:`cohort_feature_table`, e.g. in ``hcctwin evaluate`` / ``hcctwin study``)."""
         derive = self.derived_columns if self.deep is not None else None
-        for model in (self.os, self.pfs, self.landmark, self.metastasis):
+        for model in (self.os, self.pfs, self.landmark, self.metastasis, self.metastasis_landmark):
             if model is not None:
                 model.derive_ = derive
 
@@ -426,11 +434,30 @@ class SurvivalEngine:
                 met = self.metastasis.predict(row)
                 met["applies_to"] = TACE
                 met["population"] = "TACE patients without extrahepatic spread at baseline"
+                if self.metastasis_landmark is not None and readings and TACE in readings:
+                    met["landmark"] = self._metastasis_landmarks(row, readings[TACE],
+                                                                 (readings_source or {}).get(TACE, "virtual"))
                 out["metastasis"] = met
         if self.landmark is not None and readings:
             out["landmark"] = self._landmarks(row, readings, readings_source or {}, times)
         out["notes"] = notes
         return jsonable(out, finite=True)
+
+    def _metastasis_landmarks(self, row: pd.DataFrame, by_week, source: str) -> dict[str, Any]:
+        """Updated 2-year metastasis risk at each landmark week with a reading of the TACE trajectory."""
+        out: dict[str, Any] = {}
+        for w in sorted(self.metastasis_landmark.models_):
+            if w not in by_week:
+                continue
+            frame = row.copy()
+            for k, v in response_features(by_week, weeks=LANDMARK_WEEKS, up_to_week=w).items():
+                frame[k] = v
+            pred = self.metastasis_landmark.predict(frame, w)
+            pred["source"] = source
+            pred["question"] = (f"2-year distant-metastasis risk updated with the response at {w} weeks "
+                                f"({source} follow-up), for a patient still free of distant metastasis then")
+            out[f"w{w:02d}"] = pred
+        return out
 
     def _landmarks(self, row: pd.DataFrame, readings, source, times) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -557,9 +584,20 @@ def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, ima
                                          seed=seed).fit(tace, feats)
         except InputError as exc:
             notes.append(f"metastasis model not fitted: {exc}")
+    metastasis_landmark = None
+    if metastasis is not None and landmark is not None:
+        report(progress, 0.97, "Fitting the metastasis landmark models")
+        try:
+            metastasis_landmark = LandmarkMetastasis(LANDMARK_WEEKS, n_bootstrap=min(n_bootstrap * 4, 200),
+                                                     seed=seed).fit(tace, [c for c in METASTASIS_LANDMARK_FEATURES
+                                                                           if c in tace.columns])
+            notes += metastasis_landmark.notes_
+        except InputError as exc:
+            notes.append(str(exc))
     clinical_fills = {k: (v.item() if hasattr(v, "item") else v)
                       for k, v in dict(table.attrs.get("fill_values", {})).items()}
-    engine = SurvivalEngine(os=os_model, pfs=pfs_model, landmark=landmark, metastasis=metastasis, deep=reducer,
+    engine = SurvivalEngine(os=os_model, pfs=pfs_model, landmark=landmark, metastasis=metastasis,
+                            metastasis_landmark=metastasis_landmark, deep=reducer,
                             clinical_fill_values=clinical_fills, feature_fill_values=fills)
     report(progress, 1.0, "Survival engine fitted")
     return engine, notes
@@ -569,7 +607,7 @@ def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, ima
 # Model file
 # ----------------------------------------------------------------------------------------------------------------
 
-_PARTS = ("os", "pfs", "landmark", "metastasis", "deep")
+_PARTS = ("os", "pfs", "landmark", "metastasis", "metastasis_landmark", "deep")
 
 
 def save_engine(engine: SurvivalEngine, path: str | os.PathLike, *, training_data: Mapping[str, Any] | None = None,
@@ -616,7 +654,8 @@ def load_engine(path: str | os.PathLike) -> SurvivalEngine:
     kw = card.get("architecture_kwargs", {})
     parts = kw.get("parts", {})
     builders = {"os": PerRegimenSurvival, "pfs": PerRegimenSurvival, "landmark": LandmarkModel,
-                "metastasis": MetastasisModel, "deep": DeepFeatureReducer}
+                "metastasis": MetastasisModel, "metastasis_landmark": LandmarkMetastasis,
+                "deep": DeepFeatureReducer}
     models = {}
     for name, meta in parts.items():
         if name not in builders:

@@ -24,8 +24,8 @@ from ..progress import ProgressCallback, report
 from ._linear import LogisticRegression, SoftmaxRegression
 from .features import WEEKS_PER_MONTH
 
-__all__ = ["PerRegimenSurvival", "LandmarkModel", "MetastasisModel", "landmark_dataset", "stabilized_weights",
-           "rmst_step", "DEFAULT_TIMES"]
+__all__ = ["PerRegimenSurvival", "LandmarkModel", "LandmarkMetastasis", "MetastasisModel", "landmark_dataset",
+           "stabilized_weights", "rmst_step", "DEFAULT_TIMES"]
 
 #: Default prediction grid: 0-36 months in quarter-month steps.
 DEFAULT_TIMES = np.linspace(0.0, 36.0, 145)
@@ -810,3 +810,126 @@ class MetastasisModel:
             out["lower"] = float(min(np.percentile(rb, 2.5), risk))
             out["upper"] = float(max(np.percentile(rb, 97.5), risk))
         return out
+
+
+class LandmarkMetastasis:
+    """2-year distant-metastasis risk updated at landmark weeks with the response seen so far (dynamic risk).
+
+    One :class:`MetastasisModel` per landmark week ``w``, fitted on the patients still metastasis-free (and followed)
+    at the landmark (``metastasis_months`` > w weeks) with the baseline features plus the relative changes of the
+    viable volume and of the mRECIST sum of viable diameters at every landmark week <= ``w``
+    (:func:`~HCCTwinLib.survival.features.response_features`). The target is the same as the baseline model's
+    (metastasis within ``horizon_months`` of baseline), so the baseline and updated risks read on one scale. The
+    response comes from the real follow-up when there is one, otherwise from the virtual one. With several ``l2``
+    values the penalty of each landmark is chosen by repeated stratified cross-validation (AUC) on the training rows.
+    """
+
+    def __init__(self, landmarks_weeks: Sequence[int] = (8, 16), l2: float | Sequence[float] = (0.3, 1.0, 3.0, 10.0),
+                 horizon_months: float = 24.0, n_bootstrap: int = 200, seed: int = 0, cv_folds: int = 5,
+                 cv_repeats: int = 3):
+        self.landmarks_weeks = tuple(int(w) for w in landmarks_weeks)
+        self.l2_grid = tuple(float(v) for v in (l2 if isinstance(l2, Sequence) else [l2]))
+        self.horizon_months = float(horizon_months)
+        self.n_bootstrap, self.seed = int(n_bootstrap), int(seed)
+        self.cv_folds, self.cv_repeats = int(cv_folds), int(cv_repeats)
+        self.models_: dict[int, MetastasisModel] = {}
+        self.cv_: dict[int, dict[str, Any]] = {}
+        self.notes_: list[str] = []
+        self.derive_ = None
+
+    @staticmethod
+    def response_columns(week: int, weeks: Sequence[int]) -> list[str]:
+        return [f"{name}_w{v:02d}" for v in weeks if v <= week
+                for name in ("rel_change_viable_volume", "rel_change_sum_viable")]
+
+    def population(self, df: pd.DataFrame, week: int, time_col: str = "metastasis_months") -> pd.DataFrame:
+        """Rows metastasis-free and followed beyond the landmark (the caller restricts to the TACE population)."""
+        return df[pd.to_numeric(df[time_col], errors="coerce") > float(week) / WEEKS_PER_MONTH]
+
+    def fit(self, df: pd.DataFrame, base_features: Sequence[str], time_col: str = "metastasis_months",
+            event_col: str = "metastasis_event") -> LandmarkMetastasis:
+        self.models_, self.notes_ = {}, []
+        for w in self.landmarks_weeks:
+            cols = self.response_columns(w, self.landmarks_weeks)
+            missing = [c for c in cols if c not in df.columns or not df[c].notna().any()]
+            if missing:
+                self.notes_.append(f"metastasis landmark {w} w not fitted: no {', '.join(missing)} in the table.")
+                continue
+            at_risk = self.population(df, w, time_col)
+            features = [*base_features, *cols]
+            try:
+                l2 = self._choose_l2(at_risk, features, time_col, event_col, w)
+                model = MetastasisModel(l2, self.horizon_months, self.n_bootstrap, self.seed + w)
+                self.models_[w] = model.fit(at_risk, features, time_col, event_col)
+            except InputError as exc:
+                self.notes_.append(f"metastasis landmark {w} w not fitted: {exc}")
+        if not self.models_:
+            raise InputError("no metastasis landmark model could be fitted: " + " ".join(self.notes_))
+        return self
+
+    def _choose_l2(self, df: pd.DataFrame, features, time_col, event_col, week: int) -> float:
+        """The penalty with the best mean cross-validated AUC (the first of ``l2_grid`` when there is one value or
+        too few events for the folds)."""
+        from .metrics import binary_auc
+
+        y, keep = MetastasisModel.binary_target(df, time_col, event_col, self.horizon_months)
+        rows, y = df[keep].reset_index(drop=True), y[keep]
+        if len(self.l2_grid) == 1 or min(y.sum(), len(y) - y.sum()) < 2 * self.cv_folds:
+            self.cv_[week] = {"l2": self.l2_grid[0], "auc": None}
+            return self.l2_grid[0]
+        rng = np.random.default_rng(self.seed + week)
+        scores = {l2: [] for l2 in self.l2_grid}
+        for _ in range(self.cv_repeats):
+            folds = np.empty(len(y), int)
+            for cls in (0, 1):  # stratified: events spread over the folds
+                idx = np.flatnonzero(y == cls)
+                folds[idx] = rng.permutation(len(idx)) % self.cv_folds
+            for f in range(self.cv_folds):
+                train, test = rows[folds != f], rows[folds == f]
+                for l2 in self.l2_grid:
+                    m = MetastasisModel(l2, self.horizon_months, 0).fit(train, features, time_col, event_col)
+                    scores[l2].append(binary_auc(y[folds == f], m.predict_proba(test)))
+        means = {l2: float(np.nanmean(v)) for l2, v in scores.items()}
+        best = max(means, key=lambda k: (means[k], k))  # ties: the stronger penalty
+        self.cv_[week] = {"l2": best, "auc": means[best], "auc_by_l2": {str(k): v for k, v in means.items()},
+                          "folds": self.cv_folds, "repeats": self.cv_repeats}
+        return best
+
+    @property
+    def derive_(self):
+        return self._derive
+
+    @derive_.setter
+    def derive_(self, fn):
+        self._derive = fn
+        for model in getattr(self, "models_", {}).values():
+            model.derive_ = fn
+
+    def predict(self, row, week: int) -> dict[str, Any]:
+        """Updated 2-year risk (with interval and points) at landmark ``week``; ``row`` carries the response
+        columns of :meth:`response_columns`."""
+        if week not in self.models_:
+            raise InputError(f"no metastasis landmark model at {week} weeks (fitted: {sorted(self.models_)}).")
+        out = self.models_[week].predict(row)
+        out["landmark_weeks"] = int(week)
+        return out
+
+    def to_state(self, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays: dict[str, np.ndarray] = {}
+        metas = {}
+        for w, model in self.models_.items():
+            a, meta = model.to_state(prefix=f"{prefix}w{w:02d}/")
+            arrays.update(a)
+            metas[str(w)] = meta
+        return arrays, {"kind": "LandmarkMetastasis", "landmarks_weeks": list(self.landmarks_weeks),
+                        "l2_grid": list(self.l2_grid), "horizon_months": self.horizon_months, "models": metas,
+                        "cross_validation": {str(w): v for w, v in self.cv_.items()}}
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], prefix: str = ""
+                   ) -> LandmarkMetastasis:
+        self = cls(meta["landmarks_weeks"], meta["l2_grid"], float(meta["horizon_months"]), n_bootstrap=0)
+        self.models_ = {int(w): MetastasisModel.from_state(arrays, m, prefix=f"{prefix}w{int(w):02d}/")
+                        for w, m in meta["models"].items()}
+        self.cv_ = {int(w): dict(v) for w, v in meta.get("cross_validation", {}).items()}
+        return self

@@ -93,7 +93,9 @@ def make_summary(*, survival=True, followups=True, pfs=True):
             "recommendation": {"regimen": "haic_pd1_len", "endpoint": "os", "tau_months": 24, "eligible_only": True,
                                "probability_best": {"haic_pd1_len": 0.71, "tace_pd1_len": 0.22, "pd1_tki": 0.07}},
             "metastasis": {"horizon_months": 24, "risk": 0.31, "lower": 0.22, "upper": 0.41,
-                           "points": {"afp_ng_ml": 28.0, "pvtt": 40.0, "total": 68.0}},
+                           "points": {"afp_ng_ml": 28.0, "pvtt": 40.0, "total": 68.0},
+                           "landmark": {"w08": {"risk": 0.18, "lower": 0.11, "upper": 0.27, "source": "virtual"},
+                                        "w16": {"risk": 0.12, "lower": 0.07, "upper": 0.2, "source": "observed"}}},
             "notes": ["<script>alert('x')</script> survival note with markup"],
         }
     else:
@@ -174,6 +176,9 @@ def test_html_contents(reports):
     pd1 = re.search(r'<tr data-key="pd1_tki">(.*?)</tr>', surv_row, re.S).group(1)
     assert "NR (30.1–NR)" in pd1  # median not reached
     assert "31% (22–41%) at 24 mo" in surv_row
+    met = re.findall(r'<section id="metastasis">.*?</section>', html, re.S)[0]
+    assert re.search(r"w08</td>\s*<td>virtual</td>\s*<td>18% \(11–27%\)", met)  # risk updated at the landmarks
+    assert re.search(r"w16</td>\s*<td>observed</td>\s*<td>12% \(7–20%\)", met)
     assert "+1.9" not in html and "1.9 (-0.4–4.1) mo" in html and "94%" in html  # RMST difference + P(A better)
     assert "probability 71%" in html and "eligible regimens only" in html
     scores = summary["scores"]

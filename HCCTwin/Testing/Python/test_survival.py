@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from HCCTwinLib.cases import Geometry
+from HCCTwinLib.errors import InputError
 from HCCTwinLib.survival import (
     SCORE_BASELINES,
     LandmarkModel,
@@ -451,3 +452,65 @@ def test_evaluation_script_on_synthetic_cohort(tmp_path):
     clinical["true_lp"] = truth["true_lp"].values
     name2, oracle2 = bench.find_oracle(cohort, clinical, cf_read)
     assert name2 == "clinical.csv:true_lp" and np.allclose(oracle2.values, truth["true_lp"].values)
+
+
+def _metastasis_table(n=900, seed=11):
+    """TACE-like patients whose 2-year metastasis risk depends on the baseline size and, more, on the response."""
+    rng = np.random.default_rng(seed)
+    size = rng.lognormal(np.log(5.0), 0.4, n)  # cm
+    resp8 = np.clip(rng.normal(-0.2, 0.35, n), -1, 2)
+    resp16 = np.clip(resp8 + rng.normal(-0.1, 0.25, n), -1, 2)
+    lp = -1.0 + 0.5 * np.log(size / 5) + 2.5 * resp16 + 1.0 * resp8
+    t_met = rng.exponential(24.0 / np.log(2) * np.exp(-lp))
+    t_cens = rng.uniform(6, 48, n)
+    t = np.minimum(t_met, t_cens)
+    return pd.DataFrame({"max_diameter_cm": size, "rel_change_viable_volume_w08": resp8,
+                         "rel_change_sum_viable_w08": resp8 * 0.7 + rng.normal(0, 0.05, n),
+                         "rel_change_viable_volume_w16": resp16,
+                         "rel_change_sum_viable_w16": resp16 * 0.7 + rng.normal(0, 0.05, n),
+                         "metastasis_months": t, "metastasis_event": (t_met <= t_cens).astype(int)})
+
+
+def test_landmark_metastasis_updates_the_risk_with_the_response():
+    from HCCTwinLib.survival.models import LandmarkMetastasis
+
+    df = _metastasis_table()
+    lmm = LandmarkMetastasis((8, 16), l2=1.0, n_bootstrap=10).fit(df, ["max_diameter_cm"])
+    assert set(lmm.models_) == {8, 16}
+    assert lmm.models_[8].features_ == ["max_diameter_cm", "rel_change_viable_volume_w08", "rel_change_sum_viable_w08"]
+    assert lmm.models_[16].features_[-2:] == ["rel_change_viable_volume_w16", "rel_change_sum_viable_w16"]
+    # only patients metastasis-free (and followed) beyond the landmark
+    at16 = lmm.population(df, 16)
+    assert (at16["metastasis_months"] > 16 / WEEKS_PER_MONTH).all() and len(at16) < len(df)
+    y16, keep16 = MetastasisModel.binary_target(at16)
+    assert lmm.models_[16].n_used_ == keep16.sum()
+    # the response carries most of the signal: the landmark model beats the baseline one on the same patients
+    base = MetastasisModel(n_bootstrap=0).fit(df, ["max_diameter_cm"])
+    fresh = _metastasis_table(seed=12)
+    hold = lmm.population(fresh, 16)
+    y, keep = MetastasisModel.binary_target(hold)
+    auc_lm = M.binary_auc(y[keep], lmm.models_[16].predict_proba(hold[keep]))
+    auc_base = M.binary_auc(y[keep], base.predict_proba(hold[keep]))
+    assert auc_lm > auc_base + 0.1
+    # better response at 16 weeks, lower updated risk
+    row = fresh.iloc[0].copy()
+    good, bad = row.copy(), row.copy()
+    good[["rel_change_viable_volume_w16", "rel_change_sum_viable_w16"]] = [-0.8, -0.6]
+    bad[["rel_change_viable_volume_w16", "rel_change_sum_viable_w16"]] = [0.5, 0.4]
+    p_good, p_bad = lmm.predict(good, 16), lmm.predict(bad, 16)
+    assert p_good["risk"] < p_bad["risk"] and p_good["landmark_weeks"] == 16
+    assert p_good["lower"] <= p_good["risk"] <= p_good["upper"]
+    # model-file round trip (arrays + JSON, no pickle)
+    arrays, meta = lmm.to_state(prefix="mlm/")
+    json.dumps(meta)
+    back = LandmarkMetastasis.from_state(arrays, meta, prefix="mlm/")
+    assert back.predict(bad, 16)["risk"] == pytest.approx(p_bad["risk"])
+    # a grid of penalties: each landmark's is chosen by cross-validated AUC and kept in the model file
+    cv = LandmarkMetastasis((16,), l2=(0.1, 100.0), n_bootstrap=0, cv_repeats=1).fit(df, ["max_diameter_cm"])
+    chosen = cv.cv_[16]
+    assert chosen["l2"] in (0.1, 100.0) and chosen["auc"] == max(chosen["auc_by_l2"].values()) > 0.6
+    assert LandmarkMetastasis.from_state(*cv.to_state()).cv_[16]["l2"] == chosen["l2"]
+    with pytest.raises(InputError, match="no metastasis landmark model at 24"):
+        lmm.predict(bad, 24)
+    with pytest.raises(InputError, match="rel_change_viable_volume_w08"):
+        LandmarkMetastasis((8,)).fit(df.drop(columns=["rel_change_viable_volume_w08"]), ["max_diameter_cm"])

@@ -257,3 +257,54 @@ def test_follow_up_on_its_own_grid_is_registered_before_it_is_read(tmp_path):
     assert w08 and all(k in moved_row for k in w08)
     for k in w08:
         assert moved_row[k] == pytest.approx(same[k], rel=0.15, abs=0.05), k
+
+
+def test_metastasis_risk_updated_at_the_landmarks_from_the_tace_trajectory(engine_file, table, tmp_path):
+    """The engine's metastasis landmark part: read from the TACE trajectory's response (observed or virtual), saved
+    and loaded with the engine file, absent from the output when there is no TACE reading."""
+    import dataclasses
+
+    from HCCTwinLib.survival.models import LandmarkMetastasis, MetastasisModel
+
+    engine, _ = engine_file  # too few TACE patients for its own metastasis models: synthetic ones are attached
+    rng = np.random.default_rng(0)
+    n = 600  # a synthetic training table where the response at 8 / 16 weeks drives the 2-year risk
+    resp8 = rng.normal(-0.2, 0.4, n)
+    resp16 = resp8 + rng.normal(-0.1, 0.2, n)
+    size = rng.lognormal(np.log(5), 0.3, n)
+    t_met = rng.exponential(35.0 * np.exp(-(0.5 * np.log(size / 5) + 2.0 * resp16 + resp8)))
+    t_cens = rng.uniform(6, 48, n)
+    synth = pd.DataFrame({"max_diameter_cm": size, "rel_change_viable_volume_w08": resp8,
+                          "rel_change_sum_viable_w08": 0.7 * resp8, "rel_change_viable_volume_w16": resp16,
+                          "rel_change_sum_viable_w16": 0.7 * resp16, "metastasis_months": np.minimum(t_met, t_cens),
+                          "metastasis_event": (t_met <= t_cens).astype(int)})
+    lmm = LandmarkMetastasis((8, 16), n_bootstrap=5).fit(synth, ["max_diameter_cm"])
+    eng = dataclasses.replace(engine, metastasis=MetastasisModel(n_bootstrap=5).fit(synth, ["max_diameter_cm"]),
+                              metastasis_landmark=lmm)
+    path = tmp_path / "with_landmark.safetensors"
+    save_engine(eng, path, training_data={"cohort": "test"})
+    loaded = load_engine(path)
+    assert set(loaded.metastasis_landmark.models_) == {8, 16}
+    row = table.iloc[2].to_dict()
+    row["extrahepatic_spread"] = 0
+    base = {"viable_volume_ml": 40.0, "tumor_volume_ml": 50.0, "sum_viable_mm": 60.0}
+
+    def reading(v, d, cat):
+        return {"viable_volume_ml": v, "tumor_volume_ml": v + 10, "sum_viable_mm": d, "category_mrecist": cat}
+
+    good = {0: base, 8: reading(20.0, 40.0, "PR"), 16: reading(4.0, 15.0, "PR")}
+    bad = {0: base, 8: reading(60.0, 70.0, "SD"), 16: reading(90.0, 95.0, "PD")}
+    outs = {}
+    for name, traj in (("good", good), ("bad", bad)):
+        outs[name] = loaded.predict(row, None, ["tace_pd1_len", "pd1_tki"], readings={"tace_pd1_len": traj},
+                                    readings_source={"tace_pd1_len": "observed"})["metastasis"]
+    lm_good, lm_bad = outs["good"]["landmark"], outs["bad"]["landmark"]
+    assert set(lm_good) == {"w08", "w16"} and lm_good["w16"]["source"] == "observed"
+    assert lm_good["w16"]["risk"] < lm_bad["w16"]["risk"]
+    assert lm_good["w08"]["lower"] <= lm_good["w08"]["risk"] <= lm_good["w08"]["upper"]
+    assert outs["good"]["risk"] == pytest.approx(outs["bad"]["risk"])  # the baseline risk does not move
+    # a virtual trajectory is said to be one; no TACE reading, no update
+    virt = loaded.predict(row, None, ["tace_pd1_len"], readings={"tace_pd1_len": good})["metastasis"]
+    assert virt["landmark"]["w08"]["source"] == "virtual"
+    other = loaded.predict(row, None, ["pd1_tki"], readings={"pd1_tki": good})["metastasis"]
+    assert "landmark" not in other

@@ -43,7 +43,7 @@ CPU_MAX_BATCH = 12
 CUDA_MAX_BATCH = 36
 #: CPU inference runs the network in channels-last (NDHWC) layout: oneDNN's 3D convolutions are faster on it
 #: (about 15 % per pass on the shipped model, 2-core VM; benchmarks/results/generator_speed.md); same numbers up to
-#: float rounding. CUDA keeps the default layout.
+#: float rounding (``Generator.cpu_memory_format``). CUDA keeps the default layout.
 
 _CACHE: dict[tuple, Generator] = {}
 _CACHE_LOCK = threading.Lock()
@@ -90,9 +90,11 @@ class Generator:
         self.device = torch.device(device)
         self.message = message
         self.path = path
+        #: network layout on the CPU: ``torch.channels_last_3d`` (``torch.contiguous_format`` = PyTorch's default)
+        self.cpu_memory_format = torch.channels_last_3d
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last_3d)
+            self.model = self.model.to(memory_format=self.cpu_memory_format)
         self._cpu_model = None
         self.regimens = [str(r) for r in self.card["regimens"]]
         self.crop_shape = tuple(int(c) for c in self.card.get("crop_kji", DEFAULT_CROP_KJI))
@@ -125,7 +127,7 @@ class Generator:
         if self._cpu_model is None:
             import copy
 
-            self._cpu_model = copy.deepcopy(self.model).to("cpu", memory_format=torch.channels_last_3d).eval()
+            self._cpu_model = copy.deepcopy(self.model).to("cpu", memory_format=self.cpu_memory_format).eval()
         return self._cpu_model
 
     def _run(self, cond: np.ndarray, weeks_items: Sequence[float], reg_items: Sequence[int], noise_items, steps: int,
@@ -155,7 +157,7 @@ class Generator:
 
             with torch.inference_mode():
                 x0 = tm.sample_rf(model, cond_b, regs, noise, steps=steps, autocast=devices.autocast(device),
-                                  callback=on_step, memory_format=torch.channels_last_3d if device.type == "cpu"
+                                  callback=on_step, memory_format=self.cpu_memory_format if device.type == "cpu"
                                   else None)
             out[c0:c1] = x0.float().cpu().numpy()
         return out

@@ -285,6 +285,18 @@ def _true_metastasis_risk(cf: pd.DataFrame | None, patients) -> np.ndarray | Non
     return got.reindex(list(patients)).to_numpy(float)
 
 
+def _auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of the AUC (patients resampled)."""
+    rng = np.random.default_rng(seed)
+    y, p = np.asarray(y), np.asarray(p, float)
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if 0 < y[idx].sum() < len(idx):
+            vals.append(M.binary_auc(y[idx], p[idx]))
+    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
+
+
 def _metastasis(engine, hold, cf: pd.DataFrame | None = None) -> dict[str, Any]:
     """2-year new distant metastasis after TACE on the hold-out TACE patients without extrahepatic spread at baseline
     (the engine's model is fitted on the same population of the development data); with the simulator's true risk
@@ -299,7 +311,7 @@ def _metastasis(engine, hold, cf: pd.DataFrame | None = None) -> dict[str, Any]:
     base = {k: M.binary_auc(y, h[c].to_numpy(float)) for k, c in SCORE_BASELINES.items()}
     out = {"features": mm.features_, "n_dev_used": mm.n_used_, "n_dev_excluded": mm.n_excluded_,
            "n_dev_events": mm.n_events_, "n_holdout": int(len(h)), "n_holdout_events": int(y.sum()), "auc": auc,
-           "pass": bool(auc >= THRESHOLDS["metastasis_auc"]), "baselines_auc": base,
+           "auc_ci95": _auc_ci(y, p), "pass": bool(auc >= THRESHOLDS["metastasis_auc"]), "baselines_auc": base,
            "beats_best_baseline": bool(auc > max(base.values())),
            "decision_curve": M.decision_curve(y, p, np.arange(0.05, 0.65, 0.05)),
            "points_table": mm.points_table(3).to_dict(orient="records")}
@@ -318,8 +330,10 @@ def _metastasis(engine, hold, cf: pd.DataFrame | None = None) -> dict[str, Any]:
                 continue
             pw = lmm.models_[w].predict_proba(hw)
             entry = {"n_holdout": int(len(hw)), "n_holdout_events": int(yw.sum()), "auc": M.binary_auc(yw, pw),
+                     "auc_ci95": _auc_ci(yw, pw),
                      "baseline_model_auc_same_patients": M.binary_auc(yw, mm.predict_proba(hw)),
                      "features": lmm.models_[w].features_, "n_dev_used": lmm.models_[w].n_used_,
+                     "l2_cross_validation": lmm.cv_.get(w),
                      "n_dev_events": lmm.models_[w].n_events_,
                      "decision_curve": M.decision_curve(yw, pw, np.arange(0.05, 0.65, 0.05))}
             entry["pass"] = bool(entry["auc"] >= THRESHOLDS["metastasis_auc"])
@@ -378,7 +392,8 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     if "metastasis" in res:
         m = res["metastasis"]
         lines += ["", f"Metastasis after TACE (2 years, new distant metastasis; patients with extrahepatic spread at "
-                  f"baseline excluded): AUC {_f(m['auc'])} on {m['n_holdout']} hold-out TACE patients "
+                  f"baseline excluded): AUC {_f(m['auc'])} (95% CI {_f(m['auc_ci95'][0])}-{_f(m['auc_ci95'][1])}) on "
+                  f"{m['n_holdout']} hold-out TACE patients "
                   f"({m['n_holdout_events']} events; target >= 0.80); best score AUC "
                   f"{_f(max(m['baselines_auc'].values()))}; fitted on {m['n_dev_used']} dev TACE patients "
                   f"({m['n_dev_events']} events). Decision curve and points table in the JSON."]
@@ -389,10 +404,11 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
                       "responders), which no baseline feature can see; the landmark models below add the response."]
         if m.get("landmark"):
             lines += ["", "| Metastasis, risk updated at the landmark (hold-out, observed follow-ups) | patients "
-                      "(events) | landmark model AUC | baseline model AUC, same patients | true risk AUC | "
+                      "(events) | landmark model AUC (95% CI) | baseline model AUC, same patients | true risk AUC | "
                       "target |", "|---|---|---|---|---|---|"]
             lines += [f"| {k}: metastasis-free at {k[:-1]} weeks | {e['n_holdout']} ({e['n_holdout_events']}) | "
-                      f"{_f(e['auc'])} | {_f(e['baseline_model_auc_same_patients'])} | "
+                      f"{_f(e['auc'])} ({_f(e['auc_ci95'][0])}-{_f(e['auc_ci95'][1])}) | "
+                      f"{_f(e['baseline_model_auc_same_patients'])} | "
                       f"{_f(e.get('oracle_auc_same_patients'))} | >= 0.80 |" for k, e in m["landmark"].items()]
     df = res.get("deep_features")
     lines += ["", "Deep features (segmentation encoder, PCA fitted on the dev split): " + (

@@ -7,7 +7,8 @@ cohort holds:
 - survival: OS (and PFS) Harrell / Uno C under the received regimen, time-dependent AUC at 12 / 24 months, integrated
   Brier score vs the cohort's own Kaplan-Meier curve, calibration (ICI) at 12 / 24 months, the established scores on
   the same patients, the landmark models at 8 / 16 weeks on the patients event-free then (response read from the
-  observed follow-up images), 2-year metastasis AUC (TACE, no extrahepatic spread at baseline);
+  observed follow-up images), 2-year metastasis AUC (TACE, no extrahepatic spread at baseline) and, when the engine
+  has them, the metastasis landmark models' AUC on the patients metastasis-free at 8 / 16 weeks;
 - segmentation (when a model is installed and the cohort has label maps): Dice per label on up to ``max_cases``;
 - generator (when installed and follow-ups exist): the virtual follow-up under the received regimen at each observed
   week vs the observed one: tumour Dice, viable-volume relative error, mRECIST agreement and weighted kappa.
@@ -101,6 +102,21 @@ def evaluate_survival(engine, table: pd.DataFrame) -> dict[str, Any]:
                                                    for k, c in SCORE_BASELINES.items() if c in h.columns}}
         else:
             out["notes"].append("metastasis: no TACE patient with a known 2-year status, not measured.")
+    lmm = getattr(engine, "metastasis_landmark", None)
+    if lmm is not None and "metastasis_event" in data.columns and "metastasis" in out:
+        out["metastasis"]["landmark"] = {}
+        for w, model in sorted(lmm.models_.items()):
+            hw = lmm.population(metastasis_population(data), w)
+            cols = [c for c in model.features_ if c.endswith(f"_w{w:02d}")]
+            hw = hw[hw[cols].notna().any(axis=1)] if cols else hw.iloc[:0]
+            y, keep = MetastasisModel.binary_target(hw)
+            hw, y = hw[keep], y[keep]
+            if not 0 < y.sum() < len(y):
+                out["notes"].append(f"metastasis landmark {w} weeks: no events or no non-events, not measured.")
+                continue
+            out["metastasis"]["landmark"][f"w{w:02d}"] = {
+                "n": int(len(hw)), "events": int(y.sum()), "auc": M.binary_auc(y, model.predict_proba(hw)),
+                "baseline_model_auc": M.binary_auc(y, engine.metastasis.predict_proba(hw))}
     return out
 
 

@@ -346,6 +346,11 @@ def _survival_table(s: dict[str, Any]) -> str:
                           None, None, None, None, None]))
         for name, auc in m.get("baselines_auc", {}).items():
             rows.append(_row(["2-year metastasis (TACE)", f"{name}, AUC", auc, None, None, None, None, None]))
+        for w, lm in (m.get("landmark") or {}).items():
+            rows.append(_row([f"2-year metastasis, updated at {w}", f"landmark model, AUC ({lm['n']} pts, "
+                              f"{lm['events']} events)", lm["auc"], None, None, None, None, None]))
+            rows.append(_row([f"2-year metastasis, updated at {w}", "baseline model, same patients, AUC",
+                              lm["baseline_model_auc"], None, None, None, None, None]))
     return "<table>" + "".join(rows) + "</table>"
 
 

@@ -308,3 +308,12 @@ def test_metastasis_risk_updated_at_the_landmarks_from_the_tace_trajectory(engin
     assert virt["landmark"]["w08"]["source"] == "virtual"
     other = loaded.predict(row, None, ["pd1_tki"], readings={"pd1_tki": good})["metastasis"]
     assert "landmark" not in other
+    # hcctwin evaluate measures them on the patients metastasis-free at each landmark
+    from HCCTwinLib.evaluate import evaluate_survival
+
+    cohort_table = synth.assign(regimen="tace_pd1_len", extrahepatic_spread=0)
+    met = evaluate_survival(loaded, cohort_table)["metastasis"]
+    for key, week in (("w08", 8), ("w16", 16)):
+        lm = met["landmark"][key]
+        assert lm["n"] == int(MetastasisModel.binary_target(lmm.population(cohort_table, week))[1].sum())
+        assert lm["auc"] > lm["baseline_model_auc"] + 0.05

@@ -285,6 +285,30 @@ def _true_metastasis_risk(cf: pd.DataFrame | None, patients) -> np.ndarray | Non
     return got.reindex(list(patients)).to_numpy(float)
 
 
+def _pretreatment_truth(res: dict[str, Any], cohort: Path, hold: pd.DataFrame) -> None:
+    """The pre-treatment parts of the simulator's true hazards (``truth/patients.csv``: ``death_lp_baseline``,
+    ``metastasis_lp_baseline``) scored like the models, on the same hold-out patients: how much of the oracle any
+    model that sees only pre-treatment data could reach (the rest is the course under treatment)."""
+    path = cohort / "truth" / "patients.csv"
+    if not path.is_file():
+        return
+    latent = pd.read_csv(path).set_index("patient_id")
+    engine = res["_engine"]
+    if "death_lp_baseline" in latent.columns and "os" in res:
+        h = hold[hold["regimen"].astype(str).isin(engine.os.regimens_)]
+        lp = latent["death_lp_baseline"].reindex(h["patient_id"]).to_numpy(float)
+        ok = np.isfinite(lp)
+        t, e = h["os_months"].to_numpy(float)[ok], h["os_event"].to_numpy(float)[ok]
+        res["os"]["pretreatment_truth"] = {"harrell_c": M.harrell_c(t, e, lp[ok]), "n": int(ok.sum()),
+                                           "source": "death_lp_baseline (truth/patients.csv)"}
+    if "metastasis_lp_baseline" in latent.columns and "metastasis" in res:
+        h = metastasis_population(hold)
+        y, keep = MetastasisModel.binary_target(h)
+        lp = latent["metastasis_lp_baseline"].reindex(h[keep]["patient_id"]).to_numpy(float)
+        if np.isfinite(lp).all():
+            res["metastasis"]["pretreatment_truth_auc"] = M.binary_auc(y[keep], lp)
+
+
 def _auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float]:
     """95% percentile bootstrap interval of the AUC (patients resampled)."""
     rng = np.random.default_rng(seed)
@@ -370,6 +394,9 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
                   f"{_f(o['oracle']['uno_c'])} | |",
                   f"| gap to oracle Harrell / Uno | {_f(o['harrell_c_gap_to_oracle'])} / {_f(o['uno_c_gap_to_oracle'])}"
                   f" | <= 0.03 |"]
+    if "pretreatment_truth" in o:
+        lines += [f"| Harrell C of the true hazard's pre-treatment part ({o['pretreatment_truth']['source']}) | "
+                  f"{_f(o['pretreatment_truth']['harrell_c'])} | what pre-treatment data can reach |"]
     lines += [f"| time-dependent AUC 12 / 24 mo | {_f(o['td_auc']['12'])} / {_f(o['td_auc']['24'])} | reported |",
               f"| IBS model vs KM null | {_f(o['ibs']['model'])} vs {_f(o['ibs']['km_null'])} | below null |",
               f"| ICI 12 / 24 mo | {_f(o['ici']['12']['ici'])} / {_f(o['ici']['24']['ici'])} | <= 0.05 |",
@@ -399,9 +426,11 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
                   f"({m['n_dev_events']} events). Decision curve and points table in the JSON."]
         if "oracle_auc" in m:
             lines += ["", f"Ceiling: the simulator's true 2-year metastasis risk ({m['oracle_source']}) has AUC "
-                      f"{_f(m['oracle_auc'])} on the same patients. Most of it comes from what happens under treatment "
-                      "(the metastasis hazard rises with the current intrahepatic burden and falls in immune "
-                      "responders), which no baseline feature can see; the landmark models below add the response."]
+                      f"{_f(m['oracle_auc'])} on the same patients; its pre-treatment part (metastasis_lp_baseline, "
+                      f"truth/patients.csv) {_f(m.get('pretreatment_truth_auc'))}. Most of it comes from what happens "
+                      "under treatment (the metastasis hazard rises with the current intrahepatic burden and falls in "
+                      "immune responders), which no baseline feature can see; the landmark models below add the "
+                      "response."]
         if m.get("landmark"):
             lines += ["", "| Metastasis, risk updated at the landmark (hold-out, observed follow-ups) | patients "
                       "(events) | landmark model AUC (95% CI) | baseline model AUC, same patients | true risk AUC | "
@@ -487,6 +516,7 @@ def main(argv=None) -> int:
     oracle_name, oracle = find_oracle(args.holdout_cohort or args.cohort, clinical, cf)
     res = evaluate(table, cf, oracle, dev_idx, hold_idx, args.bootstrap, args.seed, oracle_name=oracle_name,
                    deep=None if deep else False)
+    _pretreatment_truth(res, args.holdout_cohort or args.cohort, table.iloc[hold_idx])
     if deep and args.compare_without_deep:
         plain = evaluate(table, cf, oracle, dev_idx, hold_idx, args.bootstrap, args.seed, oracle_name=oracle_name,
                          deep=False)

@@ -33,7 +33,7 @@ from .. import DISCLAIMER, __version__
 from ..cases import Case, Geometry
 from ..errors import InputError
 from ..progress import ProgressCallback, report
-from .outcomes import Outcome, outcome
+from .outcomes import Outcome, metastasis_static_lp, outcome
 from .patient import PatientModel, baseline_trajectory, sample_patient
 from .treatment import MONTHS_PER_WEEK, Trajectory, program_for, run_program
 
@@ -233,6 +233,9 @@ def latent_row(model: PatientModel) -> dict:
         "n_lesions_visible": sum(not les.occult for les in model.lesions),
         "lesion_diameters_mm": ";".join(f"{les.diameter_mm(les.volume0_ml):.1f}" for les in model.lesions
                                         if not les.occult),
+        # the pre-treatment parts of the true hazards (what no response can add to): death and metastasis
+        "death_lp_baseline": round(float(model.outcomes[model.regimen].extra["lp"]), 4),
+        "metastasis_lp_baseline": round(metastasis_static_lp(model.hazard_clinical, model.lesions, model.pvtt), 4),
     }
 
 

@@ -110,11 +110,17 @@ def death_hazard(traj: Trajectory, lp: float, p: HazardParams = PARAMS) -> np.nd
     return h + traj.periop
 
 
-def metastasis_hazard(traj: Trajectory, clinical: dict, lesions, pvtt, p: HazardParams = PARAMS) -> np.ndarray:
+def metastasis_static_lp(clinical: dict, lesions, pvtt, p: HazardParams = PARAMS) -> float:
+    """The pre-treatment part of the metastasis hazard's linear predictor (size, nodules, AFP, PVTT)."""
     vis = [les for les in lesions if not les.occult]
     dmax = max(les.diameter_mm(les.volume0_ml) for les in vis)
     lp = p.m_size * np.log(dmax / 50.0) + p.m_number * np.log(len(vis))
     lp += p.m_afp * np.log10(max(clinical["afp_ng_ml"], 1.0) / 20.0) + p.m_pvtt * (pvtt is not None)
+    return float(lp)
+
+
+def metastasis_hazard(traj: Trajectory, clinical: dict, lesions, pvtt, p: HazardParams = PARAMS) -> np.ndarray:
+    lp = metastasis_static_lp(clinical, lesions, pvtt, p)
     B = traj.burden()
     dyn = p.m_burden * np.clip(np.log((B + 1.0) / (B[0] + 1.0)), -3.0, 2.0)
     if traj.io_responder:

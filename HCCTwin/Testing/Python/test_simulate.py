@@ -94,6 +94,14 @@ def test_tables_are_consistent(cohort):
     assert ((cf.rmst24_months > 0) & (cf.rmst24_months <= 24)).all()
     assert (cf.pfs_months <= cf.os_months + 1e-6).all()
     assert cf.groupby("patient_id").received.sum().eq(1).all()
+    # true 2-year metastasis probability: 1 when present at baseline, otherwise in (0, 1) and, summed over the
+    # patients, close to the share observed within 2 years (censoring aside)
+    risk = cf.merge(clinical[["patient_id", "extrahepatic_spread"]], on="patient_id")
+    assert (risk[risk.extrahepatic_spread == 1].metastasis_risk24 == 1).all()
+    free = risk[risk.extrahepatic_spread == 0]
+    assert ((free.metastasis_risk24 > 0) & (free.metastasis_risk24 < 1)).all()
+    latent = pd.read_csv(out / "truth" / "patients.csv")
+    assert latent.death_lp_baseline.notna().all() and latent.metastasis_lp_baseline.notna().all()
     for row in clinical.to_dict("records"):
         values = {k: row[k] for k in CLINICAL_COLUMNS[1:18]}
         scores = clin.compute_scores(values)
@@ -301,3 +309,18 @@ def test_outcomes_have_literature_shape():
     assert orr["pd1_tki"] < orr["tace_pd1_len"] and orr["pd1_tki"] < orr["haic_pd1_len"]
     pv = d[d.pvtt == 1].groupby("r").rmst.mean()
     assert pv["haic_pd1_len"] > pv["tace_pd1_len"]
+
+
+def test_metastasis_risk24_is_the_cumulative_incidence_of_the_hazards():
+    """metastasis_risk(h0, hm) = P(metastasis before death and before 24 months), checked against a closed form
+    (constant hazards) and against sampling the two times."""
+    from HCCTwinLib.simulate.outcomes import TIME, metastasis_risk
+
+    hm, h0 = np.full(TIME.shape, 0.02), np.full(TIME.shape, 0.05)
+    exact = 0.02 / 0.07 * (1 - np.exp(-0.07 * 24))
+    assert metastasis_risk(h0, hm, 24.0) == pytest.approx(exact, rel=0.02)
+    assert metastasis_risk(h0, None) == 1.0
+    assert metastasis_risk(h0 * 0, hm, 24.0) == pytest.approx(1 - np.exp(-0.02 * 24), rel=0.02)
+    rng = np.random.default_rng(0)
+    t_m, t_d = rng.exponential(1 / 0.02, 200_000), rng.exponential(1 / 0.05, 200_000)
+    assert metastasis_risk(h0, hm, 24.0) == pytest.approx(np.mean((t_m < t_d) & (t_m <= 24)), abs=0.005)

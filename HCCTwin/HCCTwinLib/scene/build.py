@@ -211,7 +211,8 @@ def survival_table_columns(result, regimens: Sequence[str] | None = None) -> dic
 
     Values come from ``result.survival`` (and ``result.response``) as they are; "n/a" where the engine gave none.
     The metastasis model is fitted for TACE + PD-1 + lenvatinib only (``survival["metastasis"]["applies_to"]``):
-    other regimens read "n/a (<regimen> model only)".
+    other regimens read "n/a (<regimen> model only)"; the TACE row adds the risk updated at the last landmark from
+    the response of its follow-up (``survival["metastasis"]["landmark"]``) when there is one.
     """
     regimens = list(result.regimens if regimens is None else regimens)
     catalogue = _catalogue()
@@ -269,7 +270,14 @@ def _metastasis_text(meta: Mapping | None, regimen: str, catalogue: Mapping) -> 
         return fmt_percent(m.get("risk"), [m.get("lower"), m.get("upper")])
     applies = meta.get("applies_to") or METASTASIS_DEFAULT_REGIMEN
     if regimen == applies:
-        return fmt_percent(meta.get("risk"), [meta.get("lower"), meta.get("upper")])
+        text = fmt_percent(meta.get("risk"), [meta.get("lower"), meta.get("upper")])
+        landmark = meta.get("landmark")
+        if isinstance(landmark, Mapping) and landmark:  # the latest update from the (virtual or real) follow-up
+            key = max(landmark)
+            m = landmark[key]
+            text += (f"; {key} ({m.get('source', 'virtual')}): "
+                     f"{fmt_percent(m.get('risk'), [m.get('lower'), m.get('upper')])}")
+        return text
     return f"n/a ({regimen_label(applies, catalogue)} model only)"
 
 

@@ -146,6 +146,12 @@ def test_results_table_rows_equal_survival_numbers(app):
     # metastasis: the model is for TACE + PD-1 + lenvatinib only, and the table says so for the others
     column = "Metastasis risk 24 mo (95% CI)"
     assert table[column] == ["23% (14-34%)", "n/a (TACE+PD-1+LEN model only)", "n/a (TACE+PD-1+LEN model only)"]
+    # with the risk updated from the TACE follow-up, the row adds the latest landmark and where its response came from
+    result.survival["metastasis"]["landmark"] = {
+        "w08": {"risk": 0.3, "lower": 0.2, "upper": 0.4, "source": "virtual"},
+        "w16": {"risk": 0.11, "lower": 0.05, "upper": 0.19, "source": "virtual"}}
+    cols = B.survival_table_columns(result)
+    assert cols[column][0] == "23% (14-34%); w16 (virtual): 11% (5-19%)"
     # the table view of the layout shows it; the case table is still there
     assert L.table_view_node(app.scene, create=False).GetTableNodeID() == ids.survival_table
     assert "bclc" in table_to_dict(app.scene.GetNodeByID(ids.table))["item"]

@@ -96,7 +96,23 @@ def baseline_image_features(labels: np.ndarray, geometry, arterial: np.ndarray |
                             ) -> dict[str, float]:
     """``img_*`` (segmentation), derived log volumes and ``rad_*`` (arterial radiomics inside the tumour); with
     ``deep`` also the raw ``deepraw_*`` segmentation-encoder features (:func:`.deep.deep_raw_features`, with
-    ``segmenter`` or the installed model; none when no model is installed)."""
+    ``segmenter`` or the installed model; none when no model is installed).
+
+    Every feature depends only on the labelled voxels, so they are computed on the box around ``labels > 0`` (same
+    numbers, a fraction of the time and memory on a whole-body-sized CT)."""
+    deep_inputs = (labels, geometry, arterial, portal)
+    for name, phase in (("arterial", arterial), ("portal", portal)):
+        if phase is not None and np.shape(phase) != np.shape(labels):
+            raise InputError(f"{name} phase has shape {np.shape(phase)}, labels {np.shape(labels)}; put the phases "
+                             f"and the labels on one grid first.")
+    box = label_box(labels)
+    if box is not None:
+        from ..pipeline import sub_geometry
+
+        geometry = sub_geometry(geometry, box)
+        labels = np.asarray(labels)[box]
+        arterial = None if arterial is None else np.asarray(arterial)[box]
+        portal = None if portal is None else np.asarray(portal)[box]
     base = imaging_features(labels, geometry, arterial, portal)
     out = {f"img_{k}": float(v) for k, v in base.items()}
     out["img_log_viable_volume_ml"] = float(np.log1p(base["viable_volume_ml"]))
@@ -109,8 +125,22 @@ def baseline_image_features(labels: np.ndarray, geometry, arterial: np.ndarray |
     if deep:
         from .deep import deep_raw_features
 
-        out.update(deep_raw_features(labels, geometry, arterial, portal, segmenter=segmenter)[0])
+        out.update(deep_raw_features(*deep_inputs, segmenter=segmenter)[0])
     return out
+
+
+def label_box(labels: np.ndarray, margin: int = 1) -> tuple[slice, slice, slice] | None:
+    """Index box ``[k, j, i]`` around the voxels with a label > 0 (plus ``margin`` voxels, inside the grid), or None
+    when there is none or it is the whole grid."""
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        return None
+    fg = labels > 0
+    spans = [np.flatnonzero(fg.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
+    if any(len(s) == 0 for s in spans):
+        return None
+    box = tuple(slice(max(int(s[0]) - margin, 0), min(int(s[-1]) + 1 + margin, n)) for s, n in zip(spans, labels.shape))
+    return None if all(b.start == 0 and b.stop == n for b, n in zip(box, labels.shape)) else box
 
 
 def trajectory_readings(baseline_labels: np.ndarray, geometry, followups: Sequence[tuple[int, np.ndarray, Any]],

@@ -317,3 +317,36 @@ def test_metastasis_risk_updated_at_the_landmarks_from_the_tace_trajectory(engin
         lm = met["landmark"][key]
         assert lm["n"] == int(MetastasisModel.binary_target(lmm.population(cohort_table, week))[1].sum())
         assert lm["auc"] > lm["baseline_model_auc"] + 0.05
+
+
+def test_baseline_image_features_on_the_label_box_equal_the_whole_grid(cohort):
+    """Features are computed on the box around the labels: the same numbers as on the whole grid (a padded copy,
+    and the unpadded functions), and phases on another grid are refused."""
+    from HCCTwinLib.cases import Geometry
+    from HCCTwinLib.errors import InputError
+    from HCCTwinLib.io import load_case
+    from HCCTwinLib.survival.engine import label_box
+    from HCCTwinLib.survival.features import imaging_features, radiomics_features
+
+    case = load_case(cohort / "cases" / sorted(p.name for p in (cohort / "cases").iterdir())[1] / "pre")
+    g = case.geometry
+    pad = ((3, 5), (7, 2), (4, 9))
+    big = Geometry(shape=tuple(n + a + b for n, (a, b) in zip(g.shape, pad)), spacing=g.spacing,
+                   origin=tuple(g.ijk_to_lps() @ np.array([-pad[2][0], -pad[1][0], -pad[0][0], 1.0]))[:3],
+                   direction=g.direction)
+    lab = np.pad(case.labels, pad)
+    art, por = (np.pad(case.phases[p], pad, constant_values=-1000.0) for p in ("arterial", "portal"))
+    box = label_box(lab)
+    assert box is not None and all(b.stop - b.start < n for b, n in zip(box, lab.shape))
+    feats = baseline_image_features(lab, big, art, por)
+    whole = imaging_features(lab, big, art, por)  # on the whole padded grid, no box
+    for k, v in whole.items():
+        assert feats[f"img_{k}"] == pytest.approx(v, rel=1e-9, nan_ok=True), k
+    rad = radiomics_features(art, np.isin(lab, (2, 3)), big)
+    assert feats["rad_glcm_contrast"] == pytest.approx(rad["glcm_contrast"], rel=1e-9)
+    assert feats["rad_shape_sphericity"] == pytest.approx(rad["shape_sphericity"], rel=1e-9)
+    same = baseline_image_features(case.labels, g, case.phases["arterial"], case.phases["portal"])
+    assert same == pytest.approx(feats, rel=1e-9, nan_ok=True)
+    with pytest.raises(InputError, match="arterial phase has shape"):
+        baseline_image_features(lab, big, art[:-1], por)
+    assert label_box(np.zeros((4, 4, 4), np.uint8)) is None

@@ -33,3 +33,17 @@ LABELS: tuple[LabelInfo, ...] = (
 LABEL_BY_VALUE = {info.value: info for info in LABELS}
 MAX_LABEL = PVTT
 TUMOR_LABELS = (VIABLE_TUMOR, NECROSIS)
+
+
+def foreground_box(labels, pad_kji=(0, 0, 0)) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """``(lo, hi)`` index box (k, j, i; end exclusive) of the voxels with a label > 0, padded by ``pad_kji`` voxels
+    and clipped to the grid; None when no voxel is labelled."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    spans = [np.flatnonzero(labels.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
+    if any(len(s) == 0 for s in spans):
+        return None
+    lo = tuple(max(0, int(s[0]) - int(p)) for s, p in zip(spans, pad_kji))
+    hi = tuple(min(n, int(s[-1]) + 1 + int(p)) for s, p, n in zip(spans, pad_kji, labels.shape))
+    return lo, hi

@@ -42,6 +42,7 @@ import pandas as pd
 from .. import __version__
 from ..errors import InputError
 from ..jsonutil import jsonable
+from ..labels import foreground_box
 from ..progress import ProgressCallback, SubProgress, report
 from .deep import RAW_PREFIX, DeepFeatureReducer, raw_deep_columns
 from .features import DEFAULT_COVARIATES, clinical_features, imaging_features, radiomics_features, response_features
@@ -105,7 +106,7 @@ def baseline_image_features(labels: np.ndarray, geometry, arterial: np.ndarray |
         if phase is not None and np.shape(phase) != np.shape(labels):
             raise InputError(f"{name} phase has shape {np.shape(phase)}, labels {np.shape(labels)}; put the phases "
                              f"and the labels on one grid first.")
-    box = label_box(labels)
+    box = _feature_box(labels)
     if box is not None:
         from ..pipeline import sub_geometry
 
@@ -129,18 +130,14 @@ def baseline_image_features(labels: np.ndarray, geometry, arterial: np.ndarray |
     return out
 
 
-def label_box(labels: np.ndarray, margin: int = 1) -> tuple[slice, slice, slice] | None:
-    """Index box ``[k, j, i]`` around the voxels with a label > 0 (plus ``margin`` voxels, inside the grid), or None
-    when there is none or it is the whole grid."""
+def _feature_box(labels: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Index box around the labelled voxels (one voxel of margin), or None when there is none or it is the whole
+    grid (then nothing is gained by cropping)."""
     labels = np.asarray(labels)
-    if labels.ndim != 3:
+    found = foreground_box(labels, (1, 1, 1)) if labels.ndim == 3 else None
+    if found is None or (found[0] == (0, 0, 0) and found[1] == labels.shape):
         return None
-    fg = labels > 0
-    spans = [np.flatnonzero(fg.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
-    if any(len(s) == 0 for s in spans):
-        return None
-    box = tuple(slice(max(int(s[0]) - margin, 0), min(int(s[-1]) + 1 + margin, n)) for s, n in zip(spans, labels.shape))
-    return None if all(b.start == 0 and b.stop == n for b, n in zip(box, labels.shape)) else box
+    return tuple(slice(a, b) for a, b in zip(*found))
 
 
 def trajectory_readings(baseline_labels: np.ndarray, geometry, followups: Sequence[tuple[int, np.ndarray, Any]],

@@ -38,7 +38,7 @@ import SimpleITK as sitk
 from ..cases import Geometry
 from ..errors import InputError
 from ..io import to_sitk
-from ..labels import MAX_LABEL
+from ..labels import MAX_LABEL, foreground_box
 from ..pipeline import FollowUp, store_rounded
 
 #: default crop grid (k, j, i): ~3.5 mm in-plane, ~6.5 mm between slices for a typical 23 x 20 x 21 cm padded liver box
@@ -78,18 +78,11 @@ def liver_index_box(labels: np.ndarray, geometry: Geometry, pad_mm: float = DEFA
     labels = np.asarray(labels)
     if labels.shape != geometry.shape:
         raise InputError(f"labels have shape {labels.shape}, geometry says {geometry.shape}")
-    nz = np.nonzero(labels.any(axis=(1, 2)))[0], np.nonzero(labels.any(axis=(0, 2)))[0], \
-        np.nonzero(labels.any(axis=(0, 1)))[0]
-    if any(len(a) == 0 for a in nz):
+    box = foreground_box(labels, [int(np.ceil(pad_mm / s)) for s in geometry.spacing[::-1]])
+    if box is None:
         raise InputError("the label map has no liver (no voxel > 0); segment the pre-treatment study first so the "
                          "generator knows where the liver is.")
-    spacing_kji = geometry.spacing[::-1]
-    lo, hi = [], []
-    for axis, idx in enumerate(nz):
-        pad = int(np.ceil(pad_mm / spacing_kji[axis]))
-        lo.append(max(0, int(idx[0]) - pad))
-        hi.append(min(geometry.shape[axis], int(idx[-1]) + 1 + pad))
-    return tuple(lo), tuple(hi)
+    return box
 
 
 def crop_geometry(geometry: Geometry, lo: Sequence[int], hi: Sequence[int],

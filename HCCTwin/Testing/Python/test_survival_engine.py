@@ -325,7 +325,8 @@ def test_baseline_image_features_on_the_label_box_equal_the_whole_grid(cohort):
     from HCCTwinLib.cases import Geometry
     from HCCTwinLib.errors import InputError
     from HCCTwinLib.io import load_case
-    from HCCTwinLib.survival.engine import label_box
+    from HCCTwinLib.labels import foreground_box
+    from HCCTwinLib.survival.engine import _feature_box
     from HCCTwinLib.survival.features import imaging_features, radiomics_features
 
     case = load_case(cohort / "cases" / sorted(p.name for p in (cohort / "cases").iterdir())[1] / "pre")
@@ -336,7 +337,7 @@ def test_baseline_image_features_on_the_label_box_equal_the_whole_grid(cohort):
                    direction=g.direction)
     lab = np.pad(case.labels, pad)
     art, por = (np.pad(case.phases[p], pad, constant_values=-1000.0) for p in ("arterial", "portal"))
-    box = label_box(lab)
+    box = _feature_box(lab)
     assert box is not None and all(b.stop - b.start < n for b, n in zip(box, lab.shape))
     feats = baseline_image_features(lab, big, art, por)
     whole = imaging_features(lab, big, art, por)  # on the whole padded grid, no box
@@ -349,4 +350,7 @@ def test_baseline_image_features_on_the_label_box_equal_the_whole_grid(cohort):
     assert same == pytest.approx(feats, rel=1e-9, nan_ok=True)
     with pytest.raises(InputError, match="arterial phase has shape"):
         baseline_image_features(lab, big, art[:-1], por)
-    assert label_box(np.zeros((4, 4, 4), np.uint8)) is None
+    assert _feature_box(np.zeros((4, 4, 4), np.uint8)) is None and foreground_box(np.zeros((4, 4, 4))) is None
+    lo, hi = foreground_box(lab, (2, 0, 1))  # the box itself has one voxel of margin
+    assert lo == (box[0].start - 1, box[1].start + 1, box[2].start)
+    assert hi == (box[0].stop + 1, box[1].stop - 1, box[2].stop)

@@ -20,9 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Hyper-parameters of the shipped models (recorded in their model cards too). The shipped segmentation weights came
-#: from two CPU runs (1 thread): first 3 epochs with these settings but no class weights and no time budget
-#: (``--epochs 3``, class_weights removed), then a new run from its checkpoint with these settings,
-#: ``--init-weights RUN1/checkpoint.safetensors --time-budget 3840 --threads 1`` (best epoch 7 selected).
+#: from three CPU runs (1 thread): first 3 epochs with these settings but no class weights and no time budget
+#: (``--epochs 3``, class_weights removed); then a new run from its checkpoint with these settings,
+#: ``--init-weights RUN1/checkpoint.safetensors --time-budget 3840 --threads 1`` (best epoch 7); then a third run
+#: from that model with ``--init-weights RUN2/hcctwin_seg.safetensors --lr 1e-3 --max-cases 120 --val-max-cases 8
+#: --class-weights 1,1,3,3,6 --class-ratios 1,1,2,1.5,3 --epochs 14 --time-budget 5100 --threads 1`` (epoch 12).
 SEGMENTATION = {
     "epochs": 10, "batch_size": 2, "lr": 2e-3, "seed": 0, "max_cases": 80, "warmup_epochs": 0.1,
     "spacing_mm": (2.0, 2.0, 3.5), "patch_size": (32, 96, 96),

@@ -42,8 +42,8 @@ PHASES = ("arterial", "portal")
 CPU_MAX_BATCH = 12
 CUDA_MAX_BATCH = 36
 #: CPU inference runs the network in channels-last (NDHWC) layout: oneDNN's 3D convolutions are faster on it
-#: (about 15 % per pass on the shipped model, 2-core VM; benchmarks/results/generator_speed.md); same numbers up to
-#: float rounding (``Generator.cpu_memory_format``). CUDA keeps the default layout.
+#: (1.25x per pass and per demo request on the shipped model, 2 threads; benchmarks/results/generator_speed.md);
+#: same numbers up to float rounding (``Generator.cpu_memory_format``). CUDA keeps the default layout.
 
 _CACHE: dict[tuple, Generator] = {}
 _CACHE_LOCK = threading.Lock()

@@ -335,7 +335,8 @@ def _metastasis(engine, hold, cf: pd.DataFrame | None = None) -> dict[str, Any]:
     base = {k: M.binary_auc(y, h[c].to_numpy(float)) for k, c in SCORE_BASELINES.items()}
     out = {"features": mm.features_, "n_dev_used": mm.n_used_, "n_dev_excluded": mm.n_excluded_,
            "n_dev_events": mm.n_events_, "n_holdout": int(len(h)), "n_holdout_events": int(y.sum()), "auc": auc,
-           "auc_ci95": _auc_ci(y, p), "pass": bool(auc >= THRESHOLDS["metastasis_auc"]), "baselines_auc": base,
+           "auc_ci95": _auc_ci(y, p), "calibration": M.binary_calibration(y, p),
+           "pass": bool(auc >= THRESHOLDS["metastasis_auc"]), "baselines_auc": base,
            "beats_best_baseline": bool(auc > max(base.values())),
            "decision_curve": M.decision_curve(y, p, np.arange(0.05, 0.65, 0.05)),
            "points_table": mm.points_table(3).to_dict(orient="records")}
@@ -354,7 +355,7 @@ def _metastasis(engine, hold, cf: pd.DataFrame | None = None) -> dict[str, Any]:
                 continue
             pw = lmm.models_[w].predict_proba(hw)
             entry = {"n_holdout": int(len(hw)), "n_holdout_events": int(yw.sum()), "auc": M.binary_auc(yw, pw),
-                     "auc_ci95": _auc_ci(yw, pw),
+                     "auc_ci95": _auc_ci(yw, pw), "calibration": M.binary_calibration(yw, pw),
                      "baseline_model_auc_same_patients": M.binary_auc(yw, mm.predict_proba(hw)),
                      "features": lmm.models_[w].features_, "n_dev_used": lmm.models_[w].n_used_,
                      "l2_cross_validation": lmm.cv_.get(w),
@@ -439,6 +440,12 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
                       f"{_f(e['auc'])} ({_f(e['auc_ci95'][0])}-{_f(e['auc_ci95'][1])}) | "
                       f"{_f(e['baseline_model_auc_same_patients'])} | "
                       f"{_f(e.get('oracle_auc_same_patients'))} | >= 0.80 |" for k, e in m["landmark"].items()]
+        cal = [("before treatment", m)] + [(f"updated at {k}", e) for k, e in m.get("landmark", {}).items()]
+        lines += ["", "| Metastasis model calibration (hold-out) | Brier | mean predicted / observed | calibration "
+                  "slope | ICI |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {_f(e['calibration']['brier'])} | {_f(e['calibration']['mean_predicted'])} / "
+                  f"{_f(e['calibration']['observed_rate'])} | {_f(e['calibration']['calibration_slope'], 2)} | "
+                  f"{_f(e['calibration']['ici'])} |" for name, e in cal if "calibration" in e]
     df = res.get("deep_features")
     lines += ["", "Deep features (segmentation encoder, PCA fitted on the dev split): " + (
         f"{', '.join(df['columns'])} from {df['encoder'].get('name')} (sha256 {df['encoder'].get('sha256', '')[:12]}); "

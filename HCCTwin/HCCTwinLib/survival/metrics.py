@@ -254,6 +254,26 @@ def calibration_by_group(time, event, risk_at_t, t, n_groups: int = 5) -> dict[s
             "observed": [1.0 - _km_at(time[g], event[g], t) for g in groups], "n_per_group": [len(g) for g in groups]}
 
 
+def binary_calibration(y, p, n_groups: int = 5, frac: float = 0.75) -> dict[str, Any]:
+    """Calibration of predicted probabilities ``p`` of a binary outcome ``y``: Brier score, mean predicted vs
+    observed rate, calibration slope (logistic regression of ``y`` on ``logit p``; 1 = ideal, < 1 = predictions too
+    extreme), ICI (mean |LOWESS-smoothed observed - predicted|) and grouped points for a plot."""
+    from ._linear import LogisticRegression
+
+    y = np.asarray(y, float)
+    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+    logit = np.log(p / (1 - p))
+    slope = float("nan")
+    if 0 < y.sum() < len(y) and np.ptp(logit) > 0:
+        slope = float(LogisticRegression(l2=0.0).fit(logit[:, None], y).coef_[0])
+    smooth = np.clip(lowess(p, y, frac=frac), 0.0, 1.0)
+    groups = [g for g in np.array_split(np.argsort(p, kind="stable"), n_groups) if len(g)]
+    return {"brier": float(np.mean((p - y) ** 2)), "mean_predicted": float(p.mean()), "observed_rate": float(y.mean()),
+            "calibration_slope": slope, "ici": float(np.mean(np.abs(smooth - p))),
+            "groups": {"predicted": [float(p[g].mean()) for g in groups],
+                       "observed": [float(y[g].mean()) for g in groups], "n": [len(g) for g in groups]}}
+
+
 def ici(time, event, risk_at_t, t, frac: float = 0.75) -> dict[str, float]:
     """Integrated calibration index at ``t`` for predicted event probabilities ``risk_at_t`` = 1 - S(t).
 

@@ -514,3 +514,19 @@ def test_landmark_metastasis_updates_the_risk_with_the_response():
         lmm.predict(bad, 24)
     with pytest.raises(InputError, match="rel_change_viable_volume_w08"):
         LandmarkMetastasis((8,)).fit(df.drop(columns=["rel_change_viable_volume_w08"]), ["max_diameter_cm"])
+
+
+def test_binary_calibration_slope_and_ici():
+    """Probabilities drawn from the truth are calibrated (slope ~1, small ICI); the same ranking made three times
+    as extreme has slope ~1/3 and a larger ICI; the Brier score is the mean squared error."""
+    rng = np.random.default_rng(4)
+    lp = rng.normal(-0.5, 1.0, 4000)
+    p = 1 / (1 + np.exp(-lp))
+    y = (rng.random(len(p)) < p).astype(int)
+    good = M.binary_calibration(y, p)
+    assert good["calibration_slope"] == pytest.approx(1.0, abs=0.1) and good["ici"] < 0.03
+    assert good["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert good["mean_predicted"] == pytest.approx(good["observed_rate"], abs=0.03)
+    extreme = M.binary_calibration(y, 1 / (1 + np.exp(-3 * lp)))
+    assert extreme["calibration_slope"] == pytest.approx(1 / 3, abs=0.06) and extreme["ici"] > 2 * good["ici"]
+    assert len(good["groups"]["predicted"]) == 5 and good["groups"]["predicted"] == sorted(good["groups"]["predicted"])

@@ -28,6 +28,27 @@ if "HCCTWIN_WEIGHTS_DIR" not in os.environ:
     os.environ["HCCTWIN_WEIGHTS_DIR"] = str(_session_weights)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one CPU thread for the test (small networks are faster and deterministic timing is not needed)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def headless_app():
+    """A headless Slicer core (slicer-core + trame-slicer) shared by the tests of one module; closed after them."""
+    from HCCTwinLib.scene.headless import HeadlessSlicer
+
+    app = HeadlessSlicer()
+    yield app
+    app.close()
+
+
 def make_phantom(shape=(24, 40, 48), seed=0):
     """Small CT-like phantom: body ellipse (fat/muscle), liver block, a bright tumour sphere. Returns HU + labels."""
     rng = np.random.default_rng(seed)

@@ -30,12 +30,8 @@ def _segments(seg_node):
 
 
 @pytest.fixture(scope="module")
-def app():
-    from HCCTwinLib.scene.headless import HeadlessSlicer
-
-    a = HeadlessSlicer()
-    yield a
-    a.close()
+def app(headless_app):
+    return headless_app
 
 
 @pytest.fixture

@@ -28,11 +28,8 @@ TINY_ARCH = {"channels": [8, 16, 16], "attention_levels": [False, False, False],
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Every test of this module on one torch thread (conftest ``one_torch_thread``)."""
 
 
 def tiny_generator(seed: int = 0) -> Generator:
@@ -174,14 +171,11 @@ def test_summary_volumes_from_counts_match_the_labels():
 
 # ------------------------------------------------------------------------------------------------------- scene
 @pytest.fixture(scope="module")
-def app():
+def app(headless_app):
     from HCCTwinLib.scene import layout as L
-    from HCCTwinLib.scene.headless import HeadlessSlicer
 
-    a = HeadlessSlicer()
-    a.slice_views(L.COMPARE_VIEWS, group=L.COMPARE_VIEW_GROUP)
-    yield a
-    a.close()
+    headless_app.slice_views(L.COMPARE_VIEWS, group=L.COMPARE_VIEW_GROUP)
+    return headless_app
 
 
 def test_scene_holds_int16_followups_shared_by_the_proxies_and_sd_on_the_crop_grid(app):

@@ -48,13 +48,9 @@ def _stub_modules() -> dict[str, types.ModuleType]:
 
 
 @pytest.fixture(scope="module")
-def app():
-    from HCCTwinLib.scene.headless import HeadlessSlicer
-
-    a = HeadlessSlicer()
-    a.slice_views(L.COMPARE_VIEWS, group=L.COMPARE_VIEW_GROUP)
-    yield a
-    a.close()
+def app(headless_app):
+    headless_app.slice_views(L.COMPARE_VIEWS, group=L.COMPARE_VIEW_GROUP)
+    return headless_app
 
 
 @pytest.fixture

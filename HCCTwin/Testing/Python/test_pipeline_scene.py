@@ -34,13 +34,9 @@ def phantom_case(flip=False):
 
 
 @pytest.fixture(scope="module")
-def app():
-    from HCCTwinLib.scene.headless import HeadlessSlicer
-
-    a = HeadlessSlicer()
-    a.slice_views(L.COMPARE_VIEWS)
-    yield a
-    a.close()
+def app(headless_app):
+    headless_app.slice_views(L.COMPARE_VIEWS)
+    return headless_app
 
 
 def test_run_case_result_is_complete_data(tmp_path):

@@ -12,17 +12,14 @@ from HCCTwinLib.labels import LIVER, VIABLE_TUMOR
 from HCCTwinLib.scene import layout as L
 from HCCTwinLib.scene import nodes as N
 from HCCTwinLib.scene import render as R
-from HCCTwinLib.scene.headless import HeadlessSlicer
 
 GEOMETRY = Geometry(shape=(24, 48, 48), spacing=(0.8, 0.8, 2.0), origin=(-19.0, 10.0, -20.0))
 SIZE = (160, 160)
 
 
 @pytest.fixture(scope="module")
-def app():
-    headless = HeadlessSlicer()
-    yield headless
-    headless.close()
+def app(headless_app):
+    return headless_app
 
 
 def _sphere(geometry: Geometry, radius_mm: float, center_ijk=None, value=180.0, background=-80.0) -> np.ndarray:

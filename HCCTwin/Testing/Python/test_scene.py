@@ -13,7 +13,6 @@ from HCCTwinLib.cases import Geometry
 from HCCTwinLib.labels import LABEL_BY_VALUE, LIVER, NECROSIS, PVTT, VIABLE_TUMOR
 from HCCTwinLib.scene import layout as L
 from HCCTwinLib.scene import nodes as N
-from HCCTwinLib.scene.headless import HeadlessSlicer
 
 FLIPPED = Geometry(shape=(10, 12, 14), spacing=(0.7, 0.9, 2.5), origin=(12.5, -20.0, 31.0),
                    direction=(-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))
@@ -21,10 +20,8 @@ PLAIN = Geometry(shape=(16, 20, 24), spacing=(0.8, 0.8, 2.0), origin=(-10.0, 5.0
 
 
 @pytest.fixture(scope="module")
-def app():
-    headless = HeadlessSlicer()
-    yield headless
-    headless.close()
+def app(headless_app):
+    return headless_app
 
 
 def _matrix(node) -> np.ndarray:

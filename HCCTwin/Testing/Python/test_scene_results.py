@@ -58,14 +58,10 @@ def make_result(regimens=THREE, *, std=True, patient="RES01", survival=True) -> 
 
 
 @pytest.fixture(scope="module")
-def app():
-    from HCCTwinLib.scene.headless import HeadlessSlicer
-
-    a = HeadlessSlicer()
-    a.slice_views(L.COMPARE_VIEWS, group=L.COMPARE_VIEW_GROUP)
-    a.slice_views(L.REGIMEN_VIEWS, group=L.REGIMEN_VIEW_GROUP)
-    yield a
-    a.close()
+def app(headless_app):
+    headless_app.slice_views(L.COMPARE_VIEWS, group=L.COMPARE_VIEW_GROUP)
+    headless_app.slice_views(L.REGIMEN_VIEWS, group=L.REGIMEN_VIEW_GROUP)
+    return headless_app
 
 
 def _show(app, result, **kw):

@@ -35,11 +35,8 @@ RATE = {SHRINK: -0.025, GROW: 0.02}  # radius change per week
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Every test of this module on one torch thread (conftest ``one_torch_thread``)."""
 
 
 def synth_case(seed: int = 0, radius: float = 6.0, shape=SHAPE):

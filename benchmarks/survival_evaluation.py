@@ -348,9 +348,7 @@ def _metastasis(engine, hold, cf: pd.DataFrame | None = None) -> dict[str, Any]:
     if lmm is not None:
         out["landmark"] = {}
         for w in sorted(lmm.models_):
-            hw = lmm.population(metastasis_population(hold), w)
-            yw, kw = MetastasisModel.binary_target(hw)
-            hw, yw = hw[kw], yw[kw]
+            hw, yw = lmm.labelled(metastasis_population(hold), w)
             if yw.sum() < 2 or yw.sum() > len(yw) - 2:
                 continue
             pw = lmm.models_[w].predict_proba(hw)

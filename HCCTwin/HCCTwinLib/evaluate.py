@@ -106,11 +106,10 @@ def evaluate_survival(engine, table: pd.DataFrame) -> dict[str, Any]:
     if lmm is not None and "metastasis_event" in data.columns and "metastasis" in out:
         out["metastasis"]["landmark"] = {}
         for w, model in sorted(lmm.models_.items()):
-            hw = lmm.population(metastasis_population(data), w)
+            hw, y = lmm.labelled(metastasis_population(data), w)
             cols = [c for c in model.features_ if c.endswith(f"_w{w:02d}")]
-            hw = hw[hw[cols].notna().any(axis=1)] if cols else hw.iloc[:0]
-            y, keep = MetastasisModel.binary_target(hw)
-            hw, y = hw[keep], y[keep]
+            seen = hw[cols].notna().any(axis=1).to_numpy() if cols else np.zeros(len(hw), bool)
+            hw, y = hw[seen], y[seen]
             if not 0 < y.sum() < len(y):
                 out["notes"].append(f"metastasis landmark {w} weeks: no events or no non-events, not measured.")
                 continue

@@ -476,10 +476,7 @@ class SurvivalEngine:
         for w in sorted(self.metastasis_landmark.models_):
             if w not in by_week:
                 continue
-            frame = row.copy()
-            for k, v in response_features(by_week, weeks=LANDMARK_WEEKS, up_to_week=w).items():
-                frame[k] = v
-            pred = self.metastasis_landmark.predict(frame, w)
+            pred = self.metastasis_landmark.predict(_landmark_frame(row, by_week, w), w)
             pred["source"] = source
             pred["question"] = (f"2-year distant-metastasis risk updated with the response at {w} weeks "
                                 f"({source} follow-up), for a patient still free of distant metastasis then")
@@ -494,9 +491,7 @@ class SurvivalEngine:
             for w in sorted(self.landmark.models_):
                 if w not in by_week:
                     continue
-                frame = row.copy()
-                for k, v in response_features(by_week, weeks=LANDMARK_WEEKS, up_to_week=w).items():
-                    frame[k] = v
+                frame = _landmark_frame(row, by_week, w)
                 regs = self.landmark.models_[w]["regimens"]
                 if regs and regimen not in regs:
                     continue
@@ -507,6 +502,14 @@ class SurvivalEngine:
             if entry:
                 out[regimen] = {"timepoints": entry, "response_features": feats}
         return out
+
+
+def _landmark_frame(row: pd.DataFrame, by_week, week: int) -> pd.DataFrame:
+    """The patient's row plus the response features read up to ``week`` (what a landmark model at ``week`` sees)."""
+    frame = row.copy()
+    for k, v in response_features(by_week, weeks=LANDMARK_WEEKS, up_to_week=week).items():
+        frame[k] = v
+    return frame
 
 
 def metastasis_population(table: pd.DataFrame) -> pd.DataFrame:

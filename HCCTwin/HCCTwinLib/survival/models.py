@@ -846,6 +846,14 @@ class LandmarkMetastasis:
         """Rows metastasis-free and followed beyond the landmark (the caller restricts to the TACE population)."""
         return df[pd.to_numeric(df[time_col], errors="coerce") > float(week) / WEEKS_PER_MONTH]
 
+    def labelled(self, df: pd.DataFrame, week: int, time_col: str = "metastasis_months",
+                 event_col: str = "metastasis_event") -> tuple[pd.DataFrame, np.ndarray]:
+        """``(rows, y)``: the :meth:`population` at ``week`` with a known status at the horizon, and that status
+        (what the landmark model at ``week`` is scored on)."""
+        rows = self.population(df, week, time_col)
+        y, keep = MetastasisModel.binary_target(rows, time_col, event_col, self.horizon_months)
+        return rows[keep], y[keep]
+
     def fit(self, df: pd.DataFrame, base_features: Sequence[str], time_col: str = "metastasis_months",
             event_col: str = "metastasis_event") -> LandmarkMetastasis:
         self.models_, self.notes_ = {}, []

@@ -41,9 +41,6 @@ PHASES = ("arterial", "portal")
 #: items per network pass: CPU (memory ~40 MB per item at 32x64x64) and CUDA
 CPU_MAX_BATCH = 12
 CUDA_MAX_BATCH = 36
-#: CPU inference runs the network in channels-last (NDHWC) layout: oneDNN's 3D convolutions are faster on it
-#: (1.25x per pass and per demo request on the shipped model, 2 threads; benchmarks/results/generator_speed.md);
-#: same numbers up to float rounding (``Generator.cpu_memory_format``). CUDA keeps the default layout.
 
 _CACHE: dict[tuple, Generator] = {}
 _CACHE_LOCK = threading.Lock()
@@ -90,7 +87,9 @@ class Generator:
         self.device = torch.device(device)
         self.message = message
         self.path = path
-        #: network layout on the CPU: ``torch.channels_last_3d`` (``torch.contiguous_format`` = PyTorch's default)
+        #: network layout on the CPU: channels-last (NDHWC), where oneDNN's 3D convolutions are faster (1.25x per
+        #: pass and per demo request on the shipped model, 2 threads; benchmarks/results/generator_speed.md) with the
+        #: same numbers up to float rounding; ``torch.contiguous_format`` = PyTorch's default. CUDA keeps the default.
         self.cpu_memory_format = torch.channels_last_3d
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":

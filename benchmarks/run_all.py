@@ -13,6 +13,7 @@ survival_evaluation    survival engine on a 2000-patient development / 800-patie
 segmentation           shipped segmentation network on the 30-patient hold-out (seed 900) (issue 4)
 generator              shipped generator vs counterfactual truth on the same hold-out (issue 5)
 generator_speed        generator request time by memory layout and sampling steps (issues 5 / 8)
+cpu_precision          bfloat16 vs float32 CPU inference: time and agreement (issues 4 / 5 / 8)
 registration           target-registration error on simulated misalignments (issues 7 / 9)
 pipeline               stage timings and peak memory from 128^3 to 512x512x300, copy baseline (issue 8)
 study_dicom            simulate as DICOM -> hcctwin import -> hcctwin study (issue 9)
@@ -83,6 +84,8 @@ def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
                                 (["--fast", "2", "--full", "0", "--ct512", "0"] if q else []),
         "generator_speed": lambda: [py, str(BENCH / "generator_speed.py"), "--out", str(out)] +
                                    (["--steps", "1", "--repeats", "1"] if q else []),
+        "cpu_precision": lambda: [py, str(BENCH / "cpu_precision.py"), "--out", str(out)] +
+                                 (["--repeats", "1"] if q else []),
         "pipeline": lambda: [py, str(BENCH / "pipeline_benchmark.py"), "--out", str(out)] +
                             (["--sizes", "128x128x128", "--samples", "1"] if q else []),
         "study_dicom": lambda: [py, str(BENCH / "study_dicom.py"), "--work", str(data / "study-dicom"), "--out",

@@ -11,6 +11,7 @@ torch is imported lazily inside the functions so that importing this module stay
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -116,12 +117,50 @@ def set_num_threads(n: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-def autocast(device):
-    """Mixed precision on CUDA (bfloat16 where supported, else float16); a no-op context on the CPU."""
+CPU_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16; read from ``/proc/cpuinfo``).
+
+    Elsewhere (older x86, other systems) oneDNN emulates bfloat16 and it is slower than float32, so it is not used.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def cpu_precision(requested: str | None = None) -> str:
+    """Arithmetic of model *inference* on the CPU: ``"bf16"`` (bfloat16 autocast) or ``"fp32"``.
+
+    ``requested`` (or the environment variable ``HCCTWIN_CPU_PRECISION``) is ``auto`` (the default: bf16 where the
+    CPU has native bfloat16, see :func:`cpu_native_bf16`), ``fp32`` or ``bf16``. Training always runs in float32 on
+    the CPU. The measured effect on quality and time is in ``benchmarks/results/cpu_precision.md``.
+    """
+    req = (requested or os.environ.get("HCCTWIN_CPU_PRECISION") or "auto").strip().lower()
+    if req not in CPU_PRECISIONS:
+        raise ValueError(f"unknown CPU precision {requested!r}; use one of {', '.join(CPU_PRECISIONS)}")
+    if req == "auto":
+        return "bf16" if cpu_native_bf16() else "fp32"
+    return req
+
+
+def autocast(device, cpu: str = "fp32"):
+    """Mixed precision on CUDA (bfloat16 where supported, else float16); on the CPU bfloat16 autocast when ``cpu`` is
+    ``"bf16"`` (inference, see :func:`cpu_precision`), otherwise a no-op context."""
     import torch
 
     device = torch.device(device)
     if device.type != "cuda":
+        if cpu == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)

@@ -62,10 +62,12 @@ def n_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
 
 
 def sliding_window_argmax(model, image: np.ndarray, *, roi_size: Sequence[int], device, overlap: float = 0.25,
-                          sw_batch_size: int = 1, progress: ProgressCallback | None = None) -> np.ndarray:
+                          sw_batch_size: int = 1, progress: ProgressCallback | None = None,
+                          cpu_precision: str = "fp32") -> np.ndarray:
     """Argmax labels (uint8, ``image.shape[1:]``) of ``model`` over a normalised ``(C, K, J, I)`` image.
 
     Windows run on ``device``; the blended logits are accumulated on the CPU for this image only.
+    ``cpu_precision``: ``"bf16"`` runs the windows under bfloat16 autocast on the CPU (:func:`device.cpu_precision`).
     """
     import torch
     from monai.inferers import sliding_window_inference
@@ -75,7 +77,7 @@ def sliding_window_argmax(model, image: np.ndarray, *, roi_size: Sequence[int], 
     done = [0]
 
     def predictor(x):
-        with devices.autocast(device):
+        with devices.autocast(device, cpu_precision):
             y = model(x)
         done[0] += 1
         report(progress, min(done[0] / total, 1.0), f"Segmentation window {done[0]}/{total}")
@@ -107,6 +109,8 @@ class Segmenter:
         self.path = path
         self.model = model.to(self.device).eval()
         self._cpu_model = None
+        #: "bf16" or "fp32": inference arithmetic on the CPU (HCCTWIN_CPU_PRECISION; bf16 where the CPU has it natively)
+        self.cpu_precision = devices.cpu_precision()
         self.overlap = float(overlap)
         self.sw_batch_size = int(sw_batch_size)
         self.phases = tuple(self.card.get("input_phases") or ("arterial", "portal"))
@@ -176,7 +180,8 @@ class Segmenter:
 
         def run(d):
             return sliding_window_argmax(self._model_on(d), image, roi_size=self.roi_size, device=d,
-                                         overlap=self.overlap, sw_batch_size=self.sw_batch_size, progress=progress)
+                                         overlap=self.overlap, sw_batch_size=self.sw_batch_size, progress=progress,
+                                         cpu_precision=self.cpu_precision)
 
         return devices.call_with_cpu_fallback(run, dev, notify=lambda m: self._note(progress, m))
 
@@ -192,7 +197,8 @@ class Segmenter:
 
     def _segment(self, case_or_arrays, geometry, progress, postprocess, coarse_to_fine):
         t0 = time.perf_counter()
-        self.last_info = {"device": str(self.device), "messages": [self.message] if self.message else []}
+        self.last_info = {"device": str(self.device), "messages": [self.message] if self.message else [],
+                          "cpu_precision": self.cpu_precision}
         stack, geometry = self._stack(case_or_arrays, geometry)
         report(progress, 0.02, "Segmentation: resampling to the model grid")
         image, mgeom = to_model_grid(stack, geometry, self.spacing_mm, self.window_hu)

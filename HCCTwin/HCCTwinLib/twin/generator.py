@@ -95,6 +95,9 @@ class Generator:
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=self.cpu_memory_format)
         self._cpu_model = None
+        #: "bf16" or "fp32": inference arithmetic on the CPU (HCCTWIN_CPU_PRECISION; bf16 where the CPU has it natively,
+        #: measured in benchmarks/results/cpu_precision.md)
+        self.cpu_precision = devices.cpu_precision()
         self.regimens = [str(r) for r in self.card["regimens"]]
         self.crop_shape = tuple(int(c) for c in self.card.get("crop_kji", DEFAULT_CROP_KJI))
         self.pad_mm = float(self.card.get("pad_mm", DEFAULT_PAD_MM))
@@ -155,9 +158,9 @@ class Generator:
                        f"Generating follow-ups: items {c0 + 1}-{c1} of {n}, step {i}/{total}")
 
             with torch.inference_mode():
-                x0 = tm.sample_rf(model, cond_b, regs, noise, steps=steps, autocast=devices.autocast(device),
-                                  callback=on_step, memory_format=self.cpu_memory_format if device.type == "cpu"
-                                  else None)
+                x0 = tm.sample_rf(model, cond_b, regs, noise, steps=steps,
+                                  autocast=devices.autocast(device, self.cpu_precision), callback=on_step,
+                                  memory_format=self.cpu_memory_format if device.type == "cpu" else None)
             out[c0:c1] = x0.float().cpu().numpy()
         return out
 
@@ -246,7 +249,7 @@ class Generator:
                           "crop_spacing_mm": list(box.crop.spacing), "n_items": len(items), "steps": steps,
                           "samples": samples, "network_s": round(t_net, 3),
                           "total_s": round(time.perf_counter() - t0, 3), "device": str(self.device),
-                          "messages": messages}
+                          "cpu_precision": self.cpu_precision, "messages": messages}
         seen = (self.card.get("training_data") or {}).get("regimens_seen")
         if seen is not None:
             self.last_info["regimens_not_in_training_data"] = [r for r in regimens if r not in seen]

@@ -99,6 +99,47 @@ def test_select_device_cpu_and_fallbacks(monkeypatch):
     assert devices.gpu_memory_gb("cpu") == (0.0, 0.0)
 
 
+def test_cpu_precision_setting_and_autocast(monkeypatch):
+    """Inference arithmetic on the CPU: bf16 by default only where the CPU has native bfloat16; the environment
+    variable overrides; training contexts (the default ``cpu="fp32"``) stay in float32."""
+    monkeypatch.delenv("HCCTWIN_CPU_PRECISION", raising=False)
+    assert devices.cpu_precision() == ("bf16" if devices.cpu_native_bf16() else "fp32")
+    monkeypatch.setattr(devices, "cpu_native_bf16", lambda: True)
+    assert devices.cpu_precision() == "bf16" and devices.cpu_precision("auto") == "bf16"
+    monkeypatch.setattr(devices, "cpu_native_bf16", lambda: False)
+    assert devices.cpu_precision() == "fp32"
+    assert devices.cpu_precision("bf16") == "bf16"
+    monkeypatch.setenv("HCCTWIN_CPU_PRECISION", "bf16")
+    assert devices.cpu_precision() == "bf16"
+    monkeypatch.setenv("HCCTWIN_CPU_PRECISION", "FP32")
+    monkeypatch.setattr(devices, "cpu_native_bf16", lambda: True)
+    assert devices.cpu_precision() == "fp32" and devices.cpu_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="CPU precision"):
+        devices.cpu_precision("fp16")
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with devices.autocast("cpu"):
+        assert (a @ b).dtype == torch.float32
+    with devices.autocast("cpu", "bf16"):
+        assert (a @ b).dtype == torch.bfloat16
+
+
+def test_segmenter_bf16_on_cpu_agrees_with_fp32(tiny_weights, monkeypatch):
+    """The same model and input in both CPU precisions: the labels agree almost everywhere and the run records
+    which precision it used."""
+    clear_cache()
+    art, inside, geom = _sphere_case((14, 30, 26), (0.9, 1.3, 2.5))
+    monkeypatch.setenv("HCCTWIN_CPU_PRECISION", "fp32")
+    seg = get_segmenter(tiny_weights, device="cpu")
+    assert seg.cpu_precision == "fp32"
+    a = seg.segment({"arterial": art, "portal": art + 10}, geom)
+    assert seg.last_info["cpu_precision"] == "fp32"
+    seg.cpu_precision = "bf16"
+    b = seg.segment({"arterial": art, "portal": art + 10}, geom)
+    assert seg.last_info["cpu_precision"] == "bf16"
+    assert a.shape == b.shape and (a == b).mean() > 0.97
+    clear_cache()
+
+
 def test_oom_falls_back_to_cpu():
     calls, notes = [], []
 

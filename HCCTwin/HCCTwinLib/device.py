@@ -38,9 +38,14 @@ def select_device(requested: str | None = "auto") -> tuple[Any, str]:
     """Return ``(torch.device, message)`` for ``requested`` in ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"``.
 
     ``"auto"`` (or None) honours the environment variable ``HCCTWIN_DEVICE`` when set. Never raises for a device that
-    is merely unavailable: the message says what was chosen and why.
+    is merely unavailable: the message says what was chosen and why. The process settings ``HCCTWIN_NUM_THREADS``
+    (:func:`set_num_threads`) and, for a GPU, ``HCCTWIN_GPU_MEMORY_GB`` (:func:`gpu_memory_limit`) are applied here,
+    so every model load honours them.
     """
     import torch
+
+    if os.environ.get("HCCTWIN_NUM_THREADS"):
+        set_num_threads()
 
     req = (requested or "auto").strip().lower()
     if req == "auto" and os.environ.get("HCCTWIN_DEVICE"):
@@ -68,6 +73,9 @@ def select_device(requested: str | None = "auto") -> tuple[Any, str]:
     device = torch.device("cuda", index)
     total = gpu_memory_gb(device)[1]
     message = f"Using GPU {torch.cuda.get_device_name(index)} ({total:.1f} GiB)."
+    fraction = gpu_memory_limit(device)
+    if fraction is not None:
+        message += f" Capped at {fraction * total:.1f} GiB (HCCTWIN_GPU_MEMORY_GB)."
     if total < MIN_GPU_MEMORY_GB:
         message += (f" Warning: less than {MIN_GPU_MEMORY_GB:g} GiB of GPU memory; a large volume may run out of "
                     f"memory and then continue on the CPU.")

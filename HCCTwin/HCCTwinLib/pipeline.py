@@ -236,6 +236,15 @@ def _model_label(card: dict) -> str:
     return f"model {card.get('name', '?')} {card.get('version', '')}".strip()
 
 
+def _compute_label(model) -> str:
+    """Where and in which arithmetic a model ran this time (outputs differ in the last digits between them)."""
+    info = getattr(model, "last_info", None) or {}
+    device = str(info.get("device") or getattr(model, "device", "cpu"))
+    if device.startswith("cpu"):
+        return f"on the CPU, {'bfloat16' if info.get('cpu_precision') == 'bf16' else 'float32'}"
+    return f"on {device}, mixed precision"
+
+
 def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real_followup: FollowUp | None = None,
              options: PipelineOptions | None = None, progress: ProgressCallback | None = None) -> TwinResult:
     """Run every step whose model is available on one case and return the result as data.
@@ -285,7 +294,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
                 result.notes.append(segmenter.message)
             case.labels = segmenter.segment(case, progress=SubProgress(progress, 0.05, 0.35))
             _add_messages(result, "Segmentation", segmenter)
-            result.provenance["segmentation"] = _model_label(segmenter.card)
+            result.provenance["segmentation"] = f"{_model_label(segmenter.card)}, {_compute_label(segmenter)}"
     elif case.labels is not None:
         result.provenance["segmentation"] = "given (user or file)"
     if case.labels is not None:
@@ -314,7 +323,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
                                                   progress=SubProgress(progress, 0.35, 0.9))
             _add_messages(result, "Generator", generator)
             result.provenance["generator"] = (f"{_model_label(generator.card)}, {options.samples} samples, "
-                                              f"seed {options.seed}")
+                                              f"seed {options.seed}, {_compute_label(generator)}")
     result.timings["generate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -93,6 +93,13 @@ def test_select_device_cpu_and_fallbacks(monkeypatch):
         assert dev.type == "cpu" and msg.startswith("Warning") and "CPU" in msg
     monkeypatch.setenv("HCCTWIN_DEVICE", "cpu")
     assert devices.select_device("auto")[0].type == "cpu"
+    n = torch.get_num_threads()
+    monkeypatch.setenv("HCCTWIN_NUM_THREADS", str(n + 1))
+    try:
+        devices.select_device("cpu")
+        assert torch.get_num_threads() == n + 1  # the process setting is applied when a model device is chosen
+    finally:
+        torch.set_num_threads(n)
     with pytest.raises(ValueError, match="unknown device"):
         devices.select_device("tpu")
     assert devices.gpu_memory_limit("cpu", fraction=0.5) is None

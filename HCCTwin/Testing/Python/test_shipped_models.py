@@ -36,6 +36,12 @@ def test_demo_with_every_shipped_model(tmp_path, monkeypatch):
     assert set(result["virtual_followups"]) == {"tace_pd1_len", "haic_pd1_len", "pd1_tki"}
     assert all(set(v) == {"w08", "w16", "w24"} for v in result["virtual_followups"].values())
     assert "generator" in result["provenance"] and "survival" in result["provenance"]
+    from HCCTwinLib.device import cpu_precision, cuda_usable
+
+    where = "on cuda:0, mixed precision" if cuda_usable() else \
+        f"on the CPU, {'bfloat16' if cpu_precision() == 'bf16' else 'float32'}"
+    assert result["provenance"]["generator"].endswith(where)  # the outputs depend on it
+    assert result["provenance"]["segmentation"].endswith(where)
     os_curves = result["survival"]["endpoints"]["os"]
     assert set(os_curves) == {"tace_pd1_len", "haic_pd1_len", "pd1_tki"}
     assert result["survival"]["recommendation"]["regimen"] in os_curves

@@ -214,18 +214,25 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                     tumour_weight: float = 4.0, label_weight: float = 2.0, cond_dropout: float = 0.1,
                     ema_decay: float | None = 0.999, weight_decay: float = 1e-4, flip_axes: Sequence[int] = (),
                     sampling_steps: int = tm.DEFAULT_STEPS, name: str = DEFAULT_MODEL_NAME, version: str = "0.1.0",
-                    data_description: str = "", log=print) -> dict[str, Any]:
+                    data_description: str = "", cpu_precision: str = "fp32",
+                    time_budget_s: float | None = None, log=print) -> dict[str, Any]:
     """Train (or resume) the generator; returns a summary dict (model path, epochs, final loss, ...).
 
     ``epochs`` is the total: re-running with a larger value continues from the last checkpoint. One epoch =
     ``steps_per_epoch`` optimizer steps (default: one pass over the pairs, ``ceil(n_pairs / batch_size)``).
     ``flip_axes`` are crop-grid axes (0 = k/S, 1 = j/P, 2 = i/L) flipped at random (default none).
+    ``cpu_precision="bf16"`` trains on the CPU under bfloat16 autocast (float32 weights, optimizer and loss; for CPUs
+    with native bfloat16, :func:`HCCTwinLib.device.cpu_native_bf16`); ``"fp32"`` (default) is plain float32. CUDA
+    always uses its autocast. ``time_budget_s``: stop after the epoch during which this much wall time has passed
+    (the model is saved as after the last epoch; re-running with the same ``epochs`` continues).
     """
     import torch
 
     from ..regimens import REGIMEN_IDS
 
     t_start = time.perf_counter()
+    if cpu_precision not in ("fp32", "bf16"):
+        raise ValueError(f"cpu_precision must be 'fp32' or 'bf16', not {cpu_precision!r}")
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     dev, message = devices.select_device(device)
@@ -286,7 +293,9 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                      "1 + tumour_weight near tumour/PVTT, label channels x label_weight",
              "tumour_weight": tumour_weight, "label_weight": label_weight,
              "cond_dropout": cond_dropout, "ema_decay": ema_decay, "flip_axes": list(flip_axes),
-             "timestep_sampling": "uniform", "seed": seed}
+             "timestep_sampling": "uniform", "seed": seed,
+             "precision": "float32" if dev.type == "cpu" and cpu_precision == "fp32" else
+             ("bfloat16 autocast (CPU)" if dev.type == "cpu" else "CUDA autocast")}
     last_loss = None
     for epoch in range(int(state["epoch"]), epochs):
         t0 = time.perf_counter()
@@ -315,7 +324,7 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
             for group in optimizer.param_groups:
                 group["lr"] = current_lr
             optimizer.zero_grad(set_to_none=True)
-            with devices.autocast(dev):
+            with devices.autocast(dev, cpu_precision):
                 x0_hat = tm.network(model, x_t, t, cond, reg)
             # velocity MSE weighted by (t/T)^2 == x0 MSE for the x0-parametrised network
             loss = (wv * ch_w * (x0_hat.float() - x0) ** 2).mean()
@@ -333,12 +342,15 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                    f"Generator epoch {epoch + 1}/{epochs}: step {it + 1}/{steps_per_epoch}, loss {losses[-1]:.4f}")
         last_loss = float(np.mean(losses))
         entry = {"epoch": epoch + 1, "step": state["step"], "train_loss": last_loss, "lr": current_lr,
-                 "seconds": round(time.perf_counter() - t0, 2), "device": str(dev)}
+                 "seconds": round(time.perf_counter() - t0, 2), "device": str(dev), "precision": hyper["precision"]}
         with open(log_path, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
         log(f"[generator training] epoch {epoch + 1}/{epochs} loss {last_loss:.4f} [{entry['seconds']:.1f} s]")
         state["epoch"] = epoch + 1
         _save_checkpoint(state, model, ema, optimizer, state_path, ckpt, ckpt_ema, opt_path)
+        if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s and epoch + 1 < epochs:
+            log(f"[generator training] time budget of {time_budget_s:.0f} s reached after epoch {epoch + 1}")
+            break
 
     final = ema if ema is not None else model
     counts = np.bincount(reg_np, minlength=len(regimens))

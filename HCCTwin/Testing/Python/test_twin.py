@@ -332,6 +332,17 @@ def test_train_two_epochs_and_resume(cohort, tmp_path):
     assert card["crop_kji"] == list(TINY_CROP) and len(card["sha256"]) == 64
     with pytest.raises(InputError, match="different settings"):
         train_generator(cohort, tmp_path, epochs=4, **dict(kw, batch_size=3))
+    # a time budget stops after the epoch that passes it (here the first); bfloat16 autocast on the CPU trains too,
+    # is recorded, and resuming with the same total continues
+    s3 = train_generator(cohort, tmp_path, epochs=6, time_budget_s=0.0, cpu_precision="bf16", **kw)
+    assert s3["epochs_completed"] == 4 and s3["steps"] == 12
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["precision"] == "bfloat16 autocast (CPU)" and math.isfinite(log[-1]["train_loss"])
+    card = json.loads(Path(s3["card_path"]).read_text())
+    assert card["training"]["epochs_completed"] == 4 and card["hyperparameters"]["precision"].startswith("bfloat16")
+    assert train_generator(cohort, tmp_path, epochs=6, **kw)["epochs_completed"] == 6
+    with pytest.raises(ValueError, match="cpu_precision"):
+        train_generator(cohort, tmp_path, epochs=7, cpu_precision="fp16", **kw)
 
 
 def test_model_card_sha256_verified_on_load(trained, tmp_path):

@@ -435,6 +435,33 @@ def test_evaluation_metrics():
     assert cats[0] == "SD" and cats[1] in ("PR", "SD") and len(cats) == 2
 
 
+def test_ordering_scores_hand_made():
+    """Strict all-pairs, pairwise and best-regimen ordering from evaluation rows: the last follow-up per regimen
+    counts, pairs tied in the truth are left out, a prediction without change orders nothing."""
+    ev = _evaluation_module()
+
+    def rows(pid, true, gen, weeks=(8, 24)):
+        out = []
+        for r in true:
+            for w in weeks:  # only the last week's values matter: the 8-week rows say the opposite
+                sign = 1 if w == weeks[-1] else -1
+                out.append({"patient_id": pid, "regimen": r, "weeks": w, "pre_viable_ml": 50.0,
+                            "true_viable_ml": 50.0 + sign * true[r], "generator_viable_ml": 50.0 + sign * gen[r],
+                            "copy_viable_ml": 50.0})
+        return out
+
+    fu = (rows("A", {"a": -20, "b": -5, "c": 10}, {"a": -9, "b": -3, "c": 1})  # all 3 pairs right, best right
+          + rows("B", {"a": -20, "b": -5, "c": 10}, {"a": -1, "b": -3, "c": 1})  # 2 of 3 pairs right, best wrong
+          + rows("C", {"a": -5, "b": -5.2}, {"a": 3, "b": -3})  # tied in the truth: no pair, no unique best
+          + rows("D", {"a": 7}, {"a": 7}))  # one regimen: not scored
+    g = ev.ordering_scores(fu, "generator")
+    assert g["n_patients"] == 3 and g["all_pairs"] == pytest.approx(2 / 3)  # C has no untied pair: right
+    assert g["n_pairs"] == 6 and g["pairwise"] == pytest.approx(5 / 6)
+    assert g["n_patients_unique_best"] == 2 and g["best_regimen"] == pytest.approx(0.5)
+    c = ev.ordering_scores(fu, "copy")
+    assert c["pairwise"] == 0.0 and c["best_regimen"] == 0.0 and c["all_pairs"] == pytest.approx(1 / 3)
+
+
 def test_evaluation_script_runs_on_a_tiny_holdout(trained, tmp_path):
     """End to end on 3 hold-out patients with counterfactual truth for both regimens (no timing)."""
     ev = _evaluation_module()
@@ -457,5 +484,6 @@ def test_evaluation_script_runs_on_a_tiny_holdout(trained, tmp_path):
     s = result["summary"]
     assert s["copy"]["liver_hu_mae_mean"] > 0 and 0 < s["generator"]["liver_ssim_mean"] <= 1
     assert s["generator"]["n_patients_ordering"] == 3
+    assert s["exponential"]["n_patients_ordering"] == 3 and s["copy"]["regimen_ordering_pairwise"] in (0.0, None)
     jpath, mpath = ev.write_report(result, tmp_path / "results")
     assert json.loads(jpath.read_text())["summary"] and "Targets" in mpath.read_text()

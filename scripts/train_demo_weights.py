@@ -34,6 +34,9 @@ SEGMENTATION = {
     "data_description": "HCCTwin simulator cohort seed 101 (synthetic multiphase CT, pre-treatment and observed "
                         "follow-ups w08/w16/w24)",
 }
+#: The shipped generator: these settings for 6 float32 epochs (2 threads), then continued from that checkpoint in
+#: bfloat16 autocast with ``--cpu-bf16 --threads 2``: ``--epochs 60`` interrupted after epoch 9, then ``--epochs 34
+#: --time-budget 2700`` (epochs 10-34, 25 min); see the model card's ``training_history``.
 GENERATOR = {"epochs": 6, "batch_size": 8, "lr": 1e-3, "seed": 0, "max_cases": 120,
              "data_description": SEGMENTATION["data_description"]}
 

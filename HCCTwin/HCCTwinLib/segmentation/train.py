@@ -295,14 +295,16 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 
 def validate(model, items: list[tuple[Path, Path]], *, patch: Sequence[int], device, spacing_mm: Sequence[float],
-             postprocess: bool = True, progress: ProgressCallback | None = None) -> dict[str, float]:
+             postprocess: bool = True, progress: ProgressCallback | None = None,
+             cpu_precision: str = "fp32") -> dict[str, float]:
     """Mean (over volumes) Dice per label of full-volume sliding-window predictions on the model grid."""
     model.eval()
     per_key: dict[str, list[float]] = {}
     for n, (img_p, lbl_p) in enumerate(items):
         image = np.load(img_p).astype(np.float32)
         truth = np.load(lbl_p)[0]
-        pred = sliding_window_argmax(model, image, roi_size=patch, device=device, overlap=0.25)
+        pred = sliding_window_argmax(model, image, roi_size=patch, device=device, overlap=0.25,
+                                     cpu_precision=cpu_precision)
         if postprocess:
             pred = postprocessing.postprocess(pred, spacing_mm)
         for key, value in dice_per_label(pred, truth).items():
@@ -329,7 +331,7 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                        time_budget_s: float | None = None, cache_dir: str | os.PathLike | None = None,
                        warmup_epochs: float = 0.0, class_weights: Sequence[float] | None = None,
                        init_weights: str | os.PathLike | None = None,
-                       class_ratios: Sequence[float] = CLASS_RATIOS) -> dict[str, Any]:
+                       class_ratios: Sequence[float] = CLASS_RATIOS, cpu_precision: str = "fp32") -> dict[str, Any]:
     """Train (or resume training) the segmentation model; returns a summary dict with the model path and metrics.
 
     ``patch_size`` is (k, j, i) voxels on the model grid (``spacing_mm`` is (x, y, z)); it is rounded up to a multiple
@@ -346,8 +348,13 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     0-4) weight the loss (CE and Dice terms); ``class_ratios`` (one per label 0-4) are the odds of a patch centre on
     each label present in the volume (default ``CLASS_RATIOS``). ``init_weights`` starts a new run from a verified model
     file of the same architecture (e.g. an earlier run's checkpoint); it is ignored when resuming.
+    ``cpu_precision="bf16"`` trains and validates on the CPU under bfloat16 autocast (float32 weights, optimizer and
+    loss; for CPUs with native bfloat16); ``"fp32"`` (default) is plain float32. CUDA always uses its autocast.
     """
     import torch
+
+    if cpu_precision not in ("fp32", "bf16"):
+        raise ValueError(f"cpu_precision must be 'fp32' or 'bf16', not {cpu_precision!r}")
     from monai.losses import DiceCELoss
 
     t_start = time.perf_counter()
@@ -422,6 +429,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
              "class_sampling_ratios": [float(r) for r in class_ratios], "seed": seed, "val_fraction": val_fraction,
              "iterations_per_epoch": n_iter, "val_max_cases": val_max_cases, "coarse_fraction": coarse_fraction,
              "time_budget_s": time_budget_s, "warmup_epochs": warmup_epochs,
+             "precision": "float32" if dev.type == "cpu" and cpu_precision == "fp32" else
+             ("bfloat16 autocast (CPU)" if dev.type == "cpu" else "CUDA autocast"),
              "augmentation": f"class-balanced patch centres, flips (p={flip_prob}/axis), intensity scale +-10%, "
                              f"shift +-0.05, Gaussian noise (p=0.15, sd 0.02)"}
     start_epoch = int(state["epoch"])
@@ -450,7 +459,7 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
             x = torch.from_numpy(xb).to(dev, non_blocking=True)
             y = torch.from_numpy(yb).to(dev, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            with devices.autocast(dev):
+            with devices.autocast(dev, cpu_precision):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
             if scaler is not None and scaler.is_enabled():
@@ -467,14 +476,14 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
             report(ep_progress, 0.8 * (it + 1) / n_iter, f"Epoch {epoch + 1}/{epochs}: batch {it + 1}/{n_iter}, "
                                                          f"loss {losses[-1]:.3f}")
         val = validate(model, val_items, patch=patch, device=dev, spacing_mm=spacing_mm,
-                       progress=SubProgress(ep_progress, 0.8, 1.0))
+                       progress=SubProgress(ep_progress, 0.8, 1.0), cpu_precision=cpu_precision)
         score = val["mean"]
         improved = math.isfinite(score) and (state["best_score"] is None or score > state["best_score"])
         entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "lr": current_lr,
                  "val_dice": _nan_to_none({k: v for k, v in val.items() if k != "mean"}),
                  "val_mean_dice": None if not math.isfinite(score) else score,
                  "seconds": round(time.perf_counter() - t0, 2), "device": str(dev), "best": bool(improved),
-                 "iterations": len(losses)}
+                 "iterations": len(losses), "precision": hyper["precision"]}
         with open(log_path, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
         log(f"[segmentation training] epoch {epoch + 1}/{epochs} loss {entry['train_loss']:.4f} val Dice "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 
 import numpy as np
@@ -457,8 +458,15 @@ def test_train_short_epochs_time_budget_class_weights(tmp_path):
     # a new run may start from those weights
     summary2 = train_segmentation(cohort, tmp_path / "run2", epochs=1, batch_size=2, patch_size=(16, 32, 32),
                                   val_fraction=0.34, seed=1, device="cpu", architecture_kwargs=TINY,
-                                  log=lines.append, iterations_per_epoch=1, init_weights=summary["model_path"])
+                                  log=lines.append, iterations_per_epoch=1, init_weights=summary["model_path"],
+                                  cpu_precision="bf16")
     assert summary2["epochs_completed"] == 1 and any("starting from the weights" in str(x) for x in lines)
+    # ... here in bfloat16 autocast on the CPU (training and validation), recorded in the log and the card
+    log2 = [json.loads(line) for line in (tmp_path / "run2" / "train_log.jsonl").read_text().splitlines()]
+    assert log2[-1]["precision"] == "bfloat16 autocast (CPU)" and math.isfinite(log2[-1]["train_loss"])
+    assert load_state(summary2["model_path"])[1]["hyperparameters"]["precision"].startswith("bfloat16")
+    with pytest.raises(ValueError, match="cpu_precision"):
+        train_segmentation(cohort, tmp_path / "run3", epochs=1, device="cpu", cpu_precision="fp16")
 
 
 def test_cohort_paths_must_stay_inside(tmp_path):

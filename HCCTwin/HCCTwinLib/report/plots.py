@@ -36,6 +36,10 @@ def _curve_arrays(curve: Mapping) -> tuple[np.ndarray, ...]:
     return t, s, lo, hi
 
 
+#: solid, dashed, dash-dot, dotted-dense: one per regimen, in the order of the legend
+LINE_STYLES = ("-", (0, (6, 2)), (0, (5, 1.5, 1.5, 1.5)), (0, (1.5, 1)))
+
+
 def survival_figure(summary: Mapping, endpoint: str = "os", *, figsize=(8.0, 5.2)):
     """A matplotlib ``Figure`` with one step curve per regimen, its 95% band and its median; when the endpoint has
     no curves the figure says so, with the reason from the notes."""
@@ -50,7 +54,7 @@ def survival_figure(summary: Mapping, endpoint: str = "os", *, figsize=(8.0, 5.2
     order = [r for r in summary.get("regimens") or [] if r in by_reg] + [r for r in by_reg
                                                                         if r not in (summary.get("regimens") or [])]
     info = regimen_info(order)
-    for rid in order:
+    for n, rid in enumerate(order):
         curve = by_reg[rid]
         t, s, lo, hi = _curve_arrays(curve)
         color = info[rid]["color"]
@@ -61,7 +65,10 @@ def survival_figure(summary: Mapping, endpoint: str = "os", *, figsize=(8.0, 5.2
         if band.any():
             ax.fill_between(t, np.where(band, lo, np.nan), np.where(band, hi, np.nan), step="post", color=color,
                             alpha=0.18, linewidth=0)
-        ax.step(t, s, where="post", color=color, linewidth=2.0, label=label)
+        # a line style per regimen as well as a colour: curves that coincide (e.g. two regimens with the same
+        # predicted survival) stay visible, and the plot survives black-and-white printing
+        ax.step(t, s, where="post", color=color, linewidth=2.0, label=label,
+                linestyle=LINE_STYLES[n % len(LINE_STYLES)])
         if med is not None and med <= X_MAX_MONTHS:
             ax.plot([0, med], [0.5, 0.5], color=color, linewidth=0.8, linestyle=":")
             ax.plot([med, med], [0, 0.5], color=color, linewidth=0.8, linestyle=":")

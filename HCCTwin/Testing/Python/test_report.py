@@ -230,6 +230,16 @@ def test_survival_png_has_one_coloured_curve_per_regimen(reports, tmp_path):
     img2 = imread(plot_survival(one, tmp_path / "two.png"))[..., :3]
     green = np.array([int(catalogue["pd1_tki"].color[i:i + 2], 16) / 255 for i in (1, 3, 5)])
     assert (np.abs(img2 - green).max(axis=-1) < 0.03).sum() < 20
+    # two regimens with the same curve: both stay visible (a line style per regimen, not only a colour)
+    same = copy.deepcopy(summary)
+    os_curves = same["survival"]["endpoints"]["os"]
+    for rid in REGIMENS[1:]:
+        os_curves[rid] = copy.deepcopy(os_curves[REGIMENS[0]])
+    img3 = imread(plot_survival(same, tmp_path / "same.png"))[..., :3]
+    for rid in REGIMENS:
+        rgb = np.array([int(catalogue[rid].color[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+        hits = (np.abs(img3 - rgb).max(axis=-1) < 0.03).sum()
+        assert hits > 140, f"curve of {rid} hidden under another one: {hits} pixels"
 
 
 def test_absent_data_gives_not_available_with_reason(tmp_path):

@@ -9,7 +9,8 @@ each number of sampling steps, with the network in the default (NCDHW) layout an
 inference uses on the CPU). One network pass of a full CPU batch is timed the same way. The same flow in both layouts
 is checked (max |difference| of the generated crops, network units). Output: ``OUT/generator_speed.md`` and
 ``.json`` with the machine, load average and date. Quality per number of steps is measured by
-``generator_evaluation.py --steps N`` (see ``generator_steps.md``); this script measures time only.
+``generator_evaluation.py --steps N`` (see ``generator_steps.md``); this script measures time only, in the CPU
+precision the installed generator uses (``HCCTWIN_CPU_PRECISION``; bfloat16 vs float32: ``cpu_precision.py``).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def run(weights: Path | None, steps_list, repeats: int, log=print) -> dict:
                  "model": gen.card.get("name"), "sha256": gen.card.get("sha256"),
                  "request": {"regimens": list(REGIMENS), "weeks": list(WEEKS), "samples": SAMPLES,
                              "shape_kji": list(geometry.shape), "case": "synthetic 512x512x120 phantom"},
-                 "crop_kji": list(gen.crop_shape), "cpu_max_batch": G.CPU_MAX_BATCH, "runs": []}
+                 "crop_kji": list(gen.crop_shape), "cpu_max_batch": G.CPU_MAX_BATCH,
+                 "cpu_precision": gen.cpu_precision, "runs": []}
     # one network pass of a full CPU batch
     torch.manual_seed(0)
     b = G.CPU_MAX_BATCH
@@ -80,8 +82,10 @@ def run(weights: Path | None, steps_list, repeats: int, log=print) -> dict:
         fmt = torch.channels_last_3d if layout == "channels_last" else None
 
         def one_pass(g=g, fmt=fmt, layout=layout):
-            with torch.inference_mode():
-                outs[layout] = tm.network(g.model, x, t, cond, regs, fmt)
+            from HCCTwinLib import device as devices
+
+            with torch.inference_mode(), devices.autocast("cpu", g.cpu_precision):
+                outs[layout] = tm.network(g.model, x, t, cond, regs, fmt).float()
 
         times = _time(one_pass, repeats)
         res["runs"].append({"what": f"one network pass, batch {b}", "layout": layout, "steps": None,
@@ -115,7 +119,9 @@ def write(res: dict, out: Path) -> tuple[Path, Path]:
     lines = ["# Generator speed on the CPU: layout and sampling steps", "",
              "Demo weights, synthetic data, not for clinical use.", "",
              f"Date {res['date']}. Machine: {m.get('cpu')}, {m.get('cpu_count')} cores, torch {m.get('torch')} with "
-             f"{m.get('torch_threads')} threads, no GPU used. Load average at start {m.get('load_average_1_5_15')}, "
+             f"{m.get('torch_threads')} threads, no GPU used, CPU inference in "
+             f"{'bfloat16' if res.get('cpu_precision') == 'bf16' else 'float32'}. "
+             f"Load average at start {m.get('load_average_1_5_15')}, "
              f"at end {m.get('load_average_end')}.", "",
              f"Model `{res['model']}` (sha256 {str(res['sha256'])[:12]}), crop {res['crop_kji']} voxels, "
              f"{res['cpu_max_batch']} items per CPU pass. Request: {', '.join(res['request']['regimens'])} x weeks "

@@ -149,8 +149,9 @@ def cpu_precision(requested: str | None = None) -> str:
     """Arithmetic of model *inference* on the CPU: ``"bf16"`` (bfloat16 autocast) or ``"fp32"``.
 
     ``requested`` (or the environment variable ``HCCTWIN_CPU_PRECISION``) is ``auto`` (the default: bf16 where the
-    CPU has native bfloat16, see :func:`cpu_native_bf16`), ``fp32`` or ``bf16``. Training always runs in float32 on
-    the CPU. The measured effect on quality and time is in ``benchmarks/results/cpu_precision.md``.
+    CPU has native bfloat16, see :func:`cpu_native_bf16`), ``fp32`` or ``bf16``. Training is not affected: it runs
+    in float32 on the CPU unless its own ``cpu_precision`` argument asks for bfloat16 (``--cpu-bf16``). The measured
+    effect on quality and time is in ``benchmarks/results/cpu_precision.md``.
     """
     req = (requested or os.environ.get("HCCTWIN_CPU_PRECISION") or "auto").strip().lower()
     if req not in CPU_PRECISIONS:

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,13 +39,12 @@ STEPS = 4
 
 
 def _best(fn, repeats: int) -> tuple[float, list[float], object]:
-    out = fn()  # untimed: first-call allocations, oneDNN kernel selection
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), [round(t, 3) for t in times], out
+    """Best warm time of ``fn`` (``generator_speed._time``: one untimed run first), its times and its last output."""
+    from generator_speed import _time
+
+    last = {}
+    times = _time(lambda: last.__setitem__("out", fn()), repeats)
+    return min(times), [round(t, 3) for t in times], last["out"]
 
 
 def time_segmentation(repeats: int, seed: int = 900, log=print) -> dict:
@@ -230,16 +228,8 @@ def main(argv=None) -> int:
     if args.skip_timing:
         res = json.loads((args.out / "cpu_precision.json").read_text())
     else:
-        flags = []
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("flags"):
-                    flags = sorted(set(line.split(":", 1)[1].split()) & {"amx_bf16", "avx512_bf16", "amx_tile"})
-                    break
-        except OSError:
-            pass
         res = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
-               "cpu_native_bf16": devices.cpu_native_bf16(), "cpu_bf16_flags": flags,
+               "cpu_native_bf16": devices.cpu_native_bf16(), "cpu_bf16_flags": list(devices.cpu_bf16_flags()),
                "default_precision": devices.cpu_precision("auto")}
         res["segmentation"] = time_segmentation(args.repeats)
         res["generator"] = time_generator(args.repeats)

@@ -58,6 +58,7 @@ def run(weights: Path | None, steps_list, repeats: int, log=print) -> dict:
     import torch
     from generator_evaluation import demo_phantom, machine_info
 
+    from HCCTwinLib import device as devices
     from HCCTwinLib.twin import generator as G
     from HCCTwinLib.twin import model as tm
 
@@ -82,8 +83,6 @@ def run(weights: Path | None, steps_list, repeats: int, log=print) -> dict:
         fmt = torch.channels_last_3d if layout == "channels_last" else None
 
         def one_pass(g=g, fmt=fmt, layout=layout):
-            from HCCTwinLib import device as devices
-
             with torch.inference_mode(), devices.autocast("cpu", g.cpu_precision):
                 outs[layout] = tm.network(g.model, x, t, cond, regs, fmt).float()
 

@@ -128,21 +128,29 @@ def set_num_threads(n: int | None = None) -> int:
 CPU_PRECISIONS = ("auto", "fp32", "bf16")
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_native_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16; read from ``/proc/cpuinfo``).
+#: CPU flags (as /proc/cpuinfo names them) that mean native bfloat16 arithmetic
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
-    Elsewhere (older x86, other systems) oneDNN emulates bfloat16 and it is slower than float32, so it is not used.
-    """
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The native-bfloat16 flags of this CPU (:data:`BF16_CPU_FLAGS` found in ``/proc/cpuinfo``); empty elsewhere."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+                    return tuple(sorted(set(line.split(":", 1)[1].split()) & set(BF16_CPU_FLAGS)))
     except OSError:
         pass
-    return False
+    return ()
+
+
+def cpu_native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16, :func:`cpu_bf16_flags`).
+
+    Elsewhere (older x86, other systems) oneDNN emulates bfloat16 and it is slower than float32, so it is not used.
+    """
+    return bool(cpu_bf16_flags())
 
 
 def cpu_precision(requested: str | None = None) -> str:
@@ -159,6 +167,18 @@ def cpu_precision(requested: str | None = None) -> str:
     if req == "auto":
         return "bf16" if cpu_native_bf16() else "fp32"
     return req
+
+
+def training_precision(device, cpu_precision: str) -> str:
+    """Validate a trainer's ``cpu_precision`` (``"fp32"`` or ``"bf16"``) and describe the arithmetic a training run on
+    ``device`` uses (for its log and model card)."""
+    import torch
+
+    if cpu_precision not in ("fp32", "bf16"):
+        raise ValueError(f"cpu_precision must be 'fp32' or 'bf16', not {cpu_precision!r}")
+    if torch.device(device).type == "cuda":
+        return "CUDA autocast"
+    return "bfloat16 autocast (CPU)" if cpu_precision == "bf16" else "float32"
 
 
 def autocast(device, cpu: str = "fp32"):

@@ -352,10 +352,9 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     loss; for CPUs with native bfloat16); ``"fp32"`` (default) is plain float32. CUDA always uses its autocast.
     """
     import torch
-
-    if cpu_precision not in ("fp32", "bf16"):
-        raise ValueError(f"cpu_precision must be 'fp32' or 'bf16', not {cpu_precision!r}")
     from monai.losses import DiceCELoss
+
+    devices.training_precision("cpu", cpu_precision)  # a wrong value fails before any work
 
     t_start = time.perf_counter()
     out = Path(out_dir).expanduser()
@@ -429,8 +428,7 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
              "class_sampling_ratios": [float(r) for r in class_ratios], "seed": seed, "val_fraction": val_fraction,
              "iterations_per_epoch": n_iter, "val_max_cases": val_max_cases, "coarse_fraction": coarse_fraction,
              "time_budget_s": time_budget_s, "warmup_epochs": warmup_epochs,
-             "precision": "float32" if dev.type == "cpu" and cpu_precision == "fp32" else
-             ("bfloat16 autocast (CPU)" if dev.type == "cpu" else "CUDA autocast"),
+             "precision": devices.training_precision(dev, cpu_precision),
              "augmentation": f"class-balanced patch centres, flips (p={flip_prob}/axis), intensity scale +-10%, "
                              f"shift +-0.05, Gaussian noise (p=0.15, sd 0.02)"}
     start_epoch = int(state["epoch"])

@@ -231,8 +231,7 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     from ..regimens import REGIMEN_IDS
 
     t_start = time.perf_counter()
-    if cpu_precision not in ("fp32", "bf16"):
-        raise ValueError(f"cpu_precision must be 'fp32' or 'bf16', not {cpu_precision!r}")
+    devices.training_precision("cpu", cpu_precision)  # a wrong value fails before any work
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     dev, message = devices.select_device(device)
@@ -294,8 +293,7 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
              "tumour_weight": tumour_weight, "label_weight": label_weight,
              "cond_dropout": cond_dropout, "ema_decay": ema_decay, "flip_axes": list(flip_axes),
              "timestep_sampling": "uniform", "seed": seed,
-             "precision": "float32" if dev.type == "cpu" and cpu_precision == "fp32" else
-             ("bfloat16 autocast (CPU)" if dev.type == "cpu" else "CUDA autocast")}
+             "precision": devices.training_precision(dev, cpu_precision)}
     last_loss = None
     for epoch in range(int(state["epoch"]), epochs):
         t0 = time.perf_counter()

@@ -12,6 +12,7 @@ simulator_calibration  trial medians / response rates of 500 simulated patients 
 survival_evaluation    survival engine on a 2000-patient development / 800-patient hold-out image cohort (issue 6)
 segmentation           shipped segmentation network on the 30-patient hold-out (seed 900) (issue 4)
 generator              shipped generator vs counterfactual truth on the same hold-out (issue 5)
+generator_ceiling      what pre-treatment information allows: a simulator oracle without the latent biology (issue 5)
 generator_speed        generator request time by memory layout and sampling steps (issues 5 / 8)
 cpu_precision          bfloat16 vs float32 CPU inference: time and agreement (issues 4 / 5 / 8)
 registration           target-registration error on simulated misalignments (issues 7 / 9)
@@ -79,6 +80,10 @@ def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
         "survival_evaluation": survival,
         "segmentation": segmentation,
         "generator": generator,
+        "generator_ceiling": lambda: [py, str(BENCH / "generator_ceiling.py"), "--out", str(out)] +
+                                     (["--evaluation", str(out / "generator_evaluation.json")]
+                                      if (out / "generator_evaluation.json").is_file() else []) +
+                                     (["--n", "20", "--draws", "20", "--train-n", "20"] if q else []),
         "registration": lambda: [py, str(BENCH / "registration_evaluation.py"), "--out",
                                  str(out / "registration_evaluation")] +
                                 (["--fast", "2", "--full", "0", "--ct512", "0"] if q else []),

@@ -115,6 +115,30 @@ def _assignment_logits(values: dict, scores: dict, hypo: bool, vp: int) -> dict:
     }
 
 
+def draw_biology(rng_b: np.random.Generator, aggressiveness: float, n_lesions: int) -> tuple[Biology, float]:
+    """A patient's latent biology (growth, treatment sensitivities, event draws) from the population prior given the
+    aggressiveness phenotype and the number of lesions; returns ``(biology, doubling time in months)``.
+
+    The only part of a patient that no pre-treatment information reveals: ``benchmarks/generator_ceiling.py`` redraws
+    it to measure how well any model that sees everything else can predict the follow-ups."""
+    c_aggr, n_les = float(aggressiveness), int(n_lesions)
+    td = float(np.clip(np.exp(rng_b.normal(np.log(4.2) - 0.3 * c_aggr, 0.35)), 1.2, 15.0))
+    g = np.log(2) / td
+    bio = Biology(
+        growth=g * np.exp(rng_b.normal(0, 0.15, size=n_les)), pvtt_growth=1.1 * g,
+        tace_kappa=float(np.exp(rng_b.normal(np.log(0.7), 0.9))),
+        haic_rate=float(np.exp(rng_b.normal(np.log(0.4), 0.75))),
+        haic_tau=float(np.exp(rng_b.normal(np.log(8.0), 0.4))),
+        tki_rel=float(np.exp(rng_b.normal(np.log(1.3), 0.45))),
+        tki_tau=float(np.exp(rng_b.normal(np.log(8.0), 0.5))),
+        io_u=float(rng_b.random()), io_rate=float(rng_b.uniform(0.25, 0.6)),
+        io_tau=float(np.exp(rng_b.normal(np.log(30.0), 0.4))),
+        lesion_het=np.exp(rng_b.normal(0, 0.25, size=n_les)),
+        e_death=float(rng_b.exponential()), e_met=float(rng_b.exponential()),
+        censor_months=float(min(rng_b.uniform(24, 60), rng_b.exponential(150.0))))
+    return bio, td
+
+
 def sample_patient(seed: int, index: int, catalogue=None) -> PatientModel:
     """Draw patient ``index`` of the cohort of ``seed`` (with outcomes under every eligible regimen)."""
     from .. import clinical as clin
@@ -167,22 +191,7 @@ def sample_patient(seed: int, index: int, catalogue=None) -> PatientModel:
         raise RuntimeError(f"patient {index}: no eligible regimen after {MAX_REDRAWS} draws")
 
     # latent biology (shared by every regimen: common random numbers)
-    rng_b = rng_for(seed, index, "biology")
-    n_les = len(lesions)
-    td = float(np.clip(np.exp(rng_b.normal(np.log(4.2) - 0.3 * c["aggr"], 0.35)), 1.2, 15.0))
-    g = np.log(2) / td
-    bio = Biology(
-        growth=g * np.exp(rng_b.normal(0, 0.15, size=n_les)), pvtt_growth=1.1 * g,
-        tace_kappa=float(np.exp(rng_b.normal(np.log(0.7), 0.9))),
-        haic_rate=float(np.exp(rng_b.normal(np.log(0.4), 0.75))),
-        haic_tau=float(np.exp(rng_b.normal(np.log(8.0), 0.4))),
-        tki_rel=float(np.exp(rng_b.normal(np.log(1.3), 0.45))),
-        tki_tau=float(np.exp(rng_b.normal(np.log(8.0), 0.5))),
-        io_u=float(rng_b.random()), io_rate=float(rng_b.uniform(0.25, 0.6)),
-        io_tau=float(np.exp(rng_b.normal(np.log(30.0), 0.4))),
-        lesion_het=np.exp(rng_b.normal(0, 0.25, size=n_les)),
-        e_death=float(rng_b.exponential()), e_met=float(rng_b.exponential()),
-        censor_months=float(min(rng_b.uniform(24, 60), rng_b.exponential(150.0))))
+    bio, td = draw_biology(rng_for(seed, index, "biology"), c["aggr"], len(lesions))
     scanner = Scanner.sample(rng_for(seed, index, "scanner"))
 
     # received regimen: physicians' preference among the eligible ones (Gumbel-max = softmax sampling)

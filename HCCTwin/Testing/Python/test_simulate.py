@@ -324,3 +324,17 @@ def test_metastasis_risk24_is_the_cumulative_incidence_of_the_hazards():
     rng = np.random.default_rng(0)
     t_m, t_d = rng.exponential(1 / 0.02, 200_000), rng.exponential(1 / 0.05, 200_000)
     assert metastasis_risk(h0, hm, 24.0) == pytest.approx(np.mean((t_m < t_d) & (t_m <= 24)), abs=0.005)
+
+
+def test_draw_biology_is_the_simulators_draw():
+    """``draw_biology`` on the patient's own stream gives back exactly the biology ``sample_patient`` drew (the
+    ceiling benchmark redraws this part, and only this part, of a patient)."""
+    from HCCTwinLib.simulate.patient import draw_biology, rng_for
+
+    m = sample_patient(11, 3)
+    bio, td = draw_biology(rng_for(11, 3, "biology"), m.latent["aggressiveness"], len(m.lesions))
+    assert td == m.latent["doubling_time_months"]
+    for name, value in vars(m.bio).items():
+        np.testing.assert_array_equal(getattr(bio, name), value, err_msg=name)
+    other, _ = draw_biology(rng_for(11, 3, "ceiling", 0), m.latent["aggressiveness"], len(m.lesions))
+    assert other.tace_kappa != m.bio.tace_kappa and other.growth.shape == m.bio.growth.shape

@@ -52,7 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--time-budget", type=float, help="stop after the epoch that passes this many seconds")
     parser.add_argument("--cache-dir", help="segmentation: folder of the resampled volumes (default OUT/cache)")
-    parser.add_argument("--init-weights", help="segmentation: start from this model file (same architecture)")
+    parser.add_argument("--init-weights", help="start from this model file (segmentation: same architecture; "
+                                               "generator: an input layer without the regimen prior is zero-padded)")
+    parser.add_argument("--regimen-prior", action="store_true", help="generator: the regimen-prior channel")
     parser.add_argument("--lr", type=float, help="override the recorded peak learning rate")
     parser.add_argument("--max-cases", type=int, help="override the recorded number of training-cohort patients")
     parser.add_argument("--val-max-cases", type=int, help="segmentation: validate on this many patients per epoch")
@@ -105,6 +107,10 @@ def main(argv=None) -> int:
             params["cpu_precision"] = "bf16"
         if args.time_budget:
             params["time_budget_s"] = args.time_budget
+        if args.init_weights:
+            params["init_weights"] = args.init_weights
+        if args.regimen_prior:
+            params["regimen_prior"] = True
         summary = train_generator(args.cohort, args.out, device=args.device, progress=ProgressBar(), **params)
     print(json.dumps(summary, indent=2, default=str))
     if args.install:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import DISCLAIMER, __version__
-from .errors import HCCTwinError
+from .errors import HCCTwinError, InputError
 from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS
 
 
@@ -330,6 +330,12 @@ def cmd_train(args) -> int:
         kwargs["time_budget_s"] = args.time_budget
     if args.cpu_bf16:
         kwargs["cpu_precision"] = "bf16"
+    if args.model == "generator":
+        kwargs["regimen_prior"] = args.regimen_prior
+        if args.init_weights:
+            kwargs["init_weights"] = args.init_weights
+    elif args.regimen_prior or args.init_weights:
+        raise InputError("--regimen-prior and --init-weights apply to the generator only.")
     summary = train(args.cohort, args.out, **kwargs)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -413,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "many seconds of wall time (re-run to continue)")
     p.add_argument("--cpu-bf16", action="store_true", help="segmentation/generator: bfloat16 autocast on a CPU "
                                                            "with native bfloat16 (AMX/AVX512-BF16), 2-5x faster")
+    p.add_argument("--regimen-prior", action="store_true",
+                   help="generator: condition on each regimen's expected viable-volume change as well (rates fitted "
+                        "on the cohort's observed follow-ups, stored in the model card)")
+    p.add_argument("--init-weights", help="generator: start a new run from this generator file (an input layer "
+                                          "without the regimen-prior channel is zero-padded)")
     p.add_argument("--bootstrap", type=int, default=50, help="survival: bootstrap replicates for the bands")
     p.add_argument("--no-images", action="store_true", help="survival: clinical features only")
     p.set_defaults(func=cmd_train)

@@ -53,11 +53,14 @@ def default_weights_path() -> Path:
 def generator_card(regimens: Sequence[str], crop_shape: Sequence[int] = DEFAULT_CROP_KJI,
                    architecture_kwargs: Mapping[str, Any] | None = None, *, pad_mm: float = DEFAULT_PAD_MM,
                    seam_mm: float = DEFAULT_SEAM_MM, steps: int = tm.DEFAULT_STEPS, name: str = DEFAULT_MODEL_NAME,
-                   version: str = "0.1.0") -> dict[str, Any]:
-    """The parts of the model card that inference needs (training adds data, hyper-parameters, metrics)."""
+                   version: str = "0.1.0", prior_rates: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The parts of the model card that inference needs (training adds data, hyper-parameters, metrics).
+
+    ``prior_rates``: per-regimen viable-volume rates (1/week) of the regimen-prior channel (:mod:`.model`); None =
+    a model without it."""
     regimens = [str(r) for r in regimens]
-    kw = tm.model_kwargs(regimens, **dict(architecture_kwargs or {}))
-    return {
+    kw = tm.model_kwargs(regimens, regimen_prior=prior_rates is not None, **dict(architecture_kwargs or {}))
+    card = {
         "name": name, "version": version,
         "task": "virtual follow-up generation (arterial + portal residual and labels) per regimen and interval",
         "architecture": tm.ARCHITECTURE, "architecture_kwargs": kw,
@@ -75,6 +78,15 @@ def generator_card(regimens: Sequence[str], crop_shape: Sequence[int] = DEFAULT_
                           "labels": "(one-hot follow-up - one-hot pre) / 2 for labels 1..4"},
         "sampling": {"scheduler": "monai RFlowScheduler (T=1000, Euler)", "steps": int(steps)},
     }
+    if prior_rates is not None:
+        card["regimen_prior"] = {
+            "rates_per_week": {str(r): float(v) for r, v in prior_rates.items()},
+            "channel": f"clip(rate * weeks, {tm.PRIOR_LOG_RATIO_CLIP[0]}, {tm.PRIOR_LOG_RATIO_CLIP[1]}) / "
+                       f"{tm.PRIOR_SCALE}; 0 for the none class and regimens without a rate",
+            "fit": "log(V_t / V_0) = rate * t through the origin, least squares per regimen, on the training "
+                   "cohort's observed follow-ups (viable-tumour voxels of the crop)"}
+        card["channels"]["condition"].append("regimen_prior")
+    return card
 
 
 class Generator:
@@ -103,6 +115,16 @@ class Generator:
         self.pad_mm = float(self.card.get("pad_mm", DEFAULT_PAD_MM))
         self.seam_mm = float(self.card.get("seam_mm", DEFAULT_SEAM_MM))
         self.default_steps = int(self.card.get("sampling", {}).get("steps", tm.DEFAULT_STEPS))
+        prior = self.card.get("regimen_prior")
+        #: per-regimen rates of the regimen-prior channel (None: a model without that channel)
+        self.prior_rates: dict[str, float] | None = (
+            {str(k): float(v) for k, v in prior["rates_per_week"].items()} if prior else None)
+        expected = tm.OUT_CHANNELS + tm.cond_channels(self.prior_rates is not None)
+        if int(self.card["architecture_kwargs"]["in_channels"]) != expected:
+            raise ModelFileError(f"{path or 'generator'}: the model card's in_channels "
+                                 f"({self.card['architecture_kwargs']['in_channels']}) do not match its conditioning "
+                                 f"({expected} with{'' if self.prior_rates is not None else 'out'} the regimen "
+                                 f"prior); re-export the model.")
         self.max_batch: int | None = None
         self.last_info: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -119,6 +141,12 @@ class Generator:
         card = generator_card(regimens or REGIMEN_IDS, crop_shape, architecture_kwargs, **card_kwargs)
         torch.manual_seed(seed)
         return cls(tm.build_model(**card["architecture_kwargs"]), card, device, message="untrained model")
+
+    def prior(self, regimen: str, weeks: float) -> float:
+        """The regimen-prior channel value of ``regimen`` at ``weeks`` (0 without that channel or rate)."""
+        if self.prior_rates is None:
+            return 0.0
+        return tm.prior_value(self.prior_rates.get(regimen), weeks)
 
     # ------------------------------------------------------------------------------------------------------------
     def _model_on(self, device):
@@ -148,8 +176,13 @@ class Generator:
             c1 = min(n, c0 + chunk)
             b = c1 - c0
             wk = torch.tensor([float(w) / tm.WEEKS_SCALE for w in weeks_items[c0:c1]], device=device)
-            cond_b = torch.cat([cond_t[None].expand(b, -1, -1, -1, -1),
-                                wk[:, None, None, None, None].expand(b, 1, *self.crop_shape)], dim=1)
+            parts = [cond_t[None].expand(b, -1, -1, -1, -1), wk[:, None, None, None, None].expand(b, 1,
+                                                                                             *self.crop_shape)]
+            if self.prior_rates is not None:
+                pr = torch.tensor([self.prior(self.regimens[int(r)], w) for r, w in
+                                   zip(reg_items[c0:c1], weeks_items[c0:c1])], device=device)
+                parts.append(pr[:, None, None, None, None].expand(b, 1, *self.crop_shape))
+            cond_b = torch.cat(parts, dim=1)
             regs = torch.tensor(list(reg_items[c0:c1]), dtype=torch.long, device=device)
             noise = torch.stack(list(noise_items[c0:c1])).to(device)
 

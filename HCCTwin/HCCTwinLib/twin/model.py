@@ -13,6 +13,13 @@ Conditioning channels (7, concatenated to ``x_t``): pre arterial and portal ((cl
 pre label one-hot 1..4 in [-1, 1], and a constant ``weeks / 24`` channel. The regimen is a class embedding
 (``num_class_embeds = len(regimens) + 1``; the last index is the "no regimen" class used for condition dropout).
 
+Optional 8th channel, the *regimen prior* (model card ``regimen_prior``): the expected log change of the viable
+tumour volume under the regimen at this interval, ``clip(rate_r * weeks, -5, 2) / 2.5``, with one rate per regimen
+fitted on the training cohort's observed follow-ups (the exponential baseline's fit). The class embedding has to
+learn each regimen's effect from that regimen's patients alone; this channel gives every regimen the same
+dose-response axis, learned from all pairs together (0 for the "no regimen" class and regimens without training
+data). A model without it (7 channels) loads and runs as before.
+
 Rectified flow (MONAI convention): ``x_t = (1 - t/T) x0 + (t/T) noise``, velocity ``v = x0 - noise``; sampling
 integrates from t = T to 0 with ``RFlowScheduler.step`` (Euler), which works for 3D as is. The network is
 *x0-parametrised*: it outputs ``x0_hat`` and the velocity is ``(x0_hat - x_t) / (t/T)``. Its zero-initialised output
@@ -43,6 +50,9 @@ GATE_WEEKS = 8.0
 WEEKS_SCALE = 24.0
 HU_CLIP = (-300.0, 1500.0)
 HU_CENTER, HU_SCALE = 100.0, 200.0
+#: regimen-prior channel: expected log viable-volume ratio, clipped and scaled
+PRIOR_LOG_RATIO_CLIP = (-5.0, 2.0)
+PRIOR_SCALE = 2.5
 NUM_TRAIN_TIMESTEPS = 1000
 DEFAULT_STEPS = 4
 
@@ -72,11 +82,25 @@ def onehot_labels(labels: np.ndarray) -> np.ndarray:
     return np.stack([(labels == v).astype(np.float32) * 2.0 - 1.0 for v in range(1, MAX_LABEL + 1)])
 
 
-def condition(pre_arterial: np.ndarray, pre_portal: np.ndarray, pre_labels: np.ndarray, weeks: float) -> np.ndarray:
-    """(7, K, J, I) conditioning channels on the crop grid."""
+def prior_value(rate_per_week: float | None, weeks: float) -> float:
+    """Regimen-prior channel value: ``clip(rate * weeks, -5, 2) / 2.5``; 0 for an unknown rate (None)."""
+    if rate_per_week is None:
+        return 0.0
+    return float(np.clip(float(rate_per_week) * float(weeks), *PRIOR_LOG_RATIO_CLIP) / PRIOR_SCALE)
+
+
+def cond_channels(regimen_prior: bool) -> int:
+    return COND_CHANNELS + int(bool(regimen_prior))
+
+
+def condition(pre_arterial: np.ndarray, pre_portal: np.ndarray, pre_labels: np.ndarray, weeks: float,
+              prior: float | None = None) -> np.ndarray:
+    """(7, K, J, I) conditioning channels on the crop grid; (8, ...) with the regimen-prior value ``prior``."""
     w = np.full((1, *pre_labels.shape), float(weeks) / WEEKS_SCALE, np.float32)
-    return np.concatenate([normalize_hu(pre_arterial)[None], normalize_hu(pre_portal)[None],
-                           onehot_labels(pre_labels), w]).astype(np.float32)
+    parts = [normalize_hu(pre_arterial)[None], normalize_hu(pre_portal)[None], onehot_labels(pre_labels), w]
+    if prior is not None:
+        parts.append(np.full((1, *pre_labels.shape), float(prior), np.float32))
+    return np.concatenate(parts).astype(np.float32)
 
 
 def target(pre_hu: np.ndarray, fu_hu: np.ndarray, pre_labels: np.ndarray, fu_labels: np.ndarray,
@@ -109,10 +133,11 @@ def labels_from_probs(probs: np.ndarray) -> np.ndarray:
     return np.where(top > 0.5, best + 1, 0).astype(np.uint8)
 
 
-def model_kwargs(regimens: Sequence[str], **overrides) -> dict[str, Any]:
+def model_kwargs(regimens: Sequence[str], regimen_prior: bool = False, **overrides) -> dict[str, Any]:
     kw = dict(DEFAULT_MODEL_KWARGS)
     kw.update(overrides)
-    kw.update({"spatial_dims": 3, "in_channels": OUT_CHANNELS + COND_CHANNELS, "out_channels": OUT_CHANNELS,
+    kw.update({"spatial_dims": 3, "in_channels": OUT_CHANNELS + cond_channels(regimen_prior),
+               "out_channels": OUT_CHANNELS,
                "num_class_embeds": len(regimens) + 1})
     kw["channels"] = [int(c) for c in kw["channels"]]
     kw["attention_levels"] = [bool(a) for a in kw.get("attention_levels") or [False] * len(kw["channels"])]
@@ -193,5 +218,6 @@ def rf_training_pair(x0, noise, t):
 
 
 __all__ = ["ARCHITECTURE", "COND_CHANNELS", "DEFAULT_MODEL_KWARGS", "DEFAULT_STEPS", "OUT_CHANNELS", "build_model",
-           "condition", "count_parameters", "decode", "gate", "labels_from_probs", "model_kwargs", "normalize_hu",
-           "network", "onehot_labels", "rf_training_pair", "sample_rf", "target", "velocity_from_x0"]
+           "cond_channels", "condition", "count_parameters", "prior_value", "decode", "gate", "labels_from_probs",
+           "model_kwargs", "normalize_hu", "network", "onehot_labels", "rf_training_pair", "sample_rf", "target",
+           "velocity_from_x0"]

@@ -42,7 +42,7 @@ from ..errors import InputError
 from ..io import find_image, load_case, read_image, read_training_state
 from ..io import path_inside as _inside
 from ..progress import ProgressCallback, SubProgress, report
-from ..weights import ModelFileError, load_state, save_model, sha256_file
+from ..weights import ModelFileError, load_state, resolve_model_path, save_model, sha256_file
 from . import model as tm
 from .crop import DEFAULT_CROP_KJI, DEFAULT_PAD_MM, make_crop_box, to_crop
 from .generator import DEFAULT_MODEL_NAME, PHASES, generator_card
@@ -185,8 +185,28 @@ def _write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def build_arrays(npz_paths: Sequence[Path], regimens: Sequence[str], tumour_weight: float):
-    """In-memory training arrays: cond (N, 7, ...), x0 (N, 6, ...), voxel weight (N, 1, ...), regimen index (N,)."""
+def fit_prior_rates(npz_paths: Sequence[Path]) -> dict[str, float]:
+    """Per-regimen viable-volume rates (1/week) of the regimen-prior channel from the cached observed pairs: the
+    exponential baseline's least-squares fit (:class:`.baselines.ExponentialBaseline`) on viable-tumour voxel counts
+    of the crop (a voxel is the unit; follow-ups without viable tumour count as 1 voxel, pre studies with less than
+    one voxel are left out)."""
+    from ..labels import VIABLE_TUMOR
+    from .baselines import ExponentialBaseline
+
+    records = []
+    for path in npz_paths:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        with np.load(path) as d:
+            v0 = float((d["pre_lab"] == VIABLE_TUMOR).sum())
+            for lab, wk in zip(d["fu_lab"], d["weeks"]):
+                records.append((meta["regimen"], float(wk), v0, float((lab == VIABLE_TUMOR).sum())))
+    return ExponentialBaseline.fit(records, min_volume_ml=1.0).rates
+
+
+def build_arrays(npz_paths: Sequence[Path], regimens: Sequence[str], tumour_weight: float,
+                 prior_rates: dict[str, float] | None = None):
+    """In-memory training arrays: cond (N, 7, ...) (8 with ``prior_rates``: the regimen-prior channel), x0 (N, 6,
+    ...), voxel weight (N, 1, ...), regimen index (N,), weeks (N,)."""
     from scipy import ndimage
 
     conds, xs, ws, regs, weeks = [], [], [], [], []
@@ -195,7 +215,8 @@ def build_arrays(npz_paths: Sequence[Path], regimens: Sequence[str], tumour_weig
         with np.load(path) as d:
             pre_hu, pre_lab, fu_hu, fu_lab, wk = d["pre_hu"], d["pre_lab"], d["fu_hu"], d["fu_lab"], d["weeks"]
         for t in range(len(wk)):
-            conds.append(tm.condition(pre_hu[0], pre_hu[1], pre_lab, float(wk[t])))
+            prior = None if prior_rates is None else tm.prior_value(prior_rates.get(meta["regimen"]), float(wk[t]))
+            conds.append(tm.condition(pre_hu[0], pre_hu[1], pre_lab, float(wk[t]), prior))
             xs.append(tm.target(pre_hu, fu_hu[t], pre_lab, fu_lab[t], float(wk[t])))
             tumour = (pre_lab >= 2) | (fu_lab[t] >= 2)
             tumour = ndimage.binary_dilation(tumour, iterations=1)
@@ -215,7 +236,8 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                     ema_decay: float | None = 0.999, weight_decay: float = 1e-4, flip_axes: Sequence[int] = (),
                     sampling_steps: int = tm.DEFAULT_STEPS, name: str = DEFAULT_MODEL_NAME, version: str = "0.1.0",
                     data_description: str = "", cpu_precision: str = "fp32",
-                    time_budget_s: float | None = None, log=print) -> dict[str, Any]:
+                    time_budget_s: float | None = None, regimen_prior: bool = False,
+                    init_weights: str | os.PathLike | None = None, log=print) -> dict[str, Any]:
     """Train (or resume) the generator; returns a summary dict (model path, epochs, final loss, ...).
 
     ``epochs`` is the total: re-running with a larger value continues from the last checkpoint. One epoch =
@@ -225,6 +247,10 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     with native bfloat16, :func:`HCCTwinLib.device.cpu_native_bf16`); ``"fp32"`` (default) is plain float32. CUDA
     always uses its autocast. ``time_budget_s``: stop after the epoch during which this much wall time has passed
     (the model is saved as after the last epoch; re-running with the same ``epochs`` continues).
+    ``regimen_prior``: add the regimen-prior conditioning channel (:mod:`.model`), its rates fitted on these pairs
+    and stored in the model card. ``init_weights``: start a new run (not a resume) from this generator file; an input
+    convolution with fewer input channels (a model without the regimen prior) is zero-padded, so the new channel
+    starts with no effect and the model's output is unchanged until training uses it.
     """
     import torch
 
@@ -253,18 +279,22 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     for n, (_pid, plist) in enumerate(by_patient.items()):
         npz_paths.append(prepare_patient(plist, cache, crop_shape, pad_mm))
         report(prep, (n + 1) / len(by_patient), f"Cropping cases {n + 1}/{len(by_patient)}")
-    cond_np, x0_np, w_np, reg_np, weeks_np = build_arrays(npz_paths, regimens, tumour_weight)
+    prior_rates = fit_prior_rates(npz_paths) if regimen_prior else None
+    if prior_rates is not None:
+        log("[generator training] regimen prior rates (1/week): "
+            + ", ".join(f"{r} {v:+.4f}" for r, v in sorted(prior_rates.items())))
+    cond_np, x0_np, w_np, reg_np, weeks_np = build_arrays(npz_paths, regimens, tumour_weight, prior_rates)
     n_pairs = len(reg_np)
     steps_per_epoch = int(steps_per_epoch or max(1, math.ceil(n_pairs / batch_size)))
     total_steps = epochs * steps_per_epoch
 
     card = generator_card(regimens, crop_shape, architecture_kwargs, pad_mm=pad_mm, steps=sampling_steps,
-                          name=name, version=version)
+                          name=name, version=version, prior_rates=prior_rates)
     config = {"architecture_kwargs": card["architecture_kwargs"], "crop_kji": card["crop_kji"],
               "pad_mm": float(pad_mm), "regimens": regimens, "seed": int(seed), "batch_size": int(batch_size),
               "steps_per_epoch": steps_per_epoch, "tumour_weight": tumour_weight, "label_weight": label_weight,
               "cond_dropout": cond_dropout, "ema_decay": ema_decay, "flip_axes": [int(a) for a in flip_axes],
-              "max_cases": max_cases}
+              "max_cases": max_cases, "regimen_prior": prior_rates}
 
     torch.manual_seed(seed)
     model = tm.build_model(**card["architecture_kwargs"]).to(dev)
@@ -277,8 +307,14 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     if resume and state_path.is_file():
         state = _load_checkpoint(state_path, config, model, ema, optimizer, ckpt, ckpt_ema, opt_path, dev)
         log(f"[generator training] resuming after epoch {state['epoch']} (step {state['step']})")
-    elif log_path.exists():
-        log_path.unlink()
+    else:
+        if log_path.exists():
+            log_path.unlink()
+        if init_weights is not None:
+            init_from(model, init_weights)
+            if ema is not None:
+                ema.load_state_dict(model.state_dict())
+            log(f"[generator training] starting from {init_weights}")
 
     cond_t, x0_t = torch.from_numpy(cond_np), torch.from_numpy(x0_np)
     w_t, reg_t = torch.from_numpy(w_np), torch.from_numpy(reg_np)
@@ -293,7 +329,9 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
              "tumour_weight": tumour_weight, "label_weight": label_weight,
              "cond_dropout": cond_dropout, "ema_decay": ema_decay, "flip_axes": list(flip_axes),
              "timestep_sampling": "uniform", "seed": seed,
-             "precision": devices.training_precision(dev, cpu_precision)}
+             "precision": devices.training_precision(dev, cpu_precision), "regimen_prior": bool(regimen_prior),
+             "init_weights": (f"{Path(init_weights).name} (sha256 {sha256_file(resolve_model_path(init_weights))[:12]})"
+                              if init_weights is not None else None)}
     last_loss = None
     for epoch in range(int(state["epoch"]), epochs):
         t0 = time.perf_counter()
@@ -314,6 +352,9 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
             if cond_dropout > 0:
                 drop = torch.rand(len(reg), generator=gen) < cond_dropout
                 reg[drop] = null_index
+                if prior_rates is not None and bool(drop.any()):  # the "none" class has no prior either
+                    cond = cond.clone()
+                    cond[drop, -1] = 0.0
             noise = torch.randn(x0.shape, generator=gen)
             t = torch.rand(len(reg), generator=gen) * tm.NUM_TRAIN_TIMESTEPS
             x_t, _v_target = tm.rf_training_pair(x0, noise, t)
@@ -377,6 +418,34 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
             "seconds": round(time.perf_counter() - t_start, 2)}
 
 
+def init_from(model, weights: str | os.PathLike) -> None:
+    """Load a generator file's weights into ``model``; a tensor whose only difference is a larger input-channel
+    dimension (dim 1, the input convolution of a model with more conditioning channels) is zero-padded there."""
+    import torch
+
+    state, card = load_state(weights)
+    if card.get("architecture") != tm.ARCHITECTURE:
+        raise ModelFileError(f"{weights}: not an HCCTwin generator model (architecture {card.get('architecture')!r}).")
+    own = model.state_dict()
+    if set(state) != set(own):
+        raise ModelFileError(f"{weights}: its tensors do not match this architecture "
+                             f"({len(set(state) ^ set(own))} names differ).")
+    new = {}
+    for key, value in state.items():
+        target = own[key]
+        if value.shape == target.shape:
+            new[key] = value
+        elif (value.dim() == target.dim() >= 2 and value.shape[0] == target.shape[0]
+              and value.shape[2:] == target.shape[2:] and value.shape[1] < target.shape[1]):
+            padded = torch.zeros_like(target)
+            padded[:, : value.shape[1]] = value
+            new[key] = padded
+        else:
+            raise ModelFileError(f"{weights}: tensor {key} has shape {tuple(value.shape)}, this model needs "
+                                 f"{tuple(target.shape)}.")
+    model.load_state_dict(new)
+
+
 def _save_checkpoint(state, model, ema, optimizer, state_path, ckpt, ckpt_ema, opt_path) -> None:
     import torch
 
@@ -405,4 +474,5 @@ def _load_checkpoint(state_path, config, model, ema, optimizer, ckpt, ckpt_ema, 
     return state
 
 
-__all__ = ["Pair", "build_arrays", "discover_pairs", "prepare_patient", "read_received_regimens", "train_generator"]
+__all__ = ["Pair", "build_arrays", "discover_pairs", "fit_prior_rates", "init_from", "prepare_patient",
+           "read_received_regimens", "train_generator"]

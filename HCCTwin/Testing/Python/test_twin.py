@@ -376,6 +376,84 @@ def test_trained_tiny_model_shrinks_and_grows(trained):
     assert out[SHRINK][0].phases["arterial"].tobytes() == art.tobytes()
 
 
+def test_regimen_prior_channel_values():
+    assert tm.prior_value(None, 24) == 0.0 and tm.prior_value(-0.1, 0) == 0.0
+    assert tm.prior_value(-0.1, 10) == pytest.approx(-1.0 / tm.PRIOR_SCALE)
+    assert tm.prior_value(-1.0, 24) == pytest.approx(tm.PRIOR_LOG_RATIO_CLIP[0] / tm.PRIOR_SCALE)  # clipped
+    _art, _por, lab, _ = synth_case(0)
+    c = tm.condition(np.zeros(lab.shape), np.zeros(lab.shape), lab, 8.0, prior=-0.4)
+    assert c.shape[0] == tm.COND_CHANNELS + 1 and np.all(c[-1] == np.float32(-0.4))
+    assert tm.condition(np.zeros(lab.shape), np.zeros(lab.shape), lab, 8.0).shape[0] == tm.COND_CHANNELS
+    assert tm.model_kwargs([SHRINK, GROW], regimen_prior=True)["in_channels"] == \
+        tm.model_kwargs([SHRINK, GROW])["in_channels"] + 1
+
+
+def test_regimen_prior_generator_and_zero_padded_start(tmp_path):
+    """A model with the regimen-prior channel generates (interval 0 still exact) and its per-item channel is the
+    card's rate x weeks; a model without the channel, zero-padded into one with it, gives the same output whatever
+    the prior (training starts from the old model's behaviour); a card whose in_channels do not match is refused."""
+    from HCCTwinLib.twin.train import init_from
+    from HCCTwinLib.weights import save_model
+
+    rates = {SHRINK: -0.15, GROW: 0.05}
+    old = tiny_generator(seed=3)
+    path = tmp_path / "old.safetensors"
+    save_model(old.model, path, old.card)
+    new = Generator.untrained([SHRINK, GROW], TINY_CROP, TINY_ARCH, seed=9, steps=2, prior_rates=rates)
+    assert new.card["architecture_kwargs"]["in_channels"] == old.card["architecture_kwargs"]["in_channels"] + 1
+    assert new.prior(SHRINK, 24) == pytest.approx(max(-0.15 * 24, -5.0) / tm.PRIOR_SCALE)
+    assert new.prior("resection", 24) == 0.0  # no rate: no prior
+    init_from(new.model, path)
+    art, por, lab, _ = synth_case(seed=5)
+    kw = dict(regimens=[SHRINK, GROW], weeks=[0, 16], samples=2, seed=1, steps=2)
+    a = old.generate({"arterial": art, "portal": por}, lab, _geom(), **kw)
+    b = new.generate({"arterial": art, "portal": por}, lab, _geom(), **kw)
+    for r in (SHRINK, GROW):
+        np.testing.assert_allclose(a[r][16].phases["arterial"], b[r][16].phases["arterial"], atol=1e-3)
+        assert b[r][0].phases["arterial"].tobytes() == art.tobytes()
+    # the channel does reach the network: with a non-zero weight on it, changing the rates changes the output
+    with torch.no_grad():
+        w = new.model.conv_in.conv.weight
+        w[:, -1].normal_(0.0, 0.5)
+    c1 = new.generate({"arterial": art, "portal": por}, lab, _geom(), **kw)[SHRINK][16].phases["arterial"]
+    new.prior_rates = {SHRINK: 0.05, GROW: 0.05}
+    c2 = new.generate({"arterial": art, "portal": por}, lab, _geom(), **kw)[SHRINK][16].phases["arterial"]
+    assert np.abs(c1 - c2).max() > 1.0
+    bad = dict(new.card)
+    bad.pop("regimen_prior")
+    with pytest.raises(ModelFileError, match="in_channels"):
+        Generator(new.model, bad)
+    with pytest.raises(ModelFileError, match="shape"):  # a model with more input channels does not fit a smaller one
+        p2 = tmp_path / "new.safetensors"
+        save_model(new.model, p2, new.card)
+        init_from(old.model, p2)
+
+
+def test_train_with_regimen_prior(cohort, tmp_path):
+    """The rates are fitted on the observed pairs (the shrink regimen negative, the grow one positive), stored in the
+    model card and the config (a resume must match), and the trained model loads and runs."""
+    kw = dict(steps_per_epoch=2, batch_size=2, device="cpu", crop_shape=TINY_CROP, architecture_kwargs=TINY_ARCH,
+              ema_decay=None, log=lambda *_: None)
+    s = train_generator(cohort, tmp_path, epochs=1, regimen_prior=True, **kw)
+    card = json.loads(Path(s["card_path"]).read_text())
+    rates = card["regimen_prior"]["rates_per_week"]
+    assert rates[SHRINK] < -0.01 and rates[GROW] > 0.01, rates
+    assert card["hyperparameters"]["regimen_prior"] is True
+    assert card["channels"]["condition"][-1] == "regimen_prior"
+    gen = load_generator(s["model_path"])
+    assert gen.prior_rates == pytest.approx(rates)
+    art, por, lab, _ = synth_case(seed=8)
+    out = gen.generate({"arterial": art, "portal": por}, lab, _geom(), regimens=[SHRINK], weeks=[8], samples=1,
+                       steps=1)
+    assert np.isfinite(out[SHRINK][8].phases["arterial"]).all()
+    with pytest.raises(InputError, match="different settings"):  # resuming without the prior is another model
+        train_generator(cohort, tmp_path, epochs=2, regimen_prior=False, **kw)
+    # a new run started from this model's file
+    s2 = train_generator(cohort, tmp_path / "b", epochs=1, regimen_prior=True, init_weights=s["model_path"], **kw)
+    card2 = json.loads(Path(s2["card_path"]).read_text())
+    assert card2["hyperparameters"]["init_weights"].startswith(Path(s["model_path"]).name)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 def test_baselines():
     art, por, lab, _ = synth_case(7)

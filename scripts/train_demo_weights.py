@@ -36,7 +36,9 @@ SEGMENTATION = {
 }
 #: The shipped generator: these settings for 6 float32 epochs (2 threads), then continued from that checkpoint in
 #: bfloat16 autocast with ``--cpu-bf16 --threads 2``: ``--epochs 60`` interrupted after epoch 9, then ``--epochs 34
-#: --time-budget 2700`` (epochs 10-34, 25 min); see the model card's ``training_history``.
+#: --time-budget 2700`` (epochs 10-34, 25 min); then (0.3.0) ``--epochs 80 --lr 5e-4`` stopped after epoch 47, and a
+#: new run from that checkpoint's EMA weights with ``--regimen-prior --init-weights GEN6/checkpoint_ema.safetensors
+#: --epochs 40 --lr 5e-4 --cpu-bf16 --threads 2`` (39 epochs by its time budgets); see the card's ``training_history``.
 GENERATOR = {"epochs": 6, "batch_size": 8, "lr": 1e-3, "seed": 0, "max_cases": 120,
              "data_description": SEGMENTATION["data_description"]}
 

@@ -97,15 +97,14 @@ def _burden(traj, weeks: int) -> float:
     return float(traj.burden()[traj.index(weeks * MONTHS_PER_WEEK)])
 
 
-def patient_rows(model, n_draws: int, weeks=FOLLOWUP_WEEKS, items: set | None = None) -> list[dict]:
-    """One row per (regimen, week) the truth has (alive at the scan; ``items``: only these (regimen, week))."""
+def patient_rows(model, n_draws: int, weeks=FOLLOWUP_WEEKS) -> list[dict]:
+    """One row per (regimen, week) the truth has (the patient alive at the scan under that regimen)."""
     aggr, n_les = model.latent["aggressiveness"], len(model.lesions)
     draws = [draw_biology(rng_for(model.seed, model.index, "ceiling", k), aggr, n_les)[0] for k in range(n_draws)]
     rows = []
     for r in model.eligible:
         traj, out = model.trajectories[r], model.outcomes[r]
-        wanted = [w for w in weeks if (items is None and w * MONTHS_PER_WEEK < out.os_months)
-                  or (items is not None and (r, w) in items)]
+        wanted = [w for w in weeks if w * MONTHS_PER_WEEK < out.os_months]
         if not wanted:
             continue
         sims = [_course(model, r, b) for b in draws]
@@ -179,10 +178,6 @@ def run(seed: int, n: int, n_draws: int, train_seed: int, train_n: int, evaluati
     t0 = time.perf_counter()
     exp_model = fit_exponential(train_seed, train_n)
     log(f"exponential rates (1/week, trajectories of seed {train_seed}, n {train_n}): {exp_model.rates}")
-    items_by_pid: dict[str, set] = {}
-    if evaluation is not None:
-        for x in evaluation["per_followup"]:
-            items_by_pid.setdefault(x["patient_id"], set()).add((x["regimen"], x["weeks"]))
     rows = []
     for i in range(n):
         m = sample_patient(seed, i)
@@ -198,7 +193,7 @@ def run(seed: int, n: int, n_draws: int, train_seed: int, train_n: int, evaluati
                                                    "regimen_ordering_agreement")},
               "all": score(rows), "seconds": round(time.perf_counter() - t0, 1)}
     if evaluation is not None:
-        pids = set(items_by_pid)
+        pids = {x["patient_id"] for x in evaluation["per_followup"]}
         sub = [x for x in rows if x["patient_id"] in pids]
         if sub:
             result["evaluation_patients"] = {"n_patients": len(pids), "n_followups": len(sub), **score(sub),

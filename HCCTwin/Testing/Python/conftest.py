@@ -28,6 +28,17 @@ if "HCCTWIN_WEIGHTS_DIR" not in os.environ:
     os.environ["HCCTWIN_WEIGHTS_DIR"] = str(_session_weights)
 
 
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` of this checkout as a module (the benchmark scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def one_torch_thread():
     """torch on one CPU thread for the test (small networks are faster and deterministic timing is not needed)."""

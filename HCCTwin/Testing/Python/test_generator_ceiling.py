@@ -3,21 +3,17 @@ end-to-end run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_benchmark
+
 
 @pytest.fixture(scope="module")
 def ceiling():
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "generator_ceiling.py"
-    spec = importlib.util.spec_from_file_location("generator_ceiling", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("generator_ceiling")
 
 
 def test_point_predictions(ceiling):

@@ -3,9 +3,7 @@ covariate effects, confounded assignment and censoring. Small bootstrap counts k
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,6 +33,8 @@ from HCCTwinLib.survival import (
 from HCCTwinLib.survival import metrics as M
 from HCCTwinLib.survival.features import WEEKS_PER_MONTH
 from HCCTwinLib.survival.models import _CoxFit
+
+from conftest import load_benchmark
 
 REGS = ("tace_pd1_len", "haic_pd1_len", "pd1_tki")
 K, SCALE = 1.3, 26.0
@@ -415,11 +415,7 @@ def test_cross_validate_returns_every_baseline(cohort, tmp_path):
 
 
 def _load_benchmark():
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "survival_evaluation.py"
-    spec = importlib.util.spec_from_file_location("survival_evaluation", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("survival_evaluation")
 
 
 def test_evaluation_script_on_synthetic_cohort(tmp_path):

@@ -4,7 +4,6 @@ that learns shrink vs grow, model card checks, baselines and the evaluation metr
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -16,6 +15,8 @@ from HCCTwinLib.cases import Geometry
 from HCCTwinLib.errors import InputError
 from HCCTwinLib.io import write_image
 from HCCTwinLib.weights import ModelFileError
+
+from conftest import load_benchmark
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
@@ -477,11 +478,7 @@ def test_exponential_baseline_fits_a_cohort(cohort):
 
 
 def _evaluation_module():
-    path = Path(__file__).resolve().parents[3] / "benchmarks" / "generator_evaluation.py"
-    spec = importlib.util.spec_from_file_location("generator_evaluation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("generator_evaluation")
 
 
 def test_evaluation_metrics():

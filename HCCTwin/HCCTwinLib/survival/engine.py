@@ -340,6 +340,30 @@ class SurvivalEngine:
         """Whether the models need the raw segmentation-encoder features (``baseline_image_features(deep=True)``)."""
         return self.deep is not None
 
+    def encoder_mismatch(self, segmenter=None) -> str | None:
+        """A warning when the segmentation model that computes the raw deep features now (``segmenter``, default
+        the installed one) is not the one the engine was fitted with (sha256 in the engine's card); None when they
+        match, when either sha256 is unknown, or when the engine has no deep features. Same feature sizes but other
+        weights give other features, silently: a retrained segmentation model needs the engine re-trained too."""
+        if self.deep is None:
+            return None
+        fitted = str(getattr(self.deep, "encoder_", {}).get("sha256", ""))
+        if segmenter is None:
+            from .deep import get_encoder
+
+            segmenter, _ = get_encoder()
+        if segmenter is None or not fitted:
+            return None
+        from .deep import encoder_id
+
+        now = encoder_id(segmenter).get("sha256", "")
+        if not now or now == fitted:
+            return None
+        return (f"deep (segmentation-encoder) features come from segmentation model sha256 {now[:12]}, but the "
+                f"survival engine was fitted on features of {fitted[:12]}: its deep features, and the predictions "
+                f"that use them, may be off. Re-train the survival engine ('hcctwin train survival') after changing "
+                f"the segmentation model.")
+
     def derived_columns(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``frame`` with the engine's derived columns (``deep_*`` from the raw ``deepraw_*`` ones) added; the
         same frame when the engine has none."""
@@ -370,15 +394,20 @@ class SurvivalEngine:
         extra = {k: v for k, v in dict(image_features or {}).items()}
         if extra:
             row = pd.concat([row, pd.DataFrame([extra], index=row.index)], axis=1)
+        have: list[str] = []
         if self.deep is not None:
             have = raw_deep_columns(row)
             if not have:
                 notes.append("deep (segmentation-encoder) features not computed for this patient (no segmentation "
                              "model, phase or liver): the training medians are used.")
+            else:
+                mismatch = self.encoder_mismatch()
+                if mismatch:
+                    notes.append(mismatch)
             row = self.deep.add_columns(row)
             row = row.drop(columns=have)
         needed = set(self.os.covariates_) | (set(self.metastasis.features_) if self.metastasis else set())
-        raw_ok = self.deep is None or not any("deep (segmentation-encoder)" in n for n in notes)
+        raw_ok = self.deep is None or bool(have)
         for col in sorted(needed):
             value = row[col].iloc[0] if col in row.columns else np.nan
             if value is None or (isinstance(value, float) and not math.isfinite(value)):

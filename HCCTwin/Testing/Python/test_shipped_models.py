@@ -27,6 +27,19 @@ def test_every_shipped_model_file_matches_its_card_and_size_limit():
         assert card.get("metrics"), f"{card['name']}: the model card must carry its measured metrics"
 
 
+def test_shipped_survival_engine_and_segmentation_model_agree(monkeypatch):
+    """A survival engine with deep features was fitted on one segmentation encoder's features: the shipped
+    segmentation model must be that encoder (a retrained segmentation model needs the engine re-trained)."""
+    from HCCTwinLib.segmentation import clear_cache
+    from HCCTwinLib.survival.engine import load_engine
+
+    monkeypatch.setenv("HCCTWIN_WEIGHTS_DIR", str(SHIPPED_WEIGHTS_DIR))
+    clear_cache()
+    engine = load_engine(SHIPPED_WEIGHTS_DIR / "hcctwin_survival.safetensors")
+    assert engine.encoder_mismatch() is None
+    clear_cache()
+
+
 def test_demo_with_every_shipped_model(tmp_path, monkeypatch):
     from HCCTwinLib.demo import run_demo
 

@@ -176,3 +176,26 @@ def test_pipeline_computes_the_deep_features_the_engine_needs(deep_engine):
     assert not any("deep (segmentation-encoder) features not computed" in n for n in notes)
     if "risk" in result.survival.get("metastasis", {}):
         assert any(k.startswith("deep_") for k in result.survival["metastasis"]["points"])
+
+
+def test_a_different_segmentation_model_is_named_in_the_notes(encoder, deep_engine):
+    """The engine records the sha256 of the encoder its deep features came from; predicting with raw features of
+    another segmentation model (same architecture, other weights) gives a note saying so, not silence."""
+    import copy
+
+    engine, _, table, _ = deep_engine
+    assert engine.encoder_mismatch(encoder) is None
+    other = copy.copy(encoder)
+    other.card = dict(encoder.card, sha256="0" * 64)
+    msg = engine.encoder_mismatch(other)
+    assert msg and "000000000000" in msg and engine.deep.encoder_["sha256"][:12] in msg and "Re-train" in msg
+    row = table[(table["extrahepatic_spread"] == 0)].iloc[3]
+    clinical = {k: row[k] for k in ("age_years", "ecog", "albumin_g_l", "bilirubin_umol_l", "inr", "afp_ng_ml",
+                                    "n_tumors", "max_diameter_mm", "pvtt", "extrahepatic_spread")}
+    image = {k: float(row[k]) for k in row.index if str(k).startswith(("img_", "deepraw_"))}
+    assert not any("survival engine was fitted on features of" in n for n in engine.predict(clinical, image)["notes"])
+    stale = copy.copy(engine)
+    stale.deep = copy.copy(engine.deep)
+    stale.deep.encoder_ = dict(engine.deep.encoder_, sha256="f" * 64)
+    notes = stale.predict(clinical, image)["notes"]
+    assert any("survival engine was fitted on features of ffffffffffff" in n for n in notes)

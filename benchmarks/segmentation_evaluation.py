@@ -128,8 +128,40 @@ def evaluate_speed(weights: str, device: str, threads: int, seed: int) -> dict:
     return json.loads(line[7:])
 
 
+FROC_GRID = (0.0, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+#: the hand-written part of the report (earlier runs, decisions) starts at this heading and is kept on a re-run
+NOTES_HEADING = "## Earlier runs and notes"
+
+
+def decision_rules(weights: str) -> dict:
+    """The model card's tuned decision rules (``postprocessing``), without the tuning tables."""
+    from HCCTwinLib.weights import load_card
+
+    section = dict(load_card(weights).get("postprocessing") or {})
+    tuning = dict(section.pop("tuning", {}) or {})
+    return {**section, "tuned_on": {k: tuning.get(k) for k in ("cohort", "n_cases", "rule", "chosen", "untuned",
+                                                               "date") if k in tuning}} if section else {}
+
+
+def operating_curve(weights: str, n: int, device: str, cohort: str) -> list[dict]:
+    """Lesion sensitivity / false positives / Dice on the hold-out at several lesion-confidence thresholds, with the
+    card's class bias (reported, not used to choose: the threshold is chosen on the tuning cohort)."""
+    from HCCTwinLib.segmentation import get_segmenter
+    from HCCTwinLib.segmentation.tuning import collect_logits, sweep_confidence
+
+    segmenter = get_segmenter(weights, device=device)
+    items = collect_logits(segmenter, cohort, max_cases=n)
+    return sweep_confidence(items, segmenter.class_bias, FROC_GRID)
+
+
 def write_report(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    md_path = out / "segmentation_evaluation.md"
+    notes = ""
+    if md_path.is_file():
+        old = md_path.read_text()
+        if NOTES_HEADING in old:
+            notes = old[old.index(NOTES_HEADING):]
     (out / "segmentation_evaluation.json").write_text(json.dumps(result, indent=2, default=float))
     s, sp = result["quality"]["summary"], result.get("speed", {})
     shape = "x".join(map(str, result["quality"]["per_patient"][0]["shape_kji"]))
@@ -162,7 +194,28 @@ def write_report(result: dict, out: Path) -> None:
                   f"{run.get('peak_rss_gb_after_simulating_input', float('nan')):.2f} | | |"]
     lines += ["", "Dice: mean over hold-out patients of the per-patient Dice on the native grid; necrosis over the "
               "patients where it is present in the truth or the prediction.", ""]
-    (out / "segmentation_evaluation.md").write_text("\n".join(lines) + "\n")
+    rules = result.get("decision_rules") or {}
+    if rules:
+        tuned = rules.get("tuned_on", {})
+        lines += ["**Decision rules** (model card `postprocessing`, tuned with `hcctwin tune segmentation` on "
+                  f"`{tuned.get('cohort')}`, {tuned.get('n_cases')} labelled cases that are neither training nor "
+                  f"hold-out): logit bias per class {rules.get('class_bias')}, lesion-confidence threshold "
+                  f"{rules.get('min_tumor_confidence')} (rule: {tuned.get('rule')}).", ""]
+    else:
+        lines += ["**Decision rules**: none in the model card (plain argmax, no lesion-confidence filter).", ""]
+    curve = result.get("operating_curve")
+    if curve:
+        lines += ["Hold-out operating curve of the lesion-confidence threshold (same class bias; reported only, the "
+                  "threshold in use was chosen on the tuning cohort):", "",
+                  "| min. mean tumour probability | sensitivity >= 10 mm | FP lesions / patient | Dice viable | "
+                  "Dice necrosis |", "|---|---|---|---|---|"]
+        for r in curve:
+            mark = " (in use)" if abs(r["min_tumor_confidence"] - float(rules.get("min_tumor_confidence", 0))) < 1e-9 \
+                else ""
+            lines.append(f"| {r['min_tumor_confidence']:.2f}{mark} | {r['sensitivity']:.3f} | "
+                         f"{r['fp_per_patient']:.2f} | {r['viable_tumor']:.3f} | {r['necrosis']:.3f} |")
+        lines.append("")
+    md_path.write_text("\n".join(lines) + "\n" + ("\n" + notes if notes else ""))
 
 
 def update_card(result: dict) -> None:
@@ -192,6 +245,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-curve", action="store_true", help="no lesion-confidence operating curve (it needs "
+                                                                   "--cohort and one more network pass per case)")
     parser.add_argument("--update-card", action="store_true",
                         help="also write the hold-out summary and timings into the model card next to --weights "
                              "(metrics.holdout; the card's sha256 covers the weights file, which is not changed)")
@@ -210,7 +265,10 @@ def main(argv=None) -> int:
             parser.error("that cohort is the training cohort (seed 101)")
     result = {"weights": args.weights, "sha256": sha256_file(Path(args.weights)), "n": args.n, "seed": args.seed,
               "cohort": args.cohort, "machine": machine(), "targets": TARGETS,
+              "decision_rules": decision_rules(args.weights),
               "quality": evaluate_quality(args.weights, args.n, args.seed, args.device, args.cohort)}
+    if args.cohort and not args.skip_curve:
+        result["operating_curve"] = operating_curve(args.weights, args.n, args.device, args.cohort)
     if not args.skip_speed:
         result["speed"] = {f"CPU, {args.threads} threads": evaluate_speed(args.weights, "cpu", args.threads,
                                                                            args.seed)}

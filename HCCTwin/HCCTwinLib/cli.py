@@ -341,6 +341,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .jsonutil import jsonable
+    from .segmentation import get_segmenter
+    from .segmentation.inference import default_weights_path
+    from .segmentation.tuning import apply_to_card, tune_segmentation
+    from .weights import resolve_model_path
+
+    weights = resolve_model_path(args.weights) if args.weights else default_weights_path()
+    segmenter = get_segmenter(weights, device=args.device)
+    print(segmenter.message, file=sys.stderr)
+    section = tune_segmentation(segmenter, args.cohort, max_fp=args.max_fp, max_false_pvtt=args.max_false_pvtt,
+                                max_cases=args.max_cases, progress=ProgressBar())
+    summary = {"weights": str(weights), "class_bias": section["class_bias"],
+               "min_tumor_confidence": section["min_tumor_confidence"],
+               "untuned": section["tuning"]["untuned"], "chosen": section["tuning"]["chosen"]}
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(jsonable(section, finite=True), indent=2) + "\n", encoding="utf-8")
+        summary["report"] = str(args.report)
+    if args.dry_run:
+        summary["card"] = "not changed (--dry-run)"
+    else:
+        summary["card"] = str(apply_to_card(weights, section, report=args.report))
+    print(json.dumps(jsonable(summary, finite=True), indent=2))
+    return 0
+
+
 def cmd_survival(args) -> int:
     from .survival import run_cv_command
 
@@ -427,6 +454,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=50, help="survival: bootstrap replicates for the bands")
     p.add_argument("--no-images", action="store_true", help="survival: clinical features only")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="tune a trained segmentation model's decision rules (PVTT prior, lesion "
+                                    "confidence) on labelled cases outside its training and evaluation cohorts")
+    p.add_argument("model", choices=["segmentation"], help="the model kind to tune")
+    p.add_argument("--cohort", required=True, help="tuning cohort folder (cases/<id>/pre/{arterial,portal,labels})")
+    p.add_argument("--weights", help="model file (.safetensors; its .json card is updated); default: installed model")
+    p.add_argument("--max-fp", type=float, default=0.2,
+                   help="false-positive lesions per patient allowed when choosing the lesion-confidence threshold "
+                        "(default 0.2)")
+    p.add_argument("--max-false-pvtt", type=float, default=0.1,
+                   help="fraction of the patients without PVTT that may get a predicted PVTT when choosing the PVTT "
+                        "logit bias (default 0.1; a false thrombus changes the BCLC stage)")
+    p.add_argument("--max-cases", type=int, help="use at most this many cases")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--report", help="also write the full tuning tables to this JSON file")
+    p.add_argument("--dry-run", action="store_true", help="print the result, leave the model card as it is")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("predict", help="virtual follow-ups per regimen and time point, survival, recommendation")
     p.add_argument("--pre", help="pre-treatment folder (arterial/portal[/labels] files or DICOM series folders)")

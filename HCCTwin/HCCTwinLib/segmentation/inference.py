@@ -61,14 +61,12 @@ def n_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
     return n
 
 
-def sliding_window_argmax(model, image: np.ndarray, *, roi_size: Sequence[int], device, overlap: float = 0.25,
+def sliding_window_logits(model, image: np.ndarray, *, roi_size: Sequence[int], device, overlap: float = 0.25,
                           sw_batch_size: int = 1, progress: ProgressCallback | None = None,
-                          cpu_precision: str = "fp32") -> np.ndarray:
-    """Argmax labels (uint8, ``image.shape[1:]``) of ``model`` over a normalised ``(C, K, J, I)`` image.
-
-    Windows run on ``device``; the blended logits are accumulated on the CPU for this image only.
-    ``cpu_precision``: ``"bf16"`` runs the windows under bfloat16 autocast on the CPU (:func:`device.cpu_precision`).
-    """
+                          cpu_precision: str = "fp32"):
+    """Blended logits (a float32 CPU tensor ``(classes, K, J, I)``) of ``model`` over a normalised ``(C, K, J, I)``
+    image: Gaussian-weighted sliding windows run on ``device`` (``cpu_precision`` ``"bf16"``: bfloat16 autocast on
+    the CPU, :func:`device.cpu_precision`), accumulated on the CPU for this image only."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -88,10 +86,49 @@ def sliding_window_argmax(model, image: np.ndarray, *, roi_size: Sequence[int], 
         logits = sliding_window_inference(x, roi_size=tuple(int(r) for r in roi_size), sw_batch_size=sw_batch_size,
                                           predictor=predictor, overlap=overlap, mode="gaussian", sw_device=device,
                                           device=torch.device("cpu"))
-        logits = logits[0]
-        out = np.empty(image.shape[1:], np.uint8)
+    return logits[0]
+
+
+def logits_to_labels(logits, *, class_bias: Sequence[float] | None = None, tumor_prob: bool = False):
+    """Argmax labels (uint8) of ``(classes, K, J, I)`` logits (torch tensor or array), computed in slabs.
+
+    ``class_bias``: one value per class added to the logits before the argmax (a prior shift for a rare class such
+    as PVTT, tuned on a labelled cohort by :mod:`.tuning`). ``tumor_prob``: also return the softmax probability of
+    viable tumour + necrosis (float32, of the unshifted logits) for the lesion-confidence filter of
+    :mod:`.postprocessing`; the result is then ``(labels, tumour probability)``.
+    """
+    import torch
+
+    logits = torch.as_tensor(logits)
+    n_classes = logits.shape[0]
+    bias = None
+    if class_bias is not None and any(float(b) != 0.0 for b in class_bias):
+        if len(class_bias) != n_classes:
+            raise ValueError(f"class_bias has {len(class_bias)} values for {n_classes} classes")
+        bias = torch.tensor([float(b) for b in class_bias], dtype=torch.float32).view(-1, 1, 1, 1)
+    out = np.empty(tuple(logits.shape[1:]), np.uint8)
+    prob = np.empty(out.shape, np.float32) if tumor_prob else None
+    with torch.inference_mode():
         for k0 in range(0, out.shape[0], _ARGMAX_SLAB):
-            out[k0:k0 + _ARGMAX_SLAB] = torch.argmax(logits[:, k0:k0 + _ARGMAX_SLAB], dim=0).to(torch.uint8).numpy()
+            slab = logits[:, k0:k0 + _ARGMAX_SLAB].float()
+            if prob is not None:
+                prob[k0:k0 + _ARGMAX_SLAB] = torch.softmax(slab, dim=0)[2:4].sum(dim=0).numpy()
+            if bias is not None:
+                slab = slab + bias
+            out[k0:k0 + _ARGMAX_SLAB] = torch.argmax(slab, dim=0).to(torch.uint8).numpy()
+    return (out, prob) if tumor_prob else out
+
+
+def sliding_window_argmax(model, image: np.ndarray, *, roi_size: Sequence[int], device, overlap: float = 0.25,
+                          sw_batch_size: int = 1, progress: ProgressCallback | None = None,
+                          cpu_precision: str = "fp32", class_bias: Sequence[float] | None = None,
+                          tumor_prob: bool = False):
+    """Argmax labels (uint8, ``image.shape[1:]``) of ``model`` over a normalised ``(C, K, J, I)`` image
+    (:func:`sliding_window_logits` then :func:`logits_to_labels`; with ``tumor_prob`` the result is
+    ``(labels, tumour probability)``)."""
+    logits = sliding_window_logits(model, image, roi_size=roi_size, device=device, overlap=overlap,
+                                   sw_batch_size=sw_batch_size, progress=progress, cpu_precision=cpu_precision)
+    out = logits_to_labels(logits, class_bias=class_bias, tumor_prob=tumor_prob)
     del logits
     return out
 
@@ -119,6 +156,16 @@ class Segmenter:
         self.stride = total_stride(self.card.get("architecture", "DynUNet"), self.card["architecture_kwargs"])
         roi = roi_size or self.card.get("inference_roi_kji") or self.card.get("patch_size_kji") or DEFAULT_PATCH_KJI
         self.roi_size = _round_up(roi, self.stride)
+        #: decision rules tuned on a labelled cohort (:mod:`.tuning`), from the card's ``postprocessing`` section:
+        #: ``class_bias`` (added to the logits before the argmax) and ``min_tumor_confidence`` (a tumour component
+        #: whose mean viable + necrosis probability is lower becomes liver); none in the card: plain argmax
+        tuned = dict(self.card.get("postprocessing") or {})
+        bias = tuned.get("class_bias")
+        if bias is not None and len(bias) != int(self.card["architecture_kwargs"].get("out_channels", len(bias))):
+            raise ModelFileError(f"model card: postprocessing.class_bias has {len(bias)} values, the model "
+                                 f"{self.card['architecture_kwargs'].get('out_channels')} classes.")
+        self.class_bias = tuple(float(b) for b in bias) if bias is not None else None
+        self.min_tumor_confidence = float(tuned.get("min_tumor_confidence", 0.0))
         self.last_info: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -174,14 +221,16 @@ class Segmenter:
 
     # -- prediction ---------------------------------------------------------------------------------------------
     def predict_model_grid(self, image: np.ndarray, *, progress: ProgressCallback | None = None,
-                           device=None) -> np.ndarray:
-        """Raw argmax labels for a normalised ``(C, K, J, I)`` image already on the model grid."""
+                           device=None, tuned: bool = False):
+        """Raw argmax labels for a normalised ``(C, K, J, I)`` image already on the model grid. ``tuned``: apply
+        the card's class bias and return ``(labels, tumour probability)`` for the post-processing."""
         dev = self.device if device is None else device
 
         def run(d):
             return sliding_window_argmax(self._model_on(d), image, roi_size=self.roi_size, device=d,
                                          overlap=self.overlap, sw_batch_size=self.sw_batch_size, progress=progress,
-                                         cpu_precision=self.cpu_precision)
+                                         cpu_precision=self.cpu_precision,
+                                         class_bias=self.class_bias if tuned else None, tumor_prob=tuned)
 
         return devices.call_with_cpu_fallback(run, dev, notify=lambda m: self._note(progress, m))
 
@@ -195,10 +244,9 @@ class Segmenter:
         with self._lock:
             return self._segment(case_or_arrays, geometry, progress, postprocess, coarse_to_fine)
 
-    def _segment(self, case_or_arrays, geometry, progress, postprocess, coarse_to_fine):
-        t0 = time.perf_counter()
-        self.last_info = {"device": str(self.device), "messages": [self.message] if self.message else [],
-                          "cpu_precision": self.cpu_precision}
+    def _stage2_input(self, case_or_arrays, geometry, progress, coarse_to_fine):
+        """``(crop, box, model grid, input geometry)``: the normalised model-grid image inside the liver box
+        (stage 1 on a coarse grid when asked or, with "auto", when the volume is large; else the whole grid)."""
         stack, geometry = self._stack(case_or_arrays, geometry)
         report(progress, 0.02, "Segmentation: resampling to the model grid")
         image, mgeom = to_model_grid(stack, geometry, self.spacing_mm, self.window_hu)
@@ -211,14 +259,42 @@ class Segmenter:
             report(progress, 0.05, "Segmentation stage 1: liver box on a coarse grid")
             box = self._liver_box(stack, geometry, mgeom, SubProgress(progress, 0.05, 0.25)) or box
         self.last_info["box"] = [(b.start, b.stop) for b in box]
-        report(progress, 0.25, "Segmentation stage 2: full resolution")
         crop = np.ascontiguousarray(image[(slice(None), *box)])
-        del image
+        return crop, box, mgeom, geometry
+
+    def model_grid_logits(self, case_or_arrays, geometry: Geometry | None = None, *,
+                          coarse_to_fine: bool | str = "auto", progress: ProgressCallback | None = None):
+        """``(logits, box, model grid, input geometry)``: the stage-2 logits (float16 numpy ``(classes, ...)``
+        inside ``box`` of the model grid) of one study, for tuning the decision rules (:mod:`.tuning`)."""
+        with self._lock:
+            self.last_info = {"device": str(self.device), "messages": [], "cpu_precision": self.cpu_precision}
+            crop, box, mgeom, geometry = self._stage2_input(case_or_arrays, geometry, progress, coarse_to_fine)
+
+            def run(d):
+                return sliding_window_logits(self._model_on(d), crop, roi_size=self.roi_size, device=d,
+                                             overlap=self.overlap, sw_batch_size=self.sw_batch_size,
+                                             progress=SubProgress(progress, 0.25, 1.0),
+                                             cpu_precision=self.cpu_precision).numpy().astype(np.float16)
+
+            logits = devices.call_with_cpu_fallback(run, self.device, notify=lambda m: self._note(progress, m))
+            return logits, box, mgeom, geometry
+
+    def _segment(self, case_or_arrays, geometry, progress, postprocess, coarse_to_fine):
+        t0 = time.perf_counter()
+        self.last_info = {"device": str(self.device), "messages": [self.message] if self.message else [],
+                          "cpu_precision": self.cpu_precision}
+        crop, box, mgeom, geometry = self._stage2_input(case_or_arrays, geometry, progress, coarse_to_fine)
+        report(progress, 0.25, "Segmentation stage 2: full resolution")
         labels = np.zeros(mgeom.shape, np.uint8)
-        labels[box] = self.predict_model_grid(crop, progress=SubProgress(progress, 0.25, 0.9))
+        tumor_prob = np.zeros(mgeom.shape, np.float32)
+        labels[box], tumor_prob[box] = self.predict_model_grid(crop, progress=SubProgress(progress, 0.25, 0.9),
+                                                               tuned=True)
+        del crop
         if postprocess:
             report(progress, 0.9, "Segmentation: post-processing")
-            labels = postprocessing.postprocess(labels, mgeom.spacing)
+            labels = postprocessing.postprocess(labels, mgeom.spacing, tumor_prob=tumor_prob,
+                                                min_tumor_confidence=self.min_tumor_confidence)
+        del tumor_prob
         report(progress, 0.95, "Segmentation: back to the input grid")
         out = from_model_grid(labels, mgeom, geometry)
         self.last_info["seconds"] = time.perf_counter() - t0

@@ -2,7 +2,10 @@
 
 1. keep the largest connected component of liver + tumor (labels 1, 2, 3); tumor elsewhere is dropped;
 2. fill holes (3D cavities) of that organ with liver;
-3. tumor islands (labels 2|3 connected together) smaller than ``min_tumor_ml`` become liver;
+3. tumor islands (labels 2|3 connected together) smaller than ``min_tumor_ml`` become liver, and so does an island
+   whose mean tumour probability (viable + necrosis softmax, ``tumor_prob``) is below ``min_tumor_confidence``: the
+   network's false-positive lesions are small and uncertain (mean ~0.6 where true lesions have ~0.9), so one
+   threshold, tuned on a labelled cohort (:mod:`.tuning`, kept in the model card), removes most of them;
 4. PVTT (4) is kept only where a component is at least ``min_pvtt_ml`` and lies within ``pvtt_max_distance_mm`` of
    the liver (the portal vein runs in and next to the liver; the model has no portal-vein label to test against).
 """
@@ -46,9 +49,28 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     return keep[lab]
 
 
+def component_confidence(mask: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(component index map, mean of prob per component)`` of the 6-connected components of ``mask`` (entry
+    ``i - 1`` of the means belongs to component ``i``)."""
+    lab, n = ndimage.label(mask, structure=_CONNECTIVITY)
+    if n == 0:
+        return lab, np.zeros(0)
+    if np.shape(prob) != mask.shape:
+        raise ValueError(f"tumour probability {np.shape(prob)} and labels {mask.shape} are on different grids")
+    return lab, np.asarray(ndimage.mean(np.asarray(prob, np.float64), lab, np.arange(1, n + 1)), float)
+
+
+def confident_components(mask: np.ndarray, prob: np.ndarray, min_mean: float) -> np.ndarray:
+    """``mask`` without the components whose mean ``prob`` is below ``min_mean``."""
+    lab, means = component_confidence(mask, prob)
+    keep = np.concatenate([[False], means >= min_mean])
+    return keep[lab]
+
+
 def postprocess(labels: np.ndarray, spacing_xyz: Sequence[float], *, min_tumor_ml: float = MIN_TUMOR_ML,
                 min_pvtt_ml: float = MIN_PVTT_ML, pvtt_max_distance_mm: float = PVTT_MAX_DISTANCE_MM,
-                fill_holes: bool = True) -> np.ndarray:
+                fill_holes: bool = True, tumor_prob: np.ndarray | None = None,
+                min_tumor_confidence: float = 0.0) -> np.ndarray:
     """Return a cleaned copy of ``labels`` (uint8, same shape); see the module docstring for the rules."""
     labels = np.asarray(labels)
     out = np.zeros(labels.shape, np.uint8)
@@ -67,6 +89,8 @@ def postprocess(labels: np.ndarray, spacing_xyz: Sequence[float], *, min_tumor_m
     tumor_pred = np.isin(labels, (VIABLE_TUMOR, NECROSIS)) & organ & ~holes
     min_vox = int(np.ceil(min_tumor_ml / voxel_ml)) if min_tumor_ml > 0 else 0
     tumor = remove_small_components(tumor_pred, min_vox)
+    if tumor_prob is not None and min_tumor_confidence > 0 and tumor.any():
+        tumor = confident_components(tumor, tumor_prob, min_tumor_confidence)
     out[tumor] = labels[tumor]
     pvtt = labels == PVTT
     if pvtt.any():

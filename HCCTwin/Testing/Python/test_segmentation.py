@@ -488,3 +488,154 @@ def test_segment_on_cuda_agrees_with_cpu(tiny_weights):
     on_gpu = gpu.segment(arrays, geom, postprocess=False)
     on_cpu = get_segmenter(tiny_weights, device="cpu").segment(arrays, geom, postprocess=False)
     assert on_gpu.shape == geom.shape and np.mean(on_gpu == on_cpu) > 0.95  # autocast: bf16/fp16 rounding only
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decision rules tuned on a labelled cohort (segmentation.tuning): PVTT logit bias, lesion-confidence filter
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_class_bias_and_tumour_probability_of_the_logits():
+    from HCCTwinLib.segmentation.inference import logits_to_labels
+
+    logits = np.zeros((5, 2, 3, 4), np.float32)
+    logits[1] = 2.0  # liver everywhere ...
+    logits[2, 0] = 3.0  # ... tumour in slice 0
+    logits[4, 0, 0] = 2.5  # PVTT second best in one row of slice 0
+    labels, prob = logits_to_labels(logits, tumor_prob=True)
+    assert np.all(labels[0] == 2) and np.all(labels[1] == 1)
+    soft = np.exp(logits) / np.exp(logits).sum(0)
+    assert np.allclose(prob, soft[2] + soft[3], atol=1e-6)
+    shifted = logits_to_labels(logits, class_bias=[0, 0, 0, 0, 1.0])
+    assert np.all(shifted[0, 0] == 4) and np.all(shifted[0, 1:] == 2) and np.all(shifted[1] == 1)
+    # the probability is the network's, not the shifted one
+    assert np.allclose(logits_to_labels(logits, class_bias=[0, 0, 0, 0, 1.0], tumor_prob=True)[1], prob)
+    with pytest.raises(ValueError, match="class_bias"):
+        logits_to_labels(logits, class_bias=[0, 1.0])
+
+
+def test_postprocess_drops_uncertain_tumour_components():
+    lab = np.ones((20, 30, 30), np.uint8)
+    lab[2:8, 2:8, 2:8] = 2  # confident lesion
+    lab[12:16, 20:24, 20:24] = 3  # uncertain lesion
+    prob = np.zeros(lab.shape, np.float32)
+    prob[2:8, 2:8, 2:8] = 0.9
+    prob[12:16, 20:24, 20:24] = 0.6
+    spacing = (2.0, 2.0, 2.0)
+    assert np.array_equal(postprocess(lab, spacing, tumor_prob=prob), postprocess(lab, spacing))  # threshold 0: off
+    out = postprocess(lab, spacing, tumor_prob=prob, min_tumor_confidence=0.7)
+    assert np.all(out[2:8, 2:8, 2:8] == 2) and np.all(out[12:16, 20:24, 20:24] == 1)
+    assert not np.isin(postprocess(lab, spacing, tumor_prob=prob, min_tumor_confidence=0.95), (2, 3)).any()
+
+
+def _tuning_item(pid, seed, *, with_pvtt=True, fp=True):
+    """A hand-made 'network output' with a known best rule: the lesion is confident (p ~ 0.95), the false-positive
+    blob is not (p ~ 0.62), the PVTT logit is second to tumour by 1.2 inside the thrombus."""
+    rng = np.random.default_rng(seed)
+    geom = Geometry(shape=(24, 40, 40), spacing=(2.0, 2.0, 3.0), origin=(0.0, 0.0, 0.0))
+    truth = np.zeros(geom.shape, np.uint8)
+    truth[4:20, 5:35, 5:35] = 1
+    truth[8:14, 10:18, 10:18] = 2
+    if with_pvtt:
+        truth[8:12, 24:30, 24:30] = 4
+    logits = np.zeros((5, *geom.shape), np.float32)
+    logits[0] = 4.0
+    logits[0, truth > 0] = 0.0
+    logits[1, truth == 1] = 4.0
+    logits[2, truth == 2] = 4.0 + 3.0
+    logits[1, truth == 2] = 4.0
+    logits[2, truth == 4], logits[4, truth == 4] = 4.0, 2.8
+    if fp:
+        blob = (slice(14, 17), slice(26, 31), slice(8 + seed % 3, 13 + seed % 3))
+        logits[2][blob] = 4.5  # argmax tumour, p ~ 0.62
+    logits += rng.normal(0, 0.01, logits.shape).astype(np.float32)
+    box = tuple(slice(0, s) for s in geom.shape)
+    return {"patient_id": pid, "logits": logits.astype(np.float16), "box": box, "model_geometry": geom,
+            "geometry": geom, "truth": truth}
+
+
+def test_tuning_finds_the_pvtt_bias_and_the_confidence_threshold():
+    from HCCTwinLib.segmentation.tuning import choose_confidence, choose_pvtt_bias, tune_from_logits
+
+    items = [_tuning_item(f"T{i}", i, with_pvtt=i % 2 == 0) for i in range(4)]
+    section = tune_from_logits(items, max_fp=0.2, pvtt_grid=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+                               confidence_grid=(0.5, 0.6, 0.7, 0.8))
+    tuning = section["tuning"]
+    assert section["class_bias"][:4] == [0.0] * 4 and section["class_bias"][4] == 1.5  # smallest bias that works
+    assert tuning["chosen"]["pvtt"] == pytest.approx(1.0) and tuning["untuned"]["pvtt"] == 0.0
+    assert section["min_tumor_confidence"] == 0.7  # lowest threshold without the false positives
+    # untuned: the blob in every case, and the thrombus read as tumour in the two cases with PVTT
+    assert tuning["untuned"]["fp_per_patient"] == 1.5 and tuning["chosen"]["fp_per_patient"] == 0.0
+    assert tuning["chosen"]["sensitivity"] == 1.0 and tuning["n_cases"] == 4
+    rows = {r["min_tumor_confidence"]: r for r in tuning["confidence_table"]}
+    assert rows[0.6]["fp_per_patient"] == 1.0 and rows[0.8]["sensitivity"] == 1.0
+    assert tuning["chosen"]["false_pvtt_fraction"] == 0.0 and tuning["chosen"]["pvtt_where_present"] == 1.0
+    # the PVTT rule: best mean Dice among the biases that draw a thrombus in few patients without one
+    bias_table = [{"pvtt_bias": 0.0, "mean": 0.60, "false_pvtt_fraction": 0.0},
+                  {"pvtt_bias": 1.0, "mean": 0.62, "false_pvtt_fraction": 0.05},
+                  {"pvtt_bias": 2.0, "mean": 0.64, "false_pvtt_fraction": 0.5}]
+    assert choose_pvtt_bias(bias_table, 0.1)["pvtt_bias"] == 1.0
+    assert choose_pvtt_bias(bias_table, 1.0)["pvtt_bias"] == 2.0
+    assert choose_pvtt_bias(bias_table, 0.0)["pvtt_bias"] == 0.0
+    # the rule: most sensitive under the limit; else fewest false positives
+    table = [{"min_tumor_confidence": 0.5, "sensitivity": 0.9, "fp_per_patient": 0.5},
+             {"min_tumor_confidence": 0.6, "sensitivity": 0.8, "fp_per_patient": 0.3},
+             {"min_tumor_confidence": 0.7, "sensitivity": 0.7, "fp_per_patient": 0.3}]
+    assert choose_confidence(table, 0.4)["min_tumor_confidence"] == 0.6
+    assert choose_confidence(table, 0.1)["min_tumor_confidence"] == 0.6
+    assert choose_confidence(table, 1.0)["min_tumor_confidence"] == 0.5
+
+
+def test_tune_command_writes_the_card_and_the_segmenter_uses_it(tmp_path, tiny_weights):
+    import shutil
+
+    from HCCTwinLib.cli import main
+    from HCCTwinLib.weights import card_path, load_card, verify
+
+    cohort = tmp_path / "tune"
+    _write_cohort(cohort, n=2, followup=False)
+    weights = tmp_path / "m" / "tiny_seg.safetensors"
+    weights.parent.mkdir()
+    shutil.copy(tiny_weights, weights)
+    shutil.copy(card_path(tiny_weights), card_path(weights))
+    before = card_path(weights).read_text()
+    assert main(["tune", "segmentation", "--cohort", str(cohort), "--weights", str(weights), "--device", "cpu",
+                 "--dry-run", "--report", str(tmp_path / "tuning.json")]) == 0
+    assert card_path(weights).read_text() == before
+    report = json.loads((tmp_path / "tuning.json").read_text())
+    assert report["tuning"]["n_cases"] == 2 and len(report["tuning"]["confidence_table"]) == 41
+    assert main(["tune", "segmentation", "--cohort", str(cohort), "--weights", str(weights), "--device", "cpu",
+                 "--max-fp", "0.5"]) == 0
+    card = load_card(weights)
+    assert card["postprocessing"]["tuning"]["max_fp"] == 0.5 and len(card["postprocessing"]["class_bias"]) == 5
+    assert "confidence_table" not in card["postprocessing"]["tuning"]  # the tables stay in the report
+    verify(weights)  # the weights and their sha256 are untouched
+    clear_cache()
+    seg = get_segmenter(weights, device="cpu")
+    assert seg.class_bias == tuple(card["postprocessing"]["class_bias"])
+    assert seg.min_tumor_confidence == card["postprocessing"]["min_tumor_confidence"]
+    clear_cache()
+
+
+class _TumourNet(torch.nn.Module):
+    """Tumour (p ~ 0.72) where the arterial phase is bright, liver elsewhere; PVTT third in the bright part."""
+
+    def forward(self, x):
+        bright = (x[:, :1] > 0.5).float()
+        zero = torch.zeros_like(bright)
+        return torch.cat([zero - 5, zero + 1, bright * 2, zero - 5, bright * 3 - 5], dim=1)
+
+
+def test_segmenter_applies_the_cards_lesion_confidence():
+    art, inside, geom = _sphere_case((16, 32, 32), (1.5, 1.5, 3.0), radius_mm=9.0)
+    phases = {"arterial": art, "portal": art}
+    plain = Segmenter(_TumourNet(), _card(), "cpu").segment(phases, geom)
+    assert np.isin(plain, (2, 3)).sum() > 0.5 * inside.sum()
+    kept = Segmenter(_TumourNet(), _card(postprocessing={"min_tumor_confidence": 0.7}), "cpu").segment(phases, geom)
+    assert np.array_equal(kept, plain)
+    dropped = Segmenter(_TumourNet(), _card(postprocessing={"min_tumor_confidence": 0.8}), "cpu").segment(phases, geom)
+    assert not np.isin(dropped, (2, 3)).any() and np.array_equal(dropped > 0, plain > 0)
+    shifted = Segmenter(_TumourNet(), _card(postprocessing={"class_bias": [0, 0, 0, 0, 4.5]}), "cpu").segment(
+        phases, geom)
+    assert (shifted == 4).sum() > 0 and (shifted == 2).sum() == 0
+    with pytest.raises(ModelFileError, match="class_bias"):
+        Segmenter(_TumourNet(), _card(postprocessing={"class_bias": [0, 1]}), "cpu")

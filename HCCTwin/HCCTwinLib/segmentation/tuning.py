@@ -1,0 +1,268 @@
+"""Decision rules of a trained segmentation model, tuned on labelled cases it was not trained on.
+
+A network trained with a weighted loss still leaves two decisions that the argmax makes badly, and that can be set
+on a *tuning* cohort (labelled cases outside the training and the evaluation cohorts) without training again:
+
+1. ``class_bias``: a value added to the PVTT logit before the argmax (a prior shift for the rarest class: the
+   network's PVTT probability is highest in the thrombus, but rarely the largest). Chosen on a grid to maximise the
+   mean Dice over liver, viable tumour, necrosis and PVTT, where the PVTT Dice is averaged over the patients with
+   PVTT in the truth *or* the prediction (a thrombus drawn where there is none counts as 0), among the biases that
+   draw PVTT in at most ``max_false_pvtt`` of the patients without it (a thrombus moves a patient to BCLC C: a
+   false one changes the stage and the treatment options, so it is a constraint, not just a lower Dice).
+2. ``min_tumor_confidence``: a tumour component (viable + necrosis, 6-connected) whose mean tumour probability is
+   below it becomes liver (:func:`.postprocessing.confident_components`). The free-response trade-off: the highest
+   lesion sensitivity (lesions >= 10 mm, :func:`.metrics.lesion_counts`) with at most ``max_fp`` false-positive
+   lesions per patient; when no threshold reaches ``max_fp``, the one with the fewest false positives.
+
+Every case is run through the network once (stage-2 logits kept as float16); the grids are then evaluated on the
+input grid of each case exactly as the evaluation does. :func:`apply_to_card` writes the result into the model card
+(``postprocessing``), where :class:`~.inference.Segmenter` reads it. ``hcctwin tune segmentation``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..progress import ProgressCallback, SubProgress, report
+from . import postprocessing
+from .inference import logits_to_labels
+from .metrics import cohort_lesion_detection, dice_per_label, lesion_counts, mean_dice
+from .preprocessing import from_model_grid
+
+PVTT_BIAS_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
+CONFIDENCE_GRID = tuple(round(0.5 + 0.01 * i, 2) for i in range(41))  # 0.50 .. 0.90
+DEFAULT_MAX_FP = 0.2
+#: at most this fraction of the tuning patients without PVTT may get a predicted PVTT
+DEFAULT_MAX_FALSE_PVTT = 0.1
+PVTT = 4
+DICE_KEYS = ("liver_total", "viable_tumor", "necrosis", "pvtt")
+
+
+def _tuning_cases(cohort_dir, max_cases: int | None):
+    from ..io import load_case
+    from .train import _has_training_data, cohort_patient_ids
+
+    root = Path(cohort_dir)
+    n = 0
+    for pid in cohort_patient_ids(root):
+        pre = root / "cases" / pid / "pre"
+        if not _has_training_data(pre):
+            continue
+        case = load_case(pre, patient_id=pid)
+        truth, case.labels = case.labels, None
+        yield pid, case, truth
+        n += 1
+        if max_cases is not None and n >= max_cases:
+            return
+
+
+def collect_logits(segmenter, cohort_dir, *, max_cases: int | None = None,
+                   progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
+    """Run ``segmenter`` once on every labelled pre-treatment study of a cohort (``cases/<id>/pre`` with
+    arterial, portal and labels): the stage-2 logits, their box and grids, and the true labels."""
+    items = []
+    ids = list(_tuning_cases(cohort_dir, max_cases))
+    if not ids:
+        raise InputError(f"{cohort_dir}: no case with arterial, portal and labels under cases/<id>/pre to tune on.")
+    for n, (pid, case, truth) in enumerate(ids):
+        logits, box, mgeom, geometry = segmenter.model_grid_logits(case)
+        items.append({"patient_id": pid, "logits": logits, "box": box, "model_geometry": mgeom,
+                      "geometry": geometry, "truth": np.asarray(truth)})
+        report(progress, (n + 1) / len(ids), f"tuning: network on case {n + 1}/{len(ids)}")
+    return items
+
+
+def _labels(item, class_bias, *, tumor_prob: bool):
+    mgeom = item["model_geometry"]
+    out = logits_to_labels(item["logits"], class_bias=class_bias, tumor_prob=tumor_prob)
+    labels = np.zeros(mgeom.shape, np.uint8)
+    if tumor_prob:
+        prob = np.zeros(mgeom.shape, np.float32)
+        labels[item["box"]], prob[item["box"]] = out
+        return labels, prob
+    labels[item["box"]] = out
+    return labels, None
+
+
+def _bias(n_classes: int, pvtt_bias: float) -> list[float]:
+    bias = [0.0] * n_classes
+    bias[PVTT] = float(pvtt_bias)
+    return bias
+
+
+def _mean_dice(rows: list[dict[str, float]], has_pvtt: Sequence[bool] | None = None) -> dict[str, float]:
+    out = {}
+    for key in DICE_KEYS:
+        vals = [r[key] for r in rows if math.isfinite(r[key])]
+        out[key] = float(np.mean(vals)) if vals else float("nan")
+    out["pvtt_patients"] = int(sum(math.isfinite(r["pvtt"]) for r in rows))
+    out["mean"] = mean_dice(out, DICE_KEYS)
+    if has_pvtt is not None:
+        present = [r["pvtt"] for r, h in zip(rows, has_pvtt) if h]
+        out["pvtt_where_present"] = float(np.mean(present)) if present else float("nan")
+        without = [math.isfinite(r["pvtt"]) for r, h in zip(rows, has_pvtt) if not h]
+        out["false_pvtt_fraction"] = float(np.mean(without)) if without else 0.0
+    return out
+
+
+def sweep_pvtt_bias(items, grid: Sequence[float] = PVTT_BIAS_GRID, progress: ProgressCallback | None = None
+                    ) -> list[dict[str, float]]:
+    """Mean Dice per label (input grid, after post-processing) for each PVTT logit bias of ``grid``."""
+    table = []
+    for n, b in enumerate(grid):
+        rows = []
+        for item in items:
+            labels, _ = _labels(item, _bias(item["logits"].shape[0], b), tumor_prob=False)
+            labels = postprocessing.postprocess(labels, item["model_geometry"].spacing)
+            rows.append(dice_per_label(from_model_grid(labels, item["model_geometry"], item["geometry"]),
+                                       item["truth"]))
+        has_pvtt = [bool((item["truth"] == PVTT).any()) for item in items]
+        table.append({"pvtt_bias": float(b), **_mean_dice(rows, has_pvtt)})
+        report(progress, (n + 1) / len(grid), f"tuning: PVTT bias {b}")
+    return table
+
+
+def sweep_confidence(items, class_bias: Sequence[float] | None, grid: Sequence[float] = CONFIDENCE_GRID,
+                     min_diameter_mm: float = 10.0, progress: ProgressCallback | None = None
+                     ) -> list[dict[str, float]]:
+    """Lesion sensitivity, false positives per patient and tumour Dice for each lesion-confidence threshold."""
+    counts: dict[float, list] = {t: [] for t in grid}
+    dices: dict[float, list] = {t: [] for t in grid}
+    for n, item in enumerate(items):
+        mgeom, geometry, truth = item["model_geometry"], item["geometry"], item["truth"]
+        labels, prob = _labels(item, class_bias, tumor_prob=True)
+        labels = postprocessing.postprocess(labels, mgeom.spacing)
+        tumor = np.isin(labels, (2, 3))
+        comp, means = postprocessing.component_confidence(tumor, prob)
+        previous = None
+        for t in grid:
+            drop = np.flatnonzero(means < t) + 1
+            if previous is not None and np.array_equal(drop, previous[0]):
+                counts[t].append(previous[1])
+                dices[t].append(previous[2])
+                continue
+            cur = labels.copy()
+            if len(drop):
+                cur[np.isin(comp, drop)] = 1
+            native = from_model_grid(cur, mgeom, geometry)
+            c = lesion_counts(native, truth, geometry, min_diameter_mm)
+            d = dice_per_label(native, truth)
+            counts[t].append(c)
+            dices[t].append(d)
+            previous = (drop, c, d)
+        report(progress, (n + 1) / len(items), f"tuning: lesion confidence, case {n + 1}/{len(items)}")
+    table = []
+    for t in grid:
+        sens, fp = cohort_lesion_detection(counts[t])
+        md = _mean_dice(dices[t])
+        table.append({"min_tumor_confidence": float(t), "sensitivity": sens, "fp_per_patient": fp,
+                      "viable_tumor": md["viable_tumor"], "necrosis": md["necrosis"], "mean_dice": md["mean"]})
+    return table
+
+
+def choose_confidence(table: Sequence[dict[str, float]], max_fp: float) -> dict[str, float]:
+    """The row with the highest sensitivity among those with at most ``max_fp`` false positives per patient (the
+    lowest threshold among ties); the row with the fewest false positives when none qualifies."""
+    ok = [r for r in table if r["fp_per_patient"] <= max_fp + 1e-9]
+    if ok:
+        best = max(r["sensitivity"] for r in ok)
+        return min((r for r in ok if r["sensitivity"] >= best - 1e-12), key=lambda r: r["min_tumor_confidence"])
+    fewest = min(r["fp_per_patient"] for r in table)
+    return min((r for r in table if r["fp_per_patient"] <= fewest + 1e-12), key=lambda r: r["min_tumor_confidence"])
+
+
+def choose_pvtt_bias(table: Sequence[dict[str, float]], max_false_pvtt: float) -> dict[str, float]:
+    """The row with the highest mean Dice (the smallest bias among ties) among those that draw PVTT in at most
+    ``max_false_pvtt`` of the patients without it; the smallest bias when none qualifies or none is scored."""
+    ok = [r for r in table if math.isfinite(r["mean"]) and r.get("false_pvtt_fraction", 0.0) <= max_false_pvtt + 1e-9]
+    if not ok:
+        return min(table, key=lambda r: r["pvtt_bias"])
+    return max(ok, key=lambda r: (round(r["mean"], 6), -r["pvtt_bias"]))
+
+
+def tune_segmentation(segmenter, cohort_dir, *, max_fp: float = DEFAULT_MAX_FP, max_cases: int | None = None,
+                      max_false_pvtt: float = DEFAULT_MAX_FALSE_PVTT,
+                      pvtt_grid: Sequence[float] = PVTT_BIAS_GRID, confidence_grid: Sequence[float] = CONFIDENCE_GRID,
+                      progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Tune the PVTT logit bias, then the lesion-confidence threshold (module docstring) on ``cohort_dir``.
+
+    Returns the card's ``postprocessing`` section: ``class_bias``, ``min_tumor_confidence`` and ``tuning`` (cohort,
+    cases, rule, both sweep tables, what the untuned rules gave, date)."""
+    t0 = time.perf_counter()
+    items = collect_logits(segmenter, cohort_dir, max_cases=max_cases, progress=SubProgress(progress, 0.0, 0.4))
+    section = tune_from_logits(items, max_fp=max_fp, max_false_pvtt=max_false_pvtt, pvtt_grid=pvtt_grid,
+                               confidence_grid=confidence_grid, progress=SubProgress(progress, 0.4, 1.0))
+    section["tuning"].update({"cohort": str(Path(cohort_dir).name), "device": str(segmenter.device),
+                              "cpu_precision": segmenter.cpu_precision,
+                              "seconds": round(time.perf_counter() - t0, 1)})
+    return section
+
+
+def tune_from_logits(items, *, max_fp: float = DEFAULT_MAX_FP, max_false_pvtt: float = DEFAULT_MAX_FALSE_PVTT,
+                     pvtt_grid: Sequence[float] = PVTT_BIAS_GRID,
+                     confidence_grid: Sequence[float] = CONFIDENCE_GRID, progress: ProgressCallback | None = None
+                     ) -> dict[str, Any]:
+    """The tuning of :func:`tune_segmentation` on already collected logits (:func:`collect_logits`)."""
+    n_classes = int(items[0]["logits"].shape[0])
+    if n_classes <= PVTT:
+        raise InputError(f"the model has {n_classes} classes; PVTT (label {PVTT}) is not one of them.")
+    bias_table = sweep_pvtt_bias(items, pvtt_grid, progress=SubProgress(progress, 0.0, 0.5))
+    if not any(math.isfinite(r["mean"]) for r in bias_table):
+        raise InputError("tuning: no label could be scored; are the labels empty?")
+    best_bias = choose_pvtt_bias(bias_table, max_false_pvtt)
+    class_bias = _bias(n_classes, best_bias["pvtt_bias"])
+    conf_table = sweep_confidence(items, class_bias, confidence_grid, progress=SubProgress(progress, 0.5, 1.0))
+    untuned = sweep_confidence(items, None, (0.0,))[0]
+    chosen = choose_confidence(conf_table, max_fp)
+    return {
+        "class_bias": class_bias,
+        "min_tumor_confidence": chosen["min_tumor_confidence"],
+        "tuning": {
+            "n_cases": len(items),
+            "patients": [it["patient_id"] for it in items],
+            "rule": (f"PVTT logit bias: highest mean Dice (liver, viable, necrosis, PVTT over patients with PVTT in "
+                     f"truth or prediction) with PVTT drawn in <= {max_false_pvtt:.0%} of the patients without it; "
+                     f"lesion confidence: highest sensitivity (lesions >= 10 mm) with <= {max_fp} false-positive "
+                     f"lesions per patient"),
+            "max_fp": float(max_fp), "max_false_pvtt": float(max_false_pvtt),
+            "untuned": {k: untuned[k] for k in ("sensitivity", "fp_per_patient", "viable_tumor", "necrosis")}
+            | {k: bias_table[0][k] if bias_table[0]["pvtt_bias"] == 0 else None
+               for k in ("pvtt", "pvtt_where_present", "false_pvtt_fraction")},
+            "chosen": {"pvtt_bias": best_bias["pvtt_bias"], "pvtt": best_bias["pvtt"],
+                       "pvtt_where_present": best_bias["pvtt_where_present"],
+                       "false_pvtt_fraction": best_bias["false_pvtt_fraction"], **chosen},
+            "pvtt_bias_table": bias_table, "confidence_table": conf_table,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        },
+    }
+
+
+def apply_to_card(weights_path, postprocessing_section: dict[str, Any], *, report: str | None = None) -> Path:
+    """Write ``postprocessing_section`` into the model card next to ``weights_path`` (the weights and their sha256
+    are untouched; the card's other fields are kept), without the two sweep tables (they go to the ``report`` file,
+    named in the card when given). Returns the card's path."""
+    from ..jsonutil import jsonable
+    from ..weights import _atomic_write, load_card
+    from ..weights import card_path as card_path_of
+
+    card_path = card_path_of(Path(weights_path))
+    if not card_path.is_file():
+        raise InputError(f"{card_path}: model card not found next to {weights_path}.")
+    card = load_card(weights_path)
+    section = dict(postprocessing_section)
+    tuning = {k: v for k, v in dict(section.get("tuning") or {}).items()
+              if k not in ("pvtt_bias_table", "confidence_table")}
+    if report:
+        tuning["report"] = str(report)
+    section["tuning"] = tuning
+    card["postprocessing"] = jsonable(section, finite=True)
+    _atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8"))
+    return card_path

@@ -145,13 +145,15 @@ def decision_rules(weights: str) -> dict:
 
 def operating_curve(weights: str, n: int, device: str, cohort: str) -> list[dict]:
     """Lesion sensitivity / false positives / Dice on the hold-out at several lesion-confidence thresholds, with the
-    card's class bias (reported, not used to choose: the threshold is chosen on the tuning cohort)."""
+    card's class bias and PVTT stage (reported, not used to choose: the threshold is chosen on the tuning cohort)."""
     from HCCTwinLib.segmentation import get_segmenter
     from HCCTwinLib.segmentation.tuning import collect_logits, sweep_confidence
 
     segmenter = get_segmenter(weights, device=device)
-    items = collect_logits(segmenter, cohort, max_cases=n)
-    return sweep_confidence(items, segmenter.class_bias, FROC_GRID)
+    stage = segmenter.pvtt_stage
+    items = collect_logits(segmenter, cohort, max_cases=n, pvtt_model=stage)
+    return sweep_confidence(items, segmenter.class_bias, FROC_GRID,
+                            pvtt_threshold=None if stage is None else segmenter.pvtt_min_probability)
 
 
 def write_report(result: dict, out: Path) -> None:
@@ -200,7 +202,10 @@ def write_report(result: dict, out: Path) -> None:
         lines += ["**Decision rules** (model card `postprocessing`, tuned with `hcctwin tune segmentation` on "
                   f"`{tuned.get('cohort')}`, {tuned.get('n_cases')} labelled cases that are neither training nor "
                   f"hold-out): logit bias per class {rules.get('class_bias')}, lesion-confidence threshold "
-                  f"{rules.get('min_tumor_confidence')} (rule: {tuned.get('rule')}).", ""]
+                  f"{rules.get('min_tumor_confidence')}"
+                  + (f", PVTT stage `{rules['pvtt_stage'].get('model')}` at probability >= "
+                     f"{rules['pvtt_stage'].get('min_probability')}" if rules.get("pvtt_stage") else "")
+                  + f" (rule: {tuned.get('rule')}).", ""]
     else:
         lines += ["**Decision rules**: none in the model card (plain argmax, no lesion-confidence filter).", ""]
     curve = result.get("operating_curve")

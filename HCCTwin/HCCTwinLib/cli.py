@@ -330,12 +330,18 @@ def cmd_train(args) -> int:
         kwargs["time_budget_s"] = args.time_budget
     if args.cpu_bf16:
         kwargs["cpu_precision"] = "bf16"
+    if args.init_weights:
+        kwargs["init_weights"] = args.init_weights
     if args.model == "generator":
         kwargs["regimen_prior"] = args.regimen_prior
-        if args.init_weights:
-            kwargs["init_weights"] = args.init_weights
-    elif args.regimen_prior or args.init_weights:
-        raise InputError("--regimen-prior and --init-weights apply to the generator only.")
+    elif args.regimen_prior:
+        raise InputError("--regimen-prior applies to the generator only.")
+    if args.pvtt_stage:
+        if args.model != "segmentation":
+            raise InputError("--pvtt-stage applies to the segmentation only.")
+        from .segmentation.train import PVTT_STAGE_SETTINGS
+
+        kwargs.update(PVTT_STAGE_SETTINGS)
     summary = train(args.cohort, args.out, **kwargs)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -351,11 +357,22 @@ def cmd_tune(args) -> int:
     weights = resolve_model_path(args.weights) if args.weights else default_weights_path()
     segmenter = get_segmenter(weights, device=args.device)
     print(segmenter.message, file=sys.stderr)
+    stage = None
+    if args.pvtt_model:
+        stage_path = resolve_model_path(args.pvtt_model)
+        if stage_path.resolve().parent != weights.resolve().parent:
+            raise InputError(f"--pvtt-model {stage_path}: put the PVTT-stage model (with its .json card) in the "
+                             f"folder of {weights.name} ({weights.resolve().parent}); the card names it by file name.")
+        stage = get_segmenter(stage_path, device=args.device)
+        segmenter.attach_pvtt_stage(stage)  # checks grid, window and phases; the card decides whether it is used
+        segmenter.attach_pvtt_stage(None)
     section = tune_segmentation(segmenter, args.cohort, max_fp=args.max_fp, max_false_pvtt=args.max_false_pvtt,
-                                max_cases=args.max_cases, progress=ProgressBar())
+                                max_cases=args.max_cases, pvtt_model=stage, progress=ProgressBar())
     summary = {"weights": str(weights), "class_bias": section["class_bias"],
-               "min_tumor_confidence": section["min_tumor_confidence"],
+               "min_tumor_confidence": section["min_tumor_confidence"], "pvtt_stage": section.get("pvtt_stage"),
                "untuned": section["tuning"]["untuned"], "chosen": section["tuning"]["chosen"]}
+    if "pvtt_stage_rejected" in section["tuning"]:
+        summary["pvtt_stage"] = section["tuning"]["pvtt_stage_rejected"]
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(jsonable(section, finite=True), indent=2) + "\n", encoding="utf-8")
@@ -449,8 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regimen-prior", action="store_true",
                    help="generator: condition on each regimen's expected viable-volume change as well (rates fitted "
                         "on the cohort's observed follow-ups, stored in the model card)")
-    p.add_argument("--init-weights", help="generator: start a new run from this generator file (an input layer "
-                                          "without the regimen-prior channel is zero-padded)")
+    p.add_argument("--init-weights", help="segmentation/generator: start a new run from this model file (same "
+                                          "architecture; a generator input layer without the regimen-prior channel "
+                                          "is zero-padded)")
+    p.add_argument("--pvtt-stage", action="store_true",
+                   help="segmentation: train a PVTT-stage model (hcctwin_seg_pvtt: thrombus weighted and oversampled;"
+                        " best started with --init-weights from the main model), then choose its threshold with "
+                        "`hcctwin tune segmentation --pvtt-model`")
     p.add_argument("--bootstrap", type=int, default=50, help="survival: bootstrap replicates for the bands")
     p.add_argument("--no-images", action="store_true", help="survival: clinical features only")
     p.set_defaults(func=cmd_train)
@@ -467,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the patients without PVTT that may get a predicted PVTT when choosing the PVTT "
                         "logit bias (default 0.1; a false thrombus changes the BCLC stage)")
     p.add_argument("--max-cases", type=int, help="use at most this many cases")
+    p.add_argument("--pvtt-model", help="a PVTT-stage model (`hcctwin train segmentation --pvtt-stage`) in the same "
+                                        "folder: tune its threshold instead of the PVTT logit bias (the stage is "
+                                        "written into the card only when it finds thrombus within --max-false-pvtt)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--report", help="also write the full tuning tables to this JSON file")
     p.add_argument("--dry-run", action="store_true", help="print the result, leave the model card as it is")

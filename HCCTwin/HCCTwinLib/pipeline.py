@@ -294,7 +294,11 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
                 result.notes.append(segmenter.message)
             case.labels = segmenter.segment(case, progress=SubProgress(progress, 0.05, 0.35))
             _add_messages(result, "Segmentation", segmenter)
-            result.provenance["segmentation"] = f"{_model_label(segmenter.card)}, {_compute_label(segmenter)}"
+            stage = getattr(segmenter, "pvtt_stage", None)
+            result.provenance["segmentation"] = (
+                f"{_model_label(segmenter.card)}"
+                + (f" + PVTT stage {_model_label(stage.card)} (probability >= {segmenter.pvtt_min_probability:g})"
+                   if stage is not None else "") + f", {_compute_label(segmenter)}")
     elif case.labels is not None:
         result.provenance["segmentation"] = "given (user or file)"
     if case.labels is not None:

@@ -8,7 +8,10 @@ label map on the *input* grid:
 2. optional stage 1 on a 2x coarser grid over the whole volume finds the liver box (auto for large volumes);
 3. stage 2: ``monai.inferers.sliding_window_inference`` at model resolution inside the padded box only (Gaussian
    blending, logits held for the box only, argmax in slabs to uint8), CUDA autocast on the GPU, inference_mode;
-4. post-processing (:mod:`.postprocessing`) on the model grid, nearest-neighbour back to the input grid.
+4. optional PVTT stage: a second network of the same grid (named in the model card's ``postprocessing.pvtt_stage``,
+   pinned by its sha256) trained with the thrombus weighted and oversampled; its PVTT probability, thresholded at a
+   value tuned on a labelled cohort (:mod:`.tuning`), marks portal-vein tumour thrombus inside the same box;
+5. post-processing (:mod:`.postprocessing`) on the model grid, nearest-neighbour back to the input grid.
 
 A CUDA out-of-memory error re-runs the step on the CPU with a message
 (:func:`HCCTwinLib.device.call_with_cpu_fallback`).
@@ -28,6 +31,7 @@ import numpy as np
 from .. import device as devices
 from ..cases import Case, Geometry
 from ..errors import InputError
+from ..labels import PVTT
 from ..progress import ProgressCallback, SubProgress, report
 from ..weights import ModelFileError, load_state, resolve_model_path, weights_dir
 from . import postprocessing
@@ -119,6 +123,18 @@ def logits_to_labels(logits, *, class_bias: Sequence[float] | None = None, tumor
     return (out, prob) if tumor_prob else out
 
 
+def softmax_channel(logits, channel: int) -> np.ndarray:
+    """Softmax probability of one class (float32 ``(K, J, I)``) of ``(classes, K, J, I)`` logits, in slabs."""
+    import torch
+
+    logits = torch.as_tensor(logits)
+    out = np.empty(tuple(logits.shape[1:]), np.float32)
+    with torch.inference_mode():
+        for k0 in range(0, out.shape[0], _ARGMAX_SLAB):
+            out[k0:k0 + _ARGMAX_SLAB] = torch.softmax(logits[:, k0:k0 + _ARGMAX_SLAB].float(), dim=0)[channel].numpy()
+    return out
+
+
 def sliding_window_argmax(model, image: np.ndarray, *, roi_size: Sequence[int], device, overlap: float = 0.25,
                           sw_batch_size: int = 1, progress: ProgressCallback | None = None,
                           cpu_precision: str = "fp32", class_bias: Sequence[float] | None = None,
@@ -137,7 +153,8 @@ class Segmenter:
     """A loaded segmentation model and everything needed to apply it (from its model card)."""
 
     def __init__(self, model, card: Mapping[str, Any], device="cpu", *, message: str = "", path: Path | None = None,
-                 overlap: float = 0.25, sw_batch_size: int = 1, roi_size: Sequence[int] | None = None):
+                 overlap: float = 0.25, sw_batch_size: int = 1, roi_size: Sequence[int] | None = None,
+                 pvtt_stage: Segmenter | None = None):
         import torch
 
         self.card = dict(card)
@@ -166,6 +183,12 @@ class Segmenter:
                                  f"{self.card['architecture_kwargs'].get('out_channels')} classes.")
         self.class_bias = tuple(float(b) for b in bias) if bias is not None else None
         self.min_tumor_confidence = float(tuned.get("min_tumor_confidence", 0.0))
+        #: the PVTT stage (:meth:`attach_pvtt_stage`): a second network whose PVTT probability, at or above
+        #: ``pvtt_min_probability`` (card ``postprocessing.pvtt_stage.min_probability``), marks thrombus
+        self.pvtt_stage: Segmenter | None = None
+        self.pvtt_min_probability = float((tuned.get("pvtt_stage") or {}).get("min_probability", 0.5))
+        if pvtt_stage is not None:
+            self.attach_pvtt_stage(pvtt_stage)
         self.last_info: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -181,7 +204,46 @@ class Segmenter:
         except RuntimeError as exc:
             raise ModelFileError(f"{path}: weights do not fit the architecture in the model card ({str(exc)[:300]})"
                                  ) from exc
+        stage = (card.get("postprocessing") or {}).get("pvtt_stage")
+        if stage:
+            options = {**options, "pvtt_stage": cls._load_pvtt_stage(Path(path), stage, dev, options)}
         return cls(model, card, dev, message=message, path=Path(path), **options)
+
+    @classmethod
+    def _load_pvtt_stage(cls, path: Path, stage: Mapping[str, Any], dev, options) -> Segmenter:
+        """The PVTT-stage model named in the card: a file next to ``path`` whose sha256 is the one the card
+        recorded when the stage was tuned (another file of the same name would make the tuned threshold
+        meaningless)."""
+        name = str(stage.get("model") or "")
+        if not name or Path(name).name != name:
+            raise ModelFileError(f"{path}: postprocessing.pvtt_stage.model must be a file name next to the model, "
+                                 f"not {name!r}.")
+        stage_path = path.parent / name
+        if not stage_path.is_file():
+            raise ModelFileError(f"{stage_path}: the PVTT-stage model named in {path.name}'s card is missing; copy it "
+                                 f"(with its .json card) next to {path.name}, or re-tune without it "
+                                 f"(`hcctwin tune segmentation`).")
+        inner = cls.from_file(stage_path, dev, **{k: v for k, v in options.items() if k != "pvtt_stage"})
+        want = stage.get("sha256")
+        if want and inner.card.get("sha256") != want:
+            raise ModelFileError(f"{stage_path}: sha256 {str(inner.card.get('sha256'))[:12]}... is not the "
+                                 f"{str(want)[:12]}... that {path.name}'s card was tuned with; re-tune "
+                                 f"(`hcctwin tune segmentation --pvtt-model {name}`).")
+        return inner
+
+    def attach_pvtt_stage(self, stage: Segmenter | None) -> None:
+        """Use ``stage`` (a model on the same grid, window and phases with a PVTT class) as the PVTT stage."""
+        if stage is None:
+            self.pvtt_stage = None
+            return
+        for what, mine, theirs in (("spacing", self.spacing_mm, stage.spacing_mm),
+                                   ("HU window", tuple(self.window_hu), tuple(stage.window_hu)),
+                                   ("input phases", self.phases, stage.phases)):
+            if tuple(mine) != tuple(theirs):
+                raise ModelFileError(f"PVTT stage: its {what} {theirs} differs from the main model's {mine}.")
+        if int(stage.card["architecture_kwargs"].get("out_channels", 0)) <= PVTT:
+            raise ModelFileError("PVTT stage: the model has no PVTT class (label 4).")
+        self.pvtt_stage = stage
 
     # -- inputs -------------------------------------------------------------------------------------------------
     def _stack(self, case_or_arrays, geometry: Geometry | None) -> tuple[list[np.ndarray], Geometry]:
@@ -262,22 +324,31 @@ class Segmenter:
         crop = np.ascontiguousarray(image[(slice(None), *box)])
         return crop, box, mgeom, geometry
 
+    def crop_logits(self, crop: np.ndarray, progress: ProgressCallback | None = None):
+        """Blended logits (float32 CPU tensor ``(classes, ...)``) of this model over a normalised model-grid crop."""
+        def run(d):
+            return sliding_window_logits(self._model_on(d), crop, roi_size=self.roi_size, device=d,
+                                         overlap=self.overlap, sw_batch_size=self.sw_batch_size, progress=progress,
+                                         cpu_precision=self.cpu_precision)
+
+        return devices.call_with_cpu_fallback(run, self.device, notify=lambda m: self._note(progress, m))
+
     def model_grid_logits(self, case_or_arrays, geometry: Geometry | None = None, *,
-                          coarse_to_fine: bool | str = "auto", progress: ProgressCallback | None = None):
-        """``(logits, box, model grid, input geometry)``: the stage-2 logits (float16 numpy ``(classes, ...)``
-        inside ``box`` of the model grid) of one study, for tuning the decision rules (:mod:`.tuning`)."""
+                          coarse_to_fine: bool | str = "auto", progress: ProgressCallback | None = None,
+                          pvtt_model: Segmenter | None = None):
+        """``(logits, box, model grid, input geometry, PVTT probability)`` of one study, for tuning the decision
+        rules (:mod:`.tuning`): the stage-2 logits (float16 numpy ``(classes, ...)`` inside ``box`` of the model
+        grid) and, with ``pvtt_model``, that model's PVTT probability on the same box (float16; else None)."""
         with self._lock:
             self.last_info = {"device": str(self.device), "messages": [], "cpu_precision": self.cpu_precision}
             crop, box, mgeom, geometry = self._stage2_input(case_or_arrays, geometry, progress, coarse_to_fine)
-
-            def run(d):
-                return sliding_window_logits(self._model_on(d), crop, roi_size=self.roi_size, device=d,
-                                             overlap=self.overlap, sw_batch_size=self.sw_batch_size,
-                                             progress=SubProgress(progress, 0.25, 1.0),
-                                             cpu_precision=self.cpu_precision).numpy().astype(np.float16)
-
-            logits = devices.call_with_cpu_fallback(run, self.device, notify=lambda m: self._note(progress, m))
-            return logits, box, mgeom, geometry
+            end = 1.0 if pvtt_model is None else 0.6
+            logits = self.crop_logits(crop, SubProgress(progress, 0.25, end)).numpy().astype(np.float16)
+            pvtt = None
+            if pvtt_model is not None:
+                pvtt = softmax_channel(pvtt_model.crop_logits(crop, SubProgress(progress, 0.6, 1.0)),
+                                       PVTT).astype(np.float16)
+            return logits, box, mgeom, geometry, pvtt
 
     def _segment(self, case_or_arrays, geometry, progress, postprocess, coarse_to_fine):
         t0 = time.perf_counter()
@@ -287,8 +358,16 @@ class Segmenter:
         report(progress, 0.25, "Segmentation stage 2: full resolution")
         labels = np.zeros(mgeom.shape, np.uint8)
         tumor_prob = np.zeros(mgeom.shape, np.float32)
-        labels[box], tumor_prob[box] = self.predict_model_grid(crop, progress=SubProgress(progress, 0.25, 0.9),
+        end = 0.9 if self.pvtt_stage is None else 0.7
+        labels[box], tumor_prob[box] = self.predict_model_grid(crop, progress=SubProgress(progress, 0.25, end),
                                                                tuned=True)
+        if self.pvtt_stage is not None:
+            report(progress, 0.7, "Segmentation: PVTT stage")
+            pvtt = softmax_channel(self.pvtt_stage.crop_logits(crop, SubProgress(progress, 0.7, 0.9)), PVTT)
+            labels[box][pvtt >= self.pvtt_min_probability] = PVTT
+            self.last_info["pvtt_stage"] = {"model": self.pvtt_stage.path.name if self.pvtt_stage.path else None,
+                                            "min_probability": self.pvtt_min_probability}
+            del pvtt
         del crop
         if postprocess:
             report(progress, 0.9, "Segmentation: post-processing")

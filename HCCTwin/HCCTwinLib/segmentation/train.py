@@ -60,6 +60,12 @@ INPUT_PHASES = ("arterial", "portal")
 #: sampling ratios of patch centres per label (background, liver, viable tumor, necrosis, PVTT)
 CLASS_RATIOS = (1.0, 1.0, 2.0, 1.0, 1.5)
 DICE_KEYS = ("liver", "viable_tumor", "necrosis", "pvtt")
+#: settings of a PVTT-stage model (:mod:`.inference`, ``hcctwin train segmentation --pvtt-stage``): the thrombus
+#: weighted 20x in the loss and most patch centres drawn on it where a volume has one; the other classes stay in the
+#: loss, so the stage also learns what is not thrombus. Its PVTT probability is thresholded at a value tuned on a
+#: labelled cohort (:mod:`.tuning`); the main model keeps the other labels.
+PVTT_STAGE_SETTINGS = {"name": "hcctwin_seg_pvtt", "class_weights": (1.0, 1.0, 1.0, 1.0, 20.0),
+                       "class_ratios": (0.5, 0.5, 1.0, 0.5, 6.0)}
 CACHE_VERSION = 1
 
 

@@ -9,6 +9,10 @@ on a *tuning* cohort (labelled cases outside the training and the evaluation coh
    PVTT in the truth *or* the prediction (a thrombus drawn where there is none counts as 0), among the biases that
    draw PVTT in at most ``max_false_pvtt`` of the patients without it (a thrombus moves a patient to BCLC C: a
    false one changes the stage and the treatment options, so it is a constraint, not just a lower Dice).
+   With a *PVTT stage* (``pvtt_model``: a second network trained with the thrombus weighted and oversampled,
+   :data:`.train.PVTT_STAGE_SETTINGS`), its PVTT probability threshold is chosen instead, by the same rule
+   (``pvtt_stage.min_probability``; the model's file name and sha256 are pinned in the card). When every threshold
+   draws PVTT in more of the patients without it than allowed, the stage is not used.
 2. ``min_tumor_confidence``: a tumour component (viable + necrosis, 6-connected) whose mean tumour probability is
    below it becomes liver (:func:`.postprocessing.confident_components`). The free-response trade-off: the highest
    lesion sensitivity (lesions >= 10 mm, :func:`.metrics.lesion_counts`) with at most ``max_fp`` false-positive
@@ -39,6 +43,7 @@ from .preprocessing import from_model_grid
 
 PVTT_BIAS_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
 CONFIDENCE_GRID = tuple(round(0.5 + 0.01 * i, 2) for i in range(41))  # 0.50 .. 0.90
+PVTT_STAGE_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))  # 0.30 .. 0.95
 DEFAULT_MAX_FP = 0.2
 #: at most this fraction of the tuning patients without PVTT may get a predicted PVTT
 DEFAULT_MAX_FALSE_PVTT = 0.1
@@ -64,32 +69,38 @@ def _tuning_cases(cohort_dir, max_cases: int | None):
             return
 
 
-def collect_logits(segmenter, cohort_dir, *, max_cases: int | None = None,
+def collect_logits(segmenter, cohort_dir, *, max_cases: int | None = None, pvtt_model=None,
                    progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
     """Run ``segmenter`` once on every labelled pre-treatment study of a cohort (``cases/<id>/pre`` with
-    arterial, portal and labels): the stage-2 logits, their box and grids, and the true labels."""
+    arterial, portal and labels): the stage-2 logits, their box and grids, the true labels and, with
+    ``pvtt_model`` (a PVTT-stage :class:`~.inference.Segmenter`), its PVTT probability on the same box."""
     items = []
     ids = list(_tuning_cases(cohort_dir, max_cases))
     if not ids:
         raise InputError(f"{cohort_dir}: no case with arterial, portal and labels under cases/<id>/pre to tune on.")
     for n, (pid, case, truth) in enumerate(ids):
-        logits, box, mgeom, geometry = segmenter.model_grid_logits(case)
+        logits, box, mgeom, geometry, pvtt = segmenter.model_grid_logits(case, pvtt_model=pvtt_model)
         items.append({"patient_id": pid, "logits": logits, "box": box, "model_geometry": mgeom,
-                      "geometry": geometry, "truth": np.asarray(truth)})
+                      "geometry": geometry, "truth": np.asarray(truth), "pvtt_prob": pvtt})
         report(progress, (n + 1) / len(ids), f"tuning: network on case {n + 1}/{len(ids)}")
     return items
 
 
-def _labels(item, class_bias, *, tumor_prob: bool):
+def _labels(item, class_bias, *, tumor_prob: bool, pvtt_threshold: float | None = None):
+    """Model-grid labels (and tumour probability) of an item under a class bias and, when the item has a PVTT
+    stage probability and ``pvtt_threshold`` is given, PVTT where that probability reaches it."""
     mgeom = item["model_geometry"]
     out = logits_to_labels(item["logits"], class_bias=class_bias, tumor_prob=tumor_prob)
     labels = np.zeros(mgeom.shape, np.uint8)
+    prob = None
     if tumor_prob:
         prob = np.zeros(mgeom.shape, np.float32)
         labels[item["box"]], prob[item["box"]] = out
-        return labels, prob
-    labels[item["box"]] = out
-    return labels, None
+    else:
+        labels[item["box"]] = out
+    if pvtt_threshold is not None and item.get("pvtt_prob") is not None:
+        labels[item["box"]][np.asarray(item["pvtt_prob"], np.float32) >= pvtt_threshold] = PVTT
+    return labels, prob
 
 
 def _bias(n_classes: int, pvtt_bias: float) -> list[float]:
@@ -113,32 +124,47 @@ def _mean_dice(rows: list[dict[str, float]], has_pvtt: Sequence[bool] | None = N
     return out
 
 
+def _dice_rows(items, class_bias_of, pvtt_threshold: float | None) -> dict[str, float]:
+    """Mean Dice per label (input grid, after post-processing) of every item under one setting."""
+    rows = []
+    for item in items:
+        labels, _ = _labels(item, class_bias_of(item), tumor_prob=False, pvtt_threshold=pvtt_threshold)
+        labels = postprocessing.postprocess(labels, item["model_geometry"].spacing)
+        rows.append(dice_per_label(from_model_grid(labels, item["model_geometry"], item["geometry"]), item["truth"]))
+    return _mean_dice(rows, [bool((item["truth"] == PVTT).any()) for item in items])
+
+
 def sweep_pvtt_bias(items, grid: Sequence[float] = PVTT_BIAS_GRID, progress: ProgressCallback | None = None
                     ) -> list[dict[str, float]]:
     """Mean Dice per label (input grid, after post-processing) for each PVTT logit bias of ``grid``."""
     table = []
     for n, b in enumerate(grid):
-        rows = []
-        for item in items:
-            labels, _ = _labels(item, _bias(item["logits"].shape[0], b), tumor_prob=False)
-            labels = postprocessing.postprocess(labels, item["model_geometry"].spacing)
-            rows.append(dice_per_label(from_model_grid(labels, item["model_geometry"], item["geometry"]),
-                                       item["truth"]))
-        has_pvtt = [bool((item["truth"] == PVTT).any()) for item in items]
-        table.append({"pvtt_bias": float(b), **_mean_dice(rows, has_pvtt)})
+        table.append({"pvtt_bias": float(b), **_dice_rows(items, lambda it, b=b: _bias(it["logits"].shape[0], b),
+                                                               None)})
         report(progress, (n + 1) / len(grid), f"tuning: PVTT bias {b}")
     return table
 
 
-def sweep_confidence(items, class_bias: Sequence[float] | None, grid: Sequence[float] = CONFIDENCE_GRID,
-                     min_diameter_mm: float = 10.0, progress: ProgressCallback | None = None
+def sweep_pvtt_stage(items, grid: Sequence[float] = PVTT_STAGE_GRID, progress: ProgressCallback | None = None
                      ) -> list[dict[str, float]]:
-    """Lesion sensitivity, false positives per patient and tumour Dice for each lesion-confidence threshold."""
+    """Mean Dice per label for each PVTT-stage probability threshold of ``grid`` (no class bias)."""
+    table = []
+    for n, t in enumerate(grid):
+        table.append({"pvtt_min_probability": float(t), **_dice_rows(items, lambda it: None, float(t))})
+        report(progress, (n + 1) / len(grid), f"tuning: PVTT stage threshold {t}")
+    return table
+
+
+def sweep_confidence(items, class_bias: Sequence[float] | None, grid: Sequence[float] = CONFIDENCE_GRID,
+                     min_diameter_mm: float = 10.0, progress: ProgressCallback | None = None,
+                     pvtt_threshold: float | None = None) -> list[dict[str, float]]:
+    """Lesion sensitivity, false positives per patient and tumour Dice for each lesion-confidence threshold
+    (with the PVTT stage at ``pvtt_threshold`` when given and the items carry its probability)."""
     counts: dict[float, list] = {t: [] for t in grid}
     dices: dict[float, list] = {t: [] for t in grid}
     for n, item in enumerate(items):
         mgeom, geometry, truth = item["model_geometry"], item["geometry"], item["truth"]
-        labels, prob = _labels(item, class_bias, tumor_prob=True)
+        labels, prob = _labels(item, class_bias, tumor_prob=True, pvtt_threshold=pvtt_threshold)
         labels = postprocessing.postprocess(labels, mgeom.spacing)
         tumor = np.isin(labels, (2, 3))
         comp, means = postprocessing.component_confidence(tumor, prob)
@@ -179,27 +205,49 @@ def choose_confidence(table: Sequence[dict[str, float]], max_fp: float) -> dict[
     return min((r for r in table if r["fp_per_patient"] <= fewest + 1e-12), key=lambda r: r["min_tumor_confidence"])
 
 
+def _acceptable(table: Sequence[dict[str, float]], max_false_pvtt: float) -> list[dict[str, float]]:
+    return [r for r in table if math.isfinite(r["mean"]) and r.get("false_pvtt_fraction", 0.0) <= max_false_pvtt + 1e-9]
+
+
 def choose_pvtt_bias(table: Sequence[dict[str, float]], max_false_pvtt: float) -> dict[str, float]:
     """The row with the highest mean Dice (the smallest bias among ties) among those that draw PVTT in at most
     ``max_false_pvtt`` of the patients without it; the smallest bias when none qualifies or none is scored."""
-    ok = [r for r in table if math.isfinite(r["mean"]) and r.get("false_pvtt_fraction", 0.0) <= max_false_pvtt + 1e-9]
+    ok = _acceptable(table, max_false_pvtt)
     if not ok:
         return min(table, key=lambda r: r["pvtt_bias"])
     return max(ok, key=lambda r: (round(r["mean"], 6), -r["pvtt_bias"]))
 
 
+def choose_pvtt_stage(table: Sequence[dict[str, float]], max_false_pvtt: float) -> dict[str, float] | None:
+    """The PVTT-stage threshold row with the highest mean Dice (the highest threshold among ties) among those that
+    draw PVTT in at most ``max_false_pvtt`` of the patients without it and find some of the true thrombus; None (do
+    not use the stage) when none does."""
+    ok = [r for r in _acceptable(table, max_false_pvtt) if r.get("pvtt_where_present", 0.0) > 0.0]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: (round(r["mean"], 6), r["pvtt_min_probability"]))
+
+
 def tune_segmentation(segmenter, cohort_dir, *, max_fp: float = DEFAULT_MAX_FP, max_cases: int | None = None,
                       max_false_pvtt: float = DEFAULT_MAX_FALSE_PVTT,
                       pvtt_grid: Sequence[float] = PVTT_BIAS_GRID, confidence_grid: Sequence[float] = CONFIDENCE_GRID,
+                      pvtt_model=None, stage_grid: Sequence[float] = PVTT_STAGE_GRID,
                       progress: ProgressCallback | None = None) -> dict[str, Any]:
-    """Tune the PVTT logit bias, then the lesion-confidence threshold (module docstring) on ``cohort_dir``.
+    """Tune the PVTT logit bias (or, with ``pvtt_model``, the PVTT stage's threshold), then the lesion-confidence
+    threshold (module docstring) on ``cohort_dir``.
 
-    Returns the card's ``postprocessing`` section: ``class_bias``, ``min_tumor_confidence`` and ``tuning`` (cohort,
-    cases, rule, both sweep tables, what the untuned rules gave, date)."""
+    Returns the card's ``postprocessing`` section: ``class_bias``, ``min_tumor_confidence``, ``pvtt_stage`` when the
+    stage is used (its file name, sha256 and threshold) and ``tuning`` (cohort, cases, rule, the sweep tables, what
+    the untuned rules gave, date)."""
     t0 = time.perf_counter()
-    items = collect_logits(segmenter, cohort_dir, max_cases=max_cases, progress=SubProgress(progress, 0.0, 0.4))
+    items = collect_logits(segmenter, cohort_dir, max_cases=max_cases, pvtt_model=pvtt_model,
+                           progress=SubProgress(progress, 0.0, 0.4))
     section = tune_from_logits(items, max_fp=max_fp, max_false_pvtt=max_false_pvtt, pvtt_grid=pvtt_grid,
-                               confidence_grid=confidence_grid, progress=SubProgress(progress, 0.4, 1.0))
+                               confidence_grid=confidence_grid, stage_grid=stage_grid,
+                               progress=SubProgress(progress, 0.4, 1.0))
+    if "pvtt_stage" in section:
+        section["pvtt_stage"] = {"model": pvtt_model.path.name, "sha256": pvtt_model.card.get("sha256"),
+                                 **section["pvtt_stage"]}
     section["tuning"].update({"cohort": str(Path(cohort_dir).name), "device": str(segmenter.device),
                               "cpu_precision": segmenter.cpu_precision,
                               "seconds": round(time.perf_counter() - t0, 1)})
@@ -208,27 +256,37 @@ def tune_segmentation(segmenter, cohort_dir, *, max_fp: float = DEFAULT_MAX_FP, 
 
 def tune_from_logits(items, *, max_fp: float = DEFAULT_MAX_FP, max_false_pvtt: float = DEFAULT_MAX_FALSE_PVTT,
                      pvtt_grid: Sequence[float] = PVTT_BIAS_GRID,
-                     confidence_grid: Sequence[float] = CONFIDENCE_GRID, progress: ProgressCallback | None = None
-                     ) -> dict[str, Any]:
-    """The tuning of :func:`tune_segmentation` on already collected logits (:func:`collect_logits`)."""
+                     confidence_grid: Sequence[float] = CONFIDENCE_GRID, stage_grid: Sequence[float] = PVTT_STAGE_GRID,
+                     progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """The tuning of :func:`tune_segmentation` on already collected logits (:func:`collect_logits`); items with a
+    PVTT-stage probability tune the stage's threshold instead of the PVTT logit bias."""
     n_classes = int(items[0]["logits"].shape[0])
     if n_classes <= PVTT:
         raise InputError(f"the model has {n_classes} classes; PVTT (label {PVTT}) is not one of them.")
-    bias_table = sweep_pvtt_bias(items, pvtt_grid, progress=SubProgress(progress, 0.0, 0.5))
+    staged = all(it.get("pvtt_prob") is not None for it in items)
+    bias_table = sweep_pvtt_bias(items, (0.0,) if staged else pvtt_grid, progress=SubProgress(progress, 0.0, 0.3))
     if not any(math.isfinite(r["mean"]) for r in bias_table):
         raise InputError("tuning: no label could be scored; are the labels empty?")
     best_bias = choose_pvtt_bias(bias_table, max_false_pvtt)
     class_bias = _bias(n_classes, best_bias["pvtt_bias"])
-    conf_table = sweep_confidence(items, class_bias, confidence_grid, progress=SubProgress(progress, 0.5, 1.0))
+    stage_table, stage_row = None, None
+    if staged:
+        stage_table = sweep_pvtt_stage(items, stage_grid, progress=SubProgress(progress, 0.3, 0.6))
+        stage_row = choose_pvtt_stage(stage_table, max_false_pvtt)
+    threshold = None if stage_row is None else stage_row["pvtt_min_probability"]
+    pvtt_row = best_bias if stage_row is None else stage_row
+    conf_table = sweep_confidence(items, class_bias, confidence_grid, progress=SubProgress(progress, 0.6, 1.0),
+                                  pvtt_threshold=threshold)
     untuned = sweep_confidence(items, None, (0.0,))[0]
     chosen = choose_confidence(conf_table, max_fp)
-    return {
+    pvtt_rule = "PVTT-stage probability threshold" if staged else "PVTT logit bias"
+    section = {
         "class_bias": class_bias,
         "min_tumor_confidence": chosen["min_tumor_confidence"],
         "tuning": {
             "n_cases": len(items),
             "patients": [it["patient_id"] for it in items],
-            "rule": (f"PVTT logit bias: highest mean Dice (liver, viable, necrosis, PVTT over patients with PVTT in "
+            "rule": (f"{pvtt_rule}: highest mean Dice (liver, viable, necrosis, PVTT over patients with PVTT in "
                      f"truth or prediction) with PVTT drawn in <= {max_false_pvtt:.0%} of the patients without it; "
                      f"lesion confidence: highest sensitivity (lesions >= 10 mm) with <= {max_fp} false-positive "
                      f"lesions per patient"),
@@ -236,13 +294,22 @@ def tune_from_logits(items, *, max_fp: float = DEFAULT_MAX_FP, max_false_pvtt: f
             "untuned": {k: untuned[k] for k in ("sensitivity", "fp_per_patient", "viable_tumor", "necrosis")}
             | {k: bias_table[0][k] if bias_table[0]["pvtt_bias"] == 0 else None
                for k in ("pvtt", "pvtt_where_present", "false_pvtt_fraction")},
-            "chosen": {"pvtt_bias": best_bias["pvtt_bias"], "pvtt": best_bias["pvtt"],
-                       "pvtt_where_present": best_bias["pvtt_where_present"],
-                       "false_pvtt_fraction": best_bias["false_pvtt_fraction"], **chosen},
+            "chosen": {"pvtt_bias": best_bias["pvtt_bias"], "pvtt_min_probability": threshold,
+                       "pvtt": pvtt_row["pvtt"], "pvtt_where_present": pvtt_row["pvtt_where_present"],
+                       "false_pvtt_fraction": pvtt_row["false_pvtt_fraction"], **chosen},
             "pvtt_bias_table": bias_table, "confidence_table": conf_table,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         },
     }
+    if staged:
+        section["tuning"]["pvtt_stage_table"] = stage_table
+        if stage_row is None:
+            section["tuning"]["pvtt_stage_rejected"] = (
+                f"no PVTT-stage threshold found thrombus while drawing it in <= {max_false_pvtt:.0%} of the "
+                f"patients without one: the stage is not used")
+        else:
+            section["pvtt_stage"] = {"min_probability": threshold}
+    return section
 
 
 def apply_to_card(weights_path, postprocessing_section: dict[str, Any], *, report: str | None = None) -> Path:
@@ -259,7 +326,7 @@ def apply_to_card(weights_path, postprocessing_section: dict[str, Any], *, repor
     card = load_card(weights_path)
     section = dict(postprocessing_section)
     tuning = {k: v for k, v in dict(section.get("tuning") or {}).items()
-              if k not in ("pvtt_bias_table", "confidence_table")}
+              if k not in ("pvtt_bias_table", "confidence_table", "pvtt_stage_table")}
     if report:
         tuning["report"] = str(report)
     section["tuning"] = tuning

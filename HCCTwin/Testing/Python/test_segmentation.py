@@ -639,3 +639,195 @@ def test_segmenter_applies_the_cards_lesion_confidence():
     assert (shifted == 4).sum() > 0 and (shifted == 2).sum() == 0
     with pytest.raises(ModelFileError, match="class_bias"):
         Segmenter(_TumourNet(), _card(postprocessing={"class_bias": [0, 1]}), "cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The PVTT stage: a second network whose PVTT probability, at a tuned threshold, marks thrombus
+# ---------------------------------------------------------------------------------------------------------------
+
+class _PvttNet(torch.nn.Module):
+    """PVTT probability rising with the portal phase (channel 1): ~0.2 where it is dark, ~0.9 where it is bright."""
+
+    def forward(self, x):
+        por = x[:, 1:2]
+        zero = torch.zeros_like(por)
+        return torch.cat([zero, zero, zero, zero, (por - 0.5) * 8.0 + 0.5], dim=1)
+
+
+def _liver_with_thrombus():
+    """A bright liver block (arterial) with a tube where the portal phase is bright: the stage's 'thrombus'."""
+    geom = Geometry(shape=(16, 32, 32), spacing=(1.5, 1.5, 3.0), origin=(0.0, 0.0, 0.0))
+    art = np.full(geom.shape, -100.0, np.float32)
+    art[2:14, 4:28, 4:28] = 200.0
+    por = np.full(geom.shape, -100.0, np.float32)
+    tube = np.zeros(geom.shape, bool)
+    tube[4:12, 14:18, 14:18] = True
+    por[tube] = 250.0
+    return {"arterial": art, "portal": por}, geom, tube
+
+
+def test_pvtt_stage_marks_thrombus_at_its_threshold():
+    phases, geom, tube = _liver_with_thrombus()
+    main = Segmenter(_ThresholdNet(), _card(), "cpu")
+    assert not (main.segment(phases, geom) == 4).any()
+    stage = Segmenter(_PvttNet(), _card(name="tiny_pvtt"), "cpu")
+    staged = Segmenter(_ThresholdNet(), _card(postprocessing={"pvtt_stage": {"min_probability": 0.8}}), "cpu",
+                       pvtt_stage=stage)
+    out = staged.segment(phases, geom)
+    assert np.array_equal(out == 4, tube) and np.all(out[~tube] == main.segment(phases, geom)[~tube])
+    assert staged.last_info["pvtt_stage"]["min_probability"] == 0.8
+    # above the stage's highest probability: no thrombus
+    strict = Segmenter(_ThresholdNet(), _card(postprocessing={"pvtt_stage": {"min_probability": 0.999}}), "cpu",
+                       pvtt_stage=stage)
+    assert not (strict.segment(phases, geom) == 4).any()
+    with pytest.raises(ModelFileError, match="spacing"):
+        Segmenter(_ThresholdNet(), _card(), "cpu", pvtt_stage=Segmenter(_PvttNet(), _card(spacing_mm=[2, 2, 2]),
+                                                                        "cpu"))
+    no_pvtt = _card(architecture_kwargs=model_kwargs("DynUNet", **{**TINY, "out_channels": 4}))
+    with pytest.raises(ModelFileError, match="no PVTT class"):
+        Segmenter(_ThresholdNet(), _card(), "cpu", pvtt_stage=Segmenter(_PvttNet(), no_pvtt, "cpu"))
+
+
+def test_pvtt_stage_named_in_the_card_is_loaded_and_pinned(tmp_path, tiny_weights):
+    import shutil
+
+    from HCCTwinLib.weights import card_path, load_card
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    main, stage = folder / "tiny_seg.safetensors", folder / "tiny_pvtt.safetensors"
+    torch.manual_seed(1)
+    save_model(build_model("DynUNet", **TINY), stage, _card(name="tiny_pvtt"))
+    shutil.copy(tiny_weights, main)
+    card = load_card(tiny_weights)
+
+    def write_card(pvtt_stage):
+        card_path(main).write_text(json.dumps({**card, "postprocessing": {"pvtt_stage": pvtt_stage}}))
+        clear_cache()
+
+    write_card({"model": stage.name, "sha256": load_card(stage)["sha256"], "min_probability": 0.6})
+    seg = get_segmenter(main, device="cpu")
+    assert seg.pvtt_stage is not None and seg.pvtt_stage.path == stage and seg.pvtt_min_probability == 0.6
+    write_card({"model": stage.name, "sha256": "0" * 64, "min_probability": 0.6})
+    with pytest.raises(ModelFileError, match="tuned with"):
+        get_segmenter(main, device="cpu")
+    write_card({"model": "elsewhere.safetensors", "min_probability": 0.6})
+    with pytest.raises(ModelFileError, match="missing"):
+        get_segmenter(main, device="cpu")
+    write_card({"model": "../tiny_pvtt.safetensors", "min_probability": 0.6})
+    with pytest.raises(ModelFileError, match="file name next to the model"):
+        get_segmenter(main, device="cpu")
+    clear_cache()
+
+
+def _staged_item(pid, seed, *, with_pvtt=True, false_blob=False):
+    """A tuning item with a PVTT-stage probability: ~0.85 in the true thrombus, ~0.55 in a false blob."""
+    item = _tuning_item(pid, seed, with_pvtt=with_pvtt, fp=False)
+    prob = np.full(item["truth"].shape, 0.05, np.float32)
+    prob[item["truth"] == 4] = 0.85
+    if false_blob:
+        prob[14:18, 8:14, 8:14] = 0.55  # inside the liver, no thrombus there
+    item["pvtt_prob"] = prob.astype(np.float16)
+    return item
+
+
+def test_tuning_chooses_the_pvtt_stage_threshold_or_rejects_the_stage():
+    from HCCTwinLib.segmentation.tuning import choose_pvtt_stage, tune_from_logits
+
+    items = [_staged_item(f"S{i}", i, with_pvtt=i % 2 == 0, false_blob=True) for i in range(4)]
+    section = tune_from_logits(items, stage_grid=(0.3, 0.5, 0.6, 0.7, 0.9), confidence_grid=(0.5, 0.7))
+    tuning = section["tuning"]
+    # 0.3 and 0.5 draw the blob in the patients without thrombus; 0.6 and 0.7 find the thrombus alone; 0.9 nothing
+    assert section["pvtt_stage"] == {"min_probability": 0.7}  # the highest of the equally good thresholds
+    assert section["class_bias"] == [0.0] * 5 and [r["pvtt_bias"] for r in tuning["pvtt_bias_table"]] == [0.0]
+    rows = {r["pvtt_min_probability"]: r for r in tuning["pvtt_stage_table"]}
+    assert rows[0.5]["false_pvtt_fraction"] == 1.0 and rows[0.7]["false_pvtt_fraction"] == 0.0
+    assert rows[0.7]["pvtt_where_present"] > 0.99 and rows[0.9]["pvtt_where_present"] == 0.0
+    assert tuning["chosen"]["pvtt_where_present"] > 0.99 and tuning["untuned"]["pvtt_where_present"] == 0.0
+    # a stage that only finds thrombus together with false ones is not used
+    bad = [_staged_item(f"B{i}", i, with_pvtt=i % 2 == 0, false_blob=True) for i in range(4)]
+    for it in bad:
+        it["pvtt_prob"] = np.where(it["pvtt_prob"] > 0.5, 0.85, 0.05).astype(np.float16)
+    rejected = tune_from_logits(bad, stage_grid=(0.5, 0.7), confidence_grid=(0.5,))
+    assert "pvtt_stage" not in rejected and "not used" in rejected["tuning"]["pvtt_stage_rejected"]
+    assert choose_pvtt_stage([{"pvtt_min_probability": 0.5, "mean": 0.7, "false_pvtt_fraction": 0.0,
+                               "pvtt_where_present": 0.0}], 0.1) is None
+
+
+def test_train_command_pvtt_stage_settings_reach_the_trainer(monkeypatch, tmp_path):
+    import HCCTwinLib.segmentation as segpkg
+    from HCCTwinLib.cli import main
+    from HCCTwinLib.segmentation.train import PVTT_STAGE_SETTINGS
+
+    seen = {}
+
+    def fake_train(cohort, out, **kwargs):
+        seen.update(kwargs)
+        return {"model_path": str(out)}
+
+    monkeypatch.setattr(segpkg, "train_segmentation", fake_train)
+    assert main(["train", "segmentation", "--cohort", str(tmp_path), "--out", str(tmp_path / "m"), "--pvtt-stage",
+                 "--init-weights", "main.safetensors", "--epochs", "3"]) == 0
+    assert seen["name"] == "hcctwin_seg_pvtt" and seen["init_weights"] == "main.safetensors"
+    assert tuple(seen["class_weights"]) == PVTT_STAGE_SETTINGS["class_weights"]
+    assert seen["class_ratios"][4] == max(seen["class_ratios"]) and seen["epochs"] == 3
+    assert main(["train", "generator", "--cohort", str(tmp_path), "--out", str(tmp_path / "g"), "--pvtt-stage"]) == 2
+
+
+class _ThrombusIntensityNet(torch.nn.Module):
+    """PVTT logit peaked at the intensities _write_cohort gives the thrombus (arterial 80 HU, portal 60 HU)."""
+
+    def forward(self, x):
+        a, p = x[:, :1], x[:, 1:2]
+        zero = torch.zeros_like(a)
+        peak = 4.0 - ((a - 0.56) / 0.03) ** 2 - ((p - 0.52) / 0.03) ** 2
+        return torch.cat([zero, zero, zero, zero, peak], dim=1)
+
+
+def test_tune_command_with_a_pvtt_model(tmp_path, tiny_weights, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    import HCCTwinLib.segmentation as segpkg
+    from HCCTwinLib.cli import main
+    from HCCTwinLib.weights import card_path, load_card
+
+    cohort = tmp_path / "tune"
+    _write_cohort(cohort, n=2, followup=False)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    weights, stage = folder / "tiny_seg.safetensors", folder / "tiny_pvtt.safetensors"
+    shutil.copy(tiny_weights, weights)
+    shutil.copy(card_path(tiny_weights), card_path(weights))
+    torch.manual_seed(3)
+    save_model(build_model("DynUNet", **TINY), stage, _card(name="tiny_pvtt"))
+    elsewhere = tmp_path / "other" / "tiny_pvtt.safetensors"
+    elsewhere.parent.mkdir()
+    shutil.copy(stage, elsewhere)
+    shutil.copy(card_path(stage), card_path(elsewhere))
+
+    # deterministic 'networks' behind the real files: the main model finds the organ, the stage the thrombus
+    def fake_get_segmenter(path, device="auto", **options):
+        path = Path(path)
+        net = _ThrombusIntensityNet() if path.stem == "tiny_pvtt" else _ThresholdNet()
+        return Segmenter(net, load_card(path), "cpu", path=path)
+
+    monkeypatch.setattr(segpkg, "get_segmenter", fake_get_segmenter)
+    assert main(["tune", "segmentation", "--cohort", str(cohort), "--weights", str(weights), "--device", "cpu",
+                 "--pvtt-model", str(elsewhere), "--dry-run"]) == 2
+    assert main(["tune", "segmentation", "--cohort", str(cohort), "--weights", str(weights), "--device", "cpu",
+                 "--pvtt-model", str(stage), "--report", str(tmp_path / "t.json")]) == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    rows = report["tuning"]["pvtt_stage_table"]
+    assert len(rows) == 14 and "pvtt_stage_rejected" not in report["tuning"]
+    card = load_card(weights)["postprocessing"]
+    chosen = next(r for r in rows if r["pvtt_min_probability"] == card["pvtt_stage"]["min_probability"])
+    assert chosen["pvtt_where_present"] > 0.5 and chosen["mean"] == max(r["mean"] for r in rows)
+    assert report["tuning"]["untuned"]["pvtt_where_present"] == 0.0
+    assert card["pvtt_stage"]["model"] == stage.name and card["pvtt_stage"]["sha256"] == load_card(stage)["sha256"]
+    assert "pvtt_stage_table" not in card["tuning"]
+    monkeypatch.undo()
+    clear_cache()
+    seg = get_segmenter(weights, device="cpu")  # the real loader: the stage named in the card, pinned by sha256
+    assert seg.pvtt_stage is not None and seg.pvtt_stage.path == stage
+    clear_cache()

@@ -153,7 +153,8 @@ def operating_curve(weights: str, n: int, device: str, cohort: str) -> list[dict
     stage = segmenter.pvtt_stage
     items = collect_logits(segmenter, cohort, max_cases=n, pvtt_model=stage)
     return sweep_confidence(items, segmenter.class_bias, FROC_GRID,
-                            pvtt_threshold=None if stage is None else segmenter.pvtt_min_probability)
+                            pvtt_stage=None if stage is None else (segmenter.pvtt_min_probability,
+                                                                   segmenter.pvtt_min_ml))
 
 
 def write_report(result: dict, out: Path) -> None:
@@ -204,7 +205,8 @@ def write_report(result: dict, out: Path) -> None:
                   f"hold-out): logit bias per class {rules.get('class_bias')}, lesion-confidence threshold "
                   f"{rules.get('min_tumor_confidence')}"
                   + (f", PVTT stage `{rules['pvtt_stage'].get('model')}` at probability >= "
-                     f"{rules['pvtt_stage'].get('min_probability')}" if rules.get("pvtt_stage") else "")
+                     f"{rules['pvtt_stage'].get('min_probability')}, components >= "
+                     f"{rules['pvtt_stage'].get('min_volume_ml')} mL" if rules.get("pvtt_stage") else "")
                   + f" (rule: {tuned.get('rule')}).", ""]
     else:
         lines += ["**Decision rules**: none in the model card (plain argmax, no lesion-confidence filter).", ""]

@@ -187,6 +187,8 @@ class Segmenter:
         #: ``pvtt_min_probability`` (card ``postprocessing.pvtt_stage.min_probability``), marks thrombus
         self.pvtt_stage: Segmenter | None = None
         self.pvtt_min_probability = float((tuned.get("pvtt_stage") or {}).get("min_probability", 0.5))
+        #: smallest PVTT component kept (mL; card ``postprocessing.pvtt_stage.min_volume_ml``, tuned with the stage)
+        self.pvtt_min_ml = float((tuned.get("pvtt_stage") or {}).get("min_volume_ml", postprocessing.MIN_PVTT_ML))
         if pvtt_stage is not None:
             self.attach_pvtt_stage(pvtt_stage)
         self.last_info: dict[str, Any] = {}
@@ -366,13 +368,15 @@ class Segmenter:
             pvtt = softmax_channel(self.pvtt_stage.crop_logits(crop, SubProgress(progress, 0.7, 0.9)), PVTT)
             labels[box][pvtt >= self.pvtt_min_probability] = PVTT
             self.last_info["pvtt_stage"] = {"model": self.pvtt_stage.path.name if self.pvtt_stage.path else None,
-                                            "min_probability": self.pvtt_min_probability}
+                                            "min_probability": self.pvtt_min_probability,
+                                            "min_volume_ml": self.pvtt_min_ml}
             del pvtt
         del crop
         if postprocess:
             report(progress, 0.9, "Segmentation: post-processing")
             labels = postprocessing.postprocess(labels, mgeom.spacing, tumor_prob=tumor_prob,
-                                                min_tumor_confidence=self.min_tumor_confidence)
+                                                min_tumor_confidence=self.min_tumor_confidence,
+                                                min_pvtt_ml=self.pvtt_min_ml)
         del tumor_prob
         report(progress, 0.95, "Segmentation: back to the input grid")
         out = from_model_grid(labels, mgeom, geometry)

@@ -43,7 +43,10 @@ from .preprocessing import from_model_grid
 
 PVTT_BIAS_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
 CONFIDENCE_GRID = tuple(round(0.5 + 0.01 * i, 2) for i in range(41))  # 0.50 .. 0.90
-PVTT_STAGE_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))  # 0.30 .. 0.95
+#: PVTT-stage probability thresholds and smallest thrombus volumes (mL) tried together: a stage trained with the
+#: thrombus weighted ranks it well before its probabilities are high, so the grid reaches low thresholds
+PVTT_STAGE_GRID = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7)
+PVTT_VOLUME_GRID_ML = (postprocessing.MIN_PVTT_ML, 0.5, 1.5)
 DEFAULT_MAX_FP = 0.2
 #: at most this fraction of the tuning patients without PVTT may get a predicted PVTT
 DEFAULT_MAX_FALSE_PVTT = 0.1
@@ -88,7 +91,8 @@ def collect_logits(segmenter, cohort_dir, *, max_cases: int | None = None, pvtt_
 
 def _labels(item, class_bias, *, tumor_prob: bool, pvtt_threshold: float | None = None):
     """Model-grid labels (and tumour probability) of an item under a class bias and, when the item has a PVTT
-    stage probability and ``pvtt_threshold`` is given, PVTT where that probability reaches it."""
+    stage probability and ``pvtt_threshold`` is given, PVTT where that probability reaches it (before
+    post-processing)."""
     mgeom = item["model_geometry"]
     out = logits_to_labels(item["logits"], class_bias=class_bias, tumor_prob=tumor_prob)
     labels = np.zeros(mgeom.shape, np.uint8)
@@ -124,12 +128,19 @@ def _mean_dice(rows: list[dict[str, float]], has_pvtt: Sequence[bool] | None = N
     return out
 
 
-def _dice_rows(items, class_bias_of, pvtt_threshold: float | None) -> dict[str, float]:
-    """Mean Dice per label (input grid, after post-processing) of every item under one setting."""
+def _stage_args(stage: tuple[float, float] | None) -> tuple[float | None, float]:
+    """``(threshold, smallest thrombus mL)`` of a PVTT-stage setting; no stage: the post-processing default."""
+    return (None, postprocessing.MIN_PVTT_ML) if stage is None else (float(stage[0]), float(stage[1]))
+
+
+def _dice_rows(items, class_bias_of, stage: tuple[float, float] | None) -> dict[str, float]:
+    """Mean Dice per label (input grid, after post-processing) of every item under one setting (``stage``: the
+    PVTT stage's ``(threshold, smallest thrombus mL)`` or None)."""
+    threshold, min_ml = _stage_args(stage)
     rows = []
     for item in items:
-        labels, _ = _labels(item, class_bias_of(item), tumor_prob=False, pvtt_threshold=pvtt_threshold)
-        labels = postprocessing.postprocess(labels, item["model_geometry"].spacing)
+        labels, _ = _labels(item, class_bias_of(item), tumor_prob=False, pvtt_threshold=threshold)
+        labels = postprocessing.postprocess(labels, item["model_geometry"].spacing, min_pvtt_ml=min_ml)
         rows.append(dice_per_label(from_model_grid(labels, item["model_geometry"], item["geometry"]), item["truth"]))
     return _mean_dice(rows, [bool((item["truth"] == PVTT).any()) for item in items])
 
@@ -145,27 +156,32 @@ def sweep_pvtt_bias(items, grid: Sequence[float] = PVTT_BIAS_GRID, progress: Pro
     return table
 
 
-def sweep_pvtt_stage(items, grid: Sequence[float] = PVTT_STAGE_GRID, progress: ProgressCallback | None = None
+def sweep_pvtt_stage(items, grid: Sequence[float] = PVTT_STAGE_GRID,
+                     volume_grid: Sequence[float] = PVTT_VOLUME_GRID_ML, progress: ProgressCallback | None = None
                      ) -> list[dict[str, float]]:
-    """Mean Dice per label for each PVTT-stage probability threshold of ``grid`` (no class bias)."""
+    """Mean Dice per label for each PVTT-stage probability threshold of ``grid`` and smallest thrombus volume of
+    ``volume_grid`` (no class bias)."""
     table = []
-    for n, t in enumerate(grid):
-        table.append({"pvtt_min_probability": float(t), **_dice_rows(items, lambda it: None, float(t))})
-        report(progress, (n + 1) / len(grid), f"tuning: PVTT stage threshold {t}")
+    settings = [(float(t), float(v)) for t in grid for v in volume_grid]
+    for n, (t, v) in enumerate(settings):
+        table.append({"pvtt_min_probability": t, "pvtt_min_volume_ml": v,
+                      **_dice_rows(items, lambda it: None, (t, v))})
+        report(progress, (n + 1) / len(settings), f"tuning: PVTT stage threshold {t}, >= {v} mL")
     return table
 
 
 def sweep_confidence(items, class_bias: Sequence[float] | None, grid: Sequence[float] = CONFIDENCE_GRID,
                      min_diameter_mm: float = 10.0, progress: ProgressCallback | None = None,
-                     pvtt_threshold: float | None = None) -> list[dict[str, float]]:
+                     pvtt_stage: tuple[float, float] | None = None) -> list[dict[str, float]]:
     """Lesion sensitivity, false positives per patient and tumour Dice for each lesion-confidence threshold
-    (with the PVTT stage at ``pvtt_threshold`` when given and the items carry its probability)."""
+    (with the PVTT stage's ``(threshold, smallest thrombus mL)`` when given and the items carry its probability)."""
+    threshold, min_ml = _stage_args(pvtt_stage)
     counts: dict[float, list] = {t: [] for t in grid}
     dices: dict[float, list] = {t: [] for t in grid}
     for n, item in enumerate(items):
         mgeom, geometry, truth = item["model_geometry"], item["geometry"], item["truth"]
-        labels, prob = _labels(item, class_bias, tumor_prob=True, pvtt_threshold=pvtt_threshold)
-        labels = postprocessing.postprocess(labels, mgeom.spacing)
+        labels, prob = _labels(item, class_bias, tumor_prob=True, pvtt_threshold=threshold)
+        labels = postprocessing.postprocess(labels, mgeom.spacing, min_pvtt_ml=min_ml)
         tumor = np.isin(labels, (2, 3))
         comp, means = postprocessing.component_confidence(tumor, prob)
         previous = None
@@ -219,19 +235,21 @@ def choose_pvtt_bias(table: Sequence[dict[str, float]], max_false_pvtt: float) -
 
 
 def choose_pvtt_stage(table: Sequence[dict[str, float]], max_false_pvtt: float) -> dict[str, float] | None:
-    """The PVTT-stage threshold row with the highest mean Dice (the highest threshold among ties) among those that
-    draw PVTT in at most ``max_false_pvtt`` of the patients without it and find some of the true thrombus; None (do
-    not use the stage) when none does."""
+    """The PVTT-stage row with the highest mean Dice (among ties the highest threshold, then the largest smallest
+    volume) among those that draw PVTT in at most ``max_false_pvtt`` of the patients without it and find some of the
+    true thrombus; None (do not use the stage) when none does."""
     ok = [r for r in _acceptable(table, max_false_pvtt) if r.get("pvtt_where_present", 0.0) > 0.0]
     if not ok:
         return None
-    return max(ok, key=lambda r: (round(r["mean"], 6), r["pvtt_min_probability"]))
+    return max(ok, key=lambda r: (round(r["mean"], 6), r["pvtt_min_probability"],
+                                  r.get("pvtt_min_volume_ml", postprocessing.MIN_PVTT_ML)))
 
 
 def tune_segmentation(segmenter, cohort_dir, *, max_fp: float = DEFAULT_MAX_FP, max_cases: int | None = None,
                       max_false_pvtt: float = DEFAULT_MAX_FALSE_PVTT,
                       pvtt_grid: Sequence[float] = PVTT_BIAS_GRID, confidence_grid: Sequence[float] = CONFIDENCE_GRID,
                       pvtt_model=None, stage_grid: Sequence[float] = PVTT_STAGE_GRID,
+                      volume_grid: Sequence[float] = PVTT_VOLUME_GRID_ML,
                       progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Tune the PVTT logit bias (or, with ``pvtt_model``, the PVTT stage's threshold), then the lesion-confidence
     threshold (module docstring) on ``cohort_dir``.
@@ -243,7 +261,7 @@ def tune_segmentation(segmenter, cohort_dir, *, max_fp: float = DEFAULT_MAX_FP, 
     items = collect_logits(segmenter, cohort_dir, max_cases=max_cases, pvtt_model=pvtt_model,
                            progress=SubProgress(progress, 0.0, 0.4))
     section = tune_from_logits(items, max_fp=max_fp, max_false_pvtt=max_false_pvtt, pvtt_grid=pvtt_grid,
-                               confidence_grid=confidence_grid, stage_grid=stage_grid,
+                               confidence_grid=confidence_grid, stage_grid=stage_grid, volume_grid=volume_grid,
                                progress=SubProgress(progress, 0.4, 1.0))
     if "pvtt_stage" in section:
         section["pvtt_stage"] = {"model": pvtt_model.path.name, "sha256": pvtt_model.card.get("sha256"),
@@ -257,7 +275,8 @@ def tune_segmentation(segmenter, cohort_dir, *, max_fp: float = DEFAULT_MAX_FP, 
 def tune_from_logits(items, *, max_fp: float = DEFAULT_MAX_FP, max_false_pvtt: float = DEFAULT_MAX_FALSE_PVTT,
                      pvtt_grid: Sequence[float] = PVTT_BIAS_GRID,
                      confidence_grid: Sequence[float] = CONFIDENCE_GRID, stage_grid: Sequence[float] = PVTT_STAGE_GRID,
-                     progress: ProgressCallback | None = None) -> dict[str, Any]:
+                     volume_grid: Sequence[float] = PVTT_VOLUME_GRID_ML, progress: ProgressCallback | None = None
+                     ) -> dict[str, Any]:
     """The tuning of :func:`tune_segmentation` on already collected logits (:func:`collect_logits`); items with a
     PVTT-stage probability tune the stage's threshold instead of the PVTT logit bias."""
     n_classes = int(items[0]["logits"].shape[0])
@@ -271,12 +290,12 @@ def tune_from_logits(items, *, max_fp: float = DEFAULT_MAX_FP, max_false_pvtt: f
     class_bias = _bias(n_classes, best_bias["pvtt_bias"])
     stage_table, stage_row = None, None
     if staged:
-        stage_table = sweep_pvtt_stage(items, stage_grid, progress=SubProgress(progress, 0.3, 0.6))
+        stage_table = sweep_pvtt_stage(items, stage_grid, volume_grid, progress=SubProgress(progress, 0.3, 0.6))
         stage_row = choose_pvtt_stage(stage_table, max_false_pvtt)
-    threshold = None if stage_row is None else stage_row["pvtt_min_probability"]
+    stage = None if stage_row is None else (stage_row["pvtt_min_probability"], stage_row["pvtt_min_volume_ml"])
     pvtt_row = best_bias if stage_row is None else stage_row
     conf_table = sweep_confidence(items, class_bias, confidence_grid, progress=SubProgress(progress, 0.6, 1.0),
-                                  pvtt_threshold=threshold)
+                                  pvtt_stage=stage)
     untuned = sweep_confidence(items, None, (0.0,))[0]
     chosen = choose_confidence(conf_table, max_fp)
     pvtt_rule = "PVTT-stage probability threshold" if staged else "PVTT logit bias"
@@ -294,7 +313,9 @@ def tune_from_logits(items, *, max_fp: float = DEFAULT_MAX_FP, max_false_pvtt: f
             "untuned": {k: untuned[k] for k in ("sensitivity", "fp_per_patient", "viable_tumor", "necrosis")}
             | {k: bias_table[0][k] if bias_table[0]["pvtt_bias"] == 0 else None
                for k in ("pvtt", "pvtt_where_present", "false_pvtt_fraction")},
-            "chosen": {"pvtt_bias": best_bias["pvtt_bias"], "pvtt_min_probability": threshold,
+            "chosen": {"pvtt_bias": best_bias["pvtt_bias"],
+                       "pvtt_min_probability": None if stage is None else stage[0],
+                       "pvtt_min_volume_ml": None if stage is None else stage[1],
                        "pvtt": pvtt_row["pvtt"], "pvtt_where_present": pvtt_row["pvtt_where_present"],
                        "false_pvtt_fraction": pvtt_row["false_pvtt_fraction"], **chosen},
             "pvtt_bias_table": bias_table, "confidence_table": conf_table,
@@ -308,7 +329,7 @@ def tune_from_logits(items, *, max_fp: float = DEFAULT_MAX_FP, max_false_pvtt: f
                 f"no PVTT-stage threshold found thrombus while drawing it in <= {max_false_pvtt:.0%} of the "
                 f"patients without one: the stage is not used")
         else:
-            section["pvtt_stage"] = {"min_probability": threshold}
+            section["pvtt_stage"] = {"min_probability": stage[0], "min_volume_ml": stage[1]}
     return section
 
 

@@ -680,6 +680,11 @@ def test_pvtt_stage_marks_thrombus_at_its_threshold():
     strict = Segmenter(_ThresholdNet(), _card(postprocessing={"pvtt_stage": {"min_probability": 0.999}}), "cpu",
                        pvtt_stage=stage)
     assert not (strict.segment(phases, geom) == 4).any()
+    # the thrombus (0.86 mL) is smaller than the card's smallest PVTT volume: dropped by the post-processing
+    small = Segmenter(_ThresholdNet(), _card(postprocessing={"pvtt_stage": {"min_probability": 0.8,
+                                                                            "min_volume_ml": 1.0}}), "cpu",
+                      pvtt_stage=stage)
+    assert small.pvtt_min_ml == 1.0 and not (small.segment(phases, geom) == 4).any()
     with pytest.raises(ModelFileError, match="spacing"):
         Segmenter(_ThresholdNet(), _card(), "cpu", pvtt_stage=Segmenter(_PvttNet(), _card(spacing_mm=[2, 2, 2]),
                                                                         "cpu"))
@@ -721,12 +726,14 @@ def test_pvtt_stage_named_in_the_card_is_loaded_and_pinned(tmp_path, tiny_weight
 
 
 def _staged_item(pid, seed, *, with_pvtt=True, false_blob=False):
-    """A tuning item with a PVTT-stage probability: ~0.85 in the true thrombus, ~0.55 in a false blob."""
+    """A tuning item with a PVTT-stage probability: ~0.85 in the true thrombus (1.7 mL), ~0.55 in a false blob of
+    the same size and 0.85 in a small false one (0.2 mL), both in the liver."""
     item = _tuning_item(pid, seed, with_pvtt=with_pvtt, fp=False)
-    prob = np.full(item["truth"].shape, 0.05, np.float32)
+    prob = np.full(item["truth"].shape, 0.01, np.float32)
     prob[item["truth"] == 4] = 0.85
     if false_blob:
-        prob[14:18, 8:14, 8:14] = 0.55  # inside the liver, no thrombus there
+        prob[14:18, 8:14, 8:14] = 0.55
+        prob[6:8, 30:33, 8:11] = 0.85
     item["pvtt_prob"] = prob.astype(np.float16)
     return item
 
@@ -735,20 +742,23 @@ def test_tuning_chooses_the_pvtt_stage_threshold_or_rejects_the_stage():
     from HCCTwinLib.segmentation.tuning import choose_pvtt_stage, tune_from_logits
 
     items = [_staged_item(f"S{i}", i, with_pvtt=i % 2 == 0, false_blob=True) for i in range(4)]
-    section = tune_from_logits(items, stage_grid=(0.3, 0.5, 0.6, 0.7, 0.9), confidence_grid=(0.5, 0.7))
+    section = tune_from_logits(items, stage_grid=(0.3, 0.5, 0.6, 0.7, 0.9), volume_grid=(0.05, 0.5, 1.5),
+                               confidence_grid=(0.5, 0.7))
     tuning = section["tuning"]
-    # 0.3 and 0.5 draw the blob in the patients without thrombus; 0.6 and 0.7 find the thrombus alone; 0.9 nothing
-    assert section["pvtt_stage"] == {"min_probability": 0.7}  # the highest of the equally good thresholds
+    # 0.3 and 0.5 draw the big blob; the small one needs a volume >= 0.5 mL to go; 0.9 finds nothing
+    assert section["pvtt_stage"] == {"min_probability": 0.7, "min_volume_ml": 1.5}  # the strictest of the best
     assert section["class_bias"] == [0.0] * 5 and [r["pvtt_bias"] for r in tuning["pvtt_bias_table"]] == [0.0]
-    rows = {r["pvtt_min_probability"]: r for r in tuning["pvtt_stage_table"]}
-    assert rows[0.5]["false_pvtt_fraction"] == 1.0 and rows[0.7]["false_pvtt_fraction"] == 0.0
-    assert rows[0.7]["pvtt_where_present"] > 0.99 and rows[0.9]["pvtt_where_present"] == 0.0
+    rows = {(r["pvtt_min_probability"], r["pvtt_min_volume_ml"]): r for r in tuning["pvtt_stage_table"]}
+    assert len(rows) == 15 and rows[(0.5, 1.5)]["false_pvtt_fraction"] == 1.0
+    assert rows[(0.7, 0.05)]["false_pvtt_fraction"] == 1.0 and rows[(0.7, 0.5)]["false_pvtt_fraction"] == 0.0
+    assert rows[(0.6, 0.5)]["mean"] == rows[(0.7, 1.5)]["mean"] > rows[(0.7, 0.05)]["mean"]
+    assert rows[(0.7, 0.5)]["pvtt_where_present"] > 0.99 and rows[(0.9, 0.5)]["pvtt_where_present"] == 0.0
     assert tuning["chosen"]["pvtt_where_present"] > 0.99 and tuning["untuned"]["pvtt_where_present"] == 0.0
     # a stage that only finds thrombus together with false ones is not used
     bad = [_staged_item(f"B{i}", i, with_pvtt=i % 2 == 0, false_blob=True) for i in range(4)]
     for it in bad:
         it["pvtt_prob"] = np.where(it["pvtt_prob"] > 0.5, 0.85, 0.05).astype(np.float16)
-    rejected = tune_from_logits(bad, stage_grid=(0.5, 0.7), confidence_grid=(0.5,))
+    rejected = tune_from_logits(bad, stage_grid=(0.5, 0.7), volume_grid=(0.05,), confidence_grid=(0.5,))
     assert "pvtt_stage" not in rejected and "not used" in rejected["tuning"]["pvtt_stage_rejected"]
     assert choose_pvtt_stage([{"pvtt_min_probability": 0.5, "mean": 0.7, "false_pvtt_fraction": 0.0,
                                "pvtt_where_present": 0.0}], 0.1) is None
@@ -790,6 +800,7 @@ def test_tune_command_with_a_pvtt_model(tmp_path, tiny_weights, monkeypatch):
 
     import HCCTwinLib.segmentation as segpkg
     from HCCTwinLib.cli import main
+    from HCCTwinLib.segmentation.tuning import PVTT_STAGE_GRID, PVTT_VOLUME_GRID_ML
     from HCCTwinLib.weights import card_path, load_card
 
     cohort = tmp_path / "tune"
@@ -819,9 +830,11 @@ def test_tune_command_with_a_pvtt_model(tmp_path, tiny_weights, monkeypatch):
                  "--pvtt-model", str(stage), "--report", str(tmp_path / "t.json")]) == 0
     report = json.loads((tmp_path / "t.json").read_text())
     rows = report["tuning"]["pvtt_stage_table"]
-    assert len(rows) == 14 and "pvtt_stage_rejected" not in report["tuning"]
+    assert len(rows) == len(PVTT_STAGE_GRID) * len(PVTT_VOLUME_GRID_ML)
+    assert "pvtt_stage_rejected" not in report["tuning"]
     card = load_card(weights)["postprocessing"]
-    chosen = next(r for r in rows if r["pvtt_min_probability"] == card["pvtt_stage"]["min_probability"])
+    chosen = next(r for r in rows if r["pvtt_min_probability"] == card["pvtt_stage"]["min_probability"]
+                  and r["pvtt_min_volume_ml"] == card["pvtt_stage"]["min_volume_ml"])
     assert chosen["pvtt_where_present"] > 0.5 and chosen["mean"] == max(r["mean"] for r in rows)
     assert report["tuning"]["untuned"]["pvtt_where_present"] == 0.0
     assert card["pvtt_stage"]["model"] == stage.name and card["pvtt_stage"]["sha256"] == load_card(stage)["sha256"]

@@ -64,6 +64,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="train under bfloat16 autocast on a CPU with native bfloat16 (2-5x faster)")
     parser.add_argument("--class-ratios", help="segmentation: patch-centre odds of labels 0-4, comma-separated")
+    parser.add_argument("--pvtt-stage", action="store_true",
+                        help="segmentation: a PVTT-stage model (hcctwin_seg_pvtt; PVTT_STAGE_SETTINGS of "
+                             "HCCTwinLib.segmentation.train, unless --class-weights / --class-ratios say otherwise)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "HCCTwin"))
     from HCCTwinLib.cli import ProgressBar
@@ -77,6 +80,10 @@ def main(argv=None) -> int:
         from HCCTwinLib.segmentation import train_segmentation
 
         params = dict(SEGMENTATION)
+        if args.pvtt_stage:
+            from HCCTwinLib.segmentation.train import PVTT_STAGE_SETTINGS
+
+            params.update(PVTT_STAGE_SETTINGS)
         if args.lr:
             params["lr"] = args.lr
         if args.max_cases:

@@ -8,9 +8,11 @@ label map on the *input* grid:
 2. optional stage 1 on a 2x coarser grid over the whole volume finds the liver box (auto for large volumes);
 3. stage 2: ``monai.inferers.sliding_window_inference`` at model resolution inside the padded box only (Gaussian
    blending, logits held for the box only, argmax in slabs to uint8), CUDA autocast on the GPU, inference_mode;
-4. optional PVTT stage: a second network of the same grid (named in the model card's ``postprocessing.pvtt_stage``,
-   pinned by its sha256) trained with the thrombus weighted and oversampled; its PVTT probability, thresholded at a
-   value tuned on a labelled cohort (:mod:`.tuning`), marks portal-vein tumour thrombus inside the same box;
+4. optional PVTT stage (the model card's ``postprocessing.pvtt_stage``): PVTT is then not an argmax class; the PVTT
+   probability of the stage model, thresholded at a value tuned on a labelled cohort (:mod:`.tuning`), marks
+   portal-vein tumour thrombus inside the same box. The stage is either the model itself (one pass: a model trained
+   with the thrombus weighted ranks it well but draws too much of it at the argmax) or a second network of the same
+   grid, named by file and pinned by its sha256;
 5. post-processing (:mod:`.postprocessing`) on the model grid, nearest-neighbour back to the input grid.
 
 A CUDA out-of-memory error re-runs the step on the CPU with a message
@@ -44,6 +46,19 @@ BOX_MARGIN_MM = 20.0
 #: stage 1 runs automatically when the model-grid volume exceeds this many sliding-window ROIs
 COARSE_AUTO_ROIS = 4
 _ARGMAX_SLAB = 16
+
+
+#: marks "this model is its own PVTT stage" (card ``postprocessing.pvtt_stage.model`` = the model's own file name)
+SELF_STAGE = "self"
+#: logit offset that keeps a class out of the argmax
+_EXCLUDED = -1.0e4
+
+
+def pvtt_excluded_bias(class_bias: Sequence[float] | None, n_classes: int) -> tuple[float, ...]:
+    """``class_bias`` (or zeros) with PVTT pushed out of the argmax."""
+    bias = [0.0] * n_classes if class_bias is None else [float(b) for b in class_bias]
+    bias[PVTT] = _EXCLUDED
+    return tuple(bias)
 
 
 def default_weights_path() -> Path:
@@ -185,7 +200,7 @@ class Segmenter:
         self.min_tumor_confidence = float(tuned.get("min_tumor_confidence", 0.0))
         #: the PVTT stage (:meth:`attach_pvtt_stage`): a second network whose PVTT probability, at or above
         #: ``pvtt_min_probability`` (card ``postprocessing.pvtt_stage.min_probability``), marks thrombus
-        self.pvtt_stage: Segmenter | None = None
+        self.pvtt_stage: Segmenter | None = None  # may be ``self``
         self.pvtt_min_probability = float((tuned.get("pvtt_stage") or {}).get("min_probability", 0.5))
         #: smallest PVTT component kept (mL; card ``postprocessing.pvtt_stage.min_volume_ml``, tuned with the stage)
         self.pvtt_min_ml = float((tuned.get("pvtt_stage") or {}).get("min_volume_ml", postprocessing.MIN_PVTT_ML))
@@ -208,7 +223,12 @@ class Segmenter:
                                  ) from exc
         stage = (card.get("postprocessing") or {}).get("pvtt_stage")
         if stage:
-            options = {**options, "pvtt_stage": cls._load_pvtt_stage(Path(path), stage, dev, options)}
+            loaded = cls._load_pvtt_stage(Path(path), stage, dev, options)
+            if loaded is SELF_STAGE and stage.get("sha256") and stage["sha256"] != card.get("sha256"):
+                raise ModelFileError(f"{path}: its card names the model itself as PVTT stage, tuned with sha256 "
+                                     f"{str(stage['sha256'])[:12]}..., but the file is {str(card.get('sha256'))[:12]}"
+                                     f"...; re-tune (`hcctwin tune segmentation --pvtt-model {Path(path).name}`).")
+            options = {**options, "pvtt_stage": loaded}
         return cls(model, card, dev, message=message, path=Path(path), **options)
 
     @classmethod
@@ -220,6 +240,8 @@ class Segmenter:
         if not name or Path(name).name != name:
             raise ModelFileError(f"{path}: postprocessing.pvtt_stage.model must be a file name next to the model, "
                                  f"not {name!r}.")
+        if name == path.name:
+            return SELF_STAGE
         stage_path = path.parent / name
         if not stage_path.is_file():
             raise ModelFileError(f"{stage_path}: the PVTT-stage model named in {path.name}'s card is missing; copy it "
@@ -233,10 +255,20 @@ class Segmenter:
                                  f"(`hcctwin tune segmentation --pvtt-model {name}`).")
         return inner
 
-    def attach_pvtt_stage(self, stage: Segmenter | None) -> None:
-        """Use ``stage`` (a model on the same grid, window and phases with a PVTT class) as the PVTT stage."""
+    def bias_without_pvtt(self) -> tuple[float, ...]:
+        """The card's class bias with PVTT taken out of the argmax (the PVTT stage decides PVTT)."""
+        return pvtt_excluded_bias(self.class_bias, int(self.card["architecture_kwargs"].get("out_channels", PVTT + 1)))
+
+    def attach_pvtt_stage(self, stage) -> None:
+        """Use ``stage`` (a model on the same grid, window and phases with a PVTT class; ``self`` or
+        :data:`SELF_STAGE`: this model's own PVTT probability) as the PVTT stage; None: no stage."""
         if stage is None:
             self.pvtt_stage = None
+            return
+        if stage is SELF_STAGE or stage is self:
+            if int(self.card["architecture_kwargs"].get("out_channels", 0)) <= PVTT:
+                raise ModelFileError("PVTT stage: the model has no PVTT class (label 4).")
+            self.pvtt_stage = self
             return
         for what, mine, theirs in (("spacing", self.spacing_mm, stage.spacing_mm),
                                    ("HU window", tuple(self.window_hu), tuple(stage.window_hu)),
@@ -344,12 +376,17 @@ class Segmenter:
         with self._lock:
             self.last_info = {"device": str(self.device), "messages": [], "cpu_precision": self.cpu_precision}
             crop, box, mgeom, geometry = self._stage2_input(case_or_arrays, geometry, progress, coarse_to_fine)
-            end = 1.0 if pvtt_model is None else 0.6
-            logits = self.crop_logits(crop, SubProgress(progress, 0.25, end)).numpy().astype(np.float16)
+            own = pvtt_model is self or pvtt_model is SELF_STAGE
+            end = 1.0 if pvtt_model is None or own else 0.6
+            raw = self.crop_logits(crop, SubProgress(progress, 0.25, end))
             pvtt = None
-            if pvtt_model is not None:
+            if own:
+                pvtt = softmax_channel(raw, PVTT).astype(np.float16)
+            elif pvtt_model is not None:
                 pvtt = softmax_channel(pvtt_model.crop_logits(crop, SubProgress(progress, 0.6, 1.0)),
                                        PVTT).astype(np.float16)
+            logits = raw.numpy().astype(np.float16)
+            del raw
             return logits, box, mgeom, geometry, pvtt
 
     def _segment(self, case_or_arrays, geometry, progress, postprocess, coarse_to_fine):
@@ -360,14 +397,23 @@ class Segmenter:
         report(progress, 0.25, "Segmentation stage 2: full resolution")
         labels = np.zeros(mgeom.shape, np.uint8)
         tumor_prob = np.zeros(mgeom.shape, np.float32)
-        end = 0.9 if self.pvtt_stage is None else 0.7
-        labels[box], tumor_prob[box] = self.predict_model_grid(crop, progress=SubProgress(progress, 0.25, end),
-                                                               tuned=True)
-        if self.pvtt_stage is not None:
-            report(progress, 0.7, "Segmentation: PVTT stage")
-            pvtt = softmax_channel(self.pvtt_stage.crop_logits(crop, SubProgress(progress, 0.7, 0.9)), PVTT)
+        stage = self.pvtt_stage
+        if stage is None:
+            labels[box], tumor_prob[box] = self.predict_model_grid(crop, progress=SubProgress(progress, 0.25, 0.9),
+                                                                   tuned=True)
+        else:
+            own = stage is self
+            logits = self.crop_logits(crop, SubProgress(progress, 0.25, 0.9 if own else 0.7))
+            labels[box], tumor_prob[box] = logits_to_labels(logits, class_bias=self.bias_without_pvtt(),
+                                                            tumor_prob=True)
+            if not own:
+                del logits
+                report(progress, 0.7, "Segmentation: PVTT stage")
+                logits = stage.crop_logits(crop, SubProgress(progress, 0.7, 0.9))
+            pvtt = softmax_channel(logits, PVTT)
+            del logits
             labels[box][pvtt >= self.pvtt_min_probability] = PVTT
-            self.last_info["pvtt_stage"] = {"model": self.pvtt_stage.path.name if self.pvtt_stage.path else None,
+            self.last_info["pvtt_stage"] = {"model": "itself" if own else (stage.path.name if stage.path else None),
                                             "min_probability": self.pvtt_min_probability,
                                             "min_volume_ml": self.pvtt_min_ml}
             del pvtt

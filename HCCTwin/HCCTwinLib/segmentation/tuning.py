@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import InputError
 from ..progress import ProgressCallback, SubProgress, report
 from . import postprocessing
-from .inference import logits_to_labels
+from .inference import logits_to_labels, pvtt_excluded_bias
 from .metrics import cohort_lesion_detection, dice_per_label, lesion_counts, mean_dice
 from .preprocessing import from_model_grid
 
@@ -94,6 +94,9 @@ def _labels(item, class_bias, *, tumor_prob: bool, pvtt_threshold: float | None 
     stage probability and ``pvtt_threshold`` is given, PVTT where that probability reaches it (before
     post-processing)."""
     mgeom = item["model_geometry"]
+    staged = pvtt_threshold is not None and item.get("pvtt_prob") is not None
+    if staged:  # the stage decides PVTT: it is not an argmax class
+        class_bias = pvtt_excluded_bias(class_bias, int(item["logits"].shape[0]))
     out = logits_to_labels(item["logits"], class_bias=class_bias, tumor_prob=tumor_prob)
     labels = np.zeros(mgeom.shape, np.uint8)
     prob = None
@@ -102,7 +105,7 @@ def _labels(item, class_bias, *, tumor_prob: bool, pvtt_threshold: float | None 
         labels[item["box"]], prob[item["box"]] = out
     else:
         labels[item["box"]] = out
-    if pvtt_threshold is not None and item.get("pvtt_prob") is not None:
+    if staged:
         labels[item["box"]][np.asarray(item["pvtt_prob"], np.float32) >= pvtt_threshold] = PVTT
     return labels, prob
 
@@ -264,7 +267,8 @@ def tune_segmentation(segmenter, cohort_dir, *, max_fp: float = DEFAULT_MAX_FP, 
                                confidence_grid=confidence_grid, stage_grid=stage_grid, volume_grid=volume_grid,
                                progress=SubProgress(progress, 0.4, 1.0))
     if "pvtt_stage" in section:
-        section["pvtt_stage"] = {"model": pvtt_model.path.name, "sha256": pvtt_model.card.get("sha256"),
+        stage = segmenter if pvtt_model is segmenter else pvtt_model
+        section["pvtt_stage"] = {"model": stage.path.name, "sha256": stage.card.get("sha256"),
                                  **section["pvtt_stage"]}
     section["tuning"].update({"cohort": str(Path(cohort_dir).name), "device": str(segmenter.device),
                               "cpu_precision": segmenter.cpu_precision,

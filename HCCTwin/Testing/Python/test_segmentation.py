@@ -844,3 +844,53 @@ def test_tune_command_with_a_pvtt_model(tmp_path, tiny_weights, monkeypatch):
     seg = get_segmenter(weights, device="cpu")  # the real loader: the stage named in the card, pinned by sha256
     assert seg.pvtt_stage is not None and seg.pvtt_stage.path == stage
     clear_cache()
+
+
+class _EagerPvttNet(torch.nn.Module):
+    """Liver where the arterial phase is bright; PVTT the argmax wherever the portal phase is bright too, with a
+    probability that is high (~0.95) only where the portal phase is very bright (the 'true' thrombus)."""
+
+    def forward(self, x):
+        a, p = x[:, :1], x[:, 1:2]
+        bright = (a > 0.5).float()
+        zero = torch.zeros_like(a)
+        return torch.cat([(0.5 - a) * 20, bright * 2.0, zero - 5, zero - 5, bright * (2.1 + (p - 0.5) * 12)], dim=1)
+
+
+def test_model_as_its_own_pvtt_stage(tmp_path):
+    from HCCTwinLib.segmentation.inference import SELF_STAGE
+    from HCCTwinLib.weights import card_path, load_card
+
+    phases, geom, tube = _liver_with_thrombus()
+    band = np.zeros(tube.shape, bool)
+    band[2:14, 12:20, 4:28] = True
+    phases["portal"][band] = 62.0  # p4 ~0.6 in a band around the tube: the argmax draws thrombus there
+    phases["portal"][tube] = 290.0  # 'true' thrombus: p4 ~1
+    plain = Segmenter(_EagerPvttNet(), _card(), "cpu").segment(phases, geom)
+    assert (plain == 4).sum() > 3 * tube.sum()  # the argmax draws thrombus all over the band
+    own = Segmenter(_EagerPvttNet(), _card(postprocessing={"pvtt_stage": {"min_probability": 0.9}}), "cpu",
+                    pvtt_stage=SELF_STAGE)
+    assert own.pvtt_stage is own
+    out = own.segment(phases, geom)
+    assert np.array_equal(out == 4, tube) and np.all(out[(plain > 0) & ~tube] == 1)
+    assert own.last_info["pvtt_stage"]["model"] == "itself"
+    # the tuning reads the same probability from the one pass
+    logits, box, mgeom, _, pvtt = own.model_grid_logits(phases, geom, pvtt_model=own)
+    assert pvtt is not None and pvtt.shape == logits.shape[1:]
+    soft = torch.softmax(torch.as_tensor(logits.astype(np.float32)), 0)[4].numpy()
+    assert np.allclose(pvtt.astype(np.float32), soft, atol=2e-3)
+    # a card that names the model itself: loaded as its own stage, pinned by its own sha256
+    path = tmp_path / "own.safetensors"
+    save_model(build_model("DynUNet", **TINY), path, _card(name="own"))
+    card = load_card(path)
+    card_path(path).write_text(json.dumps({**card, "postprocessing": {"pvtt_stage": {
+        "model": path.name, "sha256": card["sha256"], "min_probability": 0.4}}}))
+    clear_cache()
+    seg = get_segmenter(path, device="cpu")
+    assert seg.pvtt_stage is seg and seg.pvtt_min_probability == 0.4
+    card_path(path).write_text(json.dumps({**card, "postprocessing": {"pvtt_stage": {
+        "model": path.name, "sha256": "f" * 64, "min_probability": 0.4}}}))
+    clear_cache()
+    with pytest.raises(ModelFileError, match="itself"):
+        get_segmenter(path, device="cpu")
+    clear_cache()

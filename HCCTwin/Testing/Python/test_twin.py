@@ -108,12 +108,12 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(cohort, tmp_path_factory):
-    """A tiny generator trained for 150 steps on the shrink-vs-grow cohort."""
+    """A tiny generator trained for 200 steps on the shrink-vs-grow cohort."""
     out = tmp_path_factory.mktemp("gen_trained")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        summary = train_generator(cohort, out, epochs=3, steps_per_epoch=50, batch_size=2, lr=3e-3, seed=0,
+        summary = train_generator(cohort, out, epochs=4, steps_per_epoch=50, batch_size=2, lr=3e-3, seed=0,
                                   device="cpu", crop_shape=TINY_CROP, architecture_kwargs=TINY_ARCH,
                                   cond_dropout=0.0, ema_decay=None, sampling_steps=2, log=lambda *_: None)
     finally:

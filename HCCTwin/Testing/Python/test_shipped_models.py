@@ -55,6 +55,10 @@ def test_demo_with_every_shipped_model(tmp_path, monkeypatch):
         f"on the CPU, {'bfloat16' if cpu_precision() == 'bf16' else 'float32'}"
     assert result["provenance"]["generator"].endswith(where)  # the outputs depend on it
     assert result["provenance"]["segmentation"].endswith(where)
+    # the shipped segmentation model is its own PVTT stage and finds the demo patient's thrombus (10.99 mL in the
+    # simulator's labels on the full-size case; the small demo case has one too)
+    assert "PVTT from its own PVTT probability" in result["provenance"]["segmentation"]
+    assert result["label_volumes_ml"]["pvtt"] > 1.0
     os_curves = result["survival"]["endpoints"]["os"]
     assert set(os_curves) == {"tace_pd1_len", "haic_pd1_len", "pd1_tki"}
     assert result["survival"]["recommendation"]["regimen"] in os_curves

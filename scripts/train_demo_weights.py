@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-bf16", action="store_true",
                         help="train under bfloat16 autocast on a CPU with native bfloat16 (2-5x faster)")
     parser.add_argument("--class-ratios", help="segmentation: patch-centre odds of labels 0-4, comma-separated")
+    parser.add_argument("--small-lesions", type=float, metavar="W",
+                        help="segmentation: lesion-wise patch centres and small-lesion CE weights up to W")
     parser.add_argument("--pvtt-stage", action="store_true",
                         help="segmentation: a PVTT-stage model (hcctwin_seg_pvtt; PVTT_STAGE_SETTINGS of "
                              "HCCTwinLib.segmentation.train, unless --class-weights / --class-ratios say otherwise)")
@@ -100,6 +102,8 @@ def main(argv=None) -> int:
             params["val_max_cases"] = args.val_max_cases
         if args.cpu_bf16:
             params["cpu_precision"] = "bf16"
+        if args.small_lesions:
+            params.update({"lesion_sampling": True, "small_lesion_weight": args.small_lesions})
         for key in ("class_weights", "class_ratios"):
             if getattr(args, key):
                 params[key] = tuple(float(v) for v in getattr(args, key).split(","))

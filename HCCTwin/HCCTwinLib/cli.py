@@ -50,6 +50,19 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+def _mirror_axes(text: str) -> list[int]:
+    """``--mirror-axes``: 'none' (or empty) or comma-separated model-grid axes 0, 1, 2."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        axes = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'none' or axes such as 1,2; got {text!r}") from None
+    if any(a not in (0, 1, 2) for a in axes):
+        raise argparse.ArgumentTypeError(f"mirror axes are 0, 1, 2 (K, J, I of the model grid); got {text!r}")
+    return axes
+
+
 def read_clinical_row(csv_path: str | Path, patient_id: str) -> dict:
     """One patient's row of a cohort ``clinical.csv`` as a dict (empty cells dropped); notes about how the table was
     read (delimiter, encoding, ...) go to stderr. See :func:`HCCTwinLib.io.read_clinical_row`."""
@@ -342,6 +355,10 @@ def cmd_train(args) -> int:
         from .segmentation.train import PVTT_STAGE_SETTINGS
 
         kwargs.update(PVTT_STAGE_SETTINGS)
+    if args.small_lesions:
+        if args.model != "segmentation":
+            raise InputError("--small-lesions applies to the segmentation only.")
+        kwargs.update({"lesion_sampling": True, "small_lesion_weight": args.small_lesions})
     summary = train(args.cohort, args.out, **kwargs)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -367,9 +384,11 @@ def cmd_tune(args) -> int:
         segmenter.attach_pvtt_stage(stage)  # checks grid, window and phases; the card decides whether it is used
         segmenter.attach_pvtt_stage(None)
     section = tune_segmentation(segmenter, args.cohort, max_fp=args.max_fp, max_false_pvtt=args.max_false_pvtt,
-                                max_cases=args.max_cases, pvtt_model=stage, progress=ProgressBar())
+                                max_cases=args.max_cases, pvtt_model=stage, mirror_axes=args.mirror_axes,
+                                progress=ProgressBar())
     summary = {"weights": str(weights), "class_bias": section["class_bias"],
-               "min_tumor_confidence": section["min_tumor_confidence"], "pvtt_stage": section.get("pvtt_stage"),
+               "min_tumor_confidence": section["min_tumor_confidence"], "mirror_axes": section["mirror_axes"],
+               "pvtt_stage": section.get("pvtt_stage"),
                "untuned": section["tuning"]["untuned"], "chosen": section["tuning"]["chosen"]}
     if "pvtt_stage_rejected" in section["tuning"]:
         summary["pvtt_stage"] = section["tuning"]["pvtt_stage_rejected"]
@@ -469,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-weights", help="segmentation/generator: start a new run from this model file (same "
                                           "architecture; a generator input layer without the regimen-prior channel "
                                           "is zero-padded)")
+    p.add_argument("--small-lesions", type=float, metavar="W",
+                   help="segmentation: emphasise small lesions (tumour patch centres drawn per lesion, plus a "
+                        "cross-entropy whose weight for lesions under 4 mL grows up to W, e.g. 10)")
     p.add_argument("--pvtt-stage", action="store_true",
                    help="segmentation: train a PVTT-stage model (hcctwin_seg_pvtt: thrombus weighted and oversampled;"
                         " best started with --init-weights from the main model), then choose its threshold with "
@@ -492,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pvtt-model", help="a PVTT-stage model (`hcctwin train segmentation --pvtt-stage`) in the same "
                                         "folder: tune its threshold instead of the PVTT logit bias (the stage is "
                                         "written into the card only when it finds thrombus within --max-false-pvtt)")
+    p.add_argument("--mirror-axes", type=_mirror_axes, metavar="AXES",
+                   help="test-time mirroring to tune for: model-grid axes 0,1,2 (K, J, I), e.g. '1,2' (4 passes) or "
+                        "'none' (one pass); default: the card's current setting")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--report", help="also write the full tuning tables to this JSON file")
     p.add_argument("--dry-run", action="store_true", help="print the result, leave the model card as it is")

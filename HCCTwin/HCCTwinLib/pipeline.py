@@ -295,10 +295,14 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
             case.labels = segmenter.segment(case, progress=SubProgress(progress, 0.05, 0.35))
             _add_messages(result, "Segmentation", segmenter)
             stage = getattr(segmenter, "pvtt_stage", None)
+            rule = (f"probability >= {getattr(segmenter, 'pvtt_min_probability', 0):g}, components >= "
+                    f"{getattr(segmenter, 'pvtt_min_ml', 0):g} mL")
             result.provenance["segmentation"] = (
                 f"{_model_label(segmenter.card)}"
-                + (f" + PVTT stage {_model_label(stage.card)} (probability >= {segmenter.pvtt_min_probability:g})"
-                   if stage is not None else "") + f", {_compute_label(segmenter)}")
+                + ("" if stage is None else f" (PVTT from its own PVTT probability, {rule})" if stage is segmenter
+                   else f" + PVTT stage {_model_label(stage.card)} ({rule})")
+                + (f", test-time mirroring ({2 ** len(segmenter.mirror_axes)} passes)"
+                   if getattr(segmenter, "mirror_axes", ()) else "") + f", {_compute_label(segmenter)}")
     elif case.labels is not None:
         result.provenance["segmentation"] = "given (user or file)"
     if case.labels is not None:

@@ -80,17 +80,32 @@ def n_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:
     return n
 
 
+def mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of ``mirror_axes`` (spatial axes 0, 1, 2 = K, J, I of the model grid), the empty one first:
+    the mirrored copies test-time mirroring averages (nnU-Net's scheme; 2 ** len(axes) network passes)."""
+    axes = sorted({int(a) for a in mirror_axes})
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"mirror axes must be spatial axes 0, 1, 2 (K, J, I); got {list(mirror_axes)}")
+    return [tuple(a for n, a in enumerate(axes) if mask >> n & 1) for mask in range(2 ** len(axes))]
+
+
 def sliding_window_logits(model, image: np.ndarray, *, roi_size: Sequence[int], device, overlap: float = 0.25,
                           sw_batch_size: int = 1, progress: ProgressCallback | None = None,
-                          cpu_precision: str = "fp32"):
+                          cpu_precision: str = "fp32", mirror_axes: Sequence[int] = ()):
     """Blended logits (a float32 CPU tensor ``(classes, K, J, I)``) of ``model`` over a normalised ``(C, K, J, I)``
     image: Gaussian-weighted sliding windows run on ``device`` (``cpu_precision`` ``"bf16"``: bfloat16 autocast on
-    the CPU, :func:`device.cpu_precision`), accumulated on the CPU for this image only."""
+    the CPU, :func:`device.cpu_precision`), accumulated on the CPU for this image only.
+
+    ``mirror_axes``: test-time mirroring. The image is also run mirrored along every subset of these spatial axes
+    (:func:`mirror_sets`), each prediction mirrored back, and the softmax probabilities averaged; the result is
+    then the log of the mean probability (a valid logit: its softmax is that mean). Empty: one plain pass."""
     import torch
     from monai.inferers import sliding_window_inference
 
     device = torch.device(device)
-    total = max(1, int(np.ceil(n_windows(image.shape[1:], roi_size, overlap) / sw_batch_size)))
+    flips = mirror_sets(mirror_axes)
+    per_pass = max(1, int(np.ceil(n_windows(image.shape[1:], roi_size, overlap) / sw_batch_size)))
+    total = per_pass * len(flips)
     done = [0]
 
     def predictor(x):
@@ -101,11 +116,26 @@ def sliding_window_logits(model, image: np.ndarray, *, roi_size: Sequence[int], 
         return y.float()
 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    roi = tuple(int(r) for r in roi_size)
     with torch.inference_mode():
-        logits = sliding_window_inference(x, roi_size=tuple(int(r) for r in roi_size), sw_batch_size=sw_batch_size,
-                                          predictor=predictor, overlap=overlap, mode="gaussian", sw_device=device,
-                                          device=torch.device("cpu"))
-    return logits[0]
+        mean_prob = None
+        for flip in flips:
+            dims = [a + 2 for a in flip]
+            xf = torch.flip(x, dims) if dims else x
+            logits = sliding_window_inference(xf, roi_size=roi, sw_batch_size=sw_batch_size, predictor=predictor,
+                                              overlap=overlap, mode="gaussian", sw_device=device,
+                                              device=torch.device("cpu"))[0]
+            del xf
+            if len(flips) == 1:
+                return logits
+            if dims:
+                logits = torch.flip(logits, [d - 1 for d in dims])
+            prob = torch.softmax(logits, dim=0)
+            del logits
+            mean_prob = prob if mean_prob is None else mean_prob.add_(prob)
+            del prob
+        mean_prob.div_(len(flips))
+        return mean_prob.clamp_(min=1e-12).log_()
 
 
 def logits_to_labels(logits, *, class_bias: Sequence[float] | None = None, tumor_prob: bool = False):
@@ -153,12 +183,13 @@ def softmax_channel(logits, channel: int) -> np.ndarray:
 def sliding_window_argmax(model, image: np.ndarray, *, roi_size: Sequence[int], device, overlap: float = 0.25,
                           sw_batch_size: int = 1, progress: ProgressCallback | None = None,
                           cpu_precision: str = "fp32", class_bias: Sequence[float] | None = None,
-                          tumor_prob: bool = False):
+                          tumor_prob: bool = False, mirror_axes: Sequence[int] = ()):
     """Argmax labels (uint8, ``image.shape[1:]``) of ``model`` over a normalised ``(C, K, J, I)`` image
     (:func:`sliding_window_logits` then :func:`logits_to_labels`; with ``tumor_prob`` the result is
     ``(labels, tumour probability)``)."""
     logits = sliding_window_logits(model, image, roi_size=roi_size, device=device, overlap=overlap,
-                                   sw_batch_size=sw_batch_size, progress=progress, cpu_precision=cpu_precision)
+                                   sw_batch_size=sw_batch_size, progress=progress, cpu_precision=cpu_precision,
+                                   mirror_axes=mirror_axes)
     out = logits_to_labels(logits, class_bias=class_bias, tumor_prob=tumor_prob)
     del logits
     return out
@@ -198,6 +229,11 @@ class Segmenter:
                                  f"{self.card['architecture_kwargs'].get('out_channels')} classes.")
         self.class_bias = tuple(float(b) for b in bias) if bias is not None else None
         self.min_tumor_confidence = float(tuned.get("min_tumor_confidence", 0.0))
+        #: test-time mirroring (card ``postprocessing.mirror_axes``, tuned with the rules above): stage 2 and the
+        #: PVTT stage average the softmax over the image mirrored along every subset of these model-grid axes
+        #: (0, 1, 2 = K, J, I; :func:`mirror_sets`); empty: one plain pass. The liver box (stage 1) is never mirrored.
+        self.mirror_axes = tuple(int(a) for a in tuned.get("mirror_axes", ()))
+        mirror_sets(self.mirror_axes)  # validates
         #: the PVTT stage (:meth:`attach_pvtt_stage`): a second network whose PVTT probability, at or above
         #: ``pvtt_min_probability`` (card ``postprocessing.pvtt_stage.min_probability``), marks thrombus
         self.pvtt_stage: Segmenter | None = None  # may be ``self``
@@ -319,14 +355,16 @@ class Segmenter:
     def predict_model_grid(self, image: np.ndarray, *, progress: ProgressCallback | None = None,
                            device=None, tuned: bool = False):
         """Raw argmax labels for a normalised ``(C, K, J, I)`` image already on the model grid. ``tuned``: apply
-        the card's class bias and return ``(labels, tumour probability)`` for the post-processing."""
+        the card's class bias and test-time mirroring and return ``(labels, tumour probability)`` for the
+        post-processing."""
         dev = self.device if device is None else device
 
         def run(d):
             return sliding_window_argmax(self._model_on(d), image, roi_size=self.roi_size, device=d,
                                          overlap=self.overlap, sw_batch_size=self.sw_batch_size, progress=progress,
                                          cpu_precision=self.cpu_precision,
-                                         class_bias=self.class_bias if tuned else None, tumor_prob=tuned)
+                                         class_bias=self.class_bias if tuned else None, tumor_prob=tuned,
+                                         mirror_axes=self.mirror_axes if tuned else ())
 
         return devices.call_with_cpu_fallback(run, dev, notify=lambda m: self._note(progress, m))
 
@@ -358,12 +396,17 @@ class Segmenter:
         crop = np.ascontiguousarray(image[(slice(None), *box)])
         return crop, box, mgeom, geometry
 
-    def crop_logits(self, crop: np.ndarray, progress: ProgressCallback | None = None):
-        """Blended logits (float32 CPU tensor ``(classes, ...)``) of this model over a normalised model-grid crop."""
+    def crop_logits(self, crop: np.ndarray, progress: ProgressCallback | None = None,
+                    mirror_axes: Sequence[int] | None = None):
+        """Blended logits (float32 CPU tensor ``(classes, ...)``) of this model over a normalised model-grid crop,
+        mirrored at test time along ``mirror_axes`` (default: this model's own; a PVTT stage gets the main
+        model's)."""
+        axes = self.mirror_axes if mirror_axes is None else tuple(mirror_axes)
+
         def run(d):
             return sliding_window_logits(self._model_on(d), crop, roi_size=self.roi_size, device=d,
                                          overlap=self.overlap, sw_batch_size=self.sw_batch_size, progress=progress,
-                                         cpu_precision=self.cpu_precision)
+                                         cpu_precision=self.cpu_precision, mirror_axes=axes)
 
         return devices.call_with_cpu_fallback(run, self.device, notify=lambda m: self._note(progress, m))
 
@@ -383,7 +426,8 @@ class Segmenter:
             if own:
                 pvtt = softmax_channel(raw, PVTT).astype(np.float16)
             elif pvtt_model is not None:
-                pvtt = softmax_channel(pvtt_model.crop_logits(crop, SubProgress(progress, 0.6, 1.0)),
+                pvtt = softmax_channel(pvtt_model.crop_logits(crop, SubProgress(progress, 0.6, 1.0),
+                                                              mirror_axes=self.mirror_axes),
                                        PVTT).astype(np.float16)
             logits = raw.numpy().astype(np.float16)
             del raw
@@ -392,7 +436,7 @@ class Segmenter:
     def _segment(self, case_or_arrays, geometry, progress, postprocess, coarse_to_fine):
         t0 = time.perf_counter()
         self.last_info = {"device": str(self.device), "messages": [self.message] if self.message else [],
-                          "cpu_precision": self.cpu_precision}
+                          "cpu_precision": self.cpu_precision, "mirror_axes": list(self.mirror_axes)}
         crop, box, mgeom, geometry = self._stage2_input(case_or_arrays, geometry, progress, coarse_to_fine)
         report(progress, 0.25, "Segmentation stage 2: full resolution")
         labels = np.zeros(mgeom.shape, np.uint8)
@@ -409,7 +453,7 @@ class Segmenter:
             if not own:
                 del logits
                 report(progress, 0.7, "Segmentation: PVTT stage")
-                logits = stage.crop_logits(crop, SubProgress(progress, 0.7, 0.9))
+                logits = stage.crop_logits(crop, SubProgress(progress, 0.7, 0.9), mirror_axes=self.mirror_axes)
             pvtt = softmax_channel(logits, PVTT)
             del logits
             labels[box][pvtt >= self.pvtt_min_probability] = PVTT

@@ -67,6 +67,10 @@ DICE_KEYS = ("liver", "viable_tumor", "necrosis", "pvtt")
 PVTT_STAGE_SETTINGS = {"name": "hcctwin_seg_pvtt", "class_weights": (1.0, 1.0, 1.0, 1.0, 20.0),
                        "class_ratios": (0.5, 0.5, 1.0, 0.5, 6.0)}
 CACHE_VERSION = 1
+#: small-lesion emphasis (``small_lesion_weight``): a tumour component (labels 2|3, 6-connected, in the whole volume)
+#: smaller than this volume gets the CE weight ``min(small_lesion_weight, SMALL_LESION_REF_ML / its volume)``, on its
+#: voxels and a one-voxel ring around them, so missing a 0.4 mL nodule costs about as much as missing a 4 mL one
+SMALL_LESION_REF_ML = 4.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,57 @@ def prepare_sample(sample: Sample, cache_dir: Path, spacing_mm: Sequence[float],
 _MAX_CENTRES = 20000
 
 
+def _tumour_components(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    from scipy import ndimage
+
+    return ndimage.label(np.isin(labels, (2, 3)), structure=ndimage.generate_binary_structure(3, 1))
+
+
+def _lesion_centres(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Flat voxel indices of each tumour component (labels 2|3; at most ``_MAX_CENTRES`` per component)."""
+    comp, n = _tumour_components(labels)
+    if n == 0:
+        return []
+    flat = comp.ravel()
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(1, n + 2))
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        idx = order[a:b]
+        if idx.size > _MAX_CENTRES:
+            idx = rng.choice(idx, _MAX_CENTRES, replace=False)
+        out.append(idx.astype(np.int64))
+    return out
+
+
+def small_lesion_weights(labels: np.ndarray, voxel_ml: float, max_weight: float,
+                         ref_ml: float = SMALL_LESION_REF_ML) -> np.ndarray:
+    """Per-voxel CE weights (uint8, >= 1) that emphasise small tumour components: each component of volume ``v``
+    below ``ref_ml`` weighs ``min(max_weight, ref_ml / v)`` (rounded) on its voxels and a one-voxel ring around them
+    (so a missed nodule and a nodule drawn too large both cost); everything else 1."""
+    from scipy import ndimage
+
+    out = np.ones(labels.shape, np.uint8)
+    comp, n = _tumour_components(labels)
+    if n == 0 or max_weight <= 1:
+        return out
+    sizes_ml = np.bincount(comp.ravel(), minlength=n + 1)[1:] * float(voxel_ml)
+    ring = ndimage.generate_binary_structure(3, 1)
+    boxes = ndimage.find_objects(comp)
+    for index in np.argsort(-sizes_ml):  # largest first: a small lesion next to a big one keeps its weight
+        v = sizes_ml[index]
+        if v >= ref_ml:
+            continue
+        w = int(round(min(float(max_weight), ref_ml / max(v, 1e-6), 255.0)))
+        if w <= 1:
+            continue
+        sl = boxes[index]
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        mask = ndimage.binary_dilation(comp[grown] == index + 1, structure=ring)
+        out[grown][mask] = np.maximum(out[grown][mask], w)
+    return out
+
+
 def _label_centres(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray | None]:
     """Flat voxel indices per label 1..4 (a random subset of at most ``_MAX_CENTRES``); None for absent labels."""
     flat = labels.ravel()
@@ -208,11 +263,17 @@ class _PatchSampler:
     patches is cut from the volume sub-sampled by 2 on every axis (the grid of the coarse liver-box stage at inference),
     so the same network also finds the liver at twice the spacing. Augmentation: optional flips, intensity scale and
     shift, Gaussian noise.
+
+    ``lesion_sampling``: a centre on viable tumour or necrosis is a voxel of a tumour component drawn uniformly among
+    the volume's components (default: a voxel drawn among all voxels of that label, so large lesions dominate).
+    ``small_lesion_weight`` > 1: :meth:`batch` also returns per-voxel CE weights (:func:`small_lesion_weights`,
+    ``voxel_ml`` the model grid's voxel volume).
     """
 
     def __init__(self, items: list[tuple[Path, Path]], patch: Sequence[int], seed: int, *,
                  coarse_fraction: float = 0.0, flip_prob: float = 0.2,
-                 class_ratios: Sequence[float] = CLASS_RATIOS):
+                 class_ratios: Sequence[float] = CLASS_RATIOS, lesion_sampling: bool = False,
+                 small_lesion_weight: float = 0.0, voxel_ml: float = 0.0):
         self.patch = tuple(int(p) for p in patch)
         self.class_ratios = tuple(float(r) for r in class_ratios)
         if len(self.class_ratios) != len(CLASS_RATIOS) or min(self.class_ratios) < 0 or \
@@ -221,17 +282,27 @@ class _PatchSampler:
                              f"necrosis, PVTT), not all labels zero; got {class_ratios}")
         self.coarse_fraction = float(coarse_fraction)
         self.flip_prob = float(flip_prob)
+        self.lesion_sampling = bool(lesion_sampling)
+        self.weighted = float(small_lesion_weight) > 1.0
+        if self.weighted and voxel_ml <= 0:
+            raise ValueError("small_lesion_weight needs the model grid's voxel volume (voxel_ml)")
         self.rng = np.random.default_rng(seed)
         self.volumes, self.coarse = [], []
         for img_p, lbl_p in items:
             image = np.load(img_p, mmap_mode="r")
             labels = np.ascontiguousarray(np.load(lbl_p)[0])
-            self.volumes.append((image, labels, _label_centres(labels, self.rng)))
+            weights = small_lesion_weights(labels, voxel_ml, small_lesion_weight) if self.weighted else None
+            self.volumes.append((image, labels, self._centres(labels), weights))
             if self.coarse_fraction > 0:
                 c_img = np.ascontiguousarray(image[:, ::2, ::2, ::2])
                 c_lbl = np.ascontiguousarray(labels[::2, ::2, ::2])
-                self.coarse.append((c_img, c_lbl, _label_centres(c_lbl, self.rng)))
+                c_w = small_lesion_weights(c_lbl, 8 * voxel_ml, small_lesion_weight) if self.weighted else None
+                self.coarse.append((c_img, c_lbl, self._centres(c_lbl), c_w))
         self._order: list[int] = []
+
+    def _centres(self, labels: np.ndarray) -> list:
+        """Candidate centres per label (:func:`_label_centres`) plus, with lesion sampling, per tumour component."""
+        return [*_label_centres(labels, self.rng), _lesion_centres(labels, self.rng) if self.lesion_sampling else []]
 
     def set_seed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
@@ -242,47 +313,72 @@ class _PatchSampler:
             self._order = list(self.rng.permutation(len(self.volumes)))
         return int(self._order.pop())
 
-    def patch_from(self, image, labels, centres) -> tuple[np.ndarray, np.ndarray]:
+    def patch_from(self, image, labels, centres, weights=None):
+        """``(image patch, label patch)`` and, with ``weights`` (a volume of CE weights), its patch as a third item."""
         rng, shape = self.rng, labels.shape
         present = [c for c in range(len(self.class_ratios))
                    if (c == 0 or centres[c] is not None) and self.class_ratios[c] > 0] or [0]
         ratios = np.array([self.class_ratios[c] for c in present], float) + 1e-12
         cls = present[int(rng.choice(len(present), p=ratios / ratios.sum()))]
+        lesions = centres[len(self.class_ratios)]
         if cls == 0:
             centre = [int(rng.integers(0, s)) for s in shape]
+        elif cls in (2, 3) and lesions:
+            voxels = lesions[int(rng.integers(0, len(lesions)))]
+            centre = np.unravel_index(int(voxels[rng.integers(0, voxels.size)]), shape)
         else:
             centre = np.unravel_index(int(centres[cls][rng.integers(0, centres[cls].size)]), shape)
         starts = [min(max(int(c) - p // 2, 0), max(s - p, 0)) for c, p, s in zip(centre, self.patch, shape)]
         box = tuple(slice(a, a + p) for a, p in zip(starts, self.patch))
         img = np.asarray(image[(slice(None), *box)], dtype=np.float32)
         lbl = np.asarray(labels[box], dtype=np.int64)
+        wgt = None if weights is None else np.asarray(weights[box], dtype=np.float32)
         if img.shape[1:] != self.patch:  # volume smaller than the patch: pad (image with 0 = air, labels background)
             pad = [(0, p - s) for p, s in zip(self.patch, img.shape[1:])]
             img = np.pad(img, [(0, 0), *pad])
             lbl = np.pad(lbl, pad)
+            wgt = None if wgt is None else np.pad(wgt, pad, constant_values=1.0)
         for axis in range(3):
             if self.flip_prob > 0 and rng.random() < self.flip_prob:
                 img, lbl = np.flip(img, axis + 1), np.flip(lbl, axis)
+                wgt = None if wgt is None else np.flip(wgt, axis)
         if rng.random() < 0.5:
             img = img * float(1.0 + rng.uniform(-0.1, 0.1))
         if rng.random() < 0.5:
             img = img + float(rng.uniform(-0.05, 0.05))
         if rng.random() < 0.15:
             img = img + rng.normal(0.0, 0.02, img.shape).astype(np.float32)
-        return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(lbl)
+        if wgt is None:
+            return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(lbl)
+        return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(lbl), np.ascontiguousarray(wgt)
 
-    def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = [], []
+    def batch(self, batch_size: int):
+        """``(images, labels)`` of ``batch_size`` patches, plus their CE weights with ``small_lesion_weight``."""
+        xs, ys, ws = [], [], []
         for _ in range(batch_size):
             v = self._next_volume()
             use_coarse = self.coarse and self.rng.random() < self.coarse_fraction
-            x, y = self.patch_from(*(self.coarse[v] if use_coarse else self.volumes[v]))
-            xs.append(x)
-            ys.append(y[None])
+            out = self.patch_from(*(self.coarse[v] if use_coarse else self.volumes[v]))
+            xs.append(out[0])
+            ys.append(out[1][None])
+            if self.weighted:
+                ws.append(out[2][None])
+        if self.weighted:
+            return np.stack(xs), np.stack(ys), np.stack(ws)
         return np.stack(xs), np.stack(ys)
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def weighted_ce(logits, target, weights):
+    """Cross-entropy averaged with per-voxel ``weights``: ``sum(w * ce) / sum(w)`` (logits ``(B, C, ...)``, target
+    and weights ``(B, 1, ...)``)."""
+    import torch.nn.functional as F
+
+    ce = F.cross_entropy(logits, target[:, 0].long(), reduction="none")
+    w = weights[:, 0].to(ce.dtype)
+    return (w * ce).sum() / w.sum().clamp_min(1e-6)
+
+
 def _lr_at(progress_epochs: float, total_epochs: int, lr: float, warmup_epochs: float = 0.0) -> float:
     if warmup_epochs > 0 and progress_epochs < warmup_epochs:
         return lr * (0.1 + 0.9 * progress_epochs / warmup_epochs)
@@ -337,7 +433,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                        time_budget_s: float | None = None, cache_dir: str | os.PathLike | None = None,
                        warmup_epochs: float = 0.0, class_weights: Sequence[float] | None = None,
                        init_weights: str | os.PathLike | None = None,
-                       class_ratios: Sequence[float] = CLASS_RATIOS, cpu_precision: str = "fp32") -> dict[str, Any]:
+                       class_ratios: Sequence[float] = CLASS_RATIOS, cpu_precision: str = "fp32",
+                       lesion_sampling: bool = False, small_lesion_weight: float = 0.0) -> dict[str, Any]:
     """Train (or resume training) the segmentation model; returns a summary dict with the model path and metrics.
 
     ``patch_size`` is (k, j, i) voxels on the model grid (``spacing_mm`` is (x, y, z)); it is rounded up to a multiple
@@ -356,6 +453,10 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     file of the same architecture (e.g. an earlier run's checkpoint); it is ignored when resuming.
     ``cpu_precision="bf16"`` trains and validates on the CPU under bfloat16 autocast (float32 weights, optimizer and
     loss; for CPUs with native bfloat16); ``"fp32"`` (default) is plain float32. CUDA always uses its autocast.
+    Small lesions (a Dice loss hardly notices a missed 0.4 mL nodule next to a 40 mL tumour): ``lesion_sampling``
+    draws tumour patch centres per lesion instead of per voxel, and ``small_lesion_weight`` > 1 adds a cross-entropy
+    term whose voxel weights grow for tumour components below ``SMALL_LESION_REF_ML`` (:func:`small_lesion_weights`,
+    capped at that value); both are recorded in the card.
     """
     import torch
     from monai.losses import DiceCELoss
@@ -420,7 +521,9 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     weight = None if class_weights is None else torch.tensor([float(w) for w in class_weights], device=dev)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=weight)
     sampler = _PatchSampler(train_items, patch, seed, coarse_fraction=coarse_fraction, flip_prob=flip_prob,
-                            class_ratios=class_ratios)
+                            class_ratios=class_ratios, lesion_sampling=lesion_sampling,
+                            small_lesion_weight=small_lesion_weight,
+                            voxel_ml=float(np.prod([float(v) for v in spacing_mm])) / 1000.0)
     n_iter = int(iterations_per_epoch or max(1, math.ceil(len(train_items) * samples_per_volume / batch_size)))
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) if use_amp \
@@ -428,7 +531,11 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     card_path_best = out / f"{name}.safetensors"
     hyper = {"epochs": epochs, "batch_size": batch_size, "patch_size_kji": list(patch), "lr": lr,
              "weight_decay": weight_decay, "optimizer": "AdamW", "schedule": "cosine (per iteration), floor 1% lr",
-             "loss": "DiceCE (softmax, batch Dice)", "class_weights": class_weights,
+             "loss": "DiceCE (softmax, batch Dice)" + (
+                 f" + small-lesion weighted CE (components < {SMALL_LESION_REF_ML} mL weigh "
+                 f"min({small_lesion_weight}, {SMALL_LESION_REF_ML} mL / volume))" if sampler.weighted else ""),
+             "class_weights": class_weights, "lesion_sampling": bool(lesion_sampling),
+             "small_lesion_weight": float(small_lesion_weight),
              "init_weights": None if init_weights is None else Path(init_weights).name,
              "samples_per_volume": samples_per_volume,
              "class_sampling_ratios": [float(r) for r in class_ratios], "seed": seed, "val_fraction": val_fraction,
@@ -459,13 +566,15 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
             current_lr = _lr_at(progress_epochs, epochs, lr, warmup_epochs)
             for group in optimizer.param_groups:
                 group["lr"] = current_lr
-            xb, yb = sampler.batch(batch_size)
+            xb, yb, *wb = sampler.batch(batch_size)
             x = torch.from_numpy(xb).to(dev, non_blocking=True)
             y = torch.from_numpy(yb).to(dev, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with devices.autocast(dev, cpu_precision):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
+            if wb:
+                loss = loss + weighted_ce(logits.float(), y, torch.from_numpy(wb[0]).to(dev, non_blocking=True))
             if scaler is not None and scaler.is_enabled():
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)

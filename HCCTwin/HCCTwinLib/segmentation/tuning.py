@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import InputError
 from ..progress import ProgressCallback, SubProgress, report
 from . import postprocessing
-from .inference import logits_to_labels, pvtt_excluded_bias
+from .inference import logits_to_labels, mirror_sets, pvtt_excluded_bias
 from .metrics import cohort_lesion_detection, dice_per_label, lesion_counts, mean_dice
 from .preprocessing import from_model_grid
 
@@ -252,20 +252,30 @@ def tune_segmentation(segmenter, cohort_dir, *, max_fp: float = DEFAULT_MAX_FP, 
                       max_false_pvtt: float = DEFAULT_MAX_FALSE_PVTT,
                       pvtt_grid: Sequence[float] = PVTT_BIAS_GRID, confidence_grid: Sequence[float] = CONFIDENCE_GRID,
                       pvtt_model=None, stage_grid: Sequence[float] = PVTT_STAGE_GRID,
-                      volume_grid: Sequence[float] = PVTT_VOLUME_GRID_ML,
+                      volume_grid: Sequence[float] = PVTT_VOLUME_GRID_ML, mirror_axes: Sequence[int] | None = None,
                       progress: ProgressCallback | None = None) -> dict[str, Any]:
     """Tune the PVTT logit bias (or, with ``pvtt_model``, the PVTT stage's threshold), then the lesion-confidence
     threshold (module docstring) on ``cohort_dir``.
 
-    Returns the card's ``postprocessing`` section: ``class_bias``, ``min_tumor_confidence``, ``pvtt_stage`` when the
-    stage is used (its file name, sha256 and threshold) and ``tuning`` (cohort, cases, rule, the sweep tables, what
-    the untuned rules gave, date)."""
+    ``mirror_axes``: the test-time mirroring the rules are tuned for (:func:`.inference.mirror_sets`; it changes the
+    probabilities the thresholds apply to, so it is part of the section); None: the segmenter's current setting.
+
+    Returns the card's ``postprocessing`` section: ``class_bias``, ``min_tumor_confidence``, ``mirror_axes``,
+    ``pvtt_stage`` when the stage is used (its file name, sha256 and threshold) and ``tuning`` (cohort, cases, rule,
+    the sweep tables, what the untuned rules gave, date)."""
     t0 = time.perf_counter()
-    items = collect_logits(segmenter, cohort_dir, max_cases=max_cases, pvtt_model=pvtt_model,
-                           progress=SubProgress(progress, 0.0, 0.4))
+    axes = tuple(segmenter.mirror_axes if mirror_axes is None else sorted({int(a) for a in mirror_axes}))
+    mirror_sets(axes)  # validates
+    own_axes, segmenter.mirror_axes = segmenter.mirror_axes, axes
+    try:
+        items = collect_logits(segmenter, cohort_dir, max_cases=max_cases, pvtt_model=pvtt_model,
+                               progress=SubProgress(progress, 0.0, 0.4))
+    finally:
+        segmenter.mirror_axes = own_axes
     section = tune_from_logits(items, max_fp=max_fp, max_false_pvtt=max_false_pvtt, pvtt_grid=pvtt_grid,
                                confidence_grid=confidence_grid, stage_grid=stage_grid, volume_grid=volume_grid,
                                progress=SubProgress(progress, 0.4, 1.0))
+    section["mirror_axes"] = list(axes)
     if "pvtt_stage" in section:
         stage = segmenter if pvtt_model is segmenter else pvtt_model
         section["pvtt_stage"] = {"model": stage.path.name, "sha256": stage.card.get("sha256"),

@@ -894,3 +894,163 @@ def test_model_as_its_own_pvtt_stage(tmp_path):
     with pytest.raises(ModelFileError, match="itself"):
         get_segmenter(path, device="cpu")
     clear_cache()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Test-time mirroring: the softmax averaged over mirrored copies, tuned with the decision rules and kept in the card
+# ---------------------------------------------------------------------------------------------------------------
+
+class _RampNet(torch.nn.Module):
+    """Liver logit rising along I (the window's last axis) whatever the image: not mirror-symmetric."""
+
+    def forward(self, x):
+        ramp = torch.arange(x.shape[-1], dtype=torch.float32) * 0.5 - 1.0
+        one = torch.ones_like(x[:, :1])
+        return torch.cat([one * 0, one * ramp, one - 3, one - 3, one - 3], dim=1)
+
+
+def test_mirror_sets_are_every_subset_and_validated():
+    from HCCTwinLib.segmentation.inference import mirror_sets
+
+    assert mirror_sets(()) == [()]
+    assert mirror_sets([2]) == [(), (2,)]
+    assert sorted(mirror_sets([2, 1, 2])) == sorted([(), (1,), (2,), (1, 2)])
+    assert len(set(mirror_sets((0, 1, 2)))) == 8
+    with pytest.raises(ValueError, match="spatial axes"):
+        mirror_sets([3])
+
+
+def test_mirrored_logits_average_the_mirrored_softmax():
+    from HCCTwinLib.segmentation.inference import sliding_window_logits
+
+    image = np.random.default_rng(0).random((2, 4, 4, 6)).astype(np.float32)
+    kw = {"roi_size": (4, 4, 6), "device": "cpu"}  # one window: the blended logits are the network's own
+    plain = sliding_window_logits(_RampNet(), image, **kw)
+    p_plain = torch.softmax(plain, 0).numpy()
+    mirrored = sliding_window_logits(_RampNet(), image, mirror_axes=[2], **kw)
+    p_mirror = torch.softmax(mirrored, 0).numpy()
+    expected = (p_plain + p_plain[..., ::-1]) / 2
+    assert np.allclose(p_mirror, expected, atol=1e-5)
+    assert np.allclose(p_mirror[1], p_mirror[1][..., ::-1], atol=1e-5)  # the ramp is now symmetric
+    assert not np.allclose(p_plain[1], p_mirror[1], atol=1e-2)
+    # mirroring along axes the network's output does not depend on changes nothing
+    assert np.allclose(torch.softmax(sliding_window_logits(_RampNet(), image, mirror_axes=[0, 1], **kw), 0).numpy(),
+                       p_plain, atol=1e-5)
+    # a voxel-wise network is mirror-equivariant: the same probabilities over many windows too
+    big = np.random.default_rng(1).random((2, 12, 20, 20)).astype(np.float32)
+    seen = []
+    once = sliding_window_logits(_ThresholdNet(), big, roi_size=(8, 16, 16), device="cpu")
+    thrice = sliding_window_logits(_ThresholdNet(), big, roi_size=(8, 16, 16), device="cpu", mirror_axes=(0, 1, 2),
+                                   progress=lambda f, m: seen.append(m))
+    assert np.allclose(torch.softmax(once, 0).numpy(), torch.softmax(thrice, 0).numpy(), atol=1e-5)
+    assert seen[-1].endswith("/64") and "64/64" in seen[-1]  # 8 windows x 8 mirrored copies
+
+
+def test_segmenter_applies_the_cards_mirroring(tmp_path):
+    art, inside, geom = _sphere_case((16, 32, 32), (1.5, 1.5, 3.0), radius_mm=9.0)
+    phases = {"arterial": art, "portal": art}
+    plain = Segmenter(_RampNet(), _card(patch_size_kji=[16, 32, 32]), "cpu")
+    mirrored = Segmenter(_RampNet(), _card(patch_size_kji=[16, 32, 32], postprocessing={"mirror_axes": [2]}), "cpu")
+    assert plain.mirror_axes == () and mirrored.mirror_axes == (2,)
+    a = plain.segment(phases, geom, postprocess=False)
+    b = mirrored.segment(phases, geom, postprocess=False)
+    assert mirrored.last_info["mirror_axes"] == [2]
+    # the ramp makes the plain output liver on one side only; mirrored, both sides agree
+    assert not np.array_equal(a, a[..., ::-1]) and np.array_equal(b, b[..., ::-1])
+    with pytest.raises(ValueError, match="spatial axes"):
+        Segmenter(_RampNet(), _card(postprocessing={"mirror_axes": [5]}), "cpu")
+
+
+def test_tune_command_sets_the_mirroring_in_the_card(tmp_path, tiny_weights):
+    import shutil
+
+    from HCCTwinLib.cli import build_parser, main
+    from HCCTwinLib.weights import card_path, load_card
+
+    cohort = tmp_path / "tune"
+    _write_cohort(cohort, n=2, followup=False)
+    weights = tmp_path / "m" / "tiny_seg.safetensors"
+    weights.parent.mkdir()
+    shutil.copy(tiny_weights, weights)
+    shutil.copy(card_path(tiny_weights), card_path(weights))
+    clear_cache()
+    assert main(["tune", "segmentation", "--cohort", str(cohort), "--weights", str(weights), "--device", "cpu",
+                 "--mirror-axes", "2,1"]) == 0
+    assert load_card(weights)["postprocessing"]["mirror_axes"] == [1, 2]
+    clear_cache()
+    assert get_segmenter(weights, device="cpu").mirror_axes == (1, 2)
+    # re-tuning without the option keeps the card's mirroring; 'none' turns it off
+    clear_cache()
+    assert main(["tune", "segmentation", "--cohort", str(cohort), "--weights", str(weights), "--device", "cpu"]) == 0
+    assert load_card(weights)["postprocessing"]["mirror_axes"] == [1, 2]
+    clear_cache()
+    assert main(["tune", "segmentation", "--cohort", str(cohort), "--weights", str(weights), "--device", "cpu",
+                 "--mirror-axes", "none"]) == 0
+    assert load_card(weights)["postprocessing"]["mirror_axes"] == []
+    clear_cache()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["tune", "segmentation", "--cohort", "x", "--mirror-axes", "3"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small lesions in training: lesion-wise patch centres and a size-weighted cross-entropy
+# ---------------------------------------------------------------------------------------------------------------
+
+def _two_lesion_volume():
+    """A liver block with one large (4 x 10 x 10 = 400 voxels) and one small (2 x 2 x 2 = 8 voxels) tumour."""
+    lbl = np.zeros((12, 40, 40), np.uint8)
+    lbl[1:11, 2:38, 2:38] = 1
+    lbl[2:6, 5:15, 5:15] = 2
+    lbl[8:10, 30:32, 30:32] = 3
+    return lbl
+
+
+def test_small_lesion_weights_follow_the_lesion_volume():
+    from HCCTwinLib.segmentation.train import SMALL_LESION_REF_ML, small_lesion_weights
+
+    lbl = _two_lesion_volume()
+    voxel_ml = SMALL_LESION_REF_ML / 400  # the large lesion is exactly the reference volume: weight 1
+    w = small_lesion_weights(lbl, voxel_ml, max_weight=10)
+    assert w.dtype == np.uint8 and w.min() == 1
+    assert np.all(w[2:6, 5:15, 5:15] == 1)
+    assert np.all(w[8:10, 30:32, 30:32] == 10)  # 400 / 8 = 50, capped at 10
+    assert w[7, 30, 30] == 10 and w[8, 29, 30] == 10 and w[7, 29, 29] == 1  # the 6-connected ring, no corners
+    assert np.all(small_lesion_weights(lbl, voxel_ml, max_weight=100)[8:10, 30:32, 30:32] == 50)
+    assert np.all(small_lesion_weights(lbl, voxel_ml, max_weight=1) == 1)
+    assert np.all(small_lesion_weights(np.ones_like(lbl), voxel_ml, 10) == 1)
+
+
+def test_lesion_sampling_centres_small_lesions_and_batches_carry_weights(tmp_path):
+    from HCCTwinLib.segmentation.train import _PatchSampler, weighted_ce
+
+    lbl = _two_lesion_volume()
+    lbl[lbl == 3] = 2  # both lesions viable: per voxel the large one gets 400 of 408 centres
+    img = np.zeros((2, *lbl.shape), np.float16)
+    img[0] = (np.arange(lbl.shape[1]) / lbl.shape[1])[None, :, None]  # channel 0 tells where a patch came from
+    np.save(tmp_path / "a.img.npy", img)
+    np.save(tmp_path / "a.lbl.npy", lbl[None])
+    items = [(tmp_path / "a.img.npy", tmp_path / "a.lbl.npy")]
+    ratios = (0, 0, 1, 0, 0)  # centres on viable tumour only
+
+    def small_share(sampler):  # the small lesion lies at j = 30-31, the large one at j = 5-14
+        return float(np.mean([sampler.batch(1)[0][0, 0].mean() > 0.6 for _ in range(300)]))
+
+    by_voxel = _PatchSampler(items, (4, 4, 4), seed=0, flip_prob=0.0, class_ratios=ratios)
+    by_lesion = _PatchSampler(items, (4, 4, 4), seed=0, flip_prob=0.0, class_ratios=ratios, lesion_sampling=True)
+    assert small_share(by_voxel) < 0.08 and 0.38 < small_share(by_lesion) < 0.62
+    with pytest.raises(ValueError, match="voxel_ml"):
+        _PatchSampler(items, (4, 4, 4), seed=0, small_lesion_weight=10)
+    weighted = _PatchSampler(items, (4, 4, 4), seed=0, flip_prob=0.5, class_ratios=ratios, lesion_sampling=True,
+                             small_lesion_weight=10, voxel_ml=4.0 / 400)
+    x, y, w = weighted.batch(3)
+    assert x.shape == (3, 2, 4, 4, 4) and y.shape == w.shape == (3, 1, 4, 4, 4) and w.dtype == np.float32
+    assert np.all(w[y == 2] >= 1) and w.max() == 10
+    # the weighted CE is the plain CE with uniform weights and leans on the heavy voxels otherwise
+    logits = torch.randn(3, 5, 4, 4, 4)
+    yt, wt = torch.from_numpy(y), torch.from_numpy(w)
+    plain = torch.nn.functional.cross_entropy(logits, yt[:, 0])
+    assert torch.allclose(weighted_ce(logits, yt, torch.ones_like(wt)), plain)
+    heavy = torch.zeros_like(wt)
+    heavy[0, 0, 0, 0, 0] = 1.0
+    ce0 = torch.nn.functional.cross_entropy(logits[:1, :, :1, :1, :1], yt[:1, 0, :1, :1, :1])
+    assert torch.allclose(weighted_ce(logits, yt, heavy), ce0)

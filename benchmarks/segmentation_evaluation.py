@@ -63,10 +63,16 @@ def _holdout_cases(n: int, seed: int, cohort: str | None):
 
 
 def evaluate_quality(weights: str, n: int, seed: int, device: str, cohort: str | None = None) -> dict:
-    from HCCTwinLib.segmentation import cohort_lesion_detection, dice_per_label, get_segmenter, lesion_counts
+    from HCCTwinLib.segmentation import (
+        cohort_lesion_detection,
+        detection_by_size,
+        dice_per_label,
+        get_segmenter,
+        lesion_counts,
+    )
 
     segmenter = get_segmenter(weights, device=device)
-    per_patient, pairs = [], []
+    per_patient, pairs, by_size = [], [], {}
     for pid, case, labels in _holdout_cases(n, seed, cohort):
         t = time.perf_counter()
         pred = segmenter.segment(case)
@@ -78,6 +84,10 @@ def evaluate_quality(weights: str, n: int, seed: int, device: str, cohort: str |
         d["shape_kji"] = list(labels.shape)
         per_patient.append(d)
         pairs.append(lesion_counts(pred, labels, case.geometry, min_diameter_mm=10.0))
+        for name, c in detection_by_size(pred, labels, case.geometry).items():
+            total = by_size.setdefault(name, {"n_lesions": 0, "detected": 0})
+            total["n_lesions"] += c["n_lesions"]
+            total["detected"] += c["detected"]
         d.update(pairs[-1])
         print(f"{pid} ({seconds:.1f} s): " + ", ".join(f"{k} {v:.3f}" for k, v in d.items()
                                                if isinstance(v, float) and np.isfinite(v)), flush=True)
@@ -91,6 +101,8 @@ def evaluate_quality(weights: str, n: int, seed: int, device: str, cohort: str |
     sens, fp = cohort_lesion_detection(pairs)
     summary["sensitivity_10mm"] = float(sens)
     summary["fp_per_patient"] = float(fp)
+    summary["sensitivity_by_size"] = {name: {**c, "sensitivity": c["detected"] / c["n_lesions"] if c["n_lesions"]
+                                             else None} for name, c in by_size.items()}
     summary["seconds_per_patient"] = float(np.mean([r["seconds"] for r in per_patient]))
     return {"per_patient": per_patient, "summary": summary}
 
@@ -197,6 +209,12 @@ def write_report(result: dict, out: Path) -> None:
                   f"{run.get('peak_rss_gb_after_simulating_input', float('nan')):.2f} | | |"]
     lines += ["", "Dice: mean over hold-out patients of the per-patient Dice on the native grid; necrosis over the "
               "patients where it is present in the truth or the prediction.", ""]
+    sizes = s.get("sensitivity_by_size")
+    if sizes:
+        lines += ["Lesion sensitivity by size (longest axis-aligned extent of the true lesion):", "",
+                  "| size (mm) | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes),
+                  "| detected / lesions | " + " | ".join(f"{c['detected']} / {c['n_lesions']}" for c in sizes.values())
+                  + " |", ""]
     rules = result.get("decision_rules") or {}
     if rules:
         tuned = rules.get("tuned_on", {})

@@ -14,7 +14,14 @@ torch and MONAI are imported when a function needs them, not at import time of t
 """
 
 from .inference import DEFAULT_MODEL_NAME, Segmenter, clear_cache, default_weights_path, get_segmenter, segment_case
-from .metrics import cohort_lesion_detection, dice_per_label, lesion_counts, lesion_detection, mean_dice
+from .metrics import (
+    cohort_lesion_detection,
+    detection_by_size,
+    dice_per_label,
+    lesion_counts,
+    lesion_detection,
+    mean_dice,
+)
 from .model import DEFAULT_PATCH_KJI, DEFAULT_SPACING_MM, build_model, count_parameters, model_kwargs
 from .postprocessing import postprocess
 from .preprocessing import from_model_grid, model_grid, normalize_hu, to_model_grid
@@ -22,8 +29,9 @@ from .train import discover_samples, split_patients, train_segmentation
 
 __all__ = [
     "DEFAULT_MODEL_NAME", "DEFAULT_PATCH_KJI", "DEFAULT_SPACING_MM", "Segmenter", "build_model", "clear_cache",
-    "cohort_lesion_detection", "count_parameters", "default_weights_path", "dice_per_label", "discover_samples",
-    "from_model_grid", "get_segmenter", "lesion_counts", "lesion_detection", "mean_dice", "model_grid",
+    "cohort_lesion_detection", "count_parameters", "default_weights_path", "detection_by_size", "dice_per_label",
+    "discover_samples", "from_model_grid", "get_segmenter", "lesion_counts", "lesion_detection", "mean_dice",
+    "model_grid",
     "model_kwargs", "normalize_hu", "postprocess", "segment_case", "split_patients", "to_model_grid",
     "train_segmentation",
 ]

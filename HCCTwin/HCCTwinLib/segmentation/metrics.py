@@ -76,6 +76,35 @@ def lesion_counts(pred: np.ndarray, truth: np.ndarray, geometry, min_diameter_mm
     return {"n_lesions": len(t_keep), "detected": detected, "false_positives": fps}
 
 
+#: lower edges (mm) of the lesion-size bins of :func:`detection_by_size` (longest axis-aligned extent)
+SIZE_BINS_MM = (10.0, 15.0, 20.0, 30.0)
+
+
+def detection_by_size(pred: np.ndarray, truth: np.ndarray, geometry, bins_mm: Sequence[float] = SIZE_BINS_MM
+                      ) -> dict[str, dict[str, int]]:
+    """True lesions and detected ones per size bin for one patient: ``{"10-15": {"n_lesions", "detected"}, ...,
+    "30+": ...}`` (bins by the longest axis-aligned extent, the same lesions and overlap rule as
+    :func:`lesion_counts`; lesions below the first edge are left out). Sum over patients for a cohort."""
+    edges = [float(b) for b in bins_mm]
+    names = [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])] + [f"{edges[-1]:g}+"]
+    out = {name: {"n_lesions": 0, "detected": 0} for name in names}
+    pred_t, truth_t = np.isin(pred, TUMOR_LABELS), np.isin(truth, TUMOR_LABELS)
+    if pred_t.shape != truth_t.shape:
+        raise ValueError(f"prediction {pred_t.shape} and truth {truth_t.shape} are on different grids")
+    sp = _spacing_xyz(geometry)[::-1]
+    lab, _ = ndimage.label(truth_t, structure=_CONNECTIVITY)
+    for index, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        extent = max((s.stop - s.start) * q for s, q in zip(sl, sp))
+        if extent < edges[0]:
+            continue
+        name = names[int(np.searchsorted(edges, extent, side="right")) - 1]
+        out[name]["n_lesions"] += 1
+        out[name]["detected"] += int(bool(pred_t[sl][lab[sl] == index].any()))
+    return out
+
+
 def lesion_detection(pred: np.ndarray, truth: np.ndarray, geometry, min_diameter_mm: float = 10.0
                      ) -> tuple[float, float]:
     """``(sensitivity, false positives per patient)`` for one patient (see :func:`lesion_counts`).

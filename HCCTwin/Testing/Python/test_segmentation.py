@@ -321,6 +321,15 @@ def test_lesion_detection_hand_made():
     assert sens == pytest.approx(1 / 3) and fp == 2.0
     sens, fp = lesion_detection(np.ones_like(truth), np.ones_like(truth), geom)
     assert np.isnan(sens) and fp == 0.0
+    from HCCTwinLib.segmentation import detection_by_size
+
+    truth[10:14, 2:18, 2:18] = 3  # 32 mm lesion (extent along j and i), missed
+    by_size = detection_by_size(pred, truth, geom)
+    assert list(by_size) == ["10-15", "15-20", "20-30", "30+"]
+    assert by_size["10-15"] == {"n_lesions": 2, "detected": 1} and by_size["30+"] == {"n_lesions": 1, "detected": 0}
+    assert by_size["15-20"]["n_lesions"] == by_size["20-30"]["n_lesions"] == 0
+    assert sum(c["n_lesions"] for c in by_size.values()) == lesion_counts(pred, truth, geom)["n_lesions"]
+    assert detection_by_size(pred, truth, geom, bins_mm=(1.0, 20.0))["1-20"] == {"n_lesions": 3, "detected": 1}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -594,11 +594,11 @@ def test_tuning_finds_the_pvtt_bias_and_the_confidence_threshold():
     assert choose_confidence(table, 1.0)["min_tumor_confidence"] == 0.5
 
 
-def test_tune_command_writes_the_card_and_the_segmenter_uses_it(tmp_path, tiny_weights):
+def _tuning_copy(tmp_path, tiny_weights):
+    """``(tuning cohort of 2 cases, a copy of the tiny model with its card)`` under ``tmp_path``."""
     import shutil
 
-    from HCCTwinLib.cli import main
-    from HCCTwinLib.weights import card_path, load_card, verify
+    from HCCTwinLib.weights import card_path
 
     cohort = tmp_path / "tune"
     _write_cohort(cohort, n=2, followup=False)
@@ -606,6 +606,14 @@ def test_tune_command_writes_the_card_and_the_segmenter_uses_it(tmp_path, tiny_w
     weights.parent.mkdir()
     shutil.copy(tiny_weights, weights)
     shutil.copy(card_path(tiny_weights), card_path(weights))
+    return cohort, weights
+
+
+def test_tune_command_writes_the_card_and_the_segmenter_uses_it(tmp_path, tiny_weights):
+    from HCCTwinLib.cli import main
+    from HCCTwinLib.weights import card_path, load_card, verify
+
+    cohort, weights = _tuning_copy(tmp_path, tiny_weights)
     before = card_path(weights).read_text()
     assert main(["tune", "segmentation", "--cohort", str(cohort), "--weights", str(weights), "--device", "cpu",
                  "--dry-run", "--report", str(tmp_path / "tuning.json")]) == 0
@@ -971,17 +979,10 @@ def test_segmenter_applies_the_cards_mirroring(tmp_path):
 
 
 def test_tune_command_sets_the_mirroring_in_the_card(tmp_path, tiny_weights):
-    import shutil
-
     from HCCTwinLib.cli import build_parser, main
-    from HCCTwinLib.weights import card_path, load_card
+    from HCCTwinLib.weights import load_card
 
-    cohort = tmp_path / "tune"
-    _write_cohort(cohort, n=2, followup=False)
-    weights = tmp_path / "m" / "tiny_seg.safetensors"
-    weights.parent.mkdir()
-    shutil.copy(tiny_weights, weights)
-    shutil.copy(card_path(tiny_weights), card_path(weights))
+    cohort, weights = _tuning_copy(tmp_path, tiny_weights)
     clear_cache()
     assert main(["tune", "segmentation", "--cohort", str(cohort), "--weights", str(weights), "--device", "cpu",
                  "--mirror-axes", "2,1"]) == 0

@@ -232,8 +232,12 @@ class Segmenter:
         #: test-time mirroring (card ``postprocessing.mirror_axes``, tuned with the rules above): stage 2 and the
         #: PVTT stage average the softmax over the image mirrored along every subset of these model-grid axes
         #: (0, 1, 2 = K, J, I; :func:`mirror_sets`); empty: one plain pass. The liver box (stage 1) is never mirrored.
-        self.mirror_axes = tuple(int(a) for a in tuned.get("mirror_axes", ()))
-        mirror_sets(self.mirror_axes)  # validates
+        try:
+            self.mirror_axes = tuple(int(a) for a in tuned.get("mirror_axes", ()))
+            mirror_sets(self.mirror_axes)
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"model card: postprocessing.mirror_axes {tuned.get('mirror_axes')!r} is not a list "
+                                 f"of model-grid axes 0, 1, 2; re-tune (`hcctwin tune segmentation`).") from exc
         #: the PVTT stage (:meth:`attach_pvtt_stage`): a second network whose PVTT probability, at or above
         #: ``pvtt_min_probability`` (card ``postprocessing.pvtt_stage.min_probability``), marks thrombus
         self.pvtt_stage: Segmenter | None = None  # may be ``self``

@@ -228,7 +228,7 @@ def small_lesion_weights(labels: np.ndarray, voxel_ml: float, max_weight: float,
     sizes_ml = np.bincount(comp.ravel(), minlength=n + 1)[1:] * float(voxel_ml)
     ring = ndimage.generate_binary_structure(3, 1)
     boxes = ndimage.find_objects(comp)
-    for index in np.argsort(-sizes_ml):  # largest first: a small lesion next to a big one keeps its weight
+    for index in range(n):  # where rings overlap, the larger weight wins
         v = sizes_ml[index]
         if v >= ref_ml:
             continue

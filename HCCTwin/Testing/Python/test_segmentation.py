@@ -974,8 +974,9 @@ def test_segmenter_applies_the_cards_mirroring(tmp_path):
     assert mirrored.last_info["mirror_axes"] == [2]
     # the ramp makes the plain output liver on one side only; mirrored, both sides agree
     assert not np.array_equal(a, a[..., ::-1]) and np.array_equal(b, b[..., ::-1])
-    with pytest.raises(ValueError, match="spatial axes"):
-        Segmenter(_RampNet(), _card(postprocessing={"mirror_axes": [5]}), "cpu")
+    for bad in ([5], ["x"], 3):
+        with pytest.raises(ModelFileError, match="mirror_axes"):
+            Segmenter(_RampNet(), _card(postprocessing={"mirror_axes": bad}), "cpu")
 
 
 def test_tune_command_sets_the_mirroring_in_the_card(tmp_path, tiny_weights):

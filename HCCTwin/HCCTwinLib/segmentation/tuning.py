@@ -45,7 +45,7 @@ PVTT_BIAS_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
 CONFIDENCE_GRID = tuple(round(0.5 + 0.01 * i, 2) for i in range(41))  # 0.50 .. 0.90
 #: PVTT-stage probability thresholds and smallest thrombus volumes (mL) tried together: a stage trained with the
 #: thrombus weighted ranks it well before its probabilities are high, so the grid reaches low thresholds
-PVTT_STAGE_GRID = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7)
+PVTT_STAGE_GRID = (0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7)
 PVTT_VOLUME_GRID_ML = (postprocessing.MIN_PVTT_ML, 0.5, 1.5)
 DEFAULT_MAX_FP = 0.2
 #: at most this fraction of the tuning patients without PVTT may get a predicted PVTT

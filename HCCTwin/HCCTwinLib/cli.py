@@ -52,14 +52,16 @@ def _int_list(text: str) -> list[int]:
 
 def _mirror_axes(text: str) -> list[int]:
     """``--mirror-axes``: 'none' (or empty) or comma-separated model-grid axes 0, 1, 2."""
+    from .segmentation.inference import mirror_sets
+
     if text.strip().lower() in ("", "none"):
         return []
     try:
         axes = sorted({int(v) for v in text.split(",") if v.strip()})
+        mirror_sets(axes)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'none' or axes such as 1,2; got {text!r}") from None
-    if any(a not in (0, 1, 2) for a in axes):
-        raise argparse.ArgumentTypeError(f"mirror axes are 0, 1, 2 (K, J, I of the model grid); got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected 'none' or model-grid axes 0, 1, 2 (K, J, I) such as 1,2; "
+                                         f"got {text!r}") from None
     return axes
 
 

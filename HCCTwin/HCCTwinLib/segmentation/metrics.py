@@ -44,17 +44,18 @@ def _spacing_xyz(geometry) -> np.ndarray:
     return np.asarray(geometry.spacing if isinstance(geometry, Geometry) else geometry, dtype=float)
 
 
+def _component_extents(mask: np.ndarray, spacing_kji: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
+    """``(component index map, {index: longest axis-aligned extent in mm})`` of the 6-connected components."""
+    lab, _ = ndimage.label(mask, structure=_CONNECTIVITY)
+    extents = {index: max((s.stop - s.start) * sp for s, sp in zip(sl, spacing_kji))
+               for index, sl in enumerate(ndimage.find_objects(lab), start=1) if sl is not None}
+    return lab, extents
+
+
 def _lesions(mask: np.ndarray, spacing_kji: np.ndarray, min_diameter_mm: float):
     """Connected components with their longest axis-aligned extent (mm) >= ``min_diameter_mm``."""
-    lab, n = ndimage.label(mask, structure=_CONNECTIVITY)
-    keep = []
-    for index, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if sl is None:
-            continue
-        extent_mm = max((s.stop - s.start) * sp for s, sp in zip(sl, spacing_kji))
-        if extent_mm >= min_diameter_mm:
-            keep.append(index)
-    return lab, keep
+    lab, extents = _component_extents(mask, spacing_kji)
+    return lab, [index for index, extent in extents.items() if extent >= min_diameter_mm]
 
 
 def lesion_counts(pred: np.ndarray, truth: np.ndarray, geometry, min_diameter_mm: float = 10.0) -> dict[str, int]:
@@ -91,17 +92,13 @@ def detection_by_size(pred: np.ndarray, truth: np.ndarray, geometry, bins_mm: Se
     pred_t, truth_t = np.isin(pred, TUMOR_LABELS), np.isin(truth, TUMOR_LABELS)
     if pred_t.shape != truth_t.shape:
         raise ValueError(f"prediction {pred_t.shape} and truth {truth_t.shape} are on different grids")
-    sp = _spacing_xyz(geometry)[::-1]
-    lab, _ = ndimage.label(truth_t, structure=_CONNECTIVITY)
-    for index, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if sl is None:
-            continue
-        extent = max((s.stop - s.start) * q for s, q in zip(sl, sp))
+    lab, extents = _component_extents(truth_t, _spacing_xyz(geometry)[::-1])
+    for index, extent in extents.items():
         if extent < edges[0]:
             continue
         name = names[int(np.searchsorted(edges, extent, side="right")) - 1]
         out[name]["n_lesions"] += 1
-        out[name]["detected"] += int(bool(pred_t[sl][lab[sl] == index].any()))
+        out[name]["detected"] += int(bool(pred_t[lab == index].any()))
     return out
 
 

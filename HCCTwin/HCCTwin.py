@@ -307,6 +307,7 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               showUncertainty=bool(p and p.showUncertainty),
                                               segmentationNode=self._runSegmentation)
                     self.ui.statusLabel.text = _("Done")
+                    self._showDomainBanner(a)
                 except Exception:  # noqa: BLE001 - already shown to the user
                     self.ui.statusLabel.text = _("Failed")
                 finally:
@@ -320,6 +321,13 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 else:
                     self.ui.statusLabel.text = _("Failed")
                     slicer.util.errorDisplay(f"HCCTwin failed: {a}", windowTitle="HCCTwin")
+
+    def _showDomainBanner(self, result) -> None:
+        """The out-of-domain guard's verdict as a coloured banner above the results (hidden when inside)."""
+        text, style = self.logic.domainBanner(result)
+        self.ui.domainLabel.text = text
+        self.ui.domainLabel.styleSheet = style
+        self.ui.domainLabel.visible = bool(text)
 
     def _finish(self) -> None:
         if self._timer:
@@ -461,6 +469,14 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
         from HCCTwinLib.pipeline import PipelineOptions
 
         return PipelineOptions(samples=int(samples), seed=int(seed), device=device)
+
+    @staticmethod
+    def domainBanner(result) -> tuple[str, str]:
+        """``(rich text, style sheet)`` of the banner that shows the out-of-domain guard's verdict (empty text:
+        nothing to show). "outside" is red and says the results are unreliable; "caution" is orange."""
+        from HCCTwinLib.scene.build import domain_banner
+
+        return domain_banner(getattr(result, "domain", None))
 
     def run(self, case, regimens, weeks, realFollowup=None, options=None, progress=None):
         """Run the engine (in the calling thread; the Widget calls it from a worker thread)."""

@@ -62,7 +62,8 @@ def _holdout_cases(n: int, seed: int, cohort: str | None):
             yield p.patient_id, p.case, p.labels
 
 
-def evaluate_quality(weights: str, n: int, seed: int, device: str, cohort: str | None = None) -> dict:
+def evaluate_quality(weights: str, n: int, seed: int, device: str, cohort: str | None = None,
+                     phases: list[str] | None = None) -> dict:
     from HCCTwinLib.segmentation import (
         cohort_lesion_detection,
         detection_by_size,
@@ -74,6 +75,8 @@ def evaluate_quality(weights: str, n: int, seed: int, device: str, cohort: str |
     segmenter = get_segmenter(weights, device=device)
     per_patient, pairs, by_size = [], [], {}
     for pid, case, labels in _holdout_cases(n, seed, cohort):
+        if phases:  # single-phase evaluation: the other phases are left out (the segmenter fills them in)
+            case.phases = {p: case.phases[p] for p in phases}
         t = time.perf_counter()
         pred = segmenter.segment(case)
         seconds = time.perf_counter() - t
@@ -275,6 +278,9 @@ def main(argv=None) -> int:
     parser.add_argument("--update-card", action="store_true",
                         help="also write the hold-out summary and timings into the model card next to --weights "
                              "(metrics.holdout; the card's sha256 covers the weights file, which is not changed)")
+    parser.add_argument("--phases", help="single-phase evaluation (issue 22): give only these phases, e.g. 'portal' "
+                                          "(the others are filled in by the segmenter); writes quality only, to "
+                                          "<out>/segmentation_phases_<phases>.json")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     if args.seed == 101:
@@ -288,6 +294,16 @@ def main(argv=None) -> int:
         card = Path(args.cohort) / "cohort.json"
         if card.is_file() and json.loads(card.read_text()).get("seed") == 101:
             parser.error("that cohort is the training cohort (seed 101)")
+    if args.phases:
+        phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+        result = {"weights": args.weights, "sha256": sha256_file(Path(args.weights)), "n": args.n,
+                  "seed": args.seed, "cohort": args.cohort, "machine": machine(), "phases": phases,
+                  "quality": evaluate_quality(args.weights, args.n, args.seed, args.device, args.cohort, phases)}
+        path = Path(args.out) / f"segmentation_phases_{'_'.join(phases)}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=float))
+        print(json.dumps(result["quality"]["summary"], indent=2, default=float))
+        return 0
     result = {"weights": args.weights, "sha256": sha256_file(Path(args.weights)), "n": args.n, "seed": args.seed,
               "cohort": args.cohort, "machine": machine(), "targets": TARGETS,
               "decision_rules": decision_rules(args.weights),

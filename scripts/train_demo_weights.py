@@ -69,6 +69,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pvtt-stage", action="store_true",
                         help="segmentation: a PVTT-stage model (hcctwin_seg_pvtt; PVTT_STAGE_SETTINGS of "
                              "HCCTwinLib.segmentation.train, unless --class-weights / --class-ratios say otherwise)")
+    parser.add_argument("--appearance", type=float, metavar="P",
+                        help="segmentation: appearance randomisation on this fraction of the patches (real scans)")
+    parser.add_argument("--phase-dropout", type=float, metavar="P",
+                        help="segmentation: one phase copied onto both channels on this fraction of the patches")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "HCCTwin"))
     from HCCTwinLib.cli import ProgressBar
@@ -102,6 +106,10 @@ def main(argv=None) -> int:
             params["val_max_cases"] = args.val_max_cases
         if args.cpu_bf16:
             params["cpu_precision"] = "bf16"
+        if args.appearance is not None:
+            params["appearance_prob"] = args.appearance
+        if args.phase_dropout is not None:
+            params["phase_dropout"] = args.phase_dropout
         if args.small_lesions:
             params.update({"lesion_sampling": True, "small_lesion_weight": args.small_lesions})
         for key in ("class_weights", "class_ratios"):

@@ -12,7 +12,31 @@ from typing import Any
 
 import numpy as np
 
-CT_PHASES = ("arterial", "portal")
+CT_PHASES = ("arterial", "portal", "delayed")
+#: the phases the models read; a study may have one of them (or a delayed phase) alone
+MODEL_PHASES = ("arterial", "portal")
+#: what stands in for a missing model phase, in order of preference (the delayed / equilibrium phase reads closest
+#: to the portal venous one; any CT phase is better than none)
+PHASE_SUBSTITUTES = {"portal": ("delayed", "arterial"), "arterial": ("portal", "delayed")}
+
+
+def fill_missing_phases(phases, wanted=MODEL_PHASES) -> tuple[dict, dict[str, str]]:
+    """``(phases with every wanted phase present, {filled phase: the phase copied into it})``.
+
+    A single-phase study is fed to the models by copying the phase it has into the missing channel (the models
+    trained with phase dropout saw exactly that; :mod:`HCCTwinLib.segmentation.augment`). The caller's arrays are
+    not copied. A study with none of the wanted phases and no substitute is returned unchanged.
+    """
+    out = dict(phases)
+    filled: dict[str, str] = {}
+    for name in wanted:
+        if name in out:
+            continue
+        source = next((s for s in PHASE_SUBSTITUTES.get(name, ()) if s in phases), None)
+        if source is not None:
+            out[name] = phases[source]
+            filled[name] = source
+    return out, filled
 MRI_SEQUENCES = ("t1_arterial", "t1_portal", "t1_pre", "t2", "dwi")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -121,5 +145,5 @@ class Case:
 
     def stacked(self, names: tuple[str, ...] | None = None) -> np.ndarray:
         """Phases as a (C, K, J, I) float32 array in the given order (default: arterial, portal)."""
-        names = names or tuple(n for n in CT_PHASES if n in self.phases) or tuple(self.phases)
+        names = names or tuple(n for n in MODEL_PHASES if n in self.phases) or tuple(self.phases)
         return np.stack([self.phases[n] for n in names]).astype(np.float32, copy=False)

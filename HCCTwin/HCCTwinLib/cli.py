@@ -89,7 +89,7 @@ def cmd_demo(args) -> int:
 def cmd_inspect(args) -> int:
     from .io import load_case
 
-    paths = {k: v for k, v in (("arterial", args.arterial), ("portal", args.portal)) if v}
+    paths = _phase_paths(args)
     case = load_case(args.pre, paths=paths or None, labels_path=args.labels)
     g = case.geometry
     info = {"patient_id": case.patient_id, "modality": case.modality, "phases": case.phase_names,
@@ -192,14 +192,20 @@ def cmd_import(args) -> int:
     return 0
 
 
+def _phase_paths(args) -> dict:
+    """The phase files given on the command line (one, two or three of --arterial, --portal, --delayed)."""
+    return {k: v for k in ("arterial", "portal", "delayed") if (v := getattr(args, k, None))}
+
+
 def _load_case_args(args):
     from .io import load_case
 
-    paths = {k: v for k, v in (("arterial", args.arterial), ("portal", args.portal)) if v}
+    paths = _phase_paths(args)
     return load_case(args.pre, paths=paths or None)
 
 
 def cmd_segment(args) -> int:
+    from .domain import assess
     from .io import write_image
     from .pipeline import label_volumes_ml
     from .segmentation import get_segmenter
@@ -209,9 +215,20 @@ def cmd_segment(args) -> int:
     print(segmenter.message, file=sys.stderr)
     t0 = time.perf_counter()
     labels = segmenter.segment(case, progress=ProgressBar())
+    seconds = time.perf_counter() - t0
     write_image(labels, case.geometry, args.out, labels=True)
-    print(json.dumps({"out": str(args.out), "seconds": round(time.perf_counter() - t0, 2),
-                      "label_volumes_ml": label_volumes_ml(labels, case.geometry.voxel_volume_ml)}, indent=2))
+    verdict = assess(case.phases, case.geometry, labels, confidence=segmenter.last_info.get("confidence"),
+                     card=segmenter.card, modality=case.modality)
+    for message in segmenter.last_info.get("messages", []):
+        if message and message != segmenter.message:
+            print(f"note: {message}", file=sys.stderr)
+    if verdict.verdict != "inside":
+        print(f"{verdict.verdict.upper()}: {verdict.headline()}", file=sys.stderr)
+        for reason in verdict.reasons:
+            print(f"  {reason}", file=sys.stderr)
+    print(json.dumps({"out": str(args.out), "seconds": round(seconds, 2),
+                      "label_volumes_ml": label_volumes_ml(labels, case.geometry.voxel_volume_ml),
+                      "domain": verdict.to_dict()}, indent=2))
     return 0
 
 
@@ -221,7 +238,7 @@ def cmd_predict(args) -> int:
     from .pipeline import ObservedScan, PipelineOptions, run_case, save_result
 
     clinical = read_clinical_row(args.clinical, args.patient) if args.clinical else {}
-    paths = {k: v for k, v in (("arterial", args.arterial), ("portal", args.portal)) if v}
+    paths = _phase_paths(args)
     case = load_case(args.pre, patient_id=args.patient, paths=paths or None, labels_path=args.labels,
                      clinical=clinical)
     real = None
@@ -376,6 +393,15 @@ def cmd_tune(args) -> int:
     weights = resolve_model_path(args.weights) if args.weights else default_weights_path()
     segmenter = get_segmenter(weights, device=args.device)
     print(segmenter.message, file=sys.stderr)
+    if args.model == "domain":
+        from .domain import apply_domain_to_card, tune_domain
+
+        section = tune_domain(segmenter, args.cohort, max_cases=args.max_cases, cohort_name=Path(args.cohort).name,
+                              progress=ProgressBar())
+        summary = {"weights": str(weights), "domain": section}
+        summary["card"] = "not changed (--dry-run)" if args.dry_run else str(apply_domain_to_card(weights, section))
+        print(json.dumps(jsonable(summary, finite=True), indent=2))
+        return 0
     stage = None
     if args.pvtt_model:
         stage_path = resolve_model_path(args.pvtt_model)
@@ -455,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pre", help="folder with arterial/portal[/labels] files or DICOM series folders")
     p.add_argument("--arterial", help="arterial phase file or DICOM folder")
     p.add_argument("--portal", help="portal venous phase file or DICOM folder")
+    p.add_argument("--delayed", help="delayed / equilibrium phase file or DICOM folder (read as portal venous when "
+                                     "no portal phase is given)")
     p.add_argument("--labels", help="label map file")
     p.set_defaults(func=cmd_inspect)
 
@@ -462,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pre", help="folder with arterial/portal files or DICOM series folders")
     p.add_argument("--arterial", help="arterial phase file or DICOM folder")
     p.add_argument("--portal", help="portal venous phase file or DICOM folder")
+    p.add_argument("--delayed", help="delayed / equilibrium phase file or DICOM folder (read as portal venous when "
+                                     "no portal phase is given)")
     p.add_argument("--out", required=True, help="output label map (.nii.gz / .nrrd)")
     p.add_argument("--weights", help="model file (.safetensors with its .json card); default: installed model")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
@@ -502,8 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="tune a trained segmentation model's decision rules (PVTT prior, lesion "
-                                    "confidence) on labelled cases outside its training and evaluation cohorts")
-    p.add_argument("model", choices=["segmentation"], help="the model kind to tune")
+                                    "confidence) on labelled cases outside its training and evaluation cohorts, or "
+                                    "('domain') record the out-of-domain guard's reference ranges in its card")
+    p.add_argument("model", choices=["segmentation", "domain"],
+                   help="segmentation: decision rules; domain: the guard's training-domain reference (p1-p99 of "
+                        "its measures on a cohort of the training domain, not the evaluation hold-out)")
     p.add_argument("--cohort", required=True, help="tuning cohort folder (cases/<id>/pre/{arterial,portal,labels})")
     p.add_argument("--weights", help="model file (.safetensors; its .json card is updated); default: installed model")
     p.add_argument("--max-fp", type=float, default=0.2,
@@ -528,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pre", help="pre-treatment folder (arterial/portal[/labels] files or DICOM series folders)")
     p.add_argument("--arterial", help="arterial phase file or DICOM folder")
     p.add_argument("--portal", help="portal venous phase file or DICOM folder")
+    p.add_argument("--delayed", help="delayed / equilibrium phase file or DICOM folder (read as portal venous when "
+                                     "no portal phase is given)")
     p.add_argument("--labels", help="a (corrected) label map to use instead of running the segmentation")
     p.add_argument("--resegment", action="store_true", help="run the segmentation even when labels are given")
     p.add_argument("--clinical", help="clinical.csv (cohort layout columns)")

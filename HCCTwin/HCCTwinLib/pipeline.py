@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import DISCLAIMER, __version__
-from .cases import Case
+from .cases import Case, fill_missing_phases
 from .errors import InputError
 from .jsonutil import jsonable
 from .labels import LABELS, MAX_LABEL, TUMOR_LABELS
@@ -143,6 +143,8 @@ class TwinResult:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     provenance: dict[str, str] = field(default_factory=dict)
+    #: the out-of-domain guard's verdict (:class:`HCCTwinLib.domain.DomainVerdict`); None before it ran
+    domain: Any = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (``result.json``)."""
@@ -172,6 +174,7 @@ class TwinResult:
                                                                               self.case.geometry.voxel_volume_ml)
                                       for w, fu in by_week.items() if fu.has_labels}
                                   for r, by_week in self.followups.items()},
+            "domain": self.domain.to_dict() if self.domain is not None else None,
             "provenance": self.provenance,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "notes": self.notes,
@@ -245,6 +248,41 @@ def _compute_label(model) -> str:
     return f"on {device}, mixed precision"
 
 
+def _guard(case: Case, segmenter, options: PipelineOptions):
+    """The out-of-domain guard (:mod:`.domain`) on the case's phases and labels: with the segmentation model's card
+    (its accepted inputs and training-domain reference) and its confidence when it drew the labels."""
+    from .domain import assess
+
+    card = getattr(segmenter, "card", None)
+    if card is None:  # labels given: the installed model's card still says what the models were trained on
+        from .segmentation import default_weights_path
+        from .weights import load_card, resolve_model_path
+
+        try:
+            path = (resolve_model_path(options.segmentation_weights) if options.segmentation_weights
+                    else default_weights_path())
+            card = load_card(path) if path.is_file() else None
+        except Exception:  # noqa: BLE001 - no readable model card: plausibility rules only
+            card = None
+    confidence = (getattr(segmenter, "last_info", None) or {}).get("confidence") if segmenter is not None else None
+    return assess(case.phases, case.geometry, case.labels, confidence=confidence, card=card,
+                  modality=case.modality, labels_source="model" if segmenter is not None else "given")
+
+
+def withhold_recommendation(result: TwinResult) -> None:
+    """An ``outside`` verdict of the guard never feeds a recommendation: it is removed from ``result.survival``
+    with the reason (``recommendation_withheld``), which the scene, the report and the CLI show."""
+    domain = result.domain
+    if domain is None or domain.reliable or not result.survival:
+        return
+    rec = result.survival.pop("recommendation", None)
+    result.survival["recommendation_withheld"] = (
+        "No recommendation: the scan is outside the models' domain, so the imaging results it would rest on are "
+        "unreliable (" + "; ".join(f.message for f in domain.findings if f.severity == "outside") + ")")
+    if rec:
+        result.notes.append("Survival: recommendation withheld (domain guard: outside).")
+
+
 def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real_followup: FollowUp | None = None,
              options: PipelineOptions | None = None, progress: ProgressCallback | None = None) -> TwinResult:
     """Run every step whose model is available on one case and return the result as data.
@@ -284,6 +322,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     t0 = time.perf_counter()
     report(progress, 0.05, "Segmentation")
     use_model = options.segmentation == "model" or (options.segmentation == "auto" and case.labels is None)
+    segmenter = None
     if use_model:
         from .segmentation import get_segmenter
 
@@ -307,6 +346,9 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
         result.provenance["segmentation"] = "given (user or file)"
     if case.labels is not None:
         result.label_volumes_ml = label_volumes_ml(case.labels, case.geometry.voxel_volume_ml)
+    result.domain = _guard(case, segmenter if use_model else None, options)
+    if result.domain.verdict != "inside":
+        result.notes.append(f"Domain guard: {result.domain.headline()} " + "; ".join(result.domain.reasons))
     liver_found = case.labels is not None and bool(np.any(case.labels > 0))
     if case.labels is not None and not liver_found:
         result.notes.append("Segmentation: liver not found (the label map has no liver or tumour voxel). Check that "
@@ -326,7 +368,13 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
 
         generator = _installed(get_generator, options.generator_weights, options.device, "Generator", result.notes)
         if generator is not None:
-            result.followups = generator.generate(case, regimens=list(regimens), weeks=result.weeks,
+            model_phases, filled = fill_missing_phases(case.phases)
+            if filled:
+                result.notes.append("Generator: single-phase study, " + ", ".join(
+                    f"{src} used as {dst}" for dst, src in filled.items()) + " (the generator was trained on two "
+                    "phases; the virtual follow-ups of the missing phase are copies, not predictions).")
+            gen_case = case if not filled else replace(case, phases=model_phases)
+            result.followups = generator.generate(gen_case, regimens=list(regimens), weeks=result.weeks,
                                                   samples=options.samples, seed=options.seed, steps=options.steps,
                                                   progress=SubProgress(progress, 0.35, 0.9))
             _add_messages(result, "Generator", generator)
@@ -485,6 +533,7 @@ def update_survival(result: TwinResult, options: PipelineOptions | None = None,
         result.notes.append(f"Survival: {exc}")
         return
     result.provenance["survival"] = _model_label(engine.card)
+    withhold_recommendation(result)
 
 
 def save_result(result: TwinResult, out_dir: str | Path, *, write_images: bool = True,

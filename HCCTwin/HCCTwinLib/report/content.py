@@ -283,6 +283,24 @@ def header_section(summary: Mapping, date: str | None = None) -> Section:
     return Section("header", "Patient and run", [Block("table", header=["Item", "Value"], rows=rows)])
 
 
+def domain_section(summary: Mapping) -> Section:
+    """The out-of-domain guard's verdict (:mod:`HCCTwinLib.domain`), right under the patient: an "outside" verdict
+    says the results are unreliable for this scan before any number is read."""
+    sec = Section("domain", "Scan check (out-of-domain guard)")
+    dom = summary.get("domain")
+    if not isinstance(dom, Mapping) or not dom.get("verdict"):
+        sec.blocks.append(_na("the scan was not checked (result written before the guard existed)."))
+        return sec
+    verdict = str(dom["verdict"])
+    headline = str(dom.get("headline") or verdict)
+    kind = "text" if verdict == "inside" else "warning"
+    sec.blocks.append(Block(kind, text=f"{verdict.upper()}: {headline}"))
+    reasons = [str(r) for r in dom.get("reasons") or []]
+    if reasons:
+        sec.blocks.append(Block("list", items=reasons))
+    return sec
+
+
 def scores_section(summary: Mapping) -> Section:
     sec = Section("scores", "Clinical scores")
     scores = summary.get("scores")
@@ -461,6 +479,10 @@ def benefit_section(summary: Mapping, info: Mapping) -> Section:
 def recommendation_section(summary: Mapping, info: Mapping) -> Section:
     sec = Section("recommendation", "Model recommendation")
     rec = survival_part(summary).get("recommendation")
+    withheld = survival_part(summary).get("recommendation_withheld")
+    if withheld:
+        sec.blocks.append(Block("warning", text=str(withheld)))
+        return sec
     if not isinstance(rec, Mapping) or not rec.get("regimen"):
         sec.blocks.append(_na(reason(summary, "recommend", "surviv",
                                      default="no recommendation in this result.")))
@@ -572,7 +594,8 @@ def build_sections(summary: Mapping, *, images: Mapping[str, str] | None = None,
                    plots: Mapping[str, str] | None = None, date: str | None = None) -> list[Section]:
     """All sections in report order. ``summary`` should already be de-identified when wanted."""
     info = regimen_info(regimen_order(summary))
-    sections = [header_section(summary, date), scores_section(summary), eligibility_section(summary, info),
+    sections = [header_section(summary, date), domain_section(summary), scores_section(summary),
+                eligibility_section(summary, info),
                 volumes_section(summary, info), images_section(summary, dict(images or {})),
                 survival_section(summary, info, dict(plots or {})), benefit_section(summary, info),
                 recommendation_section(summary, info), metastasis_section(summary)]

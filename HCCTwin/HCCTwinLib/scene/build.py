@@ -178,6 +178,28 @@ def regimen_color(regimen_id: str, catalogue: Mapping | None = None) -> tuple[fl
         return None
 
 
+#: banner colours of the out-of-domain guard's verdicts (text, background, border)
+DOMAIN_BANNER_STYLE = {"outside": ("#7f0000", "#ffebee", "#c62828"), "caution": ("#6d3a00", "#fff3e0", "#ef6c00")}
+
+
+def domain_banner(verdict) -> tuple[str, str]:
+    """``(rich text, Qt style sheet)`` of the module's banner for the guard's verdict
+    (:class:`HCCTwinLib.domain.DomainVerdict` or its ``to_dict()``); ``("", "")`` when inside or unknown."""
+    if verdict is None:
+        return "", ""
+    d = verdict if isinstance(verdict, Mapping) else verdict.to_dict()
+    kind = str(d.get("verdict") or "")
+    if kind not in DOMAIN_BANNER_STYLE:
+        return "", ""
+    import html
+
+    fg, bg, border = DOMAIN_BANNER_STYLE[kind]
+    reasons = "".join(f"<br>&bull; {html.escape(str(r))}" for r in d.get("reasons") or [])
+    text = f"<b>&#9888; {html.escape(kind.upper())}</b>: {html.escape(str(d.get('headline') or ''))}{reasons}"
+    style = f"QLabel {{ color: {fg}; background-color: {bg}; border: 1px solid {border}; padding: 6px; }}"
+    return text, style
+
+
 def results_table_columns(result) -> dict[str, list]:
     """Rows of the case table: clinical scores, eligibility warnings per regimen, volumes."""
     names, values = [], []

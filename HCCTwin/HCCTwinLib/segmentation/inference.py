@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .. import device as devices
-from ..cases import Case, Geometry
+from ..cases import Case, Geometry, fill_missing_phases
 from ..errors import InputError
 from ..labels import PVTT
 from ..progress import ProgressCallback, SubProgress, report
@@ -166,6 +166,30 @@ def logits_to_labels(logits, *, class_bias: Sequence[float] | None = None, tumor
                 slab = slab + bias
             out[k0:k0 + _ARGMAX_SLAB] = torch.argmax(slab, dim=0).to(torch.uint8).numpy()
     return (out, prob) if tumor_prob else out
+
+
+def confidence_measures(logits, mask: np.ndarray) -> dict[str, float | None]:
+    """The network's uncertainty over the voxels it labelled (``mask``, the argmax foreground): mean normalised
+    entropy of the softmax (0 certain .. 1 uniform) and the share of voxels whose top class probability is under
+    0.6 (computed in slabs; read by the out-of-domain guard, :mod:`HCCTwinLib.domain`)."""
+    import torch
+
+    logits = torch.as_tensor(logits)
+    n = int(np.count_nonzero(mask))
+    if n == 0:
+        return {"mean_entropy": None, "uncertain_fraction": None}
+    norm = float(np.log(logits.shape[0]))
+    ent_sum, unsure = 0.0, 0
+    with torch.inference_mode():
+        for k0 in range(0, mask.shape[0], _ARGMAX_SLAB):
+            m = torch.from_numpy(np.ascontiguousarray(mask[k0:k0 + _ARGMAX_SLAB]))
+            if not bool(m.any()):
+                continue
+            p = torch.softmax(logits[:, k0:k0 + _ARGMAX_SLAB].float(), dim=0)
+            ent = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=0) / norm
+            ent_sum += float(ent[m].sum())
+            unsure += int((p.max(dim=0).values[m] < 0.6).sum())
+    return {"mean_entropy": ent_sum / n, "uncertain_fraction": unsure / n}
 
 
 def softmax_channel(logits, channel: int) -> np.ndarray:
@@ -335,6 +359,16 @@ class Segmenter:
                 raise InputError(f"segmentation needs {len(self.phases)} phases ({', '.join(self.phases)}) as a "
                                  f"(C, K, J, I) array or a dict of arrays; got an array of shape {arr.shape}.")
             phases = dict(zip(self.phases, arr))
+        phases, filled = fill_missing_phases(phases, self.phases)
+        self.last_info["filled_phases"] = filled
+        if filled:
+            accepted = [sorted(a) for a in (self.card.get("accepted_inputs") or [self.phases])]
+            given = sorted({src for src in filled.values()} | {p for p in self.phases if p not in filled})
+            trained = given in accepted or (sorted(given) == ["delayed"] and ["portal"] in accepted)
+            self.last_info.setdefault("messages", []).append(
+                "Single-phase study: " + ", ".join(f"{src} used as {dst}" for dst, src in filled.items())
+                + ("" if trained else " (this model was not trained on single-phase input: results unreliable)")
+                + ".")
         missing = [p for p in self.phases if p not in phases]
         if missing:
             raise InputError(f"the segmentation model needs the {', '.join(self.phases)} phases; missing: "
@@ -446,25 +480,23 @@ class Segmenter:
         labels = np.zeros(mgeom.shape, np.uint8)
         tumor_prob = np.zeros(mgeom.shape, np.float32)
         stage = self.pvtt_stage
-        if stage is None:
-            labels[box], tumor_prob[box] = self.predict_model_grid(crop, progress=SubProgress(progress, 0.25, 0.9),
-                                                                   tuned=True)
-        else:
-            own = stage is self
-            logits = self.crop_logits(crop, SubProgress(progress, 0.25, 0.9 if own else 0.7))
-            labels[box], tumor_prob[box] = logits_to_labels(logits, class_bias=self.bias_without_pvtt(),
-                                                            tumor_prob=True)
+        own = stage is self
+        logits = self.crop_logits(crop, SubProgress(progress, 0.25, 0.9 if stage is None or own else 0.7))
+        bias = self.class_bias if stage is None else self.bias_without_pvtt()
+        labels[box], tumor_prob[box] = logits_to_labels(logits, class_bias=bias, tumor_prob=True)
+        self.last_info["confidence"] = confidence_measures(logits, labels[box] > 0)
+        if stage is not None:
             if not own:
                 del logits
                 report(progress, 0.7, "Segmentation: PVTT stage")
                 logits = stage.crop_logits(crop, SubProgress(progress, 0.7, 0.9), mirror_axes=self.mirror_axes)
             pvtt = softmax_channel(logits, PVTT)
-            del logits
             labels[box][pvtt >= self.pvtt_min_probability] = PVTT
             self.last_info["pvtt_stage"] = {"model": "itself" if own else (stage.path.name if stage.path else None),
                                             "min_probability": self.pvtt_min_probability,
                                             "min_volume_ml": self.pvtt_min_ml}
             del pvtt
+        del logits
         del crop
         if postprocess:
             report(progress, 0.9, "Segmentation: post-processing")

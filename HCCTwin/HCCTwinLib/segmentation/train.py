@@ -43,7 +43,7 @@ from ..io import find_image, load_case, read_training_state
 from ..io import path_inside as _inside
 from ..progress import ProgressCallback, SubProgress, report
 from ..weights import ModelFileError, load_state, save_model, sha256_file
-from . import postprocessing
+from . import augment, postprocessing
 from .inference import DEFAULT_MODEL_NAME, sliding_window_argmax
 from .metrics import dice_per_label, mean_dice
 from .model import (
@@ -273,8 +273,15 @@ class _PatchSampler:
     def __init__(self, items: list[tuple[Path, Path]], patch: Sequence[int], seed: int, *,
                  coarse_fraction: float = 0.0, flip_prob: float = 0.2,
                  class_ratios: Sequence[float] = CLASS_RATIOS, lesion_sampling: bool = False,
-                 small_lesion_weight: float = 0.0, voxel_ml: float = 0.0):
+                 small_lesion_weight: float = 0.0, voxel_ml: float = 0.0, appearance_prob: float = 0.0,
+                 phase_dropout: float = 0.0):
         self.patch = tuple(int(p) for p in patch)
+        #: probability of :func:`.augment.randomise_appearance` and of :func:`.augment.drop_phase` per patch
+        self.appearance_prob = float(appearance_prob)
+        self.phase_dropout = float(phase_dropout)
+        if not (0.0 <= self.appearance_prob <= 1.0 and 0.0 <= self.phase_dropout <= 1.0):
+            raise ValueError(f"appearance_prob and phase_dropout are probabilities in [0, 1]; got "
+                             f"{appearance_prob}, {phase_dropout}")
         self.class_ratios = tuple(float(r) for r in class_ratios)
         if len(self.class_ratios) != len(CLASS_RATIOS) or min(self.class_ratios) < 0 or \
                 sum(self.class_ratios[1:]) <= 0:
@@ -348,6 +355,10 @@ class _PatchSampler:
             img = img + float(rng.uniform(-0.05, 0.05))
         if rng.random() < 0.15:
             img = img + rng.normal(0.0, 0.02, img.shape).astype(np.float32)
+        if self.appearance_prob > 0 and rng.random() < self.appearance_prob:
+            img = augment.randomise_appearance(img, lbl, rng)
+        if self.phase_dropout > 0 and rng.random() < self.phase_dropout:
+            img = augment.drop_phase(img, rng)
         if wgt is None:
             return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(lbl)
         return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(lbl), np.ascontiguousarray(wgt)
@@ -434,7 +445,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                        warmup_epochs: float = 0.0, class_weights: Sequence[float] | None = None,
                        init_weights: str | os.PathLike | None = None,
                        class_ratios: Sequence[float] = CLASS_RATIOS, cpu_precision: str = "fp32",
-                       lesion_sampling: bool = False, small_lesion_weight: float = 0.0) -> dict[str, Any]:
+                       lesion_sampling: bool = False, small_lesion_weight: float = 0.0,
+                       appearance_prob: float = 0.0, phase_dropout: float = 0.0) -> dict[str, Any]:
     """Train (or resume training) the segmentation model; returns a summary dict with the model path and metrics.
 
     ``patch_size`` is (k, j, i) voxels on the model grid (``spacing_mm`` is (x, y, z)); it is rounded up to a multiple
@@ -457,6 +469,9 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     draws tumour patch centres per lesion instead of per voxel, and ``small_lesion_weight`` > 1 adds a cross-entropy
     term whose voxel weights grow for tumour components below ``SMALL_LESION_REF_ML`` (:func:`small_lesion_weights`,
     capped at that value); both are recorded in the card.
+    Real scans (:mod:`.augment`): ``appearance_prob`` of the patches get a randomised appearance (intensity curve,
+    per-label contrast, bias, blur, slice thickness, noise) and ``phase_dropout`` of them one phase copied onto both
+    channels, so the model also reads single-phase studies; the card then lists the single phases it accepts.
     """
     import torch
     from monai.losses import DiceCELoss
@@ -523,7 +538,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     sampler = _PatchSampler(train_items, patch, seed, coarse_fraction=coarse_fraction, flip_prob=flip_prob,
                             class_ratios=class_ratios, lesion_sampling=lesion_sampling,
                             small_lesion_weight=small_lesion_weight,
-                            voxel_ml=float(np.prod([float(v) for v in spacing_mm])) / 1000.0)
+                            voxel_ml=float(np.prod([float(v) for v in spacing_mm])) / 1000.0,
+                            appearance_prob=appearance_prob, phase_dropout=phase_dropout)
     n_iter = int(iterations_per_epoch or max(1, math.ceil(len(train_items) * samples_per_volume / batch_size)))
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) if use_amp \
@@ -543,7 +559,10 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
              "time_budget_s": time_budget_s, "warmup_epochs": warmup_epochs,
              "precision": devices.training_precision(dev, cpu_precision),
              "augmentation": f"class-balanced patch centres, flips (p={flip_prob}/axis), intensity scale +-10%, "
-                             f"shift +-0.05, Gaussian noise (p=0.15, sd 0.02)"}
+                             f"shift +-0.05, Gaussian noise (p=0.15, sd 0.02)"
+                             + (f"; {augment.DESCRIPTION.format(p=appearance_prob, d=phase_dropout)}"
+                                if appearance_prob or phase_dropout else ""),
+             "appearance_prob": float(appearance_prob), "phase_dropout": float(phase_dropout)}
     start_epoch = int(state["epoch"])
     for epoch in range(start_epoch, epochs):
         if time_budget_s and epoch > start_epoch and time.perf_counter() - t_start >= float(time_budget_s):
@@ -625,6 +644,15 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     return summary
 
 
+def accepted_inputs(input_phases: Sequence[str], phase_dropout: float) -> list[list[str]]:
+    """The phase combinations a model reads (card ``accepted_inputs``): all its input phases and, when trained with
+    phase dropout, each phase alone (the missing channel is filled with the given phase at inference)."""
+    out = [list(input_phases)]
+    if phase_dropout > 0 and len(input_phases) > 1:
+        out += [[p] for p in input_phases]
+    return out
+
+
 def _model_card(name, version, config, hyper, val, epoch, by_patient, train_ids, val_ids, train_samples, cohort_dir,
                 data_description, dev) -> dict[str, Any]:
     import monai
@@ -638,6 +666,7 @@ def _model_card(name, version, config, hyper, val, epoch, by_patient, train_ids,
         "name": name, "version": version, "task": "segmentation: liver, viable tumor, necrosis, PVTT",
         "architecture": config["architecture"], "architecture_kwargs": config["architecture_kwargs"],
         "input_phases": config["input_phases"], "spacing_mm": config["spacing_mm"],
+        "accepted_inputs": accepted_inputs(config["input_phases"], float(hyper.get("phase_dropout") or 0.0)),
         "grid": "model grid: identity direction (LPS), axes (k, j, i) = (S, P, L); inputs resampled onto it",
         "intensity": {"window_hu": config["window_hu"], "scaling": "clip to window, map to [0, 1] per phase"},
         "patch_size_kji": config["patch_size_kji"], "inference_roi_kji": config["patch_size_kji"],

@@ -301,7 +301,7 @@ def test_segmentation_gpu_out_of_memory_falls_back_to_cpu_with_a_note(monkeypatc
     case.labels = None
     expected = seg.segment(case)
     seg.device = torch.device("cuda")  # as if loaded on a GPU
-    original = inference.sliding_window_argmax
+    original = inference.sliding_window_logits  # stage 2 keeps the logits (labels and the guard's confidence)
     calls = []
 
     def windows(model, image, *, device, **kw):
@@ -310,7 +310,7 @@ def test_segmentation_gpu_out_of_memory_falls_back_to_cpu_with_a_note(monkeypatc
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
         return original(model, image, device=device, **kw)
 
-    monkeypatch.setattr(inference, "sliding_window_argmax", windows)
+    monkeypatch.setattr(inference, "sliding_window_logits", windows)
     monkeypatch.setattr(segmentation, "get_segmenter", lambda *a, **k: seg)
     result = run_case(case, REGIMENS, [8], options=PipelineOptions(segmentation="model",
                                                                    generator_weights="/nonexistent.safetensors"))

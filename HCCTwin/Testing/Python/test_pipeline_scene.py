@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from HCCTwinLib.cases import Case, Geometry
-from HCCTwinLib.pipeline import FollowUp, run_case
+from HCCTwinLib.pipeline import FollowUp, PipelineOptions, run_case
 from HCCTwinLib.scene import layout as L
 from HCCTwinLib.scene import selftest
 from HCCTwinLib.scene.build import show_result
@@ -176,3 +176,22 @@ def test_real_followup_on_its_own_grid_is_registered_first():
     naive = resample_to(case.phases["portal"], moved, g)
     err_naive = np.abs(naive - case.phases["portal"])[liver].mean()
     assert err_registered < 0.5 * err_naive, (err_registered, err_naive)
+
+
+def test_run_case_single_phase_and_the_domain_guard(tmp_path):
+    """A portal-only study runs end to end (the generator's arterial input is the portal phase, said in a note),
+    and the guard's verdict is in result.json: this phantom's 'liver' is a few mL, so the verdict is outside and no
+    recommendation is given from it."""
+    case, _ = phantom_case()
+    case.phases = {"portal": case.phases["portal"]}
+    result = run_case(case, options=PipelineOptions(samples=1))
+    summary = json.loads(result.write_json(tmp_path / "r.json").read_text())
+    assert summary["phases"] == ["portal"]
+    assert summary["domain"]["verdict"] == "outside"
+    assert any("liver" in r for r in summary["domain"]["reasons"])
+    assert any(n.startswith("Domain guard: Outside") for n in summary["notes"])
+    assert "recommendation" not in summary["survival"]
+    if summary["survival"]:
+        assert "unreliable" in summary["survival"]["recommendation_withheld"]
+    if summary["virtual_followups"]:
+        assert any("portal used as arterial" in n for n in summary["notes"])

@@ -230,8 +230,13 @@ def test_segmenter_with_real_model_case_and_progress(tiny_weights):
     # coarse-to-fine path on the same input: still the input grid
     labels2 = seg.segment(case, coarse_to_fine=True)
     assert labels2.shape == geom.shape
+    # one phase: copied into the missing channel, and said (this tiny model was not trained on single phases)
+    single = seg.segment({"arterial": art}, geom)
+    assert single.shape == geom.shape and seg.last_info["filled_phases"] == {"portal": "arterial"}
+    assert any("not trained on single-phase" in m for m in seg.last_info["messages"])
+    np.testing.assert_array_equal(single, seg.segment({"arterial": art, "portal": art}, geom))
     with pytest.raises(InputError, match="portal"):
-        seg.segment({"arterial": art}, geom)
+        seg.segment({"t2": art}, geom)
     with pytest.raises(InputError, match="geometry"):
         seg.segment({"arterial": art, "portal": art})
 

@@ -378,6 +378,15 @@ def cmd_train(args) -> int:
         if args.model != "segmentation":
             raise InputError("--small-lesions applies to the segmentation only.")
         kwargs.update({"lesion_sampling": True, "small_lesion_weight": args.small_lesions})
+    for flag, key in (("appearance", "appearance_prob"), ("phase_dropout", "phase_dropout")):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if args.model != "segmentation":
+            raise InputError(f"--{flag.replace('_', '-')} applies to the segmentation only.")
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"--{flag.replace('_', '-')} {value}: a probability between 0 and 1.")
+        kwargs[key] = value
     summary = train(args.cohort, args.out, **kwargs)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -520,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-weights", help="segmentation/generator: start a new run from this model file (same "
                                           "architecture; a generator input layer without the regimen-prior channel "
                                           "is zero-padded)")
+    p.add_argument("--appearance", type=float, metavar="P",
+                   help="segmentation: randomise the appearance of this share of the training patches (intensity "
+                        "curve, per-label contrast, bias, blur, slice thickness, noise) for real scans, e.g. 0.6")
+    p.add_argument("--phase-dropout", type=float, metavar="P",
+                   help="segmentation: copy one phase onto both channels in this share of the patches, so the model "
+                        "also reads single-phase studies (listed in its card), e.g. 0.3")
     p.add_argument("--small-lesions", type=float, metavar="W",
                    help="segmentation: emphasise small lesions (tumour patch centres drawn per lesion, plus a "
                         "cross-entropy whose weight for lesions under 4 mL grows up to W, e.g. 10)")

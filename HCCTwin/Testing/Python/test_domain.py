@@ -234,3 +234,51 @@ def test_module_banner_text_and_colour():
     text, style = domain_banner(domain.assess(phases, geom, labels, confidence={"mean_entropy": 0.6}, card=CARD))
     assert "OUTSIDE" in text and "unreliable" in text and "#c62828" in style
     assert domain_banner(None) == ("", "")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+
+    from HCCTwinLib.segmentation import build_model, model_kwargs
+    from HCCTwinLib.weights import save_model
+
+    tiny = {"filters": [4, 8, 16], "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]]}
+    card = {"name": "tiny_seg", "version": "0.0.1", "architecture": "DynUNet",
+            "architecture_kwargs": model_kwargs("DynUNet", **tiny), "input_phases": ["arterial", "portal"],
+            "accepted_inputs": [["arterial", "portal"], ["arterial"], ["portal"]],
+            "spacing_mm": [5.0, 5.0, 5.0], "patch_size_kji": [16, 32, 32]}
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny_seg.safetensors"
+    save_model(build_model("DynUNet", **tiny), path, card)
+    return path
+
+
+def test_cli_segment_one_phase_prints_the_verdict_and_tune_domain_writes_the_card(tmp_path, tiny_model, capsys):
+    import json
+
+    from HCCTwinLib.cli import main
+    from HCCTwinLib.io import write_image
+    from HCCTwinLib.weights import load_card, sha256_file
+
+    for n in range(5):
+        phases, geom, labels = abdomen(seed=n)
+        pre = tmp_path / "cohort" / "cases" / f"P{n}" / "pre"
+        for name, arr in phases.items():
+            write_image(arr, geom, pre / f"{name}.nii.gz")
+        write_image(labels, geom, pre / "labels.nii.gz", labels=True)
+    portal = tmp_path / "cohort" / "cases" / "P0" / "pre" / "portal.nii.gz"
+    out = tmp_path / "seg.nii.gz"
+    assert main(["segment", "--portal", str(portal), "--weights", str(tiny_model), "--device", "cpu",
+                 "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    shown = json.loads(captured.out[captured.out.index("{"):])
+    assert out.is_file() and shown["domain"]["verdict"] in ("caution", "outside")
+    assert any("single-phase" in r or "liver" in r for r in shown["domain"]["reasons"])
+    before = sha256_file(tiny_model)
+    assert main(["tune", "domain", "--cohort", str(tmp_path / "cohort"), "--weights", str(tiny_model),
+                 "--device", "cpu"]) == 0
+    section = load_card(tiny_model)["domain"]
+    assert section["n_cases"] == 5 and section["cohort"] == "cohort"
+    assert "fat_hu" in section["reference"] and section["reference"]["fat_hu"][0] <= section["reference"]["fat_hu"][1]
+    assert sha256_file(tiny_model) == before  # the weights are untouched

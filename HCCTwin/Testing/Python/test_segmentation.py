@@ -804,6 +804,14 @@ def test_train_command_pvtt_stage_settings_reach_the_trainer(monkeypatch, tmp_pa
     assert tuple(seen["class_weights"]) == PVTT_STAGE_SETTINGS["class_weights"]
     assert seen["class_ratios"][4] == max(seen["class_ratios"]) and seen["epochs"] == 3
     assert main(["train", "generator", "--cohort", str(tmp_path), "--out", str(tmp_path / "g"), "--pvtt-stage"]) == 2
+    seen.clear()
+    assert main(["train", "segmentation", "--cohort", str(tmp_path), "--out", str(tmp_path / "m"), "--appearance",
+                 "0.6", "--phase-dropout", "0.3"]) == 0
+    assert seen["appearance_prob"] == 0.6 and seen["phase_dropout"] == 0.3
+    assert main(["train", "segmentation", "--cohort", str(tmp_path), "--out", str(tmp_path / "m"),
+                 "--phase-dropout", "1.5"]) == 2
+    assert main(["train", "generator", "--cohort", str(tmp_path), "--out", str(tmp_path / "g"),
+                 "--appearance", "0.5"]) == 2
 
 
 class _ThrombusIntensityNet(torch.nn.Module):

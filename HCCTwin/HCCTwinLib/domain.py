@@ -68,6 +68,8 @@ MAX_UNCERTAIN_FRACTION = 0.35
 REFERENCE_MEASURES = ("fat_hu", "soft_tissue_hu", "noise_hu", "liver_ml", "tumor_fraction", "left_fraction",
                       "liver_hu_median", "liver_hu_iqr", "liver_nontissue_fraction", "mean_entropy",
                       "uncertain_fraction")
+#: reference measures where only values above the reference are a sign of trouble
+_UPPER_ONLY = ("mean_entropy", "uncertain_fraction", "left_fraction", "liver_nontissue_fraction")
 #: reference measures that only ever count as caution when out of range (their plausibility has its own rule, or
 #: they move with the scanner's noise and contrast timing while the segmentation stays right: the liver's HU spread)
 _CAUTION_ONLY = ("fat_hu", "soft_tissue_hu", "noise_hu", "liver_ml", "liver_hu_median", "liver_hu_iqr",
@@ -348,12 +350,13 @@ def _segmentation_findings(v: DomainVerdict, s: Mapping[str, float | None]) -> N
 
 def _against_reference(v: DomainVerdict, name: str, value: float | None, ref: Sequence[float] | None) -> None:
     """Caution beyond the reference's p1-p99 range; outside beyond it by its width again (for measures whose
-    plausibility has no fixed rule of its own)."""
+    plausibility has no fixed rule of its own). Measures where only high values are a problem (uncertainty, liver
+    left of the midline, fat in the liver) are checked against the p99 only."""
     if value is None or not ref or len(ref) < 2 or ref[0] is None or ref[1] is None:
         return
     lo, hi = float(ref[0]), float(ref[1])
     width = max(hi - lo, 1e-6)
-    if lo <= value <= hi:
+    if lo <= value <= hi or (name in _UPPER_ONLY and value <= hi):
         return
     far = value > hi + width or value < lo - width
     severity = OUTSIDE if far and name not in _CAUTION_ONLY else CAUTION

@@ -135,6 +135,8 @@ def test_guard_against_the_training_domain_reference():
     v = domain.assess(phases, geom, labels, confidence={"mean_entropy": 0.06, "uncertain_fraction": 0.05},
                       card=card)
     assert [f.severity for f in v.findings if f.measure == "mean_entropy"] == ["caution"]
+    v = domain.assess(phases, geom, labels, confidence={"mean_entropy": 0.001, "uncertain_fraction": 0.0}, card=card)
+    assert not [f for f in v.findings if f.measure == "mean_entropy"]  # more certain than the reference is fine
     ref = domain.reference_from_measures([{"mean_entropy": x} for x in np.linspace(0.0, 1.0, 101)])
     assert ref["mean_entropy"] == pytest.approx([0.01, 0.99])
 

@@ -206,11 +206,12 @@ def _load_case_args(args):
 
 def cmd_segment(args) -> int:
     from .domain import assess
-    from .io import write_image
+    from .io import refuse_overwriting_inputs, write_image
     from .pipeline import label_volumes_ml
     from .segmentation import get_segmenter
 
     case = _load_case_args(args)
+    refuse_overwriting_inputs([args.out], case.source.values())
     segmenter = get_segmenter(args.weights, device=args.device)
     print(segmenter.message, file=sys.stderr)
     t0 = time.perf_counter()
@@ -232,8 +233,18 @@ def cmd_segment(args) -> int:
     return 0
 
 
+def _predict_outputs(out: Path, args) -> list[Path]:
+    """Every file ``hcctwin predict`` may write under ``out`` (checked against its inputs before computing)."""
+    files = [out / n for n in ("result.json", "report.html", "report.pdf", "survival.png", "survival_pfs.png")]
+    names = ("arterial", "portal", "labels", "arterial_std", "portal_std")
+    for regimen in args.regimens:
+        for w in args.weeks:
+            files += [out / regimen / f"w{int(w):02d}" / f"{n}.nii.gz" for n in names]
+    return files
+
+
 def cmd_predict(args) -> int:
-    from .io import load_case
+    from .io import load_case, refuse_overwriting_inputs
     from .jsonutil import jsonable
     from .pipeline import ObservedScan, PipelineOptions, run_case, save_result
 
@@ -251,6 +262,9 @@ def cmd_predict(args) -> int:
         real = ObservedScan(weeks=args.followup_weeks, phases=dict(fu_case.phases), geometry=fu_case.geometry,
                             labels=fu_case.labels, regimen=args.followup_regimen,
                             deformable=not args.no_deformable)
+    refuse_overwriting_inputs(_predict_outputs(Path(args.out), args),
+                              [*case.source.values(), args.clinical, args.labels,
+                               *((fu_case.source.values()) if args.followup else ())])
     options = PipelineOptions(device=args.device, samples=args.samples, seed=args.seed,
                               segmentation_weights=args.segmentation_weights,
                               generator_weights=args.generator_weights, survival_model=args.survival_model,

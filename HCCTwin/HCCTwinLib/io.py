@@ -302,7 +302,7 @@ def validate_image(image: sitk.Image, path: str | os.PathLike = "<image>", *, la
             if not np.all(np.isfinite(array)) or not np.allclose(array, np.round(array)):
                 raise InputError(f"{path}: label map has non-integer values; expected integers "
                                  f"0..{MAX_LABEL}. Export the segmentation as a label map (integer type).")
-        array = array.astype(np.int16)
+        # check the values as stored (a cast first would wrap 65538 to 2), then narrow
         bad = np.setdiff1d(np.unique(array), np.arange(MAX_LABEL + 1))
         if bad.size:
             raise InputError(f"{path}: label map has values {bad[:10].tolist()} outside 0..{MAX_LABEL} (0 background, "
@@ -488,6 +488,32 @@ def save_case(case: Case, folder: str | os.PathLike) -> dict[str, Path]:
     if case.labels is not None:
         written["labels"] = write_image(case.labels, case.geometry, folder / "labels.nii.gz", labels=True)
     return written
+
+
+def refuse_overwriting_inputs(outputs, inputs) -> None:
+    """InputError, before any computation, when an output path is one of the input files or lies inside an input
+    folder (a DICOM series folder): a command never replaces the data it reads (issue 24)."""
+    ins = []
+    for p in inputs:
+        if p:
+            try:
+                ins.append(Path(p).expanduser().resolve())
+            except (OSError, RuntimeError):
+                continue
+    for o in outputs:
+        if not o:
+            continue
+        out = Path(o).expanduser().resolve()
+        for inp in ins:
+            same = out == inp
+            if not same and out.exists() and inp.exists():
+                try:
+                    same = os.path.samefile(out, inp)
+                except OSError:
+                    same = False
+            if same or (inp.is_dir() and inp in out.parents):
+                raise InputError(f"the output {o} would overwrite the input {inp}; choose another output path "
+                                 f"(--out). Nothing was written.")
 
 
 def path_inside(root: Path, *parts: str) -> Path:

@@ -104,3 +104,43 @@ def test_simulate_then_train_generator_from_the_cli(tmp_path):
                  "--batch-size", "2", "--cpu-bf16", "--time-budget", "600"]) == 0
     state, card = load_state(out / "hcctwin_twin.safetensors")
     assert card["training"]["epochs_completed"] == 2 and card["hyperparameters"]["precision"].startswith("bfloat16")
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused_before_computing(pre_folder, tmp_path, capsys,
+                                                                           monkeypatch):
+    """Issue 24 item 1: `segment --out` on an input phase or the label map, `predict --labels X` with X where predict
+    writes, are refused with one line and exit 2; the input is unchanged (checked before any model is loaded)."""
+    from HCCTwinLib import segmentation
+
+    monkeypatch.setattr(segmentation, "get_segmenter",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded before the check")))
+    for target in ("portal.nii.gz", "labels.nii.gz"):
+        before = (pre_folder / target).read_bytes()
+        assert main(["segment", "--pre", str(pre_folder), "--out", str(pre_folder / target)]) == 2
+        err = capsys.readouterr().err
+        assert "would overwrite the input" in err and "Traceback" not in err
+        assert (pre_folder / target).read_bytes() == before
+    out = tmp_path / "out"
+    labels = out / "tace_pd1_len" / "w08" / "labels.nii.gz"
+    labels.parent.mkdir(parents=True)
+    labels.write_bytes((pre_folder / "labels.nii.gz").read_bytes())
+    before = labels.read_bytes()
+    assert main(["predict", "--pre", str(pre_folder), "--labels", str(labels), "--regimens", "tace_pd1_len",
+                 "--weeks", "8", "--out", str(out)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err and labels.read_bytes() == before
+
+
+@pytest.mark.parametrize("value", [65538, 256 + 2, -254, 2.0 + 65536])
+def test_label_values_do_not_wrap(tmp_path, value):
+    """Issue 24 item 3: a label value that a 8- or 16-bit cast would wrap into 0..4 is refused, not read as 2."""
+    import SimpleITK as sitk
+
+    from HCCTwinLib.errors import InputError
+    from HCCTwinLib.io import read_image
+
+    arr = np.zeros((4, 6, 6), np.float64 if isinstance(value, float) else np.int32)
+    arr[1:3, 2:4, 2:4] = value
+    path = tmp_path / "labels.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    with pytest.raises(InputError, match="outside 0..4"):
+        read_image(path, labels=True)

@@ -89,6 +89,11 @@ def generator_card(regimens: Sequence[str], crop_shape: Sequence[int] = DEFAULT_
     return card
 
 
+#: follow-up weeks of the simulator's training cohorts (w08 / w16 / w24), for model cards that do not list theirs
+TRAINED_WEEKS_DEFAULT = (8, 16, 24)
+#: virtual follow-ups are refused beyond this multiple of the last trained week (and noted beyond the last week)
+MAX_EXTRAPOLATION = 2
+
 class Generator:
     """A loaded generator model and its settings (from the model card)."""
 
@@ -141,6 +146,13 @@ class Generator:
         card = generator_card(regimens or REGIMEN_IDS, crop_shape, architecture_kwargs, **card_kwargs)
         torch.manual_seed(seed)
         return cls(tm.build_model(**card["architecture_kwargs"]), card, device, message="untrained model")
+
+    @property
+    def trained_weeks(self) -> tuple[int, ...]:
+        """The follow-up weeks of the training cohort (card ``training_data.weeks``; the simulator's 8, 16, 24 when
+        the card does not say)."""
+        weeks = (self.card.get("training_data") or {}).get("weeks") or TRAINED_WEEKS_DEFAULT
+        return tuple(int(w) for w in weeks)
 
     def prior(self, regimen: str, weeks: float) -> float:
         """The regimen-prior channel value of ``regimen`` at ``weeks`` (0 without that channel or rate)."""
@@ -233,6 +245,11 @@ class Generator:
         weeks = [int(w) for w in weeks]
         if any(w < 0 for w in weeks) or len(set(weeks)) != len(weeks):
             raise InputError(f"weeks must be distinct intervals >= 0, got {weeks}")
+        trained = max(self.trained_weeks)
+        if max(weeks, default=0) > MAX_EXTRAPOLATION * trained:
+            raise InputError(f"weeks {max(weeks)}: the generator was trained on follow-ups up to week {trained}; "
+                             f"virtual follow-ups beyond week {MAX_EXTRAPOLATION * trained} would be pure "
+                             f"extrapolation. Ask for weeks up to {MAX_EXTRAPOLATION * trained} (e.g. 8,16,24).")
         samples, steps = int(samples), int(steps or self.default_steps)
         if samples < 1 or steps < 1:
             raise InputError("samples and steps must be >= 1")
@@ -248,6 +265,10 @@ class Generator:
         items = [(r, w, s) for r in regimens for w in weeks if w > 0 for s in range(samples)]
         x0 = None
         messages: list[str] = []  # e.g. the GPU ran out of memory and the CPU took over
+        beyond = [w for w in weeks if w > trained]
+        if beyond:
+            messages.append(f"week(s) {', '.join(map(str, beyond))} lie beyond the follow-ups the generator was "
+                            f"trained on (up to week {trained}): extrapolated, less reliable.")
         t_net = time.perf_counter()
         if items:
             args = ([w for _, w, _ in items], [self.regimens.index(r) for r, _, _ in items],

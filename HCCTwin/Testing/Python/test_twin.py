@@ -562,3 +562,18 @@ def test_evaluation_script_runs_on_a_tiny_holdout(trained, tmp_path):
     assert s["exponential"]["n_patients_ordering"] == 3 and s["copy"]["regimen_ordering_pairwise"] in (0.0, None)
     jpath, mpath = ev.write_report(result, tmp_path / "results")
     assert json.loads(jpath.read_text())["summary"] and "Targets" in mpath.read_text()
+
+
+def test_weeks_beyond_the_training_follow_ups_are_noted_and_far_beyond_refused():
+    """Issue 24 item 10: --weeks 1000 is refused with what to ask for; a week past the trained ones is noted."""
+    art, por, lab, _ = synth_case(1)
+    gen = tiny_generator()
+    with pytest.raises(InputError, match="trained on follow-ups up to week 24"):
+        gen.generate({"arterial": art, "portal": por}, lab, _geom(), regimens=[SHRINK], weeks=[8, 1000],
+                     samples=1, steps=1)
+    gen.generate({"arterial": art, "portal": por}, lab, _geom(), regimens=[SHRINK], weeks=[8, 36], samples=1,
+                 steps=1)
+    assert any("week(s) 36" in m and "extrapolated" in m for m in gen.last_info["messages"])
+    gen.generate({"arterial": art, "portal": por}, lab, _geom(), regimens=[SHRINK], weeks=[8, 24], samples=1,
+                 steps=1)
+    assert not gen.last_info["messages"]

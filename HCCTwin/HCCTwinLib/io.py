@@ -687,7 +687,22 @@ def read_clinical_table(path: str | os.PathLike, *, required: tuple[str, ...] = 
         values = [v for v in table[col] if v is not None]
         if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             table[col] = pd.to_numeric(table[col])
+        if col.lower().endswith("_event") and values:
+            check_event_column(path, col, values)
     return table, notes
+
+
+def check_event_column(path, column: str, values) -> None:
+    """An event column (``os_event``, ``pfs_event``, ``metastasis_event``) must hold 1 (event) / 0 (censored):
+    R's survival coding (1 censored, 2 event) or text would otherwise be counted wrongly, silently (issue 24)."""
+    numbers = (int, float, np.integer, np.floating)
+    bad = sorted({str(v) for v in values
+                  if not (isinstance(v, numbers) and not isinstance(v, bool) and (np.isnan(v) or float(v) in (0, 1)))})
+    if bad:
+        hint = (" It looks like R's coding (1 = censored, 2 = event): recode 2 -> 1 and 1 -> 0."
+                if set(bad) <= {"2", "2.0"} else "")
+        raise InputError(f"{path}: column {column!r} has value(s) {', '.join(bad[:5])}; an event column holds 1 "
+                         f"(event) or 0 (censored).{hint}")
 
 
 def read_clinical_row(path: str | os.PathLike, patient_id: str) -> tuple[dict, list[str]]:

@@ -144,3 +144,20 @@ def test_label_values_do_not_wrap(tmp_path, value):
     sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
     with pytest.raises(InputError, match="outside 0..4"):
         read_image(path, labels=True)
+
+
+def test_event_columns_must_be_0_or_1(tmp_path):
+    """Issue 24 item 9: R-style events (1 = censored, 2 = dead) or text are refused, not counted as events."""
+    from HCCTwinLib.errors import InputError
+    from HCCTwinLib.io import read_clinical_table
+
+    path = tmp_path / "clinical.csv"
+    path.write_text("patient_id,os_months,os_event\nA,10,1\nB,12,2\nC,3,1\n")
+    with pytest.raises(InputError, match="R's coding"):
+        read_clinical_table(path)
+    path.write_text("patient_id,os_months,pfs_event\nA,10,yes\nB,12,0\n")
+    with pytest.raises(InputError, match="'pfs_event' has value"):
+        read_clinical_table(path)
+    path.write_text("patient_id,os_months,os_event\nA,10,1\nB,12,0\nC,3,NA\n")
+    table, _ = read_clinical_table(path)
+    assert table["os_event"].sum() == 1

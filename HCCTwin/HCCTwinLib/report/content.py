@@ -223,11 +223,29 @@ def identifiers(summary: Mapping) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
+def _clinical_allow() -> frozenset[str]:
+    from ..clinical import CLINICAL_FIELDS
+
+    outcomes = ("regimen", "os_months", "os_event", "pfs_months", "pfs_event", "metastasis_months",
+                "metastasis_event", "best_response_mrecist")
+    return frozenset((*CLINICAL_FIELDS, *outcomes))
+
+
+#: the clinical values a de-identified output keeps (issue 24: an allow-list, not a list of names to remove)
+CLINICAL_ALLOW = _clinical_allow()
+#: values of dropped columns that are ordinary words, not identifiers (never searched for inside text)
+_HARMLESS_WORDS = frozenset({"none", "true", "false", "male", "female", "unknown", "absent", "present", "n/a"})
+
+
 def deidentify_summary(summary: Mapping) -> dict:
     """A copy without identifying keys and with every identifier inside any string (notes, provenance, model
     names, captions) replaced by "de-identified". Identifiers shorter than 3 characters are dropped as keys but not
     searched for inside text (that would mangle ordinary words and numbers)."""
-    ids = [i for i in identifiers(summary) if len(i) >= 3]
+    clinical = summary.get("clinical") if isinstance(summary.get("clinical"), Mapping) else None
+    dropped = [str(v).strip() for k, v in (clinical or {}).items()
+               if k not in CLINICAL_ALLOW and isinstance(v, str) and len(v.strip()) >= 4
+               and v.strip().lower() not in _HARMLESS_WORDS]
+    ids = sorted({i for i in [*identifiers(summary), *dropped] if len(i) >= 3}, key=len, reverse=True)
     pattern = re.compile("|".join(re.escape(i) for i in ids), re.IGNORECASE) if ids else None
 
     def scrub(value):
@@ -240,6 +258,8 @@ def deidentify_summary(summary: Mapping) -> dict:
         return value
 
     out = scrub(copy.deepcopy(dict(summary)))
+    if clinical is not None:  # an allow-list: a site's extra columns (names, dates of birth, initials) never pass
+        out["clinical"] = {k: v for k, v in out.get("clinical", {}).items() if k in CLINICAL_ALLOW}
     out["patient_id"] = DEIDENTIFIED
     return out
 

@@ -262,3 +262,21 @@ def test_minimal_summary_does_not_crash(tmp_path):
     paths = write_report({"patient_id": "X1", "notes": []}, tmp_path)
     html = paths["html"].read_text(encoding="utf-8")
     assert "<tr" in html and "Not available" in html and DISCLAIMER in html
+
+
+def test_deidentify_keeps_only_known_clinical_values():
+    """Issue 24 item 2: a site's extra columns (names, date of birth, initials) never survive --deidentify, and their
+    values are scrubbed from every text too (allow-list, not a list of key names)."""
+    from HCCTwinLib.report.content import deidentify_summary
+
+    summary = {"patient_id": "PAT-77", "clinical": {"PatientName": "Doe^Jane", "Patient Name": "Jane Doe",
+                                                    "dob": "1950-01-01", "Surname": "Doeson", "initials": "JD",
+                                                    "age_years": 61, "bilirubin_umol_l": 20.0, "os_event": 1,
+                                                    "smoker": "none"},
+               "notes": ["read for Jane Doe (Doe^Jane), born 1950-01-01; Doeson"]}
+    out = deidentify_summary(summary)
+    assert out["clinical"] == {"age_years": 61, "bilirubin_umol_l": 20.0, "os_event": 1}
+    text = " ".join(out["notes"])
+    for ident in ("Jane Doe", "Doe^Jane", "1950-01-01", "Doeson", "PAT-77"):
+        assert ident not in text, ident
+    assert out["patient_id"] == "de-identified"

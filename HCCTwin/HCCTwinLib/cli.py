@@ -50,6 +50,28 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+def _bounded_int(text: str, lo: int, hi: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number for {what}, got {text!r}") from None
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{what} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """``--seed``: a whole number 0 .. 2**32 - 1 (what numpy's generators take)."""
+    return _bounded_int(text, 0, 2**32 - 1, "the seed")
+
+
+def _samples(text: str) -> int:
+    """``--samples``: 1 .. ``twin.generator.MAX_SAMPLES`` generator samples (bounded: all noise is drawn up front)."""
+    from .twin.generator import MAX_SAMPLES
+
+    return _bounded_int(text, 1, MAX_SAMPLES, "--samples")
+
+
 def _mirror_axes(text: str) -> list[int]:
     """``--mirror-axes``: 'none' (or empty) or comma-separated model-grid axes 0, 1, 2."""
     from .segmentation.inference import mirror_sets
@@ -473,12 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job end to end on the embedded default case")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("simulate", help="write a simulated cohort in the HCCTwin cohort layout")
     p.add_argument("--n", type=int, required=True, help="number of patients")
-    p.add_argument("--seed", type=int, required=True, help="random seed")
+    p.add_argument("--seed", type=_seed, required=True, help="random seed")
     p.add_argument("--out", required=True, help="output cohort folder")
     p.add_argument("--fast", action="store_true", help="small volumes (for tests)")
     p.add_argument("--no-truth-images", action="store_true", help="skip counterfactual follow-up images")
@@ -529,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=100, help="total epochs (re-run with more to continue)")
     p.add_argument("--batch-size", type=int, help="batch size")
     p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split and sampling")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the train/validation split and sampling")
     p.add_argument("--max-cases", type=int, help="use at most this many patients")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
@@ -599,8 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regimens", type=_csv_list, default=list(DEFAULT_REGIMENS),
                    help="comma-separated regimen ids (default tace_pd1_len,haic_pd1_len,pd1_tki)")
     p.add_argument("--weeks", type=_int_list, default=list(DEFAULT_WEEKS), help="time points (default 8,16,24)")
-    p.add_argument("--samples", type=int, default=4, help="generator samples per request (default 4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=_samples, default=4, help="generator samples per request (default 4)")
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--followup", help="a real follow-up folder (registered to the pre-treatment scan first)")
     p.add_argument("--no-deformable", action="store_true", help="real follow-up: rigid + affine registration only")
@@ -627,8 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for metrics.json")
     p.add_argument("--max-cases", type=int, default=20, help="patients for the image models (default 20)")
     p.add_argument("--no-images", action="store_true", help="survival from the clinical table only")
-    p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=_samples, default=4)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_evaluate)
 
@@ -648,8 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for the survival bands")
     p.add_argument("--with-ids", action="store_true",
                    help="keep patient IDs in study.json (default: study codes; the key is in splits.csv)")
-    p.add_argument("--samples", type=int, default=4, help="generator samples per virtual follow-up")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=_samples, default=4, help="generator samples per virtual follow-up")
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_study)
 
@@ -666,7 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--clinical", required=True, help="clinical.csv (cohort layout columns)")
     q.add_argument("--endpoint", choices=["os", "pfs"], default="os")
     q.add_argument("--folds", type=int, default=5)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=_seed, default=0)
     q.add_argument("--out", required=True, help="output folder for metrics.json")
     q.set_defaults(func=cmd_survival)
 

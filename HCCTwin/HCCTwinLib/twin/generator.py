@@ -91,6 +91,9 @@ def generator_card(regimens: Sequence[str], crop_shape: Sequence[int] = DEFAULT_
 
 #: follow-up weeks of the simulator's training cohorts (w08 / w16 / w24), for model cards that do not list theirs
 TRAINED_WEEKS_DEFAULT = (8, 16, 24)
+#: the most samples per virtual follow-up (each is a network pass and its noise is drawn up front; the spread over
+#: samples is stable long before)
+MAX_SAMPLES = 64
 #: virtual follow-ups are refused beyond this multiple of the last trained week (and noted beyond the last week)
 MAX_EXTRAPOLATION = 2
 
@@ -253,6 +256,9 @@ class Generator:
         samples, steps = int(samples), int(steps or self.default_steps)
         if samples < 1 or steps < 1:
             raise InputError("samples and steps must be >= 1")
+        if samples > MAX_SAMPLES:
+            raise InputError(f"samples = {samples}: at most {MAX_SAMPLES} per virtual follow-up (each sample is a "
+                             f"network pass and its noise is held in memory); 4-16 give a stable spread.")
         import torch
 
         report(progress, 0.0, "Cropping the liver")

@@ -161,3 +161,20 @@ def test_event_columns_must_be_0_or_1(tmp_path):
     path.write_text("patient_id,os_months,os_event\nA,10,1\nB,12,0\nC,3,NA\n")
     table, _ = read_clinical_table(path)
     assert table["os_event"].sum() == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "--n", "1", "--seed", "-1", "--out", "OUT"], "between 0 and 4294967295"),
+    (["predict", "--pre", "PRE", "--seed", "1e20", "--out", "OUT"], "whole number"),
+    (["predict", "--pre", "PRE", "--samples", "10000", "--out", "OUT"], "between 1 and 64"),
+    (["predict", "--pre", "PRE", "--samples", "0", "--out", "OUT"], "between 1 and 64"),
+])
+def test_seed_and_samples_are_bounded_with_one_line(argv, message, tmp_path, capsys):
+    """Issue 24 items 12-13: `simulate --seed -1` was a traceback, `--samples 10000` allocated all noise up front."""
+    argv = [str(tmp_path / a) if a in ("OUT", "PRE") else a for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "OUT").exists()

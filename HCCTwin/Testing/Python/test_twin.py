@@ -577,3 +577,12 @@ def test_weeks_beyond_the_training_follow_ups_are_noted_and_far_beyond_refused()
     gen.generate({"arterial": art, "portal": por}, lab, _geom(), regimens=[SHRINK], weeks=[8, 24], samples=1,
                  steps=1)
     assert not gen.last_info["messages"]
+
+
+def test_samples_are_bounded():
+    from HCCTwinLib.twin.generator import MAX_SAMPLES
+
+    art, por, lab, _ = synth_case(1)
+    with pytest.raises(InputError, match=f"at most {MAX_SAMPLES}"):
+        tiny_generator().generate({"arterial": art, "portal": por}, lab, _geom(), regimens=[SHRINK], weeks=[8],
+                                  samples=MAX_SAMPLES + 1, steps=1)

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 CT_PHASES = ("arterial", "portal", "delayed")
+MRI_SEQUENCES = ("t1_arterial", "t1_portal", "t1_pre", "t2", "dwi")
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: the phases the models read; a study may have one of them (or a delayed phase) alone
 MODEL_PHASES = ("arterial", "portal")
 #: what stands in for a missing model phase, in order of preference (the delayed / equilibrium phase reads closest
@@ -37,8 +39,21 @@ def fill_missing_phases(phases, wanted=MODEL_PHASES) -> tuple[dict, dict[str, st
             out[name] = phases[source]
             filled[name] = source
     return out, filled
-MRI_SEQUENCES = ("t1_arterial", "t1_portal", "t1_pre", "t2", "dwi")
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def model_input(phases, wanted=MODEL_PHASES) -> list[str]:
+    """The combination of model phases a study provides (sorted; a delayed phase standing in for the portal venous
+    one counts as portal): what a model card's ``accepted_inputs`` is checked against."""
+    _, filled = fill_missing_phases(phases, wanted)
+    used = {p for p in wanted if p not in filled}
+    if filled.get("portal") == "delayed":
+        used.add("portal")
+    return sorted(used)
+
+
+def accepted_inputs_of(card, wanted=MODEL_PHASES) -> list[list[str]]:
+    """A model card's ``accepted_inputs`` (each sorted), or its input phases together when it lists none."""
+    return [sorted(a) for a in (card.get("accepted_inputs") or [list(card.get("input_phases") or wanted)])]
 
 
 @dataclass(frozen=True)

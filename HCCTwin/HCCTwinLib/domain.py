@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .cases import MODEL_PHASES, fill_missing_phases
+from .cases import MODEL_PHASES, accepted_inputs_of, fill_missing_phases, model_input
 from .labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
 
 INSIDE, CAUTION, OUTSIDE = "inside", "caution", "outside"
@@ -254,11 +254,9 @@ def assess(phases: Mapping[str, np.ndarray], geometry, labels: np.ndarray | None
     # phases
     given = sorted(phases)
     model_phases = list(card.get("input_phases") or MODEL_PHASES)
-    accepted = [sorted(a) for a in (card.get("accepted_inputs") or [model_phases])]
+    accepted = accepted_inputs_of(card, model_phases)
     _, filled = fill_missing_phases(phases, model_phases)
-    used = sorted(p for p in model_phases if p not in filled)
-    if "portal" in filled and filled["portal"] == "delayed":
-        used = sorted({*used, "portal"})  # a delayed phase is read as portal venous
+    used = model_input(phases, model_phases)
     v.measures["n_phases"] = float(len(given))
     if card and used and used not in accepted:
         v.add(Finding("phases", OUTSIDE, f"the segmentation model was not trained on {'+'.join(used)} alone "

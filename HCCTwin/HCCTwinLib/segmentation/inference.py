@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .. import device as devices
-from ..cases import Case, Geometry, fill_missing_phases
+from ..cases import Case, Geometry, accepted_inputs_of, fill_missing_phases, model_input
 from ..errors import InputError
 from ..labels import PVTT
 from ..progress import ProgressCallback, SubProgress, report
@@ -359,12 +359,11 @@ class Segmenter:
                 raise InputError(f"segmentation needs {len(self.phases)} phases ({', '.join(self.phases)}) as a "
                                  f"(C, K, J, I) array or a dict of arrays; got an array of shape {arr.shape}.")
             phases = dict(zip(self.phases, arr))
+        used = model_input(phases, self.phases)
         phases, filled = fill_missing_phases(phases, self.phases)
         self.last_info["filled_phases"] = filled
         if filled:
-            accepted = [sorted(a) for a in (self.card.get("accepted_inputs") or [self.phases])]
-            given = sorted({src for src in filled.values()} | {p for p in self.phases if p not in filled})
-            trained = given in accepted or (sorted(given) == ["delayed"] and ["portal"] in accepted)
+            trained = used in accepted_inputs_of(self.card, self.phases)
             self.last_info.setdefault("messages", []).append(
                 "Single-phase study: " + ", ".join(f"{src} used as {dst}" for dst, src in filled.items())
                 + ("" if trained else " (this model was not trained on single-phase input: results unreliable)")
@@ -390,19 +389,15 @@ class Segmenter:
         return self._cpu_model
 
     # -- prediction ---------------------------------------------------------------------------------------------
-    def predict_model_grid(self, image: np.ndarray, *, progress: ProgressCallback | None = None,
-                           device=None, tuned: bool = False):
-        """Raw argmax labels for a normalised ``(C, K, J, I)`` image already on the model grid. ``tuned``: apply
-        the card's class bias and test-time mirroring and return ``(labels, tumour probability)`` for the
-        post-processing."""
+    def predict_model_grid(self, image: np.ndarray, *, progress: ProgressCallback | None = None, device=None):
+        """Raw argmax labels for a normalised ``(C, K, J, I)`` image already on the model grid (no decision rules:
+        the coarse liver-box stage)."""
         dev = self.device if device is None else device
 
         def run(d):
             return sliding_window_argmax(self._model_on(d), image, roi_size=self.roi_size, device=d,
                                          overlap=self.overlap, sw_batch_size=self.sw_batch_size, progress=progress,
-                                         cpu_precision=self.cpu_precision,
-                                         class_bias=self.class_bias if tuned else None, tumor_prob=tuned,
-                                         mirror_axes=self.mirror_axes if tuned else ())
+                                         cpu_precision=self.cpu_precision)
 
         return devices.call_with_cpu_fallback(run, dev, notify=lambda m: self._note(progress, m))
 

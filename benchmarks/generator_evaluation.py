@@ -57,9 +57,11 @@ from HCCTwinLib.imagemetrics import (  # noqa: F401  (re-exported: the metric pi
 )
 from HCCTwinLib.imagemetrics import viable_volume_ml as _viable_volume_ml
 
-TARGETS = {"viable_volume_median_rel_error": ("<=", 0.15), "tumour_dice_mean": (">=", 0.80),
-           "mrecist_agreement": (">=", 0.80), "regimen_ordering_agreement": (">=", 0.80),
-           "demo_request_seconds": ("<=", 60.0)}
+#: issue 23's targets (the ceiling of generator_ceiling.md: viable error 0.42, mRECIST 0.70, all-pairs ordering 0.679
+#: for the oracle on these 30 patients, so "within 0.05 of the oracle" is >= 0.629)
+TARGETS = {"viable_volume_median_rel_error": ("<=", 0.47), "tumour_dice_mean": (">=", 0.80),
+           "mrecist_agreement": (">=", 0.65), "regimen_ordering_agreement": (">=", 0.629),
+           "outside_margin_hu_mean": ("<=", 2.0), "demo_request_seconds": ("<=", 5.0)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -67,6 +69,19 @@ TARGETS = {"viable_volume_median_rel_error": ("<=", 0.15), "tumour_dice_mean": (
 
 def viable_volume_ml(labels: np.ndarray, geometry: Geometry) -> float:
     return _viable_volume_ml(labels, geometry.voxel_volume_ml)
+
+
+def outside_margin_hu(case, followup, margin_mm: float = 10.0) -> float | None:
+    """Mean |virtual - input| HU (arterial + portal) over voxels farther than ``margin_mm`` from the tumour and PVTT
+    of the input and of the virtual follow-up (issue 23: the anatomy there must stay the input's)."""
+    from scipy import ndimage
+
+    disease = np.isin(case.labels, (2, 3, 4)) | np.isin(followup.labels, (2, 3, 4))
+    if not disease.any():
+        return None
+    far = ndimage.distance_transform_edt(~disease, sampling=case.geometry.spacing[::-1]) > margin_mm
+    return float(np.mean([np.abs(np.asarray(followup.phases[p], np.float64)[far] - case.phases[p][far]).mean()
+                          for p in ("arterial", "portal")]))
 
 
 def ordering_agreement(pred_change: Mapping[str, float], true_change: Mapping[str, float], tie_tol: float = 0.5
@@ -217,6 +232,16 @@ def _load_truth(folder: Path):
     return out, labels, geom
 
 
+def _clinical_rows(cohort: Path) -> dict[str, dict]:
+    import csv
+
+    path = Path(cohort) / "clinical.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return {row["patient_id"]: row for row in csv.DictReader(fh)}
+
+
 def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, samples: int = 4, seed: int = 0,
              steps: int | None = None, weeks: Sequence[int] = (8, 16, 24), max_cases: int | None = None,
              device: str = "auto", demo_case: str | None = None, skip_timing: bool = False, log=print) -> dict:
@@ -232,6 +257,7 @@ def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, s
     exp_model = ExponentialBaseline.fit_cohort(fit_on)
     log(f"exponential baseline rates (1/week, fit on {fit_on.name}): {exp_model.rates}")
     patients = list(read_received_regimens(cohort))[: max_cases or None]
+    clinical = _clinical_rows(cohort)
     methods = ("generator", "copy", "exponential")
     per_fu: list[dict] = []
     cats = {"pred": [], "true": [], "copy": [], "exponential": []}
@@ -246,6 +272,7 @@ def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, s
         if not regs:
             continue
         case = load_case(_inside(cohort, "cases", pid, "pre"), patient_id=pid)
+        case.clinical = clinical.get(pid, {})  # pre-treatment covariates (a model that uses them reads them)
         preds = {"generator": gen.generate(case, regimens=regs, weeks=weeks, samples=samples, seed=seed,
                                            steps=steps),
                  "copy": copy_baseline(case.phases, case.labels, case.geometry, regs, weeks),
@@ -272,6 +299,7 @@ def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, s
                     row[f"{m}_mae"] = float(np.mean([hu_mae(f.phases[p], t_phases[p], liver)
                                                      for p in ("arterial", "portal")]))
                     traj[m].append((w, f.labels, f.phases["arterial"]))
+                    row[f"{m}_outside_margin_hu"] = outside_margin_hu(case, f)
                 traj["true"].append((w, t_labels, t_phases["arterial"]))
                 f = preds["generator"][r][w]
                 idx = np.flatnonzero(liver)
@@ -313,6 +341,11 @@ def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, s
         "exponential_fit_on": str(fit_on), "summary": summary, "per_followup": per_fu,
         "disclaimer": "Demo weights, synthetic data, not for clinical use."}
     summarise_ordering(result)
+    for m in methods:
+        summary[m]["outside_margin_hu_mean"] = agg(f"{m}_outside_margin_hu", np.mean)
+        summary[m]["outside_margin_hu_max"] = agg(f"{m}_outside_margin_hu", np.max)
+        summary[m]["tumour_dice_by_week"] = {int(w): float(np.mean([x[f"{m}_dice"] for x in per_fu if x["weeks"] == w]))
+                                             for w in weeks if any(x["weeks"] == w for x in per_fu)}
     if not skip_timing:
         demo_regs = [r for r in ("tace_pd1_len", "haic_pd1_len", "pd1_tki") if r in gen.regimens][:3]
         result["timing"] = time_demo(gen, demo_case, demo_regs, (8, 16, 24), 4, seed, steps)
@@ -330,6 +363,12 @@ def check_targets(result: dict) -> dict:
         v = values.get(key)
         out[key] = {"value": v, "target": f"{op} {thr}",
                     "met": None if v is None else (v <= thr if op == "<=" else v >= thr)}
+    by_week = result["summary"]["generator"].get("tumour_dice_by_week")
+    if by_week:
+        copy = result["summary"]["copy"]["tumour_dice_by_week"]
+        out["tumour_dice_above_copy_every_week"] = {
+            "value": {str(w): round(float(v) - float(copy[w]), 4) for w, v in by_week.items()},
+            "met": all(float(v) > float(copy[w]) for w, v in by_week.items())}
     for metric, better in (("liver_ssim_mean", max), ("liver_hu_mae_mean", min)):
         vals = {m: result["summary"][m][metric] for m in ("generator", "copy", "exponential")}
         ok = None if any(v is None for v in vals.values()) else better(vals, key=vals.get) == "generator"
@@ -355,6 +394,17 @@ def write_report(result: dict, out_dir: Path) -> tuple[Path, Path]:
                 "liver_ssim_mean", "liver_hu_mae_mean"):
         lines.append(f"| {key} | " + " | ".join(fmt(s[m].get(key)) for m in ("generator", "copy", "exponential"))
                      + " |")
+    if "tumour_dice_by_week" in s["generator"]:
+        lines += ["", "Tumour Dice per follow-up week and the mean |HU difference| from the input outside a 10 mm "
+                      "margin around tumour and PVTT (input and virtual):", "",
+                  "| | generator | copy | exponential |", "|---|---|---|---|"]
+        for w in s["generator"]["tumour_dice_by_week"]:
+            lines.append(f"| tumour Dice, week {w} | " + " | ".join(
+                fmt(s[m]["tumour_dice_by_week"].get(w, s[m]["tumour_dice_by_week"].get(str(w))))
+                for m in ("generator", "copy", "exponential")) + " |")
+        for key in ("outside_margin_hu_mean", "outside_margin_hu_max"):
+            lines.append(f"| {key} | " + " | ".join(fmt(s[m].get(key)) for m in ("generator", "copy", "exponential"))
+                         + " |")
     g = s["generator"]
     lines += ["", "Regimen ordering by the change of the viable volume at the last follow-up (pairs tied in the truth, "
                   "< 0.5 mL apart, left out; the copy baseline predicts no change, so it never orders a pair; the "
@@ -376,7 +426,7 @@ def write_report(result: dict, out_dir: Path) -> tuple[Path, Path]:
                   f"{t['case']}, {t['shape_kji']}): first {t['first_s']} s, warm {t['warm_s']} s (network "
                   f"{t['network_s']} s) on {t['device']}; {t['machine']['cpu']}, {t['machine']['torch_threads']} "
                   f"threads, load {t['machine'].get('load_average_1_5_15')}"]
-    lines += ["", "## Targets (issue 5)", "", "| target | value | met |", "|---|---|---|"]
+    lines += ["", "## Targets (issue 23)", "", "| target | value | met |", "|---|---|---|"]
     for key, v in result["targets"].items():
         lines.append(f"| {key} {v.get('target', '')} | {fmt(v['value']) if not isinstance(v['value'], dict) else ''.join(f'{k}: {fmt(x)} ' for k, x in v['value'].items())} | {v['met']} |")  # noqa: E501
     mpath.write_text("\n".join(lines) + "\n")

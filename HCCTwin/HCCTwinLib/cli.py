@@ -384,6 +384,18 @@ def cmd_train(args) -> int:
                                          images=not args.no_images, progress=ProgressBar())
         print(json.dumps(summary, indent=2, default=str))
         return 0
+    if args.model == "generator" and args.architecture == "anchored":
+        from .twin.fit import train_kinetic
+
+        flow_only = [f"--{name.replace('_', '-')}" for name in ("batch_size", "lr", "time_budget", "cpu_bf16",
+                                                                 "init_weights", "regimen_prior")
+                     if getattr(args, name, None)]
+        if flow_only:
+            raise InputError(f"{', '.join(flow_only)} apply to the network generator only (--architecture flow); "
+                             f"the anchored twin is fitted in one pass.")
+        summary = train_kinetic(args.cohort, args.out, max_cases=args.max_cases, progress=ProgressBar())
+        print(json.dumps({k: summary[k] for k in ("weights", "card", "training_data")}, indent=2, default=str))
+        return 0
     if args.model == "segmentation":
         from .segmentation import train_segmentation as train
     else:
@@ -559,6 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "many seconds of wall time (re-run to continue)")
     p.add_argument("--cpu-bf16", action="store_true", help="segmentation/generator: bfloat16 autocast on a CPU "
                                                            "with native bfloat16 (AMX/AVX512-BF16), 2-5x faster")
+    p.add_argument("--architecture", choices=["anchored", "flow"], default="anchored",
+                   help="generator: anchored (default: per-lesion kinetics fitted on the observed follow-ups, "
+                        "rendered on the patient's own image; seconds to fit) or flow (the earlier rectified-flow "
+                        "network drawing the liver crop from noise; hours, measured worse: "
+                        "benchmarks/results/generator_evaluation.md)")
     p.add_argument("--regimen-prior", action="store_true",
                    help="generator: condition on each regimen's expected viable-volume change as well (rates fitted "
                         "on the cohort's observed follow-ups, stored in the model card)")

@@ -318,8 +318,23 @@ class Generator:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def load_generator(path: str | Path, device="cpu", message: str = "") -> Generator:
+def load_generator(path: str | Path, device="cpu", message: str = ""):
+    """A generator model file: the anchored twin (:mod:`.anchored`, architecture ``anchored-kinetic``) or the
+    rectified-flow network (:class:`Generator`), by its model card."""
     state, card = load_state(path, device="cpu")
+    from .anchored import ARCHITECTURE as ANCHORED
+
+    if card.get("architecture") == ANCHORED:
+        from .anchored import AnchoredGenerator
+        from .kinetic import KineticModel
+
+        try:
+            model = KineticModel.from_state(state, card["regimens"], card["weeks_fitted"],
+                                            (card.get("training_data") or {}))
+        except (KeyError, ValueError) as exc:
+            raise ModelFileError(f"{path}: the kinetic model's arrays do not match its card ({exc}); re-fit it.") \
+                from exc
+        return AnchoredGenerator(model, card, path=Path(path), message=message)
     if card.get("architecture") != tm.ARCHITECTURE or "regimens" not in card:
         raise ModelFileError(f"{path}: not an HCCTwin generator model (architecture {card.get('architecture')!r}).")
     model = tm.build_model(**card["architecture_kwargs"])
@@ -331,7 +346,7 @@ def load_generator(path: str | Path, device="cpu", message: str = "") -> Generat
     return Generator(model, card, device, message=message, path=Path(path))
 
 
-def get_generator(weights: str | Path | None = None, device: str = "auto") -> Generator:
+def get_generator(weights: str | Path | None = None, device: str = "auto"):
     """The generator for ``weights`` (a file or model name; default: the installed demo weights), loaded once per
     (file, device) and kept warm."""
     path = resolve_model_path(weights) if weights is not None else default_weights_path()

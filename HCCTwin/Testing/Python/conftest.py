@@ -12,12 +12,11 @@ import SimpleITK as sitk
 
 os.environ.setdefault("HCCTWIN_NUM_THREADS", "2")
 
-# Installed models for the test session: every shipped model file except the generator, whose 3 regimens x 3 time
-# points x 4 samples take 30-100 s per request on 2 CPU cores. Tests of the pipeline's logic run without it (the
-# "no generator installed" path); test_shipped_models.py runs the demo and the CLI with every shipped model,
-# generator included (HCCTWIN_WEIGHTS_DIR pointed back at the package folder).
+# Installed models for the test session: every shipped model file (the generator is the anchored twin since issue 23:
+# seconds per request, so every pipeline test runs with it). SLOW_SHIPPED_MODELS names models left out of the
+# session's weights folder; test_shipped_models.py points HCCTWIN_WEIGHTS_DIR back at the package folder.
 SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "HCCTwinLib" / "weights"
-SLOW_SHIPPED_MODELS = ("hcctwin_twin",)
+SLOW_SHIPPED_MODELS: tuple[str, ...] = ()
 if "HCCTWIN_WEIGHTS_DIR" not in os.environ:
     import tempfile
 

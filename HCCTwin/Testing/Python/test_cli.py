@@ -93,15 +93,15 @@ def test_simulate_then_train_generator_from_the_cli(tmp_path):
     assert len(table) == 2 and (cohort / "cases" / table.patient_id[0] / "pre" / "portal.nii.gz").is_file()
     assert main(["simulate", "--n", "2", "--seed", "11", "--out", str(cohort)]) == 2  # never overwrites
     out = tmp_path / "gen"
-    assert main(["train", "generator", "--cohort", str(cohort), "--out", str(out), "--epochs", "1",
-                 "--batch-size", "2"]) == 0
+    assert main(["train", "generator", "--architecture", "flow", "--cohort", str(cohort), "--out", str(out),
+                 "--epochs", "1", "--batch-size", "2"]) == 0
     from HCCTwinLib.weights import load_state
 
     state, card = load_state(out / "hcctwin_twin.safetensors")
     assert card["training"]["epochs_completed"] == 1 and state
     # continue one more epoch in bfloat16 autocast within a time budget (the flags reach the trainer)
-    assert main(["train", "generator", "--cohort", str(cohort), "--out", str(out), "--epochs", "2",
-                 "--batch-size", "2", "--cpu-bf16", "--time-budget", "600"]) == 0
+    assert main(["train", "generator", "--architecture", "flow", "--cohort", str(cohort), "--out", str(out),
+                 "--epochs", "2", "--batch-size", "2", "--cpu-bf16", "--time-budget", "600"]) == 0
     state, card = load_state(out / "hcctwin_twin.safetensors")
     assert card["training"]["epochs_completed"] == 2 and card["hyperparameters"]["precision"].startswith("bfloat16")
 

@@ -95,6 +95,7 @@ def test_virtual_followups_become_browsable_sequences(app):
     app.clear()
     case, follow = phantom_case()
     result = run_case(case, real_followup=follow)
+    result.followups = {}  # two hand-made trajectories instead of the generator's
     for k, regimen in enumerate(["tace_pd1_len", "haic_pd1_len"]):
         result.followups[regimen] = {w: FollowUp(w, {"portal": case.phases["portal"] - (k + 1) * w}, regimen=regimen)
                                      for w in (8, 16, 24)}

@@ -1,6 +1,5 @@
 """The shipped demo models end to end: ``make demo``'s job on the small default case with every installed model
-(generator included), and ``hcctwin predict`` with them. The rest of the suite runs without the generator (see
-conftest.py) because it costs 30-100 s per request on 2 CPU cores."""
+(generator included), and ``hcctwin predict`` with them, from the package folder itself (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -53,7 +52,8 @@ def test_demo_with_every_shipped_model(tmp_path, monkeypatch):
 
     where = "on cuda:0, mixed precision" if cuda_usable() else \
         f"on the CPU, {'bfloat16' if cpu_precision() == 'bf16' else 'float32'}"
-    assert result["provenance"]["generator"].endswith(where)  # the outputs depend on it
+    # the anchored twin computes in float32 numpy wherever it runs; the segmentation's outputs depend on the device
+    assert result["provenance"]["generator"].endswith("on the CPU, float32")
     assert result["provenance"]["segmentation"].endswith(where)
     # the shipped segmentation model is its own PVTT stage and finds the demo patient's thrombus (10.99 mL in the
     # simulator's labels on the full-size case; the small demo case has one too)

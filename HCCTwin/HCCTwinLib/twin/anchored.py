@@ -1,0 +1,304 @@
+"""The baseline-anchored twin: per-lesion kinetics (:mod:`.kinetic`) rendered on the patient's own image
+(:mod:`.render`), with the generator's interface (``generate`` -> ``{regimen: {weeks: FollowUp}}``).
+
+Per request: the lesions of the pre-treatment labels and their covariates (clinical values from ``Case.clinical``
+when given), one latent response ``z_s`` per sample (``numpy.random.default_rng(seed * 1000003 + s)``, shared by
+every regimen, week and lesion: regimens compared on equal footing, coherent trajectories) and one new-lesion draw
+``u_s``; the site of a new lesion is chosen once per request. For each (regimen, week):
+
+- ``phases`` / ``labels``: the rendering of the **median** response (``z = 0``; a new lesion when its probability is
+  >= 0.5), a plausible image whose labels and HU agree;
+- ``std``: the per-voxel SD over the renderings of the samples (where the outline, the necrosis or a new lesion may
+  differ between plausible responses).
+
+A :class:`PatchFollowUp` keeps only the region that can change (about the lesions + 10 mm, the thrombus, the new
+site), pasted into the input on access: outside it every voxel is the input's, bit for bit. Weeks == 0 and regimens
+without kinetics (no observed follow-ups in the training cohort) return the input unchanged, the latter with a note.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cases import Case, Geometry
+from ..errors import InputError
+from ..labels import MAX_LABEL, PVTT
+from ..pipeline import FollowUp, store_rounded
+from ..progress import ProgressCallback, report
+from .crop import _LazyVolumes
+from .kinetic import PHASES, KineticModel, find_lesions
+from .render import choose_new_site, make_context, render
+
+ARCHITECTURE = "anchored-kinetic"
+#: the most samples per virtual follow-up (renderings of the latent response)
+MAX_SAMPLES = 64
+MAX_EXTRAPOLATION = 2
+
+
+def region_geometry(geometry: Geometry, region: tuple[slice, slice, slice]) -> Geometry:
+    lo = [s.start for s in region]
+    origin = geometry.ijk_to_lps() @ np.array([lo[2], lo[1], lo[0], 1.0])
+    return Geometry(shape=tuple(s.stop - s.start for s in region), spacing=geometry.spacing,
+                    origin=tuple(origin[:3]), direction=geometry.direction)
+
+
+def _overlap(want: tuple[slice, ...], have: tuple[slice, ...], shape) -> tuple[tuple, tuple] | None:
+    """``(slices in want-array coordinates, slices in have-array coordinates)`` of the two boxes' overlap."""
+    a_out, b_out = [], []
+    for s, h, n in zip(want, have, shape):
+        a, b, step = s.indices(n)
+        if step != 1:
+            raise ValueError("regions must be boxes with step 1")
+        c0, c1 = max(a, h.start), min(b, h.stop)
+        if c0 >= c1:
+            return None
+        a_out.append(slice(c0 - a, c1 - a))
+        b_out.append(slice(c0 - h.start, c1 - h.start))
+    return tuple(a_out), tuple(b_out)
+
+
+class PatchFollowUp(FollowUp):
+    """A virtual follow-up that differs from the input only inside ``patch_region``: full-resolution HU (float32),
+    SD and labels there, the input's arrays (referenced, not copied) everywhere else."""
+
+    def __init__(self, weeks: int, pre: Mapping[str, np.ndarray], pre_labels: np.ndarray, geometry: Geometry, *,
+                 patch_region: tuple[slice, slice, slice] | None = None,
+                 patch_phases: Mapping[str, np.ndarray] | None = None, patch_labels: np.ndarray | None = None,
+                 patch_std: Mapping[str, np.ndarray] | None = None, regimen: str | None = None):
+        self.weeks = weeks
+        self.kind = "virtual"
+        self.regimen = regimen
+        self.pre = pre
+        self.pre_labels = pre_labels
+        self.geometry = geometry
+        self.patch_region = patch_region
+        self.patch_phases = dict(patch_phases or {})
+        self.patch_labels = patch_labels
+        self.patch_std = dict(patch_std or {})
+        self.phase_names = tuple(pre)
+        self.phases = _LazyVolumes(self.phase_names, self._phase)
+        self.std = _LazyVolumes(self.phase_names, self._std)
+        self._counts: np.ndarray | None = None
+
+    @property
+    def region(self) -> tuple[slice, slice, slice] | None:
+        return self.patch_region if self.patch_region is not None else tuple(slice(0, 0) for _ in range(3))
+
+    @property
+    def has_labels(self) -> bool:
+        return True
+
+    def nbytes(self) -> int:
+        arrays = [*self.patch_phases.values(), *self.patch_std.values(), self.patch_labels]
+        return sum(a.nbytes for a in arrays if a is not None)
+
+    @property
+    def labels(self) -> np.ndarray:
+        out = np.array(self.pre_labels, dtype=np.uint8, copy=True)
+        if self.patch_labels is not None:
+            out[self.patch_region] = self.patch_labels
+        return out
+
+    def _phase(self, phase: str) -> np.ndarray:
+        out = np.array(self.pre[phase], dtype=np.float32, copy=True)
+        if phase in self.patch_phases:
+            out[self.patch_region] = self.patch_phases[phase]
+        return out
+
+    def _std(self, phase: str) -> np.ndarray:
+        out = np.zeros(np.shape(self.pre_labels), np.float32)
+        if phase in self.patch_std:
+            out[self.patch_region] = self.patch_std[phase]
+        return out
+
+    def phase_region(self, phase: str, region: tuple[slice, ...] | None) -> np.ndarray:
+        if region is None:
+            return self._phase(phase)
+        out = np.array(np.asarray(self.pre[phase])[region], dtype=np.float32, copy=True)
+        if phase in self.patch_phases:
+            hit = _overlap(region, self.patch_region, np.shape(self.pre_labels))
+            if hit is not None:
+                out[hit[0]] = self.patch_phases[phase][hit[1]]
+        return out
+
+    def labels_region(self, region: tuple[slice, ...] | None) -> np.ndarray:
+        if region is None:
+            return self.labels
+        out = np.array(np.asarray(self.pre_labels)[region], dtype=np.uint8, copy=True)
+        if self.patch_labels is not None:
+            hit = _overlap(region, self.patch_region, np.shape(self.pre_labels))
+            if hit is not None:
+                out[hit[0]] = self.patch_labels[hit[1]]
+        return out
+
+    def label_counts(self) -> np.ndarray:
+        if self._counts is None:
+            n = MAX_LABEL + 1
+            counts = np.bincount(np.asarray(self.pre_labels).ravel(), minlength=n)
+            if self.patch_labels is not None:
+                counts = counts - np.bincount(np.asarray(self.pre_labels)[self.patch_region].ravel(), minlength=n)
+                counts = counts + np.bincount(self.patch_labels.ravel(), minlength=n)
+            self._counts = counts
+        return self._counts
+
+    def fill_phase(self, phase: str, out: np.ndarray, *, rounded_input: np.ndarray | None = None) -> np.ndarray:
+        if rounded_input is not None and rounded_input.shape == out.shape and rounded_input.dtype == out.dtype:
+            np.copyto(out, rounded_input)
+        else:
+            store_rounded(out, np.asarray(self.pre[phase]))
+        if phase in self.patch_phases:
+            store_rounded(out[self.patch_region], self.patch_phases[phase])
+        return out
+
+    def std_volume(self, phase: str, geometry=None) -> tuple[np.ndarray, Any]:
+        geometry = geometry or self.geometry
+        if phase not in self.patch_std:
+            return np.zeros((1, 1, 1), np.float32), region_geometry(geometry, (slice(0, 1),) * 3)
+        return self.patch_std[phase], region_geometry(geometry, self.patch_region)
+
+
+class AnchoredGenerator:
+    """A loaded kinetic model with the generator interface (see the module docstring)."""
+
+    def __init__(self, model: KineticModel, card: Mapping[str, Any], *, path: Path | None = None, message: str = ""):
+        self.model = model
+        self.card = dict(card)
+        self.path = path
+        self.message = message
+        self.device = "cpu"
+        self.cpu_precision = "fp32"
+        self.regimens = list(self.card.get("regimens") or model.regimens)
+        self.last_info: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def trained_weeks(self) -> tuple[int, ...]:
+        weeks = (self.card.get("training_data") or {}).get("weeks") or self.model.weeks
+        return tuple(int(w) for w in weeks)
+
+    def generate(self, case_or_phases: Case | Mapping[str, np.ndarray], labels: np.ndarray | None = None,
+                 geometry: Geometry | None = None, *, regimens: Sequence[str] | None = None,
+                 weeks: Sequence[int] = (8, 16, 24), samples: int = 4, seed: int = 0, steps: int | None = None,
+                 progress: ProgressCallback | None = None, clinical: Mapping[str, Any] | None = None
+                 ) -> dict[str, dict[int, FollowUp]]:
+        """``{regimen: {weeks: FollowUp}}`` rendered on the input (``steps`` is accepted for the interface and
+        ignored: nothing is sampled step by step)."""
+        t0 = time.perf_counter()
+        if isinstance(case_or_phases, Case):
+            phases, labels, geometry = case_or_phases.phases, case_or_phases.labels, case_or_phases.geometry
+            clinical = clinical if clinical is not None else case_or_phases.clinical
+        else:
+            phases = case_or_phases
+        if geometry is None:
+            raise InputError("generate() needs the geometry of the pre-treatment images.")
+        if labels is None:
+            raise InputError("generate() needs the pre-treatment label map (liver, tumour); segment the case first.")
+        missing = [p for p in PHASES if p not in phases]
+        if missing:
+            raise InputError(f"the generator needs the {', '.join(PHASES)} phases; missing {missing}.")
+        labels = np.asarray(labels)
+        for name in (*PHASES, "labels"):
+            arr = labels if name == "labels" else phases[name]
+            if tuple(np.shape(arr)) != geometry.shape:
+                raise InputError(f"{name} has shape {np.shape(arr)}, geometry says {geometry.shape}; put all "
+                                 f"phases and labels on one grid first.")
+        if not (labels > 0).any():
+            raise InputError("the label map has no liver (no voxel > 0); segment the pre-treatment study first so "
+                             "the generator knows where the liver is.")
+        regimens = list(regimens) if regimens is not None else list(self.regimens)
+        unknown = [r for r in regimens if r not in self.regimens]
+        if unknown:
+            raise InputError(f"the generator model does not know regimen(s) {unknown}; it was built for "
+                             f"{', '.join(self.regimens)}.")
+        weeks = [int(w) for w in weeks]
+        if any(w < 0 for w in weeks) or len(set(weeks)) != len(weeks):
+            raise InputError(f"weeks must be distinct intervals >= 0, got {weeks}")
+        trained = max(self.trained_weeks)
+        if max(weeks, default=0) > MAX_EXTRAPOLATION * trained:
+            raise InputError(f"weeks {max(weeks)}: the generator was fitted on follow-ups up to week {trained}; "
+                             f"virtual follow-ups beyond week {MAX_EXTRAPOLATION * trained} would be pure "
+                             f"extrapolation. Ask for weeks up to {MAX_EXTRAPOLATION * trained} (e.g. 8,16,24).")
+        samples = int(samples)
+        if samples < 1:
+            raise InputError("samples must be >= 1")
+        if samples > MAX_SAMPLES:
+            raise InputError(f"samples = {samples}: at most {MAX_SAMPLES} per virtual follow-up; 4-16 give a "
+                             f"stable spread.")
+        messages: list[str] = []
+        beyond = [w for w in weeks if w > trained]
+        if beyond:
+            messages.append(f"week(s) {', '.join(map(str, beyond))} lie beyond the follow-ups the generator was "
+                            f"fitted on (up to week {trained}): extrapolated, less reliable.")
+        no_kinetics = [r for r in regimens if not self.model.fitted(r)]
+        if no_kinetics:
+            messages.append(f"no observed follow-ups of {', '.join(no_kinetics)} in the generator's training "
+                            f"cohort: their virtual follow-ups show the pre-treatment scan unchanged.")
+
+        report(progress, 0.0, "Lesions and their covariates")
+        comp, lesions = find_lesions(labels, geometry, phases, clinical)
+        pvtt_ml = float((labels == PVTT).sum()) * geometry.voxel_volume_ml
+        draws = [np.random.default_rng(int(seed) * 1000003 + s) for s in range(samples)]
+        zs = [float(g.standard_normal()) for g in draws]
+        us = [float(g.random()) for g in draws]
+        items = [(r, w) for r in regimens for w in weeks if w > 0]
+        plans = {}
+        for r, w in items:
+            plans[(r, w, None)] = self.model.plan(lesions, pvtt_ml, r, w, 0.0, 0.5)
+            for s in range(samples):
+                plans[(r, w, s)] = self.model.plan(lesions, pvtt_ml, r, w, zs[s], us[s])
+        max_scale = {les.index: max([1.0] + [(p.lesions[les.index][0] / les.total_ml) ** (1 / 3)
+                                             for p in plans.values()]) for les in lesions}
+        new_ml = max([p.new_lesion_ml for p in plans.values()], default=0.0)
+        site = choose_new_site(labels, geometry, np.random.default_rng(int(seed))) if new_ml > 0 else None
+        if new_ml > 0 and site is None:
+            messages.append("a new lesion was predicted but the liver has no site far enough from the known "
+                            "tumour; none is drawn.")
+        radius = (3.0 * new_ml * 1000.0 / (4.0 * math.pi)) ** (1 / 3) if new_ml > 0 else 0.0
+        ctx = make_context(phases, labels, geometry, comp, lesions, max_scale, new_site=site, new_radius_mm=radius)
+        if ctx is None and items and lesions:
+            raise InputError("nothing to render: no lesion region")  # cannot happen with lesions; defensive
+        out: dict[str, dict[int, FollowUp]] = {}
+        pre = {p: phases[p] for p in PHASES}
+        done = 0
+        for r in regimens:
+            out[r] = {}
+            for w in weeks:
+                if w == 0 or ctx is None or not self.model.fitted(r):
+                    out[r][w] = PatchFollowUp(w, pre, labels, geometry, regimen=r)
+                    continue
+                look = self.model.appearance(r, w)
+                med_phases, med_labels = render(ctx, plans[(r, w, None)], look)
+                acc = {p: np.zeros(ctx.labels.shape, np.float32) for p in PHASES}
+                acc2 = {p: np.zeros(ctx.labels.shape, np.float32) for p in PHASES}
+                for s in range(samples):
+                    sp_, _ = render(ctx, plans[(r, w, s)], look)
+                    for p in PHASES:
+                        d = np.subtract(sp_[p], med_phases[p], out=sp_[p])
+                        acc[p] += d
+                        acc2[p] += d * d
+                std = {p: np.sqrt(np.maximum(acc2[p] / samples - (acc[p] / samples) ** 2, 0.0)).astype(np.float32)
+                       for p in PHASES}
+                out[r][w] = PatchFollowUp(w, pre, labels, geometry, patch_region=ctx.region,
+                                          patch_phases=med_phases, patch_labels=med_labels, patch_std=std,
+                                          regimen=r)
+                done += 1
+                report(progress, 0.1 + 0.85 * done / max(1, len(items)), f"Rendered {r}, week {w}")
+        self.last_info = {"n_items": len(items), "samples": samples, "lesions": len(lesions),
+                          "region_kji": None if ctx is None else [[s.start, s.stop] for s in ctx.region],
+                          "latent_response_z": [round(z, 4) for z in zs],
+                          "new_lesion_probability": {r: {w: round(self.model.new_lesion_probability(r, w), 3)
+                                                         for w in weeks} for r in regimens},
+                          "network_s": 0.0, "total_s": round(time.perf_counter() - t0, 3), "device": "cpu",
+                          "cpu_precision": "fp32", "messages": messages, "regimens_not_in_training_data": no_kinetics}
+        report(progress, 1.0, "Virtual follow-ups done")
+        return out
+
+
+__all__ = ["ARCHITECTURE", "AnchoredGenerator", "PatchFollowUp", "region_geometry"]

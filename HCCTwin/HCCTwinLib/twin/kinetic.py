@@ -1,0 +1,541 @@
+"""How much changes: per-lesion response kinetics predicted from pre-treatment covariates (the anchored twin, part 1).
+
+The baseline-anchored twin (:mod:`.anchored`) splits a virtual follow-up into *how much changes* (this module) and
+*what it looks like* (:mod:`.render`). Here each pre-treatment lesion (a connected component of tumour, labels 2|3)
+gets, per regimen and follow-up week,
+
+- its **total** volume ``T_t`` (viable + necrotic; what a lesion's outline shows) and
+- its **viable** volume ``V_t`` (enhancing tumour; the rest of ``T_t`` is necrosis, lipiodol-laden after TACE),
+
+as ``log((V_t + a) / (V_0 + a)) = x . beta_v[r, w] + sigma_v[r, w] z`` (same for ``T`` with ``beta_t``,
+``sigma_t``; ``a`` = 0.5 mL), where ``x`` are standardised pre-treatment covariates of the lesion and the patient
+(:data:`FEATURES`: lesion size, necrotic share, arterial enhancement and portal wash-out against the surrounding
+liver, total tumour burden, number of lesions, PVTT, AFP and ALBI when the clinical values are given, training
+medians otherwise) and ``z ~ N(0, 1)`` is the patient's **latent response**: the part no pre-treatment information
+shows. ``z = 0`` gives the median follow-up; the uncertainty samples are draws of ``z`` (one per sample, shared by
+every lesion, week and regimen of the patient: common random numbers, coherent trajectories), never pixel noise.
+The portal-vein tumour thrombus has a patient-level ratio per (regimen, week) and new intrahepatic lesions a
+probability per (regimen, week); the appearance the renderer needs (HU of new necrosis and of released thrombus, the
+change of viable-tumour HU, the contrast of new lesions against the liver) are medians per (regimen, week).
+
+**Fit** (:func:`fit_kinetics`): on a cohort's *observed* follow-ups only (``cases/<id>/pre`` and
+``cases/<id>/followup/wNN`` of the regimen each patient received; never the simulator's counterfactual truth). Every
+follow-up tumour voxel is assigned to the nearest pre-treatment lesion (within :data:`MATCH_MM`; the others form new
+lesions), so volumes are robust to a few mm of misregistration. One ridge regression per (regimen, observed week)
+and target; the ridge penalty of each is chosen by exact leave-one-out error. Regimens without observed follow-ups
+have no kinetics (the twin shows them unchanged and says so). Weeks between the observed ones are interpolated
+linearly in ``log`` ratio (``0`` at week 0); weeks beyond the last one are extrapolated at its rate.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ..cases import Geometry
+from ..labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR, foreground_box
+
+PHASES = ("arterial", "portal")
+#: smoothing of the volume ratios (mL): a vanished lesion is log((0 + a) / (V0 + a)), not -inf
+SMOOTH_ML = 0.5
+#: lesions smaller than this (mL) are noise, not lesions
+MIN_LESION_ML = 0.1
+#: follow-up tumour within this distance (mm) of a pre-treatment lesion belongs to it; farther away it is new
+MATCH_MM = 15.0
+#: new lesions smaller than this (mL) are not counted
+MIN_NEW_ML = 0.5
+#: liver shell (mm) around a lesion for its enhancement and wash-out
+SHELL_MM = 10.0
+FEATURES = ("log_total_ml", "necrotic_share", "arterial_enhancement_hu", "portal_washout_hu", "log_burden_ml",
+            "n_lesions", "pvtt", "log_afp", "albi_score")
+#: the clinical columns behind the last two features
+CLINICAL_FEATURES = {"log_afp": "afp_ng_ml", "albi_score": "albi_score"}
+#: lesions weigh (pre-treatment total mL + 1) ** SIZE_WEIGHT in the fit: a patient's tumour volume and mRECIST
+#: are carried by the large lesions, and small ones have noisy ratios
+SIZE_WEIGHT = 1.0
+RIDGE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class PreLesion:
+    """One pre-treatment lesion: component ``index`` (1..n) of the tumour map, volumes in mL, centroid in voxel
+    coordinates ``(k, j, i)`` and covariates."""
+
+    index: int
+    viable_ml: float
+    necrosis_ml: float
+    centroid_kji: np.ndarray
+    rmax_mm: float
+    box: tuple[slice, slice, slice]
+    features: dict[str, float] = field(default_factory=dict)
+    hu: dict[str, float] = field(default_factory=dict)  # mean viable HU per phase (NaN without viable tumour)
+    liver_hu: dict[str, float] = field(default_factory=dict)  # mean HU of the liver shell per phase
+
+    @property
+    def total_ml(self) -> float:
+        return self.viable_ml + self.necrosis_ml
+
+
+def _spacing_kji(geometry: Geometry) -> np.ndarray:
+    return np.asarray(geometry.spacing[::-1], dtype=float)
+
+
+def tumour_components(labels: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, int]:
+    """26-connected components of tumour (labels 2|3) of at least :data:`MIN_LESION_ML`, numbered 1..n by size."""
+    tumour = (labels == VIABLE_TUMOR) | (labels == NECROSIS)
+    box = foreground_box(tumour)
+    if box is None:
+        return np.zeros(labels.shape, np.int32), 0
+    sl = tuple(slice(a, b) for a, b in zip(*box))
+    comp_box, n = ndimage.label(tumour[sl], structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(comp_box.ravel())[1:] * geometry.voxel_volume_ml
+    keep = [int(i) + 1 for i in np.argsort(-sizes, kind="stable") if sizes[i] >= MIN_LESION_ML]
+    remap = np.zeros(n + 1, np.int32)
+    remap[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
+    comp = np.zeros(labels.shape, np.int32)
+    comp[sl] = remap[comp_box]
+    return comp, len(keep)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else float("nan")
+
+
+def find_lesions(labels: np.ndarray, geometry: Geometry, phases: Mapping[str, np.ndarray] | None = None,
+                 clinical: Mapping[str, Any] | None = None) -> tuple[np.ndarray, list[PreLesion]]:
+    """The component map and the lesions of a pre-treatment label map, with their covariates (:data:`FEATURES`;
+    image features NaN without ``phases``, clinical ones NaN when not given: the model imputes them)."""
+    labels = np.asarray(labels)
+    comp, n = tumour_components(labels, geometry)
+    sp = _spacing_kji(geometry)
+    vox = geometry.voxel_volume_ml
+    lesions: list[PreLesion] = []
+    if n == 0:
+        return comp, lesions
+    boxes = ndimage.find_objects(comp)
+    pad = [int(math.ceil(SHELL_MM / s)) + 1 for s in sp]
+    pvtt = float((labels == PVTT).sum()) * vox
+    for idx, sl in enumerate(boxes, start=1):
+        grown = tuple(slice(max(0, s.start - p), min(n_, s.stop + p)) for s, p, n_ in zip(sl, pad, labels.shape))
+        mask = comp[grown] == idx
+        lab = labels[grown]
+        viable = mask & (lab == VIABLE_TUMOR)
+        pts = np.argwhere(mask)
+        offset = np.array([s.start for s in grown], float)
+        centroid = pts.mean(axis=0) + offset
+        rmax = float(np.sqrt((((pts + offset - centroid) * sp) ** 2).sum(axis=1)).max()) + 0.5 * float(sp.max())
+        les = PreLesion(index=idx, viable_ml=float(viable.sum()) * vox, necrosis_ml=float((mask & ~viable).sum()) * vox,
+                        centroid_kji=centroid, rmax_mm=rmax, box=sl)
+        if phases is not None:
+            dist = ndimage.distance_transform_edt(~mask, sampling=sp)
+            shell = (dist > 0) & (dist <= SHELL_MM) & (lab == LIVER)
+            for p in PHASES:
+                arr = np.asarray(phases[p])[grown]
+                les.hu[p] = _mean(arr[viable])
+                les.liver_hu[p] = _mean(arr[shell])
+        lesions.append(les)
+    burden = sum(les.total_ml for les in lesions)
+    for les in lesions:
+        f = les.features
+        f["log_total_ml"] = math.log(les.total_ml + SMOOTH_ML)
+        f["necrotic_share"] = les.necrosis_ml / max(les.total_ml, 1e-9)
+        f["arterial_enhancement_hu"] = les.hu.get("arterial", float("nan")) - les.liver_hu.get("arterial", float("nan"))
+        f["portal_washout_hu"] = les.liver_hu.get("portal", float("nan")) - les.hu.get("portal", float("nan"))
+        f["log_burden_ml"] = math.log(burden + SMOOTH_ML)
+        f["n_lesions"] = math.log1p(len(lesions))
+        f["pvtt"] = 1.0 if pvtt >= MIN_NEW_ML else 0.0
+        for name, column in CLINICAL_FEATURES.items():
+            f[name] = _clinical_value(clinical, column, log=name.startswith("log_"))
+    return comp, lesions
+
+
+def _clinical_value(clinical: Mapping[str, Any] | None, column: str, *, log: bool) -> float:
+    if not clinical or clinical.get(column) is None:
+        return float("nan")
+    try:
+        v = float(clinical[column])
+    except (TypeError, ValueError):
+        return float("nan")
+    if not math.isfinite(v) or (log and v < 0):
+        return float("nan")
+    return math.log1p(v) if log else v
+
+
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """What one virtual follow-up shows, in volumes: per lesion index ``(total_ml, viable_ml)``, the PVTT volume,
+    and whether a new lesion appears (its volume in mL)."""
+
+    lesions: dict[int, tuple[float, float]]
+    pvtt_ml: float
+    new_lesion_ml: float = 0.0
+
+    def unchanged(self, lesions: Sequence[PreLesion], pvtt_ml: float) -> bool:
+        return (self.new_lesion_ml == 0 and abs(self.pvtt_ml - pvtt_ml) < 1e-9 and all(
+            abs(self.lesions[les.index][0] - les.total_ml) < 1e-9 and abs(self.lesions[les.index][1] - les.viable_ml)
+            < 1e-9 for les in lesions))
+
+
+@dataclass
+class Appearance:
+    """HU the renderer paints for one (regimen, week): new necrosis, released PVTT, the shift of viable tumour, the
+    contrast of a new lesion against the liver (per phase)."""
+
+    necrosis_hu: dict[str, float]
+    viable_shift_hu: dict[str, float]
+    released_pvtt_hu: dict[str, float]
+    new_lesion_contrast_hu: dict[str, float]
+
+
+class KineticModel:
+    """Fitted per-lesion kinetics (see the module docstring). Arrays are indexed ``[regimen, week]``."""
+
+    def __init__(self, regimens: Sequence[str], weeks: Sequence[int], arrays: Mapping[str, np.ndarray],
+                 feature_mean: Sequence[float], feature_sd: Sequence[float], counts: Mapping[str, Any] | None = None):
+        self.regimens = [str(r) for r in regimens]
+        self.weeks = [int(w) for w in weeks]
+        self.arrays = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+        self.feature_mean = np.asarray(feature_mean, float)
+        self.feature_sd = np.asarray(feature_sd, float)
+        self.counts = dict(counts or {})
+        nr, nw = len(self.regimens), len(self.weeks)
+        for key in ARRAY_KEYS:
+            if key not in self.arrays:
+                raise ValueError(f"kinetic model: missing array {key!r}")
+            if self.arrays[key].shape[:2] != (nr, nw):
+                raise ValueError(f"kinetic model: {key} has shape {self.arrays[key].shape}, expected ({nr}, {nw}, ...)")
+
+    # -- which regimens and weeks ---------------------------------------------------------------------------------
+    def fitted(self, regimen: str) -> bool:
+        """Whether the training cohort had observed follow-ups of ``regimen``."""
+        if regimen not in self.regimens:
+            return False
+        return bool(np.any(self.arrays["fitted"][self.regimens.index(regimen)] > 0))
+
+    def _week_weights(self, regimen: str, week: float) -> list[tuple[int, float]]:
+        """``[(week index, weight)]`` whose weighted sum of per-week log ratios gives ``week``'s (0 at week 0)."""
+        r = self.regimens.index(regimen)
+        ok = [n for n, _ in enumerate(self.weeks) if self.arrays["fitted"][r, n] > 0]
+        if not ok or week <= 0:
+            return []
+        ws = [self.weeks[n] for n in ok]
+        if week >= ws[-1]:
+            return [(ok[-1], week / ws[-1])]
+        prev_w, prev_n = 0.0, None
+        for n, w in zip(ok, ws):
+            if week <= w:
+                t = (week - prev_w) / (w - prev_w)
+                out = [(n, t)]
+                if prev_n is not None:
+                    out.append((prev_n, 1.0 - t))
+                return out
+            prev_w, prev_n = float(w), n
+        return [(ok[-1], week / ws[-1])]
+
+    def _interp(self, key: str, regimen: str, week: float, x: np.ndarray | None = None) -> float:
+        total = 0.0
+        r = self.regimens.index(regimen)
+        for n, wt in self._week_weights(regimen, week):
+            a = self.arrays[key][r, n]
+            total += wt * (float(a[0] + a[1:] @ x) if x is not None else float(a))
+        return total
+
+    def _interp_mean(self, key: str, regimen: str, week: float) -> np.ndarray:
+        """Appearance values at ``week``: nearest observed week (they are medians, not ratios)."""
+        r = self.regimens.index(regimen)
+        ok = [n for n, _ in enumerate(self.weeks) if self.arrays["fitted"][r, n] > 0]
+        if not ok:
+            return np.full(self.arrays[key].shape[2:], np.nan)
+        n = min(ok, key=lambda m: abs(self.weeks[m] - week))
+        return self.arrays[key][r, n]
+
+    # -- prediction --------------------------------------------------------------------------------------------------
+    def design(self, features: Mapping[str, float]) -> np.ndarray:
+        x = np.array([float(features.get(f, float("nan"))) for f in FEATURES])
+        x = np.where(np.isfinite(x), x, self.feature_mean)
+        return (x - self.feature_mean) / self.feature_sd
+
+    def plan(self, lesions: Sequence[PreLesion], pvtt_ml: float, regimen: str, week: float, z: float = 0.0,
+             u_new: float = 1.0) -> Plan:
+        """Volumes of one virtual follow-up for latent response ``z`` (0 = median) and new-lesion draw ``u_new``
+        (a new lesion appears when ``u_new < p``; the median follow-up uses 0.5)."""
+        if not self.fitted(regimen) or week <= 0:
+            return Plan({les.index: (les.total_ml, les.viable_ml) for les in lesions}, pvtt_ml)
+        out = {}
+        for les in lesions:
+            x = self.design(les.features)
+            yv = self._interp("beta_viable", regimen, week, x) + z * self._interp("sd_viable", regimen, week)
+            yt = self._interp("beta_total", regimen, week, x) + z * self._interp("sd_total", regimen, week)
+            v = max(0.0, (les.viable_ml + SMOOTH_ML) * math.exp(yv) - SMOOTH_ML)
+            t = max(v, (les.total_ml + SMOOTH_ML) * math.exp(yt) - SMOOTH_ML)
+            out[les.index] = (t, v)
+        pv = 0.0
+        if pvtt_ml > 0:
+            yp = self._interp("pvtt_log_ratio", regimen, week) + z * self._interp("pvtt_sd", regimen, week)
+            pv = max(0.0, (pvtt_ml + SMOOTH_ML) * math.exp(yp) - SMOOTH_ML)
+        p_new = self.new_lesion_probability(regimen, week)
+        new_ml = float(self._interp_mean("new_lesion_ml", regimen, week)) if u_new < p_new else 0.0
+        return Plan(out, pv, new_ml if math.isfinite(new_ml) else 0.0)
+
+    def new_lesion_probability(self, regimen: str, week: float) -> float:
+        if not self.fitted(regimen) or week <= 0:
+            return 0.0
+        return float(np.clip(self._interp("new_lesion_p", regimen, week), 0.0, 1.0))
+
+    def appearance(self, regimen: str, week: float) -> Appearance:
+        def per_phase(key, default):
+            vals = self._interp_mean(key, regimen, week)
+            return {p: float(v) if math.isfinite(v) else default for p, v in zip(PHASES, vals)}
+
+        return Appearance(necrosis_hu=per_phase("necrosis_hu", 25.0), viable_shift_hu=per_phase("viable_shift_hu", 0.0),
+                          released_pvtt_hu=per_phase("released_pvtt_hu", float("nan")),
+                          new_lesion_contrast_hu=per_phase("new_lesion_contrast_hu", 0.0))
+
+    # -- persistence ----------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        out = {k: np.asarray(v, np.float32) for k, v in self.arrays.items()}
+        out["feature_mean"] = self.feature_mean.astype(np.float32)
+        out["feature_sd"] = self.feature_sd.astype(np.float32)
+        return out
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], regimens: Sequence[str], weeks: Sequence[int],
+                   counts: Mapping[str, Any] | None = None) -> KineticModel:
+        arr = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v, np.float64) for k, v in state.items()}
+        return cls(regimens, weeks, {k: arr[k] for k in ARRAY_KEYS}, arr["feature_mean"], arr["feature_sd"], counts)
+
+
+#: arrays of a kinetic model: [regimen, week] (+ [coefficient] or [phase])
+ARRAY_KEYS = ("fitted", "beta_viable", "beta_total", "sd_viable", "sd_total", "pvtt_log_ratio", "pvtt_sd",
+              "new_lesion_p", "new_lesion_ml", "necrosis_hu", "viable_shift_hu", "released_pvtt_hu",
+              "new_lesion_contrast_hu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training records from observed follow-ups
+
+@dataclass
+class FollowUpRecord:
+    """What one observed follow-up shows, per pre-treatment lesion and for the patient."""
+
+    regimen: str
+    weeks: int
+    lesions: list[dict[str, Any]]  # features + pre/post volumes
+    pvtt_pre_ml: float
+    pvtt_post_ml: float
+    new_lesions_ml: list[float]
+    necrosis_hu: dict[str, list[float]]  # mean HU of the follow-up necrosis of each lesion with new necrosis
+    viable_shift_hu: dict[str, list[float]]  # follow-up minus pre mean viable HU per lesion
+    released_pvtt_hu: dict[str, float]
+    new_lesion_contrast_hu: dict[str, list[float]]
+
+
+def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray, post_phases: Mapping[str, np.ndarray],
+                    post_labels: np.ndarray, geometry: Geometry, regimen: str, weeks: int,
+                    clinical: Mapping[str, Any] | None = None,
+                    pre_lesions: tuple[np.ndarray, list[PreLesion]] | None = None) -> FollowUpRecord:
+    """Match an observed follow-up (on the pre-treatment grid) to the pre-treatment lesions."""
+    comp, lesions = pre_lesions if pre_lesions is not None else find_lesions(pre_labels, geometry, pre_phases,
+                                                                              clinical)
+    vox = geometry.voxel_volume_ml
+    sp = _spacing_kji(geometry)
+    post_labels = np.asarray(post_labels)
+    post_tumour = np.isin(post_labels, (VIABLE_TUMOR, NECROSIS))
+    if lesions:
+        dist, (ik, ij, ii) = ndimage.distance_transform_edt(comp == 0, sampling=sp, return_indices=True)
+        owner = np.where(dist <= MATCH_MM, comp[ik, ij, ii], 0)
+        del ik, ij, ii
+    else:
+        owner = np.zeros(post_labels.shape, np.int32)
+    rec_lesions = []
+    nec_hu = {p: [] for p in PHASES}
+    shift = {p: [] for p in PHASES}
+    for les in lesions:
+        mine = post_tumour & (owner == les.index)
+        viable = mine & (post_labels == VIABLE_TUMOR)
+        nec = mine & (post_labels == NECROSIS)
+        rec_lesions.append({**les.features, "pre_total_ml": les.total_ml, "pre_viable_ml": les.viable_ml,
+                            "post_total_ml": float(mine.sum()) * vox, "post_viable_ml": float(viable.sum()) * vox})
+        new_nec = float(nec.sum()) * vox - les.necrosis_ml
+        for p in PHASES:
+            if new_nec >= 0.5 and nec.any():
+                nec_hu[p].append(float(np.asarray(post_phases[p])[nec].mean()))
+            if viable.sum() * vox >= 0.5 and math.isfinite(les.hu.get(p, float("nan"))):
+                shift[p].append(float(np.asarray(post_phases[p])[viable].mean()) - les.hu[p])
+    new_mask = post_tumour & (owner == 0)
+    new_ml, contrast = [], {p: [] for p in PHASES}
+    if new_mask.any():
+        nc, nn = ndimage.label(new_mask, structure=np.ones((3, 3, 3), bool))
+        sizes = np.bincount(nc.ravel())[1:] * vox
+        liver = post_labels == LIVER
+        liver_mean = {p: _mean(np.asarray(post_phases[p])[liver]) for p in PHASES}
+        for i, s in enumerate(sizes, start=1):
+            if s >= MIN_NEW_ML:
+                new_ml.append(float(s))
+                m = (nc == i) & (post_labels == VIABLE_TUMOR)
+                if m.any():
+                    for p in PHASES:
+                        contrast[p].append(float(np.asarray(post_phases[p])[m].mean()) - liver_mean[p])
+    pre_pvtt = np.asarray(pre_labels) == PVTT
+    released = pre_pvtt & (post_labels != PVTT)
+    rel_hu = {p: (_mean(np.asarray(post_phases[p])[released]) if released.sum() >= 5 else float("nan"))
+              for p in PHASES}
+    return FollowUpRecord(regimen=regimen, weeks=int(weeks), lesions=rec_lesions,
+                          pvtt_pre_ml=float(pre_pvtt.sum()) * vox,
+                          pvtt_post_ml=float((post_labels == PVTT).sum()) * vox,
+                          new_lesions_ml=new_ml, necrosis_hu=nec_hu, viable_shift_hu=shift, released_pvtt_hu=rel_hu,
+                          new_lesion_contrast_hu=contrast)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def ridge_loo(X: np.ndarray, y: np.ndarray, grid: Sequence[float] = RIDGE_GRID, weights: np.ndarray | None = None
+              ) -> tuple[np.ndarray, float, float]:
+    """Weighted ridge regression with an unpenalised intercept (``X`` standardised, no intercept column); the
+    penalty with the smallest exact (weighted) leave-one-out squared error. Returns ``(coefficients [intercept,
+    ...], residual SD (weighted LOO), penalty)``."""
+    n, d = X.shape
+    w = np.ones(n) if weights is None else np.asarray(weights, float)
+    w = w / w.mean()
+    A = np.hstack([np.ones((n, 1)), X])
+    Aw = A * w[:, None]
+    best = None
+    for lam in grid:
+        P = np.eye(d + 1) * lam
+        P[0, 0] = 0.0
+        M = np.linalg.solve(A.T @ Aw + P, Aw.T)
+        beta = M @ y
+        h = np.einsum("ij,ji->i", A, M)
+        loo = (y - A @ beta) / np.clip(1.0 - h, 1e-6, None)
+        err = float(np.sum(w * loo ** 2) / np.sum(w))
+        if best is None or err < best[0]:
+            best = (err, beta, lam)
+    err, beta, lam = best
+    return beta, math.sqrt(err), float(lam)
+
+
+def _median(values: Sequence[float]) -> float:
+    vals = [v for v in values if math.isfinite(v)]
+    return float(np.median(vals)) if vals else float("nan")
+
+
+def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, min_lesions: int = 15,
+                 min_patients: int = 8, size_weight: float = SIZE_WEIGHT) -> tuple[KineticModel, dict[str, Any]]:
+    """Fit the kinetic model on observed follow-up records; returns the model and a summary for the model card
+    (per regimen and week: patients, lesions, penalty, LOO residual SD; regimen-week cells with fewer than
+    ``min_lesions`` lesions or ``min_patients`` patients borrow the pooled fit of that week, its intercepts shifted
+    towards the cell's mean residual in proportion to the cell's size)."""
+    regimens = [str(r) for r in regimens]
+    weeks = sorted({r.weeks for r in records})
+    if not weeks:
+        raise ValueError("no observed follow-ups to fit the kinetics on")
+    all_x = np.array([[les[f] for f in FEATURES] for rec in records for les in rec.lesions], float)
+    if all_x.size == 0:
+        raise ValueError("no pre-treatment lesions in the training cohort")
+    with warnings.catch_warnings():  # a covariate missing for every lesion (e.g. no AFP column): imputed as 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmedian(all_x, axis=0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    filled = np.where(np.isfinite(all_x), all_x, mean)
+    sd = filled.std(axis=0)
+    sd = np.where(sd > 1e-6, sd, 1.0)
+
+    def design(lesions):
+        x = np.array([[les[f] for f in FEATURES] for les in lesions], float).reshape(-1, len(FEATURES))
+        x = np.where(np.isfinite(x), x, mean)
+        return (x - mean) / sd
+
+    nr, nw, d = len(regimens), len(weeks), len(FEATURES) + 1
+    arrays = {"fitted": np.zeros((nr, nw)), "beta_viable": np.zeros((nr, nw, d)), "beta_total": np.zeros((nr, nw, d)),
+              "sd_viable": np.zeros((nr, nw)), "sd_total": np.zeros((nr, nw)), "pvtt_log_ratio": np.zeros((nr, nw)),
+              "pvtt_sd": np.zeros((nr, nw)), "new_lesion_p": np.zeros((nr, nw)),
+              "new_lesion_ml": np.full((nr, nw), np.nan)}
+    for key in ("necrosis_hu", "viable_shift_hu", "released_pvtt_hu", "new_lesion_contrast_hu"):
+        arrays[key] = np.full((nr, nw, len(PHASES)), np.nan)
+    summary: dict[str, Any] = {}
+
+    def lesion_weights(lesions):
+        return np.array([(les["pre_total_ml"] + 1.0) ** size_weight for les in lesions])
+
+    def targets(lesions):
+        yv = np.array([math.log((les["post_viable_ml"] + SMOOTH_ML) / (les["pre_viable_ml"] + SMOOTH_ML))
+                       for les in lesions])
+        yt = np.array([math.log((les["post_total_ml"] + SMOOTH_ML) / (les["pre_total_ml"] + SMOOTH_ML))
+                       for les in lesions])
+        return yv, yt
+
+    pooled = {}
+    for w in weeks:
+        les = [le for rec in records if rec.weeks == w for le in rec.lesions]
+        if les:
+            X = design(les)
+            yv, yt = targets(les)
+            lw = lesion_weights(les)
+            pooled[w] = (ridge_loo(X, yv, weights=lw), ridge_loo(X, yt, weights=lw))
+    for r_i, reg in enumerate(regimens):
+        summary[reg] = {}
+        for n, w in enumerate(weeks):
+            recs = [rec for rec in records if rec.regimen == reg and rec.weeks == w]
+            les = [le for rec in recs for le in rec.lesions]
+            if not recs:
+                continue
+            arrays["fitted"][r_i, n] = 1.0
+            cell = {"patients": len(recs), "lesions": len(les)}
+            if len(les) >= min_lesions and len(recs) >= min_patients:
+                X = design(les)
+                yv, yt = targets(les)
+                lw = lesion_weights(les)
+                (bv, sv, lv), (bt, st, lt) = ridge_loo(X, yv, weights=lw), ridge_loo(X, yt, weights=lw)
+                cell.update(penalty_viable=lv, penalty_total=lt)
+            elif w in pooled:
+                (bv, sv, _), (bt, st, _) = pooled[w]
+                if les:  # shift the pooled intercepts to this regimen's mean residual, shrunk by the count
+                    X = design(les)
+                    yv, yt = targets(les)
+                    k = len(les) / (len(les) + min_lesions)
+                    lw = lesion_weights(les)
+                    bv = bv.copy()
+                    bt = bt.copy()
+                    bv[0] += k * float(np.average(yv - (bv[0] + X @ bv[1:]), weights=lw))
+                    bt[0] += k * float(np.average(yt - (bt[0] + X @ bt[1:]), weights=lw))
+                cell["pooled"] = True
+            else:
+                arrays["fitted"][r_i, n] = 0.0
+                continue
+            arrays["beta_viable"][r_i, n], arrays["sd_viable"][r_i, n] = bv, sv
+            arrays["beta_total"][r_i, n], arrays["sd_total"][r_i, n] = bt, st
+            cell.update(sd_viable=round(sv, 3), sd_total=round(st, 3))
+            pv = [math.log((rec.pvtt_post_ml + SMOOTH_ML) / (rec.pvtt_pre_ml + SMOOTH_ML)) for rec in recs
+                  if rec.pvtt_pre_ml >= MIN_NEW_ML]
+            if pv:
+                k = len(pv) / (len(pv) + 3.0)  # shrunk towards no change
+                arrays["pvtt_log_ratio"][r_i, n] = k * float(np.mean(pv))
+                arrays["pvtt_sd"][r_i, n] = float(np.std(pv)) if len(pv) > 1 else 0.5
+            n_new = sum(1 for rec in recs if rec.new_lesions_ml)
+            arrays["new_lesion_p"][r_i, n] = (n_new + 0.5) / (len(recs) + 1.0)  # Jeffreys-like
+            sizes = [s for rec in recs for s in rec.new_lesions_ml] or [s for rec in records if rec.weeks == w
+                                                                          for s in rec.new_lesions_ml]
+            if sizes:
+                arrays["new_lesion_ml"][r_i, n] = float(np.median(sizes))
+            for key in ("necrosis_hu", "viable_shift_hu", "new_lesion_contrast_hu"):
+                for p_i, p in enumerate(PHASES):
+                    arrays[key][r_i, n, p_i] = _median([v for rec in recs for v in getattr(rec, key)[p]])
+            for p_i, p in enumerate(PHASES):
+                arrays["released_pvtt_hu"][r_i, n, p_i] = _median([rec.released_pvtt_hu[p] for rec in recs])
+            cell["new_lesion_probability"] = round(float(arrays["new_lesion_p"][r_i, n]), 3)
+            summary[reg][f"w{w:02d}"] = cell
+    counts = {"followups": len(records), "lesion_followups": int(all_x.shape[0]),
+              "followups_per_regimen": {reg: sum(1 for rec in records if rec.regimen == reg) for reg in regimens}}
+    model = KineticModel(regimens, weeks, arrays, mean, sd, counts)
+    return model, summary
+
+
+__all__ = ["ARRAY_KEYS", "FEATURES", "Appearance", "FollowUpRecord", "KineticModel", "Plan", "PreLesion",
+           "find_lesions", "fit_kinetics", "followup_record", "ridge_loo", "tumour_components"]

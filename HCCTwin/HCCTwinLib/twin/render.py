@@ -1,0 +1,330 @@
+"""What it looks like: a virtual follow-up rendered on the patient's own pre-treatment image (anchored twin, part 2).
+
+Given the volumes of a :class:`~.kinetic.Plan` (per lesion total and viable mL, PVTT mL, a new lesion or not) and the
+HU of an :class:`~.kinetic.Appearance`, :func:`render` changes the pre-treatment image only where the plan says so:
+
+1. **Size** (per lesion, largest first): a radial displacement about the lesion centroid, a homothety of factor
+   ``s = (T_t / T_0) ** (1/3)`` inside the lesion (its shape and texture kept), then a monotone ramp back to the
+   identity at ``max(R, sR) + MARGIN_MM`` (``R`` = the lesion's largest centroid distance): the liver parenchyma
+   around it follows (stretched where it shrinks, pushed where it grows). Only voxels of the liver (pre label > 0)
+   move; a liver voxel whose source lies outside the liver gets liver (label 1, the liver's mean HU); nothing outside
+   the liver moves and tumour never grows out of it. Backward mapping, linear interpolation for HU, nearest for labels.
+2. **Viable vs necrotic** inside the moved lesion: the pre-treatment necrosis stays necrotic first; new necrosis
+   takes the deepest viable tumour (a necrotic core) or, once treatment necrosis exceeds 10 % of the lesion, the
+   side away from the lesion's viable rim/feeding side, leaving residual viable tumour as a crescent along the wall
+   (how residual enhancing tumour looks after TACE/HAIC and how mRECIST measures it). Viable voxels that die take the
+   (regimen, week) median necrosis HU (lipiodol after TACE) with half of their texture; surviving viable tumour is
+   shifted by the median viable-HU change (e.g. devascularisation under lenvatinib); regrowth takes the lesion's
+   viable HU.
+3. **PVTT**: a shrinking thrombus gives up its outermost voxels (released lumen: the median HU of released thrombus,
+   the nearest non-thrombus label); it is never grown (where it would extend is not known from one scan).
+4. **New lesion**: a sphere of the plan's volume at a liver site chosen once per request (>= 20 mm from tumour and
+   thrombus, >= 10 mm inside the liver), the patient's own parenchyma plus the median lesion-liver contrast.
+
+Everything happens on a *region* (an index box that holds every change of every follow-up of the request), on
+copies; the pre-treatment arrays are never written. A plan equal to the pre-treatment volumes with zero HU shift
+gives back the input exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from ..cases import Geometry
+from ..labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
+from .kinetic import PHASES, Appearance, Plan, PreLesion
+
+#: parenchyma beyond this distance (mm) from the pre-treatment and the virtual outline never moves
+MARGIN_MM = 10.0
+#: treatment-necrosis share of a lesion from which residual viable tumour is drawn as a crescent along the wall
+NODULE_SHARE = 0.10
+#: share of a dying voxel's texture (its HU minus the lesion's mean viable HU) kept in the necrosis
+NECROSIS_TEXTURE = 0.5
+NEW_SITE_TUMOUR_MM = 20.0
+NEW_SITE_CAPSULE_MM = 10.0
+
+
+@dataclass
+class RenderContext:
+    """Everything :func:`render` reads, cut to the request's region (copies of the pre-treatment arrays)."""
+
+    region: tuple[slice, slice, slice]
+    geometry: Geometry
+    phases: dict[str, np.ndarray]
+    labels: np.ndarray
+    comp: np.ndarray
+    depth: np.ndarray  # mm from the outside of the tumour (0 outside)
+    lesions: list[PreLesion]  # centroids in region coordinates
+    liver_hu: dict[str, float]
+    directions: dict[int, np.ndarray] = field(default_factory=dict)  # unit vector (k, j, i) in mm: viable side
+    new_site: np.ndarray | None = None  # region coordinates (k, j, i)
+    #: per lesion: (box, flat indices into the box of the liver voxels within the largest reach, their offsets
+    #: from the centroid in voxels (3, n), their distance in mm): the part of a warp that does not depend on scale
+    reach_cache: dict[int, tuple] = field(default_factory=dict)
+
+    @property
+    def spacing_kji(self) -> np.ndarray:
+        return np.asarray(self.geometry.spacing[::-1], float)
+
+
+def lesion_reach_mm(lesion: PreLesion, scale: float) -> float:
+    """Distance (mm) from the lesion centroid beyond which a rendering of size factor ``scale`` changes nothing."""
+    return max(lesion.rmax_mm, scale * lesion.rmax_mm) + MARGIN_MM
+
+
+def _box_around(centre_kji: np.ndarray, radius_mm: float, spacing_kji: np.ndarray, shape) -> tuple[slice, ...]:
+    half = np.ceil(radius_mm / spacing_kji).astype(int) + 1
+    c = np.round(centre_kji).astype(int)
+    return tuple(slice(max(0, int(a - h)), min(int(n), int(a + h + 1))) for a, h, n in zip(c, half, shape))
+
+
+def _union(boxes: Sequence[tuple[slice, ...]]) -> tuple[slice, slice, slice] | None:
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    return tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes)) for d in range(3))
+
+
+def choose_new_site(labels: np.ndarray, geometry: Geometry, rng: np.random.Generator) -> np.ndarray | None:
+    """A liver voxel (k, j, i) >= 20 mm from tumour and PVTT and >= 10 mm inside the liver, or None."""
+    sp = np.asarray(geometry.spacing[::-1], float)
+    step = np.maximum(1, np.round(3.0 / sp)).astype(int)  # ~3 mm grid: cheap distance maps
+    sub = np.asarray(labels)[::step[0], ::step[1], ::step[2]]
+    sps = sp * step
+    liver = sub == LIVER
+    if not liver.any():
+        return None
+    ok = ndimage.distance_transform_edt(sub > 0, sampling=sps) >= NEW_SITE_CAPSULE_MM
+    disease = np.isin(sub, (VIABLE_TUMOR, NECROSIS, PVTT))
+    if disease.any():
+        ok &= ndimage.distance_transform_edt(~disease, sampling=sps) >= NEW_SITE_TUMOUR_MM
+    cand = np.argwhere(ok & liver)
+    if cand.size == 0:
+        return None
+    return cand[int(rng.integers(len(cand)))].astype(float) * step
+
+
+def make_context(phases: Mapping[str, np.ndarray], labels: np.ndarray, geometry: Geometry, comp: np.ndarray,
+                 lesions: Sequence[PreLesion], max_scale: Mapping[int, float], *, new_site: np.ndarray | None = None,
+                 new_radius_mm: float = 0.0) -> RenderContext | None:
+    """Cut the region that holds every change (lesions at their largest scale + margin, the PVTT, the new-lesion
+    site); None when nothing can change."""
+    labels = np.asarray(labels)
+    sp = np.asarray(geometry.spacing[::-1], float)
+    boxes = [_box_around(les.centroid_kji, lesion_reach_mm(les, max_scale.get(les.index, 1.0)), sp, labels.shape)
+             for les in lesions]
+    pv = np.argwhere(labels == PVTT)
+    if pv.size:
+        boxes.append(tuple(slice(int(a), int(b) + 1) for a, b in zip(pv.min(axis=0), pv.max(axis=0))))
+    if new_site is not None and new_radius_mm > 0:
+        boxes.append(_box_around(new_site, new_radius_mm + 2.0 * float(sp.max()), sp, labels.shape))
+    region = _union(boxes)
+    if region is None:
+        return None
+    lo = np.array([s.start for s in region], float)
+    lab = np.array(labels[region], dtype=np.uint8, copy=True)
+    comp_r = np.array(comp[region], dtype=np.int32, copy=True)
+    tumour = comp_r > 0
+    depth = ndimage.distance_transform_edt(tumour, sampling=sp).astype(np.float32) if tumour.any() else \
+        np.zeros(lab.shape, np.float32)
+    liver_all = labels == LIVER
+    liver_hu = {p: float(np.asarray(phases[p])[liver_all].mean()) if liver_all.any() else 0.0 for p in PHASES}
+    local = []
+    liver_centre = np.argwhere(labels[::2, ::2, ::2] > 0).mean(axis=0) * 2.0 if (labels > 0).any() else None
+    directions = {}
+    reach_cache_entries = []
+    for les in lesions:
+        c = les.centroid_kji - lo
+        local.append(PreLesion(index=les.index, viable_ml=les.viable_ml, necrosis_ml=les.necrosis_ml,
+                               centroid_kji=c, rmax_mm=les.rmax_mm, box=les.box, features=les.features, hu=les.hu,
+                               liver_hu=les.liver_hu))
+        directions[les.index] = _viable_side(comp_r, lab, les.index, c, sp, les.rmax_mm,
+                                             None if liver_centre is None else liver_centre - lo)
+    for les in local:
+        reach = lesion_reach_mm(les, max_scale.get(les.index, 1.0))
+        box = _box_around(les.centroid_kji, reach, sp, lab.shape)
+        grids = np.meshgrid(*[np.arange(b.start, b.stop, dtype=np.float64) - c for b, c in zip(box, les.centroid_kji)],
+                            indexing="ij")
+        r = np.sqrt(sum((g * s_) ** 2 for g, s_ in zip(grids, sp)))
+        flat = np.flatnonzero((r < reach) & (lab[box] > 0))
+        offsets = np.stack([g.ravel()[flat] for g in grids])
+        cache_r = r.ravel()[flat]
+        order = np.argsort(cache_r, kind="stable")  # nearest first: a smaller reach is a prefix
+        kji = np.unravel_index(flat[order], tuple(b.stop - b.start for b in box))
+        in_region = np.ravel_multi_index(tuple(a + b.start for a, b in zip(kji, box)), lab.shape)
+        local_cache = (in_region, offsets[:, order], cache_r[order])
+        reach_cache_entries.append((les.index, local_cache))
+    ctx = RenderContext(region=region, geometry=geometry,
+                        phases={p: np.array(np.asarray(phases[p])[region], dtype=np.float32, copy=True)
+                                for p in PHASES},
+                        labels=lab, comp=comp_r, depth=depth, lesions=local, liver_hu=liver_hu, directions=directions,
+                        new_site=None if new_site is None else np.asarray(new_site, float) - lo,
+                        reach_cache=dict(reach_cache_entries))
+    return ctx
+
+
+def _viable_side(comp, labels, index, centre, sp, rmax, liver_centre) -> np.ndarray:
+    """Unit vector (mm, k j i) towards the lesion's viable rim if it is already eccentric, else towards the liver
+    centre (the hilum side, where the feeding artery comes from)."""
+    pts = np.argwhere((comp == index) & (labels == VIABLE_TUMOR))
+    if pts.size and (comp == index).sum() > len(pts):
+        off = (pts.mean(axis=0) - centre) * sp
+        if np.linalg.norm(off) > 0.15 * rmax:
+            return off / np.linalg.norm(off)
+    if liver_centre is not None:
+        off = (np.asarray(liver_centre) - centre) * sp
+        if np.linalg.norm(off) > 1e-6:
+            return off / np.linalg.norm(off)
+    return np.array([0.0, 1.0, 0.0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _radial_source(r: np.ndarray, scale: float, rmax: float, reach: float) -> np.ndarray:
+    """Source radius of target radius ``r``: ``r / s`` inside the scaled lesion, linear back to the identity at
+    ``reach``, the identity beyond (monotone for every ``s >= 0``)."""
+    inner = scale * rmax
+    out = r.copy()
+    if scale > 0:
+        m = r <= inner
+        out[m] = r[m] / scale
+    band = (r > inner) & (r < reach)
+    out[band] = rmax + (r[band] - inner) * (reach - rmax) / (reach - inner)
+    return out
+
+
+def _nearest(array: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour lookup of ``array`` at voxel coordinates ``coords`` (3, n), clamped to the array."""
+    idx = [np.clip(np.rint(c).astype(np.intp), 0, n - 1) for c, n in zip(coords, array.shape)]
+    return array.ravel()[np.ravel_multi_index(idx, array.shape)]
+
+
+def _warp_lesion(ctx: RenderContext, cur: dict, les: PreLesion, scale: float) -> None:
+    """Move the liver within the lesion's reach (see the module docstring); arrays of ``cur`` are contiguous
+    region arrays, written through flat indices."""
+    reach = lesion_reach_mm(les, scale)
+    flat, offsets, r = ctx.reach_cache[les.index]
+    n = int(np.searchsorted(r, reach, side="left"))
+    if n == 0:
+        return
+    flat, offsets, ra = flat[:n], offsets[:, :n], r[:n]
+    src_r = _radial_source(ra, scale, les.rmax_mm, reach)
+    factor = np.where(ra > 1e-9, src_r / np.maximum(ra, 1e-9), 1.0 / max(scale, 1e-3))
+    coords = les.centroid_kji[:, None] + offsets * factor[None, :]
+    src_lab = _nearest(cur["labels"], coords)
+    src_comp = _nearest(cur["comp"], coords)
+    src_depth = _nearest(cur["depth"], coords)
+    outside = src_lab == 0
+    for p in PHASES:
+        vals = ndimage.map_coordinates(cur[p], coords, order=1, mode="nearest")
+        vals[outside] = ctx.liver_hu[p]
+        cur[p].ravel()[flat] = vals
+    src_lab[outside] = LIVER
+    src_comp[outside] = 0
+    src_depth[outside] = 0.0
+    cur["labels"].ravel()[flat] = src_lab
+    cur["comp"].ravel()[flat] = src_comp
+    cur["depth"].ravel()[flat] = src_depth
+
+
+def _layout_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: float, viable_ml: float,
+                   look: Appearance) -> None:
+    sp = ctx.spacing_kji
+    vox = ctx.geometry.voxel_volume_ml
+    box = _box_around(les.centroid_kji, lesion_reach_mm(les, max(1.0, (total_ml / max(les.total_ml, 1e-9)) **
+                                                                     (1 / 3))), sp, ctx.labels.shape)
+    sub_comp = cur["comp"][box]
+    mine = sub_comp == les.index
+    n_tot = int(mine.sum())
+    if n_tot == 0:
+        return
+    lab = cur["labels"][box]
+    was_lab = lab[mine]
+    was_nec = was_lab == NECROSIS
+    n_viable = int(min(n_tot, round(viable_ml / vox)))
+    n_nec = n_tot - n_viable
+    new_nec = n_nec - int(was_nec.sum())
+    pts = np.argwhere(mine).astype(float) + np.array([s.start for s in box], float)
+    if new_nec > NODULE_SHARE * n_tot:
+        proj = ((pts - les.centroid_kji) * sp) @ ctx.directions.get(les.index, np.array([0.0, 1.0, 0.0]))
+        score = -proj
+    else:
+        score = cur["depth"][box][mine].astype(float)
+    score = score + np.where(was_nec, 1e6, 0.0)
+    order = np.argsort(-score, kind="stable")
+    nec = np.zeros(n_tot, bool)
+    nec[order[:n_nec]] = True
+    new_lab = np.where(nec, NECROSIS, VIABLE_TUMOR).astype(np.uint8)
+    dies = nec & ~was_nec
+    regrows = ~nec & was_nec
+    stays = ~nec & ~was_nec
+    for p in PHASES:
+        sub = cur[p][box]
+        vals = sub[mine]
+        ref = les.hu.get(p, float("nan"))
+        if not math.isfinite(ref):
+            ref = float(vals[~was_nec].mean()) if (~was_nec).any() else float(vals.mean())
+        shift = look.viable_shift_hu.get(p, 0.0)
+        out = vals.copy()
+        out[stays] = vals[stays] + shift
+        out[dies] = look.necrosis_hu[p] + NECROSIS_TEXTURE * (vals[dies] - ref)
+        out[regrows] = ref + shift
+        sub[mine] = out
+    lab[mine] = new_lab
+
+
+def _pvtt(ctx: RenderContext, cur: dict, pvtt_ml: float, look: Appearance) -> None:
+    lab = cur["labels"]
+    thr = lab == PVTT
+    n0 = int(thr.sum())
+    keep = int(round(pvtt_ml / ctx.geometry.voxel_volume_ml))
+    if n0 == 0 or keep >= n0:
+        return
+    sp = ctx.spacing_kji
+    depth, (ik, ij, ii) = ndimage.distance_transform_edt(thr, sampling=sp, return_indices=True)
+    where = np.flatnonzero(thr)
+    order = np.argsort(-depth.ravel()[where], kind="stable")
+    released = np.zeros(lab.size, bool)
+    released[where[order[keep:]]] = True
+    released = released.reshape(lab.shape)
+    near = (ik[released], ij[released], ii[released])
+    for p in PHASES:
+        hu = look.released_pvtt_hu.get(p, float("nan"))
+        cur[p][released] = hu if math.isfinite(hu) else cur[p][near]
+    lab[released] = lab[near]
+
+
+def _new_lesion(ctx: RenderContext, cur: dict, volume_ml: float, look: Appearance) -> None:
+    if ctx.new_site is None or volume_ml <= 0:
+        return
+    sp = ctx.spacing_kji
+    radius = (3.0 * volume_ml * 1000.0 / (4.0 * math.pi)) ** (1 / 3)
+    box = _box_around(ctx.new_site, radius, sp, ctx.labels.shape)
+    idx = np.stack(np.meshgrid(*[np.arange(s.start, s.stop, dtype=np.float64) for s in box], indexing="ij"))
+    r = np.sqrt((((idx - ctx.new_site[:, None, None, None]) * sp[:, None, None, None]) ** 2).sum(axis=0))
+    m = (r <= radius) & (cur["labels"][box] == LIVER)
+    for p in PHASES:
+        cur[p][box][m] += look.new_lesion_contrast_hu.get(p, 0.0)
+    cur["labels"][box][m] = VIABLE_TUMOR
+
+
+def render(ctx: RenderContext, plan: Plan, look: Appearance) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``({phase: HU}, labels)`` of one virtual follow-up on ``ctx.region`` (new arrays)."""
+    cur = {p: ctx.phases[p].copy() for p in PHASES}
+    cur.update(labels=ctx.labels.copy(), comp=ctx.comp.copy(), depth=ctx.depth.copy())
+    for les in sorted(ctx.lesions, key=lambda le: -le.total_ml):
+        total, viable = plan.lesions.get(les.index, (les.total_ml, les.viable_ml))
+        scale = (total / les.total_ml) ** (1 / 3) if les.total_ml > 0 else 1.0
+        if abs(scale - 1.0) > 1e-6:
+            _warp_lesion(ctx, cur, les, scale)
+        _layout_lesion(ctx, cur, les, total, viable, look)
+    _pvtt(ctx, cur, plan.pvtt_ml, look)
+    _new_lesion(ctx, cur, plan.new_lesion_ml, look)
+    return {p: cur[p] for p in PHASES}, cur["labels"]
+
+
+__all__ = ["MARGIN_MM", "RenderContext", "choose_new_site", "lesion_reach_mm", "make_context", "render"]

@@ -332,6 +332,11 @@ def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, s
         agree = float(np.mean([a == b for a, b in zip(cats[key], cats["true"])])) if cats["true"] else None
         summary[m]["mrecist_agreement"] = agree
         summary[m]["mrecist_weighted_kappa"] = weighted_kappa(cats[key], cats["true"]) if cats["true"] else None
+        confusion: dict[str, dict[str, int]] = {}
+        for t, pr in zip(cats["true"], cats[key]):
+            confusion.setdefault(t, {}).setdefault(pr, 0)
+            confusion[t][pr] += 1
+        summary[m]["mrecist_confusion_true_to_predicted"] = confusion
     summary["generator"]["error_std_pearson"] = error_std_correlation(np.concatenate(err_all),
                                                                       np.concatenate(std_all))
     result = {"cohort": str(cohort), "weights": str(weights), "model_card": {k: gen.card.get(k) for k in (

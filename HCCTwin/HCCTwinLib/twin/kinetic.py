@@ -59,6 +59,8 @@ CLINICAL_FEATURES = {"log_afp": "afp_ng_ml", "albi_score": "albi_score"}
 #: lesions weigh (pre-treatment total mL + 1) ** SIZE_WEIGHT in the fit: a patient's tumour volume and mRECIST
 #: are carried by the large lesions, and small ones have noisy ratios
 SIZE_WEIGHT = 1.0
+#: penalty multipliers of the per-regimen deviations from the shared covariate slopes (inf: shared slopes only)
+INTERACTION_GRID = (1.0, 10.0, 100.0, math.inf)
 RIDGE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
@@ -421,13 +423,50 @@ def ridge_loo(X: np.ndarray, y: np.ndarray, grid: Sequence[float] = RIDGE_GRID, 
     return beta, math.sqrt(err), float(lam)
 
 
+def joint_ridge(X: np.ndarray, groups: np.ndarray, y: np.ndarray, n_groups: int, weights: np.ndarray,
+                grid: Sequence[float] = RIDGE_GRID, interaction: Sequence[float] = INTERACTION_GRID
+                ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """One weighted ridge over all regimens of a week: an unpenalised intercept per regimen, covariate slopes shared
+    by every regimen (penalty ``lam``) plus per-regimen deviations from them (penalty ``lam * kappa``; kappa = inf:
+    shared slopes only), both chosen by exact weighted leave-one-out error. Returns ``(coefficients per group
+    [n_groups, 1 + d], leave-one-out residuals, lam, kappa)``."""
+    n, d = X.shape
+    w = np.asarray(weights, float)
+    w = w / w.mean()
+    G = np.zeros((n, n_groups))
+    G[np.arange(n), groups] = 1.0
+    best = None
+    for kappa in interaction:
+        inter = [] if not math.isfinite(kappa) else [X * G[:, [g]] for g in range(n_groups)]
+        A = np.hstack([G, X, *inter])
+        Aw = A * w[:, None]
+        for lam in grid:
+            pen = np.concatenate([np.zeros(n_groups), np.full(d, lam), np.full(len(inter) * d, lam * kappa)])
+            M = np.linalg.solve(A.T @ Aw + np.diag(pen) + 1e-9 * np.eye(A.shape[1]), Aw.T)
+            beta = M @ y
+            h = np.einsum("ij,ji->i", A, M)
+            loo = (y - A @ beta) / np.clip(1.0 - h, 1e-6, None)
+            err = float(np.sum(w * loo ** 2) / np.sum(w))
+            if best is None or err < best[0]:
+                best = (err, beta, loo, lam, kappa)
+    _err, beta, loo, lam, kappa = best
+    coef = np.zeros((n_groups, 1 + d))
+    for g in range(n_groups):
+        coef[g, 0] = beta[g]
+        coef[g, 1:] = beta[n_groups:n_groups + d]
+        if math.isfinite(kappa):
+            coef[g, 1:] += beta[n_groups + d * (1 + g):n_groups + d * (2 + g)]
+    return coef, loo, float(lam), float(kappa)
+
+
 def _median(values: Sequence[float]) -> float:
     vals = [v for v in values if math.isfinite(v)]
     return float(np.median(vals)) if vals else float("nan")
 
 
 def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, min_lesions: int = 15,
-                 min_patients: int = 8, size_weight: float = SIZE_WEIGHT) -> tuple[KineticModel, dict[str, Any]]:
+                 min_patients: int = 8, size_weight: float = SIZE_WEIGHT, joint: bool = True
+                 ) -> tuple[KineticModel, dict[str, Any]]:
     """Fit the kinetic model on observed follow-up records; returns the model and a summary for the model card
     (per regimen and week: patients, lesions, penalty, LOO residual SD; regimen-week cells with fewer than
     ``min_lesions`` lesions or ``min_patients`` patients borrow the pooled fit of that week, its intercepts shifted
@@ -471,6 +510,50 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
                        for les in lesions])
         return yv, yt
 
+    joint_fit = {}
+    if joint:
+        for w in weeks:
+            rows = [(regimens.index(rec.regimen), le) for rec in records if rec.weeks == w and rec.regimen in regimens
+                    for le in rec.lesions]
+            if not rows:
+                continue
+            groups = np.array([g for g, _ in rows])
+            les = [le for _, le in rows]
+            X, lw = design(les), lesion_weights(les)
+            yv, yt = targets(les)
+            cv, loo_v, lam_v, kap_v = joint_ridge(X, groups, yv, len(regimens), lw)
+            ct, loo_t, lam_t, kap_t = joint_ridge(X, groups, yt, len(regimens), lw)
+
+            def rms(loo, mask, lw=lw):
+                return float(np.sqrt(np.average(loo[mask] ** 2, weights=lw[mask])))
+
+            joint_fit[w] = {"coef": (cv, ct), "all": (rms(loo_v, groups >= 0), rms(loo_t, groups >= 0)),
+                            "groups": groups, "loo": (loo_v, loo_t), "rms": rms,
+                            "penalty": {"viable": [lam_v, kap_v], "total": [lam_t, kap_t]}}
+    # the regimen-by-regimen ridge where every regimen of the week has enough data; per week and target, the joint
+    # fit is kept only where its leave-one-out error is lower (model selection on the training cohort only)
+    separate: dict[int, dict[int, tuple]] = {}
+    use_joint: dict[tuple[int, str], bool] = {}
+    for w in weeks:
+        cells, complete = {}, True
+        for r_i, reg in enumerate(regimens):
+            recs = [rec for rec in records if rec.regimen == reg and rec.weeks == w]
+            les = [le for rec in recs for le in rec.lesions]
+            if les and len(les) >= min_lesions and len(recs) >= min_patients:
+                X, lw = design(les), lesion_weights(les)
+                yv, yt = targets(les)
+                cells[r_i] = (ridge_loo(X, yv, weights=lw), ridge_loo(X, yt, weights=lw), float(lw.sum()))
+            elif les:
+                complete = False
+        separate[w] = cells
+        for t_i, target in enumerate(("viable", "total")):
+            if not (joint and w in joint_fit):
+                use_joint[w, target] = False
+            elif not (complete and cells):
+                use_joint[w, target] = True
+            else:
+                sep_err = sum(c[t_i][1] ** 2 * c[2] for c in cells.values()) / sum(c[2] for c in cells.values())
+                use_joint[w, target] = joint_fit[w]["all"][t_i] ** 2 <= sep_err
     pooled = {}
     for w in weeks:
         les = [le for rec in records if rec.weeks == w for le in rec.lesions]
@@ -488,12 +571,24 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
                 continue
             arrays["fitted"][r_i, n] = 1.0
             cell = {"patients": len(recs), "lesions": len(les)}
-            if len(les) >= min_lesions and len(recs) >= min_patients:
-                X = design(les)
-                yv, yt = targets(les)
-                lw = lesion_weights(les)
-                (bv, sv, lv), (bt, st, lt) = ridge_loo(X, yv, weights=lw), ridge_loo(X, yt, weights=lw)
-                cell.update(penalty_viable=lv, penalty_total=lt)
+            if use_joint[w, "viable"] or use_joint[w, "total"] or r_i in separate[w]:
+                fits = []
+                for t_i, target in enumerate(("viable", "total")):
+                    if use_joint[w, target]:
+                        jf = joint_fit[w]
+                        mine = jf["groups"] == r_i
+                        small = len(recs) < min_patients or mine.sum() < min_lesions
+                        lam, kappa = jf["penalty"][target]
+                        fits.append((jf["coef"][t_i][r_i],
+                                     jf["all"][t_i] if small else jf["rms"](jf["loo"][t_i], mine)))
+                        cell[f"fit_{target}"] = {"joint": True, "penalty": lam,
+                                                 "interaction_penalty_factor": kappa if math.isfinite(kappa)
+                                                 else "shared slopes only"}
+                    else:
+                        beta, sd_loo, lam = separate[w][r_i][t_i]
+                        fits.append((beta, sd_loo))
+                        cell[f"fit_{target}"] = {"joint": False, "penalty": lam}
+                (bv, sv), (bt, st) = fits
             elif w in pooled:
                 (bv, sv, _), (bt, st, _) = pooled[w]
                 if les:  # shift the pooled intercepts to this regimen's mean residual, shrunk by the count

@@ -3,12 +3,15 @@
 Given the volumes of a :class:`~.kinetic.Plan` (per lesion total and viable mL, PVTT mL, a new lesion or not) and the
 HU of an :class:`~.kinetic.Appearance`, :func:`render` changes the pre-treatment image only where the plan says so:
 
-1. **Size** (per lesion, largest first): a radial displacement about the lesion centroid, a homothety of factor
-   ``s = (T_t / T_0) ** (1/3)`` inside the lesion (its shape and texture kept), then a monotone ramp back to the
-   identity at ``max(R, sR) + MARGIN_MM`` (``R`` = the lesion's largest centroid distance): the liver parenchyma
-   around it follows (stretched where it shrinks, pushed where it grows). Only voxels of the liver (pre label > 0)
-   move; a liver voxel whose source lies outside the liver gets liver (label 1, the liver's mean HU); nothing outside
-   the liver moves and tumour never grows out of it. Backward mapping, linear interpolation for HU, nearest for labels.
+1. **Size** (per lesion, largest first): the lesion's outline moves along its normals to the level set of its
+   signed distance map that holds the planned total volume ``T_t`` (a shrinking lesion recedes evenly from its
+   border, a growing one grows evenly into the liver); its interior is stretched along the normals onto the new
+   outline (texture kept) and the liver parenchyma in a ``MARGIN_MM`` band outside follows (stretched where the lesion
+   shrinks, pushed where it grows), then the identity: liver farther than 10 mm from the pre-treatment and the
+   virtual outline never moves, whatever the lesion's shape. Only voxels of the liver (pre label > 0) move; a liver
+   voxel whose source lies outside the liver stays as it is (a vacated tumour voxel there becomes liver at the
+   liver's mean HU); nothing outside the liver moves and tumour never grows out of it. Backward mapping, linear
+   interpolation for HU, nearest for labels.
 2. **Viable vs necrotic** inside the moved lesion: the pre-treatment necrosis stays necrotic first; new necrosis
    takes the deepest viable tumour (a necrotic core) or, once treatment necrosis exceeds 10 % of the lesion, the
    side away from the lesion's viable rim/feeding side, leaving residual viable tumour as a crescent along the wall
@@ -63,8 +66,8 @@ class RenderContext:
     liver_hu: dict[str, float]
     directions: dict[int, np.ndarray] = field(default_factory=dict)  # unit vector (k, j, i) in mm: viable side
     new_site: np.ndarray | None = None  # region coordinates (k, j, i)
-    #: per lesion: (box, flat indices into the box of the liver voxels within the largest reach, their offsets
-    #: from the centroid in voxels (3, n), their distance in mm): the part of a warp that does not depend on scale
+    #: per lesion: :func:`_distance_cache` (signed distance and normals of the liver voxels of its box): the part of
+    #: a warp that does not depend on the planned volume
     reach_cache: dict[int, tuple] = field(default_factory=dict)
 
     @property
@@ -75,6 +78,16 @@ class RenderContext:
 def lesion_reach_mm(lesion: PreLesion, scale: float) -> float:
     """Distance (mm) from the lesion centroid beyond which a rendering of size factor ``scale`` changes nothing."""
     return max(lesion.rmax_mm, scale * lesion.rmax_mm) + MARGIN_MM
+
+
+def lesion_box(lesion: PreLesion, scale: float, spacing_kji: np.ndarray, shape, offset=(0, 0, 0)
+               ) -> tuple[slice, ...]:
+    """The lesion's bounding box (``lesion.box``, full-grid voxels, shifted by ``-offset``) padded by what a
+    rendering of size factor ``scale`` can change around it: its growth (at most ``(scale - 1) R``) + the margin."""
+    pad_mm = max(0.0, scale - 1.0) * lesion.rmax_mm + MARGIN_MM
+    pad = np.ceil(pad_mm / np.asarray(spacing_kji, float)).astype(int) + 2
+    return tuple(slice(max(0, int(b.start - o - p)), min(int(n), int(b.stop - o + p)))
+                 for b, o, p, n in zip(lesion.box, offset, pad, shape))
 
 
 def _box_around(centre_kji: np.ndarray, radius_mm: float, spacing_kji: np.ndarray, shape) -> tuple[slice, ...]:
@@ -116,8 +129,7 @@ def make_context(phases: Mapping[str, np.ndarray], labels: np.ndarray, geometry:
     site); None when nothing can change."""
     labels = np.asarray(labels)
     sp = np.asarray(geometry.spacing[::-1], float)
-    boxes = [_box_around(les.centroid_kji, lesion_reach_mm(les, max_scale.get(les.index, 1.0)), sp, labels.shape)
-             for les in lesions]
+    boxes = [lesion_box(les, max(1.0, max_scale.get(les.index, 1.0)), sp, labels.shape) for les in lesions]
     pv = np.argwhere(labels == PVTT)
     if pv.size:
         boxes.append(tuple(slice(int(a), int(b) + 1) for a, b in zip(pv.min(axis=0), pv.max(axis=0))))
@@ -146,19 +158,8 @@ def make_context(phases: Mapping[str, np.ndarray], labels: np.ndarray, geometry:
         directions[les.index] = _viable_side(comp_r, lab, les.index, c, sp, les.rmax_mm,
                                              None if liver_centre is None else liver_centre - lo)
     for les in local:
-        reach = lesion_reach_mm(les, max_scale.get(les.index, 1.0))
-        box = _box_around(les.centroid_kji, reach, sp, lab.shape)
-        grids = np.meshgrid(*[np.arange(b.start, b.stop, dtype=np.float64) - c for b, c in zip(box, les.centroid_kji)],
-                            indexing="ij")
-        r = np.sqrt(sum((g * s_) ** 2 for g, s_ in zip(grids, sp)))
-        flat = np.flatnonzero((r < reach) & (lab[box] > 0))
-        offsets = np.stack([g.ravel()[flat] for g in grids])
-        cache_r = r.ravel()[flat]
-        order = np.argsort(cache_r, kind="stable")  # nearest first: a smaller reach is a prefix
-        kji = np.unravel_index(flat[order], tuple(b.stop - b.start for b in box))
-        in_region = np.ravel_multi_index(tuple(a + b.start for a, b in zip(kji, box)), lab.shape)
-        local_cache = (in_region, offsets[:, order], cache_r[order])
-        reach_cache_entries.append((les.index, local_cache))
+        box = lesion_box(les, max(1.0, max_scale.get(les.index, 1.0)), sp, lab.shape, offset=lo)
+        reach_cache_entries.append((les.index, _distance_cache(comp_r, lab, box, les.index, sp)))
     ctx = RenderContext(region=region, geometry=geometry,
                         phases={p: np.array(np.asarray(phases[p])[region], dtype=np.float32, copy=True)
                                 for p in PHASES},
@@ -184,44 +185,77 @@ def _viable_side(comp, labels, index, centre, sp, rmax, liver_centre) -> np.ndar
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _radial_source(r: np.ndarray, scale: float, rmax: float, reach: float) -> np.ndarray:
-    """Source radius of target radius ``r``: ``r / s`` inside the scaled lesion, linear back to the identity at
-    ``reach``, the identity beyond (monotone for every ``s >= 0``)."""
-    inner = scale * rmax
-    out = r.copy()
-    if scale > 0:
-        m = r <= inner
-        out[m] = r[m] / scale
-    band = (r > inner) & (r < reach)
-    out[band] = rmax + (r[band] - inner) * (reach - rmax) / (reach - inner)
+def _distance_cache(comp: np.ndarray, labels: np.ndarray, box: tuple[slice, ...], index: int, sp: np.ndarray
+                    ) -> tuple:
+    """What every warp of one lesion shares: its signed distance (mm, negative inside) and outward unit normal on the
+    liver voxels of its box, as flat region indices, and the sorted signed distances of the voxels it may occupy."""
+    # computed on the box padded by 2 voxels, so the normals at its border are central differences: the same
+    # whatever box a request needs (a request's regimens and weeks set the box; the image must not depend on them)
+    mask = np.pad(comp[box] == index, 2)
+    inside = ndimage.distance_transform_edt(mask, sampling=sp)
+    outside = ndimage.distance_transform_edt(~mask, sampling=sp)
+    sd = np.where(mask, -inside + 0.5 * float(sp.min()), outside)
+    grad = [g[2:-2, 2:-2, 2:-2] for g in np.gradient(sd, *sp)]
+    sd, mask, inside = sd[2:-2, 2:-2, 2:-2], mask[2:-2, 2:-2, 2:-2], inside[2:-2, 2:-2, 2:-2]
+    norm = np.sqrt(sum(g ** 2 for g in grad))
+    liver = labels[box] > 0
+    flat = np.flatnonzero(liver)
+    kji = np.unravel_index(flat, mask.shape)
+    in_region = np.ravel_multi_index(tuple(a + b.start for a, b in zip(kji, box)), labels.shape)
+    normal = np.stack([np.where(norm > 1e-6, g / np.maximum(norm, 1e-6), 0.0).ravel()[flat] for g in grad])
+    coords = np.stack([(a + b.start).astype(np.float64) for a, b in zip(kji, box)])
+    sd_flat = sd.ravel()[flat]
+    return in_region, coords, sd_flat, normal, np.sort(sd_flat), float(inside.max())
+
+
+def _source_distance(t: np.ndarray, outline: float, depth: float) -> np.ndarray:
+    """Signed distance (to the pre-treatment outline) of the source of a target at signed distance ``t`` when the
+    new outline lies at ``outline``: the new lesion's interior [-depth, outline] stretched onto the old one
+    [-depth, 0], the margin [outline, hi] onto [0, hi] with ``hi = max(outline, 0) + MARGIN_MM``, the identity
+    beyond (monotone)."""
+    hi = max(outline, 0.0) + MARGIN_MM
+    out = t.copy()
+    inner = t <= outline
+    if outline > -depth:
+        out[inner] = -depth + (t[inner] + depth) * depth / (outline + depth)
+    band = (t > outline) & (t < hi)
+    out[band] = (t[band] - outline) * hi / (hi - outline)
     return out
 
 
 def _nearest(array: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """Nearest-neighbour lookup of ``array`` at voxel coordinates ``coords`` (3, n), clamped to the array."""
-    idx = [np.clip(np.rint(c).astype(np.intp), 0, n - 1) for c, n in zip(coords, array.shape)]
+    # round half up (np.rint rounds half to even, which would depend on where the region starts)
+    idx = [np.clip(np.floor(c + 0.5).astype(np.intp), 0, n - 1) for c, n in zip(coords, array.shape)]
     return array.ravel()[np.ravel_multi_index(idx, array.shape)]
 
 
-def _warp_lesion(ctx: RenderContext, cur: dict, les: PreLesion, scale: float) -> None:
-    """Move the liver within the lesion's reach (see the module docstring); arrays of ``cur`` are contiguous
-    region arrays, written through flat indices."""
-    reach = lesion_reach_mm(les, scale)
-    flat, offsets, r = ctx.reach_cache[les.index]
-    n = int(np.searchsorted(r, reach, side="left"))
-    if n == 0:
+def _warp_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: float) -> None:
+    """Move the lesion's outline to the planned volume along its normals (see the module docstring); arrays of
+    ``cur`` are contiguous region arrays, written through flat indices."""
+    flat, coords0, sd, normal, sorted_sd, depth = ctx.reach_cache[les.index]
+    n_target = int(round(total_ml / ctx.geometry.voxel_volume_ml))
+    # the level set holding the planned voxels (growth is capped by the liver in the lesion's box)
+    outline = float(sorted_sd[min(n_target, len(sorted_sd)) - 1]) if n_target > 0 else -depth - 1.0
+    hi = max(outline, 0.0) + MARGIN_MM
+    keep = sd < hi
+    if not keep.any():
         return
-    flat, offsets, ra = flat[:n], offsets[:, :n], r[:n]
-    src_r = _radial_source(ra, scale, les.rmax_mm, reach)
-    factor = np.where(ra > 1e-9, src_r / np.maximum(ra, 1e-9), 1.0 / max(scale, 1e-3))
-    coords = les.centroid_kji[:, None] + offsets * factor[None, :]
+    flat, t, normal = flat[keep], sd[keep], normal[:, keep]
+    shift_mm = _source_distance(t, outline, depth) - t
+    coords = coords0[:, keep] + normal * (shift_mm / ctx.spacing_kji[:, None])
     src_lab = _nearest(cur["labels"], coords)
     src_comp = _nearest(cur["comp"], coords)
     src_depth = _nearest(cur["depth"], coords)
+    # a source outside the liver: a liver voxel stays as it is, a vacated tumour voxel becomes mean liver
     outside = src_lab == 0
+    here = cur["labels"].ravel()[flat]
+    stay = outside & (here == LIVER)
+    fill = outside & ~stay
     for p in PHASES:
         vals = ndimage.map_coordinates(cur[p], coords, order=1, mode="nearest")
-        vals[outside] = ctx.liver_hu[p]
+        vals[stay] = cur[p].ravel()[flat][stay]
+        vals[fill] = ctx.liver_hu[p]
         cur[p].ravel()[flat] = vals
     src_lab[outside] = LIVER
     src_comp[outside] = 0
@@ -235,11 +269,25 @@ def _layout_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: floa
                    look: Appearance) -> None:
     sp = ctx.spacing_kji
     vox = ctx.geometry.voxel_volume_ml
-    box = _box_around(les.centroid_kji, lesion_reach_mm(les, max(1.0, (total_ml / max(les.total_ml, 1e-9)) **
-                                                                     (1 / 3))), sp, ctx.labels.shape)
+    box = lesion_box(les, max(1.0, (total_ml / max(les.total_ml, 1e-9)) ** (1 / 3)), sp, ctx.labels.shape,
+                     offset=[s.start for s in ctx.region])
     sub_comp = cur["comp"][box]
     mine = sub_comp == les.index
     n_tot = int(mine.sum())
+    excess = n_tot - int(round(total_ml / vox))
+    if excess > 0 and (abs(total_ml - les.total_ml) > 1e-9 or excess == n_tot):
+        # the outline table is coarser than the lesion: voxels carried along beyond the planned volume (shallowest
+        # first) become liver at the liver's mean HU, so a vanishing lesion vanishes
+        depth = cur["depth"][box][mine]
+        drop_idx = np.argsort(depth, kind="stable")[:excess]
+        where = tuple(a[drop_idx] for a in np.nonzero(mine))
+        for p in PHASES:
+            cur[p][box][where] = ctx.liver_hu[p]
+        cur["labels"][box][where] = LIVER
+        sub_comp[where] = 0
+        cur["depth"][box][where] = 0.0
+        mine = sub_comp == les.index
+        n_tot = int(mine.sum())
     if n_tot == 0:
         return
     lab = cur["labels"][box]
@@ -318,9 +366,8 @@ def render(ctx: RenderContext, plan: Plan, look: Appearance) -> tuple[dict[str, 
     cur.update(labels=ctx.labels.copy(), comp=ctx.comp.copy(), depth=ctx.depth.copy())
     for les in sorted(ctx.lesions, key=lambda le: -le.total_ml):
         total, viable = plan.lesions.get(les.index, (les.total_ml, les.viable_ml))
-        scale = (total / les.total_ml) ** (1 / 3) if les.total_ml > 0 else 1.0
-        if abs(scale - 1.0) > 1e-6:
-            _warp_lesion(ctx, cur, les, scale)
+        if abs(total - les.total_ml) > 1e-9:
+            _warp_lesion(ctx, cur, les, total)
         _layout_lesion(ctx, cur, les, total, viable, look)
     _pvtt(ctx, cur, plan.pvtt_ml, look)
     _new_lesion(ctx, cur, plan.new_lesion_ml, look)

@@ -149,6 +149,32 @@ def test_ridge_recovers_a_known_relation_and_kinetics_predict_from_covariates():
     assert model.plan([lesion(40.0)], 0.0, SHRINK, 16, z=1.0).lesions[1][1] > big * 40.0
 
 
+def test_joint_fit_shares_slopes_across_regimens_and_is_chosen_by_leave_one_out():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(160, 2))
+    groups = np.repeat([0, 1], 80)
+    y = np.where(groups == 0, -1.0, 0.5) + 0.4 * X[:, 0] + rng.normal(0, 0.1, 160)
+    coef, loo, _lam, _kappa = K.joint_ridge(X, groups, y, 2, np.ones(160))
+    assert coef[:, 0] == pytest.approx([-1.0, 0.5], abs=0.05) and coef[:, 1] == pytest.approx([0.4, 0.4], abs=0.05)
+    assert np.sqrt(np.mean(loo ** 2)) == pytest.approx(0.1, abs=0.03)
+
+    def record(regimen, size, ratio):
+        les = {f: float("nan") for f in K.FEATURES}
+        les.update(log_total_ml=math.log(size + K.SMOOTH_ML), necrotic_share=0.0, pre_total_ml=size,
+                   pre_viable_ml=size, post_total_ml=size, post_viable_ml=size * ratio)
+        return K.FollowUpRecord(regimen, 8, [les], 0.0, 0.0, [], {"arterial": [], "portal": []},
+                                {"arterial": [], "portal": []}, {"arterial": float("nan"), "portal": float("nan")},
+                                {"arterial": [], "portal": []})
+
+    # the same size effect under both regimens, different levels: the joint fit wins on leave-one-out
+    records = [record(reg, s, math.exp(base - 0.3 * math.log(s) + rng.normal(0, 0.05)))
+               for reg, base in ((SHRINK, -0.5), (GROW, 0.4)) for s in np.exp(rng.uniform(0, 4, 30))]
+    _model, summary = K.fit_kinetics(records, [SHRINK, GROW])
+    assert summary[SHRINK]["w08"]["fit_viable"]["joint"] and summary[GROW]["w08"]["fit_viable"]["joint"]
+    _model, summary = K.fit_kinetics(records, [SHRINK, GROW], joint=False)
+    assert not summary[SHRINK]["w08"]["fit_viable"]["joint"]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
@@ -246,3 +272,55 @@ def test_cli_train_generator_fits_the_anchored_twin(tmp_path):
     card = json.loads((tmp_path / "model" / "hcctwin_twin.json").read_text())
     assert card["architecture"] == "anchored-kinetic" and card["regimens"]
     assert main(["train", "generator", "--cohort", str(root), "--out", str(tmp_path / "m2"), "--lr", "0.1"]) == 2
+
+
+@pytest.mark.parametrize("factor", [0.3, 1.8])
+def test_an_elongated_lesion_moves_only_the_liver_near_its_own_outline(factor):
+    """A long thin lesion (a 40 x 6 x 6 mm bar): liver beyond 10 mm of the pre-treatment and the virtual outline
+    keeps its HU exactly, although it lies well inside the lesion's largest centroid distance + 10 mm."""
+    from scipy import ndimage
+
+    shape = (32, 48, 48)
+    rng = np.random.default_rng(3)
+    lab = np.zeros(shape, np.uint8)
+    lab[2:30, 4:44, 4:44] = LIVER
+    lab[15:17, 22:26, 10:37] = VIABLE_TUMOR
+    art = np.where(lab == LIVER, 80.0, np.where(lab == VIABLE_TUMOR, 160.0, -80.0)).astype(np.float32)
+    art += rng.normal(0, 6, shape).astype(np.float32)
+    por = art + 20.0
+    ctx, (les,) = _context(lab, art, por, max(1.0, factor ** (1 / 3)))
+    phases, labels = R.render(ctx, K.Plan({les.index: (les.total_ml * factor, les.viable_ml * factor)}, 0.0),
+                              ZERO_LOOK)
+    new_lab = _full(ctx, labels, lab)
+    new_art = _full(ctx, phases["arterial"], art)
+    sp = SPACING[::-1]
+    # the margin is measured on the voxel grid: one slice (3 mm) of slack
+    near = ndimage.distance_transform_edt(~np.isin(lab, (2, 3)), sampling=sp) <= R.MARGIN_MM + max(sp)
+    near |= ndimage.distance_transform_edt(~np.isin(new_lab, (2, 3)), sampling=sp) <= R.MARGIN_MM + max(sp)
+    far_liver = (lab == LIVER) & ~near
+    assert far_liver.sum() > 1000
+    assert np.array_equal(new_art[far_liver], art[far_liver])
+    # while the old rule (a sphere of the largest centroid distance + 10 mm) would have moved much of it
+    d = np.sqrt((((np.indices(shape).T - les.centroid_kji) * np.array(sp)) ** 2).sum(axis=-1)).T
+    assert (far_liver & (d < R.lesion_reach_mm(les, max(1.0, factor ** (1 / 3))))).sum() > 0.2 * far_liver.sum()
+
+
+def test_a_lesion_planned_to_vanish_leaves_no_tumour():
+    """Resection or complete response: total 0 mL -> no tumour voxel of that lesion is left (the parenchyma around it
+    closes in; what the outline table cannot map becomes liver)."""
+    art, por, lab, _ = synth_case(4, radius=7.0)
+    lab[14:18, 22:26, 30:33] = VIABLE_TUMOR  # a lobe: the lesion is not a sphere
+    ctx, lesions = _context(lab, art, por)
+    plan = K.Plan({les.index: (0.0, 0.0) for les in lesions}, 0.0)
+    _phases, labels = R.render(ctx, plan, ZERO_LOOK)
+    assert not np.isin(labels, (VIABLE_TUMOR, NECROSIS)).any()
+    assert np.array_equal(labels > 0, lab[ctx.region] > 0)  # the liver keeps its extent
+
+
+def test_growth_beyond_the_liver_is_capped_not_an_error():
+    art, por, lab, _ = synth_case(5, radius=7.0)
+    ctx, (les,) = _context(lab, art, por, 1.2)
+    _phases, labels = R.render(ctx, K.Plan({les.index: (les.total_ml * 500, les.viable_ml * 500)}, 0.0), ZERO_LOOK)
+    full = _full(ctx, labels, lab)
+    assert np.isin(full, (VIABLE_TUMOR, NECROSIS)).sum() > np.isin(lab, (VIABLE_TUMOR, NECROSIS)).sum()
+    assert np.array_equal(full > 0, lab > 0)

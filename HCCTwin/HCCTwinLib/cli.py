@@ -26,6 +26,9 @@ class ProgressBar:
         self.start = time.perf_counter()
         self._last = ""
 
+    #: True while a bar's line is unfinished on stderr (a message printed then starts on a new line)
+    open_line = False
+
     def __call__(self, fraction: float, message: str):
         filled = int(round(self.width * fraction))
         line = (f"\r[{'#' * filled}{'.' * (self.width - filled)}] {100 * fraction:5.1f}% "
@@ -34,9 +37,19 @@ class ProgressBar:
             self.stream.write(line)
             self.stream.flush()
             self._last = line
+            ProgressBar.open_line = True
         if fraction >= 1.0:
             self.stream.write("\n")
+            ProgressBar.open_line = False
         return None
+
+
+def _error_line(text: str) -> None:
+    """One line on stderr, on a line of its own (after an unfinished progress bar)."""
+    if ProgressBar.open_line:
+        sys.stderr.write("\n")
+        ProgressBar.open_line = False
+    print(text, file=sys.stderr)
 
 
 def _csv_list(text: str) -> list[str]:
@@ -70,6 +83,35 @@ def _samples(text: str) -> int:
     from .twin.generator import MAX_SAMPLES
 
     return _bounded_int(text, 1, MAX_SAMPLES, "--samples")
+
+
+def _positive_int(text: str) -> int:
+    """``--max-cases``: a whole number, 1 or more."""
+    return _bounded_int(text, 1, 10**9, "this option")
+
+
+def _bootstrap(text: str) -> int:
+    """``--bootstrap``: 0 (no bands) .. 10000 resamples."""
+    return _bounded_int(text, 0, 10_000, "--bootstrap")
+
+
+def _regimen(text: str) -> str:
+    """A regimen id of the installed catalogue (``regimens.json``)."""
+    from .regimens import load_catalogue
+
+    known = list(load_catalogue())
+    value = text.strip()
+    if value not in known:
+        raise argparse.ArgumentTypeError(f"unknown regimen {text!r}; known: {', '.join(known)}")
+    return value
+
+
+def _regimen_list(text: str) -> list[str]:
+    """``--regimens``: one or more comma-separated regimen ids of the catalogue."""
+    items = _csv_list(text)
+    if not items:
+        raise argparse.ArgumentTypeError("expected one or more comma-separated regimen ids, got nothing")
+    return [_regimen(t) for t in items]
 
 
 def _mirror_axes(text: str) -> list[int]:
@@ -131,8 +173,12 @@ def cmd_scores(args) -> int:
 
     values = read_clinical_row(args.clinical, args.patient) if args.clinical else {}
     for item in args.set or []:
-        key, _, value = item.partition("=")
-        values[key.strip()] = value.strip()
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in clinical.CLINICAL_FIELDS:
+            raise InputError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(clinical.CLINICAL_FIELDS)}"
+                             f" (a misspelt key would be ignored).")
+        values[key] = value.strip()
     scores = clinical.compute_scores(values)
     regimens = args.regimens or None
     from .regimens import REGIMEN_IDS
@@ -266,7 +312,7 @@ def _predict_outputs(out: Path, args) -> list[Path]:
 
 
 def cmd_predict(args) -> int:
-    from .io import load_case, refuse_overwriting_inputs
+    from .io import load_case, refuse_overwriting_inputs, relocate_paths, staged_output
     from .jsonutil import jsonable
     from .pipeline import ObservedScan, PipelineOptions, run_case, save_result
 
@@ -290,19 +336,23 @@ def cmd_predict(args) -> int:
     options = PipelineOptions(device=args.device, samples=args.samples, seed=args.seed,
                               segmentation_weights=args.segmentation_weights,
                               generator_weights=args.generator_weights, survival_model=args.survival_model,
-                              segmentation="model" if args.resegment else "auto")
-    result = run_case(case, args.regimens, args.weeks, real_followup=real, options=options, progress=ProgressBar())
+                              segmentation="model" if args.resegment else "auto",
+                              allow_missing_models=args.allow_missing_models)
     out = Path(args.out)
-    summary = jsonable(result.summary(), finite=True)
-    if args.deidentify:  # result.json and the report without the patient's name or ID
-        from .report.content import deidentify_summary
+    with staged_output(out) as stage:  # the outputs are complete or absent (an interrupted run changes nothing)
+        result = run_case(case, args.regimens, args.weeks, real_followup=real, options=options,
+                          progress=ProgressBar())
+        summary = jsonable(result.summary(), finite=True)
+        if args.deidentify:  # result.json and the report without the patient's name or ID
+            from .report.content import deidentify_summary
 
-        summary = deidentify_summary(summary)
-    paths = save_result(result, out, summary=summary)
-    if args.report:
-        from .report import write_report
+            summary = deidentify_summary(summary)
+        paths = save_result(result, stage, summary=summary)
+        if args.report:
+            from .report import write_report
 
-        paths.update({k: str(v) for k, v in write_report(summary, out, deidentify=args.deidentify).items()})
+            paths.update({k: str(v) for k, v in write_report(summary, stage, deidentify=args.deidentify).items()})
+    paths = relocate_paths(paths, stage, out)
     shown = {"outputs": paths, "recommendation": result.survival.get("recommendation"), "notes": result.notes}
     if args.deidentify:
         from .report.content import deidentify_summary
@@ -360,18 +410,37 @@ def cmd_study(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .io import relocate_paths, staged_output
     from .report import write_report
 
     result_json = Path(args.result)
     if result_json.is_dir():
         result_json = result_json / "result.json"
-    summary = json.loads(result_json.read_text())
+    try:
+        summary = json.loads(result_json.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"--result {args.result}: no result.json there; give the result.json that `hcctwin predict` "
+                         f"wrote, or its folder.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"--result {result_json}: not a readable result.json ({exc}); give the result.json that "
+                         f"`hcctwin predict` wrote.") from None
+    if not isinstance(summary, dict) or "patient_id" not in summary or "hcctwin_version" not in summary:
+        raise InputError(f"--result {result_json}: not a result.json of `hcctwin predict` (no patient_id / "
+                         f"hcctwin_version); give the result.json that `hcctwin predict` wrote.")
     images = {}
     for caption, path in (("Linked views", args.layout or result_json.parent / "layout.png"),):
         if path and Path(path).is_file():
             images[caption] = Path(path)
-    paths = write_report(summary, Path(args.out or result_json.parent), images=images or None,
-                         deidentify=args.deidentify)
+    out = Path(args.out or result_json.parent)
+    with staged_output(out) as stage:  # report.html and report.pdf of one run, never of two
+        try:
+            paths = write_report(summary, stage, images=images or None, deidentify=args.deidentify)
+        except HCCTwinError:
+            raise
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+            raise InputError(f"--result {result_json}: the result.json is damaged or edited ({type(exc).__name__}: "
+                             f"{exc}); write it again with `hcctwin predict`.") from None
+    paths = relocate_paths(paths, stage, out)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
@@ -564,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="batch size")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the train/validation split and sampling")
-    p.add_argument("--max-cases", type=int, help="use at most this many patients")
+    p.add_argument("--max-cases", type=_positive_int, help="use at most this many patients")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--time-budget", type=float, help="segmentation/generator: stop after the epoch that passes this "
@@ -595,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segmentation: train a PVTT-stage model (hcctwin_seg_pvtt: thrombus weighted and oversampled;"
                         " best started with --init-weights from the main model), then choose its threshold with "
                         "`hcctwin tune segmentation --pvtt-model`")
-    p.add_argument("--bootstrap", type=int, default=50, help="survival: bootstrap replicates for the bands")
+    p.add_argument("--bootstrap", type=_bootstrap, default=50, help="survival: bootstrap replicates for the bands")
     p.add_argument("--no-images", action="store_true", help="survival: clinical features only")
     p.set_defaults(func=cmd_train)
 
@@ -613,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-false-pvtt", type=float, default=0.1,
                    help="fraction of the patients without PVTT that may get a predicted PVTT when choosing the PVTT "
                         "logit bias (default 0.1; a false thrombus changes the BCLC stage)")
-    p.add_argument("--max-cases", type=int, help="use at most this many cases")
+    p.add_argument("--max-cases", type=_positive_int, help="use at most this many cases")
     p.add_argument("--pvtt-model", help="a PVTT-stage model (`hcctwin train segmentation --pvtt-stage`) in the same "
                                         "folder: tune its threshold instead of the PVTT logit bias (the stage is "
                                         "written into the card only when it finds thrombus within --max-false-pvtt)")
@@ -635,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resegment", action="store_true", help="run the segmentation even when labels are given")
     p.add_argument("--clinical", help="clinical.csv (cohort layout columns)")
     p.add_argument("--patient", help="patient_id in clinical.csv")
-    p.add_argument("--regimens", type=_csv_list, default=list(DEFAULT_REGIMENS),
+    p.add_argument("--regimens", type=_regimen_list, default=list(DEFAULT_REGIMENS),
                    help="comma-separated regimen ids (default tace_pd1_len,haic_pd1_len,pd1_tki)")
     p.add_argument("--weeks", type=_int_list, default=list(DEFAULT_WEEKS), help="time points (default 8,16,24)")
     p.add_argument("--samples", type=_samples, default=4, help="generator samples per request (default 4)")
@@ -644,7 +713,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--followup", help="a real follow-up folder (registered to the pre-treatment scan first)")
     p.add_argument("--no-deformable", action="store_true", help="real follow-up: rigid + affine registration only")
     p.add_argument("--followup-weeks", type=int, help="weeks of the real follow-up since the start of treatment")
-    p.add_argument("--followup-regimen", help="regimen the patient received (for the real follow-up)")
+    p.add_argument("--allow-missing-models", action="store_true",
+                   help="run the other steps when a model is not installed or is refused (noted in result.json); "
+                        "default: stop with the reason")
+    p.add_argument("--followup-regimen", type=_regimen, help="regimen the patient received (for the real follow-up)")
     p.add_argument("--segmentation-weights", help="segmentation model file (default: installed)")
     p.add_argument("--generator-weights", help="generator model file (default: installed)")
     p.add_argument("--survival-model", help="survival engine file (default: installed)")
@@ -664,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="measure the installed models on a cohort (writes OUT/metrics.json)")
     p.add_argument("--cohort", required=True, help="cohort folder (clinical.csv + cases/)")
     p.add_argument("--out", required=True, help="output folder for metrics.json")
-    p.add_argument("--max-cases", type=int, default=20, help="patients for the image models (default 20)")
+    p.add_argument("--max-cases", type=_positive_int, default=20, help="patients for the image models (default 20)")
     p.add_argument("--no-images", action="store_true", help="survival from the clinical table only")
     p.add_argument("--samples", type=_samples, default=4)
     p.add_argument("--seed", type=_seed, default=0)
@@ -682,9 +754,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "column when it has one, else assigned by a hash of the patient ID")
     p.add_argument("--train", default="auto", choices=["auto", "always", "never"],
                    help="train the survival engine on the development split (auto: when it is large enough)")
-    p.add_argument("--max-cases", type=int, default=20, help="patients per split for the image models (default 20)")
+    p.add_argument("--max-cases", type=_positive_int, default=20,
+                   help="patients per split for the image models (default 20)")
     p.add_argument("--no-images", action="store_true", help="survival from the clinical table only")
-    p.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for the survival bands")
+    p.add_argument("--bootstrap", type=_bootstrap, default=50, help="bootstrap resamples for the survival bands")
     p.add_argument("--with-ids", action="store_true",
                    help="keep patient IDs in study.json (default: study codes; the key is in splits.csv)")
     p.add_argument("--samples", type=_samples, default=4, help="generator samples per virtual follow-up")
@@ -713,9 +786,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clinical", help="clinical.csv of a cohort")
     p.add_argument("--patient", help="patient_id in clinical.csv")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="clinical values, e.g. bilirubin_umol_l=20")
-    p.add_argument("--regimens", type=_csv_list, help="comma-separated regimen ids (default: all)")
+    p.add_argument("--regimens", type=_regimen_list, help="comma-separated regimen ids (default: all)")
     p.set_defaults(func=cmd_scores)
     return parser
+
+
+def _warn_unusable_cuda(args) -> None:
+    """One warning line, in every command, when a GPU is asked for (--device or HCCTWIN_DEVICE) and none is usable
+    (the models then run on the CPU)."""
+    import os
+
+    asked = str(getattr(args, "device", None) or "auto").strip().lower()
+    if asked == "auto":
+        asked = (os.environ.get("HCCTWIN_DEVICE") or "").strip().lower()
+    if not asked.startswith("cuda"):
+        return
+    from .device import cuda_usable
+
+    if not cuda_usable():
+        print(f"hcctwin {args.command}: warning: CUDA was requested ({asked}) but no usable CUDA GPU is visible; "
+              f"the models run on the CPU (slower).", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -725,9 +815,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        from .device import check_environment
+
+        check_environment()
+        _warn_unusable_cuda(args)
+        out = getattr(args, "out", None)
+        if out:  # an unusable --out fails now, not after the computation
+            from .io import check_writable
+
+            check_writable(out, folder=args.command != "segment")
         return int(args.func(args) or 0)
     except HCCTwinError as exc:
-        print(f"hcctwin {args.command}: error: {exc}", file=sys.stderr)
+        _error_line(f"hcctwin {args.command}: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _error_line(f"hcctwin {args.command}: interrupted; outputs of this run were not written (or are incomplete "
+                    f"where a command writes as it goes: training checkpoints, a cohort being simulated).")
+        return 130
+    except OSError as exc:  # a disk full, a file removed or locked while running: one line, not a traceback
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        _error_line(f"hcctwin {args.command}: error: {where}{exc.strerror or exc}")
         return 2
 
 

@@ -166,6 +166,29 @@ def _check_n_tumors(value: Any) -> int:
     return _integer("n_tumors", value, 0, None, "number of tumour nodules")
 
 
+#: A largest diameter under this many mm given with a decimal (7.2) is noted as a possible value in cm.
+CM_SUSPECT_DIAMETER_MM = 15.0
+
+
+def diameter_consistency_note(max_diameter_mm: Any, largest_lesion_ml: float) -> str | None:
+    """A note when the given largest diameter is impossible for the largest segmented lesion: any body of volume V
+    has a largest diameter of at least 0.816 x the diameter of the sphere of volume V (Jung's theorem); below half of
+    that sphere's diameter the value is almost surely in the wrong unit (cm for mm) or belongs to another lesion."""
+    try:
+        d = float(max_diameter_mm)
+    except (TypeError, ValueError):
+        return None
+    if not (d > 0 and largest_lesion_ml > 0):
+        return None
+    sphere_mm = (6.0 * largest_lesion_ml * 1000.0 / math.pi) ** (1.0 / 3.0)
+    if d >= 0.5 * sphere_mm:
+        return None
+    return (f"max_diameter_mm = {d:g} but the largest segmented tumour has {largest_lesion_ml:.0f} mL (a sphere of "
+            f"{sphere_mm:.0f} mm; its largest diameter is at least {0.816 * sphere_mm:.0f} mm): is the diameter in "
+            f"cm ({d * 10:g} mm)? The scores (BCLC, HAP, up-to-seven, ...) use the given {d:g} mm; correct the value "
+            f"if it is wrong.")
+
+
 def _check_diameter(value: Any, n_tumors: int | None = None) -> float:
     field = "max_diameter_mm"
     v = _number(field, value, "mm")
@@ -572,6 +595,12 @@ def compute_scores(values: Mapping[str, Any]) -> dict[str, Any]:
         if given_bclc is not None and given_bclc != bclc:
             notes.append(f"bclc given as {given_bclc} but the values give BCLC {bclc} (BCLC 2022); using {bclc}.")
 
+    d = v["max_diameter_mm"]
+    if 0 < d < CM_SUSPECT_DIAMETER_MM and d != round(d):
+        notes.append(f"max_diameter_mm = {d:g}: a largest nodule under {CM_SUSPECT_DIAMETER_MM / 10:g} cm with a "
+                     f"decimal looks like a value in cm; the unit is mm (if it is {d:g} cm, give {d * 10:g}). BCLC, "
+                     f"HAP, "
+                     f"mHAP-II, six-and-twelve, up-to-seven and TBS use {d:g} mm.")
     hap = hap_score(v["albumin_g_l"], v["bilirubin_umol_l"], v["afp_ng_ml"], v["max_diameter_mm"])
     mhap = mhap2_score(v["albumin_g_l"], v["bilirubin_umol_l"], v["afp_ng_ml"], v["max_diameter_mm"], v["n_tumors"])
     six = six_and_twelve(v["max_diameter_mm"], v["n_tumors"])

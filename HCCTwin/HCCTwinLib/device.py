@@ -34,6 +34,42 @@ def cuda_usable() -> bool:
         return False
 
 
+def _env_number(name: str, cast, lo, hi, what: str, env) -> None:
+    text = env.get(name)
+    if text is None or not text.strip():
+        return
+    try:
+        value = cast(text.strip())
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        from .errors import InputError
+
+        raise InputError(f"environment variable {name}={text!r}: expected {what}; fix or unset it.")
+
+
+def check_environment(env=None) -> None:
+    """InputError naming the variable and its bad value for an unusable ``HCCTWIN_*`` setting (checked once when a
+    command starts, so a typo is not found deep inside a run, or reported as another value)."""
+    from .errors import InputError
+
+    env = os.environ if env is None else env
+    device = (env.get("HCCTWIN_DEVICE") or "").strip().lower()
+    if device:
+        base, _, index = device.partition(":")
+        if base not in _VALID or (index and (base != "cuda" or not index.isdigit())):
+            raise InputError(f"environment variable HCCTWIN_DEVICE={env['HCCTWIN_DEVICE']!r}: expected one of auto, "
+                             f"cpu, cuda, cuda:N; fix or unset it.")
+    precision = (env.get("HCCTWIN_CPU_PRECISION") or "").strip().lower()
+    if precision and precision not in CPU_PRECISIONS:
+        raise InputError(f"environment variable HCCTWIN_CPU_PRECISION={env['HCCTWIN_CPU_PRECISION']!r}: expected one "
+                         f"of {', '.join(CPU_PRECISIONS)}; fix or unset it.")
+    _env_number("HCCTWIN_NUM_THREADS", int, 1, 4096, "a whole number of CPU threads, 1 or more", env)
+    _env_number("HCCTWIN_WORKERS", int, 1, 4096, "a whole number of worker processes, 1 or more", env)
+    _env_number("HCCTWIN_MAX_VOXELS", int, 1, 2**40, "a whole number of voxels, e.g. 262144000", env)
+    _env_number("HCCTWIN_GPU_MEMORY_GB", float, 0.1, 1e5, "GPU memory in GiB, e.g. 8", env)
+
+
 def select_device(requested: str | None = "auto") -> tuple[Any, str]:
     """Return ``(torch.device, message)`` for ``requested`` in ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"``.
 

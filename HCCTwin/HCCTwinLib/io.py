@@ -12,12 +12,18 @@ empty label maps. :func:`read_clinical_table` reads a cohort's ``clinical.csv`` 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
+import secrets
+import shutil
 import struct
+import tempfile
 import zlib
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,6 +40,17 @@ MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 15.0
 DEFAULT_MAX_VOXELS = 512 * 512 * 1000
 #: Phases must share at least this fraction of the smaller one's physical extent.
 MIN_PHASE_OVERLAP = 0.5
+#: ... and each must span at least this fraction of the other's extent along every axis: a phase of 3 of 32 slices is
+#: a partial export, not a study (an arterial phase limited to the liver beside a portal phase of abdomen and pelvis
+#: spans about 35 %).
+MIN_PHASE_COVERAGE = 0.25
+#: The in-plane field of view of an abdominal CT is at least this wide (a smaller one: spacing in cm, or not a CT of
+#: the abdomen).
+MIN_CT_FOV_MM = 100.0
+#: CT values in HU fit int16 (extended-scale CT included); anything beyond is not HU.
+CT_VALUE_RANGE = (-32768.0, 32767.0)
+#: DICOM in-plane shear (gantry tilt) tolerated: this fraction of a pixel per slice.
+MAX_SHEAR_PER_SLICE = 0.05
 #: A folder whose second-largest DICOM series has at least this fraction of the largest one's files is ambiguous.
 MIXED_SERIES_FRACTION = 0.5
 #: DICOM slice gaps may deviate this much (relative) from the median gap.
@@ -105,6 +122,36 @@ def check_slice_spacing(along_sorted: np.ndarray, where) -> float:
     return step
 
 
+def check_shear(positions_sorted: np.ndarray, normal: np.ndarray, pixel_spacing_mm: float, where) -> None:
+    """InputError when a DICOM series' slices are sheared (gantry tilt): the first-to-last slice shift has an in-plane
+    component beyond :data:`MAX_SHEAR_PER_SLICE` of a pixel per slice. A reader that stacks such slices on an
+    orthogonal grid drops the shear. Shared by the SimpleITK reader here and the pydicom reader of
+    :mod:`HCCTwinLib.dicom`."""
+    positions_sorted = np.asarray(positions_sorted, dtype=float)
+    shift = positions_sorted[-1] - positions_sorted[0]
+    in_plane = shift - (shift @ normal) * normal
+    n_steps = max(len(positions_sorted) - 1, 1)
+    if np.linalg.norm(in_plane) > MAX_SHEAR_PER_SLICE * max(pixel_spacing_mm, 1e-6) * n_steps:
+        raise InputError(f"{where}: the slices are sheared (gantry tilt of about "
+                         f"{np.degrees(np.arctan2(np.linalg.norm(in_plane), abs(shift @ normal))):.1f} degrees); "
+                         f"HCCTwin needs an orthogonal grid. Resample the series (e.g. Slicer's gantry tilt "
+                         f"correction on DICOM load) and export it as NIfTI.")
+
+
+def _check_pixel_spacing(info: sitk.ImageFileReader, folder: Path, name: str) -> None:
+    """ITK reads a missing or zero DICOM PixelSpacing (0028,0030) as 1 mm: refuse it instead."""
+    key = "0028|0030"
+    raw = info.GetMetaData(key).strip() if info.HasMetaDataKey(key) else ""
+    try:
+        values = [float(v) for v in raw.split("\\") if v.strip()]
+    except ValueError:
+        values = []
+    if len(values) != 2 or not all(np.isfinite(values)) or min(values) <= 0:
+        shown = f"PixelSpacing {raw!r}" if raw else "no PixelSpacing"
+        raise InputError(f"{folder}: {name} has {shown} (0028,0030): the pixel size is unknown (a reader would assume "
+                         f"1 mm). Export the series again with its pixel spacing.")
+
+
 def _looks_like_dicom(path: Path) -> bool:
     if path.name.upper() == "DICOMDIR":
         return False
@@ -134,8 +181,6 @@ def _check_dicom_members(folder: Path, files: list[str], series_uid: str, others
     if damaged:
         raise InputError(f"{folder}: {len(damaged)} file(s) of the series could not be read (truncated or damaged): "
                          f"{', '.join(damaged[:5])}. The volume would have a gap; copy or export the series again.")
-    if len(files) < 3:
-        return
     positions = []
     info = sitk.ImageFileReader()
     for f in files:
@@ -147,8 +192,15 @@ def _check_dicom_members(folder: Path, files: list[str], series_uid: str, others
                              f"copy or export the series again.") from exc
         positions.append(info.GetOrigin())
         if len(positions) == 1:
+            _check_pixel_spacing(info, folder, Path(f).name)
             normal = np.asarray(info.GetDirection()).reshape(3, 3)[:, 2]
-    check_slice_spacing(np.sort(np.asarray(positions, dtype=float) @ normal), folder)
+            pixel = float(min(info.GetSpacing()[:2]))
+    if len(files) < 3:
+        return
+    positions = np.asarray(positions, dtype=float)
+    order = np.argsort(positions @ normal, kind="stable")
+    check_slice_spacing((positions @ normal)[order], folder)
+    check_shear(positions[order], normal, pixel, folder)
 
 
 def dicom_patient_id(folder: str | os.PathLike) -> str | None:
@@ -233,8 +285,21 @@ def _check_nifti_complete(path: Path) -> None:
                 raise InputError(f"{path}: file is truncated (no complete NIfTI header). Copy or export it again.")
             endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
             dims = struct.unpack(endian + "8h", header[40:56])
+            if not 1 <= dims[0] <= 7 or min(dims[1:1 + dims[0]]) < 1:
+                raise InputError(f"{path}: the NIfTI header's dimensions {list(dims[:1 + max(0, min(dims[0], 7))])} "
+                                 f"are invalid (zero or negative sizes); the header is damaged. Export the image "
+                                 f"again.")
+            geometry = struct.unpack(endian + "8f", header[76:108]) + struct.unpack(endian + "18f", header[256:328])
+            if not all(math.isfinite(v) for v in geometry):
+                raise InputError(f"{path}: the NIfTI header holds NaN or infinite spacing, rotation or offsets "
+                                 f"(pixdim / qform / sform); the image position is unknown (a reader would place it "
+                                 f"at 0). Fix the header or export the image again.")
             datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
-            vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            vox_offset_f = struct.unpack(endian + "f", header[108:112])[0]
+            if not math.isfinite(vox_offset_f) or vox_offset_f < 0:
+                raise InputError(f"{path}: the NIfTI header's data offset (vox_offset {vox_offset_f}) is invalid; the "
+                                 f"header is damaged. Export the image again.")
+            vox_offset = int(vox_offset_f)
             float_type = {16: "f4", 64: "f8"}.get(datatype)
             n_bytes = len(header)
             skip = max(vox_offset - len(header), 0)
@@ -284,7 +349,7 @@ def validate_image(image: sitk.Image, path: str | os.PathLike = "<image>", *, la
     if max(size) > 1 and sorted(size)[0] == 1 and sorted(size)[1] == 1:
         raise InputError(f"{path}: image is a line of voxels (size {size}), not a 3D volume; export the whole 3D "
                          f"volume.")
-    if size[2] == 1:
+    if min(size) == 1:
         raise InputError(f"{path}: image has a single slice (size {size}); HCCTwin needs a 3D volume. For DICOM, give "
                          f"the folder of the whole series; otherwise export the whole volume.")
     spacing = image.GetSpacing()
@@ -292,8 +357,12 @@ def validate_image(image: sitk.Image, path: str | os.PathLike = "<image>", *, la
         raise InputError(f"{path}: voxel spacing {tuple(round(s, 4) for s in spacing)} mm is outside the plausible "
                          f"range {MIN_SPACING_MM}-{MAX_SPACING_MM} mm; the header is probably wrong (e.g. spacing in "
                          f"cm or m). Fix the spacing in the header.")
+    if not all(np.isfinite(image.GetOrigin())):
+        raise InputError(f"{path}: the image origin {tuple(image.GetOrigin())} is not a finite position (NaN or "
+                         f"infinite offsets in the header); the header is damaged. Fix the origin or export the "
+                         f"image again.")
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-3):
+    if not np.all(np.isfinite(direction)) or not np.allclose(direction @ direction.T, np.eye(3), atol=1e-3):
         raise InputError(f"{path}: direction matrix is not orthonormal ({direction.round(3).tolist()}); the header "
                          f"is damaged. Re-export the image.")
     array = sitk.GetArrayFromImage(image)
@@ -338,11 +407,106 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, 
         fits = rounded.min() >= -32768 and rounded.max() <= 32767 and np.allclose(rounded, array, atol=0.5)
         data = rounded.astype(np.int16) if fits else np.asarray(array, dtype=np.float32)
     writer = sitk.ImageFileWriter()
-    writer.SetFileName(str(path))
     writer.SetUseCompression(str(path).endswith((".gz", ".nrrd", ".mha")))
     writer.SetCompressionLevel(compression_level)
-    writer.Execute(to_sitk(data, geometry))
+    image = to_sitk(data, geometry)
+    with atomic_path(path) as tmp:  # a reader never sees a half-written volume
+        writer.SetFileName(str(tmp))
+        writer.Execute(image)
     return path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary name beside ``path`` (same extension) to write to; on success it replaces ``path`` in one
+    step (``os.replace``), on failure or interruption it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".partial-{os.getpid()}-{secrets.token_hex(3)}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file so that a reader sees the old or the new content, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def check_writable(out: str | os.PathLike, *, folder: bool) -> Path:
+    """Fail now, before any computation, when ``out`` (a folder with ``folder=True``, else a file) cannot be written:
+    its nearest existing folder must be a writable folder (checked by writing and removing a test file). Nothing is
+    created. Raises InputError with one line."""
+    out = Path(out)
+    if folder and out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder; give a folder for the outputs.")
+    if not folder and out.is_dir():
+        raise InputError(f"--out {out}: is a folder; give a file name (e.g. {out / 'labels.nii.gz'}).")
+    existing = out if folder else out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--out {out}: {existing} is a file, so the output cannot be written below it; choose "
+                         f"another place.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".hcctwin-write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write in {existing} ({exc.strerror or exc}); choose a folder you can "
+                         f"write to.") from None
+    return out
+
+
+@contextmanager
+def staged_output(out: str | os.PathLike):
+    """A run's outputs are complete or absent: yield a fresh staging folder beside ``out`` (created now, so an
+    unusable ``out`` fails before any computation); when the block succeeds its files move into ``out``, the
+    ``result.json`` / ``report.html`` of a previous run removed first and put back last, so that an interrupted run
+    never leaves files of two runs side by side; when it fails or is interrupted the staging folder is removed and
+    ``out`` is left as it was."""
+    out = Path(out)
+    check_writable(out, folder=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield stage
+        publish_staged(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+#: files that mark a complete output folder: removed first and written last when a run's files are published
+COMPLETION_MARKERS = ("result.json", "report.html")
+
+
+def publish_staged(stage: Path, out: Path) -> None:
+    files = sorted(p for p in stage.rglob("*") if p.is_file())
+    last = [p for p in files if p.relative_to(stage).as_posix() in COMPLETION_MARKERS]
+    for name in COMPLETION_MARKERS:
+        if (stage / name).exists() and (out / name).is_file():
+            (out / name).unlink()
+    for src in [p for p in files if p not in last] + last:
+        dst = out / src.relative_to(stage)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+
+
+def relocate_paths(paths: Mapping[str, Any], stage: Path, out: Path) -> dict[str, Any]:
+    """The output paths a writer returned for the staging folder, as they are after :func:`staged_output`."""
+    def move(value):
+        try:
+            rel = Path(value).relative_to(stage)
+        except (TypeError, ValueError):
+            return value
+        return out / rel if isinstance(value, Path) else str(out / rel)
+
+    return {k: move(v) for k, v in paths.items()}
 
 
 def resample_to(array: np.ndarray, source: Geometry, target: Geometry, *, labels: bool = False,
@@ -367,6 +531,10 @@ def check_ct_range(what: str, array: np.ndarray) -> None:
     image, or an intensity-normalised export. An image spanning less than 100 units is normalised (z-scores, 0..1).
     """
     lo, hi = float(np.min(array)), float(np.max(array))
+    if lo < CT_VALUE_RANGE[0] or hi > CT_VALUE_RANGE[1]:
+        raise InputError(f"{what}: values {lo:g}..{hi:g} lie outside the range of CT in Hounsfield units "
+                         f"({CT_VALUE_RANGE[0]:g}..{CT_VALUE_RANGE[1]:g}); the image is damaged or scaled. Export the "
+                         f"CT in HU.")
     if lo >= 0 and hi > 1500:
         raise InputError(f"{what}: values {lo:g}..{hi:g} with nothing below 0 look like raw unsigned CT stored "
                          f"without the DICOM rescale (0..4095), not Hounsfield units (air is -1000 HU). Apply "
@@ -376,10 +544,57 @@ def check_ct_range(what: str, array: np.ndarray) -> None:
                          f"units (air -1000 HU, fat about -100 HU); it looks like an MR image or an intensity-"
                          f"normalised export. Load MRI under an MRI sequence name ({', '.join(MRI_SEQUENCES)}), or "
                          f"export the CT in HU.")
+    sample = array[::2, ::4, ::4]
+    body = sample[sample > -1100.0]  # padding (-1024 .. -3024, -32768) left out
+    # raw values: air near +24, fat near 924, soft tissue near 1064, nothing at -1000 (a CT in HU, even a crop of
+    # soft tissue, has its 90th percentile far below 700 unless it is mostly bone)
+    if body.size >= 100 and float(np.mean(body < -200.0)) < 0.001 and float(np.quantile(body, 0.9)) > 700.0:
+        raise InputError(f"{what}: apart from padding ({lo:g}) the values start at {float(body.min()):g}, and a "
+                         f"tenth of them lie above {float(np.quantile(body, 0.9)):g}: no air at -1000 and soft tissue "
+                         f"near 1050. "
+                         f"This looks like raw "
+                         f"CT stored without the DICOM rescale (HU = value - 1024), not Hounsfield units. Apply "
+                         f"RescaleSlope/RescaleIntercept and export again.")
     if hi - lo < 100:
         raise InputError(f"{what}: values span only {lo:g}..{hi:g}, too narrow for a CT in Hounsfield units "
                          f"(air -1000 HU to contrast-enhanced vessels +200 HU); the image looks intensity-normalised. "
                          f"Export the original CT in HU.")
+
+
+def check_ct_field_of_view(what: str, geometry: Geometry) -> None:
+    """InputError when a CT's in-plane field of view is under :data:`MIN_CT_FOV_MM` with a scanner's matrix (at least
+    128 x 128) or voxels under 0.3 mm: a 512 x 512 CT with the spacing written in cm (0.15 for 1.5 mm) spans 77 mm,
+    and its liver would measure a few mL."""
+    nx, ny, _nz = geometry.size_xyz
+    sx, sy, _sz = geometry.spacing
+    fov = (nx * sx, ny * sy)
+    # a small crop of 1 mm voxels (a phantom, a test volume) is left alone; a scanner's matrix or sub-0.3 mm
+    # voxels over a field that small are a unit error
+    if min(fov) < MIN_CT_FOV_MM and (min(nx, ny) >= 128 or min(sx, sy) < 0.3):
+        raise InputError(f"{what}: the in-plane field of view is {fov[0]:.0f} x {fov[1]:.0f} mm ({nx} x {ny} voxels "
+                         f"of {sx:g} x {sy:g} mm), too small for a CT of the abdomen (at least {MIN_CT_FOV_MM:.0f} "
+                         f"mm). "
+                         f"The spacing is probably in cm (multiply by 10) or the image is a crop; fix the header's "
+                         f"spacing or give the whole scan.")
+
+
+def check_phase_coverage(what: str, geometry: Geometry, reference: Geometry, reference_name: str) -> None:
+    """InputError when one phase spans less than :data:`MIN_PHASE_COVERAGE` of the other's extent along an axis
+    (e.g. 3 of 32 slices): resampled onto the other's grid it would be mostly fill, and the segmentation would see
+    the missing slices as empty."""
+    a_lo, a_hi = geometry.physical_extent_lps()
+    b_lo, b_hi = reference.physical_extent_lps()
+    a_len = np.maximum(a_hi - a_lo, 1e-6)
+    b_len = np.maximum(b_hi - b_lo, 1e-6)
+    inter = np.clip(np.minimum(a_hi, b_hi) - np.maximum(a_lo, b_lo), 0, None)
+    cover = np.minimum(inter / a_len, inter / b_len)
+    axis = int(np.argmin(cover))
+    if cover[axis] < MIN_PHASE_COVERAGE:
+        short = "it spans" if a_len[axis] < b_len[axis] else f"{reference_name!r} spans"
+        raise InputError(f"{what} and {reference_name!r} cover different parts of the body: along the "
+                         f"{'LPS'[axis]} axis {short} only {100 * cover[axis]:.0f}% of the other's extent "
+                         f"({a_len[axis]:.0f} vs {b_len[axis]:.0f} mm). One of them is a partial export; give the "
+                         f"complete series of each phase.")
 
 
 def overlap_fraction(a: Geometry, b: Geometry) -> float:
@@ -414,9 +629,12 @@ def assemble_case(patient_id: str, images: Mapping[str, tuple[np.ndarray, Geomet
                                  f"{100 * frac:.0f}% < {100 * MIN_PHASE_OVERLAP:.0f}%). They are probably from "
                                  f"different studies or have a wrong origin; check the series.")
             arr = resample_to(arr, geom, ref_geom)
+        if name != reference:
+            check_phase_coverage(f"{patient_id}: phase {name!r}", geom, ref_geom, reference)
         phases[name] = np.asarray(arr, dtype=np.float32)
         if name in CT_PHASES:
             check_ct_range(f"{patient_id}: phase {name!r}", phases[name])
+            check_ct_field_of_view(f"{patient_id}: phase {name!r}", geom)
     label_array = None
     if labels is not None:
         arr, geom = labels
@@ -465,6 +683,16 @@ def load_case(pre: str | os.PathLike | None = None, *, patient_id: str | None = 
         else:  # a DICOM series carries the patient ID; a file's name is the last resort
             dicom_ids = (dicom_patient_id(p) for p in paths.values() if Path(p).is_dir())
             patient_id = next((i for i in dicom_ids if i), None) or _stem(Path(next(iter(paths.values()))))
+    seen: dict[str, str] = {}
+    for name, p in paths.items():
+        key = os.path.realpath(p)
+        if key in seen:
+            raise InputError(f"{p}: given as both the {seen[key]!r} and the {name!r} phase. Give each phase once: a "
+                             f"single-phase study is read as it is (e.g. only --portal).")
+        seen[key] = name
+    if labels_path is not None and os.path.realpath(labels_path) in seen:
+        raise InputError(f"{labels_path}: given as both a phase and the label map; the label map is a separate file "
+                         f"(integer labels 0-4).")
     images = {name: read_image(p) for name, p in paths.items()}
     labels = read_image(labels_path, labels=True) if labels_path is not None else None
     source = {name: str(p) for name, p in paths.items()}
@@ -488,6 +716,17 @@ def save_case(case: Case, folder: str | os.PathLike) -> dict[str, Path]:
     if case.labels is not None:
         written["labels"] = write_image(case.labels, case.geometry, folder / "labels.nii.gz", labels=True)
     return written
+
+
+#: a cell starting with one of these is run as a formula by spreadsheet programs (CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell for a CSV that people open in a spreadsheet: one starting like a formula (``=HYPERLINK(...)``,
+    ``+1``, ``@SUM``) is prefixed with ``'`` so that it shows as text and is never evaluated; other values as
+    they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
 
 
 def refuse_overwriting_inputs(outputs, inputs) -> None:

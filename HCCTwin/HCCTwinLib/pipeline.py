@@ -182,15 +182,27 @@ class TwinResult:
 
     def write_json(self, path: str | Path, summary: dict[str, Any] | None = None) -> Path:
         """Write ``summary`` (default :meth:`summary`) as strict JSON (NaN -> null)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(jsonable(self.summary() if summary is None else summary, finite=True), indent=2))
-        return path
+        from .io import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(jsonable(self.summary() if summary is None else summary,
+                                                           finite=True), indent=2))
 
 
 def label_volumes_ml(labels: np.ndarray, voxel_volume_ml: float) -> dict[str, float]:
     return label_volumes_from_counts(np.bincount(np.asarray(labels).ravel(), minlength=MAX_LABEL + 1),
                                      voxel_volume_ml)
+
+
+def largest_lesion_ml(labels: np.ndarray, voxel_volume_ml: float) -> float:
+    """Volume (mL) of the largest 26-connected tumour component (viable + necrosis) of a label map; 0 without one."""
+    from scipy import ndimage
+
+    tumor = np.isin(labels, TUMOR_LABELS)
+    if not tumor.any():
+        return 0.0
+    box = ndimage.find_objects(tumor.astype(np.uint8))[0]
+    comp, n = ndimage.label(tumor[box], structure=np.ones((3, 3, 3), bool))
+    return float(np.bincount(comp.ravel())[1:].max()) * voxel_volume_ml if n else 0.0
 
 
 def label_volumes_from_counts(counts: np.ndarray, voxel_volume_ml: float) -> dict[str, float]:
@@ -214,15 +226,23 @@ class PipelineOptions:
     generator_weights: str | None = None
     survival_model: str | None = None
     steps: int | None = None
+    #: a model that is not installed or refused (damaged, wrong kind) skips its step with a note (the Slicer module,
+    #: a library caller); False stops the run with the reason instead (``hcctwin predict`` unless
+    #: ``--allow-missing-models``)
+    allow_missing_models: bool = True
 
 
-def _installed(get_model, weights, device, what: str, notes: list[str]):
-    """The cached model, or None with a note saying why (no model file installed / refused)."""
+def _installed(get_model, weights, device, what: str, notes: list[str], allow_missing: bool = True):
+    """The cached model, or None with a note saying why (no model file installed / refused); with
+    ``allow_missing=False`` the reason is raised instead."""
     from .weights import ModelFileError
 
     try:
         return get_model(weights, device=device)
     except ModelFileError as exc:
+        if not allow_missing:
+            raise ModelFileError(f"{what} model: {exc} (to run the other steps without it, allow missing models: "
+                                 f"hcctwin predict --allow-missing-models)") from None
         notes.append(f"{what}: {exc}")
         return None
 
@@ -327,7 +347,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
         from .segmentation import get_segmenter
 
         segmenter = _installed(get_segmenter, options.segmentation_weights, options.device, "Segmentation",
-                               result.notes)
+                               result.notes, options.allow_missing_models)
         if segmenter is not None:
             if segmenter.message:
                 result.notes.append(segmenter.message)
@@ -346,6 +366,11 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
         result.provenance["segmentation"] = "given (user or file)"
     if case.labels is not None:
         result.label_volumes_ml = label_volumes_ml(case.labels, case.geometry.voxel_volume_ml)
+        if case.clinical.get("max_diameter_mm") not in (None, ""):
+            note = clinical.diameter_consistency_note(case.clinical["max_diameter_mm"],
+                                                      largest_lesion_ml(case.labels, case.geometry.voxel_volume_ml))
+            if note:
+                result.notes.append(note)
     result.domain = _guard(case, segmenter if use_model else None, options)
     if result.domain.verdict != "inside":
         result.notes.append(f"Domain guard: {result.domain.headline()} " + "; ".join(result.domain.reasons))
@@ -366,7 +391,8 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     else:
         from .twin import get_generator
 
-        generator = _installed(get_generator, options.generator_weights, options.device, "Generator", result.notes)
+        generator = _installed(get_generator, options.generator_weights, options.device, "Generator", result.notes,
+                               options.allow_missing_models)
         if generator is not None:
             model_phases, filled = fill_missing_phases(case.phases)
             if filled:
@@ -498,7 +524,8 @@ def update_survival(result: TwinResult, options: PipelineOptions | None = None,
         result.survival = {}
         result.notes.append("Survival: no clinical values given, no survival prediction.")
         return
-    engine = _installed(get_survival_engine, options.survival_model, "cpu", "Survival", result.notes)
+    engine = _installed(get_survival_engine, options.survival_model, "cpu", "Survival", result.notes,
+                        options.allow_missing_models)
     if engine is None:
         result.survival = {}
         return

@@ -30,6 +30,7 @@ any recovered transform can be measured (``Misalignment.tre``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -344,7 +345,10 @@ def _evaluate_mi(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfor
     # unless the virtual domain is the field's grid)
     reg.SetMovingInitialTransform(transform)
     reg.SetInitialTransform(sitk.TranslationTransform(3), inPlace=False)
-    return round(float(reg.MetricEvaluate(fixed, moving)), 5)
+    try:
+        return round(float(reg.MetricEvaluate(fixed, moving)), 5)
+    except RuntimeError:  # no sample of the fixed mask maps into the moving image: the metric is undefined there
+        return float("nan")
 
 
 def _threads(threads: int | None) -> int | None:
@@ -353,6 +357,22 @@ def _threads(threads: int | None) -> int | None:
     return threads
 
 
+def _itk_failure_as_input_error(func):
+    """ITK stops a registration with a RuntimeError when the images do not overlap enough (e.g. a follow-up of
+    another patient, or with a wrong origin): one InputError line instead of ITK's trace."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except RuntimeError as exc:
+            detail = " ".join(ln.strip() for ln in str(exc).splitlines() if "overlap" in ln.lower())[:200]
+            raise InputError(f"registration failed: the follow-up and the pre-treatment scan do not overlap enough "
+                             f"to be aligned ({detail or str(exc).strip().splitlines()[-1][:200]}). Check that both "
+                             f"are this patient's abdominal scans with correct origins.") from None
+    return wrapper
+
+
+@_itk_failure_as_input_error
 def register_followup(fixed, moving_phases: dict[str, np.ndarray], moving_geometry: Geometry,
                       moving_labels: np.ndarray | None = None, *, deformable: bool = True,
                       liver_mask: np.ndarray | None = None, seed: int = DEFAULT_SEED, threads: int | None = None,

@@ -251,7 +251,10 @@ def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, spli
         codes.setdefault(pid, f"S{len(codes) + 1:04d}")
     if not with_ids:
         study["results"] = _pseudonymise(study["results"], codes)
-    clinical.assign(study_code=[codes[str(p)] for p in clinical["patient_id"]])[
+    from .io import spreadsheet_safe
+
+    clinical.assign(study_code=[codes[str(p)] for p in clinical["patient_id"]],
+                    patient_id=[spreadsheet_safe(str(p)) for p in clinical["patient_id"]])[
         ["patient_id", "study_code", "split"]].to_csv(out / "splits.csv", index=False)
     study = jsonable(study, finite=True)
     (out / "study.json").write_text(json.dumps(study, indent=2))

@@ -29,7 +29,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from .. import __version__
 from ..cases import Geometry
 from ..errors import InputError
-from ..io import check_slice_spacing
+from ..io import check_shear, check_slice_spacing
 
 #: Stored value = round(HU) - RESCALE_INTERCEPT.
 RESCALE_INTERCEPT = -1024.0
@@ -239,13 +239,7 @@ def slice_geometry(datasets: Sequence[Dataset], where: str) -> tuple[list[int], 
     along = positions @ normal
     order = [int(i) for i in np.argsort(along, kind="stable")]
     step = check_slice_spacing(along[order], where)
-    shift = positions[order[-1]] - positions[order[0]]
-    in_plane = shift - (shift @ normal) * normal
-    if np.linalg.norm(in_plane) > 0.05 * max(spacing.min(), 1e-6) * max(len(order) - 1, 1):
-        raise InputError(f"{where}: the slices are sheared (gantry tilt of about "
-                         f"{np.degrees(np.arctan2(np.linalg.norm(in_plane), abs(shift @ normal))):.1f} degrees); "
-                         f"HCCTwin needs an orthogonal grid. Resample the series (e.g. Slicer's gantry tilt "
-                         f"correction on DICOM load) and export it as NIfTI.")
+    check_shear(positions[order], normal, float(spacing.min()), where)
     geometry = Geometry(shape=(len(order), rows, cols), spacing=(float(spacing[1]), float(spacing[0]), step),
                         origin=tuple(positions[order[0]]),
                         direction=np.column_stack([row_dir, col_dir, normal]).ravel())

@@ -12,6 +12,7 @@ rendered Slicer layout comes in as a PNG through ``images``.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,50 @@ from .plots import plot_survival, survival_figure
 __all__ = ["plot_survival", "survival_figure", "write_report", "DEIDENTIFIED"]
 
 TITLE = "HCCTwin tumor-board report"
+#: A picture embedded in the report may have at most this many pixels (a 4K screenshot has 8.3 million); a PNG that
+#: declares more would need gigabytes to decode.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def check_report_image(path: str | Path) -> Path:
+    """InputError unless ``path`` is a readable PNG/JPEG of at most :data:`MAX_IMAGE_PIXELS` pixels (only the header
+    is read)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..errors import InputError
+
+    path = Path(path)
+    try:
+        head = path.read_bytes()[:24] if path.is_file() else b""
+    except OSError:
+        head = b""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        _check_pixels(path, width, height)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            kind = img.format
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{path}: not a readable image ({exc}); give a PNG or JPEG picture.") from None
+    if kind not in ("PNG", "JPEG"):
+        raise InputError(f"{path}: a {kind} image; give a PNG or JPEG picture.")
+    _check_pixels(path, width, height)
+    try:  # decode it now (its size is bounded): a damaged picture is named as such, not as a damaged result
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"{path}: the picture is damaged or truncated ({exc}); save the screenshot again.") from None
+    return path
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    from ..errors import InputError
+
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(f"{path}: the image declares {width} x {height} pixels ({width * height / 1e6:.0f} million), "
+                         f"more than the {MAX_IMAGE_PIXELS / 1e6:.0f} million a report picture may have; save a "
+                         f"smaller screenshot.")
 
 
 def write_report(summary: Mapping, out_dir: str | Path, *, images: Mapping[str, str | Path] | None = None,
@@ -37,7 +82,7 @@ def write_report(summary: Mapping, out_dir: str | Path, *, images: Mapping[str, 
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = {str(k): Path(v) for k, v in (images or {}).items()}
+    images = {str(k): check_report_image(v) for k, v in (images or {}).items()}
     if deidentify:
         from .content import scrub_text
 

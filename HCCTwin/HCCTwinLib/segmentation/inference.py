@@ -37,7 +37,7 @@ from ..labels import PVTT
 from ..progress import ProgressCallback, SubProgress, report
 from ..weights import ModelFileError, load_state, resolve_model_path, weights_dir
 from . import postprocessing
-from .model import DEFAULT_PATCH_KJI, build_model, total_stride
+from .model import ARCHITECTURES, DEFAULT_PATCH_KJI, build_model, total_stride
 from .preprocessing import DEFAULT_WINDOW_HU, from_model_grid, to_model_grid
 
 DEFAULT_MODEL_NAME = "hcctwin_seg"
@@ -277,8 +277,10 @@ class Segmenter:
     def from_file(cls, path: str | Path, device="auto", **options) -> Segmenter:
         dev, message = devices.select_device(device) if isinstance(device, str) else (device, "")
         state, card = load_state(path)
-        if "architecture_kwargs" not in card:
-            raise ModelFileError(f"{path}: model card has no architecture_kwargs; it is not a segmentation model.")
+        if "architecture_kwargs" not in card or card.get("architecture", "DynUNet") not in ARCHITECTURES:
+            kind = card.get("architecture") or "no architecture"
+            raise ModelFileError(f"{path}: model card says {kind!r} ({card.get('name', 'unnamed')}); it is not a "
+                                 f"segmentation model ({', '.join(ARCHITECTURES)}). Give a segmentation model file.")
         model = build_model(card.get("architecture", "DynUNet"), **card["architecture_kwargs"])
         try:
             model.load_state_dict(state)

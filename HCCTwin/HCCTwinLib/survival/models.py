@@ -253,7 +253,17 @@ class PerRegimenSurvival:
             warnings.warn(f"{len(df) - len(data)} row(s) with missing values dropped from the survival fit.",
                           stacklevel=2)
         if int(data[event_col].sum()) < 5:
-            raise InputError(f"only {int(data[event_col].sum())} events in {event_col}: too few to fit a model.")
+            n_all = int(pd.to_numeric(df[event_col], errors="coerce").fillna(0).sum())
+            if len(data) == 0:
+                why = (f"no patient has every value the model needs ({len(df)} row(s), all with a missing value in "
+                       f"{', '.join(c for c in cols if df[c].isna().any())})")
+            elif n_all > int(data[event_col].sum()):
+                why = (f"{int(data[event_col].sum())} event(s) in {event_col} among the {len(data)} of {len(df)} "
+                       f"patients with every value the model needs ({n_all} in the whole table)")
+            else:
+                why = f"{int(data[event_col].sum())} event(s) in {event_col} among {len(data)} patients"
+            raise InputError(f"{why}: at least 5 are needed to fit a survival model. Check the outcome columns "
+                             f"({duration_col}, {event_col}) and the clinical values of the table.")
         # a covariate that does not vary (e.g. every patient INR 1.1) carries no information and makes the Cox
         # information matrix singular: drop it and say so
         values = data[list(covariates)].to_numpy(float)

@@ -92,7 +92,10 @@ def write_dicom(folder: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5), shear=
     import pydicom
     import SimpleITK as sitk
 
+    import locale
+
     folder.mkdir(parents=True, exist_ok=True)
+    saved = locale.setlocale(locale.LC_ALL, None)  # GDCM's writer sets the process locale to "C"
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     img = sitk.GetImageFromArray(np.rint(array).astype(np.int16))
@@ -109,6 +112,7 @@ def write_dicom(folder: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5), shear=
             sl.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"s{z:03d}.dcm"))
         writer.Execute(sl)
+    locale.setlocale(locale.LC_ALL, saved)
     if pixel_spacing is not None:
         for f in folder.iterdir():
             ds = pydicom.dcmread(f)

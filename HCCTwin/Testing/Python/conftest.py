@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import os
 import time
 from pathlib import Path
@@ -91,6 +93,22 @@ def write_dicom_series(array_hu: np.ndarray, folder: Path, spacing=(0.8, 0.8, 2.
                        series_uid="1.2.826.0.1.3680043.8.498.1", patient_name="Doe^Jane", patient_id="PAT-001"):
     """Write a CT DICOM series slice by slice (axial, LPS) the way scanners do: one file per slice, int16 + rescale."""
     folder.mkdir(parents=True, exist_ok=True)
+    with keep_locale():
+        return _write_dicom_series(array_hu, folder, spacing, origin, series_uid, patient_name, patient_id)
+
+
+@contextlib.contextmanager
+def keep_locale():
+    """GDCM's DICOM writer (SimpleITK ImageFileWriter on .dcm) sets the process locale to "C": Python's default text
+    encoding then becomes ASCII for every later test. Put the locale back."""
+    saved = locale.setlocale(locale.LC_ALL, None)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(array_hu, folder, spacing, origin, series_uid, patient_name, patient_id):
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     img = sitk_image(np.rint(array_hu).astype(np.int16), spacing, origin)

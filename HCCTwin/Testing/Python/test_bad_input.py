@@ -21,7 +21,7 @@ from HCCTwinLib.cli import main
 from HCCTwinLib.errors import InputError
 from HCCTwinLib.io import check_ct_range, load_case, read_image, spreadsheet_safe, staged_output, write_image
 
-from conftest import make_phantom, sitk_image
+from conftest import keep_locale, make_phantom, sitk_image
 
 
 @pytest.fixture
@@ -38,6 +38,12 @@ def pre_folder(tmp_path):
 def _write_series(folder: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5), shear_mm_per_slice=0.0) -> Path:
     """A CT series slice by slice; ``shear_mm_per_slice`` moves each slice along y (gantry tilt)."""
     folder.mkdir(parents=True, exist_ok=True)
+    with keep_locale():
+        _write_slices(folder, array, spacing, shear_mm_per_slice)
+    return folder
+
+
+def _write_slices(folder: Path, array: np.ndarray, spacing, shear_mm_per_slice) -> None:
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     img = sitk_image(np.rint(array).astype(np.int16), spacing, (0.0, 0.0, 0.0))
@@ -52,7 +58,6 @@ def _write_series(folder: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5), shea
             sl.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"s{z:03d}.dcm"))
         writer.Execute(sl)
-    return folder
 
 
 def _ct(shape=(12, 40, 40), seed=0):

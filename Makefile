@@ -10,10 +10,15 @@ TORCH_PIN ?= torch==2.13.0
 PIP := $(PY) -m pip --disable-pip-version-check
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test setup lint unit benchmarks clean
+.PHONY: demo test setup lint unit benchmarks clean view
 
 demo: setup
 	$(VENV)/bin/hcctwin demo --out $(DEMO_OUT)
+
+# the browser viewer of the demo result (runs the demo first when there is none); open the printed address
+view: setup
+	test -f $(DEMO_OUT)/pre/portal.nii.gz || $(VENV)/bin/hcctwin demo --out $(DEMO_OUT)
+	$(VENV)/bin/hcctwin view $(DEMO_OUT) --port $${PORT:-8080}
 
 test: setup lint unit
 
@@ -25,7 +30,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_PIN)"
-	$(PIP) install -q -e ".[headless,dev,dicom]"
+	$(PIP) install -q -e ".[headless,dev,dicom,report]"
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 

@@ -608,7 +608,10 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
                     layoutPng
         if not deidentify:  # result.json holds the patient ID
             result.write_json(out / "result.json")
-        return write_report(result.summary(), out, images=images, deidentify=deidentify)
+        from HCCTwinLib.report.figures import write_key_image
+
+        keyImage = write_key_image(result, out)  # pixels only (captions are regimen names): kept when de-identified
+        return write_report(result.summary(), out, images=images, deidentify=deidentify, key_image=keyImage)
 
     def saveSceneBundle(self, path) -> pathlib.Path:
         """The scene as a Slicer data bundle (``.mrb``, opens in 3D Slicer); node names are kept as they are."""

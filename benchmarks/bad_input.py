@@ -89,10 +89,10 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
 
 
 def write_dicom(folder: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5), shear=0.0, pixel_spacing=None):
+    import locale
+
     import pydicom
     import SimpleITK as sitk
-
-    import locale
 
     folder.mkdir(parents=True, exist_ok=True)
     saved = locale.setlocale(locale.LC_ALL, None)  # GDCM's writer sets the process locale to "C"

@@ -16,6 +16,8 @@ from . import DISCLAIMER, __version__
 from .errors import HCCTwinError, InputError
 from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS
 
+_T_START = time.perf_counter()  # `hcctwin view` reports its start-up from here
+
 
 class ProgressBar:
     """Text progress bar on stderr; the same ``(fraction, message)`` callback the Slicer module uses."""
@@ -303,7 +305,12 @@ def cmd_segment(args) -> int:
 
 def _predict_outputs(out: Path, args) -> list[Path]:
     """Every file ``hcctwin predict`` may write under ``out`` (checked against its inputs before computing)."""
-    files = [out / n for n in ("result.json", "report.html", "report.pdf", "survival.png", "survival_pfs.png")]
+    files = [out / n for n in ("result.json", "report.html", "report.pdf", "survival.png", "survival_pfs.png",
+                               "landmark.png", "key_image.png")]
+    files += [out / "pre" / f"{n}.nii.gz" for n in ("arterial", "portal", "delayed", "labels")]
+    if getattr(args, "followup", None) and args.followup_weeks is not None:
+        files += [out / "real" / f"w{int(args.followup_weeks):02d}" / f"{n}.nii.gz"
+                  for n in ("arterial", "portal", "delayed", "labels")]
     names = ("arterial", "portal", "labels", "arterial_std", "portal_std")
     for regimen in args.regimens:
         for w in args.weeks:
@@ -412,6 +419,7 @@ def cmd_study(args) -> int:
 def cmd_report(args) -> int:
     from .io import relocate_paths, staged_output
     from .report import write_report
+    from .report.figures import KEY_IMAGE
 
     result_json = Path(args.result)
     if result_json.is_dir():
@@ -434,7 +442,9 @@ def cmd_report(args) -> int:
     out = Path(args.out or result_json.parent)
     with staged_output(out) as stage:  # report.html and report.pdf of one run, never of two
         try:
-            paths = write_report(summary, stage, images=images or None, deidentify=args.deidentify)
+            key = result_json.parent / KEY_IMAGE
+            paths = write_report(summary, stage, images=images or None, deidentify=args.deidentify,
+                                 key_image=key if key.is_file() else None)
         except HCCTwinError:
             raise
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
@@ -442,6 +452,13 @@ def cmd_report(args) -> int:
                              f"{exc}); write it again with `hcctwin predict`.") from None
     paths = relocate_paths(paths, stage, out)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
+def cmd_view(args) -> int:
+    from .scene.viewer import serve
+
+    serve(args.result, port=args.port, phase=args.phase, show_patient_id=args.show_patient_id, t0=_T_START)
     return 0
 
 
@@ -771,6 +788,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: next to result.json)")
     p.add_argument("--deidentify", action="store_true", help="leave out patient name and ID")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("view", help="read-only browser viewer of a result (linked pre | real | virtual views, "
+                                    "regimen and time point, uncertainty, survival) on http://127.0.0.1")
+    p.add_argument("result", help="a result folder of `hcctwin predict` or `hcctwin demo`")
+    p.add_argument("--port", type=lambda t: _bounded_int(t, 0, 65535, "--port"), default=0,
+                   help="port on 127.0.0.1 (default: a free one, printed)")
+    p.add_argument("--phase", default="portal", choices=["portal", "arterial", "delayed"],
+                   help="phase shown (default portal)")
+    p.add_argument("--show-patient-id", action="store_true", help="show the patient ID in the page title")
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("survival", help="survival models on a site's clinical table")
     ssub = p.add_subparsers(dest="survival_command", metavar="ACTION", required=True)

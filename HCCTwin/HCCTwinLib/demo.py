@@ -15,7 +15,7 @@ from pathlib import Path
 from . import DISCLAIMER
 from .cases import Case
 from .io import load_case, read_image, save_case, write_image
-from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS, FollowUp, run_case
+from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS, FollowUp, run_case, save_result
 from .progress import ProgressCallback, SubProgress, report
 
 #: The embedded default case: simulator seed and patient index (a patient with HCC eligible for the three main
@@ -85,7 +85,12 @@ def run_demo(out: str | Path, seed: int = DEFAULT_SEED, *, small: bool = False, 
         outputs.update(render_result(result, out))
         result.timings["scene_and_render"] = time.perf_counter() - t0
 
-    result.write_json(out / "result.json")
+    t0 = time.perf_counter()
+    report(progress, 0.9, "Writing the result folder")
+    # the same folder layout as `hcctwin predict` (volumes, inputs on the grid, key image, result.json): what
+    # `hcctwin view` and `hcctwin report` read
+    outputs.update(save_result(result, out))
+    result.timings["save"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     report(progress, 0.92, "Tumor-board report")
     from .report import write_report

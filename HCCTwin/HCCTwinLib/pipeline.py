@@ -567,13 +567,31 @@ def save_result(result: TwinResult, out_dir: str | Path, *, write_images: bool =
                 summary: dict[str, Any] | None = None) -> dict[str, str]:
     """Write ``out_dir/result.json`` (``summary``, default ``result.summary()``) and, per regimen and time point,
     the virtual follow-up volumes ``out_dir/<regimen>/wWW/{arterial,portal,labels,arterial_std,portal_std}.nii.gz``
-    on the pre-treatment grid."""
+    on the pre-treatment grid, the inputs on that grid (``pre/{phases,labels}.nii.gz``, the registered real
+    follow-up ``real/wWW/...``) and ``key_image.png`` (pre | real | virtual at the largest lesion; the report's
+    first page)."""
     from .io import path_inside, write_image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
     if write_images:
+        # the inputs the follow-ups are compared with, on the same grid: a result folder is self-contained (the
+        # browser viewer and a later report need nothing else)
+        case = result.case
+        for name, arr in case.phases.items():
+            write_image(arr, case.geometry, out / "pre" / f"{name}.nii.gz")
+        if case.labels is not None:
+            write_image(case.labels, case.geometry, out / "pre" / "labels.nii.gz", labels=True)
+        paths["pre"] = str(out / "pre")
+        real = result.real_followup
+        if real is not None:
+            folder = out / "real" / f"w{int(real.weeks):02d}"
+            for name, arr in real.phases.items():
+                write_image(arr, case.geometry, folder / f"{name}.nii.gz")
+            if real.labels is not None:
+                write_image(real.labels, case.geometry, folder / "labels.nii.gz", labels=True)
+            paths["real"] = str(folder)
         for regimen, by_week in result.followups.items():
             for w, fu in sorted(by_week.items()):
                 folder = path_inside(out, regimen, f"w{int(w):02d}")
@@ -584,5 +602,11 @@ def save_result(result: TwinResult, out_dir: str | Path, *, write_images: bool =
                 if fu.labels is not None:
                     write_image(fu.labels, result.case.geometry, folder / "labels.nii.gz", labels=True)
                 paths[f"{regimen}/w{int(w):02d}"] = str(folder)
+    if write_images:
+        from .report.figures import write_key_image
+
+        key = write_key_image(result, out)
+        if key is not None:
+            paths["key_image"] = str(key)
     paths["result_json"] = str(result.write_json(out / "result.json", summary))
     return paths

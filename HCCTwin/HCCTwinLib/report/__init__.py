@@ -71,18 +71,27 @@ def _check_pixels(path: Path, width: int, height: int) -> None:
 
 
 def write_report(summary: Mapping, out_dir: str | Path, *, images: Mapping[str, str | Path] | None = None,
-                 deidentify: bool = False) -> dict[str, Path]:
-    """Write ``report.html``, ``report.pdf``, ``survival.png`` (and ``survival_pfs.png`` when PFS curves exist)
-    into ``out_dir``; returns ``{"html", "pdf", "survival_png"[, "survival_pfs_png"]}`` -> paths.
+                 deidentify: bool = False, key_image: str | Path | None = None) -> dict[str, Path]:
+    """Write ``report.html``, ``report.pdf`` (the same HTML document laid out on A4 pages by WeasyPrint),
+    ``survival.png`` (and ``survival_pfs.png`` / ``landmark.png`` when those curves exist) into ``out_dir``; returns
+    ``{"html", "pdf", "survival_png"[, "survival_pfs_png", "landmark_png"]}`` -> paths.
 
-    ``images`` maps captions to extra PNGs (e.g. ``{"Linked views: pre | real | virtual": "layout.png"}``); they
-    are embedded in both files. ``deidentify=True`` leaves the patient ID and name out of every text, caption and
-    the PDF metadata (the patient shows as "de-identified"); pixels of the given images are embedded as they are,
-    so render them without patient annotations.
+    The first page is the tumor-board summary (:func:`~HCCTwinLib.report.content.summary_section`); ``key_image``
+    (default: ``out_dir/key_image.png`` when ``hcctwin predict`` drew it) goes there. ``images`` maps captions to
+    extra PNGs (e.g. ``{"Linked views: pre | real | virtual": "layout.png"}``); they are embedded in both files.
+    ``deidentify=True`` leaves the patient ID and name out of every text, caption and the PDF metadata (the patient
+    shows as "de-identified"); pixels of the given images are embedded as they are, so render them without patient
+    annotations.
     """
+    from .figures import KEY_IMAGE, landmark_figure
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = {str(k): check_report_image(v) for k, v in (images or {}).items()}
+    if key_image is None and (out_dir / KEY_IMAGE).is_file():
+        key_image = out_dir / KEY_IMAGE
+    if key_image is not None:
+        key_image = check_report_image(key_image)
     if deidentify:
         from .content import scrub_text
 
@@ -93,17 +102,24 @@ def write_report(summary: Mapping, out_dir: str | Path, *, images: Mapping[str, 
     if curves(summary, "pfs"):
         paths["survival_pfs_png"] = plot_survival(summary, out_dir / "survival_pfs.png", "pfs")
         plots["pfs"] = paths["survival_pfs_png"]
+    fig = landmark_figure(summary)
+    if fig is not None:
+        paths["landmark_png"] = out_dir / "landmark.png"
+        fig.savefig(paths["landmark_png"])
+        plots["landmark"] = paths["landmark_png"]
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sections = build_sections(summary, images=images, plots=plots, date=date)
+    sections = build_sections(summary, images=images, plots=plots, date=date,
+                              key_image=str(key_image) if key_image else None)
     patient = DEIDENTIFIED if deidentify else patient_label(summary)
     title = f"{TITLE}: patient {patient}"
     banner = "Research use only. Demo weights are trained on synthetic data; not for clinical use."
-    from .html import write_html
+    from .html import render_html, write_html
     from .pdf import write_pdf
 
-    paths["html"] = write_html(sections, out_dir / "report.html", title=title, banner=banner)
     metadata = {"Title": title, "Author": "HCCTwin", "Subject": disclaimer_text(summary),
                 "Creator": f"HCCTwin {summary.get('hcctwin_version') or __version__}",
                 "Keywords": "HCC; tumor board; digital twin; research use only"}
-    paths["pdf"], _ = write_pdf(sections, out_dir / "report.pdf", title=title, banner=banner, metadata=metadata)
+    paths["html"] = write_html(sections, out_dir / "report.html", title=title, banner=banner, metadata=metadata)
+    paths["pdf"], _ = write_pdf(sections, out_dir / "report.pdf", title=title, banner=banner, metadata=metadata,
+                                html=render_html(sections, title=title, banner=banner, metadata=metadata))
     return paths

@@ -551,12 +551,40 @@ def metastasis_section(summary: Mapping) -> Section:
     return sec
 
 
-def landmark_section(summary: Mapping) -> Section | None:
+def landmark_section(summary: Mapping, info: Mapping, plots: Mapping[str, str]) -> Section | None:
+    """The dynamic (landmark) risk: the curves as a plot and their medians per time point as a table (never the
+    arrays themselves)."""
     landmark = survival_part(summary).get("landmark")
     if not isinstance(landmark, Mapping) or not landmark:
         return None
-    rows = [[str(k), scalar_text(v)] for k, v in landmark.items()]
-    return Section("landmark", "Dynamic (landmark) risk", [Block("table", header=["Item", "Value"], rows=rows)])
+    sec = Section("landmark", "Dynamic (landmark) risk")
+    if plots.get("landmark"):
+        sec.blocks.append(Block("image", text="Overall survival from each follow-up time point, per regimen, given "
+                                              "that follow-up's (virtual) response (shaded: 95% interval)",
+                                image=str(plots["landmark"])))
+    weeks = sorted({w for tp in landmark.values() if isinstance(tp, Mapping)
+                    for w in (tp.get("timepoints") or {}) if isinstance(tp.get("timepoints"), Mapping)})
+    rows, keys = [], []
+    for rid in [r for r in regimen_order(summary) if r in landmark] + [r for r in landmark
+                                                                       if r not in regimen_order(summary)]:
+        tps = (landmark[rid] or {}).get("timepoints") if isinstance(landmark[rid], Mapping) else None
+        if not isinstance(tps, Mapping):
+            continue
+        cells = []
+        for w in weeks:
+            tp = tps.get(w)
+            if not isinstance(tp, Mapping):
+                cells.append("n/a")
+                continue
+            med = num(tp.get("median"))
+            cells.append(f"{tp.get('mrecist') or 'n/a'}; median {'NR' if med is None else f'{med:.1f}'} mo "
+                         f"({tp.get('source') or 'n/a'})")
+        rows.append([info.get(rid, {}).get("name", rid), *cells])
+        keys.append(rid)
+    if rows:
+        sec.blocks.append(Block("table", header=["Regimen", *[f"from {w}" for w in weeks]], rows=rows,
+                                row_keys=keys))
+    return sec
 
 
 def _card_rows(card: Any, prefix: str = "") -> list[list[str]]:
@@ -610,16 +638,128 @@ def disclaimer_section(summary: Mapping) -> Section:
     return Section("disclaimer", "Disclaimer", [Block("warning", text=disclaimer_text(summary))])
 
 
+def _last_response(by_week: Any) -> str:
+    """mRECIST of each virtual follow-up in time order, e.g. "SD → SD → PR"."""
+    if not isinstance(by_week, Mapping):
+        return "n/a"
+    seq = [str(r.get("mrecist") or "n/a") for _w, r in sorted(by_week.items()) if isinstance(r, Mapping)]
+    return " → ".join(seq) if seq else "n/a"
+
+
+def decision_lines(summary: Mapping, info: Mapping) -> list[Block]:
+    """The recommendation (or why it is withheld) with its probability, and the RMST-24 differences of the
+    recommended regimen against each other one: the sentences a board reads first."""
+    surv = survival_part(summary)
+    withheld = surv.get("recommendation_withheld")
+    if withheld:
+        return [Block("warning", text=f"Recommendation withheld: {withheld}")]
+    rec = surv.get("recommendation")
+    if not isinstance(rec, Mapping) or not rec.get("regimen"):
+        return [_na(reason(summary, "recommend", "surviv", default="no recommendation in this result."))]
+    rid = str(rec["regimen"])
+    probs = rec.get("probability_best") if isinstance(rec.get("probability_best"), Mapping) else {}
+    endpoint = ENDPOINT_NAMES.get(str(rec.get("endpoint", "os")), str(rec.get("endpoint"))).lower()
+    tau = fmt(rec.get("tau_months"), 0)
+    blocks = [Block("text", text=(
+        f"Model recommendation: {info.get(rid, {}).get('name', rid)} — probability {fmt_pct(probs.get(rid))} that it "
+        f"gives the longest restricted mean {endpoint} over {tau} months "
+        f"({'eligible regimens only' if rec.get('eligible_only') else 'all regimens'}). A model estimate to inform "
+        f"the discussion, not a treatment decision."))]
+    items = []
+    for d in surv.get("rmst24_differences") or []:
+        if not isinstance(d, Mapping) or rid not in (d.get("regimen_a"), d.get("regimen_b")):
+            continue
+        sign = 1.0 if d.get("regimen_a") == rid else -1.0
+        other = d.get("regimen_b") if sign > 0 else d.get("regimen_a")
+        est, lo, hi = (num(d.get(k)) for k in ("estimate", "lower", "upper"))
+        if est is None:
+            continue
+        bounds = sorted(sign * x for x in (lo, hi) if x is not None)
+        ci = f" (95% CI {bounds[0]:+.1f} to {bounds[1]:+.1f})" if len(bounds) == 2 else ""
+        items.append(f"vs {info.get(other, {}).get('name', other)}: {sign * est:+.1f} months alive within "
+                     f"{fmt(d.get('tau_months'), 0)} months{ci}")
+    if items:
+        blocks.append(Block("text", text=f"RMST-24 difference, {info.get(rid, {}).get('short_name', rid)} minus:"))
+        blocks.append(Block("list", items=items))
+    return blocks
+
+
+def summary_section(summary: Mapping, info: Mapping, plots: Mapping[str, str], key_image: str | None,
+                    date: str | None = None) -> Section:
+    """The first page: what a tumor board reads in one minute. Patient (or study code), the scan check, the
+    recommendation with its probability and RMST-24 differences, one row per regimen (median OS/PFS with CI,
+    1- and 2-year OS, mRECIST of the virtual follow-ups, probability best), the key image and the OS curves."""
+    sec = Section("summary", "Tumor-board summary")
+    weeks = scalar_text(summary.get("weeks") or "n/a")
+    sec.blocks.append(Block("text", text=(
+        f"Patient {patient_label(summary)} · {date or datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} · "
+        f"{summary.get('modality') or 'n/a'} ({scalar_text(summary.get('phases') or 'n/a')}) · virtual follow-ups "
+        f"at weeks {weeks}")))
+    dom = summary.get("domain")
+    if isinstance(dom, Mapping) and dom.get("verdict"):
+        verdict = str(dom["verdict"])
+        line = f"Scan check: {verdict.upper()} — {dom.get('headline') or verdict}"
+        reasons = [str(r) for r in dom.get("reasons") or []]
+        if verdict != "inside" and reasons:
+            line += " (" + "; ".join(reasons[:3]) + (f"; {len(reasons) - 3} more below" if len(reasons) > 3
+                                                      else "") + ")"
+        sec.blocks.append(Block("text" if verdict == "inside" else "warning", text=line))
+    else:
+        sec.blocks.append(_na("scan check: the scan was not checked (result written before the guard existed)."))
+    sec.blocks += decision_lines(summary, info)
+    os_curves, pfs_curves = curves(summary, "os"), curves(summary, "pfs")
+    response = summary.get("response") if isinstance(summary.get("response"), Mapping) else {}
+    rec = survival_part(summary).get("recommendation")
+    probs = rec.get("probability_best") if isinstance(rec, Mapping) and isinstance(rec.get("probability_best"),
+                                                                                   Mapping) else {}
+    rows, keys = [], []
+    for rid in regimen_order(summary):
+        os_c, pfs_c = os_curves.get(rid), pfs_curves.get(rid)
+        if rid == "observed" or not (os_c or pfs_c or rid in response):
+            continue
+        rows.append([info[rid]["name"], fmt_median(os_c) if os_c else "n/a",
+                     fmt_ci(os_c.get("s12"), os_c.get("s12_ci"), "pct") if os_c else "n/a",
+                     fmt_ci(os_c.get("s24"), os_c.get("s24_ci"), "pct") if os_c else "n/a",
+                     fmt_median(pfs_c) if pfs_c else "n/a", _last_response(response.get(rid)),
+                     fmt_pct(probs.get(rid)) if rid in probs else "n/a"])
+        keys.append(rid)
+    if rows:
+        sec.blocks.append(Block("table", header=["Regimen", "Median OS, mo (95% CI)", "1-year OS", "2-year OS",
+                                                 "Median PFS, mo (95% CI)", f"mRECIST, virtual w{weeks}",
+                                                 "P(best)"], rows=rows, row_keys=keys))
+    else:
+        sec.blocks.append(_na(reason(summary, "surviv", default="no survival model ran for this result.")))
+    observed = response.get("observed") if isinstance(response.get("observed"), Mapping) else None
+    if observed:
+        seq = {w: r for w, r in observed.items() if isinstance(r, Mapping)}
+        sec.blocks.append(Block("text", text=f"Real follow-up: mRECIST {_last_response(seq)} "
+                                             f"({info.get(observed.get('regimen'), {}).get('name', 'regimen n/a')})."))
+    if key_image:
+        sec.blocks.append(Block("image", text="Pre-treatment | real | virtual follow-up per regimen at the largest "
+                                              "lesion (yellow: tumour outline)", image=str(key_image)))
+    if plots.get("os"):
+        sec.blocks.append(Block("image", text="Overall survival by regimen (shaded: 95% interval)",
+                                image=str(plots["os"])))
+    sec.blocks.append(Block("text", text=disclaimer_text(summary)))
+    return sec
+
+
 def build_sections(summary: Mapping, *, images: Mapping[str, str] | None = None,
-                   plots: Mapping[str, str] | None = None, date: str | None = None) -> list[Section]:
-    """All sections in report order. ``summary`` should already be de-identified when wanted."""
+                   plots: Mapping[str, str] | None = None, date: str | None = None,
+                   key_image: str | None = None) -> list[Section]:
+    """All sections in report order: the one-page summary, then the details. ``summary`` should already be
+    de-identified when wanted. ``plots``: ``os``, ``pfs``, ``landmark`` PNGs; ``key_image``: the pre | real |
+    virtual picture (:mod:`HCCTwinLib.report.figures`)."""
     info = regimen_info(regimen_order(summary))
-    sections = [header_section(summary, date), domain_section(summary), scores_section(summary),
+    plots = dict(plots or {})
+    details_plots = {k: v for k, v in plots.items() if k in ("os", "pfs")}
+    sections = [summary_section(summary, info, plots, key_image, date),
+                header_section(summary, date), domain_section(summary), scores_section(summary),
                 eligibility_section(summary, info),
                 volumes_section(summary, info), images_section(summary, dict(images or {})),
-                survival_section(summary, info, dict(plots or {})), benefit_section(summary, info),
-                recommendation_section(summary, info), metastasis_section(summary)]
-    landmark = landmark_section(summary)
+                survival_section(summary, info, {k: v for k, v in details_plots.items() if k != "os"}),
+                benefit_section(summary, info), recommendation_section(summary, info), metastasis_section(summary)]
+    landmark = landmark_section(summary, info, plots)
     if landmark is not None:
         sections.append(landmark)
     sections += [provenance_section(summary), notes_section(summary), disclaimer_section(summary)]

@@ -23,7 +23,13 @@ text-align:left;vertical-align:top}th{background:#eef3f8}tr:nth-child(even) td{b
 border-radius:4px}figure{margin:8px 0 14px}figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:12px;color:#555}.banner{background:#fff4e5;border-left:4px solid #e08a00;padding:6px 10px;
 margin:8px 0}footer{margin-top:30px;font-size:11px;color:#666}
-@media print{body{margin:0;max-width:none}h2{page-break-after:avoid}figure,table{page-break-inside:avoid}}
+#summary{border:1px solid #2a5d8f;border-radius:6px;padding:4px 14px 8px;background:#fbfdff}
+#summary h2{margin-top:8px}#summary figure img{max-height:420px}#summary .os img{max-width:70%}
+@media print{body{margin:0;max-width:none;font-size:8.5pt;line-height:1.3}h1{font-size:15pt}
+h2{font-size:11pt;page-break-after:avoid;margin-top:14px}figure,table,tr{page-break-inside:avoid}
+table{font-size:8pt}th,td{padding:2px 4px}#summary{page-break-after:always;border:none;padding:0;background:none}
+#summary figure{margin:4px 0 6px}#summary figure img{max-height:70mm}#summary .os img{max-height:78mm;max-width:none}
+figure img{max-height:150mm}.banner{margin:4px 0}footer{display:none}}
 """
 
 
@@ -48,7 +54,8 @@ def _block(block: Block) -> str:
     if block.kind == "image":
         if not block.image or not Path(block.image).is_file():
             return f'<p class="na">Not available: image {_e(block.text)} was not found.</p>'
-        return (f'<figure><img src="{_data_uri(block.image)}" alt="{_e(block.text)}">'
+        css = ' class="os"' if Path(block.image).name == "survival.png" else ""
+        return (f'<figure{css}><img src="{_data_uri(block.image)}" alt="{_e(block.text)}">'
                 f"<figcaption>{_e(block.text)}</figcaption></figure>")
     if block.kind == "table":
         head = "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in block.header) + "</tr>"
@@ -60,11 +67,23 @@ def _block(block: Block) -> str:
     raise ValueError(f"unknown report block kind {block.kind!r}")
 
 
-def render_html(sections: Sequence[Section], *, title: str, banner: str) -> str:
-    """The whole report as one HTML string."""
+def _css_string(text: str) -> str:
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def render_html(sections: Sequence[Section], *, title: str, banner: str,
+                metadata: dict[str, str] | None = None) -> str:
+    """The whole report as one HTML string (the PDF is this document laid out on A4 pages; ``metadata`` becomes
+    the HTML meta tags, which WeasyPrint writes into the PDF's information dictionary)."""
+    meta = "".join(f'<meta name="{_e(name)}" content="{_e(value)}">' for name, value in
+                   {"author": (metadata or {}).get("Author"), "description": (metadata or {}).get("Subject"),
+                    "keywords": (metadata or {}).get("Keywords"),
+                    "generator": (metadata or {}).get("Creator")}.items() if value)
+    footer = _css_string(f"{banner} · page ") + " counter(page) " + _css_string(" of ") + " counter(pages)"
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+             '<meta name="viewport" content="width=device-width, initial-scale=1">', meta,
+             f"<title>{_e(title)}</title><style>{CSS}\n@page{{size:A4;margin:11mm 11mm 13mm;"
+             f"@bottom-center{{content:{footer};font-size:7pt;color:#666}}}}</style></head><body>",
              f"<h1>{_e(title)}</h1>", f'<div class="banner">{_e(banner)}</div>']
     for sec in sections:
         parts.append(f'<section id="{_e(sec.key)}"><h2>{_e(sec.title)}</h2>')
@@ -74,7 +93,8 @@ def render_html(sections: Sequence[Section], *, title: str, banner: str) -> str:
     return "\n".join(parts)
 
 
-def write_html(sections: Sequence[Section], path: str | Path, *, title: str, banner: str) -> Path:
+def write_html(sections: Sequence[Section], path: str | Path, *, title: str, banner: str,
+               metadata: dict[str, str] | None = None) -> Path:
     path = Path(path)
-    path.write_text(render_html(sections, title=title, banner=banner), encoding="utf-8")
+    path.write_text(render_html(sections, title=title, banner=banner, metadata=metadata), encoding="utf-8")
     return path

@@ -1,8 +1,11 @@
-"""Report sections -> PDF with matplotlib's ``PdfPages`` (no extra dependency).
+"""Report -> PDF: the report's HTML document laid out on A4 pages by WeasyPrint (the same document as
+``report.html``: first page the tumor-board summary, then the details; tables, figures and page footers as in the
+browser's print view). The PDF's metadata (title, author, subject) comes from the document's title and meta tags, so
+a de-identified report carries no patient ID there either.
 
-Text and tables flow over A4 portrait pages in a monospaced font (tables wider than the page print as one record
-per row); every image (rendered layout, survival plots) gets a landscape page of its own. The PDF's metadata (title,
-author, subject) is set here, so a de-identified report carries no patient ID there either.
+Fallback where WeasyPrint cannot be imported (it needs the Pango library; e.g. Slicer's Python on Windows without
+GTK): the sections drawn with matplotlib's ``PdfPages`` — text and tables over A4 portrait pages in a monospaced
+font, every image on a landscape page of its own.
 """
 
 from __future__ import annotations
@@ -112,12 +115,36 @@ class _Writer:
         self.pages += 1
 
 
+def weasyprint_available() -> bool:
+    try:
+        import weasyprint  # noqa: F401
+    except (ImportError, OSError):  # OSError: the Python package is there but the Pango library is not
+        return False
+    return True
+
+
 def write_pdf(sections: Sequence[Section], path: str | Path, *, title: str, banner: str,
-              metadata: Mapping[str, str]) -> tuple[Path, int]:
-    """Write the PDF; returns its path and its number of pages."""
+              metadata: Mapping[str, str], html: str | None = None) -> tuple[Path, int]:
+    """Write the PDF from ``html`` (the report document) with WeasyPrint, or from the sections with matplotlib
+    when WeasyPrint is not available or no document is given; returns its path and its number of pages."""
+    path = Path(path)
+    if html is not None and weasyprint_available():
+        import logging
+
+        import weasyprint
+
+        logging.getLogger("weasyprint").setLevel(logging.ERROR)
+        logging.getLogger("fontTools").setLevel(logging.ERROR)
+        document = weasyprint.HTML(string=html, base_url=str(path.parent)).render()
+        document.write_pdf(path)
+        return path, len(document.pages)
+    return _write_pdf_matplotlib(sections, path, title=title, banner=banner, metadata=metadata)
+
+
+def _write_pdf_matplotlib(sections: Sequence[Section], path: Path, *, title: str, banner: str,
+                          metadata: Mapping[str, str]) -> tuple[Path, int]:
     from matplotlib.backends.backend_pdf import PdfPages
 
-    path = Path(path)
     with PdfPages(path, metadata=dict(metadata)) as pdf:
         w = _Writer(pdf, footer=banner)
         w.line("title", title)

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from xml.sax.saxutils import escape
 
+import numpy as np
+
 HCCTWIN_LAYOUT_ID = 1601
 HCCTWIN_REGIMENS_LAYOUT_ID = 1602
 HCCTWIN_PLOT_LAYOUT_ID = 1603
@@ -182,6 +184,32 @@ def sync_slice_views(scene, view_names: Iterable[str], ras_position: Sequence[fl
         offsets[name] = float(snode.GetSliceOffset())
     crosshair_node(scene).SetCrosshairRAS(r, a, s)
     return offsets
+
+
+def fit_around(scene, view_name: str, volume_node, ras_position: Sequence[float], *, margin: float = 1.04,
+               dimensions: Sequence[int] | None = None) -> tuple[float, float]:
+    """Zoom the view so that, centred on ``ras_position`` (e.g. the largest lesion, after
+    :func:`sync_slice_views`), the whole of ``volume_node`` fits in it: nothing of the body is cut off at the edges
+    (a plain fit centres on the volume; a plain jump by centring pans the volume out of the view). Works for any
+    orientation: the volume's RAS bounding box corners are projected on the view's in-plane axes. Returns the field
+    of view (width, height) in mm that was set."""
+    snode = slice_node(scene, view_name)
+    bounds = [0.0] * 6
+    volume_node.GetRASBounds(bounds)
+    corners = np.array([[x, y, z] for x in bounds[0:2] for y in bounds[2:4] for z in bounds[4:6]], dtype=float)
+    m = snode.GetSliceToRAS()
+    x_axis = np.array([m.GetElement(i, 0) for i in range(3)])
+    y_axis = np.array([m.GetElement(i, 1) for i in range(3)])
+    rel = corners - np.asarray(ras_position, dtype=float)
+    half_x = float(np.abs(rel @ (x_axis / np.linalg.norm(x_axis))).max())
+    half_y = float(np.abs(rel @ (y_axis / np.linalg.norm(y_axis))).max())
+    dims = list(dimensions) if dimensions is not None else list(snode.GetDimensions())[:2]
+    aspect = float(dims[0]) / float(dims[1]) if dims[1] else 1.0
+    width = max(2 * half_x, 2 * half_y * aspect) * margin
+    height = width / aspect
+    fov = snode.GetFieldOfView()
+    snode.SetFieldOfView(width, height, fov[2])
+    return width, height
 
 
 def slice_offsets(scene, view_names: Iterable[str]) -> dict[str, float]:

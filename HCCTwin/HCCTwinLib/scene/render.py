@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .layout import COMPARE_VIEW_GROUP, assign_volumes, link_slice_views, slice_offsets, sync_slice_views
+from .layout import COMPARE_VIEW_GROUP, assign_volumes, fit_around, link_slice_views, slice_offsets, sync_slice_views
 
 
 @dataclass
@@ -86,9 +86,9 @@ def render_views_png(app, view_specs: Sequence[ViewSpec], out: str | Path, size:
     """Render linked offscreen slice views to ``<out>/<view name>.png`` (``out`` is a folder).
 
     Each view shows exactly its spec's background volume and overlays (other segmentations are hidden in it). All
-    views are linked (:func:`~HCCTwinLib.scene.layout.link_slice_views`), fitted to their background, then put
-    through the same ``ras_position`` (default: centre of the first view's background volume), so they show the same
-    slice position.
+    views are linked (:func:`~HCCTwinLib.scene.layout.link_slice_views`), put through the same ``ras_position``
+    (default: centre of the first view's background volume; e.g. the largest lesion) at their centre, and zoomed so
+    that the whole background volume is in view (:func:`~HCCTwinLib.scene.layout.fit_around`: nothing cut off).
     Returns ``{view name: RenderedView}`` with the slice offset each view actually used.
     """
     if not view_specs:
@@ -116,6 +116,10 @@ def render_views_png(app, view_specs: Sequence[ViewSpec], out: str | Path, size:
             raise ValueError(f"no volume node {view_specs[0].background_id!r} in the scene")
         ras_position = volume_center_ras(first)
     sync_slice_views(scene, names, ras_position)
+    for spec in view_specs:  # centred on ras_position and zoomed out just enough to show the whole volume
+        node = scene.GetNodeByID(spec.background_id)
+        if node is not None:
+            fit_around(scene, spec.name, node, ras_position, dimensions=(width, height))
     offsets = slice_offsets(scene, names)
     result = {}
     for spec in view_specs:

@@ -222,8 +222,12 @@ def test_report_first_section_after_the_patient_is_the_guard():
     v = domain.assess(phases, geom, labels, confidence={"mean_entropy": 0.6}, card=CARD)
     summary = {"domain": v.to_dict(), "survival": {"recommendation_withheld": "No recommendation: outside."}}
     sections = build_sections(summary)
-    assert sections[1].key == "domain"
-    assert sections[1].blocks[0].kind == "warning" and "OUTSIDE" in sections[1].blocks[0].text
+    # on the first page (the tumor-board summary), right under the patient line; in the details, after the header
+    assert sections[0].key == "summary"
+    assert sections[0].blocks[1].kind == "warning" and "Scan check: OUTSIDE" in sections[0].blocks[1].text
+    assert sections[0].blocks[2].kind == "warning" and "Recommendation withheld" in sections[0].blocks[2].text
+    assert [s.key for s in sections[1:3]] == ["header", "domain"]
+    assert sections[2].blocks[0].kind == "warning" and "OUTSIDE" in sections[2].blocks[0].text
     rec = recommendation_section(summary, {})
     assert rec.blocks[0].kind == "warning" and "No recommendation" in rec.blocks[0].text
 

@@ -143,3 +143,22 @@ def test_uncertainty_overlay_renders_in_colour_only_where_asked(app, tmp_path):
     assert np.abs(shown[:, SIZE[0] // 2 + 2:] - plain[:, SIZE[0] // 2 + 2:]).mean() < 1
     assert L.slice_composite_node(app.scene, L.PRE_VIEW).GetForegroundVolumeID() is None
 
+
+
+def test_views_centred_on_a_lesion_show_the_whole_volume(app, tmp_path):
+    """Issue 25: centred on an off-centre lesion, the view is zoomed out just enough that nothing of the volume is
+    cut off (a plain jump by centring panned part of the body out of the view)."""
+    body = np.full(GEOMETRY.shape, 200.0, np.float32)  # the whole volume is bright: its edges must all be in view
+    node = N.add_volume(app.scene, body, GEOMETRY, "body")
+    lesion_ijk = (11.5, 10.0, 40.0)  # near a corner in-plane
+    lesion_ras = GEOMETRY.ijk_to_ras() @ np.array([lesion_ijk[2], lesion_ijk[1], lesion_ijk[0], 1.0])
+    out = R.render_views_png(app, [R.ViewSpec(L.PRE_VIEW, node.GetID())], tmp_path, size=SIZE,
+                             ras_position=tuple(lesion_ras[:3]))
+    bright = _bright(out[L.PRE_VIEW].image)
+    rows, cols = np.nonzero(bright)
+    # all four edges of the volume are inside the picture (a dark border on every side) ...
+    assert rows.min() > 0 and cols.min() > 0 and rows.max() < SIZE[1] - 1 and cols.max() < SIZE[0] - 1
+    # ... and the view's centre is the lesion, not the volume's centre
+    snode = L.slice_node(app.scene, L.PRE_VIEW)
+    m = snode.GetSliceToRAS()
+    assert [m.GetElement(i, 3) for i in range(2)] == pytest.approx(list(lesion_ras[:2]), abs=0.5)

@@ -6,7 +6,6 @@ import base64
 import copy
 import json
 import re
-import zlib
 
 import numpy as np
 import pytest
@@ -126,25 +125,30 @@ def reports(tmp_path_factory):
 
 
 def _pdf_text(path) -> bytes:
-    """All PDF bytes plus the text of every content stream (matplotlib compresses the streams and writes text as
-    TJ arrays with one glyph per string, so the raw bytes alone would never show a drawn word)."""
-    raw = path.read_bytes()
-    out = [raw]
-    for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", raw, re.S):
-        try:
-            stream = zlib.decompress(m.group(1))
-        except zlib.error:
-            continue
-        if b"/Image" in raw[raw.rfind(b" obj", 0, m.start()):m.start()]:  # pixels, not text
-            continue
-        for arr in re.findall(rb"\[(.*?)\]\s*TJ", stream, re.S):
-            out.append(b"".join(re.findall(rb"\(((?:\\.|[^\\)])*)\)", arr)))
-        out += re.findall(rb"\(((?:\\.|[^\\)])*)\)\s*Tj", stream)
-    return b"\n".join(out)
+    """The text drawn on every page of the PDF plus its metadata (pypdfium2), as UTF-8 bytes."""
+    import pypdfium2
+
+    pdf = pypdfium2.PdfDocument(str(path))
+    try:
+        text = [pdf[i].get_textpage().get_text_range() for i in range(len(pdf))]
+        text += [str(v) for v in pdf.get_metadata_dict().values()]
+    finally:
+        pdf.close()
+    return "\n".join(text).encode("utf-8")
+
+
+def _page_texts(path) -> list[str]:
+    import pypdfium2
+
+    pdf = pypdfium2.PdfDocument(str(path))
+    try:
+        return [pdf[i].get_textpage().get_text_range() for i in range(len(pdf))]
+    finally:
+        pdf.close()
 
 
 def _pages(path) -> int:
-    return len(re.findall(rb"/Type\s*/Page\b(?!s)", path.read_bytes()))
+    return len(_page_texts(path))
 
 
 def test_files_written_and_html_self_contained(reports):
@@ -179,7 +183,8 @@ def test_html_contents(reports):
     met = re.findall(r'<section id="metastasis">.*?</section>', html, re.S)[0]
     assert re.search(r"w08</td>\s*<td>virtual</td>\s*<td>18% \(11–27%\)", met)  # risk updated at the landmarks
     assert re.search(r"w16</td>\s*<td>observed</td>\s*<td>12% \(7–20%\)", met)
-    assert "+1.9" not in html and "1.9 (-0.4–4.1) mo" in html and "94%" in html  # RMST difference + P(A better)
+    benefit = re.findall(r'<section id="benefit">.*?</section>', html, re.S)[0]
+    assert "+1.9" not in benefit and "1.9 (-0.4–4.1) mo" in benefit and "94%" in benefit  # RMST diff + P(A better)
     assert "probability 71%" in html and "eligible regimens only" in html
     scores = summary["scores"]
     assert f"<td>BCLC stage</td><td>{scores['bclc']}</td>" in html
@@ -195,8 +200,7 @@ def test_deidentified_report_leaks_no_identifier(reports):
     deid_html = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", deid["html"].read_text(encoding="utf-8"))
     full_pdf, deid_pdf = _pdf_text(full["pdf"]), _pdf_text(deid["pdf"])
     assert PATIENT_ID in full_html and PATIENT_ID.encode() in full_pdf  # the check can fail
-    assert PATIENT_ID.encode() in full["pdf"].read_bytes()  # (in the metadata)
-    assert full_pdf.count(PATIENT_ID.encode()) >= 3  # and drawn on the pages (title, header table, provenance)
+    assert full_pdf.count(PATIENT_ID.encode()) >= 4  # drawn on the pages (title, summary, header table) + metadata
     for ident in (PATIENT_ID, PATIENT_NAME):
         assert ident not in deid_html
         assert ident.encode() not in deid_pdf
@@ -209,10 +213,14 @@ def test_pdf_pages_and_metadata(reports):
     _, full, deid = reports
     raw = full["pdf"].read_bytes()
     assert raw.startswith(b"%PDF")
-    # 2 text pages (header .. volumes) + layout, OS and PFS image pages + 3 text pages (tables, cards, notes)
-    assert _pages(full["pdf"]) == 8
+    # the one-page summary, then the details on a few pages (not 12 pages of text tables)
+    assert 3 <= _pages(full["pdf"]) <= 8
     assert _pages(deid["pdf"]) == _pages(full["pdf"])
-    assert b"HCCTwin tumor-board report" in raw and b"/Creator (HCCTwin" in raw
+    import pypdfium2
+
+    meta = pypdfium2.PdfDocument(str(full["pdf"])).get_metadata_dict()
+    assert meta["Title"].startswith("HCCTwin tumor-board report") and meta["Author"] == "HCCTwin"
+    assert "research use only" in meta["Keywords"]
 
 
 def test_survival_png_has_one_coloured_curve_per_regimen(reports, tmp_path):
@@ -280,3 +288,105 @@ def test_deidentify_keeps_only_known_clinical_values():
     for ident in ("Jane Doe", "Doe^Jane", "1950-01-01", "Doeson", "PAT-77"):
         assert ident not in text, ident
     assert out["patient_id"] == "de-identified"
+
+
+def _with_landmark(summary):
+    """The summary with landmark curves as the engine writes them (145-point arrays per regimen and time point)."""
+    out = copy.deepcopy(summary)
+    t = [0.25 * i for i in range(145)]
+    out["survival"]["landmark"] = {
+        r: {"timepoints": {f"w{w:02d}": {"landmark_week": w, "landmark_months": w / 4.35, "source": "virtual",
+                                         "times_after_landmark": t,
+                                         "survival": [float(np.exp(-x / (10 + 5 * k))) for x in t],
+                                         "lower": [float(np.exp(-x / (8 + 5 * k))) for x in t],
+                                         "upper": [float(np.exp(-x / (12 + 5 * k))) for x in t],
+                                         "median": round((10 + 5 * k) * np.log(2), 1), "mrecist": "SD"}
+                            for w in (8, 16)},
+            "response_features": {"viable_change": [0.1, -0.2]}}
+        for k, r in enumerate(REGIMENS)}
+    return out
+
+
+def test_first_page_alone_carries_the_decision(tmp_path):
+    """Issue 25: page 1 is the tumor-board summary: patient, scan check, recommendation with its probability and
+    the RMST-24 differences, median OS/PFS with CI, 1/2-year OS and the mRECIST of the virtual follow-ups per
+    regimen, the key image and the OS curves; the details start on page 2."""
+    from matplotlib.figure import Figure
+
+    key = tmp_path / "key_image.png"
+    fig = Figure(figsize=(8, 2.4))
+    fig.add_subplot().imshow(np.random.default_rng(0).normal(size=(60, 200)), cmap="gray")
+    fig.savefig(key)
+    summary = _with_landmark(make_summary())
+    summary["domain"] = {"verdict": "caution", "headline": "Some measures lie outside the training domain.",
+                         "reasons": ["liver hu iqr 47.0 outside the training-domain range 14.4..33.6."]}
+    paths = write_report(summary, tmp_path / "r", key_image=key)
+    pages = _page_texts(paths["pdf"])
+    first = " ".join(pages[0].split())
+    catalogue = load_catalogue()
+    for needle in (PATIENT_ID, "Tumor-board summary", "Scan check: CAUTION", "liver hu iqr",
+                   f"Model recommendation: {catalogue['haic_pd1_len'].name}", "probability 71%",
+                   "RMST-24 difference", "+1.9 months alive within 24 months (95% CI -0.4 to +4.1)",
+                   "22.0 (18.0–28.0)", "NR (30.1–NR)", "SD → PR → PR", "P(best)", "71%",
+                   "Overall survival by regimen", "Pre-treatment | real | virtual"):
+        assert needle in first, f"{needle!r} not on the first page"
+    assert "1-year OS" in first and "2-year OS" in first and "Median PFS" in first
+    assert "Patient and run" not in first and "Patient and run" in pages[1]  # details from page 2
+    html = paths["html"].read_text(encoding="utf-8")
+    assert html.index('id="summary"') < html.index('id="header"')
+    # the first page carries the key image and the OS plot as pictures
+    import pypdfium2
+    import pypdfium2.raw as pdfium_c
+
+    page = pypdfium2.PdfDocument(str(paths["pdf"]))[0]
+    assert len(list(page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE]))) >= 2
+
+
+_RAW_ARRAY = re.compile(r"(?:-?\d+(?:\.\d+)?(?:e-?\d+)?\s*[,;]\s*){12,}")
+
+
+def test_no_section_prints_raw_arrays_and_every_page_renders(tmp_path):
+    """The landmark curves (arrays of 145 values) and every other curve are plots, never numbers in text; every
+    page renders to a non-blank PNG."""
+    import pypdfium2
+
+    summary = _with_landmark(make_summary())
+    paths = write_report(summary, tmp_path)
+    assert "landmark_png" in paths
+    html = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", paths["html"].read_text(encoding="utf-8"))
+    text = re.sub(r"<[^>]+>", " ", html)
+    assert not _RAW_ARRAY.search(text), _RAW_ARRAY.search(text).group(0)[:200]
+    pdf_text = _pdf_text(paths["pdf"]).decode()
+    assert not _RAW_ARRAY.search(pdf_text)
+    assert "Dynamic (landmark) risk" in pdf_text and "from w08" in pdf_text
+    pdf = pypdfium2.PdfDocument(str(paths["pdf"]))
+    for i in range(len(pdf)):
+        png = tmp_path / f"page{i + 1}.png"
+        pdf[i].render(scale=1.0).to_pil().save(png)
+        pixels = imread(png)[..., :3]
+        assert pixels.shape[0] > pixels.shape[1] > 500 and pixels.std() > 0.02, f"page {i + 1} is blank"
+
+
+def test_predict_draws_the_key_image_and_the_report_shows_it(tmp_path):
+    """`hcctwin predict --report` draws key_image.png (pre | virtual per regimen at the largest lesion) and the
+    report's first page shows it; `hcctwin report` on that folder finds it again."""
+    from HCCTwinLib.cases import Geometry
+    from HCCTwinLib.cli import main
+    from HCCTwinLib.io import write_image
+
+    from conftest import make_phantom
+
+    hu, labels = make_phantom((16, 32, 32))
+    g = Geometry(hu.shape, (1.0, 1.0, 2.5), (0, 0, 0))
+    pre = tmp_path / "cases" / "P7" / "pre"
+    write_image(hu + 30, g, pre / "arterial.nii.gz")
+    write_image(hu, g, pre / "portal.nii.gz")
+    write_image(labels, g, pre / "labels.nii.gz", labels=True)
+    out = tmp_path / "out"
+    assert main(["predict", "--pre", str(pre), "--regimens", "tace_pd1_len,haic_pd1_len", "--weeks", "8",
+                 "--samples", "1", "--report", "--out", str(out)]) == 0
+    key = imread(out / "key_image.png")[..., :3]
+    assert key.shape[1] > 2 * key.shape[0] and key.std() > 0.05  # three panels side by side, not blank
+    assert "Pre-treatment | real | virtual" in _page_texts(out / "report.pdf")[0]
+    assert main(["report", "--result", str(out), "--out", str(tmp_path / "again")]) == 0
+    assert "Pre-treatment | real | virtual" in _page_texts(tmp_path / "again" / "report.pdf")[0]

@@ -578,8 +578,10 @@ def cmd_tune(args) -> int:
 def cmd_survival(args) -> int:
     from .survival import run_cv_command
 
-    metrics = run_cv_command(args.clinical, args.endpoint, args.folds, args.seed, args.out)
-    print(json.dumps(metrics, indent=2, default=str)[:4000])
+    metrics = run_cv_command(args.clinical, args.endpoint, args.folds, args.seed, args.out,
+                             extra_scores=args.score_columns or (), select_engine=not args.no_engine)
+    keys = ("n", "n_events", "best_baseline", "selected_minus_best_baseline_harrell_c")
+    print(json.dumps({k: metrics.get(k) for k in keys}, indent=2, default=str))
     return 0
 
 
@@ -804,8 +806,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = ssub.add_parser("cv", help="cross-validated C-index of the models and the established scores")
     q.add_argument("--clinical", required=True, help="clinical.csv (cohort layout columns)")
     q.add_argument("--endpoint", choices=["os", "pfs"], default="os")
-    q.add_argument("--folds", type=int, default=5)
+    q.add_argument("--folds", type=lambda t: _bounded_int(t, 2, 20, "--folds"), default=5)
     q.add_argument("--seed", type=_seed, default=0)
+    q.add_argument("--score-columns", type=_csv_list,
+                   help="the table's own established scores as numbers, higher = worse (e.g. clip_score,okuda); "
+                        "compared and used as anchors like the computed HAP, mHAP-II, ...")
+    q.add_argument("--no-engine", action="store_true",
+                   help="leave the per-regimen Cox engine out of the model selection (faster)")
     q.add_argument("--out", required=True, help="output folder for metrics.json")
     q.set_defaults(func=cmd_survival)
 

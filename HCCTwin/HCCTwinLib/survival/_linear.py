@@ -93,3 +93,52 @@ class LogisticRegression:
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Probability of the positive class (1-D)."""
         return expit(self.decision_function(x))
+
+
+def ridge_cox(x: np.ndarray, time: np.ndarray, event: np.ndarray, penalty: np.ndarray | float,
+              max_iter: int = 50, tol: float = 1e-8) -> np.ndarray:
+    """Cox proportional-hazards coefficients (Breslow ties) maximising the partial log-likelihood minus
+    ``sum(penalty_j * beta_j^2) / 2``; Newton-Raphson with step halving. ``penalty`` per column (a large value pins
+    that coefficient at 0, a tiny one leaves it free). Small and dense: n in the thousands, a dozen columns; a few
+    milliseconds, deterministic (no optimiser state)."""
+    x = np.asarray(x, float)
+    n, p = x.shape
+    pen = np.broadcast_to(np.asarray(penalty, float), (p,))
+    order = np.argsort(-np.asarray(time, float), kind="stable")
+    xs, ts, es = x[order], np.asarray(time, float)[order], np.asarray(event, float)[order] > 0
+    # index of the last row of each row's tie group (risk set = every row up to it, times >= t)
+    last = np.searchsorted(-ts, -ts, side="right") - 1
+    ev = np.flatnonzero(es)
+    beta = np.zeros(p)
+
+    def objective(b):
+        eta = xs @ b
+        m = eta.max()
+        w = np.exp(eta - m)
+        s0 = np.cumsum(w)[last[ev]]
+        return float(np.sum(eta[ev] - m - np.log(s0)) - 0.5 * np.sum(pen * b * b))
+
+    value = objective(beta)
+    for _ in range(max_iter):
+        eta = xs @ beta
+        w = np.exp(eta - eta.max())
+        s0 = np.cumsum(w)
+        s1 = np.cumsum(w[:, None] * xs, axis=0)
+        s2 = np.cumsum(w[:, None, None] * xs[:, :, None] * xs[:, None, :], axis=0)
+        k = last[ev]
+        mean = s1[k] / s0[k][:, None]
+        grad = np.sum(xs[ev] - mean, axis=0) - pen * beta
+        hess = -(np.sum(s2[k] / s0[k][:, None, None], axis=0) - mean.T @ mean) - np.diag(pen)
+        step = np.linalg.solve(hess - 1e-9 * np.eye(p), -grad)
+        t = 1.0
+        while t > 1e-6:
+            candidate = beta + t * step
+            new = objective(candidate)
+            if new >= value - 1e-12:
+                break
+            t /= 2
+        beta, improvement = candidate, new - value
+        value = new
+        if abs(improvement) < tol:
+            break
+    return beta

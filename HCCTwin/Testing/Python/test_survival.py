@@ -399,16 +399,20 @@ def test_cross_validate_returns_every_baseline(cohort, tmp_path):
     path = tmp_path / "clinical.csv"
     df.to_csv(path, index=False)
     before = path.read_bytes()
-    out = run_cv_command(path, "os", folds=3, seed=0, out_dir=tmp_path / "out", echo=None)
+    out = run_cv_command(path, "os", folds=3, seed=0, out_dir=tmp_path / "out", echo=None, select_engine=False)
     assert path.read_bytes() == before
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"cox_per_regimen", "HAP", "mHAP-II", "six-and-twelve", "ALBI grade", "BCLC"}
+    assert set(metrics["models"]) == {"cox_per_regimen", "HAP", "mHAP-II", "six-and-twelve", "ALBI grade", "BCLC",
+                                      "anchored", "selected"}
     for m in metrics["models"].values():
         assert len(m["harrell_c_per_fold"]) == 3 and 0 <= m["harrell_c"] <= 1
+        lo, hi = m["harrell_c_pooled_oof_ci95"]
+        assert lo <= m["harrell_c_pooled_oof"] <= hi
+    assert len(metrics["models"]["selected"]["chosen_per_fold"]) == 3
     assert metrics["imputed"]["inr"] == 4 and metrics["ignored_columns"] == ["site_comment"]
     assert metrics["models"]["cox_per_regimen"]["harrell_c"] > metrics["models"]["ALBI grade"]["harrell_c"]
     assert out["best_baseline"] in SCORE_BASELINES
-    res = cross_validate(df, endpoint="pfs", folds=2, seed=1, penalizers=(0.1,))
+    res = cross_validate(df, endpoint="pfs", folds=2, seed=1, penalizers=(0.1,), select_engine=False, n_bootstrap=0)
     assert res["endpoint"] == "pfs" and res["n"] == 240
     with pytest.raises(ValueError):
         cross_validate(df, endpoint="dfs")

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import DISCLAIMER, __version__
+from ..formatting import fmt, fmt_ci, fmt_median, fmt_pct, num  # noqa: F401 - one formatting for report and scene
 
 DEMO_SENTENCE = ("The shipped demo weights are trained on synthetic (simulated) data only. This report is for "
                  "research use only and must not be used for clinical or treatment decisions.")
@@ -66,59 +67,6 @@ class Section:
 # ----------------------------------------------------------------------------------------------------------------
 # Formatting
 # ----------------------------------------------------------------------------------------------------------------
-
-def num(value: Any) -> float | None:
-    """A finite float, or None for None / NaN / inf / anything not a number."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def fmt(value: Any, digits: int = 1, unit: str = "") -> str:
-    x = num(value)
-    if x is None:
-        return "n/a"
-    return f"{x:.{digits}f}{unit}"
-
-
-def fmt_pct(value: Any) -> str:
-    x = num(value)
-    return "n/a" if x is None else f"{100 * x:.0f}%"
-
-
-def _pair(ci: Any) -> tuple[Any, Any]:
-    if isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2:
-        return ci[0], ci[1]
-    return None, None
-
-
-def fmt_ci(estimate: Any, ci: Any, kind: str = "months") -> str:
-    """``"18.2 (14.0–23.5)"`` for months, ``"72% (64–80%)"`` for probabilities; missing bounds print as n/a."""
-    lo, hi = _pair(ci)
-    if kind == "pct":
-        est = fmt_pct(estimate)
-        if num(lo) is None and num(hi) is None:
-            return est
-        return f"{est} ({fmt_pct(lo)[:-1] if num(lo) is not None else 'n/a'}–{fmt_pct(hi)})"
-    est = fmt(estimate)
-    if num(lo) is None and num(hi) is None:
-        return est
-    return f"{est} ({fmt(lo)}–{fmt(hi)})"
-
-
-def fmt_median(curve: Mapping) -> str:
-    """Median with its interval; a curve that never reaches 0.5 has median "not reached" (NR)."""
-    lo, hi = _pair(curve.get("median_ci"))
-    med = num(curve.get("median"))
-    est = f"{med:.1f}" if med is not None else "NR"
-    if num(lo) is None and num(hi) is None:
-        return est if med is not None else "not reached"
-    return f"{est} ({fmt(lo) if num(lo) is not None else 'n/a'}–{fmt(hi) if num(hi) is not None else 'NR'})"
-
 
 def scalar_text(value: Any) -> str:
     if isinstance(value, bool):

@@ -26,12 +26,12 @@ scene holds one int16 volume per shown time point and nothing else at full size.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..formatting import fmt_ci, fmt_median, num
 from . import layout as L
 from .nodes import (
     NODE_ATTRIBUTE,
@@ -115,43 +115,6 @@ def node_names(result, display_phase: str = "portal") -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ formatting
-def _num(value) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _pair(ci) -> tuple[float | None, float | None]:
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        return _num(ci[0]), _num(ci[1])
-    return None, None
-
-
-def fmt_months(value, ci=None, *, missing: str = "n/a") -> str:
-    """``14.3 (10.2-19.6)``; a median that is not reached (None with a curve) reads "not reached"."""
-    v = _num(value)
-    lo, hi = _pair(ci)
-    text = f"{v:.1f}" if v is not None else missing
-    if ci is not None and (lo is not None or hi is not None):
-        text += f" ({lo:.1f}" if lo is not None else " (NR"
-        text += f"-{hi:.1f})" if hi is not None else "-NR)"
-    return text
-
-
-def fmt_percent(value, ci=None) -> str:
-    """``62% (51-72%)``."""
-    v = _num(value)
-    if v is None:
-        return "n/a"
-    lo, hi = _pair(ci)
-    text = f"{100 * v:.0f}%"
-    if lo is not None and hi is not None:
-        text += f" ({100 * lo:.0f}-{100 * hi:.0f}%)"
-    return text
-
-
 def _catalogue() -> Mapping:
     from ..regimens import load_catalogue
 
@@ -251,8 +214,8 @@ def survival_table_columns(result, regimens: Sequence[str] | None = None) -> dic
     for w in weeks:
         cols[f"mRECIST w{w:02d}"] = []
     metastasis_col = COL_METASTASIS
-    if meta is not None and _num(meta.get("horizon_months")) is not None:
-        metastasis_col = f"Metastasis risk {_num(meta['horizon_months']):g} mo (95% CI)"
+    if meta is not None and num(meta.get("horizon_months")) is not None:
+        metastasis_col = f"Metastasis risk {num(meta['horizon_months']):g} mo (95% CI)"
     cols[metastasis_col] = []
     cols[COL_P_BEST] = []
     cols[COL_RECOMMENDATION] = []
@@ -260,20 +223,17 @@ def survival_table_columns(result, regimens: Sequence[str] | None = None) -> dic
         cols[COL_REGIMEN].append(regimen_label(r, catalogue))
         cols[COL_REGIMEN_ID].append(r)
         o, p = os_curves.get(r) or {}, pfs_curves.get(r) or {}
-        missing_median = "not reached" if o.get("survival") else "n/a"
-        cols[COL_MEDIAN_OS].append(fmt_months(o.get("median"), o.get("median_ci"), missing=missing_median)
-                                   if o else "n/a")
-        cols[COL_MEDIAN_PFS].append(fmt_months(p.get("median"), p.get("median_ci"),
-                                               missing="not reached" if p.get("survival") else "n/a") if p else "n/a")
-        cols[COL_OS12].append(fmt_percent(o.get("s12"), o.get("s12_ci")))
-        cols[COL_OS24].append(fmt_percent(o.get("s24"), o.get("s24_ci")))
-        cols[COL_RMST24].append(fmt_months(o.get("rmst24"), o.get("rmst24_ci")) if o else "n/a")
+        cols[COL_MEDIAN_OS].append(fmt_median(o) if o.get("survival") else "n/a")
+        cols[COL_MEDIAN_PFS].append(fmt_median(p) if p.get("survival") else "n/a")
+        cols[COL_OS12].append(fmt_ci(o.get("s12"), o.get("s12_ci"), "pct"))
+        cols[COL_OS24].append(fmt_ci(o.get("s24"), o.get("s24_ci"), "pct"))
+        cols[COL_RMST24].append(fmt_ci(o.get("rmst24"), o.get("rmst24_ci")) if o else "n/a")
         by_week = result.response.get(r) or {}
         for w in weeks:
             reading = by_week.get(f"w{w:02d}")
             cols[f"mRECIST w{w:02d}"].append((reading or {}).get("mrecist") or "n/a")
         cols[metastasis_col].append(_metastasis_text(meta, r, catalogue))
-        cols[COL_P_BEST].append(float(p_best[r]) if _num(p_best.get(r)) is not None else float("nan"))
+        cols[COL_P_BEST].append(float(p_best[r]) if num(p_best.get(r)) is not None else float("nan"))
         if rec.get("regimen") == r:
             cols[COL_RECOMMENDATION].append("recommended")
         elif chosen is not None and r not in chosen and r in os_curves:
@@ -289,16 +249,16 @@ def _metastasis_text(meta: Mapping | None, regimen: str, catalogue: Mapping) -> 
     by_regimen = meta.get("by_regimen")
     if isinstance(by_regimen, Mapping) and isinstance(by_regimen.get(regimen), Mapping):
         m = by_regimen[regimen]
-        return fmt_percent(m.get("risk"), [m.get("lower"), m.get("upper")])
+        return fmt_ci(m.get("risk"), [m.get("lower"), m.get("upper")], "pct")
     applies = meta.get("applies_to") or METASTASIS_DEFAULT_REGIMEN
     if regimen == applies:
-        text = fmt_percent(meta.get("risk"), [meta.get("lower"), meta.get("upper")])
+        text = fmt_ci(meta.get("risk"), [meta.get("lower"), meta.get("upper")], "pct")
         landmark = meta.get("landmark")
         if isinstance(landmark, Mapping) and landmark:  # the latest update from the (virtual or real) follow-up
             key = max(landmark)
             m = landmark[key]
             text += (f"; {key} ({m.get('source', 'virtual')}): "
-                     f"{fmt_percent(m.get('risk'), [m.get('lower'), m.get('upper')])}")
+                     f"{fmt_ci(m.get('risk'), [m.get('lower'), m.get('upper')], 'pct')}")
         return text
     return f"n/a ({regimen_label(applies, catalogue)} model only)"
 

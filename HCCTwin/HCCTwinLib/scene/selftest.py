@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..cases import Case
+from ..formatting import fmt_ci, fmt_median
 from ..labels import LABEL_BY_VALUE
 from . import build as B
 from . import layout as L
@@ -204,11 +205,10 @@ def check_survival_table(scene, result, ids: SceneNodes) -> None:
     for n, r in enumerate(ids.regimens_shown):
         curve = os_curves.get(r)
         if curve:
-            assert table[B.COL_MEDIAN_OS][n] == B.fmt_months(curve.get("median"), curve.get("median_ci"),
-                                                             missing="not reached"), f"{r}: median OS"
-            assert table[B.COL_OS12][n] == B.fmt_percent(curve.get("s12"), curve.get("s12_ci")), f"{r}: 1-year OS"
-            assert table[B.COL_OS24][n] == B.fmt_percent(curve.get("s24"), curve.get("s24_ci")), f"{r}: 2-year OS"
-            assert table[B.COL_RMST24][n] == B.fmt_months(curve.get("rmst24"), curve.get("rmst24_ci")), f"{r}: RMST"
+            assert table[B.COL_MEDIAN_OS][n] == fmt_median(curve), f"{r}: median OS"
+            assert table[B.COL_OS12][n] == fmt_ci(curve.get("s12"), curve.get("s12_ci"), "pct"), f"{r}: 1-year OS"
+            assert table[B.COL_OS24][n] == fmt_ci(curve.get("s24"), curve.get("s24_ci"), "pct"), f"{r}: 2-year OS"
+            assert table[B.COL_RMST24][n] == fmt_ci(curve.get("rmst24"), curve.get("rmst24_ci")), f"{r}: RMST"
         p = (rec.get("probability_best") or {}).get(r)
         got = table[B.COL_P_BEST][n]
         assert (p is None and np.isnan(got)) or abs(got - float(p)) < 1e-12, f"{r}: probability best {got} vs {p}"

@@ -390,3 +390,24 @@ def test_predict_draws_the_key_image_and_the_report_shows_it(tmp_path):
     assert "Pre-treatment | real | virtual" in _page_texts(out / "report.pdf")[0]
     assert main(["report", "--result", str(out), "--out", str(tmp_path / "again")]) == 0
     assert "Pre-treatment | real | virtual" in _page_texts(tmp_path / "again" / "report.pdf")[0]
+
+
+def test_scene_table_and_report_write_the_same_numbers():
+    """One formatting (HCCTwinLib.formatting) for the Slicer results table, the viewer and the report: the same
+    curve gives the same median, 1/2-year OS and RMST text in both (they used to disagree: "10.2-19.6" vs
+    "10.2–19.6", "not reached (...)" vs "NR (...)")."""
+    from types import SimpleNamespace
+
+    from HCCTwinLib.report.content import build_sections
+    from HCCTwinLib.scene.build import COL_MEDIAN_OS, COL_OS12, COL_OS24, COL_RMST24, survival_table_columns
+
+    summary = make_summary()
+    table = survival_table_columns(SimpleNamespace(regimens=list(REGIMENS), weeks=[8, 16, 24],
+                                                   survival=summary["survival"], response=summary["response"]))
+    report_rows = {k: row for sec in build_sections(summary) if sec.key == "survival" for b in sec.blocks
+                   if b.kind == "table" for k, row in zip(b.row_keys, b.rows)}
+    for n, rid in enumerate(REGIMENS):
+        median, s12, s24, rmst = report_rows[rid][1:5]
+        assert (table[COL_MEDIAN_OS][n], table[COL_OS12][n], table[COL_OS24][n], table[COL_RMST24][n]) == (
+            median, s12, s24, rmst)
+    assert "NR (30.1–NR)" in table[COL_MEDIAN_OS]

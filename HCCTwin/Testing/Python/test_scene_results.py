@@ -124,15 +124,16 @@ def test_results_table_rows_equal_survival_numbers(app):
     for n, r in enumerate(THREE):
         o, p = os_c[r], pfs_c[r]
         if o["median"] is None:
-            assert table[B.COL_MEDIAN_OS][n] == "not reached (30.5-NR)"
+            assert table[B.COL_MEDIAN_OS][n] == "NR (30.5–NR)"
         else:
-            assert table[B.COL_MEDIAN_OS][n] == f"{o['median']:.1f} ({o['median_ci'][0]:.1f}-{o['median_ci'][1]:.1f})"
-        assert table[B.COL_MEDIAN_PFS][n] == f"{p['median']:.1f} ({p['median_ci'][0]:.1f}-{p['median_ci'][1]:.1f})"
-        assert table[B.COL_OS12][n] == (f"{100 * o['s12']:.0f}% ({100 * o['s12_ci'][0]:.0f}-"
+            assert table[B.COL_MEDIAN_OS][n] == (f"{o['median']:.1f} ({o['median_ci'][0]:.1f}–"
+                                                 f"{o['median_ci'][1]:.1f})")
+        assert table[B.COL_MEDIAN_PFS][n] == f"{p['median']:.1f} ({p['median_ci'][0]:.1f}–{p['median_ci'][1]:.1f})"
+        assert table[B.COL_OS12][n] == (f"{100 * o['s12']:.0f}% ({100 * o['s12_ci'][0]:.0f}–"
                                         f"{100 * o['s12_ci'][1]:.0f}%)")
-        assert table[B.COL_OS24][n] == (f"{100 * o['s24']:.0f}% ({100 * o['s24_ci'][0]:.0f}-"
+        assert table[B.COL_OS24][n] == (f"{100 * o['s24']:.0f}% ({100 * o['s24_ci'][0]:.0f}–"
                                         f"{100 * o['s24_ci'][1]:.0f}%)")
-        assert table[B.COL_RMST24][n] == (f"{o['rmst24']:.1f} ({o['rmst24_ci'][0]:.1f}-"
+        assert table[B.COL_RMST24][n] == (f"{o['rmst24']:.1f} ({o['rmst24_ci'][0]:.1f}–"
                                           f"{o['rmst24_ci'][1]:.1f})")
         assert table[B.COL_P_BEST][n] == rec["probability_best"][r]
         for w in WEEKS:
@@ -141,13 +142,13 @@ def test_results_table_rows_equal_survival_numbers(app):
     assert rec["regimen"] == "pd1_tki"  # the synthetic curves make the last regimen best
     # metastasis: the model is for TACE + PD-1 + lenvatinib only, and the table says so for the others
     column = "Metastasis risk 24 mo (95% CI)"
-    assert table[column] == ["23% (14-34%)", "n/a (TACE+PD-1+LEN model only)", "n/a (TACE+PD-1+LEN model only)"]
+    assert table[column] == ["23% (14–34%)", "n/a (TACE+PD-1+LEN model only)", "n/a (TACE+PD-1+LEN model only)"]
     # with the risk updated from the TACE follow-up, the row adds the latest landmark and where its response came from
     result.survival["metastasis"]["landmark"] = {
         "w08": {"risk": 0.3, "lower": 0.2, "upper": 0.4, "source": "virtual"},
         "w16": {"risk": 0.11, "lower": 0.05, "upper": 0.19, "source": "virtual"}}
     cols = B.survival_table_columns(result)
-    assert cols[column][0] == "23% (14-34%); w16 (virtual): 11% (5-19%)"
+    assert cols[column][0] == "23% (14–34%); w16 (virtual): 11% (5–19%)"
     # the table view of the layout shows it; the case table is still there
     assert L.table_view_node(app.scene, create=False).GetTableNodeID() == ids.survival_table
     assert "bclc" in table_to_dict(app.scene.GetNodeByID(ids.table))["item"]

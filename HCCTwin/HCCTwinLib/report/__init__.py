@@ -53,11 +53,20 @@ def check_report_image(path: str | Path) -> Path:
     if kind not in ("PNG", "JPEG"):
         raise InputError(f"{path}: a {kind} image; give a PNG or JPEG picture.")
     _check_pixels(path, width, height)
-    try:  # decode it now (its size is bounded): a damaged picture is named as such, not as a damaged result
+    from PIL import ImageFile
+
+    # decode it now (its size is bounded): a damaged picture is named as such, not as a damaged result. WeasyPrint
+    # sets PIL's process-wide LOAD_TRUNCATED_IMAGES when it is imported (after a first report in a long-lived
+    # process, e.g. Slicer): the check asks for a complete image whatever that flag says
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
         with Image.open(path) as img:
             img.load()
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{path}: the picture is damaged or truncated ({exc}); save the screenshot again.") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     return path
 
 

@@ -33,13 +33,11 @@ from ..labels import MAX_LABEL, PVTT
 from ..pipeline import FollowUp, store_rounded
 from ..progress import ProgressCallback, report
 from .crop import _LazyVolumes
+from .generator import check_request
 from .kinetic import PHASES, KineticModel, find_lesions
 from .render import choose_new_site, make_context, render
 
 ARCHITECTURE = "anchored-kinetic"
-#: the most samples per virtual follow-up (renderings of the latent response)
-MAX_SAMPLES = 64
-MAX_EXTRAPOLATION = 2
 
 
 def region_geometry(geometry: Geometry, region: tuple[slice, slice, slice]) -> Geometry:
@@ -191,46 +189,15 @@ class AnchoredGenerator:
         """``{regimen: {weeks: FollowUp}}`` rendered on the input (``steps`` is accepted for the interface and
         ignored: nothing is sampled step by step)."""
         t0 = time.perf_counter()
-        if isinstance(case_or_phases, Case):
-            phases, labels, geometry = case_or_phases.phases, case_or_phases.labels, case_or_phases.geometry
-            clinical = clinical if clinical is not None else case_or_phases.clinical
-        else:
-            phases = case_or_phases
-        if geometry is None:
-            raise InputError("generate() needs the geometry of the pre-treatment images.")
-        if labels is None:
-            raise InputError("generate() needs the pre-treatment label map (liver, tumour); segment the case first.")
-        missing = [p for p in PHASES if p not in phases]
-        if missing:
-            raise InputError(f"the generator needs the {', '.join(PHASES)} phases; missing {missing}.")
-        labels = np.asarray(labels)
-        for name in (*PHASES, "labels"):
-            arr = labels if name == "labels" else phases[name]
-            if tuple(np.shape(arr)) != geometry.shape:
-                raise InputError(f"{name} has shape {np.shape(arr)}, geometry says {geometry.shape}; put all "
-                                 f"phases and labels on one grid first.")
+        if isinstance(case_or_phases, Case) and clinical is None:
+            clinical = case_or_phases.clinical
+        phases, labels, geometry, regimens, weeks, samples = check_request(
+            case_or_phases, labels, geometry, regimens, weeks, samples, known_regimens=self.regimens,
+            trained_weeks=self.trained_weeks)
         if not (labels > 0).any():
             raise InputError("the label map has no liver (no voxel > 0); segment the pre-treatment study first so "
                              "the generator knows where the liver is.")
-        regimens = list(regimens) if regimens is not None else list(self.regimens)
-        unknown = [r for r in regimens if r not in self.regimens]
-        if unknown:
-            raise InputError(f"the generator model does not know regimen(s) {unknown}; it was built for "
-                             f"{', '.join(self.regimens)}.")
-        weeks = [int(w) for w in weeks]
-        if any(w < 0 for w in weeks) or len(set(weeks)) != len(weeks):
-            raise InputError(f"weeks must be distinct intervals >= 0, got {weeks}")
         trained = max(self.trained_weeks)
-        if max(weeks, default=0) > MAX_EXTRAPOLATION * trained:
-            raise InputError(f"weeks {max(weeks)}: the generator was fitted on follow-ups up to week {trained}; "
-                             f"virtual follow-ups beyond week {MAX_EXTRAPOLATION * trained} would be pure "
-                             f"extrapolation. Ask for weeks up to {MAX_EXTRAPOLATION * trained} (e.g. 8,16,24).")
-        samples = int(samples)
-        if samples < 1:
-            raise InputError("samples must be >= 1")
-        if samples > MAX_SAMPLES:
-            raise InputError(f"samples = {samples}: at most {MAX_SAMPLES} per virtual follow-up; 4-16 give a "
-                             f"stable spread.")
         messages: list[str] = []
         beyond = [w for w in weeks if w > trained]
         if beyond:

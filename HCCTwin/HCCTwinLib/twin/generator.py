@@ -97,6 +97,51 @@ MAX_SAMPLES = 64
 #: virtual follow-ups are refused beyond this multiple of the last trained week (and noted beyond the last week)
 MAX_EXTRAPOLATION = 2
 
+
+def check_request(case_or_phases, labels, geometry, regimens, weeks, samples, *, known_regimens: Sequence[str],
+                  trained_weeks: Sequence[int]) -> tuple[Mapping[str, np.ndarray], np.ndarray, Geometry, list[str],
+                                                         list[int], int]:
+    """The checks every generator makes on a ``generate()`` request, with one wording: the phases and labels on the
+    geometry's grid, known regimens, distinct weeks >= 0 not beyond :data:`MAX_EXTRAPOLATION` x the last trained
+    week, 1..:data:`MAX_SAMPLES` samples. ``case_or_phases``: a :class:`Case` (its labels and geometry are used) or
+    ``{phase: HU}``. Returns ``(phases, labels, geometry, regimens, weeks, samples)``; InputError otherwise."""
+    if isinstance(case_or_phases, Case):
+        phases, labels, geometry = case_or_phases.phases, case_or_phases.labels, case_or_phases.geometry
+    else:
+        phases = case_or_phases
+    if geometry is None:
+        raise InputError("generate() needs the geometry of the pre-treatment images.")
+    if labels is None:
+        raise InputError("generate() needs the pre-treatment label map (liver, tumour); segment the case first.")
+    missing = [p for p in PHASES if p not in phases]
+    if missing:
+        raise InputError(f"the generator needs the {', '.join(PHASES)} phases; missing {missing}.")
+    for name in (*PHASES, "labels"):
+        arr = labels if name == "labels" else phases[name]
+        if tuple(np.shape(arr)) != geometry.shape:
+            raise InputError(f"{name} has shape {np.shape(arr)}, geometry says {geometry.shape}; put all "
+                             f"phases and labels on one grid first.")
+    regimens = list(regimens) if regimens is not None else list(known_regimens)
+    unknown = [r for r in regimens if r not in known_regimens]
+    if unknown:
+        raise InputError(f"the generator model does not know regimen(s) {unknown}; it was built for "
+                         f"{', '.join(known_regimens)}.")
+    weeks = [int(w) for w in weeks]
+    if any(w < 0 for w in weeks) or len(set(weeks)) != len(weeks):
+        raise InputError(f"weeks must be distinct intervals >= 0, got {weeks}")
+    trained = max(trained_weeks)
+    if max(weeks, default=0) > MAX_EXTRAPOLATION * trained:
+        raise InputError(f"weeks {max(weeks)}: the generator was trained on follow-ups up to week {trained}; "
+                         f"virtual follow-ups beyond week {MAX_EXTRAPOLATION * trained} would be pure "
+                         f"extrapolation. Ask for weeks up to {MAX_EXTRAPOLATION * trained} (e.g. 8,16,24).")
+    samples = int(samples)
+    if samples < 1:
+        raise InputError("samples must be >= 1")
+    if samples > MAX_SAMPLES:
+        raise InputError(f"samples = {samples}: at most {MAX_SAMPLES} per virtual follow-up (the samples are drawn "
+                         f"and held together); 4-16 give a stable spread.")
+    return phases, np.asarray(labels), geometry, regimens, weeks, samples
+
 class Generator:
     """A loaded generator model and its settings (from the model card)."""
 
@@ -224,41 +269,13 @@ class Generator:
         refer to the input arrays: do not modify those in place while the follow-ups are in use).
         """
         t0 = time.perf_counter()
-        if isinstance(case_or_phases, Case):
-            phases, labels, geometry = case_or_phases.phases, case_or_phases.labels, case_or_phases.geometry
-        else:
-            phases = case_or_phases
-        if geometry is None:
-            raise InputError("generate() needs the geometry of the pre-treatment images.")
-        if labels is None:
-            raise InputError("generate() needs the pre-treatment label map (liver, tumour); segment the case first.")
-        missing = [p for p in PHASES if p not in phases]
-        if missing:
-            raise InputError(f"the generator needs the {', '.join(PHASES)} phases; missing {missing}.")
-        for name in (*PHASES, "labels"):
-            arr = labels if name == "labels" else phases[name]
-            if tuple(np.shape(arr)) != geometry.shape:
-                raise InputError(f"{name} has shape {np.shape(arr)}, geometry says {geometry.shape}; put all "
-                                 f"phases and labels on one grid first.")
-        regimens = list(regimens) if regimens is not None else list(self.regimens)
-        unknown = [r for r in regimens if r not in self.regimens]
-        if unknown:
-            raise InputError(f"the generator model does not know regimen(s) {unknown}; it was built for "
-                             f"{', '.join(self.regimens)}.")
-        weeks = [int(w) for w in weeks]
-        if any(w < 0 for w in weeks) or len(set(weeks)) != len(weeks):
-            raise InputError(f"weeks must be distinct intervals >= 0, got {weeks}")
+        phases, labels, geometry, regimens, weeks, samples = check_request(
+            case_or_phases, labels, geometry, regimens, weeks, samples, known_regimens=self.regimens,
+            trained_weeks=self.trained_weeks)
         trained = max(self.trained_weeks)
-        if max(weeks, default=0) > MAX_EXTRAPOLATION * trained:
-            raise InputError(f"weeks {max(weeks)}: the generator was trained on follow-ups up to week {trained}; "
-                             f"virtual follow-ups beyond week {MAX_EXTRAPOLATION * trained} would be pure "
-                             f"extrapolation. Ask for weeks up to {MAX_EXTRAPOLATION * trained} (e.g. 8,16,24).")
-        samples, steps = int(samples), int(steps or self.default_steps)
-        if samples < 1 or steps < 1:
-            raise InputError("samples and steps must be >= 1")
-        if samples > MAX_SAMPLES:
-            raise InputError(f"samples = {samples}: at most {MAX_SAMPLES} per virtual follow-up (each sample is a "
-                             f"network pass and its noise is held in memory); 4-16 give a stable spread.")
+        steps = int(steps or self.default_steps)
+        if steps < 1:
+            raise InputError("steps must be >= 1")
         import torch
 
         report(progress, 0.0, "Cropping the liver")

@@ -158,11 +158,11 @@ def render_result(result, out: Path, *, bundle: bool = True) -> dict[str, str]:
 def _tumour_center_ras(result):
     import numpy as np
 
-    labels = result.case.labels
-    if labels is None or not np.isin(labels, (2, 3)).any():
+    from .labels import lesion_focus
+
+    focus = None if result.case.labels is None else lesion_focus(result.case.labels)
+    if focus is None:
         return None
-    tumour = np.isin(labels, (2, 3))
-    k = int(np.argmax(tumour.sum(axis=(1, 2))))
-    j, i = (float(v.mean()) for v in np.nonzero(tumour[k]))
+    k, j, i = focus
     ras = result.case.geometry.ijk_to_ras() @ np.array([i, j, k, 1.0])
     return tuple(float(v) for v in ras[:3])

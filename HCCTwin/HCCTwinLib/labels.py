@@ -47,3 +47,20 @@ def foreground_box(labels, pad_kji=(0, 0, 0)) -> tuple[tuple[int, int, int], tup
     lo = tuple(max(0, int(s[0]) - int(p)) for s, p in zip(spans, pad_kji))
     hi = tuple(min(n, int(s[-1]) + 1 + int(p)) for s, p, n in zip(spans, pad_kji, labels.shape))
     return lo, hi
+
+
+def lesion_focus(labels) -> tuple[int, float, float] | None:
+    """Where a picture of a label map should look: ``(k, j, i)`` with ``k`` the axial slice of the largest tumour
+    cross-section (viable + necrosis; PVTT when there is no tumour) and ``(j, i)`` the tumour's centroid on it; None
+    without tumour or PVTT. One rule for the report's key image, the rendered views and the browser viewer."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    for values in (TUMOR_LABELS, (PVTT,)):
+        mask = np.isin(labels, values)
+        area = mask.sum(axis=(1, 2))
+        if area.max(initial=0) > 0:
+            k = int(np.argmax(area))
+            j, i = (float(v.mean()) for v in np.nonzero(mask[k]))
+            return k, j, i
+    return None

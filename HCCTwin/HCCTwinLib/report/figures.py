@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..labels import lesion_focus
 from .content import num, regimen_info
 
 KEY_IMAGE = "key_image.png"
@@ -20,15 +21,6 @@ WINDOW_HU = (-110.0, 240.0)
 #: tumour outline colour (viable + necrosis), and PVTT
 OUTLINE = "#ffd400"
 PVTT_OUTLINE = "#00d0ff"
-
-
-def largest_lesion_slice(labels: np.ndarray) -> int | None:
-    """Axial index (k) with the largest tumour cross-section (viable + necrosis; PVTT when there is no tumour)."""
-    for values in ((2, 3), (4,)):
-        area = np.isin(labels, values).sum(axis=(1, 2))
-        if area.max(initial=0) > 0:
-            return int(np.argmax(area))
-    return None
 
 
 def _crop_box(labels: np.ndarray, k: int, spacing_xy: tuple[float, float], margin_mm: float = 25.0):
@@ -87,9 +79,10 @@ def write_key_image(result, out_dir: str | Path, *, phase: str = "portal") -> Pa
         phase = next(iter(case.phases), None)
         if case.labels is None or phase is None:
             return None
-    k = largest_lesion_slice(case.labels)
-    if k is None:
+    focus = lesion_focus(case.labels)
+    if focus is None:
         return None
+    k = focus[0]
     info = regimen_info(list(result.regimens))
     panels: list[tuple[str, np.ndarray, np.ndarray | None]] = [("pre-treatment", case.phases[phase], case.labels)]
     real = result.real_followup

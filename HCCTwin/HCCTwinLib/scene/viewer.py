@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..errors import InputError
-from ..labels import TUMOR_LABELS
+from ..labels import lesion_focus
 
 #: the page's slice views, in pixels
 VIEW_HEIGHT = 420
@@ -89,21 +89,16 @@ class ResultFolder:
 
 
 def largest_lesion_ras(label_path: Path) -> tuple[float, float, float] | None:
-    """RAS centroid (mm) of the largest 26-connected tumour component (viable + necrosis) of a label map, or None.
-    SimpleITK here: importing scipy.ndimage alone would add 0.3 s to the viewer's start."""
-    import SimpleITK as sitk
+    """RAS position (mm) the views centre on: :func:`HCCTwinLib.labels.lesion_focus` of a label map file (the
+    slice of the largest tumour cross-section), or None without tumour."""
+    from ..io import read_image
 
-    labels = sitk.ReadImage(str(label_path))
-    mask = sitk.Equal(labels, TUMOR_LABELS[0])
-    for value in TUMOR_LABELS[1:]:
-        mask = sitk.Or(mask, sitk.Equal(labels, value))
-    components = sitk.ConnectedComponent(mask, True)
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(components)
-    if not stats.GetLabels():
+    labels, geometry = read_image(label_path, labels=True)
+    focus = lesion_focus(labels)
+    if focus is None:
         return None
-    x, y, z = stats.GetCentroid(max(stats.GetLabels(), key=stats.GetNumberOfPixels))  # LPS
-    return (-float(x), -float(y), float(z))
+    k, j, i = focus
+    return tuple(float(v) for v in (geometry.ijk_to_ras() @ np.array([i, j, k, 1.0]))[:3])
 
 
 class TwinVolumes:

@@ -133,3 +133,18 @@ def _write_dicom_series(array_hu, folder, spacing, origin, series_uid, patient_n
 @pytest.fixture
 def phantom():
     return make_phantom()
+
+
+@pytest.fixture
+def pre_folder(tmp_path):
+    """A small two-phase study with its label map in the cohort layout (``tmp_path/cases/P7/pre``)."""
+    from HCCTwinLib.cases import Geometry
+    from HCCTwinLib.io import write_image
+
+    hu, labels = make_phantom((16, 32, 32))
+    g = Geometry(hu.shape, (1.0, 1.0, 2.5), (0, 0, 0))
+    pre = tmp_path / "cases" / "P7" / "pre"
+    write_image(hu + 30, g, pre / "arterial.nii.gz")
+    write_image(hu, g, pre / "portal.nii.gz")
+    write_image(labels, g, pre / "labels.nii.gz", labels=True)
+    return pre

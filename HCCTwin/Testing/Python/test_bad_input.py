@@ -24,17 +24,6 @@ from HCCTwinLib.io import check_ct_range, load_case, read_image, spreadsheet_saf
 from conftest import keep_locale, make_phantom, sitk_image
 
 
-@pytest.fixture
-def pre_folder(tmp_path):
-    hu, labels = make_phantom((16, 32, 32))
-    g = Geometry(hu.shape, (1.0, 1.0, 2.5), (0, 0, 0))
-    pre = tmp_path / "cases" / "P7" / "pre"
-    write_image(hu + 30, g, pre / "arterial.nii.gz")
-    write_image(hu, g, pre / "portal.nii.gz")
-    write_image(labels, g, pre / "labels.nii.gz", labels=True)
-    return pre
-
-
 def _write_series(folder: Path, array: np.ndarray, spacing=(0.8, 0.8, 2.5), shear_mm_per_slice=0.0) -> Path:
     """A CT series slice by slice; ``shear_mm_per_slice`` moves each slice along y (gantry tilt)."""
     folder.mkdir(parents=True, exist_ok=True)

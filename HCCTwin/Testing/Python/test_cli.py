@@ -8,22 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from HCCTwinLib.cases import Geometry
 from HCCTwinLib.cli import main
-from HCCTwinLib.io import write_image
-
-from conftest import make_phantom
-
-
-@pytest.fixture
-def pre_folder(tmp_path):
-    hu, labels = make_phantom((16, 32, 32))
-    g = Geometry(hu.shape, (1.0, 1.0, 2.5), (0, 0, 0))
-    pre = tmp_path / "cases" / "P7" / "pre"
-    write_image(hu + 30, g, pre / "arterial.nii.gz")
-    write_image(hu, g, pre / "portal.nii.gz")
-    write_image(labels, g, pre / "labels.nii.gz", labels=True)
-    return pre
 
 
 def test_inspect_prints_geometry_and_volumes(pre_folder, capsys):

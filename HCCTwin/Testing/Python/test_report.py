@@ -367,21 +367,12 @@ def test_no_section_prints_raw_arrays_and_every_page_renders(tmp_path):
         assert pixels.shape[0] > pixels.shape[1] > 500 and pixels.std() > 0.02, f"page {i + 1} is blank"
 
 
-def test_predict_draws_the_key_image_and_the_report_shows_it(tmp_path):
+def test_predict_draws_the_key_image_and_the_report_shows_it(pre_folder, tmp_path):
     """`hcctwin predict --report` draws key_image.png (pre | virtual per regimen at the largest lesion) and the
     report's first page shows it; `hcctwin report` on that folder finds it again."""
-    from HCCTwinLib.cases import Geometry
     from HCCTwinLib.cli import main
-    from HCCTwinLib.io import write_image
 
-    from conftest import make_phantom
-
-    hu, labels = make_phantom((16, 32, 32))
-    g = Geometry(hu.shape, (1.0, 1.0, 2.5), (0, 0, 0))
-    pre = tmp_path / "cases" / "P7" / "pre"
-    write_image(hu + 30, g, pre / "arterial.nii.gz")
-    write_image(hu, g, pre / "portal.nii.gz")
-    write_image(labels, g, pre / "labels.nii.gz", labels=True)
+    pre = pre_folder
     out = tmp_path / "out"
     assert main(["predict", "--pre", str(pre), "--regimens", "tace_pd1_len,haic_pd1_len", "--weeks", "8",
                  "--samples", "1", "--report", "--out", str(out)]) == 0

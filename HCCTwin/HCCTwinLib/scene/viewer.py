@@ -319,18 +319,13 @@ def build_server(result_dir: str | Path, *, phase: str = "portal", show_patient_
             html.Div("Research use only · read-only", classes="text-caption mr-4")
         with page.content, v3.VContainer(fluid=True, classes="pa-2"):
             with v3.VRow(dense=True, align="center"):
-                with v3.VCol(cols="auto"):
-                    html.Span("Regimen ", classes="mr-2")
-                    with v3.VBtnToggle(v_model=("regimen",), mandatory=True, density="compact", color="primary",
-                                       id="regimen-select"):
-                        v3.VBtn("{{ item.title }}", v_for="item in regimen_items", key="item.value",
-                                value=("item.value",), id=("`regimen-${item.value}`",))
-                with v3.VCol(cols="auto"):
-                    html.Span("Time point ", classes="mr-2")
-                    with v3.VBtnToggle(v_model=("week",), mandatory=True, density="compact", color="primary",
-                                       id="week-select"):
-                        v3.VBtn("{{ item.title }}", v_for="item in week_items", key="item.value",
-                                value=("item.value",), id=("`week-${item.value}`",))
+                for label, key in (("Regimen", "regimen"), ("Time point", "week")):  # one button per choice
+                    with v3.VCol(cols="auto"):
+                        html.Span(f"{label} ", classes="mr-2")
+                        with v3.VBtnToggle(v_model=(key,), mandatory=True, density="compact", color="primary",
+                                           id=f"{key}-select"):
+                            v3.VBtn("{{ item.title }}", v_for=f"item in {key}_items", key="item.value",
+                                    value=("item.value",), id=(f"`{key}-${{item.value}}`",))
                 with v3.VCol(cols="auto"):
                     v3.VSwitch(v_model=("uncertainty",), label="Uncertainty overlay (SD)", hide_details=True,
                                density="compact", color="orange", disabled=("!has_uncertainty",),

@@ -417,6 +417,7 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
 
     def scoresText(self, clinical: dict, regimens: list[str]) -> str:
         from HCCTwinLib import clinical as clinicalScores
+        from HCCTwinLib import regimens as regimenCatalogue
         from HCCTwinLib.errors import ClinicalValueError
 
         try:
@@ -427,7 +428,7 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
                  f"{s['child_pugh_class']}{s['child_pugh_points']} &middot; BCLC {s['bclc']} &middot; HAP "
                  f"{s['hap_class']} &middot; 6-and-12: {s['six_twelve_stratum']}"]
         for rid in regimens:
-            for warning in clinicalScores.eligibility_warnings(rid, clinical):
+            for warning in regimenCatalogue.eligibility_warnings(rid, clinical):
                 lines.append(f"<span style='color:#d35400'>&#9888; {warning}</span>")
         return "<br>".join(lines)
 
@@ -532,7 +533,7 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
         survival is recomputed from the run's outputs (``pipeline.update_survival``, about 0.5 s), then the curves,
         the table and the views are updated (nodes re-used by name). Returns the chosen regimens that have no
         virtual follow-ups (they were not in the run: Apply generates them)."""
-        from HCCTwinLib import clinical as clinicalScores
+        from HCCTwinLib import regimens as regimenCatalogue
         from HCCTwinLib.errors import HCCTwinError
         from HCCTwinLib.pipeline import update_survival
         from HCCTwinLib.scene import build
@@ -543,7 +544,7 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
             for rid in regimens:  # eligibility of a regimen that was not in the run (the recommendation needs it)
                 if rid not in result.eligibility:
                     try:
-                        result.eligibility[rid] = clinicalScores.eligibility_warnings(rid, result.case.clinical)
+                        result.eligibility[rid] = regimenCatalogue.eligibility_warnings(rid, result.case.clinical)
                     except HCCTwinError as exc:  # incomplete clinical values: treated as eligible, said in the log
                         logging.warning(f"HCCTwin: eligibility of {rid} not checked: {exc}")
         update_survival(result, self.options, regimens)

@@ -183,9 +183,9 @@ def cmd_scores(args) -> int:
         values[key] = value.strip()
     scores = clinical.compute_scores(values)
     regimens = args.regimens or None
-    from .regimens import REGIMEN_IDS
+    from .regimens import REGIMEN_IDS, eligibility_warnings
 
-    warnings = {r: clinical.eligibility_warnings(r, values) for r in (regimens or REGIMEN_IDS)}
+    warnings = {r: eligibility_warnings(r, values) for r in (regimens or REGIMEN_IDS)}
     print(json.dumps({"scores": scores, "eligibility_warnings": warnings}, indent=2, default=str))
     return 0
 

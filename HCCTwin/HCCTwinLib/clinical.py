@@ -31,7 +31,6 @@ __all__ = [
     "BILIRUBIN_UMOL_PER_MG_DL", "ChildPugh", "ScoreClass", "TumorScore",
     "albi_score", "albi_grade", "child_pugh", "child_pugh_class", "bclc_stage", "hap_score", "mhap2_score",
     "six_and_twelve", "up_to_seven", "tumor_burden_score", "validate_clinical", "compute_scores",
-    "eligibility_warnings",
 ]
 
 #: 1 mg/dL of bilirubin = 17.1 umol/L.
@@ -616,31 +615,3 @@ def compute_scores(values: Mapping[str, Any]) -> dict[str, Any]:
         "tbs": tbs.value, "tbs_group": tbs.group,
         "notes": notes,
     }
-
-
-def eligibility_warnings(regimen_id: str, values: Mapping[str, Any], catalogue: Mapping[str, Any] | None = None
-                         ) -> list[str]:
-    """Warnings for a patient against a regimen's eligibility criteria (empty list = no warning).
-
-    The criteria are data in the regimen catalogue (``regimens.json``, or ``catalogue`` as returned by
-    :func:`HCCTwinLib.regimens.load_catalogue`), checked on the validated values merged with
-    :func:`compute_scores` (computed Child-Pugh and BCLC take precedence over given ones). A study-wide criterion is
-    not repeated when a regimen criterion on the same field already warned. A criterion whose field is not recorded
-    (e.g. ``resectable``) gives a "not recorded" warning. Raises :class:`ClinicalValueError` for invalid values and
-    :class:`~HCCTwinLib.errors.InputError` for an unknown regimen id.
-    """
-    from .regimens import get_regimen  # regimens imports this module for its field names
-
-    regimen = get_regimen(regimen_id, catalogue)
-    merged = validate_clinical(values)
-    merged.update({k: val for k, val in compute_scores(values).items() if k != "notes"})
-    warnings: list[str] = []
-    warned_fields: set[str] = set()
-    for crit in sorted(regimen.eligibility, key=lambda c: c.scope == "study"):
-        if crit.scope == "study" and crit.field in warned_fields:
-            continue
-        message = crit.check(merged, regimen.id)
-        if message is not None:
-            warnings.append(message)
-            warned_fields.add(crit.field)
-    return warnings

@@ -334,7 +334,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     report(progress, 0.02, "Clinical scores and eligibility")
     if case.clinical:
         result.scores = clinical.compute_scores(case.clinical)
-        result.eligibility = {r: clinical.eligibility_warnings(r, case.clinical) for r in regimens}
+        result.eligibility = {r: regimen_catalogue.eligibility_warnings(r, case.clinical) for r in regimens}
     else:
         result.notes.append("No clinical values given: scores, eligibility and survival need them.")
     result.timings["clinical"] = time.perf_counter() - t0
@@ -543,12 +543,12 @@ def update_survival(result: TwinResult, options: PipelineOptions | None = None,
         merged = dict(readings.get(real.regimen, {0: result.readings["observed"][0]}))
         merged.update({w: v for w, v in result.readings["observed"].items() if w > 0})
         readings[real.regimen], source[real.regimen] = merged, "observed"
-    from . import clinical as clinical_scores
+    from .regimens import eligibility_warnings
 
     for r in regimens:  # a regimen ticked after the run: its eligibility warnings too
         if r not in result.eligibility:
             try:
-                result.eligibility[r] = clinical_scores.eligibility_warnings(r, case.clinical)
+                result.eligibility[r] = eligibility_warnings(r, case.clinical)
             except InputError as exc:
                 result.eligibility[r] = [str(exc)]
     eligible = [r for r in regimens if not result.eligibility.get(r)]

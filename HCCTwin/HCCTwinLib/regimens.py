@@ -28,10 +28,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .clinical import CLINICAL_FIELDS, SCORE_FIELDS
+from .clinical import CLINICAL_FIELDS, SCORE_FIELDS, compute_scores, validate_clinical
 from .errors import InputError
 
-__all__ = ["Component", "Criterion", "Regimen", "DEFAULT_CATALOGUE_PATH", "REGIMEN_IDS", "OPS", "CRITERION_FIELDS",
+__all__ = ["Component", "Criterion", "Regimen", "eligibility_warnings", "DEFAULT_CATALOGUE_PATH", "REGIMEN_IDS",
+           "OPS", "CRITERION_FIELDS",
            "load_catalogue", "get_regimen"]
 
 DEFAULT_CATALOGUE_PATH = Path(__file__).with_name("regimens.json")
@@ -315,3 +316,31 @@ def get_regimen(regimen_id: str, catalogue: Mapping[str, Regimen] | None = None)
 
 #: Regimen ids of the packaged catalogue, in catalogue order.
 REGIMEN_IDS: tuple[str, ...] = tuple(_default_catalogue())
+
+
+def eligibility_warnings(regimen_id: str, values: Mapping[str, Any], catalogue: Mapping[str, Any] | None = None
+                         ) -> list[str]:
+    """Warnings for a patient against a regimen's eligibility criteria (empty list = no warning).
+
+    The criteria are data in the regimen catalogue (``regimens.json``, or ``catalogue`` as returned by
+    :func:`load_catalogue`), checked on the validated values merged with
+    :func:`~HCCTwinLib.clinical.compute_scores` (computed Child-Pugh and BCLC take precedence over given ones).
+    A study-wide criterion is not repeated when a regimen criterion on the same field already warned. A criterion
+    whose field is not recorded (e.g. ``resectable``) gives a "not recorded" warning. Raises
+    :class:`~HCCTwinLib.errors.ClinicalValueError` for invalid values and :class:`~HCCTwinLib.errors.InputError` for
+    an unknown regimen id. (Here, not in :mod:`HCCTwinLib.clinical`: the criteria are the catalogue's, and the
+    clinical module stays below the catalogue.)
+    """
+    regimen = get_regimen(regimen_id, catalogue)
+    merged = validate_clinical(values)
+    merged.update({k: val for k, val in compute_scores(values).items() if k != "notes"})
+    warnings: list[str] = []
+    warned_fields: set[str] = set()
+    for crit in sorted(regimen.eligibility, key=lambda c: c.scope == "study"):
+        if crit.scope == "study" and crit.field in warned_fields:
+            continue
+        message = crit.check(merged, regimen.id)
+        if message is not None:
+            warnings.append(message)
+            warned_fields.add(crit.field)
+    return warnings

@@ -142,7 +142,7 @@ def draw_biology(rng_b: np.random.Generator, aggressiveness: float, n_lesions: i
 def sample_patient(seed: int, index: int, catalogue=None) -> PatientModel:
     """Draw patient ``index`` of the cohort of ``seed`` (with outcomes under every eligible regimen)."""
     from .. import clinical as clin
-    from ..regimens import load_catalogue
+    from ..regimens import eligibility_warnings, load_catalogue
 
     catalogue = catalogue or load_catalogue()
     patient_id = f"SIM{int(seed):04d}-{int(index):05d}"
@@ -184,7 +184,7 @@ def sample_patient(seed: int, index: int, catalogue=None) -> PatientModel:
         values["resectable"] = int(_resectable(c, lesions, cp.cls, grade, rng))
         scores = clin.compute_scores(values)
         values["bclc"] = scores["bclc"]
-        eligible = [r for r in catalogue if not clin.eligibility_warnings(r, values, catalogue)]
+        eligible = [r for r in catalogue if not eligibility_warnings(r, values, catalogue)]
         if eligible:
             break
     else:  # pragma: no cover - the population makes this practically impossible

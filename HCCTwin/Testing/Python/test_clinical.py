@@ -15,7 +15,6 @@ from HCCTwinLib.clinical import (
     bclc_stage,
     child_pugh,
     compute_scores,
-    eligibility_warnings,
     hap_score,
     mhap2_score,
     six_and_twelve,
@@ -24,6 +23,7 @@ from HCCTwinLib.clinical import (
     validate_clinical,
 )
 from HCCTwinLib.errors import ClinicalValueError, InputError
+from HCCTwinLib.regimens import eligibility_warnings
 
 
 def patient(**overrides):

@@ -10,12 +10,12 @@ import re
 import pytest
 
 from HCCTwinLib import regimens
-from HCCTwinLib.clinical import eligibility_warnings
 from HCCTwinLib.errors import InputError
 from HCCTwinLib.regimens import (
     REGIMEN_IDS,
     Criterion,
     Regimen,
+    eligibility_warnings,
     get_regimen,
     load_catalogue,
 )

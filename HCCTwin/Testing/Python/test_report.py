@@ -12,8 +12,8 @@ import pytest
 from matplotlib.image import imread
 
 from HCCTwinLib import DISCLAIMER, __version__
-from HCCTwinLib.clinical import compute_scores, eligibility_warnings
-from HCCTwinLib.regimens import load_catalogue
+from HCCTwinLib.clinical import compute_scores
+from HCCTwinLib.regimens import eligibility_warnings, load_catalogue
 from HCCTwinLib.report import plot_survival, write_report
 
 PATIENT_ID = "HCC-PT-90417"

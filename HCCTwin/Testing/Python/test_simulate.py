@@ -15,6 +15,7 @@ from scipy import ndimage
 from HCCTwinLib import labels as L
 from HCCTwinLib.errors import InputError
 from HCCTwinLib.io import load_case, read_image
+from HCCTwinLib.regimens import eligibility_warnings
 from HCCTwinLib.simulate import CLINICAL_COLUMNS, COUNTERFACTUAL_COLUMNS, simulate_cohort, simulate_patient
 from HCCTwinLib.simulate.lesions import LesionState, nodule_stretch, r_eq_mm, viable_diameter_mm
 from HCCTwinLib.simulate.patient import sample_patient
@@ -107,7 +108,7 @@ def test_tables_are_consistent(cohort):
         scores = clin.compute_scores(values)
         assert scores["bclc"] == row["bclc"] and scores["child_pugh_points"] == row["child_pugh_points"]
         for r in cf[cf.patient_id == row["patient_id"]].regimen:
-            assert clin.eligibility_warnings(r, values) == []
+            assert eligibility_warnings(r, values) == []
 
 
 def test_non_empty_output_folder_is_refused(tmp_path):

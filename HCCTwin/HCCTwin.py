@@ -456,8 +456,8 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
         worker thread, so the Qt thread is never blocked by the registration."""
         if followupNode is None:
             return None
+        from HCCTwinLib.cases import ObservedScan
         from HCCTwinLib.io import to_sitk, validate_image
-        from HCCTwinLib.pipeline import ObservedScan
         from HCCTwinLib.scene.nodes import array_and_geometry_from_volume
 
         array, geometry = array_and_geometry_from_volume(followupNode)

@@ -125,7 +125,7 @@ def make_case(size_xyz: tuple[int, int, int]):
     from scipy import ndimage
 
     from HCCTwinLib.cases import Case, Geometry
-    from HCCTwinLib.demo import default_case
+    from HCCTwinLib.simulate.default import default_case
 
     case, _ = default_case()
     g = case.geometry

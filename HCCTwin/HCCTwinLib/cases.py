@@ -7,10 +7,13 @@ exactly as ``SimpleITK.GetArrayFromImage`` returns them. Physical coordinates fo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .labels import MAX_LABEL
 
 CT_PHASES = ("arterial", "portal", "delayed")
 MRI_SEQUENCES = ("t1_arterial", "t1_portal", "t1_pre", "t2", "dwi")
@@ -162,3 +165,113 @@ class Case:
         """Phases as a (C, K, J, I) float32 array in the given order (default: arterial, portal)."""
         names = names or tuple(n for n in MODEL_PHASES if n in self.phases) or tuple(self.phases)
         return np.stack([self.phases[n] for n in names]).astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Follow-up scans: observed (registered) or virtual (generated), on the pre-treatment grid
+# ---------------------------------------------------------------------------------------------------------------
+class FollowUp:
+    """One follow-up time point on the pre-treatment grid: observed (real, registered) or virtual (generated).
+
+    ``phases`` maps phase name to HU array; ``std`` (virtual only) the per-voxel standard deviation over samples;
+    ``labels`` the uint8 label map. All three read as full-grid numpy arrays ``[k, j, i]``.
+
+    Virtual follow-ups from the generator are stored compactly (the generated liver crop; see
+    :class:`HCCTwinLib.twin.crop.CropFollowUp`): there ``phases[name]``, ``std[name]`` and ``labels`` are computed
+    on each access (a new array every time, nothing kept), so hold on to the array while you use it and let it go
+    afterwards. The accessors below give cheaper views for the scene, the report and the response reading; on a
+    plain FollowUp (arrays given) they work on those arrays.
+    """
+
+    def __init__(self, weeks: int, phases: Mapping[str, np.ndarray], labels: np.ndarray | None = None,
+                 std: Mapping[str, np.ndarray] | None = None, kind: str = "virtual", regimen: str | None = None):
+        self.weeks = weeks
+        self.phases = phases
+        self.labels = labels
+        self.std = {} if std is None else std
+        self.kind = kind  # "virtual" or "observed"
+        self.regimen = regimen
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(weeks={self.weeks!r}, phases={list(self.phases)}, kind={self.kind!r}, "
+                f"regimen={self.regimen!r}, std={list(self.std)}, labels={'yes' if self.has_labels else 'no'})")
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the follow-up has a label map (without computing it)."""
+        return self.labels is not None
+
+    @property
+    def region(self) -> tuple[slice, slice, slice] | None:
+        """Index box ``[k, j, i]`` outside which images and labels equal the pre-treatment input (None: anywhere)."""
+        return None
+
+    def phase_region(self, phase: str, region: tuple[slice, ...] | None) -> np.ndarray:
+        """``phases[phase][region]`` (float32; the whole grid for None) without computing the whole grid first."""
+        arr = np.asarray(self.phases[phase], dtype=np.float32)
+        return arr if region is None else arr[region]
+
+    def labels_region(self, region: tuple[slice, ...] | None) -> np.ndarray | None:
+        """``labels[region]`` (the whole grid for None) without computing the whole grid first."""
+        labels = self.labels
+        return labels if labels is None or region is None else labels[region]
+
+    def label_counts(self) -> np.ndarray | None:
+        """Voxel count per label value (``np.bincount`` of ``labels``), or None without labels."""
+        labels = self.labels
+        return None if labels is None else np.bincount(np.asarray(labels).ravel(), minlength=MAX_LABEL + 1)
+
+    def fill_phase(self, phase: str, out: np.ndarray, *, rounded_input: np.ndarray | None = None) -> np.ndarray:
+        """Write ``phases[phase]`` into ``out`` (same shape; an integer ``out`` gets the values rounded and clipped
+        to its range) in slabs, without a full-size temporary. Used to fill scene volumes in place.
+        ``rounded_input``: the pre-treatment phase already stored as ``out`` stores it (e.g. the scene's input
+        volume); a follow-up that knows where it equals the input copies it from there."""
+        store_rounded(out, self.phases[phase])
+        return out
+
+    def std_volume(self, phase: str, geometry) -> tuple[np.ndarray, Any]:
+        """``(SD array, its Geometry)`` at the resolution the SD was computed on: ``(std[phase], geometry)`` for
+        plain arrays; the generator's crop grid for compact virtual follow-ups (much smaller, same information; the
+        scene shows it as an overlay, which Slicer resamples)."""
+        return np.asarray(self.std[phase], dtype=np.float32), geometry
+
+
+#: slab thickness (slices) of :func:`store_rounded`
+_SLAB = 8
+
+
+def store_rounded(out: np.ndarray, src: np.ndarray, k0: int = 0) -> None:
+    """``out[...] = src[k0 : k0 + len(out)]`` slab by slab; an integer ``out`` gets ``rint`` and its range clipped
+    (HU -> int16 changes a value by at most 0.5)."""
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        for a in range(0, out.shape[0], _SLAB):
+            b = min(out.shape[0], a + _SLAB)
+            slab = np.rint(np.asarray(src[k0 + a:k0 + b], dtype=np.float32))
+            np.clip(slab, info.min, info.max, out=slab)
+            out[a:b] = slab
+    else:
+        out[...] = src[k0:k0 + out.shape[0]]
+
+
+@dataclass
+class ObservedScan:
+    """A real follow-up scan on its own grid (as acquired): :func:`run_case` registers it to the pre-treatment scan
+    (rigid + affine, then deformable inside the liver unless ``deformable`` is False) before anything uses it."""
+
+    weeks: int
+    phases: dict[str, np.ndarray]
+    geometry: Any
+    labels: np.ndarray | None = None
+    regimen: str | None = None
+    deformable: bool = True
+
+
+def sub_geometry(geometry, region: tuple[slice, ...]):
+    """Geometry of the index box ``region`` (k, j, i slices with steps of 1) of ``geometry``: same spacing and
+    direction, origin moved to the box's first voxel."""
+    lo = [s.indices(n)[0] for s, n in zip(region, geometry.shape)]
+    hi = [s.indices(n)[1] for s, n in zip(region, geometry.shape)]
+    origin = geometry.ijk_to_lps() @ np.array([lo[2], lo[1], lo[0], 1.0])
+    return Geometry(shape=tuple(b - a for a, b in zip(lo, hi)), spacing=geometry.spacing, origin=tuple(origin[:3]),
+                    direction=geometry.direction)

@@ -319,9 +319,10 @@ def _predict_outputs(out: Path, args) -> list[Path]:
 
 
 def cmd_predict(args) -> int:
+    from .cases import ObservedScan
     from .io import load_case, refuse_overwriting_inputs, relocate_paths, staged_output
     from .jsonutil import jsonable
-    from .pipeline import ObservedScan, PipelineOptions, run_case, save_result
+    from .pipeline import PipelineOptions, run_case, save_result
 
     clinical = read_clinical_row(args.clinical, args.patient) if args.clinical else {}
     paths = _phase_paths(args)

@@ -13,28 +13,11 @@ import time
 from pathlib import Path
 
 from . import DISCLAIMER
-from .cases import Case
+from .cases import FollowUp
 from .io import load_case, read_image, save_case, write_image
-from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS, FollowUp, run_case, save_result
+from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS, run_case, save_result
 from .progress import ProgressCallback, SubProgress, report
-
-#: The embedded default case: simulator seed and patient index (a patient with HCC eligible for the three main
-#: regimens). Changing it changes the demo's pictures, not its code path.
-DEFAULT_SEED = 0
-DEFAULT_PATIENT_INDEX = 2  # HAIC + PD-1 + lenvatinib received; single 54 mm tumour with portal vein tumour thrombus
-REAL_FOLLOWUP_WEEKS = 8
-
-
-def default_case(seed: int = DEFAULT_SEED, small: bool = False, index: int = DEFAULT_PATIENT_INDEX
-                 ) -> tuple[Case, FollowUp]:
-    """The default simulated patient and its observed 8-week follow-up under the regimen it received."""
-    from .simulate import simulate_patient
-
-    patient = simulate_patient(seed, index, fast=small)
-    imgs = patient.render_followups(patient.regimen, [REAL_FOLLOWUP_WEEKS])[REAL_FOLLOWUP_WEEKS]
-    follow = FollowUp(weeks=REAL_FOLLOWUP_WEEKS, phases={"arterial": imgs["arterial"], "portal": imgs["portal"]},
-                      labels=imgs["labels"], kind="observed", regimen=patient.regimen)
-    return patient.case, follow
+from .simulate.default import DEFAULT_SEED, default_case
 
 
 def run_demo(out: str | Path, seed: int = DEFAULT_SEED, *, small: bool = False, render: bool = True,

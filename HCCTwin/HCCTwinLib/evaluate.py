@@ -163,8 +163,9 @@ FIDELITY_PHASES = ("arterial", "portal")
 def _observed_followups(case_dir: Path, case, pid: str):
     """The cohort's observed follow-ups of one patient on the pre-treatment grid: ``[(weeks, labels, phases)]``.
     A follow-up on another grid is registered first (rigid, affine, deformable inside the liver)."""
+    from .cases import ObservedScan
     from .io import find_image, read_image
-    from .pipeline import ObservedScan, register_observed
+    from .registration import register_observed
 
     fu_root = case_dir / "followup"
     out = []

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .cases import Case, Geometry
+from .cases import Case, FollowUp, Geometry, ObservedScan
 from .errors import CancelledError, InputError
 from .labels import MAX_LABEL
 from .progress import ProgressCallback, report
@@ -111,9 +111,7 @@ class RegistrationResult:
         return sitk.CompositeTransform([self.stage_transforms[s] for s in names[:names.index(stage) + 1]])
 
     def followup(self, weeks: int, regimen: str | None = None):
-        """A :class:`~HCCTwinLib.pipeline.FollowUp` (kind "observed") holding the registered images."""
-        from .pipeline import FollowUp
-
+        """A :class:`~HCCTwinLib.cases.FollowUp` (kind "observed") holding the registered images."""
         return FollowUp(weeks=int(weeks), phases=dict(self.phases), labels=self.labels, kind="observed",
                         regimen=regimen)
 
@@ -851,5 +849,32 @@ def run_register_command(fixed_dir, moving_dir, out_dir, deformable: bool = True
     return summary
 
 
-__all__ = ["RegistrationResult", "Misalignment", "register_followup", "simulate_misalignment", "tre_summary",
-           "run_register_command"]
+def register_observed(case: Case, scan: ObservedScan, result=None,
+                      progress: ProgressCallback | None = None) -> FollowUp:
+    """The real follow-up registered to the pre-treatment scan and resampled onto its grid (SimpleITK: rigid,
+    affine, then B-spline inside the liver). When the scan is already on the same grid it is used as is.
+    ``result`` (a :class:`~HCCTwinLib.pipeline.TwinResult`, optional) gets the provenance, notes and timing."""
+    t0 = time.perf_counter()
+    g = case.geometry
+    same = (tuple(scan.geometry.shape) == tuple(g.shape) and np.allclose(scan.geometry.spacing, g.spacing)
+            and np.allclose(scan.geometry.origin, g.origin) and np.allclose(scan.geometry.direction, g.direction))
+    if same:
+        follow = FollowUp(weeks=int(scan.weeks), phases=dict(scan.phases), labels=scan.labels, kind="observed",
+                          regimen=scan.regimen)
+        if result is not None:
+            result.provenance["real_followup"] = "on the pre-treatment grid already (not registered)"
+        return follow
+    report(progress, 0.0, "Registering the real follow-up to the pre-treatment scan")
+    reg = register_followup(case, scan.phases, scan.geometry, scan.labels, deformable=scan.deformable,
+                            progress=progress)
+    follow = reg.followup(scan.weeks, scan.regimen)
+    if result is not None:
+        stages = reg.summary()["stages"]
+        result.provenance["real_followup"] = f"registered to the pre-treatment scan ({' + '.join(stages)})"
+        result.notes.extend(f"Registration: {n}" for n in reg.notes)
+        result.timings["registration"] = time.perf_counter() - t0
+    return follow
+
+
+__all__ = ["RegistrationResult", "register_observed", "Misalignment", "register_followup", "simulate_misalignment",
+           "tre_summary", "run_register_command"]

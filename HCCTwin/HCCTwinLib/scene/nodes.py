@@ -140,7 +140,7 @@ def _write_voxels(node, data: VolumeData, shape, dtype: np.dtype) -> None:
     else:
         src = np.asarray(data)
         if np.issubdtype(dtype, np.integer) and not np.issubdtype(src.dtype, np.integer):
-            from ..pipeline import store_rounded
+            from ..cases import store_rounded
 
             store_rounded(target, src)
         else:

@@ -36,7 +36,7 @@ from .render import volume_center_ras
 
 def small_case(seed: int = 0) -> tuple[Case, object]:
     """A small simulated patient (pre-treatment case) and its observed 8-week follow-up (``FollowUp``)."""
-    from ..demo import default_case
+    from ..simulate.default import default_case
 
     return default_case(seed=seed, small=True)
 
@@ -391,7 +391,7 @@ def add_synthetic_outputs(result, *, seed: int = 0, std: bool = True) -> list[st
     """Fill what the models did not produce (no weights installed) with synthetic test values: virtual follow-ups
     (with per-voxel SD) for every regimen and week, their response readings, and survival. Says so in
     ``result.notes`` ("Self-test: ...") and returns what was filled."""
-    from ..pipeline import FollowUp
+    from ..cases import FollowUp
 
     filled = []
     case = result.case

@@ -108,7 +108,7 @@ def baseline_image_features(labels: np.ndarray, geometry, arterial: np.ndarray |
                              f"and the labels on one grid first.")
     box = _feature_box(labels)
     if box is not None:
-        from ..pipeline import sub_geometry
+        from ..cases import sub_geometry
 
         geometry = sub_geometry(geometry, box)
         labels = np.asarray(labels)[box]
@@ -193,8 +193,8 @@ def patient_image_row(case_dir: Path, weeks: Sequence[int] = LANDMARK_WEEKS, *, 
         if not fu["geometry"].same_grid(g):
             # a real follow-up on its own grid: rigid + affine registration to the pre-treatment scan (sizes and
             # diameters do not depend on a deformable refinement, which costs ~20 s per scan)
-            from ..cases import Case
-            from ..pipeline import ObservedScan, register_observed
+            from ..cases import Case, ObservedScan
+            from ..registration import register_observed
 
             phases = {k: fu[k] for k in ("arterial", "portal") if k in fu}
             pre_phases = {k: pre[k] for k in ("arterial", "portal") if k in pre}

@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ..cases import Case, Geometry
+from ..cases import Case, FollowUp, Geometry, store_rounded
 from ..errors import InputError
 from ..labels import MAX_LABEL, PVTT
-from ..pipeline import FollowUp, store_rounded
 from ..progress import ProgressCallback, report
 from .crop import _LazyVolumes
 from .generator import check_request

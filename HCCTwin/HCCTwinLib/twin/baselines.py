@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..cases import Geometry
+from ..cases import FollowUp, Geometry
 from ..labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
-from ..pipeline import FollowUp
 
 PHASES = ("arterial", "portal")
 

@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from ..cases import Geometry
+from ..cases import FollowUp, Geometry, store_rounded
 from ..errors import InputError
 from ..io import to_sitk
 from ..labels import MAX_LABEL, foreground_box
-from ..pipeline import FollowUp, store_rounded
 
 #: default crop grid (k, j, i): ~3.5 mm in-plane, ~6.5 mm between slices for a typical 23 x 20 x 21 cm padded liver box
 DEFAULT_CROP_KJI = (32, 64, 64)

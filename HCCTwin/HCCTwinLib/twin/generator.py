@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 
 from .. import device as devices
-from ..cases import Case, Geometry
+from ..cases import Case, FollowUp, Geometry
 from ..errors import InputError
-from ..pipeline import FollowUp
 from ..progress import ProgressCallback, report
 from ..weights import ModelFileError, load_state, resolve_model_path, weights_dir
 from . import model as tm

@@ -10,10 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from HCCTwinLib.cases import Geometry
+from HCCTwinLib.cases import Geometry, store_rounded
 from HCCTwinLib.errors import InputError
 from HCCTwinLib.labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
-from HCCTwinLib.pipeline import store_rounded
 from HCCTwinLib.twin import kinetic as K
 from HCCTwinLib.twin import render as R
 

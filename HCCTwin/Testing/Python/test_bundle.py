@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from HCCTwinLib.cases import Case, Geometry
-from HCCTwinLib.pipeline import FollowUp, TwinResult
+from HCCTwinLib.cases import Case, FollowUp, Geometry
+from HCCTwinLib.pipeline import TwinResult
 from HCCTwinLib.scene.build import show_result
 from HCCTwinLib.scene.bundle import BundleError, load_scene_bundle, save_scene_bundle
 from HCCTwinLib.scene.nodes import array_and_geometry_from_volume

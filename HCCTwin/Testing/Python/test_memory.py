@@ -12,8 +12,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from HCCTwinLib.cases import Case, Geometry
-from HCCTwinLib.pipeline import FollowUp, PipelineOptions, TwinResult, read_responses, run_case, store_rounded
+from HCCTwinLib.cases import Case, FollowUp, Geometry, store_rounded
+from HCCTwinLib.pipeline import PipelineOptions, TwinResult, read_responses, run_case
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")

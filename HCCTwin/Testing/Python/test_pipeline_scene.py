@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from HCCTwinLib.cases import Case, Geometry
-from HCCTwinLib.pipeline import FollowUp, PipelineOptions, run_case
+from HCCTwinLib.cases import Case, FollowUp, Geometry
+from HCCTwinLib.pipeline import PipelineOptions, run_case
 from HCCTwinLib.scene import layout as L
 from HCCTwinLib.scene import selftest
 from HCCTwinLib.scene.build import show_result
@@ -157,7 +157,7 @@ def test_cancel_mid_run_leaves_the_scene_as_it_was(app, stop_at):
 def test_real_followup_on_its_own_grid_is_registered_first():
     """A real follow-up acquired with the patient shifted: run_case registers it (rigid + affine) onto the
     pre-treatment grid before it is shown or read; the result lines up with the pre-treatment anatomy."""
-    from HCCTwinLib.pipeline import ObservedScan
+    from HCCTwinLib.cases import ObservedScan
 
     case, follow = phantom_case()
     g = case.geometry

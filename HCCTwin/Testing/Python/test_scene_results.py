@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from HCCTwinLib.cases import Case, Geometry
+from HCCTwinLib.cases import Case, FollowUp, Geometry
 from HCCTwinLib.labels import LIVER, VIABLE_TUMOR
-from HCCTwinLib.pipeline import FollowUp, TwinResult
+from HCCTwinLib.pipeline import TwinResult
 from HCCTwinLib.regimens import load_catalogue
 from HCCTwinLib.scene import build as B
 from HCCTwinLib.scene import layout as L

@@ -165,8 +165,8 @@ def test_pca_state_round_trip_through_the_engine_file(encoder, deep_engine):
 def test_pipeline_computes_the_deep_features_the_engine_needs(deep_engine):
     """pipeline.update_survival asks baseline_image_features for the raw encoder features when the engine uses them
     (and only then): the patient's metastasis points include the deep columns, without an 'imputed' note."""
-    from HCCTwinLib.demo import default_case
     from HCCTwinLib.pipeline import PipelineOptions, run_case
+    from HCCTwinLib.simulate.default import default_case
 
     _, path, _, _ = deep_engine
     case, _ = default_case(small=True)

@@ -152,8 +152,8 @@ def test_landmark_uses_virtual_or_observed_response(engine_file, table):
 
 
 def test_pipeline_survival_and_cheap_regimen_change(engine_file, monkeypatch):
-    from HCCTwinLib.demo import default_case
     from HCCTwinLib.pipeline import PipelineOptions, run_case, update_survival
+    from HCCTwinLib.simulate.default import default_case
 
     _, path = engine_file
     case, fu = default_case(small=True)
@@ -181,8 +181,8 @@ def test_pipeline_survival_and_cheap_regimen_change(engine_file, monkeypatch):
 
 
 def test_no_engine_is_a_note_not_an_error(tmp_path):
-    from HCCTwinLib.demo import default_case
     from HCCTwinLib.pipeline import PipelineOptions, run_case
+    from HCCTwinLib.simulate.default import default_case
 
     case, _ = default_case(small=True)
     result = run_case(case, REGS, (8,), options=PipelineOptions(survival_model=str(tmp_path / "none.safetensors")))

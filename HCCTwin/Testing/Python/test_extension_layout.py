@@ -176,3 +176,32 @@ def test_makefile_and_readme_give_the_two_commands(target):
     assert re.search(rf"^{target}", (ROOT / "Makefile").read_text(), re.M)
     assert f"make {target[:-1]}" in (ROOT / "README.md").read_text()
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_import_graph_has_no_cycles():
+    """The engine's rooms (top-level modules and sub-packages) import down only (docs/architecture.md)."""
+    import import_graph
+
+    house = import_graph.house(MODULE / "HCCTwinLib")
+    assert house["cycles"] == [] and house["upward_arrows"] == [], house["cycles"]
+    floors = house["floor_of"]
+    # the main road runs up the floors
+    for road in (["cases", "segmentation", "survival", "pipeline", "scene", "cli"],
+                 ["cases", "twin", "survival", "pipeline", "scene", "cli"]):
+        heights = [floors[f"HCCTwinLib.{r}"] for r in road]
+        assert heights == sorted(heights) and len(set(heights)) == len(heights), dict(zip(road, heights))
+    assert floors["HCCTwinLib.cases"] <= 1 and floors["HCCTwinLib.labels"] == 0
+
+
+def test_import_graph_finds_a_cycle(tmp_path):
+    import import_graph
+
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .sub import thing\n")
+    (pkg / "sub" / "__init__.py").write_text("def thing():\n    from ..a import x\n")
+    (pkg / "b.py").write_text("from . import a\n")
+    house = import_graph.house(pkg)
+    assert house["cycles"] == [["pkg.a", "pkg.sub"]] and house["floor_of"]["pkg.b"] == 1
+    assert house["imports_in_functions_share"] == pytest.approx(1 / 3, abs=1e-3)

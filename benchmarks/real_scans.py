@@ -107,10 +107,13 @@ def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
                    "slice_mm": m.get("slice_mm"), "n_slices": case.geometry.shape[0]}
             ref = spec.get("reference")
             if ref and (data / ref["path"]).exists():
-                arr, geom = read_image(data / ref["path"], labels=True)
+                # read as an image: another tool's label map has its own label values (checked here, not by HCCTwin)
+                arr, geom = read_image(data / ref["path"])
+                values = ref.get("label_values")
+                arr = np.rint(np.asarray(arr)).astype(np.int32)
+                truth = (np.isin(arr, values) if values else arr > 0).astype(np.uint8)
                 if not geom.same_grid(case.geometry):
-                    arr = resample_to(arr, geom, case.geometry, labels=True)
-                truth = np.where(np.asarray(arr) > 0, 1, 0).astype(np.uint8)
+                    truth = np.asarray(resample_to(truth, geom, case.geometry, labels=True)).astype(np.uint8)
                 d = dice_per_label(np.where(labels > 0, 1, 0).astype(np.uint8), truth)
                 row["reference"] = ref["kind"]
                 row["liver_dice_vs_reference"] = d.get("liver")
@@ -126,20 +129,28 @@ def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
                         for c in manifest["cases"]}}
 
 
+def _ref(row: dict) -> str:
+    d = row.get("liver_dice_vs_reference")
+    return "no reference" if d is None else f"{d:.3f}"
+
+
 def write_md(res: dict, path: Path) -> None:
     lines = ["# Real public CT scans: segmentation and out-of-domain guard", "",
              f"Model {res['model_version']}, {res['machine']['date']}, {res['machine']['platform']}. "
              "Command: `.venv/bin/python benchmarks/real_scans.py --data DATA_ROOT` (sources and licences in "
              "`benchmarks/real_scans.json`). No manual reference mask is available for these scans: volumes and "
-             "verdicts are checked for plausibility (adult liver 0.8-3 L; pictures in the README).", "",
-             "| case | input | slices | liver + tumour (mL) | tumour (mL) | PVTT (mL) | guard | reasons |",
-             "|---|---|---|---|---|---|---|---|"]
+             "verdicts are checked for plausibility (adult liver 0.8-3 L; pictures in the README); where the manifest "
+             "names another model's mask (TotalSegmentator), the liver Dice against it is agreement with that model, "
+             "not accuracy.", "",
+             "| case | input | slices | liver + tumour (mL) | tumour (mL) | PVTT (mL) | liver Dice vs reference | "
+             "guard | reasons |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         if r["status"] != "ran":
-            lines.append(f"| {r['case']} | - | - | - | - | - | {r['status']} | |")
+            lines.append(f"| {r['case']} | - | - | - | - | - | - | {r['status']} | |")
             continue
         lines.append(f"| {r['case']} | {r['input']} | {r['n_slices']} x {r['slice_mm']:.1f} mm | {r['liver_ml']:.0f} | "
-                     f"{r['tumor_ml']:.0f} | {r['pvtt_ml']:.0f} | **{r['verdict']}** | "
+                     f"{r['tumor_ml']:.0f} | {r['pvtt_ml']:.0f} | {_ref(r)} | **{r['verdict']}** | "
                      f"{'<br>'.join(r['reasons']) or '-'} |")
     lines += ["", "Sources:", ""]
     lines += [f"- {cid}: {s.get('source')} ({s.get('licence')}). {s.get('attribution', '')}"

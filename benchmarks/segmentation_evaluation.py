@@ -85,6 +85,10 @@ def evaluate_quality(weights: str, n: int, seed: int, device: str, cohort: str |
         d["has_pvtt"] = bool((labels == 4).any())
         d["seconds"] = round(seconds, 2)
         d["shape_kji"] = list(labels.shape)
+        env = segmenter.last_info.get("envelope")
+        if env:  # the envelope stage's agreement with the main model and what it removed
+            d["envelope_agreement"] = env["agreement_dice"]
+            d["envelope_removed_ml"] = env["removed_ml"]
         per_patient.append(d)
         pairs.append(lesion_counts(pred, labels, case.geometry, min_diameter_mm=10.0))
         for name, c in detection_by_size(pred, labels, case.geometry).items():
@@ -107,6 +111,12 @@ def evaluate_quality(weights: str, n: int, seed: int, device: str, cohort: str |
     summary["sensitivity_by_size"] = {name: {**c, "sensitivity": c["detected"] / c["n_lesions"] if c["n_lesions"]
                                              else None} for name, c in by_size.items()}
     summary["seconds_per_patient"] = float(np.mean([r["seconds"] for r in per_patient]))
+    agree = [r["envelope_agreement"] for r in per_patient if "envelope_agreement" in r]
+    if agree:
+        summary["envelope"] = {"agreement_min": float(np.min(agree)), "agreement_p5": float(np.percentile(agree, 5)),
+                               "agreement_median": float(np.median(agree)),
+                               "removed_ml_mean": float(np.mean([r["envelope_removed_ml"] for r in per_patient])),
+                               "removed_ml_max": float(np.max([r["envelope_removed_ml"] for r in per_patient]))}
     return {"per_patient": per_patient, "summary": summary}
 
 
@@ -212,6 +222,12 @@ def write_report(result: dict, out: Path) -> None:
                   f"{run.get('peak_rss_gb_after_simulating_input', float('nan')):.2f} | | |"]
     lines += ["", "Dice: mean over hold-out patients of the per-patient Dice on the native grid; necrosis over the "
               "patients where it is present in the truth or the prediction.", ""]
+    env = s.get("envelope")
+    if env:
+        lines += [f"Envelope stage (issue 22; the card's `postprocessing.envelope_stage`): agreement of the two models "
+                  f"on this hold-out min {env['agreement_min']:.3f}, 5th percentile {env['agreement_p5']:.3f}, median "
+                  f"{env['agreement_median']:.3f}; labels removed per patient mean {env['removed_ml_mean']:.1f} mL, "
+                  f"max {env['removed_ml_max']:.1f} mL.", ""]
     sizes = s.get("sensitivity_by_size")
     if sizes:
         lines += ["Lesion sensitivity by size (longest axis-aligned extent of the true lesion):", "",

@@ -522,6 +522,15 @@ def cmd_train(args) -> int:
         if not 0.0 <= value <= 1.0:
             raise InputError(f"--{flag.replace('_', '-')} {value}: a probability between 0 and 1.")
         kwargs[key] = value
+    if getattr(args, "synthetic", None):
+        if args.model != "segmentation":
+            raise InputError("--synthetic applies to the segmentation only.")
+        if args.synthetic < 1:
+            raise InputError(f"--synthetic {args.synthetic}: the number of simulated tissue maps, at least 1.")
+        if not 0.0 < args.synthetic_prob <= 1.0:
+            raise InputError(f"--synthetic-prob {args.synthetic_prob}: a probability in (0, 1].")
+        kwargs.update({"synthetic": args.synthetic, "synthetic_prob": args.synthetic_prob,
+                       "synthetic_seed": args.synthetic_seed})
     summary = train(args.cohort, args.out, **kwargs)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -544,6 +553,30 @@ def cmd_tune(args) -> int:
                               progress=ProgressBar())
         summary = {"weights": str(weights), "domain": section}
         summary["card"] = "not changed (--dry-run)" if args.dry_run else str(apply_domain_to_card(weights, section))
+        print(json.dumps(jsonable(summary, finite=True), indent=2))
+        return 0
+    if args.model == "envelope":
+        from .segmentation.tuning import apply_envelope_to_card, tune_envelope
+
+        if not args.envelope_model:
+            raise InputError("tune envelope needs --envelope-model (a model trained with --synthetic).")
+        env_path = resolve_model_path(args.envelope_model)
+        if env_path.resolve().parent != weights.resolve().parent:
+            raise InputError(f"--envelope-model {env_path}: put it (with its .json card) in the folder of "
+                             f"{weights.name} ({weights.resolve().parent}); the card names it by file name.")
+        envelope = get_segmenter(env_path, device=args.device)
+        segmenter.attach_envelope_stage(envelope)  # checks grid, window and phases
+        segmenter.attach_envelope_stage(None)  # tuned on the main model alone
+        section = tune_envelope(segmenter, envelope, args.cohort, max_cases=args.max_cases, progress=ProgressBar())
+        summary = {"weights": str(weights), "envelope_stage": section}
+        if args.report:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.report).write_text(json.dumps(jsonable(section, finite=True), indent=2) + "\n",
+                                         encoding="utf-8")
+        if args.dry_run or "rejected" in section:
+            summary["card"] = "not changed" + (" (--dry-run)" if args.dry_run else ": no margin qualified")
+        else:
+            summary["card"] = str(apply_envelope_to_card(weights, section))
         print(json.dumps(jsonable(summary, finite=True), indent=2))
         return 0
     stage = None
@@ -677,6 +710,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase-dropout", type=float, metavar="P",
                    help="segmentation: copy one phase onto both channels in this share of the patches, so the model "
                         "also reads single-phase studies (listed in its card), e.g. 0.3")
+    p.add_argument("--synthetic", type=int, metavar="N",
+                   help="segmentation: also train on images synthesised from N simulated tissue maps with a random "
+                        "appearance per patch (SynthSeg-style, for real scans; HCCTwinLib.segmentation.synth), "
+                        "e.g. 150")
+    p.add_argument("--synthetic-prob", type=float, default=0.5, metavar="P",
+                   help="segmentation with --synthetic: share of the patches drawn from them (default 0.5)")
+    p.add_argument("--synthetic-seed", type=int, default=7001, help="segmentation with --synthetic: simulator seed")
     p.add_argument("--small-lesions", type=float, metavar="W",
                    help="segmentation: emphasise small lesions (tumour patch centres drawn per lesion, plus a "
                         "cross-entropy whose weight for lesions under 4 mL grows up to W, e.g. 10)")
@@ -691,9 +731,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="tune a trained segmentation model's decision rules (PVTT prior, lesion "
                                     "confidence) on labelled cases outside its training and evaluation cohorts, or "
                                     "('domain') record the out-of-domain guard's reference ranges in its card")
-    p.add_argument("model", choices=["segmentation", "domain"],
+    p.add_argument("model", choices=["segmentation", "domain", "envelope"],
                    help="segmentation: decision rules; domain: the guard's training-domain reference (p1-p99 of "
-                        "its measures on a cohort of the training domain, not the evaluation hold-out)")
+                        "its measures on a cohort of the training domain, not the evaluation hold-out); envelope: the "
+                        "margin of an appearance-robust envelope model (--envelope-model) around the liver")
     p.add_argument("--cohort", required=True, help="tuning cohort folder (cases/<id>/pre/{arterial,portal,labels})")
     p.add_argument("--weights", help="model file (.safetensors; its .json card is updated); default: installed model")
     p.add_argument("--max-fp", type=float, default=0.2,
@@ -703,6 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the patients without PVTT that may get a predicted PVTT when choosing the PVTT "
                         "logit bias (default 0.1; a false thrombus changes the BCLC stage)")
     p.add_argument("--max-cases", type=_positive_int, help="use at most this many cases")
+    p.add_argument("--envelope-model", help="tune envelope: a model trained with --synthetic (randomised appearance) "
+                                            "in the folder of the main model; its liver bounds the main model's "
+                                            "labels on real scans (the margin is chosen on --cohort)")
     p.add_argument("--pvtt-model", help="a PVTT-stage model (`hcctwin train segmentation --pvtt-stage`) in the same "
                                         "folder: tune its threshold instead of the PVTT logit bias (the stage is "
                                         "written into the card only when it finds thrombus within --max-false-pvtt)")

@@ -13,7 +13,13 @@ label map on the *input* grid:
    portal-vein tumour thrombus inside the same box. The stage is either the model itself (one pass: a model trained
    with the thrombus weighted ranks it well but draws too much of it at the argmax) or a second network of the same
    grid, named by file and pinned by its sha256;
-5. post-processing (:mod:`.postprocessing`) on the model grid, nearest-neighbour back to the input grid.
+5. optional envelope stage (the model card's ``postprocessing.envelope_stage``, issue 22): a second network trained
+   on images synthesised with a random appearance (:mod:`.synth`), which therefore depends less on the simulator's
+   look, draws the liver + lesions on the same crop; everything the main model labels farther than ``margin_mm``
+   from that envelope becomes background (on real CT the main model spills liver and "tumour" into the stomach and
+   bowel; on the simulator the two agree and nothing changes). Their agreement (Dice of the two foregrounds before
+   gating) goes to the out-of-domain guard;
+6. post-processing (:mod:`.postprocessing`) on the model grid, nearest-neighbour back to the input grid.
 
 A CUDA out-of-memory error re-runs the step on the CPU with a message
 (:func:`HCCTwinLib.device.call_with_cpu_fallback`).
@@ -45,6 +51,8 @@ DEFAULT_MODEL_NAME = "hcctwin_seg"
 BOX_MARGIN_MM = 20.0
 #: stage 1 runs automatically when the model-grid volume exceeds this many sliding-window ROIs
 COARSE_AUTO_ROIS = 4
+#: default margin (mm) around the envelope stage's liver within which the main model's labels are kept
+ENVELOPE_MARGIN_MM = 6.0
 _ARGMAX_SLAB = 16
 
 
@@ -224,7 +232,7 @@ class Segmenter:
 
     def __init__(self, model, card: Mapping[str, Any], device="cpu", *, message: str = "", path: Path | None = None,
                  overlap: float = 0.25, sw_batch_size: int = 1, roi_size: Sequence[int] | None = None,
-                 pvtt_stage: Segmenter | None = None):
+                 pvtt_stage: Segmenter | None = None, envelope_stage: Segmenter | None = None):
         import torch
 
         self.card = dict(card)
@@ -270,6 +278,12 @@ class Segmenter:
         self.pvtt_min_ml = float((tuned.get("pvtt_stage") or {}).get("min_volume_ml", postprocessing.MIN_PVTT_ML))
         if pvtt_stage is not None:
             self.attach_pvtt_stage(pvtt_stage)
+        #: the envelope stage (:meth:`attach_envelope_stage`) and its margin (card
+        #: ``postprocessing.envelope_stage.margin_mm``)
+        self.envelope_stage: Segmenter | None = None
+        self.envelope_margin_mm = float((tuned.get("envelope_stage") or {}).get("margin_mm", ENVELOPE_MARGIN_MM))
+        if envelope_stage is not None:
+            self.attach_envelope_stage(envelope_stage)
         self.last_info: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -295,31 +309,59 @@ class Segmenter:
                                      f"{str(stage['sha256'])[:12]}..., but the file is {str(card.get('sha256'))[:12]}"
                                      f"...; re-tune (`hcctwin tune segmentation --pvtt-model {Path(path).name}`).")
             options = {**options, "pvtt_stage": loaded}
+        envelope = (card.get("postprocessing") or {}).get("envelope_stage")
+        if envelope:
+            inner = cls._load_stage_file(Path(path), envelope, dev, options, "envelope")
+            if inner is SELF_STAGE:
+                raise ModelFileError(f"{path}: its card names the model itself as its envelope stage; the envelope "
+                                     f"stage must be another model (trained with --synthetic).")
+            options = {**options, "envelope_stage": inner}
         return cls(model, card, dev, message=message, path=Path(path), **options)
 
     @classmethod
     def _load_pvtt_stage(cls, path: Path, stage: Mapping[str, Any], dev, options) -> Segmenter:
-        """The PVTT-stage model named in the card: a file next to ``path`` whose sha256 is the one the card
-        recorded when the stage was tuned (another file of the same name would make the tuned threshold
-        meaningless)."""
+        """The PVTT-stage model named in the card (:meth:`_load_stage_file`)."""
+        return cls._load_stage_file(path, stage, dev, options, "PVTT")
+
+    @classmethod
+    def _load_stage_file(cls, path: Path, stage: Mapping[str, Any], dev, options, what: str) -> Segmenter:
+        """The stage model named in the card: a file next to ``path`` whose sha256 is the one the card recorded
+        when the stage was tuned (another file of the same name would make the tuned rule meaningless)."""
+        key = "pvtt_stage" if what == "PVTT" else "envelope_stage"
+        flag = "--pvtt-model" if what == "PVTT" else "--envelope-model"
         name = str(stage.get("model") or "")
         if not name or Path(name).name != name:
-            raise ModelFileError(f"{path}: postprocessing.pvtt_stage.model must be a file name next to the model, "
+            raise ModelFileError(f"{path}: postprocessing.{key}.model must be a file name next to the model, "
                                  f"not {name!r}.")
         if name == path.name:
             return SELF_STAGE
         stage_path = path.parent / name
         if not stage_path.is_file():
-            raise ModelFileError(f"{stage_path}: the PVTT-stage model named in {path.name}'s card is missing; copy it "
-                                 f"(with its .json card) next to {path.name}, or re-tune without it "
+            raise ModelFileError(f"{stage_path}: the {what}-stage model named in {path.name}'s card is missing; copy "
+                                 f"it (with its .json card) next to {path.name}, or re-tune without it "
                                  f"(`hcctwin tune segmentation`).")
-        inner = cls.from_file(stage_path, dev, **{k: v for k, v in options.items() if k != "pvtt_stage"})
+        inner = cls.from_file(stage_path, dev, **{k: v for k, v in options.items()
+                                                  if k not in ("pvtt_stage", "envelope_stage")})
         want = stage.get("sha256")
         if want and inner.card.get("sha256") != want:
             raise ModelFileError(f"{stage_path}: sha256 {str(inner.card.get('sha256'))[:12]}... is not the "
                                  f"{str(want)[:12]}... that {path.name}'s card was tuned with; re-tune "
-                                 f"(`hcctwin tune segmentation --pvtt-model {name}`).")
+                                 f"(`hcctwin tune segmentation {flag} {name}`).")
         return inner
+
+    def attach_envelope_stage(self, stage: Segmenter | None) -> None:
+        """Use ``stage`` (another model on the same grid, window and phases) as the envelope stage; None: none."""
+        if stage is None:
+            self.envelope_stage = None
+            return
+        if stage is self:
+            raise ModelFileError("envelope stage: must be another model.")
+        for what, mine, theirs in (("spacing", self.spacing_mm, stage.spacing_mm),
+                                   ("HU window", tuple(self.window_hu), tuple(stage.window_hu)),
+                                   ("input phases", self.phases, stage.phases)):
+            if tuple(mine) != tuple(theirs):
+                raise ModelFileError(f"envelope stage: its {what} {theirs} differs from the main model's {mine}.")
+        self.envelope_stage = stage
 
     def bias_without_pvtt(self) -> tuple[float, ...]:
         """The card's class bias with PVTT taken out of the argmax (the PVTT stage decides PVTT)."""
@@ -494,6 +536,9 @@ class Segmenter:
                                             "min_volume_ml": self.pvtt_min_ml}
             del pvtt
         del logits
+        if self.envelope_stage is not None:
+            report(progress, 0.9, "Segmentation: envelope stage")
+            labels[box] = self._apply_envelope(labels[box], crop, mgeom, SubProgress(progress, 0.9, 0.93))
         del crop
         if postprocess:
             report(progress, 0.9, "Segmentation: post-processing")
@@ -505,6 +550,38 @@ class Segmenter:
         out = from_model_grid(labels, mgeom, geometry)
         self.last_info["seconds"] = time.perf_counter() - t0
         report(progress, 1.0, "Segmentation done")
+        return out
+
+    def _apply_envelope(self, labels: np.ndarray, crop: np.ndarray, mgeom: Geometry, progress) -> np.ndarray:
+        """``labels`` (a model-grid crop) with everything farther than the margin from the envelope stage's
+        liver + lesions set to background; the agreement of the two models goes to ``last_info["envelope"]``."""
+        stage = self.envelope_stage
+        env_logits = stage.crop_logits(crop, progress)
+        env = logits_to_labels(env_logits, class_bias=stage.bias_without_pvtt()) > 0
+        del env_logits
+        main = labels > 0
+        inter = int(np.count_nonzero(main & env))
+        total = int(np.count_nonzero(main)) + int(np.count_nonzero(env))
+        agreement = 2.0 * inter / total if total else 1.0
+        keep = envelope_mask(env, mgeom.spacing, self.envelope_margin_mm)
+        removed = main & ~keep
+        voxel_ml = float(np.prod(mgeom.spacing)) / 1000.0
+        self.last_info["envelope"] = {
+            "model": stage.path.name if stage.path else None, "version": stage.card.get("version"),
+            "margin_mm": self.envelope_margin_mm, "agreement_dice": round(agreement, 4),
+            "main_ml": round(float(np.count_nonzero(main)) * voxel_ml, 1),
+            "envelope_ml": round(float(np.count_nonzero(env)) * voxel_ml, 1),
+            "removed_ml": round(float(np.count_nonzero(removed)) * voxel_ml, 1),
+            "removed_tumor_ml": round(float(np.count_nonzero(removed & np.isin(labels, (2, 3)))) * voxel_ml, 1)}
+        self.last_info.setdefault("confidence", {})["envelope_agreement"] = float(agreement)
+        info = self.last_info["envelope"]
+        if info["removed_ml"] >= 1.0:
+            self.last_info.setdefault("messages", []).append(
+                f"Envelope stage ({info['model']} {info['version'] or ''}): {info['removed_ml']:.0f} mL labelled "
+                f"farther than {self.envelope_margin_mm:g} mm from its liver removed (tumour "
+                f"{info['removed_tumor_ml']:.0f} mL); the two models agree at Dice {agreement:.2f}.")
+        out = labels.copy()
+        out[removed] = 0
         return out
 
     def _liver_box(self, stack, geometry, mgeom: Geometry, progress) -> tuple[slice, ...] | None:
@@ -526,6 +603,20 @@ class Segmenter:
         if np.any(hi <= lo):
             return None
         return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def envelope_mask(envelope: np.ndarray, spacing_xyz: Sequence[float], margin_mm: float) -> np.ndarray:
+    """The envelope stage's foreground (its largest connected component: the liver with its lesions) grown by
+    ``margin_mm`` (a Euclidean distance on the anisotropic grid); empty envelope: nothing is kept."""
+    from scipy import ndimage
+
+    if not envelope.any():
+        return np.zeros(envelope.shape, bool)
+    organ = postprocessing.largest_component(envelope)
+    if margin_mm <= 0:
+        return organ
+    sampling = (float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0]))
+    return ndimage.distance_transform_edt(~organ, sampling=sampling) <= float(margin_mm)
 
 
 _CACHE: dict[tuple, Segmenter] = {}

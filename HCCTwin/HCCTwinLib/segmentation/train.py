@@ -43,7 +43,7 @@ from ..io import find_image, load_case, read_training_state
 from ..io import path_inside as _inside
 from ..progress import ProgressCallback, SubProgress, report
 from ..weights import ModelFileError, load_state, save_model, sha256_file
-from . import augment, postprocessing
+from . import augment, postprocessing, synth
 from .inference import DEFAULT_MODEL_NAME, sliding_window_argmax
 from .metrics import dice_per_label, mean_dice
 from .model import (
@@ -274,8 +274,14 @@ class _PatchSampler:
                  coarse_fraction: float = 0.0, flip_prob: float = 0.2,
                  class_ratios: Sequence[float] = CLASS_RATIOS, lesion_sampling: bool = False,
                  small_lesion_weight: float = 0.0, voxel_ml: float = 0.0, appearance_prob: float = 0.0,
-                 phase_dropout: float = 0.0):
+                 phase_dropout: float = 0.0, synthetic_items: list[tuple[Path, Path]] = (),
+                 synthetic_prob: float = 0.0, window_hu: Sequence[float] = DEFAULT_WINDOW_HU):
         self.patch = tuple(int(p) for p in patch)
+        #: share of patches synthesised from a simulated tissue map (:mod:`.synth`) instead of cut from a volume
+        self.synthetic_prob = float(synthetic_prob) if synthetic_items else 0.0
+        if not 0.0 <= self.synthetic_prob <= 1.0:
+            raise ValueError(f"synthetic_prob is a probability in [0, 1]; got {synthetic_prob}")
+        self.window_hu = tuple(float(w) for w in window_hu)
         #: probability of :func:`.augment.randomise_appearance` and of :func:`.augment.drop_phase` per patch
         self.appearance_prob = float(appearance_prob)
         self.phase_dropout = float(phase_dropout)
@@ -305,7 +311,15 @@ class _PatchSampler:
                 c_lbl = np.ascontiguousarray(labels[::2, ::2, ::2])
                 c_w = small_lesion_weights(c_lbl, 8 * voxel_ml, small_lesion_weight) if self.weighted else None
                 self.coarse.append((c_img, c_lbl, self._centres(c_lbl), c_w))
+        #: synthetic volumes: (class map, labels, centres); the image of a patch is drawn from its class map
+        self.synthetic = []
+        for cls_p, lbl_p in synthetic_items:
+            labels = np.ascontiguousarray(np.load(lbl_p)[0])
+            self.synthetic.append((np.load(cls_p, mmap_mode="r"), labels, self._centres(labels)))
+        if not self.volumes and not self.synthetic:
+            raise ValueError("no training volumes")
         self._order: list[int] = []
+        self._synth_order: list[int] = []
 
     def _centres(self, labels: np.ndarray) -> list:
         """Candidate centres per label (:func:`_label_centres`) plus, with lesion sampling, per tumour component."""
@@ -320,8 +334,16 @@ class _PatchSampler:
             self._order = list(self.rng.permutation(len(self.volumes)))
         return int(self._order.pop())
 
-    def patch_from(self, image, labels, centres, weights=None):
-        """``(image patch, label patch)`` and, with ``weights`` (a volume of CE weights), its patch as a third item."""
+    def _next_synthetic(self) -> int:
+        if not self._synth_order:
+            self._synth_order = list(self.rng.permutation(len(self.synthetic)))
+        return int(self._synth_order.pop())
+
+    def patch_from(self, image, labels, centres, weights=None, synthetic: bool = False):
+        """``(image patch, label patch)`` and, with ``weights`` (a volume of CE weights), its patch as a third item.
+        ``synthetic``: ``image`` is a class map (``(1, K, J, I)``, :mod:`.synth`) and the patch's image is synthesised
+        from it (then neither :func:`.augment.randomise_appearance` nor the intensity jitter apply; phase dropout is
+        part of the synthesis)."""
         rng, shape = self.rng, labels.shape
         present = [c for c in range(len(self.class_ratios))
                    if (c == 0 or centres[c] is not None) and self.class_ratios[c] > 0] or [0]
@@ -349,6 +371,9 @@ class _PatchSampler:
             if self.flip_prob > 0 and rng.random() < self.flip_prob:
                 img, lbl = np.flip(img, axis + 1), np.flip(lbl, axis)
                 wgt = None if wgt is None else np.flip(wgt, axis)
+        if synthetic:
+            img = synth.synthesize(img[0], rng, self.window_hu, n_channels=2, phase_dropout=self.phase_dropout)
+            return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(lbl)
         if rng.random() < 0.5:
             img = img * float(1.0 + rng.uniform(-0.1, 0.1))
         if rng.random() < 0.5:
@@ -367,9 +392,14 @@ class _PatchSampler:
         """``(images, labels)`` of ``batch_size`` patches, plus their CE weights with ``small_lesion_weight``."""
         xs, ys, ws = [], [], []
         for _ in range(batch_size):
-            v = self._next_volume()
-            use_coarse = self.coarse and self.rng.random() < self.coarse_fraction
-            out = self.patch_from(*(self.coarse[v] if use_coarse else self.volumes[v]))
+            if self.synthetic and (not self.volumes or self.rng.random() < self.synthetic_prob):
+                out = self.patch_from(*self.synthetic[self._next_synthetic()], synthetic=True)
+                if self.weighted:
+                    out = (*out, np.ones(out[1].shape, np.float32))
+            else:
+                v = self._next_volume()
+                use_coarse = self.coarse and self.rng.random() < self.coarse_fraction
+                out = self.patch_from(*(self.coarse[v] if use_coarse else self.volumes[v]))
             xs.append(out[0])
             ys.append(out[1][None])
             if self.weighted:
@@ -446,7 +476,10 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                        init_weights: str | os.PathLike | None = None,
                        class_ratios: Sequence[float] = CLASS_RATIOS, cpu_precision: str = "fp32",
                        lesion_sampling: bool = False, small_lesion_weight: float = 0.0,
-                       appearance_prob: float = 0.0, phase_dropout: float = 0.0) -> dict[str, Any]:
+                       appearance_prob: float = 0.0, phase_dropout: float = 0.0, synthetic: int = 0,
+                       synthetic_seed: int = 7001, synthetic_prob: float = 0.5,
+                       synthetic_templates: str | os.PathLike | None = None,
+                       template_repeats: int = 4) -> dict[str, Any]:
     """Train (or resume training) the segmentation model; returns a summary dict with the model path and metrics.
 
     ``patch_size`` is (k, j, i) voxels on the model grid (``spacing_mm`` is (x, y, z)); it is rounded up to a multiple
@@ -472,6 +505,11 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     Real scans (:mod:`.augment`): ``appearance_prob`` of the patches get a randomised appearance (intensity curve,
     per-label contrast, bias, blur, slice thickness, noise) and ``phase_dropout`` of them one phase copied onto both
     channels, so the model also reads single-phase studies; the card then lists the single phases it accepts.
+    ``synthetic`` > 0 (:mod:`.synth`): that many simulated tissue maps of simulator seed ``synthetic_seed`` are
+    cached and ``synthetic_prob`` of the patches are images synthesised from them with a random appearance
+    (SynthSeg-style domain randomisation; their phase dropout is ``phase_dropout``). ``synthetic_templates``: a
+    folder of real abdominal label maps with their images (:func:`.synth.prepare_templates`, e.g. CHAOS) added to
+    the synthetic maps, each ``template_repeats`` times in the cycle (real liver shapes weigh more).
     """
     import torch
     from monai.losses import DiceCELoss
@@ -513,6 +551,20 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     if val_max_cases is not None:
         val_items = val_items[:max(1, int(val_max_cases))]
 
+    synthetic_items = []
+    if synthetic:
+        if not 0.0 < float(synthetic_prob) <= 1.0:
+            raise InputError(f"synthetic_prob must be in (0, 1]; got {synthetic_prob}")
+        log(f"[segmentation training] preparing {synthetic} synthetic tissue maps (simulator seed {synthetic_seed})")
+        synthetic_items = synth.prepare_synthetic(cache / "synthetic", int(synthetic), int(synthetic_seed),
+                                                  spacing_mm, log=log)
+    templates = []
+    if synthetic_templates:
+        if not synthetic:
+            raise InputError("synthetic_templates needs synthetic > 0 (the simulated tissue maps they join).")
+        templates = synth.prepare_templates(synthetic_templates, cache / "templates", spacing_mm, log=log)
+        synthetic_items = synthetic_items + templates * max(1, int(template_repeats))
+
     # ---- model, optimiser, state
     torch.manual_seed(seed)
     model = build_model(architecture, **arch_kwargs).to(dev)
@@ -539,7 +591,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                             class_ratios=class_ratios, lesion_sampling=lesion_sampling,
                             small_lesion_weight=small_lesion_weight,
                             voxel_ml=float(np.prod([float(v) for v in spacing_mm])) / 1000.0,
-                            appearance_prob=appearance_prob, phase_dropout=phase_dropout)
+                            appearance_prob=appearance_prob, phase_dropout=phase_dropout,
+                            synthetic_items=synthetic_items, synthetic_prob=synthetic_prob)
     n_iter = int(iterations_per_epoch or max(1, math.ceil(len(train_items) * samples_per_volume / batch_size)))
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) if use_amp \
@@ -562,7 +615,14 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                              f"shift +-0.05, Gaussian noise (p=0.15, sd 0.02)"
                              + (f"; {augment.DESCRIPTION.format(p=appearance_prob, d=phase_dropout)}"
                                 if appearance_prob or phase_dropout else ""),
-             "appearance_prob": float(appearance_prob), "phase_dropout": float(phase_dropout)}
+             "appearance_prob": float(appearance_prob), "phase_dropout": float(phase_dropout),
+             "synthetic": int(synthetic), "synthetic_seed": int(synthetic_seed) if synthetic else None,
+             "synthetic_prob": float(synthetic_prob) if synthetic else 0.0,
+             "synthetic_templates": ({"folder": Path(synthetic_templates).name, "n": len(templates),
+                                      "repeats": int(template_repeats)} if templates else None)}
+    if synthetic:
+        hyper["augmentation"] += "; " + synth.DESCRIPTION.format(n=int(synthetic), seed=int(synthetic_seed),
+                                                                 p=float(synthetic_prob), d=phase_dropout)
     start_epoch = int(state["epoch"])
     for epoch in range(start_epoch, epochs):
         if time_budget_s and epoch > start_epoch and time.perf_counter() - t_start >= float(time_budget_s):

@@ -360,11 +360,105 @@ def apply_to_card(weights_path, postprocessing_section: dict[str, Any], *, repor
         raise InputError(f"{card_path}: model card not found next to {weights_path}.")
     card = load_card(weights_path)
     section = dict(postprocessing_section)
+    kept = (card.get("postprocessing") or {}).get("envelope_stage")
+    if kept and "envelope_stage" not in section:  # chosen by `hcctwin tune envelope`, not by these rules
+        section["envelope_stage"] = kept
     tuning = {k: v for k, v in dict(section.get("tuning") or {}).items()
               if k not in ("pvtt_bias_table", "confidence_table", "pvtt_stage_table")}
     if report:
         tuning["report"] = str(report)
     section["tuning"] = tuning
     card["postprocessing"] = jsonable(section, finite=True)
+    _atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8"))
+    return card_path
+
+
+# ------------------------------------------------------------------------------------------------ envelope stage
+#: margins (mm) tried for the envelope stage, smallest first
+ENVELOPE_MARGINS_MM = (3.0, 6.0, 10.0, 15.0)
+#: the largest mean-Dice loss (liver + lesions, and tumour) on the tuning cohort an envelope margin may cost
+ENVELOPE_MAX_LOSS = 0.002
+
+
+def tune_envelope(segmenter, envelope, cohort_dir, *, max_cases: int | None = None,
+                  margins: Sequence[float] = ENVELOPE_MARGINS_MM, max_loss: float = ENVELOPE_MAX_LOSS,
+                  progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Choose the envelope stage's margin on a labelled cohort (issue 22): the smallest margin whose gating costs
+    the main model at most ``max_loss`` of mean Dice (liver + lesions together, and tumour) on the cohort, where
+    both models are at home; None when every margin costs more (the stage is then not used). The two models run
+    once per case on the input grid and each margin is applied there with the same
+    :func:`.inference.envelope_mask` the segmenter uses on its model grid. Also records the models' agreement
+    (Dice of the two foregrounds) over the cohort: the out-of-domain guard's limit must sit below it.
+
+    Returns the card's ``postprocessing.envelope_stage`` section (model file, sha256, margin, the cohort's numbers)
+    or, when no margin qualifies, ``{"rejected": ...}``."""
+    from .inference import envelope_mask
+
+    t0 = time.perf_counter()
+    cases = list(_tuning_cases(cohort_dir, max_cases))
+    if not cases:
+        raise InputError(f"{cohort_dir}: no labelled pre-treatment studies to tune on.")
+    rows = []
+    for n, (pid, case, truth) in enumerate(cases):
+        main = segmenter.segment(case)
+        env = envelope.segment(case) > 0
+        m, e = main > 0, env
+        agree = 2.0 * np.count_nonzero(m & e) / max(np.count_nonzero(m) + np.count_nonzero(e), 1)
+        row = {"patient_id": pid, "agreement": float(agree), "none": _fg_tumour_dice(main, truth)}
+        for mm in margins:
+            keep = envelope_mask(e, case.geometry.spacing, float(mm))
+            row[str(float(mm))] = _fg_tumour_dice(np.where(keep, main, 0).astype(np.uint8), truth)
+        rows.append(row)
+        report(progress, (n + 1) / len(cases), f"Envelope tuning {n + 1}/{len(cases)}")
+
+    def mean(key, part):
+        vals = [r[key][part] for r in rows if r[key][part] is not None]
+        return float(np.mean(vals)) if vals else None
+
+    base = {"foreground": mean("none", "foreground"), "tumor": mean("none", "tumor")}
+    table = []
+    chosen = None
+    for mm in margins:
+        k = str(float(mm))
+        entry = {"margin_mm": float(mm), "foreground": mean(k, "foreground"), "tumor": mean(k, "tumor")}
+        entry["loss"] = max(base[p] - entry[p] for p in ("foreground", "tumor") if base[p] is not None)
+        table.append(entry)
+        if chosen is None and entry["loss"] <= max_loss:
+            chosen = entry
+    agreement = np.array([r["agreement"] for r in rows])
+    numbers = {"cohort": Path(cohort_dir).name, "n_cases": len(rows), "without_envelope": base, "margins": table,
+               "agreement": {"min": float(agreement.min()), "p5": float(np.percentile(agreement, 5)),
+                             "median": float(np.median(agreement))},
+               "rule": f"smallest margin costing at most {max_loss} mean Dice (liver + lesions, tumour)",
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "seconds": round(time.perf_counter() - t0, 1)}
+    if chosen is None:
+        return {"rejected": numbers}
+    return {"model": envelope.path.name, "sha256": envelope.card.get("sha256"),
+            "version": envelope.card.get("version"), "margin_mm": chosen["margin_mm"], "tuning": numbers}
+
+
+def _fg_tumour_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | None]:
+    """Dice of liver + lesions + PVTT together and of tumour (viable + necrosis) together."""
+    out = {}
+    for part, values in (("foreground", (1, 2, 3, 4)), ("tumor", (2, 3))):
+        p, t = np.isin(pred, values), np.isin(truth, values)
+        s = int(np.count_nonzero(p)) + int(np.count_nonzero(t))
+        out[part] = 2.0 * int(np.count_nonzero(p & t)) / s if s else None
+    return out
+
+
+def apply_envelope_to_card(weights_path, section: dict[str, Any]) -> Path:
+    """Write the envelope stage ``section`` into the card of ``weights_path`` (``postprocessing.envelope_stage``;
+    the other decision rules are kept)."""
+    from ..jsonutil import jsonable
+    from ..weights import _atomic_write, load_card
+    from ..weights import card_path as card_path_of
+
+    card_path = card_path_of(Path(weights_path))
+    card = load_card(weights_path)
+    post = dict(card.get("postprocessing") or {})
+    post["envelope_stage"] = jsonable(section, finite=True)
+    card["postprocessing"] = post
     _atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8"))
     return card_path

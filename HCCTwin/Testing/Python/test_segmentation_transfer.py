@@ -1,0 +1,265 @@
+"""Segmentation for real scans (issue 22): images synthesised from simulated tissue maps, the envelope stage that
+keeps the main model's labels near the liver of an appearance-robust model, its tuning and the guard's use of the
+two models' agreement."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from HCCTwinLib import domain
+from HCCTwinLib.cases import Geometry
+from HCCTwinLib.segmentation import synth
+from HCCTwinLib.segmentation.inference import Segmenter, clear_cache, envelope_mask, get_segmenter
+from HCCTwinLib.segmentation.model import build_model, model_kwargs
+from HCCTwinLib.weights import ModelFileError, card_path, load_card, save_model
+
+TINY = {"filters": [4, 8, 16], "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]]}
+SPACING = (1.5, 1.5, 3.0)
+WINDOW = (-200.0, 300.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    """Every test of this module on one torch thread (conftest ``one_torch_thread``)."""
+
+
+def _card(**extra):
+    card = {"name": "tiny_seg", "version": "0.0.1", "architecture": "DynUNet",
+            "architecture_kwargs": model_kwargs("DynUNet", **TINY), "input_phases": ["arterial", "portal"],
+            "spacing_mm": list(SPACING), "patch_size_kji": [16, 32, 32]}
+    card.update(extra)
+    return card
+
+
+# ------------------------------------------------------------------------------------------------ synthesis
+@pytest.fixture(scope="module")
+def synthetic_volume():
+    return synth.synth_volume(101, 0, SPACING)
+
+
+def test_synthetic_class_map_carries_the_tissues_and_the_lesions(synthetic_volume):
+    from HCCTwinLib.simulate.anatomy import LIVER_TISSUES, T
+
+    cls, lbl = synthetic_volume
+    assert cls.shape == lbl.shape and cls.dtype == np.uint8 and cls.max() < synth.N_CLASSES
+    # the simulator's 1.5 x 1.5 x 3 mm model grid: ~40 cm field of view in plane, 22 cm along z
+    assert 240 <= cls.shape[1] <= 300 and 70 <= cls.shape[0] <= 80
+    present = set(np.unique(cls).tolist())
+    assert {T.LIVER, T.SPLEEN, T.GAS, T.GIWALL, T.KCORTEX, T.CORTICAL, T.MUSCLE, T.FAT, T.AORTA} <= present
+    # the label map is the class map's reading: liver tissues -> 1, lesion codes -> 2/3/4
+    assert np.array_equal(lbl == 2, cls == synth.VIABLE) and np.array_equal(lbl == 3, cls == synth.NECROSIS)
+    assert np.all(np.isin(cls[lbl == 1], LIVER_TISSUES))
+    assert (lbl == 2).sum() > 0
+
+
+def test_synthesised_images_vary_and_are_reproducible(synthetic_volume):
+    cls, lbl = synthetic_volume
+    k = int(np.flatnonzero((lbl == 1).any(axis=(1, 2)))[0]) + 8
+    patch = cls[k:k + 16, 60:124, 60:124]
+    a = synth.synthesize(patch, np.random.default_rng(5), WINDOW)
+    b = synth.synthesize(patch, np.random.default_rng(5), WINDOW)
+    assert a.shape == (2, 16, 64, 64) and a.dtype == np.float32 and np.array_equal(a, b)
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    # another draw gives another appearance (liver contrast to its surroundings changes)
+    liver = lbl[k:k + 16, 60:124, 60:124] == 1
+    means = [synth.synthesize(patch, np.random.default_rng(s), WINDOW)[1][liver].mean() for s in range(8)]
+    assert np.ptp(means) > 0.1
+    # with phase dropout 1 the two channels are one synthetic phase
+    single = synth.synthesize(patch, np.random.default_rng(1), WINDOW, phase_dropout=1.0)
+    assert np.array_equal(single[0], single[1])
+    two = synth.synthesize(patch, np.random.default_rng(1), WINDOW, phase_dropout=0.0)
+    assert not np.array_equal(two[0], two[1])
+
+
+def test_synthetic_cache_is_reused(tmp_path, monkeypatch):
+    calls = []
+    real = synth.synth_volume
+
+    def counting(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(synth, "synth_volume", counting)
+    first = synth.prepare_synthetic(tmp_path, 2, 11, SPACING)
+    again = synth.prepare_synthetic(tmp_path, 2, 11, SPACING)
+    assert first == again and len(calls) == 2
+    assert np.load(first[0][0]).shape[0] == 1 and np.load(first[0][1]).shape == np.load(first[0][0]).shape
+    # patient 0 is drawn at a follow-up (every third), patient 1 before treatment
+    assert json.loads(first[0][0].with_name(first[0][0].name.replace(".cls.npy", ".json")).read_text())["week"] == 8
+
+
+def test_patch_sampler_mixes_synthetic_patches(tmp_path, synthetic_volume):
+    from HCCTwinLib.segmentation.train import _PatchSampler
+
+    cls, lbl = synthetic_volume
+    np.save(tmp_path / "s.cls.npy", cls[None])
+    np.save(tmp_path / "s.lbl.npy", lbl[None])
+    labels = np.zeros((12, 40, 40), np.uint8)
+    labels[3:9, 10:30, 10:30] = 1
+    np.save(tmp_path / "a.img.npy", np.full((2, *labels.shape), 0.25, np.float16))
+    np.save(tmp_path / "a.lbl.npy", labels[None])
+    real = [(tmp_path / "a.img.npy", tmp_path / "a.lbl.npy")]
+    synthetic = [(tmp_path / "s.cls.npy", tmp_path / "s.lbl.npy")]
+    only = _PatchSampler([], (16, 32, 32), seed=0, synthetic_items=synthetic, synthetic_prob=1.0, flip_prob=0.0)
+    x, y = only.batch(3)
+    assert x.shape == (3, 2, 16, 32, 32) and y.shape == (3, 1, 16, 32, 32)
+    assert x.std() > 0.05 and set(np.unique(y)) <= {0, 1, 2, 3, 4}
+    mixed = _PatchSampler(real, (16, 32, 32), seed=0, synthetic_items=synthetic, synthetic_prob=0.5, flip_prob=0.0)
+    xs = np.concatenate([mixed.batch(2)[0] for _ in range(10)])
+    flat = np.array([np.allclose(p, p.flat[0], atol=0.2) for p in xs])  # the constant real volume (+ jitter)
+    assert 0 < flat.sum() < len(xs)
+    with pytest.raises(ValueError, match="no training volumes"):
+        _PatchSampler([], (16, 32, 32), seed=0)
+
+
+def test_train_command_passes_the_synthetic_settings(monkeypatch, tmp_path):
+    from HCCTwinLib import cli
+
+    seen = {}
+    monkeypatch.setattr("HCCTwinLib.segmentation.train_segmentation",
+                        lambda cohort, out, **kw: seen.update(kw) or {"model_path": "x"})
+    assert cli.main(["train", "segmentation", "--cohort", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--synthetic", "20", "--synthetic-prob", "0.7", "--phase-dropout", "0.3"]) == 0
+    assert seen["synthetic"] == 20 and seen["synthetic_prob"] == 0.7 and seen["phase_dropout"] == 0.3
+    assert cli.main(["train", "segmentation", "--cohort", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--synthetic", "20", "--synthetic-prob", "1.5"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ envelope stage
+class _BrightNet(torch.nn.Module):
+    """Label 1 where the arterial phase is above ``level`` (normalised), else background."""
+
+    def __init__(self, level: float):
+        super().__init__()
+        self.level = level
+
+    def forward(self, x):
+        v = x[:, :1] - self.level
+        off = -torch.ones_like(v)
+        return torch.cat([-v, v, off, off, off], dim=1) * 10
+
+
+def _liver_and_spill():
+    """A bright 'liver' block (normalised ~0.8) touching a dimmer 'stomach' block (~0.6): the main model
+    (threshold 0.5) takes both as one organ, the envelope model (threshold 0.7) the liver only."""
+    geom = Geometry(shape=(16, 48, 48), spacing=SPACING, origin=(0.0, 0.0, 0.0))
+    art = np.full(geom.shape, -150.0, np.float32)
+    art[3:13, 6:22, 6:22] = 200.0
+    art[3:13, 6:22, 22:44] = 100.0
+    return {"arterial": art, "portal": art.copy()}, geom
+
+
+def test_envelope_stage_removes_what_lies_away_from_the_liver():
+    phases, geom = _liver_and_spill()
+    plain = Segmenter(_BrightNet(0.5), _card(), "cpu").segment(phases, geom)
+    assert (plain[:, :, 30:44] > 0).all(axis=2)[3:13, 6:22].all()
+    env = Segmenter(_BrightNet(0.7), _card(name="tiny_env"), "cpu")
+    gated = Segmenter(_BrightNet(0.5), _card(postprocessing={"envelope_stage": {"margin_mm": 6.0}}), "cpu",
+                      envelope_stage=env)
+    out = gated.segment(phases, geom)
+    # kept: the liver and the first 6 mm (4 voxels of 1.5 mm) of the spill; removed: the rest
+    assert np.array_equal(out[:, :, :26], plain[:, :, :26]) and not (out[:, :, 27:] > 0).any()
+    info = gated.last_info["envelope"]
+    assert info["margin_mm"] == 6.0 and info["removed_ml"] > 0 and info["agreement_dice"] < 0.9
+    assert any("Envelope stage" in m and "removed" in m for m in gated.last_info["messages"])
+    assert gated.last_info["confidence"]["envelope_agreement"] == pytest.approx(info["agreement_dice"], abs=1e-4)
+    # where both agree nothing changes and the agreement is 1
+    same = Segmenter(_BrightNet(0.5), _card(), "cpu", envelope_stage=Segmenter(_BrightNet(0.5), _card(), "cpu"))
+    assert np.array_equal(same.segment(phases, geom), plain)
+    assert same.last_info["envelope"]["agreement_dice"] == 1.0 and same.last_info["envelope"]["removed_ml"] == 0
+    with pytest.raises(ModelFileError, match="spacing"):
+        Segmenter(_BrightNet(0.5), _card(), "cpu", envelope_stage=Segmenter(_BrightNet(0.7),
+                                                                            _card(spacing_mm=[2, 2, 2]), "cpu"))
+
+
+def test_envelope_mask_grows_the_largest_component_by_the_margin():
+    env = np.zeros((10, 40, 40), bool)
+    env[4:6, 10:20, 10:20] = True
+    env[4:6, 35:37, 35:37] = True  # a small second piece: not the liver
+    keep = envelope_mask(env, (1.0, 1.0, 3.0), 5.0)
+    assert keep[5, 15, 24] and not keep[5, 15, 26] and not keep[5, 36, 36]
+    assert keep[3, 15, 15] and not keep[2, 15, 15]  # 3 mm slices: one slice away is inside 5 mm, two are not
+    assert not envelope_mask(np.zeros_like(env), (1, 1, 1), 5.0).any()
+
+
+def test_envelope_stage_named_in_the_card_is_loaded_and_pinned(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    main, env = folder / "tiny_seg.safetensors", folder / "tiny_env.safetensors"
+    torch.manual_seed(0)
+    save_model(build_model("DynUNet", **TINY), main, _card())
+    save_model(build_model("DynUNet", **TINY), env, _card(name="tiny_env"))
+    card = load_card(main)
+
+    def write_card(stage):
+        card_path(main).write_text(json.dumps({**card, "postprocessing": {"envelope_stage": stage}}))
+        clear_cache()
+
+    write_card({"model": env.name, "sha256": load_card(env)["sha256"], "margin_mm": 10.0})
+    seg = get_segmenter(main, device="cpu")
+    assert seg.envelope_stage is not None and seg.envelope_stage.path == env and seg.envelope_margin_mm == 10.0
+    write_card({"model": env.name, "sha256": "0" * 64, "margin_mm": 10.0})
+    with pytest.raises(ModelFileError, match="tuned with"):
+        get_segmenter(main, device="cpu")
+    write_card({"model": main.name, "margin_mm": 10.0})
+    with pytest.raises(ModelFileError, match="itself"):
+        get_segmenter(main, device="cpu")
+    clear_cache()
+
+
+def _tuning_cohort(root, n=3):
+    from HCCTwinLib.io import write_image
+
+    phases, geom = _liver_and_spill()
+    truth = np.zeros(geom.shape, np.uint8)
+    truth[phases["arterial"] > 150] = 1
+    rows = ["patient_id"]
+    for i in range(n):
+        pre = root / "cases" / f"P{i:03d}" / "pre"
+        pre.mkdir(parents=True)
+        for name, arr in (("arterial", phases["arterial"]), ("portal", phases["portal"]), ("labels", truth)):
+            write_image(arr, geom, pre / f"{name}.nii.gz", labels=name == "labels")
+        rows.append(f"P{i:03d}")
+    (root / "clinical.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_tune_envelope_chooses_a_margin_or_rejects(tmp_path):
+    from HCCTwinLib.segmentation.tuning import apply_envelope_to_card, apply_to_card, tune_envelope
+
+    _tuning_cohort(tmp_path / "cohort")
+    main = Segmenter(_BrightNet(0.5), _card(), "cpu")
+    env = Segmenter(_BrightNet(0.7), _card(name="tiny_env"), "cpu")
+    env.path = tmp_path / "tiny_env.safetensors"
+    section = tune_envelope(main, env, tmp_path / "cohort")
+    # the main model's 'stomach' is a false positive in this cohort: gating it gains Dice at every margin
+    assert section["margin_mm"] == 3.0 and section["model"] == "tiny_env.safetensors"
+    t = section["tuning"]
+    assert t["n_cases"] == 3 and t["margins"][0]["foreground"] > t["without_envelope"]["foreground"]
+    assert t["agreement"]["median"] < 0.9
+    # an envelope that misses the true liver costs Dice at every margin: rejected
+    blind = Segmenter(_BrightNet(2.0), _card(name="blind"), "cpu")
+    blind.path = tmp_path / "blind.safetensors"
+    assert "rejected" in tune_envelope(main, blind, tmp_path / "cohort")
+    # written into the card, and kept when the other decision rules are re-tuned
+    weights = tmp_path / "m.safetensors"
+    save_model(build_model("DynUNet", **TINY), weights, _card())
+    apply_envelope_to_card(weights, section)
+    apply_to_card(weights, {"class_bias": [0, 0, 0, 0, 0], "min_tumor_confidence": 0.5, "tuning": {}})
+    post = load_card(weights)["postprocessing"]
+    assert post["envelope_stage"]["margin_mm"] == 3.0 and post["min_tumor_confidence"] == 0.5
+
+
+def test_guard_reads_the_two_models_agreement():
+    phases, geom = _liver_and_spill()
+    labels = np.zeros(geom.shape, np.uint8)
+    labels[3:13, 6:22, 6:22] = 1
+    base = domain.segmentation_measures(phases, geom, labels, {"envelope_agreement": 0.95})
+    assert base["envelope_agreement"] == 0.95
+    for value, severity in ((0.95, None), (0.85, domain.CAUTION), (0.6, domain.OUTSIDE)):
+        v = domain.assess(phases, geom, labels, confidence={"envelope_agreement": value})
+        found = [f for f in v.findings if f.measure == "envelope_agreement"]
+        assert (found[0].severity if found else None) == severity

@@ -263,3 +263,31 @@ def test_guard_reads_the_two_models_agreement():
         v = domain.assess(phases, geom, labels, confidence={"envelope_agreement": value})
         found = [f for f in v.findings if f.measure == "envelope_agreement"]
         assert (found[0].severity if found else None) == severity
+
+
+def test_template_volume_keeps_the_real_shapes_and_clusters_the_rest(tmp_path):
+    from HCCTwinLib.io import write_image
+    from HCCTwinLib.simulate.anatomy import T
+
+    geom = Geometry(shape=(8, 40, 40), spacing=(2.0, 2.0, 7.5), origin=(0.0, 0.0, 0.0))
+    labels = np.zeros(geom.shape, np.uint8)
+    labels[2:6, 8:24, 6:20] = 1  # liver
+    labels[3:5, 26:32, 8:14] = 2  # right kidney
+    labels[2:6, 10:20, 28:34] = 4  # spleen
+    image = np.zeros(geom.shape, np.float32)
+    image[:, 4:36, 4:36] = np.linspace(100.0, 600.0, 32)[None, None, :]  # a body with an intensity gradient
+    folder = tmp_path / "templates"
+    write_image(labels, geom, folder / "label_7.nii.gz", labels=True)
+    write_image(image, geom, folder / "image_7.nii.gz")
+    cls, lbl = synth.template_volume(folder / "image_7.nii.gz", folder / "label_7.nii.gz", SPACING)
+    assert cls.shape == lbl.shape and 18 <= cls.shape[0] <= 22  # 7.5 mm slices -> 3 mm
+    assert np.array_equal(lbl == 1, cls == T.LIVER)
+    liver_ml = lbl.sum() * float(np.prod(SPACING)) / 1000
+    assert liver_ml == pytest.approx((labels == 1).sum() * 30.0 / 1000, rel=0.25)  # 2 x 2 x 7.5 mm voxels
+    present = set(np.unique(cls).tolist())
+    assert {T.LIVER, T.KCORTEX, T.SPLEEN} <= present and len(present & set(synth.CLUSTER_CODES)) >= 4
+    assert cls[0, 0, 0] == T.AIR  # outside the body
+    paths = synth.prepare_templates(folder, tmp_path / "cache", SPACING)
+    assert len(paths) == 1 and np.array_equal(np.load(paths[0][1])[0], lbl)
+    with pytest.raises(ValueError, match="no label_"):
+        synth.prepare_templates(tmp_path / "cache", tmp_path / "c2", SPACING)

@@ -30,6 +30,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from HCCTwinLib.scene.logic import TwinLogic
+
 #: Pinned ranges installed on first use; never SimpleITK, numpy or vtk (Slicer's own) and torch via PyTorchUtils.
 REQUIREMENTS_FILE = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 TORCH_REQUIREMENT = ">=2.1,<3"
@@ -121,10 +123,12 @@ def clinicalValues(p: HCCTwinParameterNode) -> dict:
 # Widget
 #
 class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None) -> None:
+    def __init__(self, parent=None, logic=None) -> None:
+        """``logic``: the logic to drive (default: an :class:`HCCTwinLogic` on Slicer's scene, made in ``setup``);
+        a test gives its own."""
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
+        self.logic = logic
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._worker = None
@@ -139,7 +143,8 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = HCCTwinLogic()
+        if self.logic is None:
+            self.logic = HCCTwinLogic()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -375,17 +380,25 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 # Logic
 #
-class HCCTwinLogic(ScriptedLoadableModuleLogic):
-    """Nodes -> Case -> pipeline -> scene. Usable without the GUI (``waitForCompletion`` style: ``run`` blocks)."""
+class HCCTwinLogic(ScriptedLoadableModuleLogic, TwinLogic):
+    """``HCCTwinLib.scene.logic.TwinLogic`` on Slicer's scene and module logics, plus what only a running Slicer
+    has: the parameter node, installing the dependencies, a picture of the view layout for the report.
+    Usable without the GUI (``run`` blocks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, scene=None, segmentationsLogic=None, sequencesLogic=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.result = None  # the last TwinResult shown (pure data)
-        self.options = None  # its PipelineOptions (survival model path for a new selection)
-        self.ids = None  # HCCTwinLib.scene.build.SceneNodes of the shown result
+        TwinLogic.__init__(self, scene if scene is not None else slicer.mrmlScene,
+                           segmentations_logic=segmentationsLogic or slicer.modules.segmentations.logic(),
+                           sequences_logic=sequencesLogic or slicer.modules.sequences.logic(),
+                           layout_node=self._layoutNode, capture_layout=self.captureLayout)
 
     def getParameterNode(self):
         return HCCTwinParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def _layoutNode():
+        layoutManager = slicer.app.layoutManager()
+        return layoutManager.layoutLogic().GetLayoutNode() if layoutManager else None
 
     @staticmethod
     def ensureDependencies(askConfirmation: bool = True) -> None:
@@ -415,157 +428,6 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
         else:
             slicer.util.pip_install(requirements)
 
-    def scoresText(self, clinical: dict, regimens: list[str]) -> str:
-        from HCCTwinLib import clinical as clinicalScores
-        from HCCTwinLib import regimens as regimenCatalogue
-        from HCCTwinLib.errors import ClinicalValueError
-
-        try:
-            s = clinicalScores.compute_scores(clinical)
-        except ClinicalValueError as exc:
-            return f"<span style='color:#c0392b'>{exc}</span>"
-        lines = [f"ALBI {s['albi_score']:.2f} (grade {s['albi_grade']}) &middot; Child-Pugh "
-                 f"{s['child_pugh_class']}{s['child_pugh_points']} &middot; BCLC {s['bclc']} &middot; HAP "
-                 f"{s['hap_class']} &middot; 6-and-12: {s['six_twelve_stratum']}"]
-        for rid in regimens:
-            for warning in regimenCatalogue.eligibility_warnings(rid, clinical):
-                lines.append(f"<span style='color:#d35400'>&#9888; {warning}</span>")
-        return "<br>".join(lines)
-
-    def caseFromNodes(self, arterialNode, portalNode, segmentationNode=None, clinical=None):
-        """Volume nodes (+ an optional, possibly user-corrected segmentation) -> engine Case (validated)."""
-        from HCCTwinLib.io import assemble_case, to_sitk, validate_image
-        from HCCTwinLib.scene.nodes import array_and_geometry_from_volume, labels_from_segmentation
-
-        images = {}
-        for name, node in (("arterial", arterialNode), ("portal", portalNode)):
-            if node is not None:
-                array, geometry = array_and_geometry_from_volume(node)
-                images[name] = validate_image(to_sitk(array, geometry), node.GetName())
-        labels = None
-        if segmentationNode is not None and images:
-            reference = images["portal" if "portal" in images else next(iter(images))][1]
-            labels = (labels_from_segmentation(slicer.mrmlScene, slicer.modules.segmentations.logic(),
-                                               segmentationNode, reference), reference)
-        patientId = (portalNode or arterialNode).GetName() if (portalNode or arterialNode) else "case"
-        return assemble_case(patientId, images, labels, clinical or {})
-
-    def followupFromNode(self, followupNode, weeks: int, case, regimen: str | None = None, deformable: bool = True):
-        """A real follow-up volume node -> ObservedScan on its own grid (shown in the portal-venous role). The
-        pipeline registers it to the pre-treatment scan (rigid + affine, then deformable inside the liver) on the
-        worker thread, so the Qt thread is never blocked by the registration."""
-        if followupNode is None:
-            return None
-        from HCCTwinLib.cases import ObservedScan
-        from HCCTwinLib.io import to_sitk, validate_image
-        from HCCTwinLib.scene.nodes import array_and_geometry_from_volume
-
-        array, geometry = array_and_geometry_from_volume(followupNode)
-        array, geometry = validate_image(to_sitk(array, geometry), followupNode.GetName())
-        return ObservedScan(weeks=int(weeks), phases={"portal": array}, geometry=geometry, regimen=regimen,
-                            deformable=deformable)
-
-    @staticmethod
-    def options(samples: int = 4, seed: int = 0, device: str = "auto"):
-        from HCCTwinLib.pipeline import PipelineOptions
-
-        return PipelineOptions(samples=int(samples), seed=int(seed), device=device)
-
-    @staticmethod
-    def domainBanner(result) -> tuple[str, str]:
-        """``(rich text, style sheet)`` of the banner that shows the out-of-domain guard's verdict (empty text:
-        nothing to show). "outside" is red and says the results are unreliable; "caution" is orange."""
-        from HCCTwinLib.scene.build import domain_banner
-
-        return domain_banner(getattr(result, "domain", None))
-
-    def run(self, case, regimens, weeks, realFollowup=None, options=None, progress=None):
-        """Run the engine (in the calling thread; the Widget calls it from a worker thread)."""
-        from HCCTwinLib.pipeline import run_case
-
-        return run_case(case, regimens, weeks, real_followup=realFollowup, options=options, progress=progress)
-
-    def showResult(self, result, options=None, regimens=None, endpoint: str = "os", showUncertainty: bool = False,
-                   segmentationNode=None):
-        """Put the result into the scene (Qt thread only): volumes, segmentation, sequences, survival charts, tables,
-        uncertainty overlay and the "pre | real | virtual" + plot + table layout. Returns the scene node ids.
-
-        ``segmentationNode`` (the segmentation the run used, e.g. corrected by the user) is shown as it is; without
-        it, the segmentation shown for the same patient before is re-used; only otherwise a new one is made.
-        """
-        from HCCTwinLib.scene import build
-
-        layoutManager = slicer.app.layoutManager()
-        if segmentationNode is None and self.ids is not None and self.result is not None and self.ids.segmentation:
-            # a segmentation shown for this patient before (possibly corrected by the user) is re-used, never replaced
-            previous = slicer.mrmlScene.GetNodeByID(self.ids.segmentation)
-            if previous is not None and self.result.case.patient_id == result.case.patient_id:
-                segmentationNode = previous
-        self.ids = build.show_result(
-            slicer.mrmlScene, result, segmentations_logic=slicer.modules.segmentations.logic(),
-            sequences_logic=slicer.modules.sequences.logic(),
-            layout_node=layoutManager.layoutLogic().GetLayoutNode() if layoutManager else None,
-            segmentation_node=segmentationNode, regimens=regimens, endpoint=endpoint,
-            show_uncertainty=showUncertainty)
-        self.result, self.options = result, options
-        return self.ids
-
-    def forgetResult(self) -> None:
-        """The scene is closing: its nodes go, so does the result they show."""
-        self.result, self.options, self.ids = None, None, None
-
-    def _needResult(self):
-        if self.result is None or self.ids is None:
-            raise RuntimeError("No HCCTwin result in the scene: press Apply first.")
-        return self.result
-
-    def shownRegimens(self) -> list[str]:
-        return list(self.ids.regimens_shown) if self.ids is not None else []
-
-    def shownEndpoint(self) -> str | None:
-        return self.ids.endpoint if self.ids is not None else None
-
-    def uncertaintyShown(self) -> bool:
-        return bool(self.ids is not None and self.ids.uncertainty_visible)
-
-    def updateSelection(self, regimens) -> list[str]:
-        """Another regimen selection for the shown result without running the segmentation or the generator:
-        survival is recomputed from the run's outputs (``pipeline.update_survival``, about 0.5 s), then the curves,
-        the table and the views are updated (nodes re-used by name). Returns the chosen regimens that have no
-        virtual follow-ups (they were not in the run: Apply generates them)."""
-        from HCCTwinLib import regimens as regimenCatalogue
-        from HCCTwinLib.errors import HCCTwinError
-        from HCCTwinLib.pipeline import update_survival
-        from HCCTwinLib.scene import build
-
-        result = self._needResult()
-        regimens = list(regimens)
-        if result.case.clinical:
-            for rid in regimens:  # eligibility of a regimen that was not in the run (the recommendation needs it)
-                if rid not in result.eligibility:
-                    try:
-                        result.eligibility[rid] = regimenCatalogue.eligibility_warnings(rid, result.case.clinical)
-                    except HCCTwinError as exc:  # incomplete clinical values: treated as eligible, said in the log
-                        logging.warning(f"HCCTwin: eligibility of {rid} not checked: {exc}")
-        update_survival(result, self.options, regimens)
-        self.ids = build.update_selection(slicer.mrmlScene, result, regimens, self.ids)
-        return [rid for rid in regimens if rid not in result.followups]
-
-    def showEndpoint(self, endpoint: str) -> None:
-        """Survival chart in the plot view: "os" or "pfs"."""
-        from HCCTwinLib.scene import build
-
-        self._needResult()
-        build.show_endpoint(slicer.mrmlScene, self.ids, endpoint)
-
-    def showUncertainty(self, visible: bool) -> bool:
-        """Per-voxel SD of the virtual follow-up as a foreground overlay on the virtual views; returns whether it is
-        shown (False when the run has no uncertainty volumes)."""
-        from HCCTwinLib.scene import build
-
-        self._needResult()
-        return build.set_uncertainty_visible(slicer.mrmlScene, self.ids, visible)
-
     @staticmethod
     def defaultOutputDirectory() -> pathlib.Path:
         import time
@@ -589,36 +451,6 @@ class HCCTwinLogic(ScriptedLoadableModuleLogic):
                 logging.warning("HCCTwin: could not capture the view layout for the report", exc_info=True)
                 return None
         return path if path.is_file() else None
-
-    def writeReport(self, outputDir, deidentify: bool = False) -> dict:
-        """Tumor-board report (HTML + PDF + survival PNGs) of the shown result into ``outputDir``.
-
-        The captured view layout is included unless ``deidentify``: Slicer's views can show node names (which hold
-        the patient's volume names), so a de-identified report carries the survival plots and tables only.
-        """
-        from HCCTwinLib.report import write_report
-
-        result = self._needResult()
-        out = pathlib.Path(outputDir)
-        out.mkdir(parents=True, exist_ok=True)
-        images = {}
-        if not deidentify:
-            layoutPng = self.captureLayout(out / "layout.png")
-            if layoutPng is not None:
-                images["Pre-treatment | real follow-up | virtual follow-up (linked views) and survival curves"] = \
-                    layoutPng
-        if not deidentify:  # result.json holds the patient ID
-            result.write_json(out / "result.json")
-        from HCCTwinLib.report.figures import write_key_image
-
-        keyImage = write_key_image(result, out)  # pixels only (captions are regimen names): kept when de-identified
-        return write_report(result.summary(), out, images=images, deidentify=deidentify, key_image=keyImage)
-
-    def saveSceneBundle(self, path) -> pathlib.Path:
-        """The scene as a Slicer data bundle (``.mrb``, opens in 3D Slicer); node names are kept as they are."""
-        from HCCTwinLib.scene.bundle import save_scene_bundle
-
-        return save_scene_bundle(slicer.mrmlScene, path)
 
 
 #

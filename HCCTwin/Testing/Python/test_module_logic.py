@@ -114,9 +114,10 @@ def test_logic_shows_result_and_updates_selection_without_models(app, module, fa
     selftest.check_views_valid(app.scene, logic.ids)
 
     # a regimen that was not in the run: survival and table follow, the Widget is told it has no volumes
+    # (its eligibility is pipeline.update_survival's: tested in test_survival_engine, one rule for module and CLI)
     assert logic.updateSelection(["tace_pd1_len", "neoadj_haic_pd1_len_resection"]) == [
         "neoadj_haic_pd1_len_resection"]
-    assert "neoadj_haic_pd1_len_resection" in result.eligibility
+    assert fake_update_survival[-1] == ["tace_pd1_len", "neoadj_haic_pd1_len_resection"]
 
     logic.showEndpoint("pfs")
     assert L.plot_view_node(app.scene, create=False).GetPlotChartNodeID() == ids.charts["pfs"]
@@ -170,3 +171,38 @@ def test_logic_report_and_bundle(app, module, tmp_path):
     assert bundle.is_file() and bundle.stat().st_size > 1000
     default = logic.defaultOutputDirectory()
     assert default.parent == tmp_path and default.name.startswith("HCCTwin-")
+
+
+def test_twin_logic_uses_the_scene_it_is_given(app, monkeypatch, tmp_path, fake_update_survival):
+    """HCCTwinLib.scene.logic.TwinLogic (the Logic's code, issue 26) never reaches for slicer globals: with
+    slicer.mrmlScene and slicer.modules gone it shows a result, changes the selection and writes a report with the
+    layout picture its injected capture function made."""
+    import numpy as np
+    from PIL import Image
+
+    from HCCTwinLib.scene.logic import TwinLogic
+
+    for name in ("mrmlScene", "modules", "app"):
+        monkeypatch.delattr(slicer, name, raising=False)
+    app.clear()
+    captured = []
+
+    def capture(path):
+        captured.append(path)
+        Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(path)
+        return path
+
+    logic = TwinLogic(app.scene, segmentations_logic=app.segmentations_logic, sequences_logic=app.sequences_logic,
+                      capture_layout=capture)
+    result = make_result(patient="Doe^John-0815")
+    result._full_survival = result.survival
+    ids = logic.showResult(result, endpoint="pfs")
+    assert app.scene.GetNodeByID(ids.segmentation) is not None and logic.shownEndpoint() == "pfs"
+    assert logic.updateSelection(["pd1_tki"]) == [] and logic.shownRegimens() == ["pd1_tki"]
+    assert fake_update_survival == [["pd1_tki"]]
+    report = logic.writeReport(tmp_path / "report")
+    assert captured == [tmp_path / "report" / "layout.png"] and Path(report["html"]).is_file()
+    anonymous = logic.writeReport(tmp_path / "anon", deidentify=True)  # no layout picture: it can show names
+    assert len(captured) == 1 and "Doe^John-0815" not in Path(anonymous["html"]).read_text(encoding="utf-8")
+    text = TwinLogic.scoresText({"albumin_g_l": 40, "bilirubin_umol_l": 15}, ["tace_pd1_len"])
+    assert "ALBI" in text or "color:#c0392b" in text

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import HCCTwinError
@@ -229,6 +229,16 @@ def autocast(device, cpu: str = "fp32"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def compute_label(info: Mapping[str, Any] | None, device: Any = "cpu") -> str:
+    """Where and in which arithmetic a model ran this time (its ``last_info``: ``device``, ``cpu_precision``);
+    outputs differ in the last digits between them, so provenance says it."""
+    info = info or {}
+    where = str(info.get("device") or device)
+    if where.startswith("cpu"):
+        return f"on the CPU, {'bfloat16' if info.get('cpu_precision') == 'bf16' else 'float32'}"
+    return f"on {where}, mixed precision"
 
 
 def empty_cache() -> None:

@@ -158,19 +158,6 @@ def _add_messages(result: TwinResult, step: str, model) -> None:
             result.notes.append(f"{step}: {message}")
 
 
-def _model_label(card: dict) -> str:
-    return f"model {card.get('name', '?')} {card.get('version', '')}".strip()
-
-
-def _compute_label(model) -> str:
-    """Where and in which arithmetic a model ran this time (outputs differ in the last digits between them)."""
-    info = getattr(model, "last_info", None) or {}
-    device = str(info.get("device") or getattr(model, "device", "cpu"))
-    if device.startswith("cpu"):
-        return f"on the CPU, {'bfloat16' if info.get('cpu_precision') == 'bf16' else 'float32'}"
-    return f"on {device}, mixed precision"
-
-
 def _guard(case: Case, segmenter, options: PipelineOptions):
     """The out-of-domain guard (:mod:`.domain`) on the case's phases and labels: with the segmentation model's card
     (its accepted inputs and training-domain reference) and its confidence when it drew the labels."""
@@ -256,15 +243,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
                 result.notes.append(segmenter.message)
             case.labels = segmenter.segment(case, progress=SubProgress(progress, 0.05, 0.35))
             _add_messages(result, "Segmentation", segmenter)
-            stage = getattr(segmenter, "pvtt_stage", None)
-            rule = (f"probability >= {getattr(segmenter, 'pvtt_min_probability', 0):g}, components >= "
-                    f"{getattr(segmenter, 'pvtt_min_ml', 0):g} mL")
-            result.provenance["segmentation"] = (
-                f"{_model_label(segmenter.card)}"
-                + ("" if stage is None else f" (PVTT from its own PVTT probability, {rule})" if stage is segmenter
-                   else f" + PVTT stage {_model_label(stage.card)} ({rule})")
-                + (f", test-time mirroring ({2 ** len(segmenter.mirror_axes)} passes)"
-                   if getattr(segmenter, "mirror_axes", ()) else "") + f", {_compute_label(segmenter)}")
+            result.provenance["segmentation"] = segmenter.describe()
     elif case.labels is not None:
         result.provenance["segmentation"] = "given (user or file)"
     if case.labels is not None:
@@ -307,8 +286,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
                                                   samples=options.samples, seed=options.seed, steps=options.steps,
                                                   progress=SubProgress(progress, 0.35, 0.9))
             _add_messages(result, "Generator", generator)
-            result.provenance["generator"] = (f"{_model_label(generator.card)}, {options.samples} samples, "
-                                              f"seed {options.seed}, {_compute_label(generator)}")
+            result.provenance["generator"] = generator.describe(samples=options.samples, seed=options.seed)
     result.timings["generate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -422,7 +400,7 @@ def update_survival(result: TwinResult, options: PipelineOptions | None = None,
         result.survival = {}
         result.notes.append(f"Survival: {exc}")
         return
-    result.provenance["survival"] = _model_label(engine.card)
+    result.provenance["survival"] = engine.describe()
     withhold_recommendation(result)
 
 

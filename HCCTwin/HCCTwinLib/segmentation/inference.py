@@ -42,6 +42,7 @@ from ..errors import InputError
 from ..labels import PVTT
 from ..progress import ProgressCallback, SubProgress, report
 from ..weights import ModelFileError, load_state, resolve_model_path, weights_dir
+from ..weights.cache import ModelCache, model_label
 from . import postprocessing
 from .model import ARCHITECTURES, DEFAULT_PATCH_KJI, build_model, total_stride
 from .preprocessing import DEFAULT_WINDOW_HU, from_model_grid, to_model_grid
@@ -363,6 +364,23 @@ class Segmenter:
                 raise ModelFileError(f"envelope stage: its {what} {theirs} differs from the main model's {mine}.")
         self.envelope_stage = stage
 
+    def describe(self) -> str:
+        """One line for provenance: the model, its PVTT and envelope stages with their rules, test-time mirroring
+        and where the last run ran (``result.json`` ``provenance.segmentation``)."""
+        stage = self.pvtt_stage
+        rule = f"probability >= {self.pvtt_min_probability:g}, components >= {self.pvtt_min_ml:g} mL"
+        text = model_label(self.card)
+        if stage is self:
+            text += f" (PVTT from its own PVTT probability, {rule})"
+        elif stage is not None:
+            text += f" + PVTT stage {model_label(stage.card)} ({rule})"
+        if self.envelope_stage is not None:
+            text += (f" + envelope stage {model_label(self.envelope_stage.card)} (labels kept within "
+                     f"{self.envelope_margin_mm:g} mm of its liver)")
+        if self.mirror_axes:
+            text += f", test-time mirroring ({2 ** len(self.mirror_axes)} passes)"
+        return f"{text}, {devices.compute_label(self.last_info, self.device)}"
+
     def bias_without_pvtt(self) -> tuple[float, ...]:
         """The card's class bias with PVTT taken out of the argmax (the PVTT stage decides PVTT)."""
         return pvtt_excluded_bias(self.class_bias, int(self.card["architecture_kwargs"].get("out_channels", PVTT + 1)))
@@ -619,8 +637,7 @@ def envelope_mask(envelope: np.ndarray, spacing_xyz: Sequence[float], margin_mm:
     return ndimage.distance_transform_edt(~organ, sampling=sampling) <= float(margin_mm)
 
 
-_CACHE: dict[tuple, Segmenter] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE = ModelCache("segmentation")
 
 
 def get_segmenter(weights: str | Path | None = None, device: str = "auto", **options) -> Segmenter:
@@ -634,24 +651,18 @@ def get_segmenter(weights: str | Path | None = None, device: str = "auto", **opt
                              f"(HCCTwinLib.segmentation.train_segmentation / `hcctwin train`) and copy the "
                              f".safetensors + .json files to {weights_dir()} or set HCCTWIN_WEIGHTS_DIR.")
     dev, message = devices.select_device(device)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(dev),
-           tuple(sorted((k, str(v)) for k, v in options.items())))
-    with _CACHE_LOCK:
-        seg = _CACHE.get(key)
-        if seg is None:
-            for old in [k for k in _CACHE if k[0] == key[0] and k[3] == key[3]]:
-                del _CACHE[old]
-            seg = Segmenter.from_file(path, dev, **options)
-            seg.message = message
-            _CACHE[key] = seg
-    return seg
+
+    def load() -> Segmenter:
+        seg = Segmenter.from_file(path, dev, **options)
+        seg.message = message
+        return seg
+
+    return _CACHE.get(path, dev, load, options)
 
 
 def clear_cache() -> None:
     """Forget all loaded models (frees their memory)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
     devices.empty_cache()
 
 

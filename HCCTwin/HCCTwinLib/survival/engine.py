@@ -44,6 +44,7 @@ from ..errors import InputError
 from ..jsonutil import jsonable
 from ..labels import foreground_box
 from ..progress import ProgressCallback, SubProgress, report
+from ..weights.cache import ModelCache, model_label
 from .deep import RAW_PREFIX, DeepFeatureReducer, raw_deep_columns
 from .features import DEFAULT_COVARIATES, clinical_features, imaging_features, radiomics_features, response_features
 from .models import DEFAULT_TIMES, LandmarkMetastasis, LandmarkModel, MetastasisModel, PerRegimenSurvival
@@ -421,6 +422,10 @@ class SurvivalEngine:
         return row, notes
 
     # -- prediction --------------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        """One line for provenance (``result.json`` ``provenance.survival``)."""
+        return model_label(self.card) if self.card else f"model {ENGINE_NAME} (not saved)"
+
     def predict(self, clinical: Mapping[str, Any], image_features: Mapping[str, float] | None = None,
                 regimens: Sequence[str] | None = None, *, eligible: Sequence[str] | None = None,
                 readings: Mapping[str, Mapping[int, Mapping[str, Any]]] | None = None,
@@ -727,7 +732,7 @@ def load_engine(path: str | os.PathLike) -> SurvivalEngine:
                           card=card)
 
 
-_CACHE: dict[str, SurvivalEngine] = {}
+_CACHE = ModelCache("survival")
 
 
 def get_survival_engine(path: str | os.PathLike | None = None, device: str | None = None) -> SurvivalEngine:
@@ -740,11 +745,12 @@ def get_survival_engine(path: str | os.PathLike | None = None, device: str | Non
     if not resolved.is_file():
         raise ModelFileError(f"no survival engine installed ({resolved} not found); train one with "
                              f"'hcctwin train survival --cohort DIR --out DIR' and install it, or pass its path.")
-    key = f"{resolved}:{resolved.stat().st_mtime_ns}"
-    if key not in _CACHE:
-        _CACHE.clear()
-        _CACHE[key] = load_engine(resolved)
-    return _CACHE[key]
+    return _CACHE.get(resolved, "cpu", lambda: load_engine(resolved))
+
+
+def clear_cache() -> None:
+    """Forget the loaded survival engines."""
+    _CACHE.clear()
 
 
 def train_survival_command(cohort_dir, out_dir, *, n_bootstrap: int = 50, seed: int = 0, images: bool = True,

@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import device as devices
 from ..cases import Case, FollowUp, Geometry, store_rounded
 from ..errors import InputError
 from ..labels import MAX_LABEL, PVTT
 from ..progress import ProgressCallback, report
+from ..weights.cache import model_label
 from .crop import _LazyVolumes
 from .generator import check_request
 from .kinetic import PHASES, KineticModel, find_lesions
@@ -174,6 +176,16 @@ class AnchoredGenerator:
         self.regimens = list(self.card.get("regimens") or model.regimens)
         self.last_info: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def describe(self, *, samples: int | None = None, seed: int | None = None) -> str:
+        """One line for provenance (``result.json`` ``provenance.generator``): the model, the sampling asked for and
+        where the last run ran."""
+        text = model_label(self.card)
+        if samples is not None:
+            text += f", {samples} samples"
+        if seed is not None:
+            text += f", seed {seed}"
+        return f"{text}, {devices.compute_label(self.last_info, self.device)}"
 
     @property
     def trained_weeks(self) -> tuple[int, ...]:

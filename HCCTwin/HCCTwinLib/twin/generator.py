@@ -32,6 +32,7 @@ from ..cases import Case, FollowUp, Geometry
 from ..errors import InputError
 from ..progress import ProgressCallback, report
 from ..weights import ModelFileError, load_state, resolve_model_path, weights_dir
+from ..weights.cache import ModelCache, model_label
 from . import model as tm
 from .crop import DEFAULT_CROP_KJI, DEFAULT_PAD_MM, DEFAULT_SEAM_MM, CropFollowUp, PasteContext, make_crop_box, to_crop
 
@@ -41,8 +42,7 @@ PHASES = ("arterial", "portal")
 CPU_MAX_BATCH = 12
 CUDA_MAX_BATCH = 36
 
-_CACHE: dict[tuple, Generator] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE = ModelCache("generator")
 
 
 def default_weights_path() -> Path:
@@ -180,6 +180,16 @@ class Generator:
         self.max_batch: int | None = None
         self.last_info: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def describe(self, *, samples: int | None = None, seed: int | None = None) -> str:
+        """One line for provenance (``result.json`` ``provenance.generator``): the model, the sampling asked for and
+        where the last run ran."""
+        text = model_label(self.card)
+        if samples is not None:
+            text += f", {samples} samples"
+        if seed is not None:
+            text += f", seed {seed}"
+        return f"{text}, {devices.compute_label(self.last_info, self.device)}"
 
     @classmethod
     def untrained(cls, regimens: Sequence[str] | None = None, crop_shape: Sequence[int] = DEFAULT_CROP_KJI,
@@ -370,19 +380,11 @@ def get_generator(weights: str | Path | None = None, device: str = "auto"):
         raise ModelFileError(f"{path}: no generator weights found. Train them with `hcctwin train generator --cohort "
                              f"DIR --out MODELDIR` and pass the .safetensors file, or install the demo weights.")
     dev, message = devices.select_device(device)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, str(dev))
-    with _CACHE_LOCK:
-        gen = _CACHE.get(key)
-        if gen is None:
-            gen = load_generator(path, dev, message)
-            _CACHE[key] = gen
-    return gen
+    return _CACHE.get(path, dev, lambda: load_generator(path, dev, message))
 
 
 def clear_cache() -> None:
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
 
 
 __all__ = ["DEFAULT_MODEL_NAME", "Generator", "clear_cache", "default_weights_path", "generator_card",

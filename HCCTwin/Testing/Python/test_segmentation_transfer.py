@@ -166,6 +166,8 @@ def test_envelope_stage_removes_what_lies_away_from_the_liver():
     info = gated.last_info["envelope"]
     assert info["margin_mm"] == 6.0 and info["removed_ml"] > 0 and info["agreement_dice"] < 0.9
     assert any("Envelope stage" in m and "removed" in m for m in gated.last_info["messages"])
+    assert "envelope stage model tiny_env 0.0.1 (labels kept within 6 mm of its liver)" in gated.describe()
+    assert gated.describe().startswith("model tiny_seg 0.0.1 + ") and "envelope" not in env.describe()
     assert gated.last_info["confidence"]["envelope_agreement"] == pytest.approx(info["agreement_dice"], abs=1e-4)
     # where both agree nothing changes and the agreement is 1
     same = Segmenter(_BrightNet(0.5), _card(), "cpu", envelope_stage=Segmenter(_BrightNet(0.5), _card(), "cpu"))

@@ -135,3 +135,43 @@ def test_weights_dir_override(tmp_path, monkeypatch):
     state, card = load_state("tiny")
     assert card["name"] == "tiny" and "weight" in state
     assert [c["name"] for c in list_models()] == ["tiny"]
+
+
+def test_model_cache_one_rule_for_every_model(tmp_path):
+    """weights.cache.ModelCache (issue 26): one version per (file, device), a changed file reloaded, one load when
+    two threads ask at once."""
+    import os
+    import threading
+    import time
+
+    from HCCTwinLib.weights.cache import ModelCache, model_label
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"one")
+    cache = ModelCache("test")
+    loads = []
+
+    def load():
+        loads.append(path.read_bytes())
+        time.sleep(0.05)
+        return object()
+
+    first = cache.get(path, "cpu", load)
+    assert cache.get(path, "cpu", load) is first and len(loads) == 1
+    other_device = cache.get(path, "cuda:0", load)
+    assert other_device is not first and len(cache) == 2
+    path.write_bytes(b"two!")  # replaced on disk: size and mtime change
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    second = cache.get(path, "cpu", load)
+    assert second is not first and loads[-1] == b"two!"
+    assert len(cache) == 2  # the old cpu version was dropped, the cuda one kept
+    cache.clear()
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get(path, "cpu", load))) for _ in range(4)]
+    n = len(loads)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == n + 1 and all(g is got[0] for g in got)
+    assert model_label({"name": "hcctwin_seg", "version": "0.6.0"}) == "model hcctwin_seg 0.6.0"

@@ -46,15 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
 from HCCTwinLib import DISCLAIMER  # noqa: E402
 from HCCTwinLib.jsonutil import jsonable  # noqa: E402
 from HCCTwinLib.survival import metrics as M  # noqa: E402
-from HCCTwinLib.survival.engine import (  # noqa: E402
-    cohort_deep_table,
-    cohort_feature_table,
-    fit_engine,
-    metastasis_population,
-    save_engine,
-)
+from HCCTwinLib.survival.cohort import cohort_deep_table, cohort_feature_table  # noqa: E402
+from HCCTwinLib.survival.engine import fit_engine, metastasis_population  # noqa: E402
 from HCCTwinLib.survival.features import SCORE_BASELINES  # noqa: E402
 from HCCTwinLib.survival.models import MetastasisModel, PerRegimenSurvival, landmark_dataset  # noqa: E402
+from HCCTwinLib.survival.store import save_engine  # noqa: E402
 
 ORACLE_COLUMNS = ("true_lp", "true_risk", "true_linear_predictor", "true_log_hazard", "oracle_risk", "true_hazard")
 TACE = "tace_pd1_len"

@@ -15,6 +15,7 @@ from pathlib import Path
 from . import DISCLAIMER, __version__
 from .errors import HCCTwinError, InputError
 from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS
+from .progress import SubProgress
 
 _T_START = time.perf_counter()  # `hcctwin view` reports its start-up from here
 
@@ -463,12 +464,31 @@ def cmd_view(args) -> int:
     return 0
 
 
+def _train_survival(cohort_dir, out_dir, *, n_bootstrap: int = 50, seed: int = 0, images: bool = True,
+                    progress=None) -> dict:
+    """``hcctwin train survival``: feature table of the cohort, fit, save ``out_dir/hcctwin_survival.safetensors``
+    + card."""
+    from .survival.cohort import cohort_feature_table
+    from .survival.engine import ENGINE_NAME, fit_engine
+    from .survival.store import save_engine
+
+    t0 = time.perf_counter()
+    table, notes = cohort_feature_table(cohort_dir, images=images, progress=SubProgress(progress, 0.0, 0.4))
+    engine, fit_notes = fit_engine(table, n_bootstrap=n_bootstrap, seed=seed, progress=SubProgress(progress, 0.4, 1))
+    notes += fit_notes
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    training = {"cohort": Path(cohort_dir).name, "n_patients": int(len(table)),
+                "n_os_events": int(engine.os.n_events_), "regimens": engine.os.regimen_counts_, "notes": notes,
+                "seed": seed, "fit_seconds": round(time.perf_counter() - t0, 1)}
+    weights, card = save_engine(engine, out / f"{ENGINE_NAME}.safetensors", training_data=training)
+    return {"weights": str(weights), "card": str(card), "notes": notes, "n_patients": len(table)}
+
+
 def cmd_train(args) -> int:
     if args.model == "survival":
-        from .survival.engine import train_survival_command
-
-        summary = train_survival_command(args.cohort, args.out, n_bootstrap=args.bootstrap, seed=args.seed,
-                                         images=not args.no_images, progress=ProgressBar())
+        summary = _train_survival(args.cohort, args.out, n_bootstrap=args.bootstrap, seed=args.seed,
+                                  images=not args.no_images, progress=ProgressBar())
         print(json.dumps(summary, indent=2, default=str))
         return 0
     if args.model == "generator" and args.architecture == "anchored":

@@ -244,7 +244,7 @@ def evaluate_generator(cohort: Path, clinical: pd.DataFrame, max_cases: int | No
     from .io import load_case
     from .response import weighted_kappa
     from .sitemap import reader_columns
-    from .survival.engine import trajectory_readings
+    from .survival.cohort import trajectory_readings
     from .twin import get_generator
 
     generator = get_generator(None, device=options.device)
@@ -339,7 +339,8 @@ def run_evaluate_command(cohort_dir: str | os.PathLike, out_dir: str | os.PathLi
     from .io import read_clinical_table
     from .jsonutil import jsonable
     from .pipeline import PipelineOptions
-    from .survival.engine import cohort_feature_table, get_survival_engine
+    from .survival.cohort import cohort_feature_table
+    from .survival.store import get_survival_engine
     from .weights import ModelFileError
 
     options = options or PipelineOptions()

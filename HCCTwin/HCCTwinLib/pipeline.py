@@ -301,7 +301,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
 def read_responses(result: TwinResult) -> None:
     """RECIST 1.1 / mRECIST of every virtual trajectory (and the real follow-up) against the baseline labels, into
     ``result.readings`` (for the landmark models) and ``result.response`` (for the table and the report)."""
-    from .survival.engine import trajectory_readings
+    from .survival.cohort import trajectory_readings
 
     case = result.case
     if case.labels is None:
@@ -356,7 +356,8 @@ def update_survival(result: TwinResult, options: PipelineOptions | None = None,
     """(Re)compute ``result.survival`` for ``regimens`` (default ``result.regimens``) from what the run already
     produced (scores, image features, response readings): no segmentation or generation is repeated, so a change of
     the regimen selection in the module is cheap."""
-    from .survival.engine import baseline_image_features, get_survival_engine
+    from .survival.cohort import baseline_image_features
+    from .survival.store import get_survival_engine
 
     options = options or PipelineOptions()
     regimens = list(result.regimens if regimens is None else regimens)

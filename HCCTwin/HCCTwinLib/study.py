@@ -130,7 +130,8 @@ def _risk_tertiles(engine, table: pd.DataFrame):
 
 def _survival_engine(train: str, dev: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, cohort_name: str,
                      split_name: str, notes: list[str], progress) -> tuple[Any, dict[str, Any]]:
-    from .survival.engine import ENGINE_NAME, MIN_PATIENTS_PER_REGIMEN, fit_engine, get_survival_engine, save_engine
+    from .survival.engine import ENGINE_NAME, MIN_PATIENTS_PER_REGIMEN, fit_engine
+    from .survival.store import get_survival_engine, save_engine
     from .weights import ModelFileError
 
     counts = dev["regimen"].astype(str).value_counts() if "regimen" in dev.columns else pd.Series(dtype=int)
@@ -185,7 +186,7 @@ def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, spli
     from .io import read_clinical_table
     from .jsonutil import jsonable
     from .pipeline import PipelineOptions
-    from .survival.engine import cohort_feature_table
+    from .survival.cohort import cohort_feature_table
     from .weights import ModelFileError
 
     if train not in TRAIN_CHOICES:

@@ -1,7 +1,7 @@
 """The survival and decision engine behind ``result.json["survival"]``: fitted once on a cohort, saved as a model
 file, loaded by the pipeline, the CLI and the Slicer module.
 
-It bundles these models, fitted on the same feature table (:func:`cohort_feature_table`):
+It bundles these models, fitted on the same feature table (:func:`.cohort.cohort_feature_table`):
 
 - ``os`` and ``pfs``: :class:`~HCCTwinLib.survival.models.PerRegimenSurvival` (Cox S-learner with regimen x covariate
   interactions, stabilised propensity weights, bootstrap bands);
@@ -14,11 +14,12 @@ It bundles these models, fitted on the same feature table (:func:`cohort_feature
 - ``deep`` (when the training table has them): :class:`~HCCTwinLib.survival.deep.DeepFeatureReducer`, the PCA of
   the segmentation encoder's pooled features (fitted on the training table only) into a few ``deep_*`` columns.
 
-Features of one patient come from the same functions at training and at prediction time (one place):
-:func:`baseline_image_features` (segmentation + phases; with ``deep=True`` also the raw encoder features of
-:mod:`.deep`) and :func:`trajectory_readings` (RECIST / mRECIST reading of a follow-up trajectory with
-:func:`HCCTwinLib.response.read_response`). The engine turns raw encoder features into its ``deep_*`` columns
-(:meth:`SurvivalEngine.derived_columns`), so a table or a patient row only ever carries the raw ones.
+Features of one patient come from the same functions at training and at prediction time (one place, :mod:`.cohort`):
+:func:`~.cohort.baseline_image_features` (segmentation + phases; with ``deep=True`` also the raw encoder features of
+:mod:`.deep`) and :func:`~.cohort.trajectory_readings` (RECIST / mRECIST reading of a follow-up trajectory with
+:func:`HCCTwinLib.response.read_response`); saving, loading and the cache are in :mod:`.store`. The engine turns
+raw encoder features into its ``deep_*`` columns (:meth:`SurvivalEngine.derived_columns`), so a table or a patient
+row only ever carries the raw ones.
 
 Model file: ``<name>.safetensors`` (all numeric arrays) + ``<name>.json`` (model card with the sha256, the feature
 names, fill values and the metrics measured when it was trained), through :mod:`HCCTwinLib.weights`: nothing is ever
@@ -28,25 +29,19 @@ unpickled. Research use only: the demo engine is fitted on simulated patients.
 from __future__ import annotations
 
 import math
-import os
-import platform
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .. import __version__
 from ..errors import InputError
 from ..jsonutil import jsonable
-from ..labels import foreground_box
 from ..progress import ProgressCallback, SubProgress, report
-from ..weights.cache import ModelCache, model_label
+from ..weights.cache import model_label
 from .deep import RAW_PREFIX, DeepFeatureReducer, raw_deep_columns
-from .features import DEFAULT_COVARIATES, clinical_features, imaging_features, radiomics_features, response_features
+from .features import DEFAULT_COVARIATES, clinical_features, response_features
 from .models import DEFAULT_TIMES, LandmarkMetastasis, LandmarkModel, MetastasisModel, PerRegimenSurvival
 
 ENGINE_NAME = "hcctwin_survival"
@@ -87,228 +82,6 @@ SURVIVAL_DEEP_COVARIATES: tuple[str, ...] = ()
 MIN_PATIENTS_PER_REGIMEN = 15
 RADIOMICS_KEYS = ("fo_mean", "fo_sd", "fo_entropy", "fo_skewness", "shape_sphericity", "shape_elongation",
                   "glcm_contrast", "glcm_homogeneity")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Features of one patient (the same code at training and prediction time)
-# ----------------------------------------------------------------------------------------------------------------
-
-def baseline_image_features(labels: np.ndarray, geometry, arterial: np.ndarray | None = None,
-                            portal: np.ndarray | None = None, *, deep: bool = False, segmenter=None
-                            ) -> dict[str, float]:
-    """``img_*`` (segmentation), derived log volumes and ``rad_*`` (arterial radiomics inside the tumour); with
-    ``deep`` also the raw ``deepraw_*`` segmentation-encoder features (:func:`.deep.deep_raw_features`, with
-    ``segmenter`` or the installed model; none when no model is installed).
-
-    Every feature depends only on the labelled voxels, so they are computed on the box around ``labels > 0`` (same
-    numbers, a fraction of the time and memory on a whole-body-sized CT)."""
-    deep_inputs = (labels, geometry, arterial, portal)
-    for name, phase in (("arterial", arterial), ("portal", portal)):
-        if phase is not None and np.shape(phase) != np.shape(labels):
-            raise InputError(f"{name} phase has shape {np.shape(phase)}, labels {np.shape(labels)}; put the phases "
-                             f"and the labels on one grid first.")
-    box = _feature_box(labels)
-    if box is not None:
-        from ..cases import sub_geometry
-
-        geometry = sub_geometry(geometry, box)
-        labels = np.asarray(labels)[box]
-        arterial = None if arterial is None else np.asarray(arterial)[box]
-        portal = None if portal is None else np.asarray(portal)[box]
-    base = imaging_features(labels, geometry, arterial, portal)
-    out = {f"img_{k}": float(v) for k, v in base.items()}
-    out["img_log_viable_volume_ml"] = float(np.log1p(base["viable_volume_ml"]))
-    out["img_log_tumor_volume_ml"] = float(np.log1p(base["tumor_volume_ml"]))
-    out["img_log_pvtt_volume_ml"] = float(np.log1p(base["pvtt_volume_ml"]))
-    tumor = np.isin(labels, (2, 3))
-    if arterial is not None and int(tumor.sum()) >= 2:
-        rad = radiomics_features(arterial, tumor, geometry)
-        out.update({f"rad_{k}": float(rad[k]) for k in RADIOMICS_KEYS})
-    if deep:
-        from .deep import deep_raw_features
-
-        out.update(deep_raw_features(*deep_inputs, segmenter=segmenter)[0])
-    return out
-
-
-def _feature_box(labels: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Index box around the labelled voxels (one voxel of margin), or None when there is none or it is the whole
-    grid (then nothing is gained by cropping)."""
-    labels = np.asarray(labels)
-    found = foreground_box(labels, (1, 1, 1)) if labels.ndim == 3 else None
-    if found is None or (found[0] == (0, 0, 0) and found[1] == labels.shape):
-        return None
-    return tuple(slice(a, b) for a, b in zip(*found))
-
-
-def trajectory_readings(baseline_labels: np.ndarray, geometry, followups: Sequence[tuple[int, np.ndarray, Any]],
-                        baseline_arterial: np.ndarray | None = None) -> dict[int, dict[str, Any]]:
-    """Readings ``{0: baseline, week: {...}}`` of one trajectory (one regimen) for :func:`response_features`:
-    viable / tumour volumes from the labels and the mRECIST / RECIST 1.1 reading of
-    :func:`HCCTwinLib.response.read_response` (targets, sums of viable diameters, category, new lesions)."""
-    from ..response import read_response
-
-    voxel_ml = geometry.voxel_volume_ml
-
-    def volumes(lab):
-        return {"viable_volume_ml": float((lab == 2).sum() * voxel_ml),
-                "tumor_volume_ml": float(np.isin(lab, (2, 3)).sum() * voxel_ml)}
-
-    reading = read_response(baseline_labels, [(w, lab, art) for w, lab, art in followups], geometry,
-                            baseline_arterial=baseline_arterial)
-    out: dict[int, dict[str, Any]] = {0: {**volumes(baseline_labels), "sum_viable_mm": reading.baseline_sum_viable_mm}}
-    by_week = {int(round(w)): lab for w, lab, _ in followups}
-    for tp in reading.timepoints:
-        w = int(round(tp.weeks))
-        out[w] = {**volumes(by_week[w]), "sum_viable_mm": tp.sum_viable_mm, "category_mrecist": tp.category_mrecist,
-                  "category_recist": tp.category_recist, "new_lesion": float(bool(tp.new_lesions_mrecist))}
-    return out
-
-
-def _read_folder(folder: Path) -> dict[str, Any]:
-    from ..io import find_image, read_image
-
-    out: dict[str, Any] = {}
-    for name in ("labels", "arterial", "portal"):
-        path = find_image(folder, name)
-        if path is not None:
-            out[name], out["geometry"] = read_image(path, labels=(name == "labels"))
-    return out
-
-
-def patient_image_row(case_dir: Path, weeks: Sequence[int] = LANDMARK_WEEKS, *, segmenter=None
-                      ) -> dict[str, Any] | None:
-    """Baseline image features + observed response features of one cohort case folder (None without labels);
-    with ``segmenter`` also the raw deep features of the pre-treatment study."""
-    pre = _read_folder(case_dir / "pre")
-    if "labels" not in pre:
-        return None
-    g = pre["geometry"]
-    row = baseline_image_features(pre["labels"], g, pre.get("arterial"), pre.get("portal"),
-                                  deep=segmenter is not None, segmenter=segmenter)
-    fus = []
-    for w in weeks:
-        fu = _read_folder(case_dir / "followup" / f"w{w:02d}")
-        if "labels" not in fu:
-            continue
-        if not fu["geometry"].same_grid(g):
-            # a real follow-up on its own grid: rigid + affine registration to the pre-treatment scan (sizes and
-            # diameters do not depend on a deformable refinement, which costs ~20 s per scan)
-            from ..cases import Case, ObservedScan
-            from ..registration import register_observed
-
-            phases = {k: fu[k] for k in ("arterial", "portal") if k in fu}
-            pre_phases = {k: pre[k] for k in ("arterial", "portal") if k in pre}
-            if not phases or not pre_phases:
-                continue
-            case = Case(patient_id=case_dir.name, phases=pre_phases, geometry=g, labels=pre["labels"])
-            reg = register_observed(case, ObservedScan(weeks=w, phases=phases, geometry=fu["geometry"],
-                                                       labels=fu["labels"], deformable=False))
-            fu = {"labels": reg.labels, "arterial": reg.phases.get("arterial")}
-        fus.append((w, fu["labels"], fu.get("arterial")))
-    if fus:
-        row.update(response_features(trajectory_readings(pre["labels"], g, fus, pre.get("arterial")), weeks=weeks))
-    return row
-
-
-def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True, deep: bool | str = "auto",
-                         progress: ProgressCallback | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """The training / evaluation table of a cohort folder: clinical features and scores, outcomes, and (with
-    ``images``) image + observed response features read from ``cases/<id>/``; with ``deep`` ("auto": when a
-    segmentation model is installed) also the raw segmentation-encoder features (``deepraw_*``, about 0.5 s per
-    patient on one CPU core). Returns ``(table, notes)``."""
-    from ..io import path_inside
-
-    cohort = Path(cohort_dir)
-    csv = cohort / "clinical.csv"
-    if not csv.is_file():
-        raise InputError(f"{csv} not found: a cohort folder needs clinical.csv (see the README's data layout).")
-    from ..io import read_clinical_table
-
-    clinical, notes = read_clinical_table(csv)
-    feats, feat_notes = clinical_features(clinical)
-    notes = list(notes) + list(feat_notes)
-    table = feats.copy()
-    for col in ("patient_id", "regimen", "os_months", "os_event", "pfs_months", "pfs_event", "metastasis_months",
-                "metastasis_event"):
-        if col in clinical.columns:
-            table[col] = clinical[col].values
-    table.attrs["fill_values"] = feats.attrs.get("fill_values", {})
-    if not images:
-        return table, notes
-    segmenter = None
-    if deep:
-        from .deep import get_encoder
-
-        segmenter, note = get_encoder()
-        if segmenter is None:
-            notes.append(note)
-            if deep is True:
-                raise InputError(f"{note} (deep features were asked for).")
-    rows = []
-    ids = [str(p) for p in clinical["patient_id"]]
-    for n, pid in enumerate(ids):
-        case_dir = path_inside(cohort, "cases", pid)
-        row = patient_image_row(case_dir, segmenter=segmenter) if case_dir.is_dir() else None
-        if row is not None:
-            row["patient_id"] = pid
-            rows.append(row)
-        report(progress, (n + 1) / len(ids), f"image features {n + 1}/{len(ids)}")
-    if not rows:
-        notes.append("no case folder with a pre-treatment label map: imaging features not used.")
-        return table, notes
-    if len(rows) < len(ids):
-        notes.append(f"{len(ids) - len(rows)} of {len(ids)} patient(s) have no pre-treatment label map: their "
-                     f"imaging features are imputed with the cohort median.")
-    img = pd.DataFrame(rows)
-    merged = table.merge(img, on="patient_id", how="left")
-    merged.index = table.index
-    merged.attrs = table.attrs
-    return merged, notes
-
-
-def cohort_deep_table(cohort_dir: str | os.PathLike, *, segmenter=None, progress: ProgressCallback | None = None
-                      ) -> tuple[pd.DataFrame, list[str]]:
-    """Raw deep (segmentation-encoder) features of every pre-treatment study of a cohort folder: ``patient_id`` +
-    ``deepraw_*`` (:func:`HCCTwinLib.survival.deep.deep_raw_features`). Without an installed segmentation model the
-    table has only ``patient_id`` and the notes say why. Returns ``(table, notes)``."""
-    from ..io import path_inside, read_clinical_table
-    from .deep import get_encoder
-
-    cohort = Path(cohort_dir)
-    clinical, _ = read_clinical_table(cohort / "clinical.csv")
-    ids = [str(p) for p in clinical["patient_id"]]
-    notes: list[str] = []
-    if segmenter is None:
-        segmenter, note = get_encoder()
-        if segmenter is None:
-            return pd.DataFrame({"patient_id": ids}), [note]
-    rows = []
-    missing = 0
-    for n, pid in enumerate(ids):
-        case_dir = path_inside(cohort, "cases", pid)
-        row = _deep_row(case_dir / "pre", segmenter) if case_dir.is_dir() else None
-        if row is None:
-            missing += 1
-            row = {}
-        row["patient_id"] = pid
-        rows.append(row)
-        report(progress, (n + 1) / len(ids), f"deep features {n + 1}/{len(ids)}")
-    if missing:
-        notes.append(f"deep features: {missing} of {len(ids)} patient(s) have no pre-treatment label map and both "
-                     f"phases: imputed.")
-    return pd.DataFrame(rows), notes
-
-
-def _deep_row(pre_dir: Path, segmenter) -> dict[str, float] | None:
-    from .deep import deep_raw_features
-
-    pre = _read_folder(pre_dir)
-    if "labels" not in pre:
-        return None
-    feats, _ = deep_raw_features(pre["labels"], pre["geometry"], pre.get("arterial"), pre.get("portal"),
-                                 segmenter=segmenter)
-    return feats or None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -670,100 +443,3 @@ def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, ima
 # ----------------------------------------------------------------------------------------------------------------
 # Model file
 # ----------------------------------------------------------------------------------------------------------------
-
-_PARTS = ("os", "pfs", "landmark", "metastasis", "metastasis_landmark", "deep")
-
-
-def save_engine(engine: SurvivalEngine, path: str | os.PathLike, *, training_data: Mapping[str, Any] | None = None,
-                metrics: Mapping[str, Any] | None = None, version: str = "0.1") -> tuple[Path, Path]:
-    """Write ``path`` (.safetensors, all arrays) and its model card (structure, fill values, sha256)."""
-    import torch
-
-    from ..weights import save_model
-
-    arrays: dict[str, np.ndarray] = {}
-    parts: dict[str, Any] = {}
-    for name in _PARTS:
-        model = getattr(engine, name)
-        if model is None:
-            continue
-        a, meta = model.to_state(prefix=f"{name}/")
-        arrays.update(a)
-        parts[name] = meta
-    state = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)) for k, v in arrays.items()}
-    path = Path(path)
-    card = {
-        "name": path.stem, "version": version, "architecture": ARCHITECTURE,
-        "architecture_kwargs": {"parts": parts, "clinical_fill_values": engine.clinical_fill_values,
-                                "feature_fill_values": engine.feature_fill_values},
-        "input_phases": ["arterial", "portal"], "label_map": None,
-        "training_data": dict(training_data or {}), "metrics": dict(metrics or {}),
-        "hyperparameters": {"os_penalizer": engine.os.penalizer_, "n_bootstrap": len(engine.os.boot_),
-                            "interaction_covariates": [engine.os.covariates_[i] for i in engine.os._inter_idx],
-                            "covariates": engine.os.covariates_},
-        "intended_use": "Research use only; demo engine fitted on simulated patients, not for clinical decisions.",
-        "software": {"hcctwin": __version__, "python": platform.python_version()},
-    }
-    return save_model(state, path, card)
-
-
-def load_engine(path: str | os.PathLike) -> SurvivalEngine:
-    """Verify (sha256) and read a survival engine file written by :func:`save_engine`."""
-    from ..weights import ModelFileError, load_state, resolve_model_path
-
-    state, card = load_state(resolve_model_path(path))
-    if card.get("architecture") != ARCHITECTURE:
-        raise ModelFileError(f"{path} is a {card.get('architecture')!r} model file, not a survival engine.")
-    arrays = {k: v.numpy() for k, v in state.items()}
-    kw = card.get("architecture_kwargs", {})
-    parts = kw.get("parts", {})
-    builders = {"os": PerRegimenSurvival, "pfs": PerRegimenSurvival, "landmark": LandmarkModel,
-                "metastasis": MetastasisModel, "metastasis_landmark": LandmarkMetastasis,
-                "deep": DeepFeatureReducer}
-    models = {}
-    for name, meta in parts.items():
-        if name not in builders:
-            raise ModelFileError(f"{path}: unknown part {name!r} in the model card.")
-        models[name] = builders[name].from_state(arrays, meta, prefix=f"{name}/")
-    if "os" not in models:
-        raise ModelFileError(f"{path}: the survival engine has no OS model.")
-    return SurvivalEngine(**models, clinical_fill_values=dict(kw.get("clinical_fill_values", {})),
-                          feature_fill_values={k: float(v) for k, v in kw.get("feature_fill_values", {}).items()},
-                          card=card)
-
-
-_CACHE = ModelCache("survival")
-
-
-def get_survival_engine(path: str | os.PathLike | None = None, device: str | None = None) -> SurvivalEngine:
-    """The installed engine (``hcctwin_survival`` in the weights folder) or ``path``; cached between runs.
-    Raises :class:`~HCCTwinLib.weights.ModelFileError` when none is installed. ``device`` is accepted for the
-    pipeline's common model interface (the engine runs on the CPU)."""
-    from ..weights import ModelFileError, resolve_model_path
-
-    resolved = resolve_model_path(path or ENGINE_NAME)
-    if not resolved.is_file():
-        raise ModelFileError(f"no survival engine installed ({resolved} not found); train one with "
-                             f"'hcctwin train survival --cohort DIR --out DIR' and install it, or pass its path.")
-    return _CACHE.get(resolved, "cpu", lambda: load_engine(resolved))
-
-
-def clear_cache() -> None:
-    """Forget the loaded survival engines."""
-    _CACHE.clear()
-
-
-def train_survival_command(cohort_dir, out_dir, *, n_bootstrap: int = 50, seed: int = 0, images: bool = True,
-                           name: str = ENGINE_NAME, progress: ProgressCallback | None = None) -> dict[str, Any]:
-    """``hcctwin train survival``: feature table of the cohort, fit, save ``out_dir/<name>.safetensors`` + card."""
-    t0 = time.perf_counter()
-    table, notes = cohort_feature_table(cohort_dir, images=images, progress=SubProgress(progress, 0.0, 0.4))
-    engine, fit_notes = fit_engine(table, n_bootstrap=n_bootstrap, seed=seed, progress=SubProgress(progress, 0.4, 1))
-    notes += fit_notes
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    training = {"cohort": Path(cohort_dir).name, "n_patients": int(len(table)),
-                "n_os_events": int(engine.os.n_events_), "regimens": engine.os.regimen_counts_, "notes": notes,
-                "seed": seed, "fit_seconds": round(time.perf_counter() - t0, 1)}
-    weights, card = save_engine(engine, out / f"{name}.safetensors", training_data=training)
-    return {"weights": str(weights), "card": str(card), "notes": notes, "n_patients": len(table)}

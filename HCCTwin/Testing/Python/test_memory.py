@@ -138,7 +138,7 @@ def test_store_rounded_rounds_and_clips_into_integers():
 
 
 def test_response_reading_on_the_box_equals_the_full_grid_reading():
-    from HCCTwinLib.survival.engine import trajectory_readings
+    from HCCTwinLib.survival.cohort import trajectory_readings
 
     case = phantom_case()
     result = TwinResult(case=case, regimens=list(REGIMENS), weeks=[8, 24])

@@ -367,6 +367,9 @@ class _EmptySegmenter:
     def segment(self, case, progress=None):
         return np.zeros(case.geometry.shape, np.uint8)
 
+    def describe(self):
+        return "model empty-stub 0"
+
 
 def test_segmentation_that_finds_no_liver_is_named(monkeypatch, phantom_small):
     import HCCTwinLib.segmentation as seg
@@ -661,7 +664,8 @@ def _card_for(path: Path, architecture: str):
 def test_pt_with_custom_class_is_refused_even_with_a_matching_card(tmp_path, loader):
     torch = pytest.importorskip("torch")
     from HCCTwinLib.segmentation import get_segmenter
-    from HCCTwinLib.survival.engine import ARCHITECTURE, load_engine
+    from HCCTwinLib.survival.engine import ARCHITECTURE
+    from HCCTwinLib.survival.store import load_engine
     from HCCTwinLib.twin.generator import load_generator
     from HCCTwinLib.weights import ModelFileError, load_state
 
@@ -717,7 +721,8 @@ def test_legacy_pt_is_read_with_weights_only(tmp_path, monkeypatch):
 def tiny_engine_file(tmp_path_factory):
     """A survival engine file with only an OS model fitted on 60 simulated patients' clinical values (no images)."""
     pytest.importorskip("torch")
-    from HCCTwinLib.survival.engine import PerRegimenSurvival, SurvivalEngine, save_engine
+    from HCCTwinLib.survival.engine import PerRegimenSurvival, SurvivalEngine
+    from HCCTwinLib.survival.store import save_engine
 
     rng = np.random.default_rng(0)
     n = 60
@@ -738,7 +743,7 @@ def tiny_engine_file(tmp_path_factory):
 
 
 def test_tampered_survival_engine_is_refused(tiny_engine_file, tmp_path):
-    from HCCTwinLib.survival.engine import load_engine
+    from HCCTwinLib.survival.store import load_engine
     from HCCTwinLib.weights import ModelFileError
 
     assert load_engine(tiny_engine_file).os is not None  # the intact file loads
@@ -791,7 +796,7 @@ def test_relative_or_symlinked_cohort_root_works(tmp_path, monkeypatch):
 
 def test_cohort_csv_with_escaping_patient_id_is_refused(tmp_path):
     from HCCTwinLib.simulate import simulate_cohort
-    from HCCTwinLib.survival.engine import cohort_feature_table
+    from HCCTwinLib.survival.cohort import cohort_feature_table
 
     cohort = tmp_path / "cohort"
     (cohort / "cases").mkdir(parents=True)

@@ -30,7 +30,7 @@ def test_shipped_survival_engine_and_segmentation_model_agree(monkeypatch):
     """A survival engine with deep features was fitted on one segmentation encoder's features: the shipped
     segmentation model must be that encoder (a retrained segmentation model needs the engine re-trained)."""
     from HCCTwinLib.segmentation import clear_cache
-    from HCCTwinLib.survival.engine import load_engine
+    from HCCTwinLib.survival.store import load_engine
 
     monkeypatch.setenv("HCCTWIN_WEIGHTS_DIR", str(SHIPPED_WEIGHTS_DIR))
     clear_cache()

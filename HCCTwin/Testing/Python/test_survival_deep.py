@@ -11,6 +11,7 @@ from test_survival import make_cohort
 
 from HCCTwinLib.cases import Geometry
 from HCCTwinLib.errors import InputError
+from HCCTwinLib.survival.cohort import baseline_image_features
 from HCCTwinLib.survival.deep import (
     DeepFeatureReducer,
     deep_raw_features,
@@ -18,16 +19,9 @@ from HCCTwinLib.survival.deep import (
     get_encoder,
     raw_columns,
 )
-from HCCTwinLib.survival.engine import (
-    IMAGING_COVARIATES,
-    METASTASIS_DEEP_FEATURES,
-    _fit_deep,
-    baseline_image_features,
-    fit_engine,
-    load_engine,
-    save_engine,
-)
+from HCCTwinLib.survival.engine import IMAGING_COVARIATES, METASTASIS_DEEP_FEATURES, _fit_deep, fit_engine
 from HCCTwinLib.survival.features import clinical_features
+from HCCTwinLib.survival.store import load_engine, save_engine
 
 from conftest import make_phantom
 

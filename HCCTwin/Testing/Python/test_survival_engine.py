@@ -11,16 +11,9 @@ import pandas as pd
 import pytest
 
 from HCCTwinLib.cli import main as cli_main
-from HCCTwinLib.survival.engine import (
-    IMAGING_COVARIATES,
-    baseline_image_features,
-    cohort_feature_table,
-    fit_engine,
-    get_survival_engine,
-    load_engine,
-    save_engine,
-    trajectory_readings,
-)
+from HCCTwinLib.survival.cohort import baseline_image_features, cohort_feature_table, trajectory_readings
+from HCCTwinLib.survival.engine import IMAGING_COVARIATES, fit_engine
+from HCCTwinLib.survival.store import get_survival_engine, load_engine, save_engine
 from HCCTwinLib.weights import ModelFileError
 
 REGS = ["tace_pd1_len", "haic_pd1_len", "pd1_tki"]
@@ -168,7 +161,7 @@ def test_pipeline_survival_and_cheap_regimen_change(engine_file, monkeypatch):
         summary["survival"]["endpoints"]["os"]["pd1_tki"]["median"] > 0
 
     # a change of the selection recomputes survival only: nothing reads images or runs a network
-    import HCCTwinLib.survival.engine as E
+    import HCCTwinLib.survival.cohort as E
 
     monkeypatch.setattr(E, "baseline_image_features", lambda *a, **k: pytest.fail("features recomputed"))
     update_survival(result, options, ["tace_pd1_len", "pd1_tki"])
@@ -234,7 +227,7 @@ def test_follow_up_on_its_own_grid_is_registered_before_it_is_read(tmp_path):
 
     from HCCTwinLib.io import resample_to, write_image
     from HCCTwinLib.simulate.cohort import simulate_patient
-    from HCCTwinLib.survival.engine import patient_image_row
+    from HCCTwinLib.survival.cohort import patient_image_row
 
     p = simulate_patient(5, 1, fast=True)
     case, fu = p.case, p.followup_case(p.model.regimen, 8)
@@ -326,7 +319,7 @@ def test_baseline_image_features_on_the_label_box_equal_the_whole_grid(cohort):
     from HCCTwinLib.errors import InputError
     from HCCTwinLib.io import load_case
     from HCCTwinLib.labels import foreground_box
-    from HCCTwinLib.survival.engine import _feature_box
+    from HCCTwinLib.survival.cohort import _feature_box
     from HCCTwinLib.survival.features import imaging_features, radiomics_features
 
     case = load_case(cohort / "cases" / sorted(p.name for p in (cohort / "cases").iterdir())[1] / "pre")

@@ -387,7 +387,7 @@ def cmd_evaluate(args) -> int:
 
     metrics = run_evaluate_command(args.cohort, args.out, max_cases=args.max_cases, images=not args.no_images,
                                    options=PipelineOptions(device=args.device, samples=args.samples, seed=args.seed),
-                                   progress=ProgressBar())
+                                   progress=ProgressBar(), scheduler=args.scheduler, workers=args.workers)
     surv = metrics.get("survival", {})
     summary = {"metrics_json": str(Path(args.out) / "metrics.json"), "notes": metrics["notes"]}
     if "os" in surv:
@@ -404,7 +404,7 @@ def cmd_study(args) -> int:
                       images=not args.no_images, max_cases=args.max_cases, n_bootstrap=args.bootstrap,
                       seed=args.seed, with_ids=args.with_ids,
                       options=PipelineOptions(device=args.device, samples=args.samples, seed=args.seed),
-                      progress=ProgressBar())
+                      progress=ProgressBar(), scheduler=args.scheduler, workers=args.workers)
     summary = {"study_html": str(Path(args.out) / "study.html"), "study_json": str(Path(args.out) / "study.json"),
                "split_sizes": study["split_sizes"], "survival_model": study["models"]["survival"]["source"]}
     for name, res in study["results"].items():
@@ -465,7 +465,7 @@ def cmd_view(args) -> int:
 
 
 def _train_survival(cohort_dir, out_dir, *, n_bootstrap: int = 50, seed: int = 0, images: bool = True,
-                    progress=None) -> dict:
+                    progress=None, scheduler: str | None = "serial", workers: int | None = None) -> dict:
     """``hcctwin train survival``: feature table of the cohort, fit, save ``out_dir/hcctwin_survival.safetensors``
     + card."""
     from .survival.cohort import cohort_feature_table
@@ -473,7 +473,8 @@ def _train_survival(cohort_dir, out_dir, *, n_bootstrap: int = 50, seed: int = 0
     from .survival.store import save_engine
 
     t0 = time.perf_counter()
-    table, notes = cohort_feature_table(cohort_dir, images=images, progress=SubProgress(progress, 0.0, 0.4))
+    table, notes = cohort_feature_table(cohort_dir, images=images, progress=SubProgress(progress, 0.0, 0.4),
+                                        scheduler=scheduler, workers=workers)
     engine, fit_notes = fit_engine(table, n_bootstrap=n_bootstrap, seed=seed, progress=SubProgress(progress, 0.4, 1))
     notes += fit_notes
     out = Path(out_dir)
@@ -488,7 +489,8 @@ def _train_survival(cohort_dir, out_dir, *, n_bootstrap: int = 50, seed: int = 0
 def cmd_train(args) -> int:
     if args.model == "survival":
         summary = _train_survival(args.cohort, args.out, n_bootstrap=args.bootstrap, seed=args.seed,
-                                  images=not args.no_images, progress=ProgressBar())
+                                  images=not args.no_images, progress=ProgressBar(), scheduler=args.scheduler,
+                                  workers=args.workers)
         print(json.dumps(summary, indent=2, default=str))
         return 0
     if args.model == "generator" and args.architecture == "anchored":
@@ -639,6 +641,20 @@ def cmd_survival(args) -> int:
     return 0
 
 
+def _add_scheduler_arguments(p) -> None:
+    from .parallel import SCHEDULER_HELP, parse_scheduler
+
+    def scheduler(text):
+        try:
+            parse_scheduler(text)  # refused with one line before any work
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    p.add_argument("--scheduler", type=scheduler, default="serial", help=SCHEDULER_HELP)
+    p.add_argument("--workers", type=_positive_int, help="--scheduler local: worker processes (default: CPU cores)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hcctwin",
@@ -746,6 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "`hcctwin tune segmentation --pvtt-model`")
     p.add_argument("--bootstrap", type=_bootstrap, default=50, help="survival: bootstrap replicates for the bands")
     p.add_argument("--no-images", action="store_true", help="survival: clinical features only")
+    _add_scheduler_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="tune a trained segmentation model's decision rules (PVTT prior, lesion "
@@ -825,6 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_samples, default=4)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_scheduler_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("study", help="validation study per split: virtual-vs-real image fidelity, survival "
@@ -847,6 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_samples, default=4, help="generator samples per virtual follow-up")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_scheduler_arguments(p)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="tumor-board report (HTML + PDF) from a result.json")

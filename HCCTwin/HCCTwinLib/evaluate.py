@@ -132,23 +132,32 @@ def _case_dirs(cohort: Path, ids, max_cases: int | None):
     return out
 
 
-def evaluate_segmentation(cohort: Path, ids, max_cases: int | None, device: str, progress=None) -> dict[str, Any]:
+def _segmentation_task(pre_dir: str, patient_id: str, device: str) -> dict[str, Any] | None:
+    """Dice of the installed segmentation on one labelled pre-treatment study (a task of
+    :func:`evaluate_segmentation`, also on a Dask worker: the model is loaded there once per worker process)."""
     from .io import load_case
     from .segmentation import get_segmenter
     from .segmentation.metrics import dice_per_label
 
-    segmenter = get_segmenter(None, device=device)
-    rows = []
+    case = load_case(Path(pre_dir), patient_id=patient_id)
+    if case.labels is None:
+        return None
+    truth = case.labels
+    case.labels = None
+    pred = get_segmenter(None, device=device).segment(case)
+    return {"patient_id": patient_id, **dice_per_label(pred, truth)}
+
+
+def evaluate_segmentation(cohort: Path, ids, max_cases: int | None, device: str, progress=None, *,
+                          scheduler: str | None = "serial", workers: int | None = None) -> dict[str, Any]:
+    from .parallel import map_ordered
+    from .segmentation import get_segmenter
+
+    get_segmenter(None, device=device)  # a missing or damaged model stops here, before any worker starts
     cases = _case_dirs(cohort, ids, max_cases)
-    for n, (pid, d) in enumerate(cases):
-        case = load_case(d / "pre", patient_id=pid)
-        if case.labels is None:
-            continue
-        truth = case.labels
-        case.labels = None
-        pred = segmenter.segment(case)
-        rows.append({"patient_id": pid, **dice_per_label(pred, truth)})
-        report(progress, (n + 1) / max(len(cases), 1), f"segmentation {n + 1}/{len(cases)}")
+    rows = [r for r in map_ordered(_segmentation_task, [(str(d / "pre"), pid, device) for pid, d in cases],
+                                   scheduler=scheduler, workers=workers, progress=progress, what="segmentation")
+            if r is not None]
     keys = sorted({k for r in rows for k in r if k != "patient_id"})
     mean_dice = {}
     for k in keys:  # a label absent from every case (Dice undefined) is None, not the mean of nothing
@@ -333,9 +342,11 @@ def evaluate_generator(cohort: Path, clinical: pd.DataFrame, max_cases: int | No
 
 
 def run_evaluate_command(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, max_cases: int | None = 20,
-                         images: bool = True, options=None, progress: ProgressCallback | None = None
-                         ) -> dict[str, Any]:
-    """Measure every installed model on the cohort; write ``out_dir/metrics.json``; return the metrics."""
+                         images: bool = True, options=None, progress: ProgressCallback | None = None,
+                         scheduler: str | None = "serial", workers: int | None = None) -> dict[str, Any]:
+    """Measure every installed model on the cohort; write ``out_dir/metrics.json``; return the metrics.
+    ``scheduler`` / ``workers``: where the per-patient feature rows and segmentations run
+    (:mod:`HCCTwinLib.parallel`; the metrics are the same as serially)."""
     from .io import read_clinical_table
     from .jsonutil import jsonable
     from .pipeline import PipelineOptions
@@ -352,7 +363,8 @@ def run_evaluate_command(cohort_dir: str | os.PathLike, out_dir: str | os.PathLi
     metrics["notes"] += read_notes
     try:
         engine = get_survival_engine()
-        table, notes = cohort_feature_table(cohort, images=images, progress=SubProgress(progress, 0.0, 0.4))
+        table, notes = cohort_feature_table(cohort, images=images, progress=SubProgress(progress, 0.0, 0.4),
+                                            scheduler=scheduler, workers=workers)
         metrics["notes"] += notes
         metrics["survival"] = evaluate_survival(engine, table)
         metrics["models"] = {"survival": engine.card.get("name")}
@@ -366,7 +378,8 @@ def run_evaluate_command(cohort_dir: str | os.PathLike, out_dir: str | os.PathLi
         if not images:
             continue
         try:
-            metrics[name] = fn(*args)
+            metrics[name] = (fn(*args, scheduler=scheduler, workers=workers) if name == "segmentation"
+                             else fn(*args))
         except ModelFileError as exc:
             metrics["notes"].append(f"{name}: {exc}")
     metrics["seconds"] = round(time.perf_counter() - t0, 1)

@@ -175,8 +175,8 @@ def _pseudonymise(obj: Any, codes: dict[str, str]) -> Any:
 
 def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, splits: Sequence[str] = DEFAULT_SPLITS,
               train: str = "auto", images: bool = True, max_cases: int | None = 20, n_bootstrap: int = 50,
-              seed: int = 0, with_ids: bool = False, options=None, progress: ProgressCallback | None = None
-              ) -> dict[str, Any]:
+              seed: int = 0, with_ids: bool = False, options=None, progress: ProgressCallback | None = None,
+              scheduler: str | None = "serial", workers: int | None = None) -> dict[str, Any]:
     """Run the validation study (see the module docstring); writes ``OUT/study.json``, ``OUT/study.html``,
     ``OUT/splits.csv`` and the trained models; returns the results.
 
@@ -202,7 +202,8 @@ def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, spli
     split_names = [s.strip().lower() for s in splits if s.strip()]
     clinical = clinical.assign(split=split_of)
     t_table = time.perf_counter()
-    table, table_notes = cohort_feature_table(cohort, images=images, progress=SubProgress(progress, 0.0, 0.3))
+    table, table_notes = cohort_feature_table(cohort, images=images, progress=SubProgress(progress, 0.0, 0.3),
+                                              scheduler=scheduler, workers=workers)
     notes += table_notes
     feature_seconds = round(time.perf_counter() - t_table, 1)
     table = table.assign(split=table["patient_id"].astype(str).map(dict(zip(clinical["patient_id"].astype(str),

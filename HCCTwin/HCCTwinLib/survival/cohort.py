@@ -141,12 +141,29 @@ def patient_image_row(case_dir: Path, weeks: Sequence[int] = LANDMARK_WEEKS, *, 
     return row
 
 
+def _image_row_task(case_dir: str, patient_id: str, deep: bool) -> dict[str, Any] | None:
+    """One patient's image row (a task of :func:`cohort_feature_table`, also on a Dask worker: the encoder is
+    loaded there, once per worker process)."""
+    segmenter = None
+    if deep:
+        from .deep import get_encoder
+
+        segmenter, _ = get_encoder()
+    folder = Path(case_dir)
+    row = patient_image_row(folder, segmenter=segmenter) if folder.is_dir() else None
+    if row is not None:
+        row["patient_id"] = patient_id
+    return row
+
+
 def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True, deep: bool | str = "auto",
-                         progress: ProgressCallback | None = None) -> tuple[pd.DataFrame, list[str]]:
+                         progress: ProgressCallback | None = None, scheduler: str | None = "serial",
+                         workers: int | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The training / evaluation table of a cohort folder: clinical features and scores, outcomes, and (with
     ``images``) image + observed response features read from ``cases/<id>/``; with ``deep`` ("auto": when a
     segmentation model is installed) also the raw segmentation-encoder features (``deepraw_*``, about 0.5 s per
-    patient on one CPU core). Returns ``(table, notes)``."""
+    patient on one CPU core). ``scheduler`` / ``workers``: where the per-patient image rows are computed
+    (:mod:`HCCTwinLib.parallel`; the table is the same). Returns ``(table, notes)``."""
     from ..io import path_inside
 
     cohort = Path(cohort_dir)
@@ -175,15 +192,12 @@ def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True, 
             notes.append(note)
             if deep is True:
                 raise InputError(f"{note} (deep features were asked for).")
-    rows = []
+    from ..parallel import map_ordered
+
     ids = [str(p) for p in clinical["patient_id"]]
-    for n, pid in enumerate(ids):
-        case_dir = path_inside(cohort, "cases", pid)
-        row = patient_image_row(case_dir, segmenter=segmenter) if case_dir.is_dir() else None
-        if row is not None:
-            row["patient_id"] = pid
-            rows.append(row)
-        report(progress, (n + 1) / len(ids), f"image features {n + 1}/{len(ids)}")
+    tasks = [(str(path_inside(cohort, "cases", pid)), pid, segmenter is not None) for pid in ids]
+    rows = [r for r in map_ordered(_image_row_task, tasks, scheduler=scheduler, workers=workers, progress=progress,
+                                   what="image features") if r is not None]
     if not rows:
         notes.append("no case folder with a pre-treatment label map: imaging features not used.")
         return table, notes

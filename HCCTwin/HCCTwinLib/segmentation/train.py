@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, distributed
 from .. import device as devices
 from ..errors import InputError
 from ..io import find_image, load_case, read_training_state
@@ -520,7 +520,14 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     dev, message = devices.select_device(device)
-    log(f"[segmentation training] {message}")
+    ctx, dev = distributed.setup(dev)  # torchrun: one process per core / GPU, gradients averaged (DDP)
+    if not ctx.main:
+        def log(*args, **kwargs):  # only rank 0 speaks
+            return None
+
+        progress = None
+    log(f"[segmentation training] {message}" + (f"; rank 0 of {ctx.world} processes ({ctx.backend})"
+                                                 if ctx.enabled else ""))
     arch_kwargs = model_kwargs(architecture, **(architecture_kwargs or {}))
     stride = total_stride(architecture, arch_kwargs)
     patch = tuple(int(math.ceil(p / s) * s) for p, s in zip(patch_size, stride))
@@ -529,7 +536,9 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
               "input_phases": list(INPUT_PHASES), "window_hu": list(DEFAULT_WINDOW_HU), "seed": int(seed),
               "val_fraction": float(val_fraction), "max_cases": max_cases, "include_followups": include_followups}
 
-    # ---- data
+    # ---- data (rank 0 fills the caches first; the other ranks then read them)
+    if not ctx.main:
+        ctx.barrier()
     report(progress, 0.0, "Reading the cohort")
     by_patient = discover_samples(cohort_dir, max_cases=max_cases, include_followups=include_followups)
     train_ids, val_ids = split_patients(list(by_patient), val_fraction, seed)
@@ -565,6 +574,9 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
         templates = synth.prepare_templates(synthetic_templates, cache / "templates", spacing_mm, log=log)
         synthetic_items = synthetic_items + templates * max(1, int(template_repeats))
 
+    if ctx.main:
+        ctx.barrier()
+
     # ---- model, optimiser, state
     torch.manual_seed(seed)
     model = build_model(architecture, **arch_kwargs).to(dev)
@@ -585,6 +597,7 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
             model.load_state_dict(init_state)
             log(f"[segmentation training] starting from the weights of {init_weights}")
 
+    net = ctx.wrap(model)  # DDP: rank 0's weights broadcast to every rank, gradients averaged at each step
     weight = None if class_weights is None else torch.tensor([float(w) for w in class_weights], device=dev)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=weight)
     sampler = _PatchSampler(train_items, patch, seed, coarse_fraction=coarse_fraction, flip_prob=flip_prob,
@@ -594,6 +607,7 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                             appearance_prob=appearance_prob, phase_dropout=phase_dropout,
                             synthetic_items=synthetic_items, synthetic_prob=synthetic_prob)
     n_iter = int(iterations_per_epoch or max(1, math.ceil(len(train_items) * samples_per_volume / batch_size)))
+    n_iter = max(1, math.ceil(n_iter / ctx.world))  # per process: the epoch sees the same number of patches
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) if use_amp \
         else None
@@ -619,18 +633,19 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
              "synthetic": int(synthetic), "synthetic_seed": int(synthetic_seed) if synthetic else None,
              "synthetic_prob": float(synthetic_prob) if synthetic else 0.0,
              "synthetic_templates": ({"folder": Path(synthetic_templates).name, "n": len(templates),
-                                      "repeats": int(template_repeats)} if templates else None)}
+                                      "repeats": int(template_repeats)} if templates else None),
+             "distributed": ctx.describe()}
     if synthetic:
         hyper["augmentation"] += "; " + synth.DESCRIPTION.format(n=int(synthetic), seed=int(synthetic_seed),
                                                                  p=float(synthetic_prob), d=phase_dropout)
     start_epoch = int(state["epoch"])
     for epoch in range(start_epoch, epochs):
-        if time_budget_s and epoch > start_epoch and time.perf_counter() - t_start >= float(time_budget_s):
+        if time_budget_s and epoch > start_epoch and ctx.any(time.perf_counter() - t_start >= float(time_budget_s)):
             log(f"[segmentation training] time budget of {time_budget_s:.0f} s spent after epoch {epoch}")
             break
         t0 = time.perf_counter()
-        sampler.set_seed((seed * 100003 + epoch) % (2**32))
-        model.train()
+        sampler.set_seed(((seed * 100003 + epoch) * ctx.world + ctx.rank) % (2**32))
+        net.train()
         losses = []
         out_of_time = False
         ep_progress = SubProgress(progress, 0.05 + 0.95 * epoch / epochs, 0.05 + 0.95 * (epoch + 1) / epochs)
@@ -638,7 +653,7 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
             progress_epochs = epoch + it / n_iter
             if time_budget_s:
                 used = (time.perf_counter() - t_start) / float(time_budget_s)
-                if used >= 1.0 and losses:
+                if ctx.any(used >= 1.0 and bool(losses)):
                     out_of_time = True
                     break
                 progress_epochs = max(progress_epochs, used * epochs)
@@ -650,7 +665,7 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
             y = torch.from_numpy(yb).to(dev, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with devices.autocast(dev, cpu_precision):
-                logits = model(x)
+                logits = net(x)
             loss = loss_fn(logits.float(), y)
             if wb:
                 loss = loss + weighted_ce(logits.float(), y, torch.from_numpy(wb[0]).to(dev, non_blocking=True))
@@ -667,6 +682,12 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
             losses.append(float(loss.detach()))
             report(ep_progress, 0.8 * (it + 1) / n_iter, f"Epoch {epoch + 1}/{epochs}: batch {it + 1}/{n_iter}, "
                                                          f"loss {losses[-1]:.3f}")
+        if not ctx.main:  # rank 0 validates and writes the checkpoint; the others wait for it
+            state["epoch"] = epoch + 1
+            ctx.barrier()
+            if out_of_time:
+                break
+            continue
         val = validate(model, val_items, patch=patch, device=dev, spacing_mm=spacing_mm,
                        progress=SubProgress(ep_progress, 0.8, 1.0), cpu_precision=cpu_precision)
         score = val["mean"]
@@ -690,6 +711,7 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
             save_model(model, card_path_best, card)
         state["epoch"] = epoch + 1
         _save_checkpoint(state_path, ckpt_path, opt_path, state, model, optimizer)
+        ctx.barrier()
         if out_of_time:
             log(f"[segmentation training] time budget of {time_budget_s:.0f} s spent; stopped after "
                 f"{len(losses)}/{n_iter} iterations of epoch {epoch + 1}")
@@ -699,7 +721,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                "epochs_completed": int(state["epoch"]), "best_epoch": state["best_epoch"],
                "best_val_mean_dice": state["best_score"], "log_path": str(log_path),
                "train_patients": train_ids, "val_patients": val_ids, "device": str(dev),
-               "seconds": round(time.perf_counter() - t_start, 2)}
+               "seconds": round(time.perf_counter() - t_start, 2), "distributed": ctx.describe()}
+    ctx.teardown()
     report(progress, 1.0, "Training done")
     return summary
 

@@ -530,3 +530,51 @@ def test_binary_calibration_slope_and_ici():
     extreme = M.binary_calibration(y, 1 / (1 + np.exp(-3 * lp)))
     assert extreme["calibration_slope"] == pytest.approx(1 / 3, abs=0.06) and extreme["ici"] > 2 * good["ici"]
     assert len(good["groups"]["predicted"]) == 5 and good["groups"]["predicted"] == sorted(good["groups"]["predicted"])
+
+
+def _competing_cohort(n=600, seed=0):
+    """Exponential cause-specific hazards: metastasis 0.02/month x exp(0.8 x), death 0.015/month; uniform censoring."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    t_met = rng.exponential(1.0 / (0.02 * np.exp(0.8 * x)))
+    t_dth = rng.exponential(1.0 / 0.015, size=n)
+    t_cen = rng.uniform(6.0, 60.0, size=n)
+    t = np.minimum.reduce([t_met, t_dth, t_cen])
+    met = (t_met <= t_dth) & (t_met <= t_cen)
+    dead_first = (t_dth < t_met) & (t_dth <= t_cen)
+    return pd.DataFrame({"x": x, "metastasis_months": t, "metastasis_event": met.astype(int),
+                         "os_months": np.where(dead_first, t_dth, t + 5.0), "os_event": dead_first.astype(int)})
+
+
+def test_aalen_johansen_matches_the_constant_hazard_formula():
+    from HCCTwinLib.survival.models import aalen_johansen_cif
+
+    rng = np.random.default_rng(1)
+    t1, t2 = rng.exponential(1 / 0.02, 20000), rng.exponential(1 / 0.015, 20000)
+    cause = np.where(t1 < t2, 1, 2)
+    expected = 0.02 / 0.035 * (1 - np.exp(-0.035 * 24))
+    assert aalen_johansen_cif(np.minimum(t1, t2), cause, 24.0) == pytest.approx(expected, abs=0.01)
+    # censoring does not bias it (unlike 1 - KM of metastasis with deaths censored, which overestimates)
+    cen = rng.uniform(0, 60, 20000)
+    t = np.minimum.reduce([t1, t2, cen])
+    c = np.where(cen < np.minimum(t1, t2), 0, cause)
+    assert aalen_johansen_cif(t, c, 24.0) == pytest.approx(expected, abs=0.015)
+
+
+def test_competing_risk_metastasis_model():
+    from HCCTwinLib.survival.models import CompetingRiskMetastasis, aalen_johansen_cif
+
+    df = _competing_cohort()
+    model = CompetingRiskMetastasis().fit(df, ["x"])
+    t, cause = model.events(df)
+    assert model.n_met_ == int((cause == 1).sum()) and model.n_death_ == int((cause == 2).sum()) > 50
+    assert model.met_.beta[0] > 0.4 and abs(model.death_.beta[0]) < 0.2  # standardised x: 0.8 * sd(x) ~ 0.8
+    cif = model.cumulative_incidence(df)
+    assert cif.shape == (len(df),) and np.all((cif >= 0) & (cif <= 1))
+    assert np.corrcoef(cif, df["x"])[0, 1] > 0.9  # higher x, higher incidence
+    # calibration in the large: the mean predicted 2-year incidence is the observed (Aalen-Johansen) one
+    assert cif.mean() == pytest.approx(aalen_johansen_cif(t, cause, 24.0), abs=0.03)
+    curve = model.cumulative_incidence(df.head(5), [6, 12, 24, 36])
+    assert curve.shape == (5, 4) and np.all(np.diff(curve, axis=1) >= -1e-12)
+    with pytest.raises(InputError, match="lacks column"):
+        CompetingRiskMetastasis().fit(df.drop(columns="metastasis_event"), ["x"])

@@ -200,6 +200,10 @@ def evaluate(table: pd.DataFrame, cf: pd.DataFrame | None, oracle: pd.Series | N
     best = max(scores, key=lambda k: os_res["baselines"][k]["harrell_c"])
     os_res["best_baseline"] = best
     os_res["model_beats_best_baseline"] = bool(os_res["model"]["harrell_c"] > os_res["baselines"][best]["harrell_c"])
+    if "oracle" in os_res:  # the target relative to what the data allow (issue 27)
+        os_res["share_of_achievable_gain"] = {
+            k: M.achievable_share(os_res["model_same_patients"][k], os_res["baselines"][best][k], os_res["oracle"][k])
+            for k in ("harrell_c", "uno_c")}
     p24 = 1 - model.predict_survival(hold, [24.0])[:, 0]
     os_res["decision_curve_24"] = M.decision_curve_survival(t_h, e_h, p24, 24.0, np.arange(0.05, 0.96, 0.05))
     os_res["km_by_risk_group"] = M.km_by_risk_group(t_h, e_h, risk, times=np.linspace(0, 36, 37))
@@ -211,7 +215,7 @@ def evaluate(table: pd.DataFrame, cf: pd.DataFrame | None, oracle: pd.Series | N
         res["notes"].append("no truth/counterfactuals.csv with rmst24_months: PEHE and recommendation not measured.")
 
     if engine.landmark is not None:
-        res["landmark"] = {f"{w}w": _landmark(engine, dev, hold, w, tau, scores_cols=SCORE_BASELINES)
+        res["landmark"] = {f"{w}w": _landmark(engine, dev, hold, w, tau, scores_cols=SCORE_BASELINES, oracle=oracle)
                            for w in sorted(engine.landmark.models_)}
     else:
         res["notes"].append("no follow-up response features: the landmark models are not measured.")
@@ -259,8 +263,11 @@ def _effect(model: PerRegimenSurvival, hold: pd.DataFrame, cf: pd.DataFrame) -> 
     return out
 
 
-def _landmark(engine, dev, hold, week: int, tau: float, scores_cols) -> dict[str, Any]:
-    """Dynamic model at ``week`` vs the baseline model (and the scores) on the hold-out patients event-free then."""
+def _landmark(engine, dev, hold, week: int, tau: float, scores_cols, oracle: pd.Series | None = None
+              ) -> dict[str, Any]:
+    """Dynamic model at ``week`` vs the baseline model (and the scores) on the hold-out patients event-free then;
+    with an ``oracle``, its C on the same patients and each model's share of the achievable gain over the best
+    score."""
     lm_dev = landmark_dataset(dev, "os_months", "os_event", week)
     lm_hold = landmark_dataset(hold, "os_months", "os_event", week)
     t, e = lm_hold["os_months"].to_numpy(float), lm_hold["os_event"].to_numpy(float)
@@ -268,9 +275,19 @@ def _landmark(engine, dev, hold, week: int, tau: float, scores_cols) -> dict[str
     dyn = _c_pair(t, e, engine.landmark.predict_risk(lm_hold, week), tau, td, ed)
     bas = _c_pair(t, e, engine.os.predict_risk(lm_hold), tau, td, ed)
     sc = {k: M.harrell_c(t, e, lm_hold[c].to_numpy(float)) for k, c in scores_cols.items()}
-    return {"n_at_risk_holdout": len(lm_hold), "response_features": engine.landmark.models_[week]["columns"][-3:],
-            "dynamic": dyn, "baseline_model": bas, "beats_baseline": bool(dyn["harrell_c"] > bas["harrell_c"]),
-            "best_score_harrell_c": max(sc.values()), "beats_best_score": bool(dyn["harrell_c"] > max(sc.values()))}
+    out = {"n_at_risk_holdout": len(lm_hold), "response_features": engine.landmark.models_[week]["columns"][-3:],
+           "dynamic": dyn, "baseline_model": bas, "beats_baseline": bool(dyn["harrell_c"] > bas["harrell_c"]),
+           "best_score_harrell_c": max(sc.values()), "beats_best_score": bool(dyn["harrell_c"] > max(sc.values()))}
+    if oracle is not None:
+        o = oracle.reindex(lm_hold["patient_id"]).to_numpy(float)
+        ok = np.isfinite(o)
+        if ok.sum() > 10:
+            c_oracle = M.harrell_c(t[ok], e[ok], o[ok])
+            out["oracle_harrell_c"] = c_oracle
+            out["share_of_achievable_gain"] = {
+                "dynamic": M.achievable_share(dyn["harrell_c"], out["best_score_harrell_c"], c_oracle),
+                "baseline_model": M.achievable_share(bas["harrell_c"], out["best_score_harrell_c"], c_oracle)}
+    return out
 
 
 def _true_metastasis_risk(cf: pd.DataFrame | None, patients) -> np.ndarray | None:
@@ -397,6 +414,10 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
               f"| ICI 12 / 24 mo | {_f(o['ici']['12']['ici'])} / {_f(o['ici']['24']['ici'])} | <= 0.05 |",
               f"| best established score ({o['best_baseline']}) Harrell C | "
               f"{_f(o['baselines'][o['best_baseline']]['harrell_c'])} | model beats it |"]
+    share = o.get("share_of_achievable_gain")
+    if share:
+        lines += [f"| share of the achievable gain, Harrell / Uno: (C model - C best score) / (C oracle - C best "
+                  f"score) | {_f(share['harrell_c'])} / {_f(share['uno_c'])} | reported (issue 27) |"]
     lines += ["", "| Established score | Harrell C | Uno C |", "|---|---|---|"]
     lines += [f"| {k} | {_f(v['harrell_c'])} | {_f(v['uno_c'])} |" for k, v in o["baselines"].items()]
     if "effect" in res:
@@ -407,6 +428,11 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
                   f"{rec['n_clear_difference_gt_2_months']} patients with a true RMST-24 difference > 2 months "
                   f"(target >= 0.80; by probability-best: {_f(rec['accuracy_prob_best'])})."]
     for key, lm in res.get("landmark", {}).items():
+        if lm.get("share_of_achievable_gain"):
+            lines += ["", f"Landmark {key}, share of the achievable gain over the best score (oracle Harrell C "
+                      f"{_f(lm['oracle_harrell_c'])} on the same patients): dynamic model "
+                      f"{_f(lm['share_of_achievable_gain']['dynamic'])}, baseline model "
+                      f"{_f(lm['share_of_achievable_gain']['baseline_model'])}."]
         lines += ["", f"Landmark {key}: dynamic model Harrell C {_f(lm['dynamic']['harrell_c'])} vs baseline model "
                   f"{_f(lm['baseline_model']['harrell_c'])} (best score {_f(lm['best_score_harrell_c'])}) on "
                   f"{lm['n_at_risk_holdout']} hold-out patients event-free at the landmark (response read from the "

@@ -147,6 +147,16 @@ def time_dependent_auc(time, event, risk, t, train_time=None, train_event=None, 
     return out[0] if np.ndim(t) == 0 else np.asarray(out)
 
 
+def achievable_share(model: float, best_score: float, oracle: float) -> float | None:
+    """The model's share of the gain over the best established score that the data allow (issue 27):
+    ``(C_model - C_best_score) / (C_oracle - C_best_score)``; 1 = as good as the oracle, 0 = no better than the
+    score, negative = worse. None when the oracle does not beat the score (nothing to gain)."""
+    gain = float(oracle) - float(best_score)
+    if not np.isfinite(gain) or gain <= 1e-9:
+        return None
+    return (float(model) - float(best_score)) / gain
+
+
 def binary_auc(y, score) -> float:
     """AUC of a binary outcome (Mann-Whitney, ties count 1/2)."""
     y = np.asarray(y).astype(bool)

@@ -578,3 +578,10 @@ def test_competing_risk_metastasis_model():
     assert curve.shape == (5, 4) and np.all(np.diff(curve, axis=1) >= -1e-12)
     with pytest.raises(InputError, match="lacks column"):
         CompetingRiskMetastasis().fit(df.drop(columns="metastasis_event"), ["x"])
+
+
+def test_share_of_the_achievable_gain():
+    assert M.achievable_share(0.637, 0.569, 0.745) == pytest.approx(0.068 / 0.176)
+    assert M.achievable_share(0.745, 0.569, 0.745) == pytest.approx(1.0)
+    assert M.achievable_share(0.55, 0.569, 0.745) < 0  # worse than the score
+    assert M.achievable_share(0.6, 0.6, 0.59) is None  # the oracle does not beat the score: nothing to gain

@@ -371,6 +371,35 @@ def _itk_failure_as_input_error(func):
 
 
 @_itk_failure_as_input_error
+@dataclass
+class _Run:
+    """What the steps of :func:`register_followup` share: the working-grid images and masks, settings, and what the
+    steps record (metrics, notes, timings, label overlap per stage)."""
+
+    fixed_w: sitk.Image
+    moving_w: sitk.Image
+    f_body: sitk.Image | None
+    m_body: sitk.Image | None
+    rigid_mask: sitk.Image | None
+    affine_mask: sitk.Image | None
+    deform_mask: sitk.Image | None
+    region: sitk.Image
+    centre: tuple
+    seed: int
+    threads: int
+    progress: ProgressCallback | None
+    metrics: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    overlap: dict = field(default_factory=dict)
+    overlap_at: Any = None
+    points: Any = None
+
+    def mi(self, tx: sitk.Transform) -> float:
+        """Mattes MI of the moved follow-up in the affine (liver) mask: how every stage is judged."""
+        return _evaluate_mi(self.fixed_w, self.moving_w, tx, self.affine_mask, self.seed, self.threads)
+
+
 def register_followup(fixed, moving_phases: dict[str, np.ndarray], moving_geometry: Geometry,
                       moving_labels: np.ndarray | None = None, *, deformable: bool = True,
                       liver_mask: np.ndarray | None = None, seed: int = DEFAULT_SEED, threads: int | None = None,
@@ -382,16 +411,43 @@ def register_followup(fixed, moving_phases: dict[str, np.ndarray], moving_geomet
     mask (fixed grid) defaults to the fixed labels > 0; without any, the deformable stage is skipped (noted).
     Raises :class:`~HCCTwinLib.errors.InputError` for empty or inconsistent inputs, an empty mask, or images that do
     not overlap; :class:`~HCCTwinLib.errors.CancelledError` when ``progress`` cancels. Inputs are not modified.
+
+    Steps (each its own function): check the inputs, prepare the working grid and masks, the initial alignment,
+    rigid, affine, deformable, resample at full resolution.
     """
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    notes: list[str] = []
     threads = _threads(threads)
     f_phases, f_geom, f_labels = _unpack_fixed(fixed)
     f_phases = _check_phases("pre-treatment scan", f_phases, f_geom)
     f_labels = _check_labels("pre-treatment scan", f_labels, f_geom)
     m_phases = _check_phases("follow-up scan", moving_phases, moving_geometry)
     m_labels = _check_labels("follow-up scan", moving_labels, moving_geometry)
+    liver_mask = _liver_mask(liver_mask, f_labels, f_geom)
+    f_name, m_name = _drive_phases(f_phases, m_phases)
+    report(progress, 0.0, f"Registration: preparing ({f_name} -> {m_name} phase)")
+    run = _prepare(f_phases[f_name], f_geom, f_labels, m_phases[m_name], moving_geometry, liver_mask,
+                   working_spacing_mm, seed, threads, progress)
+    initial, mi_eval = _initial_alignment(run, f_labels, f_geom, m_labels, moving_geometry, f_name, m_name)
+    rigid = _rigid_stage(run, initial, mi_eval["initial"])
+    affine = _affine_stage(run, rigid)
+    stage_tx: dict[str, sitk.Transform] = {"rigid": rigid, "affine": affine}
+    final = sitk.CompositeTransform([rigid, affine])
+    if deformable and run.deform_mask is None:
+        run.notes.append("deformable stage skipped: no liver mask (give the pre-treatment labels or a liver mask)")
+    elif deformable:
+        final, stage_tx["deformable"] = _deformable_stage(run, rigid, affine, final,
+                                                          _is_ct(f_phases[f_name]) and _is_ct(m_phases[m_name]))
+    run.metrics["mi_eval"] = {**mi_eval, **{s: run.metrics[s]["mi_eval"] for s in STAGES if s in run.metrics}}
+    out_phases, out_labels = _resample_followup(run, final, f_geom, f_labels, m_phases, m_labels, moving_geometry)
+    report(progress, 1.0, "Registration: done")
+    return RegistrationResult(phases=out_phases, labels=out_labels, geometry=f_geom, transform=final,
+                              stage_transforms=stage_tx, metrics=run.metrics, timings=run.timings,
+                              wall_time_s=time.perf_counter() - t_start, notes=run.notes,
+                              initial_transform=sitk.Euler3DTransform(initial))
+
+
+def _liver_mask(liver_mask, f_labels, f_geom: Geometry) -> np.ndarray | None:
+    """The liver mask on the pre-treatment grid: the one given (checked) or the labels > 0 (or None)."""
     if liver_mask is not None:
         liver_mask = np.asarray(liver_mask)
         if tuple(liver_mask.shape) != f_geom.shape:
@@ -400,14 +456,17 @@ def register_followup(fixed, moving_phases: dict[str, np.ndarray], moving_geomet
         if not liver_mask.any():
             raise InputError("liver mask: the mask is empty; give the liver segmentation of the pre-treatment scan "
                              "(or leave it out to use the labels).")
-    elif f_labels is not None:
-        liver_mask = f_labels > 0
-    f_name, m_name = _drive_phases(f_phases, m_phases)
-    report(progress, 0.0, f"Registration: preparing ({f_name} -> {m_name} phase)")
+        return liver_mask
+    return f_labels > 0 if f_labels is not None else None
 
+
+def _prepare(f_image, f_geom, f_labels, m_image, m_geom, liver_mask, working_spacing_mm, seed, threads,
+             progress) -> _Run:
+    """Working-grid images, body masks and the masks of each stage (rigid: body; affine: liver + margin;
+    deformable: liver + margin without the tumours, which change between the scans)."""
     t0 = time.perf_counter()
-    fixed_w, f_body = _working(f_phases[f_name], f_geom, working_spacing_mm)
-    moving_w, m_body = _working(m_phases[m_name], moving_geometry, working_spacing_mm)
+    fixed_w, f_body = _working(f_image, f_geom, working_spacing_mm)
+    moving_w, m_body = _working(m_image, m_geom, working_spacing_mm)
     liver_w = _mask_on(fixed_w, liver_mask, f_geom) if liver_mask is not None else None
     if liver_w is not None and _count(liver_w) == 0:
         liver_w = _mask_on(fixed_w, sitk.GetArrayFromImage(_dilate(_image(liver_mask.astype(np.uint8), f_geom,
@@ -430,25 +489,33 @@ def register_followup(fixed, moving_phases: dict[str, np.ndarray], moving_geomet
         region = f_body
     else:
         region = sitk.Cast(fixed_w * 0 + 1, sitk.sitkUInt8)
-    centre = _centroid(region)
-    timings["prepare"] = time.perf_counter() - t0
+    run = _Run(fixed_w=fixed_w, moving_w=moving_w, f_body=f_body, m_body=m_body, rigid_mask=rigid_mask,
+               affine_mask=affine_mask, deform_mask=deform_mask, region=region, centre=_centroid(region), seed=seed,
+               threads=threads, progress=progress)
+    run.timings["prepare"] = time.perf_counter() - t0
+    return run
 
-    # --- initial alignment: physical identity or body centres of mass, whichever matches better -------------------
+
+def _initial_alignment(run: _Run, f_labels, f_geom, m_labels, m_geom, f_name, m_name
+                       ) -> tuple[sitk.Euler3DTransform, dict[str, float]]:
+    """Physical identity or body centres of mass, whichever matches better (and covers the liver); the label
+    overlap measurer when both scans have labels. Returns the initial transform and the MI at identity / initial."""
     t0 = time.perf_counter()
-    points = _mask_points(region)
+    fixed_w, moving_w = run.fixed_w, run.moving_w
+    run.points = _mask_points(run.region)
     candidates = {"identity": (0.0, 0.0, 0.0)}
-    if f_body is not None and m_body is not None and _count(m_body):
-        candidates["centre_of_mass"] = tuple(np.subtract(_centroid(m_body), _centroid(f_body)))
+    if run.f_body is not None and run.m_body is not None and _count(run.m_body):
+        candidates["centre_of_mass"] = tuple(np.subtract(_centroid(run.m_body), _centroid(run.f_body)))
     else:
         candidates["centre_of_grid"] = tuple(np.subtract(_grid_centre(moving_w), _grid_centre(fixed_w)))
     scored = {}
     for name, shift in candidates.items():
         tx = sitk.Euler3DTransform()
-        tx.SetCenter(centre)
+        tx.SetCenter(run.centre)
         tx.SetTranslation(shift)
-        cov = _coverage(tx, points, moving_w)
+        cov = _coverage(tx, run.points, moving_w)
         if cov >= MIN_COVERAGE:
-            scored[name] = (_evaluate_mi(fixed_w, moving_w, tx, rigid_mask, seed, threads), cov, tx)
+            scored[name] = (_evaluate_mi(fixed_w, moving_w, tx, run.rigid_mask, run.seed, run.threads), cov, tx)
     if not scored:
         raise InputError("Registration: the follow-up does not cover the pre-treatment liver (less than "
                          f"{100 * MIN_COVERAGE:.0f}% of it falls inside the follow-up image, with the scans' own "
@@ -456,19 +523,14 @@ def register_followup(fixed, moving_phases: dict[str, np.ndarray], moving_geomet
                          "belongs to this patient.")
     init_name = min(scored, key=lambda k: (np.nan_to_num(scored[k][0], nan=0.0), k))
     initial = scored[init_name][2]
-    metrics: dict[str, Any] = {"drive_phases": [f_name, m_name], "initialisation": init_name,
-                               "working_grid": {"fixed_size_xyz": list(fixed_w.GetSize()),
-                                                "spacing_mm": [round(s, 3) for s in fixed_w.GetSpacing()]}}
-    mi_mask = affine_mask
-    mi_eval = {"identity": _evaluate_mi(fixed_w, moving_w, sitk.Transform(3, sitk.sitkIdentity), mi_mask, seed,
-                                        threads),
-               "initial": _evaluate_mi(fixed_w, moving_w, initial, mi_mask, seed, threads)}
-    overlap: dict[str, Any] = {}
-    m_labels_w = None
+    run.metrics.update({"drive_phases": [f_name, m_name], "initialisation": init_name,
+                        "working_grid": {"fixed_size_xyz": list(fixed_w.GetSize()),
+                                         "spacing_mm": [round(s, 3) for s in fixed_w.GetSpacing()]}})
+    mi_eval = {"identity": run.mi(sitk.Transform(3, sitk.sitkIdentity)), "initial": run.mi(initial)}
     if f_labels is not None and m_labels is not None:
         f_lab_w = sitk.GetArrayFromImage(sitk.Resample(_image(f_labels, f_geom, np.uint8), fixed_w, sitk.Transform(),
                                                         sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
-        m_labels_w = _image(m_labels, moving_geometry, np.uint8)
+        m_labels_w = _image(m_labels, m_geom, np.uint8)
 
         def overlap_at(tx: sitk.Transform) -> dict:
             moved = sitk.GetArrayFromImage(sitk.Resample(m_labels_w, fixed_w, tx, sitk.sitkNearestNeighbor, 0,
@@ -476,13 +538,18 @@ def register_followup(fixed, moving_phases: dict[str, np.ndarray], moving_geomet
             return {"liver_dice": _dice(f_lab_w > 0, moved > 0),
                     "tumour_dice": _dice(f_lab_w >= 2, moved >= 2)}
 
-        overlap["identity"] = overlap_at(sitk.Transform(3, sitk.sitkIdentity))
-        overlap["initial"] = overlap_at(initial)
-    timings["initialise"] = time.perf_counter() - t0
+        run.overlap_at = overlap_at
+        run.overlap["identity"] = overlap_at(sitk.Transform(3, sitk.sitkIdentity))
+        run.overlap["initial"] = overlap_at(initial)
+    run.timings["initialise"] = time.perf_counter() - t0
+    return initial, mi_eval
 
-    # --- rigid -------------------------------------------------------------------------------------------------------
+
+def _rigid_stage(run: _Run, initial: sitk.Euler3DTransform, mi_initial: float) -> sitk.Euler3DTransform:
+    """Rigid on the body mask; reverted to the initial alignment when it does not improve the liver MI."""
     t0 = time.perf_counter()
-    stage = _Stage(fixed_w, moving_w, rigid_mask, seed, threads, progress, 0.05, 0.35, "rigid")
+    stage = _Stage(run.fixed_w, run.moving_w, run.rigid_mask, run.seed, run.threads, run.progress, 0.05, 0.35,
+                   "rigid")
     reg = stage.method([4, 2, 1], [2.0, 1.0, 0.0])
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=150,
                                                  relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
@@ -490,133 +557,131 @@ def register_followup(fixed, moving_phases: dict[str, np.ndarray], moving_geomet
     reg.SetInitialTransform(sitk.Euler3DTransform(initial), inPlace=False)
     rigid_out, info = stage.run(reg)
     rigid = _last_of(rigid_out, sitk.Euler3DTransform)
-    info["mi_eval"] = _evaluate_mi(fixed_w, moving_w, rigid, mi_mask, seed, threads)
-    if info["mi_eval"] > mi_eval["initial"] + 1e-4:
-        notes.append("rigid stage reverted: it did not improve the similarity")
+    info["mi_eval"] = run.mi(rigid)
+    if info["mi_eval"] > mi_initial + 1e-4:
+        run.notes.append("rigid stage reverted: it did not improve the similarity")
         rigid = sitk.Euler3DTransform(initial)
-        info["mi_eval"], info["reverted"] = mi_eval["initial"], True
-    metrics["rigid"] = info
-    stage_tx: dict[str, sitk.Transform] = {"rigid": rigid}
-    if overlap:
-        overlap["rigid"] = overlap_at(rigid)
-    timings["rigid"] = time.perf_counter() - t0
+        info["mi_eval"], info["reverted"] = mi_initial, True
+    run.metrics["rigid"] = info
+    if run.overlap_at is not None:
+        run.overlap["rigid"] = run.overlap_at(rigid)
+    run.timings["rigid"] = time.perf_counter() - t0
+    return rigid
 
-    # --- affine ------------------------------------------------------------------------------------------------------
+
+def _affine_stage(run: _Run, rigid: sitk.Euler3DTransform) -> sitk.AffineTransform:
+    """Affine on the liver region after the rigid; reverted (identity affine) when it does not improve the MI."""
     t0 = time.perf_counter()
-    stage = _Stage(fixed_w, moving_w, affine_mask, seed, threads, progress, 0.35, 0.55, "affine")
+    stage = _Stage(run.fixed_w, run.moving_w, run.affine_mask, run.seed, run.threads, run.progress, 0.35, 0.55,
+                   "affine")
     reg = stage.method([2, 1], [1.0, 0.0])
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=100,
                                                  relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
     reg.SetOptimizerScalesFromPhysicalShift()
     affine0 = sitk.AffineTransform(3)
-    affine0.SetCenter(centre)
+    affine0.SetCenter(run.centre)
     reg.SetMovingInitialTransform(rigid)
     reg.SetInitialTransform(affine0, inPlace=False)
     affine_out, info = stage.run(reg)
     affine = _last_of(affine_out, sitk.AffineTransform)
-    info["mi_eval"] = _evaluate_mi(fixed_w, moving_w, sitk.CompositeTransform([rigid, affine]), mi_mask, seed,
-                                   threads)
-    if info["mi_eval"] > metrics["rigid"]["mi_eval"] + 1e-4:
-        notes.append("affine stage reverted: it did not improve the similarity in the liver region")
+    info["mi_eval"] = run.mi(sitk.CompositeTransform([rigid, affine]))
+    if info["mi_eval"] > run.metrics["rigid"]["mi_eval"] + 1e-4:
+        run.notes.append("affine stage reverted: it did not improve the similarity in the liver region")
         affine = affine0
-        info["mi_eval"], info["reverted"] = metrics["rigid"]["mi_eval"], True
-    metrics["affine"] = info
-    stage_tx["affine"] = affine
-    linear = sitk.CompositeTransform([rigid, affine])
-    if overlap:
-        overlap["affine"] = overlap_at(linear)
-    timings["affine"] = time.perf_counter() - t0
+        info["mi_eval"], info["reverted"] = run.metrics["rigid"]["mi_eval"], True
+    run.metrics["affine"] = info
+    if run.overlap_at is not None:
+        run.overlap["affine"] = run.overlap_at(sitk.CompositeTransform([rigid, affine]))
+    run.timings["affine"] = time.perf_counter() - t0
+    return affine
 
-    # --- deformable (B-spline on the liver region, then a tapered dense field) --------------------------------------
-    final = linear
-    if deformable and deform_mask is None:
-        notes.append("deformable stage skipped: no liver mask (give the pre-treatment labels or a liver mask)")
-    elif deformable:
-        t0 = time.perf_counter()
-        both_ct = _is_ct(f_phases[f_name]) and _is_ct(m_phases[m_name])
-        metric = "correlation" if both_ct else f"mattes{MI_BINS // 2}"
-        stage = _Stage(fixed_w, moving_w, deform_mask, seed, threads, progress, 0.55, 0.85, "deformable")
-        reg = stage.method([2, 1], [1.0, 0.0], metric, BSPLINE_SAMPLES)
-        domain = _bbox_image(fixed_w, deform_mask, DEFORMABLE_MARGIN_MM)
-        extent = np.asarray(domain.GetSize()) * np.asarray(domain.GetSpacing())
-        mesh = [max(1, int(round(e / BSPLINE_SPACING_MM))) for e in extent]
-        bspline0 = sitk.BSplineTransformInitializer(domain, mesh, 3)
-        reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=BSPLINE_ITERATIONS,
-                                 maximumNumberOfCorrections=5,
-                                 maximumNumberOfFunctionEvaluations=2 * BSPLINE_ITERATIONS,
-                                 costFunctionConvergenceFactor=1e7)
-        reg.SetMovingInitialTransform(linear)
-        reg.SetInitialTransform(bspline0, inPlace=False)
-        bspline_out, info = stage.run(reg)
-        info["control_points"] = int(bspline0.GetNumberOfParameters() // 3)
-        bspline = _last_of(bspline_out, sitk.BSplineTransform)
-        # dense field on the working grid, faded to zero within DEFORMABLE_MARGIN_MM outside the liver region
-        field_img = sitk.TransformToDisplacementField(bspline, sitk.sitkVectorFloat64, fixed_w.GetSize(),
-                                                      fixed_w.GetOrigin(), fixed_w.GetSpacing(),
-                                                      fixed_w.GetDirection())
-        distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(deform_mask, insideIsPositive=False,
-                                                                        squaredDistance=False,
-                                                                        useImageSpacing=True))
-        weight = np.clip(1.0 - distance / DEFORMABLE_MARGIN_MM, 0.0, 1.0)
-        disp = sitk.GetArrayFromImage(field_img) * weight[..., None]
-        field_img = sitk.GetImageFromArray(disp, isVector=True)
-        field_img.CopyInformation(fixed_w)
-        jac = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field_img))
-        info["jacobian_min"] = round(float(jac.min()), 4)
-        info["max_displacement_mm"] = round(float(np.linalg.norm(disp, axis=-1).max()), 3)
-        field_tx = sitk.DisplacementFieldTransform(field_img)
-        candidate = sitk.CompositeTransform([rigid, affine, field_tx])
-        info["mi_eval"] = _evaluate_mi(fixed_w, moving_w, candidate, mi_mask, seed, threads)
-        if info["mi_eval"] > metrics["affine"]["mi_eval"] + 2e-3:
-            notes.append("deformable stage reverted: it did not improve the similarity in the liver")
-            info["reverted"] = True
-        elif info["jacobian_min"] <= MIN_JACOBIAN:
-            notes.append(f"deformable stage reverted: the deformation folds (Jacobian {info['jacobian_min']:.2f})")
-            info["reverted"] = True
-        if info.get("reverted"):
-            stage_tx["deformable"] = sitk.Transform(3, sitk.sitkIdentity)
-            info["mi_eval"] = metrics["affine"]["mi_eval"]
-        else:
-            stage_tx["deformable"] = field_tx
-            final = candidate
-        metrics["deformable"] = info
-        if overlap:
-            overlap["deformable"] = overlap_at(final)
-        timings["deformable"] = time.perf_counter() - t0
-    metrics["mi_eval"] = {**mi_eval, **{s: metrics[s]["mi_eval"] for s in STAGES if s in metrics}}
 
-    # --- resample every phase (and the labels) at full resolution ---------------------------------------------------
+def _deformable_stage(run: _Run, rigid, affine, linear, both_ct: bool) -> tuple[sitk.Transform, sitk.Transform]:
+    """B-spline on the liver region, then a dense field faded to zero outside it; reverted when it does not improve
+    the liver MI or folds. Returns ``(final transform, the deformable stage's transform)``."""
     t0 = time.perf_counter()
-    report(progress, 0.9, "Registration: resampling the follow-up onto the pre-treatment grid")
-    resampling = final
+    fixed_w, moving_w, deform_mask = run.fixed_w, run.moving_w, run.deform_mask
+    metric = "correlation" if both_ct else f"mattes{MI_BINS // 2}"
+    stage = _Stage(fixed_w, moving_w, deform_mask, run.seed, run.threads, run.progress, 0.55, 0.85, "deformable")
+    reg = stage.method([2, 1], [1.0, 0.0], metric, BSPLINE_SAMPLES)
+    domain = _bbox_image(fixed_w, deform_mask, DEFORMABLE_MARGIN_MM)
+    extent = np.asarray(domain.GetSize()) * np.asarray(domain.GetSpacing())
+    mesh = [max(1, int(round(e / BSPLINE_SPACING_MM))) for e in extent]
+    bspline0 = sitk.BSplineTransformInitializer(domain, mesh, 3)
+    reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=BSPLINE_ITERATIONS,
+                             maximumNumberOfCorrections=5,
+                             maximumNumberOfFunctionEvaluations=2 * BSPLINE_ITERATIONS,
+                             costFunctionConvergenceFactor=1e7)
+    reg.SetMovingInitialTransform(linear)
+    reg.SetInitialTransform(bspline0, inPlace=False)
+    bspline_out, info = stage.run(reg)
+    info["control_points"] = int(bspline0.GetNumberOfParameters() // 3)
+    bspline = _last_of(bspline_out, sitk.BSplineTransform)
+    # dense field on the working grid, faded to zero within DEFORMABLE_MARGIN_MM outside the liver region
+    field_img = sitk.TransformToDisplacementField(bspline, sitk.sitkVectorFloat64, fixed_w.GetSize(),
+                                                  fixed_w.GetOrigin(), fixed_w.GetSpacing(),
+                                                  fixed_w.GetDirection())
+    distance = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(deform_mask, insideIsPositive=False,
+                                                                    squaredDistance=False,
+                                                                    useImageSpacing=True))
+    weight = np.clip(1.0 - distance / DEFORMABLE_MARGIN_MM, 0.0, 1.0)
+    disp = sitk.GetArrayFromImage(field_img) * weight[..., None]
+    field_img = sitk.GetImageFromArray(disp, isVector=True)
+    field_img.CopyInformation(fixed_w)
+    jac = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field_img))
+    info["jacobian_min"] = round(float(jac.min()), 4)
+    info["max_displacement_mm"] = round(float(np.linalg.norm(disp, axis=-1).max()), 3)
+    field_tx = sitk.DisplacementFieldTransform(field_img)
+    candidate = sitk.CompositeTransform([rigid, affine, field_tx])
+    info["mi_eval"] = run.mi(candidate)
+    if info["mi_eval"] > run.metrics["affine"]["mi_eval"] + 2e-3:
+        run.notes.append("deformable stage reverted: it did not improve the similarity in the liver")
+        info["reverted"] = True
+    elif info["jacobian_min"] <= MIN_JACOBIAN:
+        run.notes.append(f"deformable stage reverted: the deformation folds (Jacobian {info['jacobian_min']:.2f})")
+        info["reverted"] = True
+    if info.get("reverted"):
+        stage_tx = sitk.Transform(3, sitk.sitkIdentity)
+        info["mi_eval"] = run.metrics["affine"]["mi_eval"]
+        final = linear
+    else:
+        stage_tx, final = field_tx, candidate
+    run.metrics["deformable"] = info
+    if run.overlap_at is not None:
+        run.overlap["deformable"] = run.overlap_at(final)
+    run.timings["deformable"] = time.perf_counter() - t0
+    return final, stage_tx
+
+
+def _resample_followup(run: _Run, final, f_geom, f_labels, m_phases, m_labels, m_geom):
+    """Every phase (linear) and the labels (nearest) of the follow-up on the full pre-treatment grid; refused when
+    the aligned follow-up covers too little of the liver."""
+    t0 = time.perf_counter()
+    report(run.progress, 0.9, "Registration: resampling the follow-up onto the pre-treatment grid")
     reference = f_geom.apply_to(sitk.Image(list(f_geom.size_xyz), sitk.sitkUInt8))
     out_phases = {}
     for name, arr in m_phases.items():
-        img = _image(arr, moving_geometry)
+        img = _image(arr, m_geom)
         default = -1000.0 if _is_ct(arr) else float(np.min(arr))
-        out_phases[name] = sitk.GetArrayFromImage(sitk.Resample(img, reference, resampling, sitk.sitkLinear,
+        out_phases[name] = sitk.GetArrayFromImage(sitk.Resample(img, reference, final, sitk.sitkLinear,
                                                                 default, sitk.sitkFloat32))
     out_labels = None
     if m_labels is not None:
-        out_labels = sitk.GetArrayFromImage(sitk.Resample(_image(m_labels, moving_geometry, np.uint8), reference,
-                                                          resampling, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+        out_labels = sitk.GetArrayFromImage(sitk.Resample(_image(m_labels, m_geom, np.uint8), reference,
+                                                          final, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
         if f_labels is not None:
-            overlap["final"] = {"liver_dice": _dice(f_labels > 0, out_labels > 0),
-                                "tumour_dice": _dice(f_labels >= 2, out_labels >= 2)}
-    if overlap:
-        metrics["overlap"] = overlap
-    coverage = _coverage(final, points, moving_w)
-    metrics["coverage"] = round(coverage, 4)
+            run.overlap["final"] = {"liver_dice": _dice(f_labels > 0, out_labels > 0),
+                                    "tumour_dice": _dice(f_labels >= 2, out_labels >= 2)}
+    if run.overlap:
+        run.metrics["overlap"] = run.overlap
+    coverage = _coverage(final, run.points, run.moving_w)
+    run.metrics["coverage"] = round(coverage, 4)
     if coverage < MIN_COVERAGE:
         raise InputError(f"Registration: after alignment only {100 * coverage:.0f}% of the pre-treatment liver lies "
                          f"inside the follow-up image; the scans do not overlap enough. Check that the follow-up "
                          f"covers the liver.")
-    timings["resample"] = time.perf_counter() - t0
-    report(progress, 1.0, "Registration: done")
-    return RegistrationResult(phases=out_phases, labels=out_labels, geometry=f_geom, transform=final,
-                              stage_transforms=stage_tx, metrics=metrics, timings=timings,
-                              wall_time_s=time.perf_counter() - t_start, notes=notes,
-                              initial_transform=sitk.Euler3DTransform(initial))
+    run.timings["resample"] = time.perf_counter() - t0
+    return out_phases, out_labels
 
 
 def _bbox_image(image: sitk.Image, mask: sitk.Image, margin_mm: float) -> sitk.Image:

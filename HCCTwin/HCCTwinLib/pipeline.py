@@ -197,10 +197,12 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
              options: PipelineOptions | None = None, progress: ProgressCallback | None = None) -> TwinResult:
     """Run every step whose model is available on one case and return the result as data.
 
-    ``real_followup`` is an observed follow-up already on the case's grid; it is carried into the result for display
-    and comparison. Steps whose model is not installed are listed in ``result.notes`` (never faked).
+    ``real_followup`` is an observed follow-up already on the case's grid (or an :class:`ObservedScan`, registered
+    first); it is carried into the result for display and comparison. Steps whose model is not installed are listed
+    in ``result.notes`` (never faked). The caller's ``case`` is not changed: the labels a model draws are in
+    ``result.case``. Steps: clinical scores, segmentation + out-of-domain guard, virtual follow-ups, response
+    reading and survival.
     """
-    from . import clinical
     from . import regimens as regimen_catalogue
 
     options = options or PipelineOptions()
@@ -210,6 +212,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
         raise ValueError(f"unknown regimen(s) {unknown}; known: {', '.join(catalogue)}")
     if options.segmentation not in {"auto", "model", "given"}:
         raise ValueError(f"segmentation={options.segmentation!r}: expected auto, model or given")
+    case = replace(case)  # the result's own Case (same arrays): the caller's keeps its labels as they were
     result = TwinResult(case=case, regimens=list(regimens), weeks=[int(w) for w in weeks])
     if isinstance(real_followup, ObservedScan):
         real_followup = register_observed(case, real_followup, result, progress=SubProgress(progress, 0.0, 0.05))
@@ -219,18 +222,42 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
             if arr.shape != case.geometry.shape:
                 raise ValueError(f"real follow-up phase {name!r} has shape {arr.shape}; register it onto the "
                                  f"pre-treatment grid {case.geometry.shape} first")
+    _clinical_step(result, progress)
+    liver_found = _segmentation_step(result, options, progress)
+    _generation_step(result, options, liver_found, progress)
+    t0 = time.perf_counter()
+    report(progress, 0.9, "Response reading and survival")
+    read_responses(result)
+    update_survival(result, options)
+    result.timings["survival"] = time.perf_counter() - t0
+    report(progress, 1.0, "Done")
+    return result
+
+
+def _clinical_step(result: TwinResult, progress) -> None:
+    """Scores and eligibility warnings of each regimen from the case's clinical values."""
+    from . import clinical
+    from .regimens import eligibility_warnings
 
     t0 = time.perf_counter()
     report(progress, 0.02, "Clinical scores and eligibility")
+    case = result.case
     if case.clinical:
         result.scores = clinical.compute_scores(case.clinical)
-        result.eligibility = {r: regimen_catalogue.eligibility_warnings(r, case.clinical) for r in regimens}
+        result.eligibility = {r: eligibility_warnings(r, case.clinical) for r in result.regimens}
     else:
         result.notes.append("No clinical values given: scores, eligibility and survival need them.")
     result.timings["clinical"] = time.perf_counter() - t0
 
+
+def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -> bool:
+    """Labels from the model (or the ones given), their volumes, the diameter check and the out-of-domain guard.
+    Returns whether the labels hold any liver or tumour."""
+    from . import clinical
+
     t0 = time.perf_counter()
     report(progress, 0.05, "Segmentation")
+    case = result.case
     use_model = options.segmentation == "model" or (options.segmentation == "auto" and case.labels is None)
     segmenter = None
     if use_model:
@@ -263,14 +290,17 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
                             "with the Segment Editor and run again; virtual follow-ups and imaging features are "
                             "skipped.")
     result.timings["segmentation"] = time.perf_counter() - t0
+    return liver_found
 
+
+def _generation_step(result: TwinResult, options: PipelineOptions, liver_found: bool, progress) -> None:
+    """The virtual follow-ups of every regimen and week (a single-phase study: the missing phase filled, noted)."""
     t0 = time.perf_counter()
     report(progress, 0.35, "Virtual follow-ups")
+    case = result.case
     if case.labels is None:
         result.notes.append("Virtual follow-ups need a segmentation: none given and no model ran.")
-    elif not liver_found:
-        pass  # said above
-    else:
+    elif liver_found:  # (no liver: said by the segmentation step)
         from .twin import get_generator
 
         generator = _installed(get_generator, options.generator_weights, options.device, "Generator", result.notes,
@@ -282,20 +312,12 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
                     f"{src} used as {dst}" for dst, src in filled.items()) + " (the generator was trained on two "
                     "phases; the virtual follow-ups of the missing phase are copies, not predictions).")
             gen_case = case if not filled else replace(case, phases=model_phases)
-            result.followups = generator.generate(gen_case, regimens=list(regimens), weeks=result.weeks,
+            result.followups = generator.generate(gen_case, regimens=list(result.regimens), weeks=result.weeks,
                                                   samples=options.samples, seed=options.seed, steps=options.steps,
                                                   progress=SubProgress(progress, 0.35, 0.9))
             _add_messages(result, "Generator", generator)
             result.provenance["generator"] = generator.describe(samples=options.samples, seed=options.seed)
     result.timings["generate"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    report(progress, 0.9, "Response reading and survival")
-    read_responses(result)
-    update_survival(result, options)
-    result.timings["survival"] = time.perf_counter() - t0
-    report(progress, 1.0, "Done")
-    return result
 
 
 def read_responses(result: TwinResult) -> None:

@@ -196,3 +196,16 @@ def test_run_case_single_phase_and_the_domain_guard(tmp_path):
         assert "unreliable" in summary["survival"]["recommendation_withheld"]
     if summary["virtual_followups"]:
         assert any("portal used as arterial" in n for n in summary["notes"])
+
+
+def test_run_case_leaves_the_callers_case_as_it_was():
+    """The labels the segmentation model draws go to result.case; the Case the caller passed keeps no labels
+    (issue 26: run_case used to write them into it)."""
+    case, _ = phantom_case()
+    case.labels = None
+    result = run_case(case, ["tace_pd1_len"], [8], options=PipelineOptions(samples=1, segmentation="model"))
+    assert case.labels is None
+    assert result.case is not case and result.case.patient_id == case.patient_id
+    assert result.case.phases["portal"] is case.phases["portal"]  # no copy of the images
+    if "segmentation" in result.provenance:  # a model is installed (the shipped one)
+        assert result.case.labels is not None and result.case.labels.shape == case.geometry.shape

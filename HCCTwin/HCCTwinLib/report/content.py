@@ -483,6 +483,12 @@ def metastasis_section(summary: Mapping) -> Section:
         sec.blocks.append(Block("text", text=f"Risk of distant metastasis: {overall}."))
     for rid, text in per.items():
         sec.blocks.append(Block("text", text=f"{rid}: {text}"))
+    competing = meta.get("competing_risk")
+    if isinstance(competing, Mapping) and competing.get("cumulative_incidence") is not None:
+        sec.blocks.append(Block("text", text=(
+            f"Cumulative incidence of distant metastasis by {fmt(competing.get('horizon_months'), 0)} mo with death "
+            f"as a competing risk: {fmt_pct(competing.get('cumulative_incidence'))} (cause-specific Cox models; the "
+            f"risk above counts only patients whose 2-year status is known, so it is higher when many die first).")))
     landmark = meta.get("landmark")
     if isinstance(landmark, Mapping) and landmark:
         rows = [[str(k), str(m.get("source", "")),

@@ -9,6 +9,8 @@ It bundles these models, fitted on the same feature table (:func:`.cohort.cohort
   the follow-up images (real when there is one, virtual otherwise);
 - ``metastasis``: :class:`~HCCTwinLib.survival.models.MetastasisModel`, 2-year distant metastasis after TACE
   (clinical + imaging + radiomics + deep features, points table);
+- ``metastasis_competing``: :class:`~HCCTwinLib.survival.models.CompetingRiskMetastasis`, the same outcome as time
+  to event with death competing (cause-specific Cox models, cumulative incidence), beside the logistic model;
 - ``metastasis_landmark``: :class:`~HCCTwinLib.survival.models.LandmarkMetastasis`, the same 2-year risk updated at
   8 and 16 weeks with the response of the TACE trajectory (real follow-up when there is one, virtual otherwise);
 - ``deep`` (when the training table has them): :class:`~HCCTwinLib.survival.deep.DeepFeatureReducer`, the PCA of
@@ -42,7 +44,14 @@ from ..progress import ProgressCallback, SubProgress, report
 from ..weights.cache import model_label
 from .deep import RAW_PREFIX, DeepFeatureReducer, raw_deep_columns
 from .features import DEFAULT_COVARIATES, clinical_features, response_features
-from .models import DEFAULT_TIMES, LandmarkMetastasis, LandmarkModel, MetastasisModel, PerRegimenSurvival
+from .models import (
+    DEFAULT_TIMES,
+    CompetingRiskMetastasis,
+    LandmarkMetastasis,
+    LandmarkModel,
+    MetastasisModel,
+    PerRegimenSurvival,
+)
 
 ENGINE_NAME = "hcctwin_survival"
 ARCHITECTURE = "survival-engine/cox-s-learner+landmark+logistic"
@@ -97,6 +106,7 @@ class SurvivalEngine:
     landmark: LandmarkModel | None = None
     metastasis: MetastasisModel | None = None
     metastasis_landmark: LandmarkMetastasis | None = None
+    metastasis_competing: CompetingRiskMetastasis | None = None
     deep: DeepFeatureReducer | None = None
     clinical_fill_values: dict[str, Any] = field(default_factory=dict)
     feature_fill_values: dict[str, float] = field(default_factory=dict)
@@ -153,7 +163,8 @@ class SurvivalEngine:
         """Let every model compute the ``deep_*`` columns itself from a table that has only the raw ones (tables
         from :func:`cohort_feature_table`, e.g. in ``hcctwin evaluate`` / ``hcctwin study``)."""
         derive = self.derived_columns if self.deep is not None else None
-        for model in (self.os, self.pfs, self.landmark, self.metastasis, self.metastasis_landmark):
+        for model in (self.os, self.pfs, self.landmark, self.metastasis, self.metastasis_landmark,
+                      self.metastasis_competing):
             if model is not None:
                 model.derive_ = derive
 
@@ -271,6 +282,8 @@ class SurvivalEngine:
                 if self.metastasis_landmark is not None and readings and TACE in readings:
                     met["landmark"] = self._metastasis_landmarks(row, readings[TACE],
                                                                  (readings_source or {}).get(TACE, "virtual"))
+                if self.metastasis_competing is not None:
+                    met["competing_risk"] = self.metastasis_competing.predict(row)
                 out["metastasis"] = met
         if self.landmark is not None and readings:
             out["landmark"] = self._landmarks(row, readings, readings_source or {}, times)
@@ -421,6 +434,13 @@ def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, ima
                                          seed=seed).fit(tace, feats)
         except InputError as exc:
             notes.append(f"metastasis model not fitted: {exc}")
+    metastasis_competing = None
+    if metastasis is not None and {"os_months", "os_event"} <= set(tace.columns):
+        report(progress, 0.95, "Fitting the competing-risk metastasis model")
+        try:
+            metastasis_competing = CompetingRiskMetastasis().fit(tace, feats)
+        except InputError as exc:
+            notes.append(f"competing-risk metastasis model not fitted: {exc}")
     metastasis_landmark = None
     if metastasis is not None and landmark is not None:
         report(progress, 0.97, "Fitting the metastasis landmark models")
@@ -434,7 +454,8 @@ def fit_engine(table: pd.DataFrame, *, n_bootstrap: int = 50, seed: int = 0, ima
     clinical_fills = {k: (v.item() if hasattr(v, "item") else v)
                       for k, v in dict(table.attrs.get("fill_values", {})).items()}
     engine = SurvivalEngine(os=os_model, pfs=pfs_model, landmark=landmark, metastasis=metastasis,
-                            metastasis_landmark=metastasis_landmark, deep=reducer,
+                            metastasis_landmark=metastasis_landmark, metastasis_competing=metastasis_competing,
+                            deep=reducer,
                             clinical_fill_values=clinical_fills, feature_fill_values=fills)
     report(progress, 1.0, "Survival engine fitted")
     return engine, notes

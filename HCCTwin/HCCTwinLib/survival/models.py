@@ -1004,8 +1004,14 @@ class CompetingRiskMetastasis:
         self.n_, self.n_met_, self.n_death_ = int(len(t)), int((cause == 1).sum()), int((cause == 2).sum())
         return self
 
-    def _z(self, df: pd.DataFrame) -> np.ndarray:
-        x = df[self.features_].apply(pd.to_numeric, errors="coerce").fillna(self.fills_).to_numpy(float)
+    def _z(self, df) -> np.ndarray:
+        frame = df if isinstance(df, pd.DataFrame) else (df.to_frame().T if isinstance(df, pd.Series)
+                                                         else pd.DataFrame([dict(df)]))
+        frame = _derived(self, frame, self.features_)
+        missing = [c for c in self.features_ if c not in frame.columns]
+        if missing:
+            raise InputError(f"competing-risk metastasis model needs column(s) {', '.join(missing)}.")
+        x = frame[self.features_].apply(pd.to_numeric, errors="coerce").fillna(self.fills_).to_numpy(float)
         return (x - self.mean_) / self.sd_
 
     def cumulative_incidence(self, df: pd.DataFrame, times=None) -> np.ndarray:
@@ -1023,6 +1029,48 @@ class CompetingRiskMetastasis:
         idx = np.searchsorted(grid, times, side="right")
         out = np.concatenate([np.zeros((len(z), 1)), cif], axis=1)[:, idx]
         return out[:, 0] if scalar else out
+
+    def predict(self, row) -> dict[str, Any]:
+        """The patient's cumulative incidence of distant metastasis by the horizon (death competing) and its curve
+        to 36 months."""
+        months = np.arange(0.0, 36.01, 3.0)
+        curve = self.cumulative_incidence(row, months)[0]
+        return {"horizon_months": self.horizon_months,
+                "cumulative_incidence": float(self.cumulative_incidence(row, [self.horizon_months])[0, 0]),
+                "curve": {"months": months.tolist(), "cumulative_incidence": curve.tolist()},
+                "method": "cause-specific Cox models (metastasis; death without metastasis), cumulative incidence "
+                          "with death as a competing risk",
+                "n_fit": self.n_, "n_metastases": self.n_met_, "n_deaths_without_metastasis": self.n_death_}
+
+    def to_state(self, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {f"{prefix}mean": np.asarray(self.mean_, float), f"{prefix}sd": np.asarray(self.sd_, float)}
+        for cause, fit in (("met", self.met_), ("death", self.death_)):
+            arrays.update({f"{prefix}{cause}_beta": np.asarray(fit.beta, float),
+                           f"{prefix}{cause}_offset": np.array([fit.offset], float),
+                           f"{prefix}{cause}_times": np.asarray(fit.jump_times, float),
+                           f"{prefix}{cause}_cumhaz": np.asarray(fit.cumhaz, float)})
+        meta = {"kind": "CompetingRiskMetastasis", "features": list(self.features_), "penalizer": self.penalizer,
+                "horizon_months": self.horizon_months,
+                "fills": {c: float(self.fills_[c]) for c in self.features_},
+                "n": self.n_, "n_met": self.n_met_, "n_death": self.n_death_}
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], prefix: str = ""
+                   ) -> CompetingRiskMetastasis:
+        self = cls(float(meta["penalizer"]), float(meta["horizon_months"]))
+        self.features_ = list(meta["features"])
+        self.fills_ = pd.Series(meta["fills"], dtype=float)
+        self.mean_, self.sd_ = np.asarray(arrays[f"{prefix}mean"]), np.asarray(arrays[f"{prefix}sd"])
+        fits = {}
+        for cause in ("met", "death"):
+            fits[cause] = _CoxFit(np.asarray(arrays[f"{prefix}{cause}_beta"], float),
+                                  float(np.asarray(arrays[f"{prefix}{cause}_offset"])[0]),
+                                  np.asarray(arrays[f"{prefix}{cause}_times"], float),
+                                  np.asarray(arrays[f"{prefix}{cause}_cumhaz"], float))
+        self.met_, self.death_ = fits["met"], fits["death"]
+        self.n_, self.n_met_, self.n_death_ = int(meta["n"]), int(meta["n_met"]), int(meta["n_death"])
+        return self
 
 
 def aalen_johansen_cif(time, cause, horizon: float, event: int = 1) -> float:

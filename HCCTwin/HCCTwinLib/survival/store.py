@@ -16,9 +16,9 @@ from .. import __version__
 from ..weights.cache import ModelCache
 from .deep import DeepFeatureReducer
 from .engine import ARCHITECTURE, ENGINE_NAME, SurvivalEngine
-from .models import LandmarkMetastasis, LandmarkModel, MetastasisModel, PerRegimenSurvival
+from .models import CompetingRiskMetastasis, LandmarkMetastasis, LandmarkModel, MetastasisModel, PerRegimenSurvival
 
-_PARTS = ("os", "pfs", "landmark", "metastasis", "metastasis_landmark", "deep")
+_PARTS = ("os", "pfs", "landmark", "metastasis", "metastasis_landmark", "metastasis_competing", "deep")
 
 
 def save_engine(engine: SurvivalEngine, path: str | os.PathLike, *, training_data: Mapping[str, Any] | None = None,
@@ -66,6 +66,7 @@ def load_engine(path: str | os.PathLike) -> SurvivalEngine:
     parts = kw.get("parts", {})
     builders = {"os": PerRegimenSurvival, "pfs": PerRegimenSurvival, "landmark": LandmarkModel,
                 "metastasis": MetastasisModel, "metastasis_landmark": LandmarkMetastasis,
+                "metastasis_competing": CompetingRiskMetastasis,
                 "deep": DeepFeatureReducer}
     models = {}
     for name, meta in parts.items():

@@ -94,7 +94,9 @@ def make_summary(*, survival=True, followups=True, pfs=True):
             "metastasis": {"horizon_months": 24, "risk": 0.31, "lower": 0.22, "upper": 0.41,
                            "points": {"afp_ng_ml": 28.0, "pvtt": 40.0, "total": 68.0},
                            "landmark": {"w08": {"risk": 0.18, "lower": 0.11, "upper": 0.27, "source": "virtual"},
-                                        "w16": {"risk": 0.12, "lower": 0.07, "upper": 0.2, "source": "observed"}}},
+                                        "w16": {"risk": 0.12, "lower": 0.07, "upper": 0.2, "source": "observed"}},
+                           "competing_risk": {"horizon_months": 24, "cumulative_incidence": 0.2345,
+                                              "method": "cause-specific Cox models"}},
             "notes": ["<script>alert('x')</script> survival note with markup"],
         }
     else:
@@ -183,6 +185,7 @@ def test_html_contents(reports):
     met = re.findall(r'<section id="metastasis">.*?</section>', html, re.S)[0]
     assert re.search(r"w08</td>\s*<td>virtual</td>\s*<td>18% \(11–27%\)", met)  # risk updated at the landmarks
     assert re.search(r"w16</td>\s*<td>observed</td>\s*<td>12% \(7–20%\)", met)
+    assert "by 24 mo with death as a competing risk: 23%" in met  # issue 27: the cumulative incidence beside it
     benefit = re.findall(r'<section id="benefit">.*?</section>', html, re.S)[0]
     assert "+1.9" not in benefit and "1.9 (-0.4–4.1) mo" in benefit and "94%" in benefit  # RMST diff + P(A better)
     assert "probability 71%" in html and "eligible regimens only" in html

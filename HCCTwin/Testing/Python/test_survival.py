@@ -585,3 +585,19 @@ def test_share_of_the_achievable_gain():
     assert M.achievable_share(0.745, 0.569, 0.745) == pytest.approx(1.0)
     assert M.achievable_share(0.55, 0.569, 0.745) < 0  # worse than the score
     assert M.achievable_share(0.6, 0.6, 0.59) is None  # the oracle does not beat the score: nothing to gain
+
+
+def test_competing_risk_model_round_trips_through_its_state():
+    from HCCTwinLib.survival.models import CompetingRiskMetastasis
+
+    df = _competing_cohort(300, seed=4)
+    model = CompetingRiskMetastasis().fit(df, ["x"])
+    arrays, meta = model.to_state("m/")
+    again = CompetingRiskMetastasis.from_state(arrays, json.loads(json.dumps(meta)), "m/")
+    np.testing.assert_allclose(again.cumulative_incidence(df), model.cumulative_incidence(df))
+    pred = again.predict({"x": 1.5})
+    assert 0 < pred["cumulative_incidence"] < 1 and pred["horizon_months"] == 24.0
+    assert pred["curve"]["months"][0] == 0 and pred["curve"]["cumulative_incidence"][0] == 0
+    assert pred["cumulative_incidence"] > again.predict({"x": -1.5})["cumulative_incidence"]
+    assert again.predict({"x": float("nan")})["cumulative_incidence"] == pytest.approx(
+        again.predict({"x": float(model.fills_["x"])})["cumulative_incidence"])  # missing value: the median

@@ -347,3 +347,38 @@ def test_baseline_image_features_on_the_label_box_equal_the_whole_grid(cohort):
     lo, hi = foreground_box(lab, (2, 0, 1))  # the box itself has one voxel of margin
     assert lo == (box[0].start - 1, box[1].start + 1, box[2].start)
     assert hi == (box[0].stop + 1, box[1].stop - 1, box[2].stop)
+
+
+def test_competing_risk_metastasis_is_saved_with_the_engine_and_predicted(engine_file, table, tmp_path):
+    """Issue 27: the cumulative incidence of metastasis with death competing sits beside the 2-year logistic risk
+    in the engine's output, and survives the engine file."""
+    import dataclasses
+
+    from HCCTwinLib.survival.models import CompetingRiskMetastasis, MetastasisModel
+
+    engine, _ = engine_file
+    rng = np.random.default_rng(5)
+    n = 500
+    size = rng.lognormal(np.log(5), 0.3, n)
+    t_met = rng.exponential(30.0 * np.exp(-0.8 * np.log(size / 5)))
+    t_dth = rng.exponential(40.0, n)
+    t_cen = rng.uniform(6, 48, n)
+    t = np.minimum.reduce([t_met, t_dth, t_cen])
+    synth = pd.DataFrame({"max_diameter_cm": size, "metastasis_months": t,
+                          "metastasis_event": ((t_met <= t_dth) & (t_met <= t_cen)).astype(int),
+                          "os_months": np.where(t_dth <= np.minimum(t_met, t_cen), t_dth, t + 3),
+                          "os_event": (t_dth <= np.minimum(t_met, t_cen)).astype(int)})
+    eng = dataclasses.replace(engine, metastasis=MetastasisModel(n_bootstrap=5).fit(synth, ["max_diameter_cm"]),
+                              metastasis_competing=CompetingRiskMetastasis().fit(synth, ["max_diameter_cm"]))
+    path = tmp_path / "competing.safetensors"
+    save_engine(eng, path, training_data={"cohort": "test"})
+    loaded = load_engine(path)
+    assert loaded.metastasis_competing is not None and loaded.metastasis_competing.n_met_ > 20
+    row = table.iloc[3].to_dict()
+    row["extrahepatic_spread"] = 0
+    small, large = dict(row, max_diameter_mm=20.0), dict(row, max_diameter_mm=120.0)
+    met_small = loaded.predict(small, None, ["tace_pd1_len"])["metastasis"]
+    met_large = loaded.predict(large, None, ["tace_pd1_len"])["metastasis"]
+    assert "risk" in met_small and "competing_risk" in met_small
+    assert met_small["competing_risk"]["cumulative_incidence"] < met_large["competing_risk"]["cumulative_incidence"]
+    assert met_small["competing_risk"]["method"].startswith("cause-specific Cox")

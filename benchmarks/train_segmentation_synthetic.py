@@ -35,7 +35,8 @@ def main() -> int:
     torch.set_num_threads(2)
     card = load_card(default_weights_path())
     summary = train_segmentation(
-        args.cohort, args.out, epochs=30, batch_size=2, patch_size=(32, 96, 96), lr=5e-4, seed=0,
+        args.cohort, args.out, epochs=30, batch_size=2, patch_size=tuple(card["patch_size_kji"]), lr=5e-4, seed=0,
+        spacing_mm=tuple(card["spacing_mm"]),
         device="cpu", architecture=card["architecture"], architecture_kwargs=card["architecture_kwargs"],
         include_followups=False, iterations_per_epoch=150, val_max_cases=4, coarse_fraction=0.15,
         time_budget_s=args.time_budget, warmup_epochs=0.1, init_weights=default_weights_path(),

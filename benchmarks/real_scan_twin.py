@@ -38,11 +38,16 @@ REGIMENS = ["tace_pd1_len", "haic_pd1_len", "pd1_tki"]
 WEEKS = [8, 16, 24]
 MARGIN_MM = 10.0
 WINDOW = (50.0 - 200.0, 50.0 + 200.0)  # W400 / L50
-CAVEAT = ("Domain guard: real scans lie outside the training domain of HCCTwin's models (trained on simulated "
-          "cases); the segmentation of this scan is flagged OUT OF DOMAIN and the lesions it finds are not "
-          "trustworthy, so the virtual follow-ups' volumes are not a prediction for this patient. The point of this "
-          "run is that the anchored twin runs on a real scan, and what it changes: outside the liver nothing, "
-          "and within the liver only the tumours and a 10 mm margin (the measurement below checks this).")
+def caveat(verdict: str) -> str:
+    """The warning printed above the results: what the guard's verdict on this scan means for the numbers."""
+    said = {"outside": "flags this scan OUT OF DOMAIN",
+            "caution": "calls this scan CAUTION (parts of it are unlike the training data)",
+            "inside": "finds this scan inside the training domain"}.get(verdict, f"says {verdict!r}")
+    return ("Domain guard: HCCTwin's models were trained on simulated cases and randomised appearance, never on "
+            f"a real patient's follow-ups; the guard {said}, no manual mask checks the lesions segmented here, so the "
+            "virtual follow-ups' volumes are not a prediction for this patient. The point of this run is that the "
+            "anchored twin runs on a real scan, and what it changes: outside the liver nothing, and within the liver "
+            "only the tumours and a 10 mm margin (the measurement below checks this).")
 
 
 def load_scan(data_root: Path, scan_id: str | None):
@@ -129,11 +134,14 @@ def figure(spec, case, pre_phases, pre_labels, out, path: Path, regimen_names: d
     j0, i0 = max(0, j0 - pad), max(0, i0 - pad)
     j1, i1 = min(pre.shape[0], j1 + pad), min(pre.shape[1], i1 + pad)
     crop = (slice(j0, j1), slice(i0, i1))
-    flip_lr = geometry.direction_matrix[0, 0] < 0  # radiological convention (patient right on the left)
+    # radiological convention whatever the file's direction: patient right on the left, anterior at the top
+    flip_lr = geometry.direction_matrix[0, 0] < 0
+    flip_ap = geometry.direction_matrix[1, 1] < 0
 
     def view(a):
         a = a[crop]
-        return a[:, ::-1] if flip_lr else a
+        a = a[:, ::-1] if flip_lr else a
+        return a[::-1, :] if flip_ap else a
 
     aspect = geometry.spacing[1] / geometry.spacing[0]  # row (j) spacing / column (i) spacing
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.9))
@@ -242,7 +250,7 @@ def run(args) -> dict:
                           "regimens": REGIMENS, "weeks": WEEKS, "samples": 4, "seed": 0,
                           "last_info": gen.last_info},
             "margin_mm": MARGIN_MM, "pre": pre, "lesions": lesion_rows, "virtual": rows, "figure": fig,
-            "caveat": CAVEAT}
+            "caveat": caveat(verdict.verdict)}
 
 
 def write_md(res: dict, path: Path) -> None:

@@ -52,13 +52,17 @@ def picture(case, labels, verdict, title: str, path: Path) -> None:
     ks = np.flatnonzero(organ.any(axis=(1, 2)))
     picks = (list(np.linspace(ks[0], ks[-1], 5).astype(int))[1:4] if ks.size
              else [img.shape[0] // 4, img.shape[0] // 2, 3 * img.shape[0] // 4])
-    flip_lr = case.geometry.direction_matrix[0, 0] < 0  # show in radiological convention (patient right on the left)
+    # radiological convention whatever the file's direction: patient right on the left, anterior at the top
+    flip_lr = case.geometry.direction_matrix[0, 0] < 0
+    flip_ap = case.geometry.direction_matrix[1, 1] < 0
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.6))
     colours = {1: "#3cb44b", 2: "#e6194b", 3: "#ffe119", 4: "#4363d8"}
     for ax, k in zip(axes, picks):
         sl, lab = img[k], labels[k]
         if flip_lr:
             sl, lab = sl[:, ::-1], lab[:, ::-1]
+        if flip_ap:
+            sl, lab = sl[::-1, :], lab[::-1, :]
         ax.imshow(np.clip(sl, -160, 240), cmap="gray", interpolation="nearest")
         for value, colour in colours.items():
             if (lab == value).any():

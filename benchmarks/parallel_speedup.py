@@ -26,14 +26,14 @@ sys.path.insert(0, str(ROOT / "HCCTwin"))
 
 
 def subset(cohort: Path, n: int, out: Path) -> Path:
-    """The first ``n`` patients of a cohort (clinical.csv rows + links to their case folders)."""
+    """The first ``n`` patients of a cohort (clinical.csv rows + copies of their case folders)."""
     import pandas as pd
 
     table = pd.read_csv(cohort / "clinical.csv").head(n)
     (out / "cases").mkdir(parents=True)
     table.to_csv(out / "clinical.csv", index=False)
     for pid in table["patient_id"]:
-        os.symlink(cohort / "cases" / str(pid), out / "cases" / str(pid))
+        shutil.copytree(cohort / "cases" / str(pid), out / "cases" / str(pid))  # a cohort refuses links out of it
     return out
 
 

@@ -84,11 +84,9 @@ class HCCTwinParameterNode:
     pvtt: bool = False
     extrahepaticSpread: bool = False
     resectable: bool = False
-    # what to predict
-    regimenTace: bool = True
-    regimenHaic: bool = True
-    regimenSystemic: bool = True
-    regimenNeoadjuvant: bool = False
+    # what to predict; regimens: the ticked regimen ids, comma-separated (set by the check-boxes the Widget builds
+    # from the regimen catalogue; empty: the catalogue's preselection)
+    regimens: str = ""
     weeks: str = "8,16,24"
     samples: Annotated[int, WithinRange(1, 32)] = 4
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
@@ -101,12 +99,8 @@ class HCCTwinParameterNode:
     deidentify: bool = False
 
 
-REGIMEN_PARAMETERS = {
-    "regimenTace": "tace_pd1_len",
-    "regimenHaic": "haic_pd1_len",
-    "regimenSystemic": "pd1_tki",
-    "regimenNeoadjuvant": "neoadj_haic_pd1_len_resection",
-}
+#: parameters without a widget of the .ui: the Widget's code sets them (the regimen check-boxes are built at setup)
+PARAMETERS_SET_BY_CODE = ("regimens",)
 
 
 def clinicalValues(p: HCCTwinParameterNode) -> dict:
@@ -136,6 +130,8 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._selectionTimer = None
         self._runOptions = None
         self._runSegmentation = None
+        self._regimenBoxes = {}  # regimen id -> its QCheckBox, in catalogue order
+        self._preselected = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -151,6 +147,7 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.reportButton.connect("clicked(bool)", self.onReportButton)
         self.ui.saveBundleButton.connect("clicked(bool)", self.onSaveBundleButton)
         self.ui.progressBar.hide()
+        self._buildRegimenCheckBoxes()
         self._selectionTimer = qt.QTimer()
         self._selectionTimer.setSingleShot(True)
         self._selectionTimer.setInterval(SELECTION_DELAY_MS)
@@ -181,8 +178,48 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    # -- regimen check-boxes: one per regimen of the catalogue (a site's catalogue brings its own)
+    def _buildRegimenCheckBoxes(self) -> None:
+        layout = self.ui.regimensWidget.layout()
+        tip = _("After a run, changing the selection updates the curves, the table and the views without re-running "
+                "the models")
+        self._preselected = []
+        for rid, name, preselected in self.logic.regimenChoices():
+            box = qt.QCheckBox(name)
+            box.toolTip = tip
+            box.setObjectName(f"regimen_{rid}")
+            box.connect("toggled(bool)", self._onRegimenBoxToggled)
+            layout.addWidget(box)
+            self._regimenBoxes[rid] = box
+            if preselected:
+                self._preselected.append(rid)
+
+    def _onRegimenBoxToggled(self, checked: bool = False) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.regimens = ",".join(rid for rid, box in self._regimenBoxes.items() if box.checked)
+
+    def _showRegimenSelection(self) -> None:
+        """Tick the boxes of the parameter node's selection (without writing it back)."""
+        selected = set(self.selectedRegimens())
+        for rid, box in self._regimenBoxes.items():
+            if box.checked != (rid in selected):
+                wasBlocked = box.blockSignals(True)
+                box.checked = rid in selected
+                box.blockSignals(wasBlocked)
+
+    def _inCatalogue(self, regimens: str) -> list[str]:
+        ticked = {rid for rid in regimens.replace(" ", "").split(",") if rid}
+        return [rid for rid in self._regimenBoxes if rid in ticked]
+
+    def selectedRegimens(self) -> list[str]:
+        """The ticked regimens in catalogue order (ids the catalogue does not have are dropped)."""
+        return [] if self._parameterNode is None else self._inCatalogue(self._parameterNode.regimens)
+
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        node = self.logic.getParameterNode()
+        if not self._inCatalogue(node.regimens):  # a new scene (or a selection this catalogue does not have)
+            node.regimens = ",".join(self._preselected)
+        self.setParameterNode(node)
         if not self._parameterNode.portalVolume:
             node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if node:
@@ -203,6 +240,7 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
+        self._showRegimenSelection()
         self.ui.scoresLabel.text = self.logic.scoresText(clinicalValues(p), self.selectedRegimens())
         if self._worker is None:
             ready = bool(p.portalVolume or p.arterialVolume)
@@ -250,15 +288,15 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 regimens=", ".join(withoutVolumes))
         self.ui.statusLabel.text = text
 
-    def selectedRegimens(self) -> list[str]:
-        return [rid for attr, rid in REGIMEN_PARAMETERS.items() if getattr(self._parameterNode, attr)]
-
     # -- running: worker thread + QTimer polling; Apply <-> Cancel
     def onApplyButton(self) -> None:
         if self._worker is not None:
             self.cancelWorker()
             return
         p = self._parameterNode
+        if not self.selectedRegimens():
+            slicer.util.errorDisplay(_("Choose at least one regimen."), windowTitle="HCCTwin")
+            return
         try:
             self.logic.ensureDependencies()
             case = self.logic.caseFromNodes(p.arterialVolume, p.portalVolume, p.segmentation, clinicalValues(p))

@@ -8,7 +8,8 @@ The catalogue is data (``regimens.json`` next to this file); a site can load its
      "regimens": [{"id", "name", "short_name", "components": [{"agent", "class", "dose", "schedule"}],
                    "assessment_interval_weeks", "intra_arterial", "lipiodol",
                    "eligibility": [<criterion>, ...], "references": [str, ...], "color": "#rrggbb",
-                   "notes": str (optional)}, ...]}
+                   "notes": str (optional), "preselected": bool (optional, default true: ticked when a
+                   user interface first offers the catalogue)}, ...]}
 
     <criterion> = {"field": <clinical column or score key>, "op": "<=" | "<" | ">=" | ">" | "==" | "!=" | "in" |
                    "not in", "value": <number | string | list>, "source": str, "description": str (optional)}
@@ -152,6 +153,7 @@ class Regimen:
     references: tuple[str, ...]
     color: str
     notes: str = ""
+    preselected: bool = True  # ticked when a user interface first offers the catalogue
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,7 +250,8 @@ def _parse_regimen(obj: Any, where: str, study: tuple[Criterion, ...]) -> Regime
         lipiodol=_need_bool(obj, "lipiodol", where),
         eligibility=tuple(_parse_criterion(c, f"{where} criterion {i}", "trial") for i, c in enumerate(criteria))
         + study,
-        references=tuple(references), color=color.lower(), notes=str(obj.get("notes", "")))
+        references=tuple(references), color=color.lower(), notes=str(obj.get("notes", "")),
+        preselected=_need_bool(obj, "preselected", where) if "preselected" in obj else True)
 
 
 def _parse_catalogue(data: Any, where: str) -> dict[str, Regimen]:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ClinicalValueError
+from ..regimens import load_catalogue
 from . import build
 
 
@@ -39,6 +40,12 @@ class TwinLogic:
         self.ids = None  # HCCTwinLib.scene.build.SceneNodes of the shown result
 
     # -- inputs --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def regimenChoices(catalogue_path=None) -> list[tuple[str, str, bool]]:
+        """``(id, name, preselected)`` of every regimen of the catalogue, in its order: the packaged one, or a
+        site's JSON (``catalogue_path``). The Widget builds one check-box per entry."""
+        return [(r.id, r.name, r.preselected) for r in load_catalogue(catalogue_path).values()]
+
     @staticmethod
     def scoresText(clinical: dict, regimens: list[str]) -> str:
         """Scores and eligibility warnings as rich text for the module panel (an invalid value: its message)."""

@@ -65,11 +65,23 @@ def test_module_script_has_the_four_classes():
     assert classes["HCCTwinTest"] == ["ScriptedLoadableModuleTest"]
 
 
+def _set_by_code() -> set[str]:
+    tree = ast.parse((MODULE / "HCCTwin.py").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "PARAMETERS_SET_BY_CODE" for t in n.targets))
+    return set(ast.literal_eval(node.value))
+
+
 def test_every_parameter_has_a_widget_and_every_widget_a_parameter():
     names, params = _ui_widgets()
     fields = _parameter_fields()
-    assert set(params.values()) == fields
+    by_code = _set_by_code()
+    assert by_code <= fields, by_code - fields
+    assert set(params.values()) == fields - by_code
     assert len(params) == len(set(params.values())), "two widgets bound to one parameter"
+    code = (MODULE / "HCCTwin.py").read_text()
+    for name in by_code:  # a parameter without a widget must be written by the Widget's code
+        assert re.search(rf"self\._parameterNode\.{name} = ", code), name
 
 
 def test_widget_code_uses_only_widgets_that_exist_in_the_ui():
@@ -88,6 +100,7 @@ NAME_CLASSES = {
     "PathLineEdit": {"ctkPathLineEdit"}, "CollapsibleButton": {"ctkCollapsibleButton"}, "Button": {"QPushButton"},
     "CheckBox": {"QCheckBox"}, "ComboBox": {"QComboBox"}, "SpinBox": {"QSpinBox", "QDoubleSpinBox"},
     "LineEdit": {"QLineEdit"}, "Label": {"QLabel"}, "Selector": {"qMRMLNodeComboBox"}, "Bar": {"QProgressBar"},
+    "Widget": {"QWidget", "QFrame"},
 }
 
 
@@ -126,7 +139,7 @@ def test_every_parameter_is_bound_to_a_widget_of_a_class_that_can_hold_it():
     _, params = _ui_widgets()
     widget_of = {param: widget for widget, param in params.items()}
     classes = _ui_classes()
-    for field in (n for n in cls.body if isinstance(n, ast.AnnAssign)):
+    for field in (n for n in cls.body if isinstance(n, ast.AnnAssign) and n.target.id not in _set_by_code()):
         widget = widget_of[field.target.id]
         assert classes[widget] in _widget_class_for(field.annotation), (
             f"parameter {field.target.id} ({ast.unparse(field.annotation)}) is bound to a {classes[widget]}")

@@ -319,7 +319,40 @@ def _predict_outputs(out: Path, args) -> list[Path]:
     return files
 
 
+def _predict_cohort(args) -> int:
+    """``hcctwin predict --cohort``: every patient of the cohort (see :mod:`HCCTwinLib.batch`)."""
+    from .batch import PREDICTIONS_CSV, predict_cohort
+    from .pipeline import PipelineOptions
+
+    single = [f"--{name.replace('_', '-')}" for name in ("pre", "arterial", "portal", "delayed", "labels", "clinical",
+                                                         "patient", "followup", "followup_weeks", "followup_regimen")
+              if getattr(args, name, None) is not None]
+    if single:
+        raise InputError(f"--cohort reads each patient's pre-treatment study and clinical row from the cohort folder; "
+                         f"leave out {', '.join(single)} (they are for one patient).")
+    options = PipelineOptions(device=args.device, samples=args.samples, seed=args.seed,
+                              segmentation_weights=args.segmentation_weights,
+                              generator_weights=args.generator_weights, survival_model=args.survival_model,
+                              segmentation="model" if args.resegment else "auto",
+                              allow_missing_models=args.allow_missing_models)
+    table = predict_cohort(args.cohort, args.out, regimens=args.regimens, weeks=args.weeks, options=options,
+                           max_cases=args.max_cases, report=args.report, deidentify=args.deidentify,
+                           scheduler=args.scheduler, workers=args.workers, progress=ProgressBar())
+    failed = table[table["status"] != "ok"]
+    key = table.columns[0]
+    for _, row in failed.iterrows():
+        print(f"{row[key]}: {row['message']}", file=sys.stderr)
+    print(json.dumps({"predictions": str(Path(args.out) / PREDICTIONS_CSV), "patients": len(table),
+                      "ok": int(len(table) - len(failed)), "failed": int(len(failed))}, indent=2))
+    print(DISCLAIMER)
+    return 0 if len(failed) < len(table) else 2
+
+
 def cmd_predict(args) -> int:
+    if args.cohort:
+        return _predict_cohort(args)
+    if not (args.pre or _phase_paths(args)):
+        raise InputError("give the pre-treatment study (--pre, or --arterial / --portal / --delayed), or --cohort.")
     from .cases import ObservedScan
     from .io import load_case, refuse_overwriting_inputs, relocate_paths, staged_output
     from .jsonutil import jsonable
@@ -332,8 +365,6 @@ def cmd_predict(args) -> int:
     real = None
     if args.followup:
         if args.followup_weeks is None:
-            from .errors import InputError
-
             raise InputError("--followup needs --followup-weeks (weeks since the start of treatment).")
         fu_case = load_case(args.followup)
         real = ObservedScan(weeks=args.followup_weeks, phases=dict(fu_case.phases), geometry=fu_case.geometry,
@@ -823,7 +854,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--survival-model", help="survival engine file (default: installed)")
     p.add_argument("--report", action="store_true", help="also write report.html / report.pdf / survival.png")
     p.add_argument("--deidentify", action="store_true", help="result.json and report without patient name or ID")
+    p.add_argument("--cohort", help="a cohort folder (clinical.csv + cases/<id>/pre): every patient, OUT/<id>/ each "
+                                    "and OUT/predictions.csv (one row per patient); with --scheduler for Dask")
+    p.add_argument("--max-cases", type=_positive_int, help="--cohort: the first N patients only")
     p.add_argument("--out", required=True, help="output folder")
+    _add_scheduler_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("register", help="register a real follow-up to the pre-treatment scan (rigid, affine, "

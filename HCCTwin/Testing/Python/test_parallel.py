@@ -117,3 +117,85 @@ def test_segmentation_metrics_on_two_workers_equal_the_serial_ones(small_cohort,
     for key, value in serial["mean_dice"].items():  # bf16 or fp32 on both sides: the same arithmetic, same Dice
         assert dask_run["mean_dice"][key] == pytest.approx(value, abs=1e-6) if value is not None else \
             dask_run["mean_dice"][key] is None
+
+
+# ------------------------------------------------------------------------------------------ predict over a cohort
+def _reuse(local_client):
+    class _Reuse:
+        def __init__(self, spec, workers):
+            pass
+
+        def __enter__(self):
+            return local_client
+
+        def __exit__(self, *exc):
+            return False
+
+    return _Reuse
+
+
+def test_predict_over_a_cohort_on_two_workers_equals_the_serial_run(small_cohort, local_client, monkeypatch,
+                                                                     tmp_path):
+    import json
+
+    from HCCTwinLib import parallel
+    from HCCTwinLib.batch import PREDICTIONS_CSV, predict_cohort
+    from HCCTwinLib.pipeline import PipelineOptions
+
+    options = PipelineOptions(device="cpu", samples=1, seed=3)
+    kwargs = dict(regimens=["tace_pd1_len", "haic_pd1_len"], weeks=[8], options=options, max_cases=3)
+    serial = predict_cohort(small_cohort, tmp_path / "serial", **kwargs)
+    monkeypatch.setattr(parallel, "client_for", _reuse(local_client))
+    dask_run = predict_cohort(small_cohort, tmp_path / "dask", scheduler="local", workers=2, **kwargs)
+    assert list(serial["patient_id"]) == list(dask_run["patient_id"]) and len(serial) == 3
+    assert (serial["status"] == "ok").all(), serial["message"].tolist()
+    pd.testing.assert_frame_equal(serial, dask_run)
+    assert pd.read_csv(tmp_path / "dask" / PREDICTIONS_CSV)["patient_id"].astype(str).tolist() == \
+        list(serial["patient_id"])
+    for pid in serial["patient_id"]:  # each patient's folder is what `hcctwin predict` writes for one patient
+        a = json.loads((tmp_path / "serial" / pid / "result.json").read_text())
+        b = json.loads((tmp_path / "dask" / pid / "result.json").read_text())
+        assert a["patient_id"] == pid and a["label_volumes_ml"] == b["label_volumes_ml"]
+        assert a["survival"]["endpoints"] == b["survival"]["endpoints"]
+        assert (tmp_path / "dask" / pid / "tace_pd1_len" / "w08" / "portal.nii.gz").is_file()
+    row = serial.iloc[0]
+    assert row["domain_verdict"] in ("inside", "caution", "outside")
+    assert row["tumor_total_ml"] > 0 and row["recommended_regimen"] in ("tace_pd1_len", "haic_pd1_len")
+    assert 0 < row["os_rmst24_months_haic_pd1_len"] <= 24  # restricted to 24 months
+    assert "os_median_months_tace_pd1_len" in serial.columns  # empty where the median is not reached
+
+
+def test_predict_over_a_cohort_records_a_refused_patient_and_goes_on(small_cohort, tmp_path, capsys):
+    import shutil
+
+    from HCCTwinLib import cli
+    from HCCTwinLib.batch import cohort_patients
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(small_cohort, cohort)
+    ids = cohort_patients(cohort, 2)
+    portal = next((cohort / "cases" / ids[0] / "pre").glob("portal*"))
+    portal.write_bytes(b"not an image")
+    code = cli.main(["predict", "--cohort", str(cohort), "--max-cases", "2", "--regimens", "pd1_tki", "--weeks", "8",
+                     "--samples", "1", "--device", "cpu", "--deidentify", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 0 and '"failed": 1' in captured.out and "P0001:" in captured.err
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert table["study_code"].tolist() == ["P0001", "P0002"] and "patient_id" not in table.columns
+    assert table["status"].tolist() == ["error", "ok"] and "portal" in table["message"][0]
+    assert not (tmp_path / "out" / "P0001").exists() and (tmp_path / "out" / "P0002" / "result.json").is_file()
+    key = pd.read_csv(tmp_path / "out" / "codes.csv")
+    assert key["patient_id"].astype(str).tolist() == ids and key["study_code"].tolist() == ["P0001", "P0002"]
+    text = (tmp_path / "out" / "predictions.csv").read_text() + (tmp_path / "out" / "P0002" / "result.json").read_text()
+    assert not any(pid in text for pid in ids)
+
+
+def test_predict_cohort_refuses_single_patient_options(small_cohort, tmp_path, capsys):
+    from HCCTwinLib import cli
+
+    code = cli.main(["predict", "--cohort", str(small_cohort), "--patient", "X", "--out", str(tmp_path / "o")])
+    assert code == 2 and "leave out --patient" in capsys.readouterr().err
+    code = cli.main(["predict", "--out", str(tmp_path / "o")])
+    assert code == 2 and "--cohort" in capsys.readouterr().err
+    code = cli.main(["predict", "--cohort", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2 and "no clinical.csv" in capsys.readouterr().err

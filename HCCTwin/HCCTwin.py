@@ -21,7 +21,7 @@ import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper, parameterPack
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -63,14 +63,11 @@ class HCCTwin(ScriptedLoadableModule):
 #
 # Parameter node
 #
-@parameterNodeWrapper
-class HCCTwinParameterNode:
-    arterialVolume: vtkMRMLScalarVolumeNode
-    portalVolume: vtkMRMLScalarVolumeNode
-    followupVolume: vtkMRMLScalarVolumeNode
-    followupWeeks: Annotated[int, WithinRange(0, 520)] = 8
-    segmentation: vtkMRMLSegmentationNode
-    # clinical values (units in the names, as in the cohort layout)
+@parameterPack
+class ClinicalValues:
+    """The patient's clinical values, as the form shows them (units in the names); :meth:`asCohortRow` gives them
+    with the cohort layout's column names (``clinical.csv``), which the engine reads."""
+
     ageYears: Annotated[float, WithinRange(0, 120)] = 60
     ecog: Annotated[int, WithinRange(0, 4)] = 0
     albuminGL: Annotated[float, WithinRange(0, 80)] = 40.0
@@ -84,6 +81,26 @@ class HCCTwinParameterNode:
     pvtt: bool = False
     extrahepaticSpread: bool = False
     resectable: bool = False
+
+    def asCohortRow(self) -> dict:
+        return {
+            "age_years": self.ageYears, "ecog": self.ecog, "albumin_g_l": self.albuminGL,
+            "bilirubin_umol_l": self.bilirubinUmolL, "inr": self.inr, "ascites": self.ascites,
+            "encephalopathy": self.encephalopathy, "afp_ng_ml": self.afpNgMl, "n_tumors": self.nTumors,
+            "max_diameter_mm": self.maxDiameterMm, "pvtt": int(self.pvtt),
+            "extrahepatic_spread": int(self.extrahepaticSpread), "resectable": int(self.resectable),
+        }
+
+
+@parameterNodeWrapper
+class HCCTwinParameterNode:
+    arterialVolume: vtkMRMLScalarVolumeNode
+    portalVolume: vtkMRMLScalarVolumeNode
+    followupVolume: vtkMRMLScalarVolumeNode
+    followupWeeks: Annotated[int, WithinRange(0, 520)] = 8
+    segmentation: vtkMRMLSegmentationNode
+    # clinical values: a typed pack (bound in the .ui as clinical.<name>)
+    clinical: ClinicalValues
     # what to predict; regimens: the ticked regimen ids, comma-separated (set by the check-boxes the Widget builds
     # from the regimen catalogue; empty: the catalogue's preselection)
     regimens: str = ""
@@ -105,12 +122,7 @@ PARAMETERS_SET_BY_CODE = ("regimens",)
 
 def clinicalValues(p: HCCTwinParameterNode) -> dict:
     """Parameter node -> clinical dict with the cohort layout's column names."""
-    return {
-        "age_years": p.ageYears, "ecog": p.ecog, "albumin_g_l": p.albuminGL, "bilirubin_umol_l": p.bilirubinUmolL,
-        "inr": p.inr, "ascites": p.ascites, "encephalopathy": p.encephalopathy, "afp_ng_ml": p.afpNgMl,
-        "n_tumors": p.nTumors, "max_diameter_mm": p.maxDiameterMm, "pvtt": int(p.pvtt),
-        "extrahepatic_spread": int(p.extrahepaticSpread), "resectable": int(p.resectable),
-    }
+    return p.clinical.asCohortRow()
 
 
 #

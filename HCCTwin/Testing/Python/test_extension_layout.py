@@ -37,10 +37,32 @@ def test_module_cmake_lists_every_lib_file_and_resource():
         assert needed in text, needed
 
 
-def _parameter_fields() -> set[str]:
+def _flat_parameters() -> dict[str, ast.expr]:
+    """The parameter node's parameters as the .ui binds them: ``name`` -> annotation, a parameter pack's members as
+    ``pack.member`` (the dotted names the parameterNodeWrapper's connectGui accepts)."""
     tree = ast.parse((MODULE / "HCCTwin.py").read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "HCCTwinParameterNode")
-    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    packs = {name for name, c in classes.items()
+             if any(getattr(d, "id", "") == "parameterPack" for d in c.decorator_list)}
+    out: dict[str, ast.expr] = {}
+    for field in (n for n in classes["HCCTwinParameterNode"].body if isinstance(n, ast.AnnAssign)):
+        pack = getattr(field.annotation, "id", None)
+        if pack in packs:
+            for member in (n for n in classes[pack].body if isinstance(n, ast.AnnAssign)):
+                out[f"{field.target.id}.{member.target.id}"] = member.annotation
+        else:
+            out[field.target.id] = field.annotation
+    return out
+
+
+def _parameter_fields() -> set[str]:
+    return set(_flat_parameters())
+
+
+def test_clinical_values_are_a_parameter_pack():
+    fields = _flat_parameters()
+    assert "clinical.ageYears" in fields and "clinical.resectable" in fields
+    assert not any(name in fields for name in ("ageYears", "afpNgMl"))
 
 
 def _ui_widgets() -> tuple[set[str], dict[str, str]]:
@@ -134,15 +156,15 @@ def _widget_class_for(annotation: ast.expr) -> set[str]:
 
 
 def test_every_parameter_is_bound_to_a_widget_of_a_class_that_can_hold_it():
-    tree = ast.parse((MODULE / "HCCTwin.py").read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "HCCTwinParameterNode")
     _, params = _ui_widgets()
     widget_of = {param: widget for widget, param in params.items()}
     classes = _ui_classes()
-    for field in (n for n in cls.body if isinstance(n, ast.AnnAssign) and n.target.id not in _set_by_code()):
-        widget = widget_of[field.target.id]
-        assert classes[widget] in _widget_class_for(field.annotation), (
-            f"parameter {field.target.id} ({ast.unparse(field.annotation)}) is bound to a {classes[widget]}")
+    for name, annotation in _flat_parameters().items():
+        if name in _set_by_code():
+            continue
+        widget = widget_of[name]
+        assert classes[widget] in _widget_class_for(annotation), (
+            f"parameter {name} ({ast.unparse(annotation)}) is bound to a {classes[widget]}")
 
 
 def test_custom_widget_classes_are_declared_in_the_ui():

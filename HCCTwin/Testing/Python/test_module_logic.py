@@ -6,6 +6,7 @@ without a model run, endpoint switch, uncertainty overlay, report, scene bundle)
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 import types
@@ -35,6 +36,7 @@ def _stub_modules() -> dict[str, types.ModuleType]:
 
     pnw.Choice, pnw.WithinRange = type("Choice", (_Validator,), {}), type("WithinRange", (_Validator,), {})
     pnw.parameterNodeWrapper = lambda cls: cls
+    pnw.parameterPack = dataclasses.dataclass  # a pack is a dataclass with parameter-node storage
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
 
     class _Base:
@@ -65,6 +67,7 @@ def module(app, monkeypatch, tmp_path):
                                                              defaultScenePath=str(tmp_path)), raising=False)
     spec = importlib.util.spec_from_file_location("HCCTwinModuleUnderTest", MODULE_FILE)
     mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)  # as an import would (dataclasses look it up)
     spec.loader.exec_module(mod)
     app.clear()
     return mod

@@ -11,6 +11,7 @@ what the Widget asks of its logic, not the logic itself (``test_module_logic`` d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -21,6 +22,7 @@ from unittest import mock
 import pytest
 import slicer
 
+from HCCTwinLib.clinical import CLINICAL_FIELDS, REQUIRED_FIELDS
 from HCCTwinLib.regimens import DEFAULT_CATALOGUE_PATH
 from HCCTwinLib.scene.logic import TwinLogic
 
@@ -128,6 +130,7 @@ def _stubs() -> dict[str, types.ModuleType]:
 
     pnw.Choice, pnw.WithinRange = type("Choice", (_Validator,), {}), type("WithinRange", (_Validator,), {})
     pnw.parameterNodeWrapper = lambda cls: cls
+    pnw.parameterPack = dataclasses.dataclass  # a pack is a dataclass with parameter-node storage
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
 
     class _Base:
@@ -160,6 +163,7 @@ class _ParameterNode(types.SimpleNamespace):
 def _parameter_node(module) -> _ParameterNode:
     cls = module.HCCTwinParameterNode
     values = {name: getattr(cls, name, None) for name in cls.__annotations__}
+    values["clinical"] = module.ClinicalValues()  # the pack's defaults, as the wrapper makes them
     values["portalVolume"] = object()  # an input volume is selected
     return _ParameterNode(**values)
 
@@ -182,6 +186,7 @@ def module(monkeypatch):
     monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", try_with_error_display, raising=False)
     spec = importlib.util.spec_from_file_location("HCCTwinWidgetUnderTest", MODULE_FILE)
     mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)  # as an import would (dataclasses look it up)
     spec.loader.exec_module(mod)
     mod.errors = errors
     return mod
@@ -305,3 +310,12 @@ def test_a_failing_selection_update_is_shown_and_leaves_the_widget_usable(module
     w._applySelection()
     assert module.errors == ["Updating the regimen selection failed."]
     assert w.ui.statusLabel.text == ""  # no "updated" message for an update that failed
+
+
+def test_clinical_values_come_from_the_typed_pack_with_the_cohort_column_names(module):
+    node = _parameter_node(module)
+    node.clinical.afpNgMl, node.clinical.pvtt, node.clinical.ascites = 400.0, True, "mild"
+    row = module.clinicalValues(node)
+    assert row["afp_ng_ml"] == 400.0 and row["pvtt"] == 1 and row["ascites"] == "mild"
+    assert row["extrahepatic_spread"] == 0 and row["age_years"] == module.ClinicalValues().ageYears
+    assert set(row) <= set(CLINICAL_FIELDS) and set(REQUIRED_FIELDS) <= set(row)

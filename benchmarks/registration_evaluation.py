@@ -2,7 +2,7 @@
 
 For each simulated patient the real follow-up (8 weeks after the baseline, under the received regimen, rendered on
 the baseline grid) is moved by a known rigid + affine + smooth local deformation onto a new grid
-(``registration.simulate_misalignment``), then registered back to the pre-treatment scan with
+(``simulate.misalignment.simulate_misalignment``), then registered back to the pre-treatment scan with
 ``registration.register_followup``. Reported: TRE (mean / median / 95th percentile / max, mm) over lesion centroids
 and 20 random liver points at physical identity, after the centring and after each stage; liver Dice before/after;
 timings. Sets: ``fast`` (96 x 96 x 32 voxels, 4 x 4 x 7 mm), ``full`` (192 x 192 x 64, about 2 x 2 x 3.5 mm) and
@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT / "HCCTwin"))
 from HCCTwinLib import __version__  # noqa: E402
 from HCCTwinLib.cases import Case, Geometry  # noqa: E402
 from HCCTwinLib.io import resample_to  # noqa: E402
-from HCCTwinLib.registration import register_followup, simulate_misalignment, tre_summary  # noqa: E402
+from HCCTwinLib.registration import register_followup, tre_summary  # noqa: E402
 from HCCTwinLib.simulate import simulate_patient  # noqa: E402
+from HCCTwinLib.simulate.misalignment import simulate_misalignment  # noqa: E402
 
 MISALIGNMENT = {"max_rotation_deg": 8.0, "max_translation_mm": 15.0, "deformation_mm": 6.0, "max_scale": 0.04}
 STEPS = ("identity", "initial", "rigid", "affine", "deformable")

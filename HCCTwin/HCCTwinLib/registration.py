@@ -23,9 +23,9 @@ Conventions
   so another thread count changes the result slightly (by about 0.01 mm on the test phantom); pass ``threads`` (or
   set ``HCCTWIN_NUM_THREADS``) to pin it. The global ITK thread setting is left alone.
 
-:func:`simulate_misalignment` moves a case by a known rigid + affine + smooth local deformation onto a new grid and
-returns landmark pairs (lesion centroids and points inside the liver), so the target-registration error (TRE, mm) of
-any recovered transform can be measured (``Misalignment.tre``).
+:func:`HCCTwinLib.simulate.misalignment.simulate_misalignment` (test and benchmark data, not a production step)
+moves a case by a known transform and returns landmark pairs, so the target-registration error of any recovered
+transform can be measured; :func:`tre_summary` summarises it.
 """
 
 from __future__ import annotations
@@ -128,11 +128,11 @@ class RegistrationResult:
 # input checks and image helpers
 # ----------------------------------------------------------------------------------------------------------------
 
-def _image(array: np.ndarray, geometry: Geometry, dtype=np.float32) -> sitk.Image:
+def sitk_image(array: np.ndarray, geometry: Geometry, dtype=np.float32) -> sitk.Image:
     return geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=dtype)))
 
 
-def _check_phases(what: str, phases, geometry: Geometry) -> dict[str, np.ndarray]:
+def check_phases(what: str, phases, geometry: Geometry) -> dict[str, np.ndarray]:
     if not isinstance(geometry, Geometry):
         raise InputError(f"{what}: no geometry given (spacing/origin/direction); pass a Geometry with the phases.")
     if not isinstance(phases, dict) or not phases:
@@ -155,7 +155,7 @@ def _check_phases(what: str, phases, geometry: Geometry) -> dict[str, np.ndarray
     return out
 
 
-def _check_labels(what: str, labels, geometry: Geometry) -> np.ndarray | None:
+def check_labels(what: str, labels, geometry: Geometry) -> np.ndarray | None:
     if labels is None:
         return None
     labels = np.asarray(labels)
@@ -189,7 +189,7 @@ def _drive_phases(fixed: dict, moving: dict) -> tuple[str, str]:
     return f, m  # different phases/modalities: mutual information copes
 
 
-def _is_ct(array: np.ndarray) -> bool:
+def is_ct(array: np.ndarray) -> bool:
     return float(np.min(array)) < -500.0
 
 
@@ -199,19 +199,19 @@ def _shrink_factors(spacing, target: float) -> list[int]:
 
 def _working(array: np.ndarray, geometry: Geometry, target: float) -> tuple[sitk.Image, sitk.Image | None]:
     """(windowed working image, body mask or None) at about ``target`` mm voxels (block average)."""
-    img = _image(array, geometry)
+    img = sitk_image(array, geometry)
     factors = _shrink_factors(geometry.spacing, target)
     if max(factors) > 1:
         img = sitk.BinShrink(img, factors)
     body = None
-    if _is_ct(array):
+    if is_ct(array):
         body = sitk.BinaryThreshold(img, BODY_THRESHOLD_HU, 1e9, 1, 0)
         img = sitk.Clamp(img, sitk.sitkFloat32, HU_WINDOW[0], HU_WINDOW[1])
     return img, body
 
 
 def _mask_on(reference: sitk.Image, mask: np.ndarray, geometry: Geometry) -> sitk.Image:
-    src = _image((np.asarray(mask) > 0).astype(np.uint8), geometry, np.uint8)
+    src = sitk_image((np.asarray(mask) > 0).astype(np.uint8), geometry, np.uint8)
     return sitk.Resample(src, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
@@ -418,10 +418,10 @@ def register_followup(fixed, moving_phases: dict[str, np.ndarray], moving_geomet
     t_start = time.perf_counter()
     threads = _threads(threads)
     f_phases, f_geom, f_labels = _unpack_fixed(fixed)
-    f_phases = _check_phases("pre-treatment scan", f_phases, f_geom)
-    f_labels = _check_labels("pre-treatment scan", f_labels, f_geom)
-    m_phases = _check_phases("follow-up scan", moving_phases, moving_geometry)
-    m_labels = _check_labels("follow-up scan", moving_labels, moving_geometry)
+    f_phases = check_phases("pre-treatment scan", f_phases, f_geom)
+    f_labels = check_labels("pre-treatment scan", f_labels, f_geom)
+    m_phases = check_phases("follow-up scan", moving_phases, moving_geometry)
+    m_labels = check_labels("follow-up scan", moving_labels, moving_geometry)
     liver_mask = _liver_mask(liver_mask, f_labels, f_geom)
     f_name, m_name = _drive_phases(f_phases, m_phases)
     report(progress, 0.0, f"Registration: preparing ({f_name} -> {m_name} phase)")
@@ -436,7 +436,7 @@ def register_followup(fixed, moving_phases: dict[str, np.ndarray], moving_geomet
         run.notes.append("deformable stage skipped: no liver mask (give the pre-treatment labels or a liver mask)")
     elif deformable:
         final, stage_tx["deformable"] = _deformable_stage(run, rigid, affine, final,
-                                                          _is_ct(f_phases[f_name]) and _is_ct(m_phases[m_name]))
+                                                          is_ct(f_phases[f_name]) and is_ct(m_phases[m_name]))
     run.metrics["mi_eval"] = {**mi_eval, **{s: run.metrics[s]["mi_eval"] for s in STAGES if s in run.metrics}}
     out_phases, out_labels = _resample_followup(run, final, f_geom, f_labels, m_phases, m_labels, moving_geometry)
     report(progress, 1.0, "Registration: done")
@@ -469,7 +469,7 @@ def _prepare(f_image, f_geom, f_labels, m_image, m_geom, liver_mask, working_spa
     moving_w, m_body = _working(m_image, m_geom, working_spacing_mm)
     liver_w = _mask_on(fixed_w, liver_mask, f_geom) if liver_mask is not None else None
     if liver_w is not None and _count(liver_w) == 0:
-        liver_w = _mask_on(fixed_w, sitk.GetArrayFromImage(_dilate(_image(liver_mask.astype(np.uint8), f_geom,
+        liver_w = _mask_on(fixed_w, sitk.GetArrayFromImage(_dilate(sitk_image(liver_mask.astype(np.uint8), f_geom,
                                                                                 np.uint8), 1.0)), f_geom)
     if f_body is not None and _count(f_body) < 0.01 * np.prod(fixed_w.GetSize()):
         f_body = None
@@ -528,9 +528,9 @@ def _initial_alignment(run: _Run, f_labels, f_geom, m_labels, m_geom, f_name, m_
                                          "spacing_mm": [round(s, 3) for s in fixed_w.GetSpacing()]}})
     mi_eval = {"identity": run.mi(sitk.Transform(3, sitk.sitkIdentity)), "initial": run.mi(initial)}
     if f_labels is not None and m_labels is not None:
-        f_lab_w = sitk.GetArrayFromImage(sitk.Resample(_image(f_labels, f_geom, np.uint8), fixed_w, sitk.Transform(),
-                                                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
-        m_labels_w = _image(m_labels, m_geom, np.uint8)
+        f_lab_w = sitk.GetArrayFromImage(sitk.Resample(sitk_image(f_labels, f_geom, np.uint8), fixed_w,
+                                                        sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+        m_labels_w = sitk_image(m_labels, m_geom, np.uint8)
 
         def overlap_at(tx: sitk.Transform) -> dict:
             moved = sitk.GetArrayFromImage(sitk.Resample(m_labels_w, fixed_w, tx, sitk.sitkNearestNeighbor, 0,
@@ -661,13 +661,13 @@ def _resample_followup(run: _Run, final, f_geom, f_labels, m_phases, m_labels, m
     reference = f_geom.apply_to(sitk.Image(list(f_geom.size_xyz), sitk.sitkUInt8))
     out_phases = {}
     for name, arr in m_phases.items():
-        img = _image(arr, m_geom)
-        default = -1000.0 if _is_ct(arr) else float(np.min(arr))
+        img = sitk_image(arr, m_geom)
+        default = -1000.0 if is_ct(arr) else float(np.min(arr))
         out_phases[name] = sitk.GetArrayFromImage(sitk.Resample(img, reference, final, sitk.sitkLinear,
                                                                 default, sitk.sitkFloat32))
     out_labels = None
     if m_labels is not None:
-        out_labels = sitk.GetArrayFromImage(sitk.Resample(_image(m_labels, m_geom, np.uint8), reference,
+        out_labels = sitk.GetArrayFromImage(sitk.Resample(sitk_image(m_labels, m_geom, np.uint8), reference,
                                                           final, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
         if f_labels is not None:
             run.overlap["final"] = {"liver_dice": _dice(f_labels > 0, out_labels > 0),
@@ -706,166 +706,8 @@ def _last_of(transform: sitk.Transform, kind):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# simulated misalignment and target-registration error
+# target-registration error
 # ----------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Misalignment:
-    """A case moved by a known transform onto a new grid, with landmark pairs for the TRE.
-
-    ``transform`` maps a point of the moved (moving) image to the original (fixed) image's physical space: it is what
-    produced the moved images by resampling. ``landmarks_fixed`` (N x 3, LPS mm) are lesion centroids and points
-    inside the liver of the original; ``landmarks_moving`` their exact positions in the moved image.
-    """
-
-    phases: dict[str, np.ndarray]
-    labels: np.ndarray | None
-    geometry: Geometry
-    transform: sitk.Transform
-    landmarks_fixed: np.ndarray
-    landmarks_moving: np.ndarray
-    landmark_kinds: list[str]
-    parameters: dict[str, Any]
-
-    def tre(self, transform: sitk.Transform | None = None) -> np.ndarray:
-        """Target-registration error (mm) per landmark of a fixed->moving ``transform`` (None: physical identity)."""
-        if transform is None:
-            mapped = self.landmarks_fixed
-        else:
-            mapped = np.array([transform.TransformPoint(tuple(map(float, p))) for p in self.landmarks_fixed])
-        return np.linalg.norm(mapped - self.landmarks_moving, axis=1)
-
-
-def _rotation_matrix(axis: np.ndarray, angle: float) -> np.ndarray:
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
-
-
-def simulate_misalignment(source, geometry: Geometry | None = None, seed: int = 0, *,
-                          labels: np.ndarray | None = None, landmark_labels: np.ndarray | None = None,
-                          max_rotation_deg: float = 8.0, max_translation_mm: float = 15.0,
-                          deformation_mm: float = 6.0, max_scale: float = 0.04, n_liver_points: int = 20,
-                          spacing_jitter: float = 0.05) -> Misalignment:
-    """Move a case (a :class:`Case`, or a phases dict with ``geometry`` and optional ``labels``) by a known transform.
-
-    Drawn with ``seed``: a rotation about the liver centre (random axis, angle 0.5-1 x ``max_rotation_deg``), a
-    translation (0.5-1 x ``max_translation_mm``), per-axis scaling (1 +- ``max_scale``) and a smooth local deformation
-    (three Gaussian bumps of 25-40 mm width centred in the liver, peak 0.6-1 x ``deformation_mm``); the result lies on
-    a new grid (spacing jittered by +-``spacing_jitter``, origin shifted by a fraction of a voxel). Landmarks: the
-    centroid of every tumour component of ``landmark_labels`` (default the labels) and ``n_liver_points`` random liver
-    voxels. The inputs are not modified.
-    """
-    if isinstance(source, Case):
-        phases, geometry, labels = source.phases, source.geometry, source.labels if labels is None else labels
-    else:
-        phases = source
-    phases = _check_phases("simulate_misalignment", phases, geometry)
-    labels = _check_labels("simulate_misalignment", labels, geometry)
-    lm_labels = labels if landmark_labels is None else _check_labels("landmarks", landmark_labels, geometry)
-    rng = np.random.default_rng(seed)
-    m = geometry.ijk_to_lps()
-
-    def to_lps(ijk: np.ndarray) -> np.ndarray:
-        return (m @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
-
-    if lm_labels is not None and (lm_labels > 0).any():
-        liver_ijk = np.argwhere(lm_labels > 0)[:, ::-1].astype(float)
-    else:  # central third of the volume
-        shape = np.asarray(geometry.size_xyz)
-        liver_ijk = np.argwhere(np.ones(tuple(np.maximum(shape[::-1] // 3, 1)), bool))[:, ::-1] + shape // 3
-    centre = to_lps(liver_ijk.mean(axis=0, keepdims=True))[0]
-
-    angle = np.deg2rad(max_rotation_deg) * rng.uniform(0.5, 1.0)
-    rot = _rotation_matrix(rng.normal(size=3), angle)
-    direction = rng.normal(size=3)
-    shift = direction / np.linalg.norm(direction) * max_translation_mm * rng.uniform(0.5, 1.0)
-    scale = 1.0 + rng.uniform(-max_scale, max_scale, size=3)
-    rigid = sitk.Euler3DTransform()
-    rigid.SetCenter(tuple(centre))
-    rigid.SetMatrix(tuple(rot.ravel()))
-    rigid.SetTranslation(tuple(shift))
-    affine = sitk.AffineTransform(3)
-    affine.SetCenter(tuple(centre))
-    affine.SetMatrix(tuple(np.diag(scale).ravel()))
-    linear = sitk.CompositeTransform([rigid, affine])  # y -> rigid(affine(y))
-    lin_m = rot @ np.diag(scale)
-    lin_b = np.asarray(linear.TransformPoint((0.0, 0.0, 0.0)))
-    lin_inv = np.linalg.inv(lin_m)
-
-    # new grid for the moved image
-    spacing = np.asarray(geometry.spacing) * (1 + rng.uniform(-spacing_jitter, spacing_jitter, size=3))
-    size_xyz = np.maximum(np.round(np.asarray(geometry.size_xyz) * np.asarray(geometry.spacing) / spacing), 4)
-    origin = np.asarray(geometry.origin) + geometry.direction_matrix @ (rng.uniform(-0.5, 0.5, size=3) * spacing)
-    new_geom = Geometry(shape=tuple(int(s) for s in size_xyz[::-1]), spacing=tuple(spacing), origin=tuple(origin),
-                        direction=geometry.direction)
-
-    bumps = []
-    transforms: list[sitk.Transform] = [rigid, affine]
-    if deformation_mm > 0:
-        picks = liver_ijk[rng.choice(len(liver_ijk), size=3, replace=len(liver_ijk) < 3)]
-        centres_moving = (lin_inv @ (to_lps(picks) - lin_b).T).T
-        for c in centres_moving:
-            v = rng.normal(size=3)
-            v = v / np.linalg.norm(v) * deformation_mm * rng.uniform(0.6, 1.0)
-            bumps.append((c, v, rng.uniform(25.0, 40.0)))
-        step = np.full(3, 6.0)
-        lo, hi = new_geom.physical_extent_lps()
-        lo, hi = lo - 20.0, hi + 20.0
-        n = np.ceil((hi - lo) / step).astype(int) + 1
-        grid = np.stack(np.meshgrid(*[lo[a] + step[a] * np.arange(n[a]) for a in range(3)], indexing="ij"), -1)
-        disp = np.zeros_like(grid)
-        for c, v, sigma in bumps:
-            w = np.exp(-np.sum((grid - c) ** 2, axis=-1) / (2 * sigma ** 2))
-            disp += w[..., None] * v
-        field_img = sitk.GetImageFromArray(np.ascontiguousarray(disp.transpose(2, 1, 0, 3)), isVector=True)
-        field_img.SetOrigin(tuple(lo))
-        field_img.SetSpacing(tuple(step))
-        transforms.append(sitk.DisplacementFieldTransform(sitk.Cast(field_img, sitk.sitkVectorFloat64)))
-    truth = sitk.CompositeTransform(transforms)  # y -> rigid(affine(y + d(y)))
-
-    reference = new_geom.apply_to(sitk.Image(list(new_geom.size_xyz), sitk.sitkUInt8))
-    moved = {}
-    for name, arr in phases.items():
-        default = -1000.0 if _is_ct(arr) else float(np.min(arr))
-        moved[name] = sitk.GetArrayFromImage(sitk.Resample(_image(arr, geometry), reference, truth, sitk.sitkLinear,
-                                                           default, sitk.sitkFloat32))
-    moved_labels = None
-    if labels is not None:
-        moved_labels = sitk.GetArrayFromImage(sitk.Resample(_image(labels, geometry, np.uint8), reference, truth,
-                                                            sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
-
-    # landmarks: tumour centroids + random liver points, and their exact positions in the moved image
-    kinds, pts = [], []
-    if lm_labels is not None and (lm_labels >= 2).any():
-        cc = sitk.ConnectedComponent(_image((lm_labels >= 2).astype(np.uint8), geometry, np.uint8))
-        stats = sitk.LabelShapeStatisticsImageFilter()
-        stats.Execute(cc)
-        for lab in stats.GetLabels():
-            if stats.GetNumberOfPixels(lab) >= 3:
-                pts.append(stats.GetCentroid(lab))
-                kinds.append("lesion")
-    picks = liver_ijk[rng.choice(len(liver_ijk), size=min(n_liver_points, len(liver_ijk)), replace=False)]
-    picks = picks + rng.uniform(-0.5, 0.5, size=picks.shape)
-    pts.extend(map(tuple, to_lps(picks)))
-    kinds.extend(["liver"] * len(picks))
-    fixed_pts = np.asarray(pts, dtype=float)
-    moving_pts = (lin_inv @ (fixed_pts - lin_b).T).T
-    for _ in range(50):
-        mapped = np.array([truth.TransformPoint(tuple(p)) for p in moving_pts])
-        resid = fixed_pts - mapped
-        moving_pts = moving_pts + (lin_inv @ resid.T).T
-        if np.abs(resid).max() < 1e-4:
-            break
-    params = {"seed": int(seed), "rotation_deg": round(float(np.rad2deg(angle)), 3),
-              "translation_mm": [round(float(x), 3) for x in shift], "scale": [round(float(x), 4) for x in scale],
-              "deformation_peaks_mm": [round(float(np.linalg.norm(v)), 3) for _, v, _ in bumps],
-              "deformation_sigmas_mm": [round(float(s), 2) for _, _, s in bumps],
-              "inversion_residual_mm": float(np.abs(resid).max())}
-    return Misalignment(phases=moved, labels=moved_labels, geometry=new_geom, transform=truth,
-                        landmarks_fixed=fixed_pts, landmarks_moving=moving_pts, landmark_kinds=kinds,
-                        parameters=params)
-
 
 def tre_summary(distances_mm: np.ndarray) -> dict[str, float]:
     """Mean, median, 95th percentile and maximum of target-registration errors (mm)."""
@@ -941,5 +783,5 @@ def register_observed(case: Case, scan: ObservedScan, result=None,
     return follow
 
 
-__all__ = ["RegistrationResult", "register_observed", "Misalignment", "register_followup", "simulate_misalignment",
-           "tre_summary", "run_register_command"]
+__all__ = ["RegistrationResult", "register_observed", "register_followup", "tre_summary", "run_register_command",
+           "check_phases", "check_labels", "sitk_image", "is_ct"]

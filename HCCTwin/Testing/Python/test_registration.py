@@ -9,13 +9,8 @@ import SimpleITK as sitk
 from HCCTwinLib.cases import Case, Geometry
 from HCCTwinLib.errors import CancelledError, InputError
 from HCCTwinLib.io import read_image, save_case
-from HCCTwinLib.registration import (
-    Misalignment,
-    register_followup,
-    run_register_command,
-    simulate_misalignment,
-    tre_summary,
-)
+from HCCTwinLib.registration import register_followup, run_register_command, tre_summary
+from HCCTwinLib.simulate.misalignment import Misalignment, simulate_misalignment
 
 SPACING = (4.0, 4.0, 5.0)  # x, y, z mm
 

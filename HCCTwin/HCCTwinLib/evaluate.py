@@ -28,7 +28,26 @@ import numpy as np
 import pandas as pd
 
 from . import DISCLAIMER, __version__
+from . import imagemetrics as im
+from .cases import ObservedScan
+from .io import find_image, load_case, path_inside, read_clinical_table, read_image
+from .jsonutil import jsonable
+from .parallel import map_ordered
+from .pipeline import PipelineOptions
 from .progress import ProgressCallback, SubProgress, report
+from .registration import register_observed
+from .response import weighted_kappa
+from .segmentation import get_segmenter
+from .segmentation.metrics import dice_per_label
+from .sitemap import reader_columns
+from .survival import metrics as M
+from .survival.cohort import cohort_feature_table, trajectory_readings
+from .survival.engine import metastasis_population
+from .survival.features import SCORE_BASELINES
+from .survival.models import MetastasisModel, landmark_dataset
+from .survival.store import get_survival_engine
+from .twin import get_generator
+from .weights import ModelFileError
 
 
 def _c_pair(M, t, e, risk, tau):
@@ -46,10 +65,6 @@ def fill_features(engine, table: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_survival(engine, table: pd.DataFrame) -> dict[str, Any]:
     """Discrimination and calibration of a fitted engine on a feature table (no refit)."""
-    from .survival import metrics as M
-    from .survival.engine import metastasis_population
-    from .survival.features import SCORE_BASELINES
-    from .survival.models import MetastasisModel, landmark_dataset
 
     data = fill_features(engine, table)
     out: dict[str, Any] = {"notes": []}
@@ -120,7 +135,6 @@ def evaluate_survival(engine, table: pd.DataFrame) -> dict[str, Any]:
 
 
 def _case_dirs(cohort: Path, ids, max_cases: int | None):
-    from .io import path_inside
 
     out = []
     for pid in ids:
@@ -135,9 +149,6 @@ def _case_dirs(cohort: Path, ids, max_cases: int | None):
 def _segmentation_task(pre_dir: str, patient_id: str, device: str) -> dict[str, Any] | None:
     """Dice of the installed segmentation on one labelled pre-treatment study (a task of
     :func:`evaluate_segmentation`, also on a Dask worker: the model is loaded there once per worker process)."""
-    from .io import load_case
-    from .segmentation import get_segmenter
-    from .segmentation.metrics import dice_per_label
 
     case = load_case(Path(pre_dir), patient_id=patient_id)
     if case.labels is None:
@@ -150,8 +161,6 @@ def _segmentation_task(pre_dir: str, patient_id: str, device: str) -> dict[str, 
 
 def evaluate_segmentation(cohort: Path, ids, max_cases: int | None, device: str, progress=None, *,
                           scheduler: str | None = "serial", workers: int | None = None) -> dict[str, Any]:
-    from .parallel import map_ordered
-    from .segmentation import get_segmenter
 
     get_segmenter(None, device=device)  # a missing or damaged model stops here, before any worker starts
     cases = _case_dirs(cohort, ids, max_cases)
@@ -172,9 +181,6 @@ FIDELITY_PHASES = ("arterial", "portal")
 def _observed_followups(case_dir: Path, case, pid: str):
     """The cohort's observed follow-ups of one patient on the pre-treatment grid: ``[(weeks, labels, phases)]``.
     A follow-up on another grid is registered first (rigid, affine, deformable inside the liver)."""
-    from .cases import ObservedScan
-    from .io import find_image, read_image
-    from .registration import register_observed
 
     fu_root = case_dir / "followup"
     out = []
@@ -198,7 +204,6 @@ def _observed_followups(case_dir: Path, case, pid: str):
 
 
 def _fidelity_row(pred_labels, pred_phases, true_labels, true_phases, voxel_ml: float) -> dict[str, float]:
-    from . import imagemetrics as im
 
     liver = true_labels > 0
     row = {"tumour_dice": im.tumour_dice(pred_labels, true_labels),
@@ -214,7 +219,6 @@ def _fidelity_row(pred_labels, pred_phases, true_labels, true_phases, voxel_ml: 
 
 
 def _summarise_rows(rows: list[dict], cats_true: list[str], cats_pred: list[str]) -> dict[str, Any]:
-    from .response import weighted_kappa
 
     out: dict[str, Any] = {"n_followups": len(rows)}
     keys = sorted({k for r in rows for k in r if k.startswith(("ssim_", "psnr_", "hu_mae_"))})
@@ -231,7 +235,6 @@ def _summarise_rows(rows: list[dict], cats_true: list[str], cats_pred: list[str]
 
 def _reader_agreement(reads: list[tuple[str, list[str]]]) -> dict[str, Any] | None:
     """Agreement and linear weighted kappa of one rater (model or automatic reading) against each reader."""
-    from .response import weighted_kappa
 
     pairs = [(c, r) for c, readers in reads for r in readers if c and r]
     if not pairs:
@@ -250,11 +253,6 @@ def evaluate_generator(cohort: Path, clinical: pd.DataFrame, max_cases: int | No
     (the observed images read by the same automatic mRECIST reading). When the table has readers' mRECIST of the
     first follow-up (``reader<k>_mrecist``), the model's, the copy baseline's and the automatic reading of the real
     images are compared with each reader, and the readers with each other."""
-    from .io import load_case
-    from .response import weighted_kappa
-    from .sitemap import reader_columns
-    from .survival.cohort import trajectory_readings
-    from .twin import get_generator
 
     generator = get_generator(None, device=options.device)
     regimen_of = dict(zip(clinical["patient_id"].astype(str), clinical.get("regimen", pd.Series(dtype=str))))
@@ -347,12 +345,6 @@ def run_evaluate_command(cohort_dir: str | os.PathLike, out_dir: str | os.PathLi
     """Measure every installed model on the cohort; write ``out_dir/metrics.json``; return the metrics.
     ``scheduler`` / ``workers``: where the per-patient feature rows and segmentations run
     (:mod:`HCCTwinLib.parallel`; the metrics are the same as serially)."""
-    from .io import read_clinical_table
-    from .jsonutil import jsonable
-    from .pipeline import PipelineOptions
-    from .survival.cohort import cohort_feature_table
-    from .survival.store import get_survival_engine
-    from .weights import ModelFileError
 
     options = options or PipelineOptions()
     cohort = Path(cohort_dir)

@@ -11,7 +11,6 @@ what the Widget asks of its logic, not the logic itself (``test_module_logic`` d
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import json
 import sys
@@ -21,6 +20,7 @@ from unittest import mock
 
 import pytest
 import slicer
+from test_module_logic import _stub_modules
 
 from HCCTwinLib.clinical import CLINICAL_FIELDS, REQUIRED_FIELDS
 from HCCTwinLib.regimens import DEFAULT_CATALOGUE_PATH
@@ -119,29 +119,8 @@ def _fake_qt() -> types.ModuleType:
 
 
 def _stubs() -> dict[str, types.ModuleType]:
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-    pnw = types.ModuleType("slicer.parameterNodeWrapper")
-
-    class _Validator:
-        def __init__(self, *args):
-            self.args = args
-
-    pnw.Choice, pnw.WithinRange = type("Choice", (_Validator,), {}), type("WithinRange", (_Validator,), {})
-    pnw.parameterNodeWrapper = lambda cls: cls
-    pnw.parameterPack = dataclasses.dataclass  # a pack is a dataclass with parameter-node storage
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class _Base:
-        def __init__(self, *args, **kwargs):
-            pass
-
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
-                 "ScriptedLoadableModuleWidget"):
-        setattr(slm, name, type(name, (_Base,), {}))
-    return {"qt": _fake_qt(), "slicer.i18n": i18n, "slicer.parameterNodeWrapper": pnw,
-            "slicer.ScriptedLoadableModule": slm}
+    """``test_module_logic``'s stubs with the fake ``qt`` the Widget needs."""
+    return {**_stub_modules(), "qt": _fake_qt()}
 
 
 class _Label:

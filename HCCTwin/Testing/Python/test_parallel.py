@@ -92,35 +92,8 @@ def test_feature_table_on_two_workers_equals_the_serial_one(small_cohort, local_
     assert np.isfinite(serial.filter(like="img_").to_numpy(float)).any()
 
 
-def test_segmentation_metrics_on_two_workers_equal_the_serial_ones(small_cohort, local_client, monkeypatch):
-    from HCCTwinLib import parallel
-    from HCCTwinLib.evaluate import evaluate_segmentation
-    from HCCTwinLib.io import read_clinical_table
-
-    ids = read_clinical_table(small_cohort / "clinical.csv")[0]["patient_id"]
-    serial = evaluate_segmentation(small_cohort, ids, 3, "cpu")
-
-    class _Reuse:
-        def __init__(self, spec, workers):
-            pass
-
-        def __enter__(self):
-            return local_client
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(parallel, "client_for", _Reuse)
-    dask_run = evaluate_segmentation(small_cohort, ids, 3, "cpu", scheduler="local", workers=2)
-    assert dask_run["n"] == serial["n"] == 3
-    assert [r["patient_id"] for r in dask_run["per_patient"]] == [r["patient_id"] for r in serial["per_patient"]]
-    for key, value in serial["mean_dice"].items():  # bf16 or fp32 on both sides: the same arithmetic, same Dice
-        assert dask_run["mean_dice"][key] == pytest.approx(value, abs=1e-6) if value is not None else \
-            dask_run["mean_dice"][key] is None
-
-
-# ------------------------------------------------------------------------------------------ predict over a cohort
 def _reuse(local_client):
+    """A stand-in for ``parallel.client_for`` that hands out the test's running 2-worker cluster."""
     class _Reuse:
         def __init__(self, spec, workers):
             pass
@@ -134,6 +107,24 @@ def _reuse(local_client):
     return _Reuse
 
 
+def test_segmentation_metrics_on_two_workers_equal_the_serial_ones(small_cohort, local_client, monkeypatch):
+    from HCCTwinLib import parallel
+    from HCCTwinLib.evaluate import evaluate_segmentation
+    from HCCTwinLib.io import read_clinical_table
+
+    ids = read_clinical_table(small_cohort / "clinical.csv")[0]["patient_id"]
+    serial = evaluate_segmentation(small_cohort, ids, 3, "cpu")
+
+    monkeypatch.setattr(parallel, "client_for", _reuse(local_client))
+    dask_run = evaluate_segmentation(small_cohort, ids, 3, "cpu", scheduler="local", workers=2)
+    assert dask_run["n"] == serial["n"] == 3
+    assert [r["patient_id"] for r in dask_run["per_patient"]] == [r["patient_id"] for r in serial["per_patient"]]
+    for key, value in serial["mean_dice"].items():  # bf16 or fp32 on both sides: the same arithmetic, same Dice
+        assert dask_run["mean_dice"][key] == pytest.approx(value, abs=1e-6) if value is not None else \
+            dask_run["mean_dice"][key] is None
+
+
+# ------------------------------------------------------------------------------------------ predict over a cohort
 def test_predict_over_a_cohort_on_two_workers_equals_the_serial_run(small_cohort, local_client, monkeypatch,
                                                                      tmp_path):
     import json

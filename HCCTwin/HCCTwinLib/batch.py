@@ -29,6 +29,7 @@ from .jsonutil import jsonable
 from .parallel import map_ordered
 from .pipeline import PipelineOptions, run_case, save_result
 from .progress import ProgressCallback
+from .survival_result import SurvivalResult
 
 PREDICTIONS_CSV = "predictions.csv"
 CODES_CSV = "codes.csv"
@@ -48,21 +49,21 @@ def cohort_patients(cohort: Path, max_cases: int | None = None) -> list[str]:
 
 def _row(summary: dict[str, Any]) -> dict[str, Any]:
     """One line of ``predictions.csv`` from a patient's ``result.json``."""
-    surv = summary.get("survival") or {}
-    rec = surv.get("recommendation") or {}
+    surv = SurvivalResult.from_dict(summary.get("survival") or {})
+    rec = surv.recommendation
     vols = summary.get("label_volumes_ml") or {}
     domain = summary.get("domain") or {}
     row: dict[str, Any] = {
         "status": "ok",
         "domain_verdict": domain.get("verdict", ""),
         **{f"{key}_ml": num(value) for key, value in vols.items() if key != "background"},
-        "recommended_regimen": rec.get("regimen", ""),
-        "probability_best": num((rec.get("probability_best") or {}).get(rec.get("regimen"))),
-        "recommendation_withheld": bool(surv.get("recommendation_withheld")),
+        "recommended_regimen": rec.regimen if rec is not None and "regimen" not in rec.absent else "",
+        "probability_best": num(rec.probability_best.get(rec.regimen)) if rec is not None else None,
+        "recommendation_withheld": bool(surv.recommendation_withheld),
     }
-    for regimen, curve in ((surv.get("endpoints") or {}).get("os") or {}).items():
-        row[f"os_median_months_{regimen}"] = num(curve.get("median"))
-        row[f"os_rmst24_months_{regimen}"] = num(curve.get("rmst24"))
+    for regimen, curve in surv.curves("os").items():
+        row[f"os_median_months_{regimen}"] = num(curve.median)
+        row[f"os_rmst24_months_{regimen}"] = num(curve.rmst24)
     return row
 
 

@@ -16,6 +16,7 @@ from . import DISCLAIMER, __version__
 from .errors import HCCTwinError, InputError
 from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS
 from .progress import SubProgress
+from .survival_result import SurvivalResult
 
 _T_START = time.perf_counter()  # `hcctwin view` reports its start-up from here
 
@@ -393,7 +394,8 @@ def cmd_predict(args) -> int:
 
             paths.update({k: str(v) for k, v in write_report(summary, stage, deidentify=args.deidentify).items()})
     paths = relocate_paths(paths, stage, out)
-    shown = {"outputs": paths, "recommendation": result.survival.get("recommendation"), "notes": result.notes}
+    rec = SurvivalResult.from_dict(result.survival).recommendation
+    shown = {"outputs": paths, "recommendation": rec.to_dict() if rec is not None else None, "notes": result.notes}
     if args.deidentify:
         from .report.content import deidentify_summary
 

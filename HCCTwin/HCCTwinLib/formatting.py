@@ -59,11 +59,16 @@ def fmt_ci(estimate: Any, ci: Any, kind: str = "months") -> str:
     return f"{est} ({fmt(lo)}{DASH}{fmt(hi)})"
 
 
-def fmt_median(curve: Mapping) -> str:
+def fmt_median(curve: Any) -> str:
     """A survival curve's median with its interval; a curve that never reaches 0.5 has median "not reached" (NR),
-    and an open upper bound reads NR too."""
-    lo, hi = ci_pair(curve.get("median_ci"))
-    med = num(curve.get("median"))
+    and an open upper bound reads NR too. ``curve``: a :class:`~HCCTwinLib.survival_result.Curve` (or anything with
+    ``median`` and ``median_ci`` attributes) or the curve's dict."""
+    if isinstance(curve, Mapping):
+        median, median_ci = curve.get("median"), curve.get("median_ci")
+    else:
+        median, median_ci = getattr(curve, "median", None), getattr(curve, "median_ci", None)
+    lo, hi = ci_pair(median_ci)
+    med = num(median)
     est = f"{med:.1f}" if med is not None else "NR"
     if num(lo) is None and num(hi) is None:
         return est if med is not None else "not reached"

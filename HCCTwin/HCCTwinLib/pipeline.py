@@ -22,6 +22,7 @@ from .jsonutil import jsonable
 from .labels import LABELS, MAX_LABEL, TUMOR_LABELS
 from .progress import ProgressCallback, SubProgress, report
 from .registration import register_observed
+from .survival_result import SurvivalResult
 
 DEFAULT_WEEKS = (8, 16, 24)
 DEFAULT_REGIMENS = ("tace_pd1_len", "haic_pd1_len", "pd1_tki")
@@ -185,11 +186,12 @@ def withhold_recommendation(result: TwinResult) -> None:
     domain = result.domain
     if domain is None or domain.reliable or not result.survival:
         return
-    rec = result.survival.pop("recommendation", None)
-    result.survival["recommendation_withheld"] = (
+    survival = SurvivalResult.from_dict(result.survival)
+    rec = survival.recommendation
+    result.survival = replace(survival, recommendation=None, recommendation_withheld=(
         "No recommendation: the scan is outside the models' domain, so the imaging results it would rest on are "
-        "unreliable (" + "; ".join(f.message for f in domain.findings if f.severity == "outside") + ")")
-    if rec:
+        "unreliable (" + "; ".join(f.message for f in domain.findings if f.severity == "outside") + ")")).to_dict()
+    if rec is not None and rec.to_dict():
         result.notes.append("Survival: recommendation withheld (domain guard: outside).")
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import DISCLAIMER, __version__
 from ..formatting import fmt, fmt_ci, fmt_median, fmt_pct, num  # noqa: F401 - one formatting for report and scene
+from ..survival_result import Curve, Metastasis, SurvivalResult
 
 DEMO_SENTENCE = ("The shipped demo weights are trained on synthetic (simulated) data only. This report is for "
                  "research use only and must not be used for clinical or treatment decisions.")
@@ -112,23 +113,19 @@ def regimen_info(regimen_ids: Sequence[str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def survival_part(summary: Mapping) -> Mapping:
-    surv = summary.get("survival")
-    return surv if isinstance(surv, Mapping) else {}
+def survival_part(summary: Mapping) -> SurvivalResult:
+    """The survival part of ``summary`` as types (an empty result when there is none or it is not an object)."""
+    return SurvivalResult.from_summary(summary)
 
 
-def curves(summary: Mapping, endpoint: str = "os") -> dict[str, Mapping]:
-    """The endpoint's curves ``{regimen: CURVE}`` that have at least one time point (empty when none)."""
-    endpoints = survival_part(summary).get("endpoints")
-    by_reg = endpoints.get(endpoint) if isinstance(endpoints, Mapping) else None
-    if not isinstance(by_reg, Mapping):
-        return {}
-    return {r: c for r, c in by_reg.items() if isinstance(c, Mapping) and c.get("times")}
+def curves(summary: Mapping, endpoint: str = "os") -> dict[str, Curve]:
+    """The endpoint's curves ``{regimen: Curve}`` that have at least one time point (empty when none)."""
+    return survival_part(summary).curves(endpoint, with_points=True)
 
 
 def all_notes(summary: Mapping) -> list[str]:
     notes = [str(n) for n in summary.get("notes") or []]
-    notes += [str(n) for n in survival_part(summary).get("notes") or [] if str(n) not in notes]
+    notes += [str(n) for n in survival_part(summary).notes if str(n) not in notes]
     return notes
 
 
@@ -139,6 +136,11 @@ def reason(summary: Mapping, *keywords: str, default: str) -> str:
         if any(k.lower() in low for k in keywords):
             return note
     return default
+
+
+def _endpoint_key(endpoint: Any) -> str:
+    """The recommendation's endpoint as a key of :data:`ENDPOINT_NAMES` ("os" when it does not say)."""
+    return "os" if endpoint is None else str(endpoint)
 
 
 def regimen_order(summary: Mapping) -> list[str]:
@@ -246,7 +248,7 @@ def header_section(summary: Mapping, date: str | None = None) -> Section:
         ["Modality / phases", f"{summary.get('modality') or 'n/a'} / {scalar_text(summary.get('phases') or 'n/a')}"],
         ["Regimens evaluated", scalar_text([regimen_info([r])[r]["name"] for r in regimen_order(summary)] or "n/a")],
         ["Time points (weeks)", scalar_text(summary.get("weeks") or "n/a")],
-        ["Survival model", str(surv.get("model") or "n/a")],
+        ["Survival model", str(surv.model or "n/a")],
     ]
     return Section("header", "Patient and run", [Block("table", header=["Item", "Value"], rows=rows)])
 
@@ -361,25 +363,23 @@ def _response_text(by_week: Any) -> str:
     return "; ".join(parts) or "n/a"
 
 
-def horizon_of(meta: Mapping) -> int:
-    return int(num(meta.get("horizon_months")) or 24)
+def horizon_of(meta: Metastasis) -> int:
+    return int(num(meta.horizon_months) or 24)
 
 
 def metastasis_by_regimen(summary: Mapping) -> tuple[dict[str, str], str | None]:
     """Per-regimen metastasis risk text, and the patient-level one (the schema's single estimate) when given."""
-    meta = survival_part(summary).get("metastasis")
-    if not isinstance(meta, Mapping):
+    meta = survival_part(summary).metastasis
+    if meta is None:
         return {}, None
     horizon = horizon_of(meta)
     per: dict[str, str] = {}
-    by_reg = meta.get("by_regimen")
-    if isinstance(by_reg, Mapping):
-        for rid, m in by_reg.items():
-            if isinstance(m, Mapping):
-                per[rid] = f"{fmt_ci(m.get('risk'), [m.get('lower'), m.get('upper')], 'pct')} at {horizon} mo"
+    for rid, m in (meta.by_regimen or {}).items():
+        if isinstance(m, Mapping):
+            per[rid] = f"{fmt_ci(m.get('risk'), [m.get('lower'), m.get('upper')], 'pct')} at {horizon} mo"
     overall = None
-    if "risk" in meta:
-        overall = f"{fmt_ci(meta.get('risk'), [meta.get('lower'), meta.get('upper')], 'pct')} at {horizon} mo"
+    if meta.has_risk:
+        overall = f"{fmt_ci(meta.risk, [meta.lower, meta.upper], 'pct')} at {horizon} mo"
     return per, overall
 
 
@@ -401,17 +401,17 @@ def survival_section(summary: Mapping, info: Mapping, plots: Mapping[str, str]) 
         rows.append([
             info[rid]["name"],
             fmt_median(os_c) if os_c else "n/a",
-            fmt_ci(os_c.get("s12"), os_c.get("s12_ci"), "pct") if os_c else "n/a",
-            fmt_ci(os_c.get("s24"), os_c.get("s24_ci"), "pct") if os_c else "n/a",
-            fmt_ci(os_c.get("rmst24"), os_c.get("rmst24_ci")) if os_c else "n/a",
+            fmt_ci(os_c.s12, os_c.s12_ci, "pct") if os_c else "n/a",
+            fmt_ci(os_c.s24, os_c.s24_ci, "pct") if os_c else "n/a",
+            fmt_ci(os_c.rmst24, os_c.rmst24_ci) if os_c else "n/a",
             fmt_median(pfs_c) if pfs_c else "n/a",
             _response_text(response.get(rid)),
             meta_per.get(rid) or (f"{meta_all} (patient-level)" if meta_all else "n/a"),
         ])
         keys.append(rid)
     sec.blocks.append(Block("table", header=header, rows=rows, row_keys=keys))
-    methods = sorted({str(c.get("interval_method")) for c in [*os_curves.values(), *pfs_curves.values()]
-                      if c.get("interval_method")})
+    methods = sorted({str(c.interval_method) for c in [*os_curves.values(), *pfs_curves.values()]
+                      if c.interval_method})
     if methods:
         sec.blocks.append(Block("text", text=f"Intervals: {', '.join(methods)}. NR: not reached within follow-up."))
     if not response:
@@ -422,21 +422,19 @@ def survival_section(summary: Mapping, info: Mapping, plots: Mapping[str, str]) 
 
 def benefit_section(summary: Mapping, info: Mapping) -> Section:
     sec = Section("benefit", "Treatment benefit: RMST-24 differences")
-    diffs = survival_part(summary).get("rmst24_differences")
-    if not isinstance(diffs, list) or not diffs:
+    diffs = survival_part(summary).rmst24_differences
+    if not diffs:
         sec.blocks.append(_na(reason(summary, "rmst", "benefit", "surviv",
                                      default="no between-regimen comparison in this result.")))
         return sec
     rows = []
     for d in diffs:
-        if not isinstance(d, Mapping):
-            continue
-        a, b = str(d.get("regimen_a")), str(d.get("regimen_b"))
+        a, b = str(d.regimen_a), str(d.regimen_b)
         na, nb = (info.get(r, {}).get("short_name", r) for r in (a, b))
-        tau = fmt(d.get("tau_months"), 0)
-        diff = fmt_ci(d.get("estimate"), [d.get("lower"), d.get("upper")])
+        tau = fmt(d.tau_months, 0)
+        diff = fmt_ci(d.estimate, [d.lower, d.upper])
         rows.append([f"{na} vs {nb}", diff if diff == "n/a" else f"{diff} mo",
-                     tau, fmt_pct(d.get("prob_a_better"))])
+                     tau, fmt_pct(d.prob_a_better)])
     sec.blocks.append(Block("table", header=["Comparison (A vs B)", "RMST difference A - B (95% CI)",
                                              "Horizon (mo)", "P(A better)"], rows=rows))
     sec.blocks.append(Block("text", text="A positive difference means more months alive within the horizon "
@@ -446,23 +444,23 @@ def benefit_section(summary: Mapping, info: Mapping) -> Section:
 
 def recommendation_section(summary: Mapping, info: Mapping) -> Section:
     sec = Section("recommendation", "Model recommendation")
-    rec = survival_part(summary).get("recommendation")
-    withheld = survival_part(summary).get("recommendation_withheld")
+    surv = survival_part(summary)
+    rec, withheld = surv.recommendation, surv.recommendation_withheld
     if withheld:
         sec.blocks.append(Block("warning", text=str(withheld)))
         return sec
-    if not isinstance(rec, Mapping) or not rec.get("regimen"):
+    if rec is None or not rec.regimen:
         sec.blocks.append(_na(reason(summary, "recommend", "surviv",
                                      default="no recommendation in this result.")))
         return sec
-    rid = str(rec["regimen"])
-    probs = rec.get("probability_best") if isinstance(rec.get("probability_best"), Mapping) else {}
-    endpoint = ENDPOINT_NAMES.get(str(rec.get("endpoint", "os")), str(rec.get("endpoint")))
-    scope = "eligible regimens only" if rec.get("eligible_only") else "all regimens"
+    rid = str(rec.regimen)
+    probs = rec.probability_best
+    endpoint = ENDPOINT_NAMES.get(_endpoint_key(rec.endpoint), str(rec.endpoint))
+    scope = "eligible regimens only" if rec.eligible_only else "all regimens"
     name = info.get(rid, {}).get("name", rid)
     sec.blocks.append(Block("text", text=(
         f"{name}: probability {fmt_pct(probs.get(rid))} of giving the longest restricted mean "
-        f"{endpoint.lower()} over {fmt(rec.get('tau_months'), 0)} months ({scope}). A model estimate to inform "
+        f"{endpoint.lower()} over {fmt(rec.tau_months, 0)} months ({scope}). A model estimate to inform "
         f"discussion, not a treatment decision.")))
     if probs:
         order = sorted(probs, key=lambda r: -(num(probs[r]) or 0))
@@ -474,8 +472,8 @@ def recommendation_section(summary: Mapping, info: Mapping) -> Section:
 
 def metastasis_section(summary: Mapping) -> Section:
     sec = Section("metastasis", "Distant metastasis risk")
-    meta = survival_part(summary).get("metastasis")
-    if not isinstance(meta, Mapping):
+    meta = survival_part(summary).metastasis
+    if meta is None:
         sec.blocks.append(_na(reason(summary, "metasta", default="no metastasis model ran for this result.")))
         return sec
     per, overall = metastasis_by_regimen(summary)
@@ -483,14 +481,14 @@ def metastasis_section(summary: Mapping) -> Section:
         sec.blocks.append(Block("text", text=f"Risk of distant metastasis: {overall}."))
     for rid, text in per.items():
         sec.blocks.append(Block("text", text=f"{rid}: {text}"))
-    competing = meta.get("competing_risk")
-    if isinstance(competing, Mapping) and competing.get("cumulative_incidence") is not None:
+    competing = meta.competing_risk
+    if competing is not None and competing.get("cumulative_incidence") is not None:
         sec.blocks.append(Block("text", text=(
             f"Cumulative incidence of distant metastasis by {fmt(competing.get('horizon_months'), 0)} mo with death "
             f"as a competing risk: {fmt_pct(competing.get('cumulative_incidence'))} (cause-specific Cox models; the "
             f"risk above counts only patients whose 2-year status is known, so it is higher when many die first).")))
-    landmark = meta.get("landmark")
-    if isinstance(landmark, Mapping) and landmark:
+    landmark = meta.landmark
+    if landmark:
         rows = [[str(k), str(m.get("source", "")),
                  fmt_ci(m.get("risk"), [m.get("lower"), m.get("upper")], "pct")]
                 for k, m in sorted(landmark.items()) if isinstance(m, Mapping)]
@@ -498,8 +496,8 @@ def metastasis_section(summary: Mapping) -> Section:
                                              "free of distant metastasis at that time point):"))
         sec.blocks.append(Block("table", header=["Time point", "Follow-up", f"Risk at {horizon_of(meta)} mo"],
                                 rows=rows))
-    points = meta.get("points")
-    if isinstance(points, Mapping) and points:
+    points = meta.points
+    if points:
         sec.blocks.append(Block("table", header=["Nomogram feature", "Points"],
                                 rows=[[str(k), fmt(v)] for k, v in points.items()]))
     return sec
@@ -508,8 +506,8 @@ def metastasis_section(summary: Mapping) -> Section:
 def landmark_section(summary: Mapping, info: Mapping, plots: Mapping[str, str]) -> Section | None:
     """The dynamic (landmark) risk: the curves as a plot and their medians per time point as a table (never the
     arrays themselves)."""
-    landmark = survival_part(summary).get("landmark")
-    if not isinstance(landmark, Mapping) or not landmark:
+    landmark = survival_part(summary).landmark
+    if not landmark:
         return None
     sec = Section("landmark", "Dynamic (landmark) risk")
     if plots.get("landmark"):
@@ -561,7 +559,7 @@ def provenance_section(summary: Mapping) -> Section:
     if isinstance(prov, Mapping) and prov:
         sec.blocks.append(Block("table", header=["Step", "Model / source"],
                                 rows=[[str(k), scalar_text(v)] for k, v in prov.items()]))
-    surv_model = survival_part(summary).get("model")
+    surv_model = survival_part(summary).model
     if surv_model:
         sec.blocks.append(Block("text", text=f"Survival model: {surv_model}"))
     models = summary.get("models")
@@ -604,34 +602,34 @@ def decision_lines(summary: Mapping, info: Mapping) -> list[Block]:
     """The recommendation (or why it is withheld) with its probability, and the RMST-24 differences of the
     recommended regimen against each other one: the sentences a board reads first."""
     surv = survival_part(summary)
-    withheld = surv.get("recommendation_withheld")
+    withheld = surv.recommendation_withheld
     if withheld:
         return [Block("warning", text=f"Recommendation withheld: {withheld}")]
-    rec = surv.get("recommendation")
-    if not isinstance(rec, Mapping) or not rec.get("regimen"):
+    rec = surv.recommendation
+    if rec is None or not rec.regimen:
         return [_na(reason(summary, "recommend", "surviv", default="no recommendation in this result."))]
-    rid = str(rec["regimen"])
-    probs = rec.get("probability_best") if isinstance(rec.get("probability_best"), Mapping) else {}
-    endpoint = ENDPOINT_NAMES.get(str(rec.get("endpoint", "os")), str(rec.get("endpoint"))).lower()
-    tau = fmt(rec.get("tau_months"), 0)
+    rid = str(rec.regimen)
+    probs = rec.probability_best
+    endpoint = ENDPOINT_NAMES.get(_endpoint_key(rec.endpoint), str(rec.endpoint)).lower()
+    tau = fmt(rec.tau_months, 0)
     blocks = [Block("text", text=(
         f"Model recommendation: {info.get(rid, {}).get('name', rid)} — probability {fmt_pct(probs.get(rid))} that it "
         f"gives the longest restricted mean {endpoint} over {tau} months "
-        f"({'eligible regimens only' if rec.get('eligible_only') else 'all regimens'}). A model estimate to inform "
+        f"({'eligible regimens only' if rec.eligible_only else 'all regimens'}). A model estimate to inform "
         f"the discussion, not a treatment decision."))]
     items = []
-    for d in surv.get("rmst24_differences") or []:
-        if not isinstance(d, Mapping) or rid not in (d.get("regimen_a"), d.get("regimen_b")):
+    for d in surv.rmst24_differences:
+        if rid not in (d.regimen_a, d.regimen_b):
             continue
-        sign = 1.0 if d.get("regimen_a") == rid else -1.0
-        other = d.get("regimen_b") if sign > 0 else d.get("regimen_a")
-        est, lo, hi = (num(d.get(k)) for k in ("estimate", "lower", "upper"))
+        sign = 1.0 if d.regimen_a == rid else -1.0
+        other = d.regimen_b if sign > 0 else d.regimen_a
+        est, lo, hi = num(d.estimate), num(d.lower), num(d.upper)
         if est is None:
             continue
         bounds = sorted(sign * x for x in (lo, hi) if x is not None)
         ci = f" (95% CI {bounds[0]:+.1f} to {bounds[1]:+.1f})" if len(bounds) == 2 else ""
         items.append(f"vs {info.get(other, {}).get('name', other)}: {sign * est:+.1f} months alive within "
-                     f"{fmt(d.get('tau_months'), 0)} months{ci}")
+                     f"{fmt(d.tau_months, 0)} months{ci}")
     if items:
         blocks.append(Block("text", text=f"RMST-24 difference, {info.get(rid, {}).get('short_name', rid)} minus:"))
         blocks.append(Block("list", items=items))
@@ -663,17 +661,16 @@ def summary_section(summary: Mapping, info: Mapping, plots: Mapping[str, str], k
     sec.blocks += decision_lines(summary, info)
     os_curves, pfs_curves = curves(summary, "os"), curves(summary, "pfs")
     response = summary.get("response") if isinstance(summary.get("response"), Mapping) else {}
-    rec = survival_part(summary).get("recommendation")
-    probs = rec.get("probability_best") if isinstance(rec, Mapping) and isinstance(rec.get("probability_best"),
-                                                                                   Mapping) else {}
+    rec = survival_part(summary).recommendation
+    probs = rec.probability_best if rec is not None else {}
     rows, keys = [], []
     for rid in regimen_order(summary):
         os_c, pfs_c = os_curves.get(rid), pfs_curves.get(rid)
         if rid == "observed" or not (os_c or pfs_c or rid in response):
             continue
         rows.append([info[rid]["name"], fmt_median(os_c) if os_c else "n/a",
-                     fmt_ci(os_c.get("s12"), os_c.get("s12_ci"), "pct") if os_c else "n/a",
-                     fmt_ci(os_c.get("s24"), os_c.get("s24_ci"), "pct") if os_c else "n/a",
+                     fmt_ci(os_c.s12, os_c.s12_ci, "pct") if os_c else "n/a",
+                     fmt_ci(os_c.s24, os_c.s24_ci, "pct") if os_c else "n/a",
                      fmt_median(pfs_c) if pfs_c else "n/a", _last_response(response.get(rid)),
                      fmt_pct(probs.get(rid)) if rid in probs else "n/a"])
         keys.append(rid)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..labels import lesion_focus
+from ..survival_result import SurvivalResult
 from .content import num, regimen_info
 
 KEY_IMAGE = "key_image.png"
@@ -119,9 +120,8 @@ def landmark_figure(summary: Mapping, *, figsize=(8.0, 4.6)):
 
     from .plots import LINE_STYLES
 
-    surv = summary.get("survival") if isinstance(summary.get("survival"), Mapping) else {}
-    landmark = surv.get("landmark") if isinstance(surv, Mapping) else None
-    if not isinstance(landmark, Mapping) or not landmark:
+    landmark = SurvivalResult.from_summary(summary).landmark
+    if not landmark:
         return None
     order = [r for r in summary.get("regimens") or [] if r in landmark] + [
         r for r in landmark if r not in (summary.get("regimens") or [])]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..survival_result import Curve
 from .content import ENDPOINT_NAMES, curves, disclaimer_text, num, reason, regimen_info, survival_part
 
 X_MAX_MONTHS = 36.0
@@ -17,12 +18,12 @@ def _array(values) -> np.ndarray:
     return np.array([np.nan if num(v) is None else float(v) for v in values or []], dtype=float)
 
 
-def _curve_arrays(curve: Mapping) -> tuple[np.ndarray, ...]:
+def _curve_arrays(curve: Curve) -> tuple[np.ndarray, ...]:
     """Times, survival, lower, upper as float arrays (NaN for nulls), starting at t = 0 with S = 1."""
-    t, s = _array(curve.get("times")), _array(curve.get("survival"))
+    t, s = _array(curve.times), _array(curve.survival)
     n = min(len(t), len(s))
     t, s = t[:n], s[:n]
-    lo, hi = _array(curve.get("lower"))[:n], _array(curve.get("upper"))[:n]
+    lo, hi = _array(curve.lower)[:n], _array(curve.upper)[:n]
     if len(lo) != n:
         lo = np.full(n, np.nan)
     if len(hi) != n:
@@ -58,7 +59,7 @@ def survival_figure(summary: Mapping, endpoint: str = "os", *, figsize=(8.0, 5.2
         curve = by_reg[rid]
         t, s, lo, hi = _curve_arrays(curve)
         color = info[rid]["color"]
-        med = num(curve.get("median"))
+        med = num(curve.median)
         median_text = f"{med:.1f} mo" if med is not None else "not reached"
         label = "\n".join(textwrap.wrap(info[rid]["name"], 30)) + f"\nmedian {median_text}"
         band = np.isfinite(lo) & np.isfinite(hi)
@@ -79,7 +80,7 @@ def survival_figure(summary: Mapping, endpoint: str = "os", *, figsize=(8.0, 5.2
     ax.set_xlabel("Months since start of treatment")
     ax.set_ylabel(f"{name} probability")
     ax.grid(True, color="#dddddd", linewidth=0.6)
-    model = survival_part(summary).get("model")
+    model = survival_part(summary).model
     title = f"{name} by regimen"
     ax.set_title(title + (f"\n{model}" if model else ""), fontsize=11)
     if order:

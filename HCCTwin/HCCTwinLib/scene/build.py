@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..formatting import fmt_ci, fmt_median, num
+from ..survival_result import Metastasis, SurvivalResult
 from . import layout as L
 from .nodes import (
     NODE_ATTRIBUTE,
@@ -201,40 +202,39 @@ def survival_table_columns(result, regimens: Sequence[str] | None = None) -> dic
     """
     regimens = list(result.regimens if regimens is None else regimens)
     catalogue = _catalogue()
-    survival = result.survival or {}
-    endpoints = survival.get("endpoints") or {}
-    os_curves, pfs_curves = endpoints.get("os") or {}, endpoints.get("pfs") or {}
-    rec = survival.get("recommendation") or {}
-    p_best = rec.get("probability_best") or {}
-    chosen = rec.get("chosen_among")
-    meta = survival.get("metastasis") if isinstance(survival.get("metastasis"), Mapping) else None
+    survival = SurvivalResult.of(result.survival)
+    os_curves, pfs_curves = survival.curves("os"), survival.curves("pfs")
+    rec = survival.recommendation
+    p_best = rec.probability_best if rec is not None else {}
+    chosen = rec.chosen_among if rec is not None else None
+    meta = survival.metastasis
     weeks = response_weeks(result, regimens)
     cols: dict[str, list] = {COL_REGIMEN: [], COL_REGIMEN_ID: [], COL_MEDIAN_OS: [], COL_MEDIAN_PFS: [], COL_OS12: [],
                              COL_OS24: [], COL_RMST24: []}
     for w in weeks:
         cols[f"mRECIST w{w:02d}"] = []
     metastasis_col = COL_METASTASIS
-    if meta is not None and num(meta.get("horizon_months")) is not None:
-        metastasis_col = f"Metastasis risk {num(meta['horizon_months']):g} mo (95% CI)"
+    if meta is not None and num(meta.horizon_months) is not None:
+        metastasis_col = f"Metastasis risk {num(meta.horizon_months):g} mo (95% CI)"
     cols[metastasis_col] = []
     cols[COL_P_BEST] = []
     cols[COL_RECOMMENDATION] = []
     for r in regimens:
         cols[COL_REGIMEN].append(regimen_label(r, catalogue))
         cols[COL_REGIMEN_ID].append(r)
-        o, p = os_curves.get(r) or {}, pfs_curves.get(r) or {}
-        cols[COL_MEDIAN_OS].append(fmt_median(o) if o.get("survival") else "n/a")
-        cols[COL_MEDIAN_PFS].append(fmt_median(p) if p.get("survival") else "n/a")
-        cols[COL_OS12].append(fmt_ci(o.get("s12"), o.get("s12_ci"), "pct"))
-        cols[COL_OS24].append(fmt_ci(o.get("s24"), o.get("s24_ci"), "pct"))
-        cols[COL_RMST24].append(fmt_ci(o.get("rmst24"), o.get("rmst24_ci")) if o else "n/a")
+        o, p = os_curves.get(r), pfs_curves.get(r)
+        cols[COL_MEDIAN_OS].append(fmt_median(o) if o is not None and o.survival else "n/a")
+        cols[COL_MEDIAN_PFS].append(fmt_median(p) if p is not None and p.survival else "n/a")
+        cols[COL_OS12].append(fmt_ci(o.s12, o.s12_ci, "pct") if o is not None else "n/a")
+        cols[COL_OS24].append(fmt_ci(o.s24, o.s24_ci, "pct") if o is not None else "n/a")
+        cols[COL_RMST24].append(fmt_ci(o.rmst24, o.rmst24_ci) if o is not None else "n/a")
         by_week = result.response.get(r) or {}
         for w in weeks:
             reading = by_week.get(f"w{w:02d}")
             cols[f"mRECIST w{w:02d}"].append((reading or {}).get("mrecist") or "n/a")
         cols[metastasis_col].append(_metastasis_text(meta, r, catalogue))
         cols[COL_P_BEST].append(float(p_best[r]) if num(p_best.get(r)) is not None else float("nan"))
-        if rec.get("regimen") == r:
+        if rec is not None and rec.regimen == r:
             cols[COL_RECOMMENDATION].append("recommended")
         elif chosen is not None and r not in chosen and r in os_curves:
             cols[COL_RECOMMENDATION].append("not eligible (see warnings)")
@@ -243,18 +243,18 @@ def survival_table_columns(result, regimens: Sequence[str] | None = None) -> dic
     return cols
 
 
-def _metastasis_text(meta: Mapping | None, regimen: str, catalogue: Mapping) -> str:
+def _metastasis_text(meta: Metastasis | None, regimen: str, catalogue: Mapping) -> str:
     if meta is None:
         return "n/a"
-    by_regimen = meta.get("by_regimen")
-    if isinstance(by_regimen, Mapping) and isinstance(by_regimen.get(regimen), Mapping):
+    by_regimen = meta.by_regimen
+    if by_regimen is not None and isinstance(by_regimen.get(regimen), Mapping):
         m = by_regimen[regimen]
         return fmt_ci(m.get("risk"), [m.get("lower"), m.get("upper")], "pct")
-    applies = meta.get("applies_to") or METASTASIS_DEFAULT_REGIMEN
+    applies = meta.applies_to or METASTASIS_DEFAULT_REGIMEN
     if regimen == applies:
-        text = fmt_ci(meta.get("risk"), [meta.get("lower"), meta.get("upper")], "pct")
-        landmark = meta.get("landmark")
-        if isinstance(landmark, Mapping) and landmark:  # the latest update from the (virtual or real) follow-up
+        text = fmt_ci(meta.risk, [meta.lower, meta.upper], "pct")
+        landmark = meta.landmark
+        if landmark:  # the latest update from the (virtual or real) follow-up
             key = max(landmark)
             m = landmark[key]
             text += (f"; {key} ({m.get('source', 'virtual')}): "
@@ -271,16 +271,16 @@ def survival_series(result, regimens: Sequence[str], endpoint: str = "os") -> li
     """Plot series (see :func:`~HCCTwinLib.scene.nodes.add_plot`) of ``endpoint`` for the regimens that have a curve:
     the step curve and its 95% band, named by the regimen's short name and coloured by the catalogue."""
     catalogue = _catalogue()
-    curves = ((result.survival or {}).get("endpoints") or {}).get(endpoint) or {}
+    curves = SurvivalResult.of(result.survival).curves(endpoint)
     out = []
     for r in regimens:
         curve = curves.get(r)
-        if not curve or not curve.get("times"):
+        if curve is None or not curve.has_points:
             continue
-        spec = {"x": _floats(curve["times"]), "y": _floats(curve["survival"]), "name": regimen_label(r, catalogue),
+        spec = {"x": _floats(curve.times), "y": _floats(curve.survival), "name": regimen_label(r, catalogue),
                 "color": regimen_color(r, catalogue), "step": True, "regimen": r}
         for key in ("lower", "upper"):
-            band = _floats(curve.get(key))
+            band = _floats(getattr(curve, key))
             if band.shape == spec["x"].shape and np.isfinite(band).any():
                 spec[key] = band
         out.append(spec)

@@ -15,12 +15,14 @@ the checks compare the scene with whatever ``result`` holds.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
 from ..cases import Case
 from ..formatting import fmt_ci, fmt_median
 from ..labels import LABEL_BY_VALUE
+from ..survival_result import Curve, Metastasis, Recommendation, SurvivalResult
 from . import build as B
 from . import layout as L
 from .build import SceneNodes, show_result, update_selection
@@ -161,11 +163,11 @@ def _curve_series(chart) -> list:
 def check_survival_charts(scene, result, ids: SceneNodes) -> None:
     """One solid step curve per chosen regimen with a curve, in the catalogue colour, with its 95% band series, and
     the data equal to ``result.survival``; the plot view shows the chart of ``ids.endpoint``."""
-    endpoints = (result.survival or {}).get("endpoints") or {}
+    survival = SurvivalResult.of(result.survival)
     for endpoint in B.ENDPOINTS:
         chart = scene.GetNodeByID(ids.charts.get(endpoint) or "")
         assert chart is not None, f"no {endpoint} chart"
-        curves = endpoints.get(endpoint) or {}
+        curves = survival.curves(endpoint)
         expected = [r for r in ids.regimens_shown if r in curves]
         names = [s.GetName() for s in _curve_series(chart)]
         assert names == [B.regimen_label(r) for r in expected], f"{endpoint}: curves {names}, regimens {expected}"
@@ -175,12 +177,12 @@ def check_survival_charts(scene, result, ids: SceneNodes) -> None:
             curve = curves[r]
             data = table_to_dict(series.GetTableNode())
             steps_y = data["y"][::2]  # post-step polyline: every other point is a curve value
-            assert np.allclose(steps_y, np.asarray(curve["survival"], float), equal_nan=True), f"{endpoint} {r} y"
-            assert np.allclose(data["x"][::2], np.asarray(curve["times"], float)), f"{endpoint} {r} x"
+            assert np.allclose(steps_y, np.asarray(curve.survival, float), equal_nan=True), f"{endpoint} {r} y"
+            assert np.allclose(data["x"][::2], np.asarray(curve.times, float)), f"{endpoint} {r} x"
             color = B.regimen_color(r)
             if color is not None:
                 assert np.allclose(series.GetColor(), color, atol=1e-6), f"{endpoint} {r}: not the catalogue colour"
-            if curve.get("lower") is not None and any(v is not None for v in curve["lower"]):
+            if any(v is not None for v in curve.lower):
                 bands = [s for s in plot_series_nodes(chart) if s.GetName() in (f"{series.GetName()} lower",
                                                                                 f"{series.GetName()} upper")]
                 assert len(bands) == 2, f"{endpoint} {r}: no 95% band"
@@ -199,27 +201,27 @@ def check_survival_table(scene, result, ids: SceneNodes) -> None:
     marked, metastasis risk only for the regimen its model is for."""
     table = table_to_dict(scene.GetNodeByID(ids.survival_table))
     assert table[B.COL_REGIMEN_ID] == ids.regimens_shown, f"rows {table[B.COL_REGIMEN_ID]}"
-    survival = result.survival or {}
-    os_curves = (survival.get("endpoints") or {}).get("os") or {}
-    rec = survival.get("recommendation") or {}
+    survival = SurvivalResult.of(result.survival)
+    os_curves = survival.curves("os")
+    recommended = survival.recommendation.regimen if survival.recommendation is not None else None
     for n, r in enumerate(ids.regimens_shown):
         curve = os_curves.get(r)
-        if curve:
+        if curve is not None:
             assert table[B.COL_MEDIAN_OS][n] == fmt_median(curve), f"{r}: median OS"
-            assert table[B.COL_OS12][n] == fmt_ci(curve.get("s12"), curve.get("s12_ci"), "pct"), f"{r}: 1-year OS"
-            assert table[B.COL_OS24][n] == fmt_ci(curve.get("s24"), curve.get("s24_ci"), "pct"), f"{r}: 2-year OS"
-            assert table[B.COL_RMST24][n] == fmt_ci(curve.get("rmst24"), curve.get("rmst24_ci")), f"{r}: RMST"
-        p = (rec.get("probability_best") or {}).get(r)
+            assert table[B.COL_OS12][n] == fmt_ci(curve.s12, curve.s12_ci, "pct"), f"{r}: 1-year OS"
+            assert table[B.COL_OS24][n] == fmt_ci(curve.s24, curve.s24_ci, "pct"), f"{r}: 2-year OS"
+            assert table[B.COL_RMST24][n] == fmt_ci(curve.rmst24, curve.rmst24_ci), f"{r}: RMST"
+        p = survival.probability_best(r)
         got = table[B.COL_P_BEST][n]
         assert (p is None and np.isnan(got)) or abs(got - float(p)) < 1e-12, f"{r}: probability best {got} vs {p}"
-        assert (table[B.COL_RECOMMENDATION][n] == "recommended") == (rec.get("regimen") == r), f"{r}: recommendation"
+        assert (table[B.COL_RECOMMENDATION][n] == "recommended") == (recommended == r), f"{r}: recommendation"
         for key, reading in (result.response.get(r) or {}).items():
             if isinstance(reading, dict) and f"mRECIST {key}" in table:
                 assert table[f"mRECIST {key}"][n] == (reading.get("mrecist") or "n/a"), f"{r} {key}: mRECIST"
-    meta = survival.get("metastasis")
-    if isinstance(meta, dict) and "risk" in meta and "by_regimen" not in meta:
+    meta = survival.metastasis
+    if meta is not None and meta.has_risk and meta.by_regimen is None:
         column = next(c for c in table if c.startswith("Metastasis risk"))
-        applies = meta.get("applies_to") or B.METASTASIS_DEFAULT_REGIMEN
+        applies = meta.applies_to or B.METASTASIS_DEFAULT_REGIMEN
         for n, r in enumerate(ids.regimens_shown):
             text = table[column][n]
             assert (r == applies) == (not text.startswith("n/a")), f"{r}: metastasis risk {text!r}"
@@ -333,7 +335,7 @@ def synthetic_survival(regimens, *, seed: int = 0, times=None, pfs: bool = True,
     Test data only: no model is involved."""
     rng = np.random.default_rng(seed)
     times = np.arange(0.0, 61.0, 1.0) if times is None else np.asarray(times, float)
-    endpoints: dict[str, dict] = {"os": {}, "pfs": {}} if pfs else {"os": {}}
+    endpoints: dict[str, dict[str, Curve]] = {"os": {}, "pfs": {}} if pfs else {"os": {}}
     scales = {r: 14.0 + 9.0 * n + float(rng.uniform(0, 3)) for n, r in enumerate(regimens)}
     for endpoint in endpoints:
         for r in regimens:
@@ -344,47 +346,46 @@ def synthetic_survival(regimens, *, seed: int = 0, times=None, pfs: bool = True,
                 return float(np.exp(-t / lam))
 
             rmst = lam * (1 - np.exp(-24.0 / lam))
-            endpoints[endpoint][r] = {
-                "times": times.tolist(), "survival": s.tolist(), "lower": (s ** 1.25).tolist(),
-                "upper": (s ** 0.8).tolist(), "median": lam * np.log(2), "median_ci": [0.8 * lam * np.log(2),
-                                                                                      1.25 * lam * np.log(2)],
-                "s12": at(12), "s12_ci": [at(12) ** 1.25, at(12) ** 0.8], "s24": at(24),
-                "s24_ci": [at(24) ** 1.25, at(24) ** 0.8], "rmst24": float(rmst),
-                "rmst24_ci": [float(0.9 * rmst), float(min(24.0, 1.1 * rmst))]}
-    best = max(regimens, key=lambda r: endpoints["os"][r]["rmst24"])
-    weights = np.array([endpoints["os"][r]["rmst24"] ** 4 for r in regimens])
+            endpoints[endpoint][r] = Curve(
+                regimen=r, times=tuple(times.tolist()), survival=tuple(s.tolist()),
+                lower=tuple((s ** 1.25).tolist()), upper=tuple((s ** 0.8).tolist()), median=lam * np.log(2),
+                median_ci=(0.8 * lam * np.log(2), 1.25 * lam * np.log(2)), s12=at(12),
+                s12_ci=(at(12) ** 1.25, at(12) ** 0.8), s24=at(24), s24_ci=(at(24) ** 1.25, at(24) ** 0.8),
+                rmst24=float(rmst), rmst24_ci=(float(0.9 * rmst), float(min(24.0, 1.1 * rmst))),
+                absent=frozenset({"interval_method"}))
+    best = max(regimens, key=lambda r: endpoints["os"][r].rmst24)
+    weights = np.array([endpoints["os"][r].rmst24 ** 4 for r in regimens])
     prob = {r: float(w) for r, w in zip(regimens, weights / weights.sum())}
-    out = {"model": "synthetic (self-test)", "endpoints": endpoints, "rmst24_differences": [],
-           "recommendation": {"regimen": best, "probability_best": prob, "endpoint": "os", "tau_months": 24.0,
-                              "chosen_among": list(regimens)}, "notes": []}
-    if metastasis:
-        out["metastasis"] = {"risk": 0.23, "lower": 0.14, "upper": 0.34, "horizon_months": 24.0,
-                             "applies_to": B.METASTASIS_DEFAULT_REGIMEN}
-    return out
+    out = SurvivalResult(
+        model="synthetic (self-test)", endpoints=endpoints,
+        recommendation=Recommendation(regimen=best, probability_best=prob, endpoint="os", tau_months=24.0,
+                                      chosen_among=tuple(regimens), absent=frozenset({"eligible_only"})),
+        metastasis=Metastasis(risk=0.23, lower=0.14, upper=0.34, horizon_months=24.0,
+                              applies_to=B.METASTASIS_DEFAULT_REGIMEN) if metastasis else None)
+    return out.to_dict()
 
 
 def subset_survival(survival: dict, regimens) -> dict:
     """``survival`` restricted to ``regimens`` (recommendation among them, probabilities renormalised): what a new
     selection gives when no survival engine is installed (self-test / tests only)."""
-    if not survival:
+    surv = SurvivalResult.of(survival)
+    if surv.empty:
         return {}
     regimens = list(regimens)
-    out = dict(survival)
-    out["endpoints"] = {e: {r: c for r, c in curves.items() if r in regimens}
-                        for e, curves in (survival.get("endpoints") or {}).items()}
-    rec = dict(survival.get("recommendation") or {})
-    prob = {r: p for r, p in (rec.get("probability_best") or {}).items() if r in regimens}
+    endpoints = {e: {r: c for r, c in curves.items() if r in regimens} for e, curves in surv.endpoints.items()}
+    rec = surv.recommendation or Recommendation(absent=frozenset({"regimen", "endpoint", "tau_months",
+                                                                  "eligible_only"}))
+    prob = {r: p for r, p in rec.probability_best.items() if r in regimens}
     total = sum(prob.values())
-    rec["probability_best"] = {r: p / total for r, p in prob.items()} if total > 0 else prob
-    rec["chosen_among"] = [r for r in rec.get("chosen_among", regimens) if r in regimens]
-    os_curves = out["endpoints"].get("os") or {}
-    if rec["chosen_among"]:
-        rec["regimen"] = max(rec["chosen_among"], key=lambda r: (rec["probability_best"].get(r, 0.0),
-                                                                 (os_curves.get(r) or {}).get("rmst24") or 0.0))
-    out["recommendation"] = rec
-    out["rmst24_differences"] = [d for d in survival.get("rmst24_differences", [])
-                                 if d.get("regimen_a") in regimens and d.get("regimen_b") in regimens]
-    return out
+    prob = {r: p / total for r, p in prob.items()} if total > 0 else prob
+    chosen = tuple(r for r in (regimens if rec.chosen_among is None else rec.chosen_among) if r in regimens)
+    os_curves = endpoints.get("os") or {}
+    best = rec.regimen
+    if chosen:
+        best = max(chosen, key=lambda r: (prob.get(r, 0.0), (os_curves[r].rmst24 if r in os_curves else None) or 0.0))
+    rec = replace(rec, regimen=best, probability_best=prob, chosen_among=chosen)
+    diffs = tuple(d for d in surv.rmst24_differences if d.regimen_a in regimens and d.regimen_b in regimens)
+    return replace(surv, endpoints=endpoints, recommendation=rec, rmst24_differences=diffs).to_dict()
 
 
 def add_synthetic_outputs(result, *, seed: int = 0, std: bool = True) -> list[str]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..labels import lesion_focus
+from ..survival_result import SurvivalResult
 
 #: the page's slice views, in pixels
 VIEW_HEIGHT = 420
@@ -166,17 +167,17 @@ def _quiet_slice_view(scene, app_logic, name):
     return view
 
 
-def survival_images(folder: ResultFolder) -> dict[str, str]:
+def survival_images(folder: ResultFolder, survival: SurvivalResult | None = None) -> dict[str, str]:
     """``{"os": data URL, "pfs": data URL}``: the PNGs the run wrote, else drawn from result.json ('' when the
-    result has no curves)."""
+    result has no curves). ``survival``: the folder's survival part when already parsed."""
     from ..report.plots import plot_survival
 
+    survival = SurvivalResult.from_summary(folder.summary) if survival is None else survival
     out = {}
     for key, name in (("os", "survival.png"), ("pfs", "survival_pfs.png")):
         path = folder.root / name
         if not path.is_file():
-            curves = ((folder.summary.get("survival") or {}).get("endpoints") or {}).get(key)
-            if not curves:
+            if not survival.curves(key):
                 out[key] = ""
                 continue
             import tempfile
@@ -264,10 +265,10 @@ def build_server(result_dir: str | Path, *, phase: str = "portal", show_patient_
                           if volumes.real_id else "")
     state.virtual_caption = ""
     state.survival_endpoint = "os"
-    state.survival_images = survival_images(folder)
-    table = SimpleNamespace(regimens=folder.regimens, weeks=folder.weeks,
-                            survival=folder.summary.get("survival") or {}, response=folder.summary.get("response")
-                            or {})
+    survival = SurvivalResult.from_summary(folder.summary)
+    state.survival_images = survival_images(folder, survival)
+    table = SimpleNamespace(regimens=folder.regimens, weeks=folder.weeks, survival=survival,
+                            response=folder.summary.get("response") or {})
     columns = survival_table_columns(table, folder.regimens)
     keys = [k for k in columns if k != "Regimen ID"]
     state.table_headers = [{"title": k, "key": f"c{i}"} for i, k in enumerate(keys)]

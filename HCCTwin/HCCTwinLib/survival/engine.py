@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ import pandas as pd
 from ..errors import InputError
 from ..jsonutil import jsonable
 from ..progress import ProgressCallback, SubProgress, report
+from ..survival_result import Curve, Metastasis, Recommendation, RmstDifference, SurvivalResult
 from ..weights.cache import model_label
 from .deep import RAW_PREFIX, DeepFeatureReducer, raw_deep_columns
 from .features import DEFAULT_COVARIATES, clinical_features, response_features
@@ -214,7 +215,8 @@ class SurvivalEngine:
                 regimens: Sequence[str] | None = None, *, eligible: Sequence[str] | None = None,
                 readings: Mapping[str, Mapping[int, Mapping[str, Any]]] | None = None,
                 readings_source: Mapping[str, str] | None = None, times=None) -> dict[str, Any]:
-        """``result.json["survival"]`` for one patient.
+        """``result.json["survival"]`` for one patient: a :class:`~HCCTwinLib.survival_result.SurvivalResult`
+        (the schema) written as a JSON-ready dict (NaN -> None); read it back with ``SurvivalResult.from_dict``.
 
         ``regimens``: curves to give (default all the model knows); ``eligible``: the regimens the recommendation
         chooses among (default ``regimens``); ``readings``: ``{regimen: {week: reading}}`` from
@@ -233,9 +235,9 @@ class SurvivalEngine:
         row, row_notes = self.patient_row(clinical, image_features)
         notes += row_notes
         times = np.asarray(DEFAULT_TIMES if times is None else times, float)
-        endpoints = {"os": self.os.predict_curves(row, regimens, times)}
+        endpoints = {"os": _curves(self.os.predict_curves(row, regimens, times))}
         if self.pfs is not None:
-            endpoints["pfs"] = self.pfs.predict_curves(row, regimens, times)
+            endpoints["pfs"] = _curves(self.pfs.predict_curves(row, regimens, times))
         choose = [r for r in (eligible if eligible is not None else regimens) if r in regimens] or regimens
         # one RMST matrix (point + bootstrap) for the differences and the probability of being best
         point, boot = self.os.rmst_matrix(row, regimens)
@@ -249,32 +251,29 @@ class SurvivalEngine:
         for i, a in enumerate(regimens):
             for b in regimens[i + 1:]:
                 est = float(point[0, col[a]] - point[0, col[b]])
-                d = {"regimen_a": a, "regimen_b": b, "tau_months": self.os.tau, "estimate": est,
-                     "lower": float("nan"), "upper": float("nan"), "prob_a_better": float(est > 0)}
+                lower, upper, prob_a_better = float("nan"), float("nan"), float(est > 0)
                 if len(boot):
                     db = boot[:, 0, col[a]] - boot[:, 0, col[b]]
-                    d.update({"lower": float(min(np.percentile(db, 2.5), est)),
-                              "upper": float(max(np.percentile(db, 97.5), est)),
-                              "prob_a_better": float((db > 0).mean())})
-                diffs.append(d)
-        out: dict[str, Any] = {
-            "model": f"{self.card.get('name', ENGINE_NAME)} {self.card.get('version', '')}".strip(),
-            "endpoints": endpoints,
-            "rmst24_differences": diffs,
-            "recommendation": {"regimen": best, "probability_best": prob, "endpoint": "os",
-                               "tau_months": self.os.tau, "eligible_only": eligible is not None,
-                               "chosen_among": choose},
-        }
+                    lower, upper = float(min(np.percentile(db, 2.5), est)), float(max(np.percentile(db, 97.5), est))
+                    prob_a_better = float((db > 0).mean())
+                diffs.append(RmstDifference(regimen_a=a, regimen_b=b, tau_months=self.os.tau, estimate=est,
+                                            lower=lower, upper=upper, prob_a_better=prob_a_better))
+        recommendation = Recommendation(regimen=best, probability_best=prob, endpoint="os", tau_months=self.os.tau,
+                                        eligible_only=eligible is not None, chosen_among=tuple(choose))
+        neoadjuvant = None
         neo, res = "neoadj_haic_pd1_len_resection", "resection"
         if {neo, res} <= set(self.os.regimens_) and str(dict(clinical).get("resectable", "")).lower() in (
                 "1", "1.0", "true", "yes"):
-            out["neoadjuvant"] = self.os.rmst_difference(row, neo, res)
-            out["neoadjuvant"]["question"] = ("benefit of neoadjuvant HAIC + PD-1 + lenvatinib before resection vs "
-                                              "direct resection (RMST-24 difference, months)")
+            neoadjuvant = replace(
+                RmstDifference.from_dict(self.os.rmst_difference(row, neo, res)),
+                question="benefit of neoadjuvant HAIC + PD-1 + lenvatinib before resection vs direct resection "
+                         "(RMST-24 difference, months)")
+        metastasis = None
         if self.metastasis is not None:
             if float(row["extrahepatic_spread"].iloc[0]) > 0 if "extrahepatic_spread" in row.columns else False:
-                out["metastasis"] = {"not_applicable": "extrahepatic spread at baseline: distant metastasis is "
-                                                       "already present", "applies_to": TACE}
+                metastasis = Metastasis.from_dict({
+                    "not_applicable": "extrahepatic spread at baseline: distant metastasis is already present",
+                    "applies_to": TACE})
             else:
                 met = self.metastasis.predict(row)
                 met["applies_to"] = TACE
@@ -284,11 +283,15 @@ class SurvivalEngine:
                                                                  (readings_source or {}).get(TACE, "virtual"))
                 if self.metastasis_competing is not None:
                     met["competing_risk"] = self.metastasis_competing.predict(row)
-                out["metastasis"] = met
+                metastasis = Metastasis.from_dict(met)
+        landmark = None
         if self.landmark is not None and readings:
-            out["landmark"] = self._landmarks(row, readings, readings_source or {}, times)
-        out["notes"] = notes
-        return jsonable(out, finite=True)
+            landmark = self._landmarks(row, readings, readings_source or {}, times)
+        result = SurvivalResult(
+            model=f"{self.card.get('name', ENGINE_NAME)} {self.card.get('version', '')}".strip(),
+            endpoints=endpoints, rmst24_differences=tuple(diffs), recommendation=recommendation,
+            neoadjuvant=neoadjuvant, metastasis=metastasis, landmark=landmark, notes=tuple(notes))
+        return jsonable(result.to_dict(), finite=True)
 
     def _metastasis_landmarks(self, row: pd.DataFrame, by_week, source: str) -> dict[str, Any]:
         """Updated 2-year metastasis risk at each landmark week with a reading of the TACE trajectory."""
@@ -322,6 +325,11 @@ class SurvivalEngine:
             if entry:
                 out[regimen] = {"timepoints": entry, "response_features": feats}
         return out
+
+
+def _curves(by_regimen: Mapping[str, Mapping[str, Any]]) -> dict[str, Curve]:
+    """``predict_curves``' ``{regimen: curve dict}`` as typed curves."""
+    return {r: Curve.from_dict(c, r) for r, c in by_regimen.items()}
 
 
 def _landmark_frame(row: pd.DataFrame, by_week, week: int) -> pd.DataFrame:

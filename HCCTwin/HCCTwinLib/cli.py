@@ -535,7 +535,8 @@ def cmd_train(args) -> int:
         if flow_only:
             raise InputError(f"{', '.join(flow_only)} apply to the network generator only (--architecture flow); "
                              f"the anchored twin is fitted in one pass.")
-        summary = train_kinetic(args.cohort, args.out, max_cases=args.max_cases, progress=ProgressBar())
+        summary = train_kinetic(args.cohort, args.out, max_cases=args.max_cases, progress=ProgressBar(),
+                                scheduler=args.scheduler, workers=args.workers)
         print(json.dumps({k: summary[k] for k in ("weights", "card", "training_data")}, indent=2, default=str))
         return 0
     if args.model == "segmentation":

@@ -22,10 +22,12 @@ from ..errors import InputError
 from ..progress import ProgressCallback, report
 from .anchored import ARCHITECTURE
 from .kinetic import (
+    CATEGORY_FEATURES,
     CLINICAL_FEATURES,
-    FEATURES,
+    LEGACY_FEATURES,
     MATCH_MM,
     PHASES,
+    SIZE_WEIGHT,
     SMOOTH_ML,
     FollowUpRecord,
     find_lesions,
@@ -58,10 +60,39 @@ def _on_grid(array: np.ndarray, geometry, target, *, labels: bool) -> np.ndarray
     return sitk.GetArrayFromImage(out)
 
 
-def cohort_records(cohort_dir: str | os.PathLike, *, max_cases: int | None = None,
-                   progress: ProgressCallback | None = None, log=None) -> tuple[list[FollowUpRecord], dict]:
-    """Observed follow-up records of a cohort (see :func:`.kinetic.followup_record`) and what was read."""
+def patient_records(pre_folder: str, followups: Sequence[tuple[str, int, str]],
+                    clinical: dict[str, str] | None, patient_id: str = "") -> list[FollowUpRecord]:
+    """The observed follow-up records of one patient: ``followups`` = ``[(regimen, weeks, folder)]`` (a module-level
+    function of plain arguments, so that :func:`cohort_records` can run it on Dask workers)."""
     from ..io import find_image, read_image
+
+    pre_folder = Path(pre_folder)
+    pre_phases, geom = {}, None
+    for p in PHASES:
+        pre_phases[p], geom = read_image(find_image(pre_folder, p))
+    pre_labels, _ = read_image(find_image(pre_folder, "labels"), labels=True)
+    lesions = find_lesions(pre_labels, geom, pre_phases, clinical)
+    out = []
+    for regimen, weeks, folder in followups:
+        folder = Path(folder)
+        post_phases = {}
+        for p in PHASES:
+            arr, g = read_image(find_image(folder, p))
+            post_phases[p] = _on_grid(arr, g, geom, labels=False)
+        arr, g = read_image(find_image(folder, "labels"), labels=True)
+        post_labels = _on_grid(arr, g, geom, labels=True)
+        out.append(followup_record(pre_phases, pre_labels, post_phases, post_labels, geom, regimen, weeks, clinical,
+                                   pre_lesions=lesions, patient_id=patient_id))
+    return out
+
+
+def cohort_records(cohort_dir: str | os.PathLike, *, max_cases: int | None = None,
+                   progress: ProgressCallback | None = None, log=None, scheduler: str | None = "serial",
+                   workers: int | None = None) -> tuple[list[FollowUpRecord], dict]:
+    """Observed follow-up records of a cohort (see :func:`.kinetic.followup_record`) and what was read; one patient
+    per task on ``scheduler`` (:mod:`HCCTwinLib.parallel`: serial, a local Dask cluster or a distributed one), the
+    records in the cohort's order whatever the scheduler."""
+    from ..parallel import map_ordered
     from .train import discover_pairs
 
     root = Path(cohort_dir).expanduser().resolve()
@@ -70,28 +101,19 @@ def cohort_records(cohort_dir: str | os.PathLike, *, max_cases: int | None = Non
     by_patient: dict[str, list] = {}
     for pair in pairs:
         by_patient.setdefault(pair.patient_id, []).append(pair)
-    records: list[FollowUpRecord] = []
-    n_total = len(by_patient)
+    items = [(str(ps[0].pre_folder), [(pair.regimen, pair.weeks, str(pair.followup_folder)) for pair in ps],
+              clinical.get(pid), pid) for pid, ps in by_patient.items()]
+    n_total = len(items)
     t0 = time.perf_counter()
-    for n, (pid, ps) in enumerate(by_patient.items()):
-        pre_folder = ps[0].pre_folder
-        pre_phases, geom = {}, None
-        for p in PHASES:
-            pre_phases[p], geom = read_image(find_image(pre_folder, p))
-        pre_labels, _ = read_image(find_image(pre_folder, "labels"), labels=True)
-        lesions = find_lesions(pre_labels, geom, pre_phases, clinical.get(pid))
-        for pair in ps:
-            post_phases = {}
-            for p in PHASES:
-                arr, g = read_image(find_image(pair.followup_folder, p))
-                post_phases[p] = _on_grid(arr, g, geom, labels=False)
-            arr, g = read_image(find_image(pair.followup_folder, "labels"), labels=True)
-            post_labels = _on_grid(arr, g, geom, labels=True)
-            records.append(followup_record(pre_phases, pre_labels, post_phases, post_labels, geom, pair.regimen,
-                                           pair.weeks, clinical.get(pid), pre_lesions=lesions))
-        report(progress, 0.9 * (n + 1) / max(1, n_total), f"Observed follow-ups: patient {n + 1}/{n_total}")
-        if log is not None and (n + 1) % 20 == 0:
-            log(f"  {n + 1}/{n_total} patients read ({time.perf_counter() - t0:.0f} s)")
+
+    def step(fraction, message):
+        report(progress, 0.9 * fraction, f"Observed follow-ups: {message}")
+        done = round(fraction * n_total)
+        if log is not None and done and done % 20 == 0:
+            log(f"  {done}/{n_total} patients read ({time.perf_counter() - t0:.0f} s)")
+
+    per_patient = map_ordered(patient_records, items, scheduler=scheduler, workers=workers, progress=step)
+    records = [rec for recs in per_patient for rec in recs]
     info = {"cohort": str(root), "patients": n_total, "followups": len(records),
             "regimens_seen": sorted({r.regimen for r in records}), "weeks": sorted({r.weeks for r in records})}
     return records, info
@@ -102,15 +124,18 @@ def kinetic_card(model, summary: dict, info: dict, *, name: str, version: str = 
         "name": name, "version": version, "architecture": ARCHITECTURE,
         "task": "virtual follow-ups per regimen and week: per-lesion kinetics from pre-treatment covariates, rendered "
                 "on the patient's own pre-treatment image",
-        "architecture_kwargs": {"features": list(FEATURES), "array_keys": sorted(model.arrays)},
+        "architecture_kwargs": {"features": list(model.features), "array_keys": sorted(model.arrays)},
         "input_phases": list(PHASES), "regimens": list(model.regimens), "weeks_fitted": list(model.weeks),
         "spacing_mm": None,
-        "covariates": {"lesion": list(FEATURES[:4]), "patient": list(FEATURES[4:7]),
+        "covariates": {"lesion": list(LEGACY_FEATURES[:4]), "patient": list(LEGACY_FEATURES[4:7]),
+                       "categories": [f for f in model.features if f in CATEGORY_FEATURES],
                        "clinical": {k: v for k, v in CLINICAL_FEATURES.items()},
                        "missing": "training median (standardised 0)"},
         "kinetics": {"targets": "log((V_t + a) / (V_0 + a)) of viable and of total (viable + necrotic) volume per "
                                 f"lesion, a = {SMOOTH_ML:.1f} mL",
-                     "model": "ridge regression per (regimen, observed week), penalty by exact leave-one-out; "
+                     "model": "ridge regression per (regimen, observed week), penalty by exact leave-one-out, "
+                              f"lesions weighted by (mL + 1) ** {SIZE_WEIGHT}; later weeks refitted through the "
+                              "earlier one on the patients observed at both (poor responders leave follow-up); "
                               "residual SD (leave-one-out) = spread of the latent response",
                      "matching": f"follow-up tumour within {MATCH_MM:.0f} mm of a pre-treatment lesion belongs to it",
                      "per_cell": summary},
@@ -128,16 +153,19 @@ def kinetic_card(model, summary: dict, info: dict, *, name: str, version: str = 
 
 def train_kinetic(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, regimens: Sequence[str] | None = None,
                   max_cases: int | None = None, name: str = "hcctwin_twin", progress: ProgressCallback | None = None,
-                  log=print, **fit_kwargs) -> dict[str, Any]:
+                  log=print, scheduler: str | None = "serial", workers: int | None = None,
+                  **fit_kwargs) -> dict[str, Any]:
     """Fit on ``cohort_dir``'s observed follow-ups and write ``out_dir/<name>.safetensors`` + card
-    (``fit_kwargs``: :func:`.kinetic.fit_kinetics` settings, e.g. ``min_patients``)."""
+    (``fit_kwargs``: :func:`.kinetic.fit_kinetics` settings, e.g. ``min_patients``; ``scheduler``/``workers``: where
+    the follow-ups are read, see :func:`cohort_records`)."""
     import torch
 
     from ..regimens import REGIMEN_IDS
     from ..weights import save_model
 
     t0 = time.perf_counter()
-    records, info = cohort_records(cohort_dir, max_cases=max_cases, progress=progress, log=log)
+    records, info = cohort_records(cohort_dir, max_cases=max_cases, progress=progress, log=log, scheduler=scheduler,
+                                   workers=workers)
     if not records:
         raise InputError(f"{cohort_dir}: no observed follow-ups to fit the generator on.")
     regimens = list(regimens) if regimens else list(REGIMEN_IDS)
@@ -155,4 +183,4 @@ def train_kinetic(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
     return {"weights": str(path), "card": str(cpath), "training_data": info, "per_cell": summary}
 
 
-__all__ = ["VERSION", "cohort_records", "kinetic_card", "train_kinetic"]
+__all__ = ["VERSION", "cohort_records", "kinetic_card", "patient_records", "train_kinetic"]

@@ -356,7 +356,8 @@ def load_generator(path: str | Path, device="cpu", message: str = ""):
 
         try:
             model = KineticModel.from_state(state, card["regimens"], card["weeks_fitted"],
-                                            (card.get("training_data") or {}))
+                                            (card.get("training_data") or {}),
+                                            features=(card.get("architecture_kwargs") or {}).get("features"))
         except (KeyError, ValueError) as exc:
             raise ModelFileError(f"{path}: the kinetic model's arrays do not match its card ({exc}); re-fit it.") \
                 from exc

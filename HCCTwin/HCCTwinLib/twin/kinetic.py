@@ -11,9 +11,11 @@ as ``log((V_t + a) / (V_0 + a)) = x . beta_v[r, w] + sigma_v[r, w] z`` (same for
 ``sigma_t``; ``a`` = 0.5 mL), where ``x`` are standardised pre-treatment covariates of the lesion and the patient
 (:data:`FEATURES`: lesion size, necrotic share, arterial enhancement and portal wash-out against the surrounding
 liver, total tumour burden, number of lesions, PVTT, AFP and ALBI when the clinical values are given, training
-medians otherwise) and ``z ~ N(0, 1)`` is the patient's **latent response**: the part no pre-treatment information
-shows. ``z = 0`` gives the median follow-up; the uncertainty samples are draws of ``z`` (one per sample, shared by
-every lesion, week and regimen of the patient: common random numbers, coherent trajectories), never pixel noise.
+medians otherwise; and, since response is not linear in them, the categories TACE trials use: diameter <= 3 cm,
+<= 5 cm, > 10 cm, a solitary nodule, four or more nodules, a hypo- or isovascular lesion) and ``z ~ N(0, 1)`` is
+the patient's **latent response**: the part no pre-treatment information shows. ``z = 0`` gives the median
+follow-up; the uncertainty samples are draws of ``z`` (one per sample, shared by every lesion, week and regimen of
+the patient: common random numbers, coherent trajectories), never pixel noise.
 The portal-vein tumour thrombus has a patient-level ratio per (regimen, week) and new intrahepatic lesions a
 probability per (regimen, week); the appearance the renderer needs (HU of new necrosis and of released thrombus, the
 change of viable-tumour HU, the contrast of new lesions against the liver) are medians per (regimen, week).
@@ -22,9 +24,12 @@ change of viable-tumour HU, the contrast of new lesions against the liver) are m
 ``cases/<id>/followup/wNN`` of the regimen each patient received; never the simulator's counterfactual truth). Every
 follow-up tumour voxel is assigned to the nearest pre-treatment lesion (within :data:`MATCH_MM`; the others form new
 lesions), so volumes are robust to a few mm of misregistration. One ridge regression per (regimen, observed week)
-and target; the ridge penalty of each is chosen by exact leave-one-out error. Regimens without observed follow-ups
-have no kinetics (the twin shows them unchanged and says so). Weeks between the observed ones are interpolated
-linearly in ``log`` ratio (``0`` at week 0); weeks beyond the last one are extrapolated at its rate.
+and target; the ridge penalty of each is chosen by exact leave-one-out error. Later weeks are then refitted
+*through* the earlier one on the patients observed at both (:func:`_sequential_weeks`): patients who progress or die
+leave follow-up, so a week-24 fit on those still observed would promise everyone the survivors' response. Regimens
+without observed follow-ups have no kinetics (the twin shows them unchanged and says so). Weeks between the observed
+ones are interpolated linearly in ``log`` ratio (``0`` at week 0); weeks beyond the last one are extrapolated at its
+rate.
 """
 
 from __future__ import annotations
@@ -52,16 +57,28 @@ MATCH_MM = 15.0
 MIN_NEW_ML = 0.5
 #: liver shell (mm) around a lesion for its enhancement and wash-out
 SHELL_MM = 10.0
-FEATURES = ("log_total_ml", "necrotic_share", "arterial_enhancement_hu", "portal_washout_hu", "log_burden_ml",
-            "n_lesions", "pvtt", "log_afp", "albi_score")
+#: covariates of the first models (cards without ``architecture_kwargs.features`` use these)
+LEGACY_FEATURES = ("log_total_ml", "necrotic_share", "arterial_enhancement_hu", "portal_washout_hu", "log_burden_ml",
+                   "n_lesions", "pvtt", "log_afp", "albi_score")
+#: the response of a lesion to embolisation and chemotherapy is not linear in its size, number or vascularity: the
+#: categories radiologists and TACE trials use (diameter <= 3 cm, <= 5 cm, > 10 cm; a solitary nodule; four or more
+#: nodules; a hypo- or isovascular lesion) enter as indicators beside the continuous covariates
+CATEGORY_FEATURES = ("diameter_le_30mm", "diameter_le_50mm", "diameter_gt_100mm", "solitary", "four_or_more",
+                     "hypovascular")
+FEATURES = LEGACY_FEATURES + CATEGORY_FEATURES
+#: a lesion whose arterial-phase HU is less than this above the surrounding liver is hypo- or isovascular
+HYPERVASCULAR_HU = 10.0
 #: the clinical columns behind the last two features
 CLINICAL_FEATURES = {"log_afp": "afp_ng_ml", "albi_score": "albi_score"}
 #: lesions weigh (pre-treatment total mL + 1) ** SIZE_WEIGHT in the fit: a patient's tumour volume and mRECIST
-#: are carried by the large lesions, and small ones have noisy ratios
-SIZE_WEIGHT = 1.0
+#: are carried by the large lesions, and small ones have noisy ratios (0.5 rather than 1: chosen on the tuning cohort,
+#: seed 950, never on the hold-out; ``benchmarks/results/generator_fit_choices.md``)
+SIZE_WEIGHT = 0.5
 #: penalty multipliers of the per-regimen deviations from the shared covariate slopes (inf: shared slopes only)
 INTERACTION_GRID = (1.0, 10.0, 100.0, math.inf)
-RIDGE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+#: ridge penalties tried (leave-one-out picks one per fit; the viable-volume fits of the first model sat at the old
+#: largest value, 100, so the grid goes on to 1000)
+RIDGE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,6 +172,14 @@ def find_lesions(labels: np.ndarray, geometry: Geometry, phases: Mapping[str, np
         f["pvtt"] = 1.0 if pvtt >= MIN_NEW_ML else 0.0
         for name, column in CLINICAL_FEATURES.items():
             f[name] = _clinical_value(clinical, column, log=name.startswith("log_"))
+        diameter = 2.0 * (3.0 * les.total_ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)  # equivalent sphere, mm
+        f["diameter_le_30mm"] = float(diameter <= 30.0)
+        f["diameter_le_50mm"] = float(diameter <= 50.0)
+        f["diameter_gt_100mm"] = float(diameter > 100.0)
+        f["solitary"] = float(len(lesions) == 1)
+        f["four_or_more"] = float(len(lesions) >= 4)
+        enh = f["arterial_enhancement_hu"]
+        f["hypovascular"] = float(enh < HYPERVASCULAR_HU) if math.isfinite(enh) else float("nan")
     return comp, lesions
 
 
@@ -201,7 +226,9 @@ class KineticModel:
     """Fitted per-lesion kinetics (see the module docstring). Arrays are indexed ``[regimen, week]``."""
 
     def __init__(self, regimens: Sequence[str], weeks: Sequence[int], arrays: Mapping[str, np.ndarray],
-                 feature_mean: Sequence[float], feature_sd: Sequence[float], counts: Mapping[str, Any] | None = None):
+                 feature_mean: Sequence[float], feature_sd: Sequence[float], counts: Mapping[str, Any] | None = None,
+                 features: Sequence[str] = FEATURES):
+        self.features = tuple(str(f) for f in features)
         self.regimens = [str(r) for r in regimens]
         self.weeks = [int(w) for w in weeks]
         self.arrays = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
@@ -209,6 +236,8 @@ class KineticModel:
         self.feature_sd = np.asarray(feature_sd, float)
         self.counts = dict(counts or {})
         nr, nw = len(self.regimens), len(self.weeks)
+        if len(self.feature_mean) != len(self.features) or len(self.feature_sd) != len(self.features):
+            raise ValueError(f"kinetic model: {len(self.feature_mean)} feature means for {len(self.features)} features")
         for key in ARRAY_KEYS:
             if key not in self.arrays:
                 raise ValueError(f"kinetic model: missing array {key!r}")
@@ -261,7 +290,7 @@ class KineticModel:
 
     # -- prediction --------------------------------------------------------------------------------------------------
     def design(self, features: Mapping[str, float]) -> np.ndarray:
-        x = np.array([float(features.get(f, float("nan"))) for f in FEATURES])
+        x = np.array([float(features.get(f, float("nan"))) for f in self.features])
         x = np.where(np.isfinite(x), x, self.feature_mean)
         return (x - self.feature_mean) / self.feature_sd
 
@@ -310,9 +339,13 @@ class KineticModel:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], regimens: Sequence[str], weeks: Sequence[int],
-                   counts: Mapping[str, Any] | None = None) -> KineticModel:
+                   counts: Mapping[str, Any] | None = None, features: Sequence[str] | None = None) -> KineticModel:
+        unknown = [f for f in (features or ()) if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"covariates {', '.join(map(str, unknown))} are not computed by this version")
         arr = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v, np.float64) for k, v in state.items()}
-        return cls(regimens, weeks, {k: arr[k] for k in ARRAY_KEYS}, arr["feature_mean"], arr["feature_sd"], counts)
+        return cls(regimens, weeks, {k: arr[k] for k in ARRAY_KEYS}, arr["feature_mean"], arr["feature_sd"], counts,
+                   features=features or LEGACY_FEATURES)
 
 
 #: arrays of a kinetic model: [regimen, week] (+ [coefficient] or [phase])
@@ -338,12 +371,14 @@ class FollowUpRecord:
     viable_shift_hu: dict[str, list[float]]  # follow-up minus pre mean viable HU per lesion
     released_pvtt_hu: dict[str, float]
     new_lesion_contrast_hu: dict[str, list[float]]
+    patient_id: str = ""  # links a patient's follow-ups (the sequential fit of later weeks); "" when unknown
 
 
 def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray, post_phases: Mapping[str, np.ndarray],
                     post_labels: np.ndarray, geometry: Geometry, regimen: str, weeks: int,
                     clinical: Mapping[str, Any] | None = None,
-                    pre_lesions: tuple[np.ndarray, list[PreLesion]] | None = None) -> FollowUpRecord:
+                    pre_lesions: tuple[np.ndarray, list[PreLesion]] | None = None,
+                    patient_id: str = "") -> FollowUpRecord:
     """Match an observed follow-up (on the pre-treatment grid) to the pre-treatment lesions."""
     comp, lesions = pre_lesions if pre_lesions is not None else find_lesions(pre_labels, geometry, pre_phases,
                                                                               clinical)
@@ -394,15 +429,15 @@ def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray
                           pvtt_pre_ml=float(pre_pvtt.sum()) * vox,
                           pvtt_post_ml=float((post_labels == PVTT).sum()) * vox,
                           new_lesions_ml=new_ml, necrosis_hu=nec_hu, viable_shift_hu=shift, released_pvtt_hu=rel_hu,
-                          new_lesion_contrast_hu=contrast)
+                          new_lesion_contrast_hu=contrast, patient_id=str(patient_id))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def ridge_loo(X: np.ndarray, y: np.ndarray, grid: Sequence[float] = RIDGE_GRID, weights: np.ndarray | None = None
-              ) -> tuple[np.ndarray, float, float]:
-    """Weighted ridge regression with an unpenalised intercept (``X`` standardised, no intercept column); the
-    penalty with the smallest exact (weighted) leave-one-out squared error. Returns ``(coefficients [intercept,
-    ...], residual SD (weighted LOO), penalty)``."""
+def ridge_loo(X: np.ndarray, y: np.ndarray, grid: Sequence[float] = RIDGE_GRID, weights: np.ndarray | None = None,
+              free_last: int = 0) -> tuple[np.ndarray, float, float]:
+    """Weighted ridge regression with an unpenalised intercept (``X`` standardised, no intercept column; the last
+    ``free_last`` columns unpenalised too); the penalty with the smallest exact (weighted) leave-one-out squared
+    error. Returns ``(coefficients [intercept, ...], residual SD (weighted LOO), penalty)``."""
     n, d = X.shape
     w = np.ones(n) if weights is None else np.asarray(weights, float)
     w = w / w.mean()
@@ -412,6 +447,8 @@ def ridge_loo(X: np.ndarray, y: np.ndarray, grid: Sequence[float] = RIDGE_GRID, 
     for lam in grid:
         P = np.eye(d + 1) * lam
         P[0, 0] = 0.0
+        for c in range(d + 1 - free_last, d + 1):
+            P[c, c] = 1e-9  # unpenalised (a constant column stays solvable)
         M = np.linalg.solve(A.T @ Aw + P, Aw.T)
         beta = M @ y
         h = np.einsum("ij,ji->i", A, M)
@@ -464,9 +501,60 @@ def _median(values: Sequence[float]) -> float:
     return float(np.median(vals)) if vals else float("nan")
 
 
+def _lesion_log_ratio(lesion: Mapping[str, Any], target: str) -> float:
+    return math.log((lesion[f"post_{target}_ml"] + SMOOTH_ML) / (lesion[f"pre_{target}_ml"] + SMOOTH_ML))
+
+
+def _sequential_weeks(records: Sequence[FollowUpRecord], regimens: Sequence[str], weeks: Sequence[int],
+                      arrays: dict[str, np.ndarray], summary: dict[str, Any], design, lesion_weights, *,
+                      min_lesions: int, min_patients: int) -> None:
+    """Later weeks fitted through the earlier one (in place): patients leave follow-up for reasons their earlier
+    response shows (progression, death), so the lesions still observed at week ``w`` are the better responders, and
+    a fit on them alone promises everyone their response. Per regimen and consecutive observed weeks ``(w', w)``,
+    on the lesions of patients observed at both, ``y_w = b0 + x . b + c y_w'`` (ridge on ``b``, penalty by
+    leave-one-out; the carry ``c`` is not shrunk, shrinking it towards 0 would bring the survivors' bias back);
+    then ``E[y_w | x] = b0 + c a0 + x . (b + c a)`` with ``a`` the week-``w'`` coefficients (themselves sequential),
+    and the residual SD ``sqrt(s^2 + c^2 s_w'^2)``: valid when leaving depends on what week ``w'`` showed (missing at
+    random given the earlier follow-up). Cells with fewer than ``min_lesions`` lesion pairs or ``min_patients``
+    patients keep their direct fit; records without a patient id are not linked."""
+    by_key = {(rec.patient_id, rec.regimen, rec.weeks): rec for rec in records if rec.patient_id}
+    for r_i, reg in enumerate(regimens):
+        fitted = [n for n in range(len(weeks)) if arrays["fitted"][r_i, n] > 0]
+        for prev_n, n in zip(fitted, fitted[1:]):
+            w_prev, w = weeks[prev_n], weeks[n]
+            pairs = []
+            for rec in records:
+                before = by_key.get((rec.patient_id, reg, w_prev)) if rec.patient_id else None
+                if rec.regimen != reg or rec.weeks != w or before is None:
+                    continue
+                if len(before.lesions) != len(rec.lesions) or any(
+                        abs(a["pre_total_ml"] - b["pre_total_ml"]) > 1e-6 for a, b in zip(before.lesions, rec.lesions)):
+                    continue  # not the same pre-treatment lesions: not linkable
+                pairs.append((before, rec))
+            now = [le for _, rec in pairs for le in rec.lesions]
+            if len(now) < min_lesions or len(pairs) < min_patients:
+                continue
+            then = [le for before, _ in pairs for le in before.lesions]
+            X, lw = design(now), lesion_weights(now)
+            cell = summary[reg].setdefault(f"w{w:02d}", {})
+            for target in ("viable", "total"):
+                y_prev = np.array([_lesion_log_ratio(le, target) for le in then])
+                y = np.array([_lesion_log_ratio(le, target) for le in now])
+                beta, sd_loo, _lam = ridge_loo(np.hstack([X, y_prev[:, None]]), y, weights=lw, free_last=1)
+                carry = float(beta[-1])
+                a = arrays[f"beta_{target}"][r_i, prev_n]
+                arrays[f"beta_{target}"][r_i, n] = np.concatenate([[beta[0] + carry * a[0]],
+                                                                   beta[1:-1] + carry * a[1:]])
+                sd = math.sqrt(sd_loo ** 2 + (carry * arrays[f"sd_{target}"][r_i, prev_n]) ** 2)
+                arrays[f"sd_{target}"][r_i, n] = sd
+                cell[f"sd_{target}"] = round(sd, 3)
+                cell[f"sequential_{target}"] = {"from_week": int(w_prev), "carry": round(carry, 3),
+                                                "patients": len(pairs), "lesions": len(now)}
+
+
 def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, min_lesions: int = 15,
-                 min_patients: int = 8, size_weight: float = SIZE_WEIGHT, joint: bool = True
-                 ) -> tuple[KineticModel, dict[str, Any]]:
+                 min_patients: int = 8, size_weight: float = SIZE_WEIGHT, joint: bool = True,
+                 features: Sequence[str] = FEATURES, sequential: bool = True) -> tuple[KineticModel, dict[str, Any]]:
     """Fit the kinetic model on observed follow-up records; returns the model and a summary for the model card
     (per regimen and week: patients, lesions, penalty, LOO residual SD; regimen-week cells with fewer than
     ``min_lesions`` lesions or ``min_patients`` patients borrow the pooled fit of that week, its intercepts shifted
@@ -475,7 +563,8 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
     weeks = sorted({r.weeks for r in records})
     if not weeks:
         raise ValueError("no observed follow-ups to fit the kinetics on")
-    all_x = np.array([[les[f] for f in FEATURES] for rec in records for les in rec.lesions], float)
+    features = tuple(features)
+    all_x = np.array([[les[f] for f in features] for rec in records for les in rec.lesions], float)
     if all_x.size == 0:
         raise ValueError("no pre-treatment lesions in the training cohort")
     with warnings.catch_warnings():  # a covariate missing for every lesion (e.g. no AFP column): imputed as 0
@@ -487,11 +576,11 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
     sd = np.where(sd > 1e-6, sd, 1.0)
 
     def design(lesions):
-        x = np.array([[les[f] for f in FEATURES] for les in lesions], float).reshape(-1, len(FEATURES))
+        x = np.array([[les[f] for f in features] for les in lesions], float).reshape(-1, len(features))
         x = np.where(np.isfinite(x), x, mean)
         return (x - mean) / sd
 
-    nr, nw, d = len(regimens), len(weeks), len(FEATURES) + 1
+    nr, nw, d = len(regimens), len(weeks), len(features) + 1
     arrays = {"fitted": np.zeros((nr, nw)), "beta_viable": np.zeros((nr, nw, d)), "beta_total": np.zeros((nr, nw, d)),
               "sd_viable": np.zeros((nr, nw)), "sd_total": np.zeros((nr, nw)), "pvtt_log_ratio": np.zeros((nr, nw)),
               "pvtt_sd": np.zeros((nr, nw)), "new_lesion_p": np.zeros((nr, nw)),
@@ -626,11 +715,15 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
                 arrays["released_pvtt_hu"][r_i, n, p_i] = _median([rec.released_pvtt_hu[p] for rec in recs])
             cell["new_lesion_probability"] = round(float(arrays["new_lesion_p"][r_i, n]), 3)
             summary[reg][f"w{w:02d}"] = cell
+    if sequential:
+        _sequential_weeks(records, regimens, weeks, arrays, summary, design, lesion_weights, min_lesions=min_lesions,
+                          min_patients=min_patients)
     counts = {"followups": len(records), "lesion_followups": int(all_x.shape[0]),
               "followups_per_regimen": {reg: sum(1 for rec in records if rec.regimen == reg) for reg in regimens}}
-    model = KineticModel(regimens, weeks, arrays, mean, sd, counts)
+    model = KineticModel(regimens, weeks, arrays, mean, sd, counts, features=features)
     return model, summary
 
 
-__all__ = ["ARRAY_KEYS", "FEATURES", "Appearance", "FollowUpRecord", "KineticModel", "Plan", "PreLesion",
+__all__ = ["ARRAY_KEYS", "CATEGORY_FEATURES", "FEATURES", "LEGACY_FEATURES", "Appearance", "FollowUpRecord",
+           "KineticModel", "Plan", "PreLesion",
            "find_lesions", "fit_kinetics", "followup_record", "ridge_loo", "tumour_components"]

@@ -13,9 +13,10 @@ HU of an :class:`~.kinetic.Appearance`, :func:`render` changes the pre-treatment
    liver's mean HU); nothing outside the liver moves and tumour never grows out of it. Backward mapping, linear
    interpolation for HU, nearest for labels.
 2. **Viable vs necrotic** inside the moved lesion: the pre-treatment necrosis stays necrotic first; new necrosis
-   takes the deepest viable tumour (a necrotic core) or, once treatment necrosis exceeds 10 % of the lesion, the
-   side away from the lesion's viable rim/feeding side, leaving residual viable tumour as a crescent along the wall
-   (how residual enhancing tumour looks after TACE/HAIC and how mRECIST measures it). Viable voxels that die take the
+   takes the deepest viable tumour (a necrotic core) or, once treatment necrosis exceeds 10 % of the lesion,
+   everything but one residual viable nodule against the wall on the lesion's viable rim/feeding side, flattened
+   along the wall (how residual enhancing tumour looks after TACE/HAIC; its longest diameter, which mRECIST
+   measures, shrinks with the viable volume, unlike a cap cut through the whole lesion). Viable voxels that die take the
    (regimen, week) median necrosis HU (lipiodol after TACE) with half of their texture; surviving viable tumour is
    shifted by the median viable-HU change (e.g. devascularisation under lenvatinib); regrowth takes the lesion's
    viable HU.
@@ -46,6 +47,8 @@ from .kinetic import PHASES, Appearance, Plan, PreLesion
 MARGIN_MM = 10.0
 #: treatment-necrosis share of a lesion from which residual viable tumour is drawn as a crescent along the wall
 NODULE_SHARE = 0.10
+#: largest flattening of a residual viable nodule along the lesion wall (see :func:`_nodule_score`)
+NODULE_MAX_STRETCH = 1.6
 #: share of a dying voxel's texture (its HU minus the lesion's mean viable HU) kept in the necrosis
 NECROSIS_TEXTURE = 0.5
 NEW_SITE_TUMOUR_MM = 20.0
@@ -298,8 +301,8 @@ def _layout_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: floa
     new_nec = n_nec - int(was_nec.sum())
     pts = np.argwhere(mine).astype(float) + np.array([s.start for s in box], float)
     if new_nec > NODULE_SHARE * n_tot:
-        proj = ((pts - les.centroid_kji) * sp) @ ctx.directions.get(les.index, np.array([0.0, 1.0, 0.0]))
-        score = -proj
+        score = _nodule_score(pts, les, ctx.directions.get(les.index, np.array([0.0, 1.0, 0.0])), sp,
+                              n_viable * vox, n_tot * vox)
     else:
         score = cur["depth"][box][mine].astype(float)
     score = score + np.where(was_nec, 1e6, 0.0)
@@ -323,6 +326,25 @@ def _layout_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: floa
         out[regrows] = ref + shift
         sub[mine] = out
     lab[mine] = new_lab
+
+
+def _nodule_score(pts: np.ndarray, les: PreLesion, direction: np.ndarray, sp: np.ndarray, viable_ml: float,
+                  total_ml: float) -> np.ndarray:
+    """Necrosis order (highest first) that leaves the residual viable tumour as one nodule against the lesion wall on
+    the viable side: the lesion voxels closest to an anchor just inside the wall stay viable, distances measured with
+    the radial axis weighted by ``s**2`` and the in-wall axes by ``1/s`` (``s = (total / viable) ** (1/6)``, at most
+    :data:`NODULE_MAX_STRETCH`): a flattened nodule, not a cap cut through the whole lesion, whose longest diameter
+    (what mRECIST measures) shrinks with the viable volume."""
+    off = (pts - les.centroid_kji) * sp
+    proj = off @ direction
+    wall = float(proj.max()) if proj.size else 0.0
+    stretch = min(max(total_ml / max(viable_ml, 1e-9), 1.0) ** (1.0 / 6.0), NODULE_MAX_STRETCH)
+    r_v = (3.0 * viable_ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+    anchor = direction * max(wall - r_v / stretch ** 2, 0.0)
+    d = off - anchor
+    radial = d @ direction
+    perp2 = np.maximum((d * d).sum(axis=1) - radial * radial, 0.0)
+    return np.sqrt((radial * stretch ** 2) ** 2 + perp2 / stretch ** 2)
 
 
 def _pvtt(ctx: RenderContext, cur: dict, pvtt_ml: float, look: Appearance) -> None:

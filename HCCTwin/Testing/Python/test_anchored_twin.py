@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from HCCTwinLib.cases import Geometry, store_rounded
 from HCCTwinLib.errors import InputError
@@ -92,6 +93,32 @@ def test_treatment_necrosis_and_viable_volume_follow_the_plan():
     assert np.linalg.norm(pts.mean(axis=0) - centre) > 2.0
 
 
+def _longest_mm(mask):
+    pts = np.argwhere(mask) * np.array(SPACING[::-1])
+    if len(pts) < 2:
+        return 0.0
+    d = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(axis=-1))
+    return float(d.max())
+
+
+@pytest.mark.parametrize("share, at_most", [(0.1, 0.75), (0.3, 0.9)])
+def test_residual_viable_tumour_is_a_nodule_whose_diameter_shrinks_with_its_volume(share, at_most):
+    """mRECIST measures the longest viable diameter: a residual nodule against the wall, not a cap through the whole
+    lesion (a cap holding 10 % of a sphere still spans 0.8 of its diameter, one holding 30 % almost all of it)."""
+    art, por, lab, _ = synth_case(4, radius=9.0)
+    ctx, (les,) = _context(lab, art, por)
+    _, labels = R.render(ctx, K.Plan({les.index: (les.total_ml, les.viable_ml * share)}, 0.0), ZERO_LOOK)
+    viable = labels == VIABLE_TUMOR
+    d_lesion = _longest_mm(np.isin(labels, (VIABLE_TUMOR, NECROSIS)))
+    d_viable = _longest_mm(viable)
+    d_sphere = 2 * (3 * les.viable_ml * share * 1000 / (4 * math.pi)) ** (1 / 3)
+    # flattened along the wall (longer than a sphere of its volume) but shrinking with it, never spanning the lesion
+    assert d_sphere * 0.9 < d_viable < min(d_sphere * 1.6 * 1.3, at_most * d_lesion)
+    # it touches the lesion wall: some viable voxel borders the liver
+    grown = ndimage.binary_dilation(viable)
+    assert (grown & (labels == LIVER)).any()
+
+
 def test_pvtt_shrinks_never_grows_and_new_lesion_is_drawn_in_the_liver():
     art, por, lab, _ = synth_case(3)
     lab[20:24, 30:33, 10:30] = PVTT
@@ -172,6 +199,127 @@ def test_joint_fit_shares_slopes_across_regimens_and_is_chosen_by_leave_one_out(
     assert summary[SHRINK]["w08"]["fit_viable"]["joint"] and summary[GROW]["w08"]["fit_viable"]["joint"]
     _model, summary = K.fit_kinetics(records, [SHRINK, GROW], joint=False)
     assert not summary[SHRINK]["w08"]["fit_viable"]["joint"]
+
+
+def test_category_covariates_of_the_lesions():
+    """Diameter categories, solitary / four or more nodules and hypovascularity come from the label map and HU."""
+    labels = np.zeros(GEOM.shape, np.uint8)
+    labels[2:30, 4:44, 4:44] = 1
+    k, j, i = np.indices(GEOM.shape)
+    spheres = [((16, 15, 15), 11.0), ((16, 36, 36), 3.0)]  # voxels in-plane; the k spacing is 2x
+    for (ck, cj, ci), r in spheres:
+        labels[(((k - ck) * 2.0) ** 2 + (j - cj) ** 2 + (i - ci) ** 2 <= r ** 2)] = VIABLE_TUMOR
+    art = np.where(labels == VIABLE_TUMOR, 150.0, 80.0).astype(np.float32)
+    art[(labels == VIABLE_TUMOR) & (j > 24)] = 85.0  # the small lesion barely enhances: hypo/isovascular
+    por = np.where(labels == VIABLE_TUMOR, 90.0, 110.0).astype(np.float32)
+    _comp, lesions = K.find_lesions(labels, GEOM, {"arterial": art, "portal": por})
+    assert len(lesions) == 2
+    big, small = sorted(lesions, key=lambda les: -les.total_ml)
+    d_big = 2 * (3 * big.total_ml * 1000 / (4 * math.pi)) ** (1 / 3)
+    d_small = 2 * (3 * small.total_ml * 1000 / (4 * math.pi)) ** (1 / 3)
+    for les, d in ((big, d_big), (small, d_small)):
+        assert les.features["diameter_le_30mm"] == float(d <= 30)
+        assert les.features["diameter_le_50mm"] == float(d <= 50)
+        assert les.features["diameter_gt_100mm"] == 0.0
+        assert les.features["solitary"] == 0.0 and les.features["four_or_more"] == 0.0
+    assert d_small <= 30 < d_big
+    assert big.features["hypovascular"] == 0.0 and small.features["hypovascular"] == 1.0
+    # without phases the vascularity is unknown (NaN: the model imputes the training median)
+    _comp, lesions = K.find_lesions(labels, GEOM)
+    assert all(math.isnan(les.features["hypovascular"]) for les in lesions)
+    assert set(K.FEATURES) <= set(lesions[0].features)
+
+
+def test_a_size_threshold_is_learned_through_the_category_covariates():
+    """A response that jumps at 3 cm (as TACE's does): the fit with the categories recovers both levels, the fit on
+    the continuous covariates alone cannot."""
+    rng = np.random.default_rng(3)
+    records = []
+    for _n in range(120):
+        d = rng.uniform(15, 60)
+        size = 4 / 3 * math.pi * (d / 2) ** 3 / 1000
+        ratio = math.exp((-2.5 if d <= 30 else -0.3) + rng.normal(0, 0.1))
+        les = {f: 0.0 for f in K.FEATURES}
+        les.update(log_total_ml=math.log(size + K.SMOOTH_ML), diameter_le_30mm=float(d <= 30),
+                   diameter_le_50mm=float(d <= 50), pre_total_ml=size, pre_viable_ml=size, post_total_ml=size,
+                   post_viable_ml=size * ratio)
+        records.append(K.FollowUpRecord(SHRINK, 8, [les], 0.0, 0.0, [], {"arterial": [], "portal": []},
+                                        {"arterial": [], "portal": []}, {"arterial": float("nan"),
+                                                                         "portal": float("nan")},
+                                        {"arterial": [], "portal": []}))
+
+    def lesion(d):
+        size = 4 / 3 * math.pi * (d / 2) ** 3 / 1000
+        return K.PreLesion(1, size, 0.0, np.zeros(3), 5.0, (), {
+            **{f: 0.0 for f in K.FEATURES}, "log_total_ml": math.log(size + K.SMOOTH_ML),
+            "diameter_le_30mm": float(d <= 30), "diameter_le_50mm": float(d <= 50)})
+
+    def log_ratio(model, d):
+        les = lesion(d)
+        return math.log((model.plan([les], 0.0, SHRINK, 8).lesions[1][1] + K.SMOOTH_ML) / (les.viable_ml
+                                                                                           + K.SMOOTH_ML))
+
+    with_cats, _ = K.fit_kinetics(records, [SHRINK])
+    legacy, _ = K.fit_kinetics(records, [SHRINK], features=K.LEGACY_FEATURES)
+    assert with_cats.features == K.FEATURES and legacy.features == K.LEGACY_FEATURES
+    # a 28 mm lesion responds like the small ones, a 32 mm lesion like the large ones
+    assert log_ratio(with_cats, 28) < log_ratio(with_cats, 32) - 1.5
+    assert log_ratio(legacy, 32) - log_ratio(legacy, 28) < 0.5
+    # a model fitted on the legacy covariates keeps loading and predicting (the shipped card lists its features)
+    state = legacy.state()
+    again = K.KineticModel.from_state(state, [SHRINK], legacy.weeks)
+    assert again.features == K.LEGACY_FEATURES and log_ratio(again, 28) == pytest.approx(log_ratio(legacy, 28))
+    with pytest.raises(ValueError, match="not computed"):
+        K.KineticModel.from_state(state, [SHRINK], legacy.weeks, features=(*K.LEGACY_FEATURES, "tumour_mood"))
+    with pytest.raises(ValueError, match="feature means"):
+        K.KineticModel.from_state(state, [SHRINK], legacy.weeks, features=K.FEATURES)
+
+
+def test_later_weeks_are_fitted_through_the_earlier_one_when_poor_responders_leave():
+    """Patients whose week-8 response is poor leave follow-up before week 16 (progression, death): a week-16 fit on
+    those still observed promises everyone the survivors' response; the sequential fit through week 8 does not."""
+    rng = np.random.default_rng(5)
+    size = 20.0
+
+    def lesion(y):
+        post = (size + K.SMOOTH_ML) * math.exp(y) - K.SMOOTH_ML
+        les = {f: 0.0 for f in K.FEATURES}
+        les.update(log_total_ml=math.log(size + K.SMOOTH_ML), pre_total_ml=size, pre_viable_ml=size,
+                   post_total_ml=size, post_viable_ml=max(post, 0.0))
+        return les
+
+    def record(w, y, pid):
+        return K.FollowUpRecord(SHRINK, w, [lesion(y)], 0.0, 0.0, [], {"arterial": [], "portal": []},
+                                {"arterial": [], "portal": []}, {"arterial": float("nan"), "portal": float("nan")},
+                                {"arterial": [], "portal": []}, patient_id=pid)
+
+    records, true16 = [], []
+    for n in range(400):
+        z = rng.normal()
+        y8 = -1.0 + 0.8 * z + rng.normal(0, 0.1)
+        y16 = 1.5 * y8 + rng.normal(0, 0.1)  # week 16 continues week 8's course
+        true16.append(max(y16, math.log(K.SMOOTH_ML / (size + K.SMOOTH_ML))))  # a vanished lesion: the floor
+        records.append(record(8, y8, f"P{n}"))
+        if y8 < -0.8:  # the poorer half of the responders is not seen again
+            records.append(record(16, y16, f"P{n}"))
+    truth = float(np.mean(true16))
+
+    def predicted16(model):
+        les = K.PreLesion(1, 20.0, 0.0, np.zeros(3), 5.0, (), {f: 0.0 for f in K.FEATURES} |
+                          {"log_total_ml": math.log(20.0 + K.SMOOTH_ML)})
+        return math.log((model.plan([les], 0.0, SHRINK, 16).lesions[1][1] + K.SMOOTH_ML) / (20.0 + K.SMOOTH_ML))
+
+    sequential, summary = K.fit_kinetics(records, [SHRINK])
+    direct, _ = K.fit_kinetics(records, [SHRINK], sequential=False)
+    assert summary[SHRINK]["w16"]["sequential_viable"]["from_week"] == 8
+    assert summary[SHRINK]["w16"]["sequential_viable"]["carry"] > 1.2  # not shrunk towards "no carry"
+    assert abs(predicted16(sequential) - truth) < 0.1 < abs(predicted16(direct) - truth)
+    # without patient ids nothing can be linked: the direct fit
+    for rec in records:
+        rec.patient_id = ""
+    unlinked, summary = K.fit_kinetics(records, [SHRINK])
+    assert "sequential_viable" not in summary[SHRINK]["w16"]
+    assert predicted16(unlinked) == pytest.approx(predicted16(direct))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pandas as pd
 
 from .errors import HCCTwinError, InputError
 from .formatting import num
-from .io import path_inside, read_clinical_row, read_clinical_table, staged_output
+from .io import clinical_row_values, path_inside, read_clinical_row, read_clinical_table, staged_output
 from .jsonutil import jsonable
 from .parallel import map_ordered
 from .pipeline import PipelineOptions, run_case, save_result
@@ -35,9 +35,11 @@ PREDICTIONS_CSV = "predictions.csv"
 CODES_CSV = "codes.csv"
 
 
-def cohort_patients(cohort: Path, max_cases: int | None = None) -> list[str]:
-    """Patient IDs of ``clinical.csv`` (table order) that have a ``cases/<id>/pre`` folder."""
-    table, _ = read_clinical_table(cohort / "clinical.csv")
+def cohort_patients(cohort: Path, max_cases: int | None = None, *, table=None) -> list[str]:
+    """Patient IDs of ``clinical.csv`` (table order; ``table``: already read) that have a ``cases/<id>/pre``
+    folder."""
+    if table is None:
+        table, _ = read_clinical_table(cohort / "clinical.csv")
     ids = []
     for pid in (str(p) for p in table["patient_id"]):
         if path_inside(cohort, "cases", pid, "pre").is_dir():
@@ -68,14 +70,17 @@ def _row(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def predict_patient(cohort: str, patient_id: str, out_dir: str, regimens: list[str], weeks: list[int],
-                    options: dict[str, Any], report: bool = False, deidentify: bool = False) -> dict[str, Any]:
+                    options: dict[str, Any], report: bool = False, deidentify: bool = False,
+                    clinical: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one cohort patient and write ``out_dir`` (a task of :func:`predict_cohort`, also on a Dask worker: plain
-    arguments, models loaded there once per worker process). Returns the patient's ``predictions.csv`` row."""
+    arguments, models loaded there once per worker process). ``clinical``: the patient's values (``predict_cohort``
+    reads ``clinical.csv`` once); None reads them from the cohort's table. Returns the ``predictions.csv`` row."""
     from .io import load_case
 
     try:
         cohort_path = Path(cohort)
-        clinical, _ = read_clinical_row(cohort_path / "clinical.csv", patient_id)
+        if clinical is None:
+            clinical, _ = read_clinical_row(cohort_path / "clinical.csv", patient_id)
         case = load_case(path_inside(cohort_path, "cases", patient_id, "pre"), patient_id=patient_id,
                          clinical=clinical)
         with staged_output(out_dir) as stage:  # complete or absent, as for one patient
@@ -108,7 +113,8 @@ def predict_cohort(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     if not (cohort / "clinical.csv").is_file():
         raise InputError(f"--cohort {cohort}: no clinical.csv there (the HCCTwin cohort layout: clinical.csv + "
                          f"cases/<patient_id>/pre).")
-    ids = cohort_patients(cohort, max_cases)
+    table, _notes = read_clinical_table(cohort / "clinical.csv")  # once, not once per patient
+    ids = cohort_patients(cohort, max_cases, table=table)
     if not ids:
         raise InputError(f"--cohort {cohort}: no patient of clinical.csv has a cases/<patient_id>/pre folder.")
     out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +122,7 @@ def predict_cohort(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     opts = options or PipelineOptions()
     option_values = {k: getattr(opts, k) for k in opts.__dataclass_fields__}
     items = [(str(cohort), pid, str(out / name), list(regimens), [int(w) for w in weeks], option_values, report,
-              deidentify) for pid, name in zip(ids, names)]
+              deidentify, clinical_row_values(table, pid, cohort / "clinical.csv")) for pid, name in zip(ids, names)]
     rows = map_ordered(predict_patient, items, scheduler=scheduler, workers=workers, progress=progress)
     key = "study_code" if deidentify else "patient_id"
     table = pd.DataFrame([{key: name, **row} for name, row in zip(names, rows)])

@@ -948,6 +948,12 @@ def read_clinical_row(path: str | os.PathLike, patient_id: str) -> tuple[dict, l
     """One patient's row of a clinical table as ``(values, notes)`` (missing cells left out); see
     :func:`read_clinical_table`. InputError when the patient is not in the table."""
     table, notes = read_clinical_table(path)
+    return clinical_row_values(table, patient_id, path), notes
+
+
+def clinical_row_values(table, patient_id: str, path: str | os.PathLike = "clinical.csv") -> dict:
+    """One patient's values from a table read by :func:`read_clinical_table` (missing cells left out); for a cohort,
+    read the table once and call this per patient. InputError when the patient is not in the table."""
     pid = str(patient_id).strip()
     rows = table[table["patient_id"] == pid]
     if rows.empty:
@@ -958,4 +964,4 @@ def read_clinical_row(path: str | os.PathLike, patient_id: str) -> tuple[dict, l
         if value is None or (isinstance(value, float) and not np.isfinite(value)):
             continue
         values[key] = value.item() if hasattr(value, "item") else value
-    return values, notes
+    return values

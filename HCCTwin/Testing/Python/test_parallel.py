@@ -124,18 +124,48 @@ def test_segmentation_metrics_on_two_workers_equal_the_serial_ones(small_cohort,
             dask_run["mean_dice"][key] is None
 
 
+def test_generator_fit_reads_follow_ups_on_two_workers_as_in_the_serial_run(small_cohort, local_client, monkeypatch,
+                                                                            tmp_path):
+    """``hcctwin train generator --scheduler local``: the observed follow-ups read on Dask give the same records, in
+    the same order, and the same fitted kinetics as the serial run."""
+    from HCCTwinLib import parallel
+    from HCCTwinLib.twin.fit import cohort_records, train_kinetic
+
+    serial, info = cohort_records(small_cohort)
+    monkeypatch.setattr(parallel, "client_for", _reuse(local_client))
+    dask_run, dask_info = cohort_records(small_cohort, scheduler="local", workers=2)
+    assert info == dask_info and info["followups"] == len(serial) > 0
+    assert [(r.regimen, r.weeks, r.lesions) for r in serial] == [(r.regimen, r.weeks, r.lesions) for r in dask_run]
+    a = train_kinetic(small_cohort, tmp_path / "serial", log=None, min_patients=1, min_lesions=1)
+    b = train_kinetic(small_cohort, tmp_path / "dask", log=None, min_patients=1, min_lesions=1, scheduler="local",
+                      workers=2)
+    from safetensors.numpy import load_file
+
+    state_a = load_file(tmp_path / "serial" / "hcctwin_twin.safetensors")
+    state_b = load_file(tmp_path / "dask" / "hcctwin_twin.safetensors")
+    assert sorted(state_a) == sorted(state_b)
+    for key, value in state_a.items():
+        np.testing.assert_array_equal(value, state_b[key])
+    assert a["per_cell"] == b["per_cell"]
+
+
 # ------------------------------------------------------------------------------------------ predict over a cohort
 def test_predict_over_a_cohort_on_two_workers_equals_the_serial_run(small_cohort, local_client, monkeypatch,
                                                                      tmp_path):
     import json
 
-    from HCCTwinLib import parallel
+    from HCCTwinLib import batch, parallel
     from HCCTwinLib.batch import PREDICTIONS_CSV, predict_cohort
     from HCCTwinLib.pipeline import PipelineOptions
 
     options = PipelineOptions(device="cpu", samples=1, seed=3)
     kwargs = dict(regimens=["tace_pd1_len", "haic_pd1_len"], weeks=[8], options=options, max_cases=3)
+    reads, real_read = [], batch.read_clinical_table  # clinical.csv is read once for the cohort, not per patient
+    monkeypatch.setattr(batch, "read_clinical_table", lambda path, *a, **k: reads.append(path) or real_read(
+        path, *a, **k))
+    monkeypatch.setattr(batch, "read_clinical_row", lambda *a, **k: pytest.fail("clinical.csv read per patient"))
     serial = predict_cohort(small_cohort, tmp_path / "serial", **kwargs)
+    assert len(reads) == 1
     monkeypatch.setattr(parallel, "client_for", _reuse(local_client))
     dask_run = predict_cohort(small_cohort, tmp_path / "dask", scheduler="local", workers=2, **kwargs)
     assert list(serial["patient_id"]) == list(dask_run["patient_id"]) and len(serial) == 3

@@ -12,6 +12,7 @@ simulator_calibration  trial medians / response rates of 500 simulated patients 
 survival_evaluation    survival engine on a 2000-patient development / 800-patient hold-out image cohort (issue 6)
 segmentation           shipped segmentation network on the 30-patient hold-out (seed 900) (issue 4)
 generator              shipped generator vs counterfactual truth on the same hold-out (issue 5)
+generator_fit_choices  how the twin's kinetics are fitted: variants chosen on a tuning cohort (seed 950) (issue 23)
 generator_ceiling      what pre-treatment information allows: a simulator oracle without the latent biology (issue 5)
 generator_speed        generator request time by memory layout and sampling steps (issues 5 / 8)
 cpu_precision          bfloat16 vs float32 CPU inference: time and agreement (issues 4 / 5 / 8)
@@ -68,10 +69,21 @@ def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
                 "--cohort", str(holdout()), "--n", "30" if not q else "4", "--seed", "900", "--out", str(out)] + \
             (["--skip-speed"] if q else [])
 
+    def train101():  # observed follow-ups for the exponential baseline (the generator_ceiling's training seed)
+        return _simulate(data, "train101" if not q else "q_train101", 120 if not q else 6, 101, fast=q,
+                         truth_images=False)
+
     def generator():
         return [py, str(BENCH / "generator_evaluation.py"), "--cohort", str(holdout()), "--weights",
-                str(WEIGHTS / "hcctwin_twin.safetensors"), "--out", str(out)] + \
+                str(WEIGHTS / "hcctwin_twin.safetensors"), "--train-cohort", str(train101()), "--out", str(out)] + \
             (["--max-cases", "2", "--samples", "1", "--skip-timing"] if q else [])
+
+    def generator_fit_choices():  # the shipped twin's training cohort, a tuning cohort with truth, the hold-out
+        train = _simulate(data, "train1101_600" if not q else "q_train1101", 600 if not q else 12, 1101, fast=q,
+                          truth_images=False)
+        tune = _simulate(data, "tune950" if not q else "q_tune950", 60 if not q else 4, 950, fast=q)
+        return [py, str(BENCH / "generator_fit_choices.py"), "--train", str(train), "--tune", str(tune),
+                "--holdout", str(holdout()), "--workers", "2", "--cache", str(data / "fitcache"), "--out", str(out)]
 
     return {
         "simulator_calibration": lambda: [py, str(BENCH / "simulator_calibration.py"), "--n",
@@ -80,6 +92,7 @@ def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
         "survival_evaluation": survival,
         "segmentation": segmentation,
         "generator": generator,
+        "generator_fit_choices": generator_fit_choices,
         "generator_ceiling": lambda: [py, str(BENCH / "generator_ceiling.py"), "--out", str(out)] +
                                      (["--evaluation", str(out / "generator_evaluation.json")]
                                       if (out / "generator_evaluation.json").is_file() else []) +

@@ -35,7 +35,7 @@ from .kinetic import (
     followup_record,
 )
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 
 
 def _read_clinical(cohort: Path) -> dict[str, dict[str, str]]:

@@ -226,11 +226,12 @@ def _source_distance(t: np.ndarray, outline: float, depth: float) -> np.ndarray:
     return out
 
 
-def _nearest(array: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """Nearest-neighbour lookup of ``array`` at voxel coordinates ``coords`` (3, n), clamped to the array."""
+def _nearest_index(shape, coords: np.ndarray) -> np.ndarray:
+    """Flat index of the nearest voxel of an array of ``shape`` at voxel coordinates ``coords`` (3, n), clamped."""
     # round half up (np.rint rounds half to even, which would depend on where the region starts)
-    idx = [np.clip(np.floor(c + 0.5).astype(np.intp), 0, n - 1) for c, n in zip(coords, array.shape)]
-    return array.ravel()[np.ravel_multi_index(idx, array.shape)]
+    idx = [np.clip(np.floor(c + 0.5).astype(np.intp), 0, n - 1) for c, n in zip(coords, shape)]
+    return np.ravel_multi_index(idx, shape)
+
 
 
 def _warp_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: float) -> None:
@@ -247,9 +248,10 @@ def _warp_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: float)
     flat, t, normal = flat[keep], sd[keep], normal[:, keep]
     shift_mm = _source_distance(t, outline, depth) - t
     coords = coords0[:, keep] + normal * (shift_mm / ctx.spacing_kji[:, None])
-    src_lab = _nearest(cur["labels"], coords)
-    src_comp = _nearest(cur["comp"], coords)
-    src_depth = _nearest(cur["depth"], coords)
+    nearest = _nearest_index(cur["labels"].shape, coords)  # one lookup for the three arrays of the region
+    src_lab = cur["labels"].ravel()[nearest]
+    src_comp = cur["comp"].ravel()[nearest]
+    src_depth = cur["depth"].ravel()[nearest]
     # a source outside the liver: a liver voxel stays as it is, a vacated tumour voxel becomes mean liver
     outside = src_lab == 0
     here = cur["labels"].ravel()[flat]

@@ -18,7 +18,6 @@ without kinetics (no observed follow-ups in the training cohort) return the inpu
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -35,7 +34,7 @@ from ..progress import ProgressCallback, report
 from ..weights.cache import model_label
 from .crop import _LazyVolumes
 from .generator import check_request
-from .kinetic import PHASES, KineticModel, find_lesions
+from .kinetic import PHASES, KineticModel, find_lesions, sphere_radius_mm
 from .render import choose_new_site, make_context, render
 
 ARCHITECTURE = "anchored-kinetic"
@@ -238,7 +237,7 @@ class AnchoredGenerator:
         if new_ml > 0 and site is None:
             messages.append("a new lesion was predicted but the liver has no site far enough from the known "
                             "tumour; none is drawn.")
-        radius = (3.0 * new_ml * 1000.0 / (4.0 * math.pi)) ** (1 / 3) if new_ml > 0 else 0.0
+        radius = sphere_radius_mm(new_ml) if new_ml > 0 else 0.0
         ctx = make_context(phases, labels, geometry, comp, lesions, max_scale, new_site=site, new_radius_mm=radius)
         if ctx is None and items and lesions:
             raise InputError("nothing to render: no lesion region")  # cannot happen with lesions; defensive

@@ -102,6 +102,11 @@ class PreLesion:
         return self.viable_ml + self.necrosis_ml
 
 
+def sphere_radius_mm(volume_ml: float) -> float:
+    """Radius (mm) of a sphere of ``volume_ml``: a lesion's equivalent size."""
+    return (3.0 * max(float(volume_ml), 0.0) * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
 def _spacing_kji(geometry: Geometry) -> np.ndarray:
     return np.asarray(geometry.spacing[::-1], dtype=float)
 
@@ -172,7 +177,7 @@ def find_lesions(labels: np.ndarray, geometry: Geometry, phases: Mapping[str, np
         f["pvtt"] = 1.0 if pvtt >= MIN_NEW_ML else 0.0
         for name, column in CLINICAL_FEATURES.items():
             f[name] = _clinical_value(clinical, column, log=name.startswith("log_"))
-        diameter = 2.0 * (3.0 * les.total_ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)  # equivalent sphere, mm
+        diameter = 2.0 * sphere_radius_mm(les.total_ml)
         f["diameter_le_30mm"] = float(diameter <= 30.0)
         f["diameter_le_50mm"] = float(diameter <= 50.0)
         f["diameter_gt_100mm"] = float(diameter > 100.0)
@@ -726,4 +731,4 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
 
 __all__ = ["ARRAY_KEYS", "CATEGORY_FEATURES", "FEATURES", "LEGACY_FEATURES", "Appearance", "FollowUpRecord",
            "KineticModel", "Plan", "PreLesion",
-           "find_lesions", "fit_kinetics", "followup_record", "ridge_loo", "tumour_components"]
+           "find_lesions", "fit_kinetics", "followup_record", "ridge_loo", "sphere_radius_mm", "tumour_components"]

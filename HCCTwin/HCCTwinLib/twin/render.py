@@ -41,11 +41,11 @@ from scipy import ndimage
 
 from ..cases import Geometry
 from ..labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
-from .kinetic import PHASES, Appearance, Plan, PreLesion
+from .kinetic import PHASES, Appearance, Plan, PreLesion, sphere_radius_mm
 
 #: parenchyma beyond this distance (mm) from the pre-treatment and the virtual outline never moves
 MARGIN_MM = 10.0
-#: treatment-necrosis share of a lesion from which residual viable tumour is drawn as a crescent along the wall
+#: treatment-necrosis share of a lesion from which residual viable tumour is drawn as a nodule against the wall
 NODULE_SHARE = 0.10
 #: largest flattening of a residual viable nodule along the lesion wall (see :func:`_nodule_score`)
 NODULE_MAX_STRETCH = 1.6
@@ -233,7 +233,6 @@ def _nearest_index(shape, coords: np.ndarray) -> np.ndarray:
     return np.ravel_multi_index(idx, shape)
 
 
-
 def _warp_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: float) -> None:
     """Move the lesion's outline to the planned volume along its normals (see the module docstring); arrays of
     ``cur`` are contiguous region arrays, written through flat indices."""
@@ -341,7 +340,7 @@ def _nodule_score(pts: np.ndarray, les: PreLesion, direction: np.ndarray, sp: np
     proj = off @ direction
     wall = float(proj.max()) if proj.size else 0.0
     stretch = min(max(total_ml / max(viable_ml, 1e-9), 1.0) ** (1.0 / 6.0), NODULE_MAX_STRETCH)
-    r_v = (3.0 * viable_ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+    r_v = sphere_radius_mm(viable_ml)
     anchor = direction * max(wall - r_v / stretch ** 2, 0.0)
     d = off - anchor
     radial = d @ direction
@@ -374,7 +373,7 @@ def _new_lesion(ctx: RenderContext, cur: dict, volume_ml: float, look: Appearanc
     if ctx.new_site is None or volume_ml <= 0:
         return
     sp = ctx.spacing_kji
-    radius = (3.0 * volume_ml * 1000.0 / (4.0 * math.pi)) ** (1 / 3)
+    radius = sphere_radius_mm(volume_ml)
     box = _box_around(ctx.new_site, radius, sp, ctx.labels.shape)
     idx = np.stack(np.meshgrid(*[np.arange(s.start, s.stop, dtype=np.float64) for s in box], indexing="ij"))
     r = np.sqrt((((idx - ctx.new_site[:, None, None, None]) * sp[:, None, None, None]) ** 2).sum(axis=0))

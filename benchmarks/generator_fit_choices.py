@@ -15,7 +15,6 @@ takes seconds; reading the training cohort's follow-ups takes minutes (cached in
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import pickle
 import sys
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generator_evaluation import machine_info, ordering_scores  # noqa: E402
+from generator_evaluation import _clinical_rows, machine_info, ordering_scores  # noqa: E402
 
 from HCCTwinLib.imagemetrics import relative_error  # noqa: E402
 from HCCTwinLib.labels import PVTT, VIABLE_TUMOR  # noqa: E402
@@ -53,7 +52,7 @@ def truth_cohort(cohort: Path) -> dict:
     every (regimen, week) in ``truth/``."""
     from HCCTwinLib.io import find_image, load_case, read_image
 
-    clinical = {r["patient_id"]: r for r in csv.DictReader(open(cohort / "clinical.csv", encoding="utf-8-sig"))}
+    clinical = _clinical_rows(cohort)
     out = {}
     for pid, row in clinical.items():
         troot = cohort / "truth" / "cases" / pid

@@ -7,19 +7,20 @@ Usage::
 
 Simulates the cohorts the benchmarks read (into ``--data``, re-used when already there) and runs, in order:
 
-=====================  ==========================================================================================
-simulator_calibration  trial medians / response rates of 500 simulated patients vs the reference (issue 3)
-survival_evaluation    survival engine on a 2000-patient development / 800-patient hold-out image cohort (issue 6)
-segmentation           shipped segmentation network on the 30-patient hold-out (seed 900) (issue 4)
-generator              shipped generator vs counterfactual truth on the same hold-out (issue 5)
-generator_fit_choices  how the twin's kinetics are fitted: variants chosen on a tuning cohort (seed 950) (issue 23)
-generator_ceiling      what pre-treatment information allows: a simulator oracle without the latent biology (issue 5)
-generator_speed        generator request time by memory layout and sampling steps (issues 5 / 8)
-cpu_precision          bfloat16 vs float32 CPU inference: time and agreement (issues 4 / 5 / 8)
-registration           target-registration error on simulated misalignments (issues 7 / 9)
-pipeline               stage timings and peak memory from 128^3 to 512x512x300, copy baseline (issue 8)
-study_dicom            simulate as DICOM -> hcctwin import -> hcctwin study (issue 9)
-=====================  ==========================================================================================
+========================  ==============================================================================================
+simulator_calibration     trial medians / response rates of 500 simulated patients vs the reference (issue 3)
+survival_evaluation       survival engine on a 2000-patient development / 800-patient hold-out image cohort (issue 6)
+segmentation              shipped segmentation network on the 30-patient hold-out (seed 900) (issue 4)
+generator                 shipped generator vs counterfactual truth on the same hold-out (issue 5)
+generator_fit_choices     how the twin's kinetics are fitted: variants chosen on a tuning cohort (seed 950) (issue 23)
+generator_render_choices  how the twin draws residual viable tumour: variants chosen on the same tuning cohort (23)
+generator_ceiling         what pre-treatment information allows: a simulator oracle without the latent biology (issue 5)
+generator_speed           generator request time by memory layout and sampling steps (issues 5 / 8)
+cpu_precision             bfloat16 vs float32 CPU inference: time and agreement (issues 4 / 5 / 8)
+registration              target-registration error on simulated misalignments (issues 7 / 9)
+pipeline                  stage timings and peak memory from 128^3 to 512x512x300, copy baseline (issue 8)
+study_dicom               simulate as DICOM -> hcctwin import -> hcctwin study (issue 9)
+========================  ==============================================================================================
 
 ``--quick`` runs each on a small input (minutes, for checking that they run; its numbers are not the recorded
 ones and are written to ``--out`` which then should not be the results folder). Each benchmark writes its own
@@ -85,6 +86,11 @@ def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
         return [py, str(BENCH / "generator_fit_choices.py"), "--train", str(train), "--tune", str(tune),
                 "--holdout", str(holdout()), "--workers", "2", "--cache", str(data / "fitcache"), "--out", str(out)]
 
+    def generator_render_choices():
+        tune = _simulate(data, "tune950" if not q else "q_tune950", 60 if not q else 4, 950, fast=q)
+        return [py, str(BENCH / "generator_render_choices.py"), "--tune", str(tune), "--holdout", str(holdout()),
+                "--out", str(out)]
+
     return {
         "simulator_calibration": lambda: [py, str(BENCH / "simulator_calibration.py"), "--n",
                                           "500" if not q else "100", "--seed", "2026", "--out",
@@ -93,6 +99,7 @@ def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
         "segmentation": segmentation,
         "generator": generator,
         "generator_fit_choices": generator_fit_choices,
+        "generator_render_choices": generator_render_choices,
         "generator_ceiling": lambda: [py, str(BENCH / "generator_ceiling.py"), "--out", str(out)] +
                                      (["--evaluation", str(out / "generator_evaluation.json")]
                                       if (out / "generator_evaluation.json").is_file() else []) +

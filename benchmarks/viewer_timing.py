@@ -121,6 +121,29 @@ def change(page, selector: str) -> dict:
             "pre_changed_px": int((np.abs(after_p - before_p).max(axis=2) > 10).sum())}
 
 
+def visibly_different(result: Path, a: tuple[str, int], b: tuple[str, int], min_px: int = 3) -> bool:
+    """Whether the virtual views of states ``a`` and ``b`` (regimen, week) differ on screen where the viewer opens
+    (the slice of the largest tumour cross-section, the viewer's phase at its abdominal window): at least ``min_px``
+    pixels more than 10 grey levels apart. Two close time points can look the same there (e.g. lipiodol, white at
+    this window, whose HU alone changes); a change that shows nothing cannot be timed by its frame."""
+    from HCCTwinLib.io import read_image
+    from HCCTwinLib.labels import lesion_focus
+    from HCCTwinLib.scene.nodes import ABDOMEN_WINDOW_LEVEL
+    from HCCTwinLib.scene.viewer import ResultFolder
+
+    folder = ResultFolder(result)
+    labels, _ = read_image(folder.pre("labels"), labels=True)
+    focus = lesion_focus(labels)
+    k = labels.shape[0] // 2 if focus is None else focus[0]
+    width, level = ABDOMEN_WINDOW_LEVEL
+
+    def grey(state):
+        image, _ = read_image(folder.virtual(*state))
+        return np.clip((image[k] - (level - width / 2)) / width * 255.0, 0, 255)
+
+    return int((np.abs(grey(a) - grey(b)) > 10).sum()) >= min_px
+
+
 def measure(browser, result: Path, work: Path, *, screenshot: Path | None = None, patient_id: str | None = None
             ) -> dict:
     """One run of the viewer on ``result``: timings and the checks of what the page shows (raises AssertionError
@@ -154,11 +177,31 @@ def measure(browser, result: Path, work: Path, *, screenshot: Path | None = None
         active = page.evaluate("() => document.querySelector('#week-select .v-btn--active').id")
         out["timepoint_change"] = change(page, "#" + next(w for w in reversed(weeks) if w != active))
         out["uncertainty_toggle"] = change(page, "#uncertainty-toggle")
-        more = []
+        # and off again: the further changes are timed on the image itself (under the overlay a small change of the
+        # virtual image, e.g. two close time points, can stay below the frame detector's threshold)
+        out["uncertainty_off"] = change(page, "#uncertainty-toggle")
+        more, unseen = [], []
+
+        def state():
+            r = page.evaluate("() => document.querySelector('#regimen-select .v-btn--active').id")
+            w = page.evaluate("() => document.querySelector('#week-select .v-btn--active').id")
+            return r.removeprefix("regimen-"), int(w.removeprefix("week-"))
+
         for sel in [*(f"#{w}" for w in weeks), *(f"#{r}" for r in regimens)]:
-            if "v-btn--active" not in (page.get_attribute(sel, "class") or ""):
+            if "v-btn--active" in (page.get_attribute(sel, "class") or ""):
+                continue
+            now = state()
+            target = (sel[len("#regimen-"):], now[1]) if sel.startswith("#regimen-") else \
+                (now[0], int(sel[len("#week-"):]))
+            if visibly_different(result, now, target):
                 more.append(change(page, sel)["seconds"])
+            else:  # clicked all the same; nothing on screen to time
+                page.click(sel)
+                wait_quiet(page)
+                unseen.append(sel[1:])
+            assert state() == target, f"{sel}: the page shows {state()}, not {target}"
         out["more_changes_s"] = more
+        out["more_changes_not_visible"] = unseen
         if screenshot is not None:
             wait_quiet(page)
             page.screenshot(path=str(screenshot))
@@ -189,7 +232,7 @@ def check(run: dict) -> list[str]:
         problems.append("results table empty")
     if run["survival_image"] != 1:
         problems.append("no survival curve")
-    for key in ("regimen_change", "timepoint_change", "uncertainty_toggle"):
+    for key in ("regimen_change", "timepoint_change", "uncertainty_toggle", "uncertainty_off"):
         if run[key]["virtual_changed_px"] < 50:
             problems.append(f"{key}: the virtual view did not change")
         if run[key]["pre_changed_px"] >= 50:

@@ -161,6 +161,17 @@ def set_num_threads(n: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def cpu_threads() -> int:
+    """How many threads this process's own CPU work (numpy/scipy, e.g. the twin's renderings) may use:
+    ``HCCTWIN_NUM_THREADS`` when set (the same setting as torch's), else the cores this process may run on."""
+    if os.environ.get("HCCTWIN_NUM_THREADS"):
+        return max(1, int(os.environ["HCCTWIN_NUM_THREADS"]))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 CPU_PRECISIONS = ("auto", "fp32", "bf16")
 
 

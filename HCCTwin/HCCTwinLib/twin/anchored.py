@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,23 @@ class PatchFollowUp(FollowUp):
         return self.patch_std[phase], region_geometry(geometry, self.patch_region)
 
 
+def _render_item(ctx, plans: Mapping, look, regimen: str, weeks: int, samples: int
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """One (regimen, week): the median response's rendering and the per-voxel SD over the samples' renderings."""
+    med_phases, med_labels = render(ctx, plans[(regimen, weeks, None)], look)
+    acc = {p: np.zeros(ctx.labels.shape, np.float32) for p in PHASES}
+    acc2 = {p: np.zeros(ctx.labels.shape, np.float32) for p in PHASES}
+    for s in range(samples):
+        sp_, _ = render(ctx, plans[(regimen, weeks, s)], look)
+        for p in PHASES:
+            d = np.subtract(sp_[p], med_phases[p], out=sp_[p])
+            acc[p] += d
+            acc2[p] += d * d
+    std = {p: np.sqrt(np.maximum(acc2[p] / samples - (acc[p] / samples) ** 2, 0.0)).astype(np.float32)
+           for p in PHASES}
+    return med_phases, med_labels, std
+
+
 class AnchoredGenerator:
     """A loaded kinetic model with the generator interface (see the module docstring)."""
 
@@ -241,32 +259,38 @@ class AnchoredGenerator:
         ctx = make_context(phases, labels, geometry, comp, lesions, max_scale, new_site=site, new_radius_mm=radius)
         if ctx is None and items and lesions:
             raise InputError("nothing to render: no lesion region")  # cannot happen with lesions; defensive
-        out: dict[str, dict[int, FollowUp]] = {}
         pre = {p: phases[p] for p in PHASES}
-        done = 0
+        work = [(r, w) for r in regimens for w in weeks if w > 0 and ctx is not None and self.model.fitted(r)]
+        threads = min(devices.cpu_threads(), len(work))
+
+        def one(item):
+            r, w = item
+            return _render_item(ctx, plans, self.model.appearance(r, w), r, w, samples)
+
+        rendered = {}
+        # the (regimen, week) renderings are independent: on threads (scipy's interpolation and numpy's copies run
+        # without the GIL), each deterministic, so the images do not depend on the thread count; progress is
+        # reported (and a cancel raised) on the caller's thread, and a cancel drops the renderings not yet started
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="hcctwin-render") if threads > 1 else None
+        try:
+            results = pool.map(one, work) if pool is not None else map(one, work)
+            for done, (item, result) in enumerate(zip(work, results), start=1):
+                rendered[item] = result
+                report(progress, 0.1 + 0.85 * done / max(1, len(items)), f"Rendered {item[0]}, week {item[1]}")
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        out: dict[str, dict[int, FollowUp]] = {}
         for r in regimens:
             out[r] = {}
             for w in weeks:
-                if w == 0 or ctx is None or not self.model.fitted(r):
+                if (r, w) not in rendered:
                     out[r][w] = PatchFollowUp(w, pre, labels, geometry, regimen=r)
                     continue
-                look = self.model.appearance(r, w)
-                med_phases, med_labels = render(ctx, plans[(r, w, None)], look)
-                acc = {p: np.zeros(ctx.labels.shape, np.float32) for p in PHASES}
-                acc2 = {p: np.zeros(ctx.labels.shape, np.float32) for p in PHASES}
-                for s in range(samples):
-                    sp_, _ = render(ctx, plans[(r, w, s)], look)
-                    for p in PHASES:
-                        d = np.subtract(sp_[p], med_phases[p], out=sp_[p])
-                        acc[p] += d
-                        acc2[p] += d * d
-                std = {p: np.sqrt(np.maximum(acc2[p] / samples - (acc[p] / samples) ** 2, 0.0)).astype(np.float32)
-                       for p in PHASES}
+                med_phases, med_labels, std = rendered[(r, w)]
                 out[r][w] = PatchFollowUp(w, pre, labels, geometry, patch_region=ctx.region,
                                           patch_phases=med_phases, patch_labels=med_labels, patch_std=std,
                                           regimen=r)
-                done += 1
-                report(progress, 0.1 + 0.85 * done / max(1, len(items)), f"Rendered {r}, week {w}")
         self.last_info = {"n_items": len(items), "samples": samples, "lesions": len(lesions),
                           "region_kji": None if ctx is None else [[s.start, s.stop] for s in ctx.region],
                           "latent_response_z": [round(z, 4) for z in zs],

@@ -14,9 +14,9 @@ HU of an :class:`~.kinetic.Appearance`, :func:`render` changes the pre-treatment
    interpolation for HU, nearest for labels.
 2. **Viable vs necrotic** inside the moved lesion: the pre-treatment necrosis stays necrotic first; new necrosis
    takes the deepest viable tumour (a necrotic core) or, once treatment necrosis exceeds 10 % of the lesion,
-   everything but one residual viable nodule against the wall on the lesion's viable rim/feeding side, flattened
-   along the wall (how residual enhancing tumour looks after TACE/HAIC; its longest diameter, which mRECIST
-   measures, shrinks with the viable volume, unlike a cap cut through the whole lesion). Viable voxels that die take the
+   everything but one compact residual viable nodule against the wall on the lesion's viable rim/feeding side (how
+   residual enhancing tumour looks after TACE/HAIC; its longest diameter, which mRECIST measures, is that of a ball
+   of the viable volume and shrinks with it, unlike a cap cut through the whole lesion). Viable voxels that die take the
    (regimen, week) median necrosis HU (lipiodol after TACE) with half of their texture; surviving viable tumour is
    shifted by the median viable-HU change (e.g. devascularisation under lenvatinib); regrowth takes the lesion's
    viable HU.
@@ -47,8 +47,6 @@ from .kinetic import PHASES, Appearance, Plan, PreLesion, sphere_radius_mm
 MARGIN_MM = 10.0
 #: treatment-necrosis share of a lesion from which residual viable tumour is drawn as a nodule against the wall
 NODULE_SHARE = 0.10
-#: largest flattening of a residual viable nodule along the lesion wall (see :func:`_nodule_score`)
-NODULE_MAX_STRETCH = 1.6
 #: share of a dying voxel's texture (its HU minus the lesion's mean viable HU) kept in the necrosis
 NECROSIS_TEXTURE = 0.5
 NEW_SITE_TUMOUR_MM = 20.0
@@ -190,8 +188,10 @@ def _viable_side(comp, labels, index, centre, sp, rmax, liver_centre) -> np.ndar
 # ---------------------------------------------------------------------------------------------------------------
 def _distance_cache(comp: np.ndarray, labels: np.ndarray, box: tuple[slice, ...], index: int, sp: np.ndarray
                     ) -> tuple:
-    """What every warp of one lesion shares: its signed distance (mm, negative inside) and outward unit normal on the
-    liver voxels of its box, as flat region indices, and the sorted signed distances of the voxels it may occupy."""
+    """What every warp of one lesion shares: the liver voxels of its box (flat region indices and voxel coordinates),
+    their signed distance (mm, negative inside) to the lesion's outline and its outward unit normal there, all ordered
+    by signed distance (a warp's voxels, those nearer than its outer limit, are then a prefix), and the lesion's
+    depth (mm)."""
     # computed on the box padded by 2 voxels, so the normals at its border are central differences: the same
     # whatever box a request needs (a request's regimens and weeks set the box; the image must not depend on them)
     mask = np.pad(comp[box] == index, 2)
@@ -208,7 +208,9 @@ def _distance_cache(comp: np.ndarray, labels: np.ndarray, box: tuple[slice, ...]
     normal = np.stack([np.where(norm > 1e-6, g / np.maximum(norm, 1e-6), 0.0).ravel()[flat] for g in grad])
     coords = np.stack([(a + b.start).astype(np.float64) for a, b in zip(kji, box)])
     sd_flat = sd.ravel()[flat]
-    return in_region, coords, sd_flat, normal, np.sort(sd_flat), float(inside.max())
+    order = np.argsort(sd_flat, kind="stable")
+    return (in_region[order], np.ascontiguousarray(coords[:, order]), sd_flat[order],
+            np.ascontiguousarray(normal[:, order]), float(inside.max()))
 
 
 def _source_distance(t: np.ndarray, outline: float, depth: float) -> np.ndarray:
@@ -236,17 +238,17 @@ def _nearest_index(shape, coords: np.ndarray) -> np.ndarray:
 def _warp_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: float) -> None:
     """Move the lesion's outline to the planned volume along its normals (see the module docstring); arrays of
     ``cur`` are contiguous region arrays, written through flat indices."""
-    flat, coords0, sd, normal, sorted_sd, depth = ctx.reach_cache[les.index]
+    flat, coords0, sd, normal, depth = ctx.reach_cache[les.index]
     n_target = int(round(total_ml / ctx.geometry.voxel_volume_ml))
     # the level set holding the planned voxels (growth is capped by the liver in the lesion's box)
-    outline = float(sorted_sd[min(n_target, len(sorted_sd)) - 1]) if n_target > 0 else -depth - 1.0
+    outline = float(sd[min(n_target, len(sd)) - 1]) if n_target > 0 else -depth - 1.0
     hi = max(outline, 0.0) + MARGIN_MM
-    keep = sd < hi
-    if not keep.any():
+    n = int(np.searchsorted(sd, hi, side="left"))  # the voxels with sd < hi (sd ascending)
+    if n == 0:
         return
-    flat, t, normal = flat[keep], sd[keep], normal[:, keep]
+    flat, t, normal = flat[:n], sd[:n], normal[:, :n]
     shift_mm = _source_distance(t, outline, depth) - t
-    coords = coords0[:, keep] + normal * (shift_mm / ctx.spacing_kji[:, None])
+    coords = coords0[:, :n] + normal * (shift_mm / ctx.spacing_kji[:, None])
     nearest = _nearest_index(cur["labels"].shape, coords)  # one lookup for the three arrays of the region
     src_lab = cur["labels"].ravel()[nearest]
     src_comp = cur["comp"].ravel()[nearest]
@@ -303,7 +305,7 @@ def _layout_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: floa
     pts = np.argwhere(mine).astype(float) + np.array([s.start for s in box], float)
     if new_nec > NODULE_SHARE * n_tot:
         score = _nodule_score(pts, les, ctx.directions.get(les.index, np.array([0.0, 1.0, 0.0])), sp,
-                              n_viable * vox, n_tot * vox)
+                              n_viable * vox)
     else:
         score = cur["depth"][box][mine].astype(float)
     score = score + np.where(was_nec, 1e6, 0.0)
@@ -329,44 +331,45 @@ def _layout_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: floa
     lab[mine] = new_lab
 
 
-def _nodule_score(pts: np.ndarray, les: PreLesion, direction: np.ndarray, sp: np.ndarray, viable_ml: float,
-                  total_ml: float) -> np.ndarray:
-    """Necrosis order (highest first) that leaves the residual viable tumour as one nodule against the lesion wall on
-    the viable side: the lesion voxels closest to an anchor just inside the wall stay viable, distances measured with
-    the radial axis weighted by ``s**2`` and the in-wall axes by ``1/s`` (``s = (total / viable) ** (1/6)``, at most
-    :data:`NODULE_MAX_STRETCH`): a flattened nodule, not a cap cut through the whole lesion, whose longest diameter
-    (what mRECIST measures) shrinks with the viable volume."""
+def _nodule_score(pts: np.ndarray, les: PreLesion, direction: np.ndarray, sp: np.ndarray, viable_ml: float
+                  ) -> np.ndarray:
+    """Necrosis order (highest first) that leaves the residual viable tumour as one compact nodule against the lesion
+    wall on the viable side: the lesion voxels nearest (mm) to an anchor one nodule radius inside the wall stay viable.
+    A ball has the shortest longest diameter (what mRECIST measures) of any shape of its volume; a nodule flattened
+    along the wall (as the simulator draws it) read true partial responses as stable disease more often on the tuning
+    cohort (``benchmarks/results/generator_fit_choices.md``)."""
     off = (pts - les.centroid_kji) * sp
     proj = off @ direction
     wall = float(proj.max()) if proj.size else 0.0
-    stretch = min(max(total_ml / max(viable_ml, 1e-9), 1.0) ** (1.0 / 6.0), NODULE_MAX_STRETCH)
-    r_v = sphere_radius_mm(viable_ml)
-    anchor = direction * max(wall - r_v / stretch ** 2, 0.0)
-    d = off - anchor
-    radial = d @ direction
-    perp2 = np.maximum((d * d).sum(axis=1) - radial * radial, 0.0)
-    return np.sqrt((radial * stretch ** 2) ** 2 + perp2 / stretch ** 2)
+    anchor = direction * max(wall - sphere_radius_mm(viable_ml), 0.0)
+    return np.sqrt(((off - anchor) ** 2).sum(axis=1))
 
 
 def _pvtt(ctx: RenderContext, cur: dict, pvtt_ml: float, look: Appearance) -> None:
     lab = cur["labels"]
-    thr = lab == PVTT
-    n0 = int(thr.sum())
+    pts = np.nonzero(lab == PVTT)
+    n0 = len(pts[0])
     keep = int(round(pvtt_ml / ctx.geometry.voxel_volume_ml))
     if n0 == 0 or keep >= n0:
         return
     sp = ctx.spacing_kji
+    # on the thrombus's box padded by one voxel: the nearest non-thrombus voxel of a thrombus voxel is never farther
+    # out (clamping any farther one onto the padding ring brings it nearer), and the region may be the whole scan
+    box = tuple(slice(max(0, int(a.min()) - 1), min(int(n), int(a.max()) + 2)) for a, n in zip(pts, lab.shape))
+    sub = lab[box]
+    thr = sub == PVTT
     depth, (ik, ij, ii) = ndimage.distance_transform_edt(thr, sampling=sp, return_indices=True)
     where = np.flatnonzero(thr)
     order = np.argsort(-depth.ravel()[where], kind="stable")
-    released = np.zeros(lab.size, bool)
+    released = np.zeros(sub.size, bool)
     released[where[order[keep:]]] = True
-    released = released.reshape(lab.shape)
+    released = released.reshape(sub.shape)
     near = (ik[released], ij[released], ii[released])
     for p in PHASES:
         hu = look.released_pvtt_hu.get(p, float("nan"))
-        cur[p][released] = hu if math.isfinite(hu) else cur[p][near]
-    lab[released] = lab[near]
+        view = cur[p][box]
+        view[released] = hu if math.isfinite(hu) else view[near]
+    sub[released] = sub[near]
 
 
 def _new_lesion(ctx: RenderContext, cur: dict, volume_ml: float, look: Appearance) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -101,6 +102,10 @@ def test_select_device_cpu_and_fallbacks(monkeypatch):
         assert torch.get_num_threads() == n + 1  # the process setting is applied when a model device is chosen
     finally:
         torch.set_num_threads(n)
+    monkeypatch.setenv("HCCTWIN_NUM_THREADS", "3")
+    assert devices.cpu_threads() == 3  # the same setting bounds the twin's rendering threads
+    monkeypatch.delenv("HCCTWIN_NUM_THREADS")
+    assert 1 <= devices.cpu_threads() <= (os.cpu_count() or 1)
     with pytest.raises(ValueError, match="unknown device"):
         devices.select_device("tpu")
     assert devices.gpu_memory_limit("cpu", fraction=0.5) is None

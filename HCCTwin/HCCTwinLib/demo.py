@@ -15,8 +15,11 @@ from pathlib import Path
 from . import DISCLAIMER
 from .cases import FollowUp
 from .io import load_case, read_image, save_case, write_image
-from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS, run_case, save_result
+from .labels import lesion_focus
+from .pipeline import DEFAULT_REGIMENS, DEFAULT_WEEKS, PipelineOptions, run_case, save_result
 from .progress import ProgressCallback, SubProgress, report
+from .report import write_report
+from .segmentation.inference import default_weights_path as segmentation_weights
 from .simulate.default import DEFAULT_SEED, default_case
 
 
@@ -50,8 +53,6 @@ def run_demo(out: str | Path, seed: int = DEFAULT_SEED, *, small: bool = False, 
 
     # the demo segments with the installed network when there is one (the simulator's labels are the truth, kept
     # for comparison); without one it uses the simulator's labels and says so
-    from .pipeline import PipelineOptions
-    from .segmentation.inference import default_weights_path as segmentation_weights
 
     seg_mode = "model" if segmentation_weights().is_file() else "given"
     result = run_case(case, DEFAULT_REGIMENS, DEFAULT_WEEKS, real_followup=real,
@@ -76,7 +77,6 @@ def run_demo(out: str | Path, seed: int = DEFAULT_SEED, *, small: bool = False, 
     result.timings["save"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     report(progress, 0.92, "Tumor-board report")
-    from .report import write_report
 
     images = {"Pre-treatment | real follow-up | virtual follow-up (linked views)": outputs["layout_png"]} \
         if "layout_png" in outputs else None
@@ -140,8 +140,6 @@ def render_result(result, out: Path, *, bundle: bool = True) -> dict[str, str]:
 
 def _tumour_center_ras(result):
     import numpy as np
-
-    from .labels import lesion_focus
 
     focus = None if result.case.labels is None else lesion_focus(result.case.labels)
     if focus is None:

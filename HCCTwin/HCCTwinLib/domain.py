@@ -37,7 +37,11 @@ from typing import Any
 import numpy as np
 
 from .cases import MODEL_PHASES, accepted_inputs_of, fill_missing_phases, model_input
+from .errors import InputError
+from .jsonutil import jsonable
 from .labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
+from .progress import report
+from .weights import _atomic_write, card_path, load_card
 
 INSIDE, CAUTION, OUTSIDE = "inside", "caution", "outside"
 _RANK = {INSIDE: 0, CAUTION: 1, OUTSIDE: 2}
@@ -391,7 +395,6 @@ def reference_from_measures(rows: Sequence[Mapping[str, float | None]]) -> dict[
 def measure_cohort(segmenter, cohort_dir, *, max_cases: int | None = None, progress=None
                    ) -> list[dict[str, float | None]]:
     """The guard's measures of ``segmenter`` on each pre-treatment study of a cohort folder (its labels unused)."""
-    from .progress import report
     from .segmentation.tuning import _tuning_cases
 
     rows = []
@@ -414,8 +417,6 @@ def tune_domain(segmenter, cohort_dir, *, max_cases: int | None = None, cohort_n
 
     rows = measure_cohort(segmenter, cohort_dir, max_cases=max_cases, progress=progress)
     if len(rows) < 5:
-        from .errors import InputError
-
         raise InputError(f"{cohort_dir}: {len(rows)} usable studies; the domain reference needs at least 5.")
     return {"cohort": cohort_name or str(cohort_dir), "n_cases": len(rows),
             "reference": reference_from_measures(rows), "rule": "caution beyond p1-p99; outside beyond it by its "
@@ -427,9 +428,6 @@ def apply_domain_to_card(weights_path, section: Mapping[str, Any]):
     """Write ``section`` as the ``domain`` section of the model card next to ``weights_path`` (weights untouched)."""
     import json
     from pathlib import Path
-
-    from .jsonutil import jsonable
-    from .weights import _atomic_write, card_path, load_card
 
     card = load_card(weights_path)
     card["domain"] = jsonable(dict(section), finite=True)

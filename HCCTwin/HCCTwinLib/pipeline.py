@@ -15,14 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from . import DISCLAIMER, __version__
+from . import DISCLAIMER, __version__, clinical
+from . import regimens as regimen_catalogue
 from .cases import Case, FollowUp, ObservedScan, fill_missing_phases, sub_geometry
+from .domain import assess
 from .errors import InputError
+from .io import path_inside, write_image, write_text_atomic
 from .jsonutil import jsonable
 from .labels import LABELS, MAX_LABEL, TUMOR_LABELS
 from .progress import ProgressCallback, SubProgress, report
+from .regimens import eligibility_warnings
 from .registration import register_observed
+from .report.figures import write_key_image
 from .survival_result import SurvivalResult
+from .weights import ModelFileError, load_card, resolve_model_path
 
 DEFAULT_WEEKS = (8, 16, 24)
 DEFAULT_REGIMENS = ("tace_pd1_len", "haic_pd1_len", "pd1_tki")
@@ -86,8 +92,6 @@ class TwinResult:
 
     def write_json(self, path: str | Path, summary: dict[str, Any] | None = None) -> Path:
         """Write ``summary`` (default :meth:`summary`) as strict JSON (NaN -> null)."""
-        from .io import write_text_atomic
-
         return write_text_atomic(path, json.dumps(jsonable(self.summary() if summary is None else summary,
                                                            finite=True), indent=2))
 
@@ -139,8 +143,6 @@ class PipelineOptions:
 def _installed(get_model, weights, device, what: str, notes: list[str], allow_missing: bool = True):
     """The cached model, or None with a note saying why (no model file installed / refused); with
     ``allow_missing=False`` the reason is raised instead."""
-    from .weights import ModelFileError
-
     try:
         return get_model(weights, device=device)
     except ModelFileError as exc:
@@ -162,12 +164,9 @@ def _add_messages(result: TwinResult, step: str, model) -> None:
 def _guard(case: Case, segmenter, options: PipelineOptions):
     """The out-of-domain guard (:mod:`.domain`) on the case's phases and labels: with the segmentation model's card
     (its accepted inputs and training-domain reference) and its confidence when it drew the labels."""
-    from .domain import assess
-
     card = getattr(segmenter, "card", None)
     if card is None:  # labels given: the installed model's card still says what the models were trained on
         from .segmentation import default_weights_path
-        from .weights import load_card, resolve_model_path
 
         try:
             path = (resolve_model_path(options.segmentation_weights) if options.segmentation_weights
@@ -205,8 +204,6 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     ``result.case``. Steps: clinical scores, segmentation + out-of-domain guard, virtual follow-ups, response
     reading and survival.
     """
-    from . import regimens as regimen_catalogue
-
     options = options or PipelineOptions()
     catalogue = regimen_catalogue.load_catalogue()
     unknown = [r for r in regimens if r not in catalogue]
@@ -238,9 +235,6 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
 
 def _clinical_step(result: TwinResult, progress) -> None:
     """Scores and eligibility warnings of each regimen from the case's clinical values."""
-    from . import clinical
-    from .regimens import eligibility_warnings
-
     t0 = time.perf_counter()
     report(progress, 0.02, "Clinical scores and eligibility")
     case = result.case
@@ -255,8 +249,6 @@ def _clinical_step(result: TwinResult, progress) -> None:
 def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -> bool:
     """Labels from the model (or the ones given), their volumes, the diameter check and the out-of-domain guard.
     Returns whether the labels hold any liver or tumour."""
-    from . import clinical
-
     t0 = time.perf_counter()
     report(progress, 0.05, "Segmentation")
     case = result.case
@@ -409,7 +401,6 @@ def update_survival(result: TwinResult, options: PipelineOptions | None = None,
         merged = dict(readings.get(real.regimen, {0: result.readings["observed"][0]}))
         merged.update({w: v for w, v in result.readings["observed"].items() if w > 0})
         readings[real.regimen], source[real.regimen] = merged, "observed"
-    from .regimens import eligibility_warnings
 
     for r in regimens:  # a regimen ticked after the run: its eligibility warnings too
         if r not in result.eligibility:
@@ -436,8 +427,6 @@ def save_result(result: TwinResult, out_dir: str | Path, *, write_images: bool =
     on the pre-treatment grid, the inputs on that grid (``pre/{phases,labels}.nii.gz``, the registered real
     follow-up ``real/wWW/...``) and ``key_image.png`` (pre | real | virtual at the largest lesion; the report's
     first page)."""
-    from .io import path_inside, write_image
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
@@ -469,8 +458,6 @@ def save_result(result: TwinResult, out_dir: str | Path, *, write_images: bool =
                     write_image(fu.labels, result.case.geometry, folder / "labels.nii.gz", labels=True)
                 paths[f"{regimen}/w{int(w):02d}"] = str(folder)
     if write_images:
-        from .report.figures import write_key_image
-
         key = write_key_image(result, out)
         if key is not None:
             paths["key_image"] = str(key)

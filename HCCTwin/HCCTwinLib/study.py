@@ -39,7 +39,16 @@ import pandas as pd
 
 from . import DISCLAIMER, __version__
 from .errors import InputError
+from .evaluate import evaluate_generator, evaluate_segmentation, evaluate_survival, fill_features
+from .io import read_clinical_table, spreadsheet_safe
+from .jsonutil import jsonable
+from .pipeline import PipelineOptions
 from .progress import ProgressCallback, SubProgress, report
+from .survival import metrics as M
+from .survival.cohort import cohort_feature_table
+from .survival.engine import ENGINE_NAME, MIN_PATIENTS_PER_REGIMEN, fit_engine
+from .survival.store import get_survival_engine, save_engine
+from .weights import ModelFileError
 
 DEFAULT_SPLITS = ("development", "validation", "test")
 #: Share of patients per split when the table has no ``split`` column (first split = development).
@@ -101,8 +110,6 @@ def assign_splits(clinical: pd.DataFrame, splits: Sequence[str], seed: int = 0) 
 
 def survival_curves(engine, table: pd.DataFrame, cutpoints=None) -> dict[str, Any]:
     """OS calibration (12 months), Kaplan-Meier by predicted risk group and the decision curve at 12 months."""
-    from .survival import metrics as M
-
     d = table.dropna(subset=["os_months", "os_event"])
     d = d[d["regimen"].astype(str).isin(engine.os.regimens_)]
     if len(d) < 10 or d["os_event"].sum() < 5:
@@ -130,10 +137,6 @@ def _risk_tertiles(engine, table: pd.DataFrame):
 
 def _survival_engine(train: str, dev: pd.DataFrame, out: Path, *, n_bootstrap: int, seed: int, cohort_name: str,
                      split_name: str, notes: list[str], progress) -> tuple[Any, dict[str, Any]]:
-    from .survival.engine import ENGINE_NAME, MIN_PATIENTS_PER_REGIMEN, fit_engine
-    from .survival.store import get_survival_engine, save_engine
-    from .weights import ModelFileError
-
     counts = dev["regimen"].astype(str).value_counts() if "regimen" in dev.columns else pd.Series(dtype=int)
     enough = [r for r, k in counts.items() if k >= MIN_PATIENTS_PER_REGIMEN]
     want = train == "always" or (train == "auto" and enough and dev["os_event"].sum() >= 10)
@@ -182,13 +185,6 @@ def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, spli
 
     Per-patient rows in ``study.json`` carry study codes (S0001, ...), not patient IDs, unless ``with_ids``; the
     code -> patient ID key is ``OUT/splits.csv`` (keep it at the site)."""
-    from .evaluate import evaluate_generator, evaluate_segmentation, evaluate_survival, fill_features
-    from .io import read_clinical_table
-    from .jsonutil import jsonable
-    from .pipeline import PipelineOptions
-    from .survival.cohort import cohort_feature_table
-    from .weights import ModelFileError
-
     if train not in TRAIN_CHOICES:
         raise InputError(f"--train {train!r}: use one of {', '.join(TRAIN_CHOICES)}.")
     options = options or PipelineOptions()
@@ -253,7 +249,6 @@ def run_study(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, spli
         codes.setdefault(pid, f"S{len(codes) + 1:04d}")
     if not with_ids:
         study["results"] = _pseudonymise(study["results"], codes)
-    from .io import spreadsheet_safe
 
     clinical.assign(study_code=[codes[str(p)] for p in clinical["patient_id"]],
                     patient_id=[spreadsheet_safe(str(p)) for p in clinical["patient_id"]])[

@@ -36,10 +36,13 @@ from pathlib import Path
 from .. import DISCLAIMER, __version__
 from ..cases import CT_PHASES, MRI_SEQUENCES
 from ..errors import InputError
+from ..io import assemble_case, path_inside, write_image
 from ..jsonutil import jsonable
+from ..labels import LIVER, MAX_LABEL
 from ..progress import ProgressCallback, SubProgress, report
 from .inventory import Inventory, PatientEntry, SeriesEntry, StudyEntry, scan_dicom_tree
-from .seg import _words
+from .seg import _paint, _words, normalize_segment_map, read_seg_for_series
+from .series import read_ct_series
 
 #: Default phase rules: phase -> whole-word keywords of SeriesDescription; "ignore" keywords exclude a series.
 DEFAULT_PHASE_RULES: dict[str, tuple[str, ...]] = {
@@ -147,10 +150,6 @@ def _label_series_for(study: StudyEntry, segs: list[SeriesEntry]) -> list[Series
 def _load_study(patient: PatientEntry, study: StudyEntry, chosen: dict[str, SeriesEntry], segs: list[SeriesEntry],
                 inventory: Inventory, segment_map) -> tuple[object, dict | None, list[str]]:
     """Read the chosen series (InputError on a problem) and the labels (a problem there becomes a note)."""
-    from ..io import assemble_case
-    from .seg import read_seg_for_series
-    from .series import read_ct_series
-
     images = {}
     for phase, series in chosen.items():
         try:
@@ -205,9 +204,6 @@ def _load_study(patient: PatientEntry, study: StudyEntry, chosen: dict[str, Seri
 
 
 def _merge_labels(target, other, where: str) -> None:
-    from ..labels import LIVER, MAX_LABEL
-    from .seg import _paint
-
     if not other.geometry.same_grid(target.geometry):
         raise InputError(f"{where}: the SEG instances of one series lie on different grids; export them as one SEG.")
     names = {v: f"label {v}" for v in range(MAX_LABEL + 1)}
@@ -218,8 +214,6 @@ def _merge_labels(target, other, where: str) -> None:
 
 
 def _write_case(case, folder: Path) -> list[str]:
-    from ..io import write_image
-
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, arr in case.phases.items():
@@ -237,8 +231,6 @@ def _study_line(study: StudyEntry) -> dict:
 
 
 def _import_patient(inventory: Inventory, patient: PatientEntry, out: Path, rules, segment_map) -> dict:
-    from ..io import path_inside
-
     pid = patient.patient_id
     record: dict = {"patient_id": pid, "status": "skipped", "studies": [], "skipped": []}
     if not pid:
@@ -341,8 +333,6 @@ def import_dicom_cohort(root: str | os.PathLike, out: str | os.PathLike, *,
     (also written to ``out/import_log.json``). ``phase_rules``: dict or JSON file (:func:`load_phase_rules`);
     ``segment_map``: SEG segment label -> HCCTwin label overrides (:func:`.seg.map_segment_label`)."""
     import pandas as pd
-
-    from .seg import normalize_segment_map
 
     t0 = time.perf_counter()
     root, out = Path(root).expanduser(), Path(out).expanduser()

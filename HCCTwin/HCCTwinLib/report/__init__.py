@@ -18,7 +18,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-from .content import DEIDENTIFIED, build_sections, curves, deidentify_summary, disclaimer_text, patient_label
+from ..errors import InputError
+from .content import (
+    DEIDENTIFIED,
+    build_sections,
+    curves,
+    deidentify_summary,
+    disclaimer_text,
+    patient_label,
+    scrub_text,
+)
+from .figures import KEY_IMAGE, landmark_figure
+from .html import render_html, write_html
+from .pdf import write_pdf
 from .plots import plot_survival, survival_figure
 
 __all__ = ["plot_survival", "survival_figure", "write_report", "DEIDENTIFIED"]
@@ -33,8 +45,6 @@ def check_report_image(path: str | Path) -> Path:
     """InputError unless ``path`` is a readable PNG/JPEG of at most :data:`MAX_IMAGE_PIXELS` pixels (only the header
     is read)."""
     from PIL import Image, UnidentifiedImageError
-
-    from ..errors import InputError
 
     path = Path(path)
     try:
@@ -71,8 +81,6 @@ def check_report_image(path: str | Path) -> Path:
 
 
 def _check_pixels(path: Path, width: int, height: int) -> None:
-    from ..errors import InputError
-
     if width * height > MAX_IMAGE_PIXELS:
         raise InputError(f"{path}: the image declares {width} x {height} pixels ({width * height / 1e6:.0f} million), "
                          f"more than the {MAX_IMAGE_PIXELS / 1e6:.0f} million a report picture may have; save a "
@@ -92,8 +100,6 @@ def write_report(summary: Mapping, out_dir: str | Path, *, images: Mapping[str, 
     shows as "de-identified"); pixels of the given images are embedded as they are, so render them without patient
     annotations.
     """
-    from .figures import KEY_IMAGE, landmark_figure
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = {str(k): check_report_image(v) for k, v in (images or {}).items()}
@@ -102,8 +108,6 @@ def write_report(summary: Mapping, out_dir: str | Path, *, images: Mapping[str, 
     if key_image is not None:
         key_image = check_report_image(key_image)
     if deidentify:
-        from .content import scrub_text
-
         images = {scrub_text(k, summary): v for k, v in images.items()}
         summary = deidentify_summary(summary)
     paths: dict[str, Path] = {"survival_png": plot_survival(summary, out_dir / "survival.png", "os")}
@@ -122,8 +126,6 @@ def write_report(summary: Mapping, out_dir: str | Path, *, images: Mapping[str, 
     patient = DEIDENTIFIED if deidentify else patient_label(summary)
     title = f"{TITLE}: patient {patient}"
     banner = "Research use only. Demo weights are trained on synthetic data; not for clinical use."
-    from .html import render_html, write_html
-    from .pdf import write_pdf
 
     metadata = {"Title": title, "Author": "HCCTwin", "Subject": disclaimer_text(summary),
                 "Creator": f"HCCTwin {summary.get('hcctwin_version') or __version__}",

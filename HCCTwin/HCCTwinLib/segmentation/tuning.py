@@ -35,11 +35,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..io import load_case
+from ..jsonutil import jsonable
 from ..progress import ProgressCallback, SubProgress, report
+from ..weights import _atomic_write, load_card
+from ..weights import card_path as card_path_of
 from . import postprocessing
-from .inference import logits_to_labels, mirror_sets, pvtt_excluded_bias
+from .inference import envelope_mask, logits_to_labels, mirror_sets, pvtt_excluded_bias
 from .metrics import cohort_lesion_detection, dice_per_label, lesion_counts, mean_dice
 from .preprocessing import from_model_grid
+from .train import _has_training_data, cohort_patient_ids
 
 PVTT_BIAS_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
 CONFIDENCE_GRID = tuple(round(0.5 + 0.01 * i, 2) for i in range(41))  # 0.50 .. 0.90
@@ -55,9 +60,6 @@ DICE_KEYS = ("liver_total", "viable_tumor", "necrosis", "pvtt")
 
 
 def _tuning_cases(cohort_dir, max_cases: int | None):
-    from ..io import load_case
-    from .train import _has_training_data, cohort_patient_ids
-
     root = Path(cohort_dir)
     n = 0
     for pid in cohort_patient_ids(root):
@@ -351,10 +353,6 @@ def apply_to_card(weights_path, postprocessing_section: dict[str, Any], *, repor
     """Write ``postprocessing_section`` into the model card next to ``weights_path`` (the weights and their sha256
     are untouched; the card's other fields are kept), without the two sweep tables (they go to the ``report`` file,
     named in the card when given). Returns the card's path."""
-    from ..jsonutil import jsonable
-    from ..weights import _atomic_write, load_card
-    from ..weights import card_path as card_path_of
-
     card_path = card_path_of(Path(weights_path))
     if not card_path.is_file():
         raise InputError(f"{card_path}: model card not found next to {weights_path}.")
@@ -392,8 +390,6 @@ def tune_envelope(segmenter, envelope, cohort_dir, *, max_cases: int | None = No
 
     Returns the card's ``postprocessing.envelope_stage`` section (model file, sha256, margin, the cohort's numbers)
     or, when no margin qualifies, ``{"rejected": ...}``."""
-    from .inference import envelope_mask
-
     t0 = time.perf_counter()
     cases = list(_tuning_cases(cohort_dir, max_cases))
     if not cases:
@@ -451,10 +447,6 @@ def _fg_tumour_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float | No
 def apply_envelope_to_card(weights_path, section: dict[str, Any]) -> Path:
     """Write the envelope stage ``section`` into the card of ``weights_path`` (``postprocessing.envelope_stage``;
     the other decision rules are kept)."""
-    from ..jsonutil import jsonable
-    from ..weights import _atomic_write, load_card
-    from ..weights import card_path as card_path_of
-
     card_path = card_path_of(Path(weights_path))
     card = load_card(weights_path)
     post = dict(card.get("postprocessing") or {})

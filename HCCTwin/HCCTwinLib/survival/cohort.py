@@ -16,9 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..cases import Case, ObservedScan, sub_geometry
 from ..errors import InputError
+from ..io import find_image, path_inside, read_clinical_table, read_image
 from ..labels import foreground_box
+from ..parallel import map_ordered
 from ..progress import ProgressCallback, report
+from ..registration import register_observed
+from ..response import read_response
+from .deep import deep_raw_features, get_encoder
 from .engine import LANDMARK_WEEKS, RADIOMICS_KEYS
 from .features import clinical_features, imaging_features, radiomics_features, response_features
 
@@ -39,8 +45,6 @@ def baseline_image_features(labels: np.ndarray, geometry, arterial: np.ndarray |
                              f"and the labels on one grid first.")
     box = _feature_box(labels)
     if box is not None:
-        from ..cases import sub_geometry
-
         geometry = sub_geometry(geometry, box)
         labels = np.asarray(labels)[box]
         arterial = None if arterial is None else np.asarray(arterial)[box]
@@ -55,8 +59,6 @@ def baseline_image_features(labels: np.ndarray, geometry, arterial: np.ndarray |
         rad = radiomics_features(arterial, tumor, geometry)
         out.update({f"rad_{k}": float(rad[k]) for k in RADIOMICS_KEYS})
     if deep:
-        from .deep import deep_raw_features
-
         out.update(deep_raw_features(*deep_inputs, segmenter=segmenter)[0])
     return out
 
@@ -76,8 +78,6 @@ def trajectory_readings(baseline_labels: np.ndarray, geometry, followups: Sequen
     """Readings ``{0: baseline, week: {...}}`` of one trajectory (one regimen) for :func:`response_features`:
     viable / tumour volumes from the labels and the mRECIST / RECIST 1.1 reading of
     :func:`HCCTwinLib.response.read_response` (targets, sums of viable diameters, category, new lesions)."""
-    from ..response import read_response
-
     voxel_ml = geometry.voxel_volume_ml
 
     def volumes(lab):
@@ -96,8 +96,6 @@ def trajectory_readings(baseline_labels: np.ndarray, geometry, followups: Sequen
 
 
 def _read_folder(folder: Path) -> dict[str, Any]:
-    from ..io import find_image, read_image
-
     out: dict[str, Any] = {}
     for name in ("labels", "arterial", "portal"):
         path = find_image(folder, name)
@@ -124,8 +122,6 @@ def patient_image_row(case_dir: Path, weeks: Sequence[int] = LANDMARK_WEEKS, *, 
         if not fu["geometry"].same_grid(g):
             # a real follow-up on its own grid: rigid + affine registration to the pre-treatment scan (sizes and
             # diameters do not depend on a deformable refinement, which costs ~20 s per scan)
-            from ..cases import Case, ObservedScan
-            from ..registration import register_observed
 
             phases = {k: fu[k] for k in ("arterial", "portal") if k in fu}
             pre_phases = {k: pre[k] for k in ("arterial", "portal") if k in pre}
@@ -146,8 +142,6 @@ def _image_row_task(case_dir: str, patient_id: str, deep: bool) -> dict[str, Any
     loaded there, once per worker process)."""
     segmenter = None
     if deep:
-        from .deep import get_encoder
-
         segmenter, _ = get_encoder()
     folder = Path(case_dir)
     row = patient_image_row(folder, segmenter=segmenter) if folder.is_dir() else None
@@ -164,13 +158,10 @@ def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True, 
     segmentation model is installed) also the raw segmentation-encoder features (``deepraw_*``, about 0.5 s per
     patient on one CPU core). ``scheduler`` / ``workers``: where the per-patient image rows are computed
     (:mod:`HCCTwinLib.parallel`; the table is the same). Returns ``(table, notes)``."""
-    from ..io import path_inside
-
     cohort = Path(cohort_dir)
     csv = cohort / "clinical.csv"
     if not csv.is_file():
         raise InputError(f"{csv} not found: a cohort folder needs clinical.csv (see the README's data layout).")
-    from ..io import read_clinical_table
 
     clinical, notes = read_clinical_table(csv)
     feats, feat_notes = clinical_features(clinical)
@@ -185,14 +176,11 @@ def cohort_feature_table(cohort_dir: str | os.PathLike, *, images: bool = True, 
         return table, notes
     segmenter = None
     if deep:
-        from .deep import get_encoder
-
         segmenter, note = get_encoder()
         if segmenter is None:
             notes.append(note)
             if deep is True:
                 raise InputError(f"{note} (deep features were asked for).")
-    from ..parallel import map_ordered
 
     ids = [str(p) for p in clinical["patient_id"]]
     tasks = [(str(path_inside(cohort, "cases", pid)), pid, segmenter is not None) for pid in ids]
@@ -216,9 +204,6 @@ def cohort_deep_table(cohort_dir: str | os.PathLike, *, segmenter=None, progress
     """Raw deep (segmentation-encoder) features of every pre-treatment study of a cohort folder: ``patient_id`` +
     ``deepraw_*`` (:func:`HCCTwinLib.survival.deep.deep_raw_features`). Without an installed segmentation model the
     table has only ``patient_id`` and the notes say why. Returns ``(table, notes)``."""
-    from ..io import path_inside, read_clinical_table
-    from .deep import get_encoder
-
     cohort = Path(cohort_dir)
     clinical, _ = read_clinical_table(cohort / "clinical.csv")
     ids = [str(p) for p in clinical["patient_id"]]
@@ -245,8 +230,6 @@ def cohort_deep_table(cohort_dir: str | os.PathLike, *, segmenter=None, progress
 
 
 def _deep_row(pre_dir: Path, segmenter) -> dict[str, float] | None:
-    from .deep import deep_raw_features
-
     pre = _read_folder(pre_dir)
     if "labels" not in pre:
         return None

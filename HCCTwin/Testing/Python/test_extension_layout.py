@@ -244,3 +244,12 @@ def test_import_graph_finds_a_cycle(tmp_path):
     house = import_graph.house(pkg)
     assert house["cycles"] == [["pkg.a", "pkg.sub"]] and house["floor_of"]["pkg.b"] == 1
     assert house["imports_in_functions_share"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_the_slicer_module_logic_and_the_cli_load_without_the_packages_slicer_lacks():
+    """docs/architecture.md: `scene.logic` (loaded with the Slicer module, before its "install dependencies" step)
+    and `cli` (`hcctwin --help`) import no stage that loads pandas, scipy, lifelines, torch or MONAI."""
+    code = ("import sys; import HCCTwinLib.scene.logic, HCCTwinLib.cli, HCCTwinLib.pipeline; "
+            "print(sorted(m for m in ('pandas', 'scipy', 'lifelines', 'torch', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=MODULE, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

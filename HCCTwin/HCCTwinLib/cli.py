@@ -520,6 +520,8 @@ def _train_survival(cohort_dir, out_dir, *, n_bootstrap: int = 50, seed: int = 0
 
 
 def cmd_train(args) -> int:
+    if getattr(args, "records_cache", None) and not (args.model == "generator" and args.architecture == "anchored"):
+        raise InputError("--records-cache applies to `hcctwin train generator` (the anchored twin) only.")
     if args.model == "survival":
         summary = _train_survival(args.cohort, args.out, n_bootstrap=args.bootstrap, seed=args.seed,
                                   images=not args.no_images, progress=ProgressBar(), scheduler=args.scheduler,
@@ -536,7 +538,7 @@ def cmd_train(args) -> int:
             raise InputError(f"{', '.join(flow_only)} apply to the network generator only (--architecture flow); "
                              f"the anchored twin is fitted in one pass.")
         summary = train_kinetic(args.cohort, args.out, max_cases=args.max_cases, progress=ProgressBar(),
-                                scheduler=args.scheduler, workers=args.workers)
+                                scheduler=args.scheduler, workers=args.workers, cache=args.records_cache)
         print(json.dumps({k: summary[k] for k in ("weights", "card", "training_data")}, indent=2, default=str))
         return 0
     if args.model == "segmentation":
@@ -763,6 +765,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "many seconds of wall time (re-run to continue)")
     p.add_argument("--cpu-bf16", action="store_true", help="segmentation/generator: bfloat16 autocast on a CPU "
                                                            "with native bfloat16 (AMX/AVX512-BF16), 2-5x faster")
+    p.add_argument("--records-cache", metavar="DIR",
+                   help="generator (anchored): keep each patient's follow-up records here and read them back while "
+                        "the patient's files and clinical row are unchanged (a refit then takes seconds instead of "
+                        "the minutes of reading the images)")
     p.add_argument("--architecture", choices=["anchored", "flow"], default="anchored",
                    help="generator: anchored (default: per-lesion kinetics fitted on the observed follow-ups, "
                         "rendered on the patient's own image; seconds to fit) or flow (the earlier rectified-flow "

@@ -10,6 +10,9 @@ and its model card (data, regimens, weeks, per-cell counts and residual spreads,
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -19,7 +22,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..io import find_image, read_image, to_sitk, write_text_atomic
+from ..jsonutil import jsonable
+from ..parallel import map_ordered
 from ..progress import ProgressCallback, report
+from ..regimens import REGIMEN_IDS
+from ..weights import save_model
 from .anchored import ARCHITECTURE
 from .kinetic import (
     CATEGORY_FEATURES,
@@ -34,6 +42,7 @@ from .kinetic import (
     fit_kinetics,
     followup_record,
 )
+from .train import discover_pairs
 
 VERSION = "1.1.0"
 
@@ -51,8 +60,6 @@ def _on_grid(array: np.ndarray, geometry, target, *, labels: bool) -> np.ndarray
         return array
     import SimpleITK as sitk
 
-    from ..io import to_sitk
-
     img = to_sitk(array, geometry)
     ref = target.apply_to(sitk.Image(list(target.size_xyz), sitk.sitkUInt8))
     out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkNearestNeighbor if labels else sitk.sitkLinear,
@@ -64,8 +71,6 @@ def patient_records(pre_folder: str, followups: Sequence[tuple[str, int, str]],
                     clinical: dict[str, str] | None, patient_id: str = "") -> list[FollowUpRecord]:
     """The observed follow-up records of one patient: ``followups`` = ``[(regimen, weeks, folder)]`` (a module-level
     function of plain arguments, so that :func:`cohort_records` can run it on Dask workers)."""
-    from ..io import find_image, read_image
-
     pre_folder = Path(pre_folder)
     pre_phases, geom = {}, None
     for p in PHASES:
@@ -86,15 +91,56 @@ def patient_records(pre_folder: str, followups: Sequence[tuple[str, int, str]],
     return out
 
 
+#: how the model's volumes become an image (twin/render.py), as the model card says it
+RENDERING = ("each lesion's outline moved along its normals to the planned volume (its interior and the liver within "
+             "10 mm follow, the identity beyond, nothing outside the liver moves); new necrosis as a core, or, once "
+             "treatment necrosis passes 10 % of the lesion, everything but one compact residual viable nodule against "
+             "the wall; learned median HU per (regimen, week); see twin/render.py")
+
+#: version of the records' content: a cache written by another version is not read
+RECORDS_FORMAT = 1
+
+
+def _files_stamp(folder: str) -> list:
+    """Name, size and modification time of the files of ``folder`` (what decides whether its records changed)."""
+    out = []
+    for f in sorted(Path(folder).iterdir()):
+        if f.is_file():
+            st = f.stat()
+            out.append([f.name, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def records_key(item: tuple) -> str:
+    """The cache key of one patient's records: its images' names, sizes and times, its follow-ups, its clinical row
+    and :data:`RECORDS_FORMAT` (an edited image, a new follow-up or a changed clinical value gives a new key)."""
+    pre_folder, followups, clinical, patient_id = item
+    stamp = {"format": RECORDS_FORMAT, "patient_id": patient_id, "pre": _files_stamp(pre_folder),
+             "followups": [[r, int(w), _files_stamp(f)] for r, w, f in followups],
+             "clinical": sorted((str(k), str(v)) for k, v in (clinical or {}).items())}
+    return hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()
+
+
+def _records_to_json(records: Sequence[FollowUpRecord]) -> str:
+    return json.dumps({"format": RECORDS_FORMAT, "records": [jsonable(dataclasses.asdict(r)) for r in records]})
+
+
+def _records_from_json(text: str) -> list[FollowUpRecord]:
+    data = json.loads(text)
+    if data.get("format") != RECORDS_FORMAT:
+        raise ValueError("another records format")
+    return [FollowUpRecord(**r) for r in data["records"]]
+
+
 def cohort_records(cohort_dir: str | os.PathLike, *, max_cases: int | None = None,
                    progress: ProgressCallback | None = None, log=None, scheduler: str | None = "serial",
-                   workers: int | None = None) -> tuple[list[FollowUpRecord], dict]:
+                   workers: int | None = None, cache: str | os.PathLike | None = None
+                   ) -> tuple[list[FollowUpRecord], dict]:
     """Observed follow-up records of a cohort (see :func:`.kinetic.followup_record`) and what was read; one patient
     per task on ``scheduler`` (:mod:`HCCTwinLib.parallel`: serial, a local Dask cluster or a distributed one), the
-    records in the cohort's order whatever the scheduler."""
-    from ..parallel import map_ordered
-    from .train import discover_pairs
-
+    records in the cohort's order whatever the scheduler. With ``cache`` (a folder), each patient's records are kept
+    there as JSON under :func:`records_key` and read back instead of the images while the patient's files and
+    clinical row are unchanged (refitting with other settings then takes seconds, not the minutes of reading)."""
     root = Path(cohort_dir).expanduser().resolve()
     pairs = discover_pairs(root, max_cases=max_cases)
     clinical = _read_clinical(root)
@@ -112,10 +158,32 @@ def cohort_records(cohort_dir: str | os.PathLike, *, max_cases: int | None = Non
         if log is not None and done and done % 20 == 0:
             log(f"  {done}/{n_total} patients read ({time.perf_counter() - t0:.0f} s)")
 
-    per_patient = map_ordered(patient_records, items, scheduler=scheduler, workers=workers, progress=step)
+    cache_dir = None if cache is None else Path(cache).expanduser()
+    keys = [records_key(item) for item in items] if cache_dir is not None else []
+    per_patient: list[list[FollowUpRecord] | None] = [None] * n_total
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for n, key in enumerate(keys):
+            path = cache_dir / f"{key}.json"
+            if path.is_file():
+                try:
+                    per_patient[n] = _records_from_json(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError, TypeError, KeyError):  # damaged or older: read the images again
+                    per_patient[n] = None
+    todo = [n for n in range(n_total) if per_patient[n] is None]
+    if log is not None and cache_dir is not None:
+        log(f"  {n_total - len(todo)}/{n_total} patients' records from the cache {cache_dir}")
+    read = map_ordered(patient_records, [items[n] for n in todo], scheduler=scheduler, workers=workers,
+                       progress=step)
+    for n, recs in zip(todo, read):
+        per_patient[n] = recs
+        if cache_dir is not None:
+            write_text_atomic(cache_dir / f"{keys[n]}.json", _records_to_json(recs))
     records = [rec for recs in per_patient for rec in recs]
     info = {"cohort": str(root), "patients": n_total, "followups": len(records),
             "regimens_seen": sorted({r.regimen for r in records}), "weeks": sorted({r.weeks for r in records})}
+    if cache_dir is not None:
+        info["read_from_cache"] = n_total - len(todo)
     return records, info
 
 
@@ -139,8 +207,7 @@ def kinetic_card(model, summary: dict, info: dict, *, name: str, version: str = 
                               "residual SD (leave-one-out) = spread of the latent response",
                      "matching": f"follow-up tumour within {MATCH_MM:.0f} mm of a pre-treatment lesion belongs to it",
                      "per_cell": summary},
-        "rendering": "homothety of each lesion about its centroid + monotone ramp to the identity 10 mm outside; "
-                     "necrotic core / residual crescent; learned median HU per (regimen, week); see twin/render.py",
+        "rendering": RENDERING,
         "training_data": {**info, "source": "observed follow-ups only (the regimen each patient received)"},
         "limitations": ["PVTT is never grown (where a thrombus extends cannot be seen on one scan)",
                         "resection is rendered as lesions shrinking to nothing, not as a resection cavity",
@@ -154,18 +221,15 @@ def kinetic_card(model, summary: dict, info: dict, *, name: str, version: str = 
 def train_kinetic(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, regimens: Sequence[str] | None = None,
                   max_cases: int | None = None, name: str = "hcctwin_twin", progress: ProgressCallback | None = None,
                   log=print, scheduler: str | None = "serial", workers: int | None = None,
-                  **fit_kwargs) -> dict[str, Any]:
+                  cache: str | os.PathLike | None = None, **fit_kwargs) -> dict[str, Any]:
     """Fit on ``cohort_dir``'s observed follow-ups and write ``out_dir/<name>.safetensors`` + card
     (``fit_kwargs``: :func:`.kinetic.fit_kinetics` settings, e.g. ``min_patients``; ``scheduler``/``workers``: where
-    the follow-ups are read, see :func:`cohort_records`)."""
+    the follow-ups are read, ``cache``: where the read records are kept, see :func:`cohort_records`)."""
     import torch
-
-    from ..regimens import REGIMEN_IDS
-    from ..weights import save_model
 
     t0 = time.perf_counter()
     records, info = cohort_records(cohort_dir, max_cases=max_cases, progress=progress, log=log, scheduler=scheduler,
-                                   workers=workers)
+                                   workers=workers, cache=cache)
     if not records:
         raise InputError(f"{cohort_dir}: no observed follow-ups to fit the generator on.")
     regimens = list(regimens) if regimens else list(REGIMEN_IDS)
@@ -183,4 +247,5 @@ def train_kinetic(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *, 
     return {"weights": str(path), "card": str(cpath), "training_data": info, "per_cell": summary}
 
 
-__all__ = ["VERSION", "cohort_records", "kinetic_card", "patient_records", "train_kinetic"]
+__all__ = ["RECORDS_FORMAT", "VERSION", "cohort_records", "kinetic_card", "patient_records", "records_key",
+           "train_kinetic"]

@@ -507,6 +507,53 @@ def test_cli_train_generator_fits_the_anchored_twin(tmp_path):
     card = json.loads((tmp_path / "model" / "hcctwin_twin.json").read_text())
     assert card["architecture"] == "anchored-kinetic" and card["regimens"]
     assert main(["train", "generator", "--cohort", str(root), "--out", str(tmp_path / "m2"), "--lr", "0.1"]) == 2
+    assert main(["train", "survival", "--cohort", str(root), "--out", str(tmp_path / "m3"), "--records-cache",
+                 str(tmp_path / "rc")]) == 2
+
+
+def test_records_cache_gives_the_records_read_from_the_images_and_follows_changed_files(tmp_path, monkeypatch):
+    """`hcctwin train generator --records-cache DIR`: a second fit reads no image and fits the same model; a changed
+    follow-up or clinical value is read again."""
+    import csv
+
+    from HCCTwinLib.twin import fit as F
+
+    root = write_cohort(tmp_path / "cohort", 4)
+    fresh, info = F.cohort_records(root)
+    cache = tmp_path / "records"
+    first, info1 = F.cohort_records(root, cache=cache)
+    assert info1["read_from_cache"] == 0 and len(list(cache.glob("*.json"))) == info["patients"]
+    calls = []
+    real = F.patient_records
+
+    def counting(*args):
+        calls.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(F, "patient_records", counting)
+    again, info2 = F.cohort_records(root, cache=cache)
+    assert calls == [] and info2["read_from_cache"] == info["patients"]
+    # every number and list as read from the images (compared as JSON: a missing AFP is NaN, never equal to itself)
+    assert F._records_to_json(again) == F._records_to_json(fresh) == F._records_to_json(first)
+    assert len(again) == len(fresh) and all(type(a) is type(b) for a, b in zip(again, fresh))
+    m_fresh, _ = K.fit_kinetics(fresh, [SHRINK, GROW], min_patients=2, min_lesions=2)
+    m_cached, _ = K.fit_kinetics(again, [SHRINK, GROW], min_patients=2, min_lesions=2)
+    assert all(np.array_equal(m_fresh.state()[k], m_cached.state()[k], equal_nan=True) for k in m_fresh.state())
+    # a changed clinical value: that patient alone is read again
+    rows = list(csv.DictReader(open(root / "clinical.csv")))
+    rows[0]["age"] = str(int(rows[0]["age"]) + 1)
+    with open(root / "clinical.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    F.cohort_records(root, cache=cache)
+    assert calls == [rows[0]["patient_id"]]
+    # a damaged cache file is read from the images again, not an error
+    for f in cache.glob("*.json"):
+        f.write_text("{not json")
+    calls.clear()
+    F.cohort_records(root, cache=cache)
+    assert len(calls) == info["patients"]
 
 
 @pytest.mark.parametrize("factor", [0.3, 1.8])

@@ -390,9 +390,10 @@ def write_report(result: dict, out_dir: Path) -> tuple[Path, Path]:
         return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
     s = result["summary"]
+    steps = "" if result.get("steps") is None else f", {result['steps']} sampling steps"  # the network generator's
     lines = ["# Generator evaluation", "", "Demo weights, synthetic data, not for clinical use.", "",
              f"Cohort `{result['cohort']}`: {result['n_patients']} patients, {result['n_followups']} follow-ups "
-             f"(regimen x week); {result['samples']} samples, seed {result['seed']}, {result['steps']} steps. "
+             f"(regimen x week); {result['samples']} samples, seed {result['seed']}{steps}. "
              f"Exponential baseline fit on `{result['exponential_fit_on']}`.", "",
              "| metric | generator | copy | exponential |", "|---|---|---|---|"]
     for key in ("viable_volume_median_rel_error", "tumour_dice_mean", "mrecist_agreement", "mrecist_weighted_kappa",

@@ -12,7 +12,7 @@ CLI) parse the dict once with :meth:`SurvivalResult.from_dict` (or :meth:`Surviv
       recommendation         Recommendation | None    None when withheld (see recommendation_withheld)
       neoadjuvant            RmstDifference | None    neoadjuvant HAIC + ... then resection vs resection (+ question)
       metastasis             Metastasis | None        2-year distant-metastasis risk (TACE model)
-      landmark               {regimen: {"timepoints": {"wWW": ...}, "response_features": {...}}} | None (a mapping)
+      landmark               {regimen: LandmarkRegimen} | None   timepoints {"wWW": LandmarkCurve}, response features
       notes                  (str, ...)
       recommendation_withheld str | None              why there is no recommendation (domain guard)
 
@@ -35,7 +35,8 @@ from typing import Any, ClassVar
 
 from .errors import InputError
 
-__all__ = ["Curve", "RmstDifference", "Recommendation", "Metastasis", "SurvivalResult", "ENDPOINTS"]
+__all__ = ["Curve", "RmstDifference", "Recommendation", "Metastasis", "MetastasisUpdate", "LandmarkCurve",
+           "LandmarkRegimen", "SurvivalResult", "ENDPOINTS"]
 
 #: the endpoints the engine predicts, in its order
 ENDPOINTS = ("os", "pfs")
@@ -64,6 +65,13 @@ def _pair(value: Any) -> tuple | None:
 
 def _map(value: Any) -> dict | None:
     return dict(value) if isinstance(value, Mapping) else None
+
+
+def _records(value: Any, parse) -> dict:
+    """``{key: parse(part)}`` of a mapping of parts, leaving out parts that are not objects ({} for a non-mapping)."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: parse(v) for k, v in value.items() if isinstance(v, Mapping)}
 
 
 @dataclass(frozen=True)
@@ -217,14 +225,85 @@ class Recommendation(_Record):
 
 
 @dataclass(frozen=True)
+class MetastasisUpdate(_Record):
+    """The 2-year metastasis risk updated at one landmark week with the response of the TACE follow-up seen then
+    (``LandmarkMetastasis.predict``; the key in :attr:`Metastasis.landmark` is ``"wWW"``): risk with its 95%
+    interval, nomogram ``points``, the follow-up's ``source`` ("virtual" or "observed") and the ``question`` it
+    answers."""
+
+    horizon_months: float | None = None
+    risk: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    points: Mapping[str, float] | None = None
+    interval_method: str | None = None
+    landmark_weeks: int | None = None
+    source: str | None = None
+    question: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetastasisUpdate:
+        data = _require_mapping(data, "metastasis landmark update")
+        return cls(horizon_months=data.get("horizon_months"), risk=data.get("risk"), lower=data.get("lower"),
+                   upper=data.get("upper"), points=_map(data.get("points")),
+                   interval_method=data.get("interval_method"), landmark_weeks=data.get("landmark_weeks"),
+                   source=data.get("source"), question=data.get("question"), **cls._split(data))
+
+
+@dataclass(frozen=True)
+class LandmarkCurve(_Record):
+    """Overall survival from one landmark week on (``LandmarkModel.predict``), given the response read on that
+    week's follow-up (``source``: "virtual" or "observed"; ``mrecist``: its category): ``survival`` at
+    ``times_after_landmark`` (months after the landmark) with the pointwise 95% band (None where there is none),
+    ``median`` None when not reached."""
+
+    landmark_week: int | None = None
+    landmark_months: float | None = None
+    source: str | None = None
+    times_after_landmark: tuple[float, ...] = ()
+    survival: tuple[float | None, ...] = ()
+    median: float | None = None
+    lower: tuple[float | None, ...] = ()
+    upper: tuple[float | None, ...] = ()
+    mrecist: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LandmarkCurve:
+        data = _require_mapping(data, "landmark curve")
+        return cls(landmark_week=data.get("landmark_week"), landmark_months=data.get("landmark_months"),
+                   source=data.get("source"), times_after_landmark=_seq(data.get("times_after_landmark")),
+                   survival=_seq(data.get("survival")), median=data.get("median"), lower=_seq(data.get("lower")),
+                   upper=_seq(data.get("upper")), mrecist=data.get("mrecist"), **cls._split(data))
+
+
+@dataclass(frozen=True)
+class LandmarkRegimen(_Record):
+    """One regimen's dynamic risk: ``timepoints`` ``{"wWW": LandmarkCurve}`` in the engine's order and the response
+    features read on its follow-ups (a mapping of numbers)."""
+
+    timepoints: Mapping[str, LandmarkCurve] = field(default_factory=dict)
+    response_features: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LandmarkRegimen:
+        data = _require_mapping(data, "landmark entry")
+        return cls(timepoints=_records(data.get("timepoints"), LandmarkCurve.from_dict),
+                   response_features=_map(data.get("response_features")) or {}, **cls._split(data))
+
+    def weeks(self) -> list[str]:
+        """The landmark keys ("w08", ...) in the engine's order."""
+        return list(self.timepoints)
+
+
+@dataclass(frozen=True)
 class Metastasis(_Record):
     """Distant-metastasis risk by ``horizon_months`` (the logistic TACE model, ``applies_to``; ``population`` says
     for whom) with its 95% interval and nomogram ``points``; ``not_applicable`` (and no risk) when metastasis is
-    already present at baseline. ``landmark``: ``{"wWW": {risk, lower, upper, source, ...}}``, the risk updated with
-    the response of the TACE follow-ups; ``competing_risk``: the cumulative incidence with death competing;
-    ``by_regimen``: ``{regimen: {risk, lower, upper}}`` when a model gives one per regimen. These three stay
-    mappings, as the engine writes them. The engine builds it with :meth:`from_dict` (the not-applicable record has
-    no ``horizon_months`` / ``risk`` / ``lower`` / ``upper`` keys: they are ``absent``, not ``null``)."""
+    already present at baseline. ``landmark``: ``{"wWW": MetastasisUpdate}``, the risk updated with the response of
+    the TACE follow-ups; ``competing_risk``: the cumulative incidence with death competing; ``by_regimen``:
+    ``{regimen: {risk, lower, upper}}`` when a model gives one per regimen (these two stay mappings). The engine
+    builds it with :meth:`from_dict` (the not-applicable record has no ``horizon_months`` / ``risk`` / ``lower`` /
+    ``upper`` keys: they are ``absent``, not ``null``)."""
 
     _OPTIONAL: ClassVar[frozenset[str]] = frozenset({
         "not_applicable", "points", "interval_method", "applies_to", "population", "landmark", "competing_risk",
@@ -239,7 +318,7 @@ class Metastasis(_Record):
     interval_method: str | None = None
     applies_to: str | None = None
     population: str | None = None
-    landmark: Mapping[str, Mapping[str, Any]] | None = None
+    landmark: Mapping[str, MetastasisUpdate] | None = None
     competing_risk: Mapping[str, Any] | None = None
     by_regimen: Mapping[str, Mapping[str, Any]] | None = None
 
@@ -250,7 +329,9 @@ class Metastasis(_Record):
                    risk=data.get("risk"), lower=data.get("lower"), upper=data.get("upper"),
                    points=_map(data.get("points")), interval_method=data.get("interval_method"),
                    applies_to=data.get("applies_to"), population=data.get("population"),
-                   landmark=_map(data.get("landmark")), competing_risk=_map(data.get("competing_risk")),
+                   landmark=_records(data["landmark"], MetastasisUpdate.from_dict)
+                   if isinstance(data.get("landmark"), Mapping) else None,
+                   competing_risk=_map(data.get("competing_risk")),
                    by_regimen=_map(data.get("by_regimen")), **cls._split(data))
 
     @property
@@ -273,7 +354,7 @@ class SurvivalResult(_Record):
     recommendation: Recommendation | None = None
     neoadjuvant: RmstDifference | None = None
     metastasis: Metastasis | None = None
-    landmark: Mapping[str, Mapping[str, Any]] | None = None
+    landmark: Mapping[str, LandmarkRegimen] | None = None
     notes: tuple[str, ...] = ()
     recommendation_withheld: str | None = None
 
@@ -294,7 +375,8 @@ class SurvivalResult(_Record):
             recommendation=Recommendation.from_dict(rec) if isinstance(rec, Mapping) else None,
             neoadjuvant=RmstDifference.from_dict(neo) if isinstance(neo, Mapping) else None,
             metastasis=Metastasis.from_dict(met) if isinstance(met, Mapping) else None,
-            landmark=_map(data.get("landmark")),
+            landmark=_records(data["landmark"], LandmarkRegimen.from_dict)
+            if isinstance(data.get("landmark"), Mapping) else None,
             notes=tuple(data.get("notes")) if isinstance(data.get("notes"), (list, tuple)) else (),
             recommendation_withheld=data.get("recommendation_withheld"),
             **cls._split(data))

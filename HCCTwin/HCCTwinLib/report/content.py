@@ -489,9 +489,8 @@ def metastasis_section(summary: Mapping) -> Section:
             f"risk above counts only patients whose 2-year status is known, so it is higher when many die first).")))
     landmark = meta.landmark
     if landmark:
-        rows = [[str(k), str(m.get("source", "")),
-                 fmt_ci(m.get("risk"), [m.get("lower"), m.get("upper")], "pct")]
-                for k, m in sorted(landmark.items()) if isinstance(m, Mapping)]
+        rows = [[str(k), m.source or "", fmt_ci(m.risk, [m.lower, m.upper], "pct")]
+                for k, m in sorted(landmark.items())]
         sec.blocks.append(Block("text", text="Updated with the response of the TACE follow-ups (for a patient still "
                                              "free of distant metastasis at that time point):"))
         sec.blocks.append(Block("table", header=["Time point", "Follow-up", f"Risk at {horizon_of(meta)} mo"],
@@ -514,23 +513,22 @@ def landmark_section(summary: Mapping, info: Mapping, plots: Mapping[str, str]) 
         sec.blocks.append(Block("image", text="Overall survival from each follow-up time point, per regimen, given "
                                               "that follow-up's (virtual) response (shaded: 95% interval)",
                                 image=str(plots["landmark"])))
-    weeks = sorted({w for tp in landmark.values() if isinstance(tp, Mapping)
-                    for w in (tp.get("timepoints") or {}) if isinstance(tp.get("timepoints"), Mapping)})
+    weeks = sorted({w for entry in landmark.values() for w in entry.timepoints})
     rows, keys = [], []
-    for rid in [r for r in regimen_order(summary) if r in landmark] + [r for r in landmark
-                                                                       if r not in regimen_order(summary)]:
-        tps = (landmark[rid] or {}).get("timepoints") if isinstance(landmark[rid], Mapping) else None
-        if not isinstance(tps, Mapping):
+    order = regimen_order(summary)
+    for rid in [r for r in order if r in landmark] + [r for r in landmark if r not in order]:
+        tps = landmark[rid].timepoints
+        if not tps:
             continue
         cells = []
         for w in weeks:
             tp = tps.get(w)
-            if not isinstance(tp, Mapping):
+            if tp is None:
                 cells.append("n/a")
                 continue
-            med = num(tp.get("median"))
-            cells.append(f"{tp.get('mrecist') or 'n/a'}; median {'NR' if med is None else f'{med:.1f}'} mo "
-                         f"({tp.get('source') or 'n/a'})")
+            med = num(tp.median)
+            cells.append(f"{tp.mrecist or 'n/a'}; median {'NR' if med is None else f'{med:.1f}'} mo "
+                         f"({tp.source or 'n/a'})")
         rows.append([info.get(rid, {}).get("name", rid), *cells])
         keys.append(rid)
     if rows:

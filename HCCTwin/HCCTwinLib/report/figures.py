@@ -125,8 +125,7 @@ def landmark_figure(summary: Mapping, *, figsize=(8.0, 4.6)):
         return None
     order = [r for r in summary.get("regimens") or [] if r in landmark] + [
         r for r in landmark if r not in (summary.get("regimens") or [])]
-    weeks = sorted({w for r in order for w in ((landmark[r] or {}).get("timepoints") or {})
-                    if isinstance(landmark[r], Mapping)})
+    weeks = sorted({w for r in order for w in landmark[r].timepoints})
     if not weeks:
         return None
     info = regimen_info(order)
@@ -136,20 +135,20 @@ def landmark_figure(summary: Mapping, *, figsize=(8.0, 4.6)):
     for p, w in enumerate(weeks):
         ax = fig.add_axes((0.07 + p * 0.9 / n, 0.2, 0.9 / n - 0.04, 0.66))
         for idx, rid in enumerate(order):
-            tp = ((landmark[rid] or {}).get("timepoints") or {}).get(w)
-            if not isinstance(tp, Mapping):
+            tp = landmark[rid].timepoints.get(w)
+            if tp is None:
                 continue
-            t = np.array([num(v) if num(v) is not None else np.nan for v in tp.get("times_after_landmark") or []])
-            s = np.array([num(v) if num(v) is not None else np.nan for v in tp.get("survival") or []])
+            t = np.array([num(v) if num(v) is not None else np.nan for v in tp.times_after_landmark])
+            s = np.array([num(v) if num(v) is not None else np.nan for v in tp.survival])
             m = min(len(t), len(s))
             if m == 0:
                 continue
             color = info[rid]["color"]
-            label = f"{info[rid]['short_name']} ({tp.get('mrecist') or 'n/a'})"
+            label = f"{info[rid]['short_name']} ({tp.mrecist or 'n/a'})"
             ax.step(t[:m], s[:m], where="post", color=color, linestyle=LINE_STYLES[idx % len(LINE_STYLES)],
                     linewidth=1.4, label=label)
-            lo = np.array([num(v) if num(v) is not None else np.nan for v in tp.get("lower") or []])
-            hi = np.array([num(v) if num(v) is not None else np.nan for v in tp.get("upper") or []])
+            lo = np.array([num(v) if num(v) is not None else np.nan for v in tp.lower])
+            hi = np.array([num(v) if num(v) is not None else np.nan for v in tp.upper])
             if len(lo) >= m and len(hi) >= m:
                 ax.fill_between(t[:m], lo[:m], hi[:m], step="post", color=color, alpha=0.12, linewidth=0)
         ax.set_ylim(0, 1.02)

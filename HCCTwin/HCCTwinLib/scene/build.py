@@ -257,8 +257,7 @@ def _metastasis_text(meta: Metastasis | None, regimen: str, catalogue: Mapping) 
         if landmark:  # the latest update from the (virtual or real) follow-up
             key = max(landmark)
             m = landmark[key]
-            text += (f"; {key} ({m.get('source', 'virtual')}): "
-                     f"{fmt_ci(m.get('risk'), [m.get('lower'), m.get('upper')], 'pct')}")
+            text += f"; {key} ({m.source or 'virtual'}): {fmt_ci(m.risk, [m.lower, m.upper], 'pct')}"
         return text
     return f"n/a ({regimen_label(applies, catalogue)} model only)"
 

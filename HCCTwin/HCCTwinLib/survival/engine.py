@@ -41,7 +41,7 @@ import pandas as pd
 from ..errors import InputError
 from ..jsonutil import jsonable
 from ..progress import ProgressCallback, SubProgress, report
-from ..survival_result import Curve, Metastasis, Recommendation, RmstDifference, SurvivalResult
+from ..survival_result import Curve, LandmarkRegimen, Metastasis, Recommendation, RmstDifference, SurvivalResult
 from ..weights.cache import model_label
 from .deep import RAW_PREFIX, DeepFeatureReducer, raw_deep_columns
 from .features import DEFAULT_COVARIATES, clinical_features, response_features
@@ -286,7 +286,8 @@ class SurvivalEngine:
                 metastasis = Metastasis.from_dict(met)
         landmark = None
         if self.landmark is not None and readings:
-            landmark = self._landmarks(row, readings, readings_source or {}, times)
+            landmark = {r: LandmarkRegimen.from_dict(entry)
+                        for r, entry in self._landmarks(row, readings, readings_source or {}, times).items()}
         result = SurvivalResult(
             model=f"{self.card.get('name', ENGINE_NAME)} {self.card.get('version', '')}".strip(),
             endpoints=endpoints, rmst24_differences=tuple(diffs), recommendation=recommendation,

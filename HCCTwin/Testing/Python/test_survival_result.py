@@ -15,7 +15,16 @@ import pytest
 
 from HCCTwinLib.errors import InputError
 from HCCTwinLib.formatting import fmt_median
-from HCCTwinLib.survival_result import Curve, Metastasis, Recommendation, RmstDifference, SurvivalResult
+from HCCTwinLib.survival_result import (
+    Curve,
+    LandmarkCurve,
+    LandmarkRegimen,
+    Metastasis,
+    MetastasisUpdate,
+    Recommendation,
+    RmstDifference,
+    SurvivalResult,
+)
 
 REGS = ["tace_pd1_len", "haic_pd1_len", "pd1_tki"]
 #: the demo's default patient (simulate.default_case, seed 0, index 2): HCC with PVTT, not resectable
@@ -110,8 +119,18 @@ def test_the_types_read_what_the_engine_wrote(outputs):
     met = res.metastasis
     assert isinstance(met, Metastasis) and met.has_risk and met.not_applicable is None
     assert met.applies_to == "tace_pd1_len" and 0 <= met.lower <= met.risk <= met.upper <= 1
-    assert set(met.landmark) == {"w08", "w16"} and met.landmark["w08"]["source"] == "observed"
+    assert set(met.landmark) == {"w08", "w16"} and isinstance(met.landmark["w08"], MetastasisUpdate)
+    up = met.landmark["w08"]
+    assert up.source == "observed" and up.landmark_weeks == 8 and 0 <= up.lower <= up.risk <= up.upper <= 1
+    assert up.to_dict() == out["metastasis"]["landmark"]["w08"]
     assert set(res.landmark) == {"tace_pd1_len", "haic_pd1_len"}
+    entry = res.landmark["tace_pd1_len"]
+    assert isinstance(entry, LandmarkRegimen) and entry.weeks() == list(out["landmark"]["tace_pd1_len"]["timepoints"])
+    tp = entry.timepoints[entry.weeks()[0]]
+    assert isinstance(tp, LandmarkCurve) and tp.landmark_week == int(entry.weeks()[0][1:])
+    assert len(tp.times_after_landmark) == len(tp.survival) == len(tp.lower) == len(tp.upper) > 1
+    assert tp.mrecist == out["landmark"]["tace_pd1_len"]["timepoints"][entry.weeks()[0]]["mrecist"]
+    assert entry.response_features == out["landmark"]["tace_pd1_len"]["response_features"]
     assert res.recommendation_withheld is None and res.neoadjuvant is None
 
 
@@ -227,6 +246,13 @@ def test_damaged_parts_degrade_to_not_available(outputs, tmp_path):
     assert list(res.curves("os")) == ["tace_pd1_len"] and res.curves("pfs") == {}
     assert res.recommendation is None and res.rmst24_differences == () and res.metastasis is None
     assert res.landmark is None and res.notes == ()
+    # a landmark part whose entries are damaged: those entries are left out, the rest is read
+    good = outputs["landmark"]["landmark"]["tace_pd1_len"]
+    part = SurvivalResult.from_dict({"landmark": {"a": [1], "tace_pd1_len": {
+        "timepoints": {**good["timepoints"], "w99": "x"}, "response_features": good["response_features"]}}})
+    assert list(part.landmark) == ["tace_pd1_len"] and "w99" not in part.landmark["tace_pd1_len"].timepoints
+    meta = Metastasis.from_dict({"risk": 0.2, "landmark": {"w08": 0.3}})
+    assert meta.landmark == {}
     summary = {"regimens": ["tace_pd1_len", "pd1_tki"], "survival": damaged, "notes": []}
     sections = {s.key: s for s in build_sections(summary, date="today")}
     assert sections["benefit"].blocks[0].kind == "na" and sections["metastasis"].blocks[0].kind == "na"

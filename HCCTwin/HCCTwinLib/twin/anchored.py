@@ -11,8 +11,10 @@ every regimen, week and lesion: regimens compared on equal footing, coherent tra
 - ``std``: the per-voxel SD over the renderings of the samples (where the outline, the necrosis or a new lesion may
   differ between plausible responses).
 
-A :class:`PatchFollowUp` keeps only the region that can change (about the lesions + 10 mm, the thrombus, the new
-site), pasted into the input on access: outside it every voxel is the input's, bit for bit. Weeks == 0 and regimens
+The (regimen, week) renderings run on threads (:func:`HCCTwinLib.device.cpu_threads`; the images do not depend on
+the thread count). A :class:`PatchFollowUp` keeps only the box of the voxels its rendering changed (within the region
+that can change: about the lesions + 10 mm, the thrombus, the new site), pasted into the input on access: outside it
+every voxel is the input's, bit for bit. Weeks == 0 and regimens
 without kinetics (no observed follow-ups in the training cohort) return the input unchanged, the latter with a note.
 """
 
@@ -163,9 +165,9 @@ class PatchFollowUp(FollowUp):
         return self.patch_std[phase], region_geometry(geometry, self.patch_region)
 
 
-def _render_item(ctx, plans: Mapping, look, regimen: str, weeks: int, samples: int
-                 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
-    """One (regimen, week): the median response's rendering and the per-voxel SD over the samples' renderings."""
+def _render_item(ctx, plans: Mapping, look, regimen: str, weeks: int, samples: int) -> tuple:
+    """One (regimen, week): the median response's rendering and the per-voxel SD over the samples' renderings, cut
+    to the box of its changes (:func:`_crop_to_changes`)."""
     med_phases, med_labels = render(ctx, plans[(regimen, weeks, None)], look)
     acc = {p: np.zeros(ctx.labels.shape, np.float32) for p in PHASES}
     acc2 = {p: np.zeros(ctx.labels.shape, np.float32) for p in PHASES}
@@ -177,7 +179,25 @@ def _render_item(ctx, plans: Mapping, look, regimen: str, weeks: int, samples: i
             acc2[p] += d * d
     std = {p: np.sqrt(np.maximum(acc2[p] / samples - (acc[p] / samples) ** 2, 0.0)).astype(np.float32)
            for p in PHASES}
-    return med_phases, med_labels, std
+    return _crop_to_changes(ctx, med_phases, med_labels, std)
+
+
+def _crop_to_changes(ctx, phases: dict[str, np.ndarray], labels: np.ndarray, std: dict[str, np.ndarray]):
+    """The rendering cut to the box of the voxels that differ from the input or have an SD (the region holds every
+    change of every follow-up of the request; one follow-up's changes are often a third of it, e.g. two lesions far
+    apart): ``(region, phases, labels, std)`` with ``region`` in full-grid coordinates, None when nothing changed."""
+    changed = labels != ctx.labels
+    for p in PHASES:
+        changed |= phases[p] != ctx.phases[p]
+        changed |= std[p] > 0
+    if not changed.any():
+        return None, {}, None, {}
+    lo = [int(np.flatnonzero(changed.any(axis=tuple(a for a in range(3) if a != d)))[0]) for d in range(3)]
+    hi = [int(np.flatnonzero(changed.any(axis=tuple(a for a in range(3) if a != d)))[-1]) + 1 for d in range(3)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    region = tuple(slice(r.start + a, r.start + b) for r, a, b in zip(ctx.region, lo, hi))
+    return (region, {p: np.ascontiguousarray(phases[p][box]) for p in PHASES}, np.ascontiguousarray(labels[box]),
+            {p: np.ascontiguousarray(std[p][box]) for p in PHASES})
 
 
 class AnchoredGenerator:
@@ -287,10 +307,9 @@ class AnchoredGenerator:
                 if (r, w) not in rendered:
                     out[r][w] = PatchFollowUp(w, pre, labels, geometry, regimen=r)
                     continue
-                med_phases, med_labels, std = rendered[(r, w)]
-                out[r][w] = PatchFollowUp(w, pre, labels, geometry, patch_region=ctx.region,
-                                          patch_phases=med_phases, patch_labels=med_labels, patch_std=std,
-                                          regimen=r)
+                region, med_phases, med_labels, std = rendered[(r, w)]
+                out[r][w] = PatchFollowUp(w, pre, labels, geometry, patch_region=region, patch_phases=med_phases,
+                                          patch_labels=med_labels, patch_std=std, regimen=r)
         self.last_info = {"n_items": len(items), "samples": samples, "lesions": len(lesions),
                           "region_kji": None if ctx is None else [[s.start, s.stop] for s in ctx.region],
                           "latent_response_z": [round(z, 4) for z in zs],

@@ -463,6 +463,27 @@ def test_renderings_on_threads_equal_the_serial_ones_and_a_cancel_stops_them(fit
         gen.generate({"arterial": art, "portal": por}, lab, GEOM, progress=cancel, **request)
 
 
+def test_a_follow_up_keeps_only_the_box_of_its_own_changes():
+    """The request's region holds every change of every follow-up; each follow-up keeps only the box of the voxels
+    it changes (HU, label or SD), in full-grid coordinates, and nothing when it changes nothing."""
+    from HCCTwinLib.twin.anchored import _crop_to_changes
+
+    art, por, lab, _ = synth_case(4, radius=9.0)
+    ctx, _ = _context(lab, art, por)
+    phases = {p: ctx.phases[p].copy() for p in K.PHASES}
+    labels = ctx.labels.copy()
+    std = {p: np.zeros_like(ctx.phases[p]) for p in K.PHASES}
+    assert _crop_to_changes(ctx, phases, labels, std) == (None, {}, None, {})
+    phases["portal"][2, 3, 4] += 5.0
+    labels[4, 1, 6] = NECROSIS if labels[4, 1, 6] != NECROSIS else VIABLE_TUMOR
+    std["arterial"][3, 5, 2] = 1.0
+    region, p2, l2, s2 = _crop_to_changes(ctx, phases, labels, std)
+    lo = [r.start for r in ctx.region]
+    assert region == (slice(lo[0] + 2, lo[0] + 5), slice(lo[1] + 1, lo[1] + 6), slice(lo[2] + 2, lo[2] + 7))
+    assert l2.shape == p2["portal"].shape == s2["arterial"].shape == (3, 5, 5)
+    assert p2["portal"][0, 2, 2] == ctx.phases["portal"][2, 3, 4] + 5.0 and s2["arterial"][1, 4, 0] == 1.0
+
+
 def test_generator_refuses_bad_requests_and_notes_regimens_without_data(fitted, tmp_path):
     gen = get_generator(fitted["weights"])
     art, por, lab, _ = synth_case(12)

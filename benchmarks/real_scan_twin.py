@@ -213,6 +213,16 @@ def run(args) -> dict:
     gen_s = time.perf_counter() - t
     print(f"generate: {gen_s:.2f} s ({gen.last_info.get('lesions')} lesions, region {gen.last_info.get('region_kji')})",
           flush=True)
+    # the request's memory, in a second (untimed) run: the peak of the arrays numpy allocates (numpy reports its
+    # buffers to tracemalloc), the request's results included, the inputs already held not
+    import tracemalloc
+
+    del out
+    tracemalloc.start()
+    out = gen.generate(pre_phases, labels, geometry, regimens=REGIMENS, weeks=WEEKS, samples=4, seed=0)
+    gen_peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    print(f"generate: peak {gen_peak_mb:.0f} MiB of arrays", flush=True)
 
     from HCCTwinLib.twin.kinetic import find_lesions
 
@@ -247,6 +257,7 @@ def run(args) -> dict:
                              "guard_verdict": verdict.verdict, "guard_reasons": verdict.reasons},
             "generator": {"name": gen.card.get("name"), "version": gen.card.get("version"),
                           "architecture": gen.card.get("architecture"), "generate_seconds": round(gen_s, 3),
+                          "generate_peak_array_mib": round(gen_peak_mb, 1),
                           "regimens": REGIMENS, "weeks": WEEKS, "samples": 4, "seed": 0,
                           "last_info": gen.last_info},
             "margin_mm": MARGIN_MM, "pre": pre, "lesions": lesion_rows, "virtual": rows, "figure": fig,
@@ -265,6 +276,10 @@ def write_md(res: dict, path: Path) -> None:
              f"({'; '.join(s['guard_reasons'])}).", "",
              f"Segmentation model {s['model_version']} ({s['seconds']:.0f} s); generator {g['name']} {g['version']} "
              f"({g['architecture']}), {len(g['regimens'])} regimens x weeks {g['weeks']}, {g['samples']} samples: "
+             f"**generate {g['generate_seconds']:.2f} s** ({g['last_info'].get('lesions')} lesions, changed region "
+             f"k,j,i = {g['last_info'].get('region_kji')}); peak memory of the arrays of one request (a second, "
+             f"untimed run under tracemalloc, results included): "
+             f"{g['generate_peak_array_mib']:.0f} MiB." if g.get("generate_peak_array_mib") is not None else
              f"**generate {g['generate_seconds']:.2f} s** ({g['last_info'].get('lesions')} lesions, changed region "
              f"k,j,i = {g['last_info'].get('region_kji')}).", "",
              f"Pre-treatment (segmented): tumour {pre['tumour_ml']:.1f} mL, viable {pre['viable_ml']:.1f} mL, PVTT "

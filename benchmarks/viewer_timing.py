@@ -121,11 +121,14 @@ def change(page, selector: str) -> dict:
             "pre_changed_px": int((np.abs(after_p - before_p).max(axis=2) > 10).sum())}
 
 
-def visibly_different(result: Path, a: tuple[str, int], b: tuple[str, int], min_px: int = 3) -> bool:
-    """Whether the virtual views of states ``a`` and ``b`` (regimen, week) differ on screen where the viewer opens
-    (the slice of the largest tumour cross-section, the viewer's phase at its abdominal window): at least ``min_px``
-    pixels more than 10 grey levels apart. Two close time points can look the same there (e.g. lipiodol, white at
-    this window, whose HU alone changes); a change that shows nothing cannot be timed by its frame."""
+def visibly_different(result: Path, a: tuple[str, int], b: tuple[str, int], min_px: int = 12) -> bool:
+    """Whether the virtual views of states ``a`` and ``b`` (regimen, week) differ where the frame detector looks: the
+    slice the viewer opens on (the largest tumour cross-section), the viewer's phase at its abdominal window, reduced
+    to the detector's 96 x 96 grey thumbnail (block means), at least ``min_px`` thumbnail pixels more than 10 grey
+    levels apart (the detector needs 3 of its own; the slice fills only part of the panel, hence the margin). Two
+    close time points can look the same there (e.g. lipiodol, white at this window, whose HU alone changes, or a
+    change of a few voxels that the thumbnail averages away); a change that shows nothing there cannot be timed by
+    its frame."""
     from HCCTwinLib.io import read_image
     from HCCTwinLib.labels import lesion_focus
     from HCCTwinLib.scene.nodes import ABDOMEN_WINDOW_LEVEL
@@ -137,11 +140,17 @@ def visibly_different(result: Path, a: tuple[str, int], b: tuple[str, int], min_
     k = labels.shape[0] // 2 if focus is None else focus[0]
     width, level = ABDOMEN_WINDOW_LEVEL
 
-    def grey(state):
+    def thumb(state):
         image, _ = read_image(folder.virtual(*state))
-        return np.clip((image[k] - (level - width / 2)) / width * 255.0, 0, 255)
+        grey = np.clip((image[k].astype(float) - (level - width / 2)) / width * 255.0, 0, 255)
+        for axis in (0, 1):
+            n = grey.shape[axis]
+            edges = np.unique(np.linspace(0, n, min(n, 96) + 1).astype(int))[:-1]
+            counts = np.diff(np.append(edges, n))
+            grey = np.add.reduceat(grey, edges, axis=axis) / (counts[:, None] if axis == 0 else counts[None, :])
+        return grey
 
-    return int((np.abs(grey(a) - grey(b)) > 10).sum()) >= min_px
+    return int((np.abs(thumb(a) - thumb(b)) > 10).sum()) >= min_px
 
 
 def measure(browser, result: Path, work: Path, *, screenshot: Path | None = None, patient_id: str | None = None
@@ -300,6 +309,10 @@ def main(argv=None) -> int:
           "uncertainty change alters the virtual view and leaves the pre-treatment view unchanged; the mouse wheel "
           "over the pre-treatment view moves every linked view; no patient ID in the page. Problems: "
           + ("; ".join(problems) if problems else "none") + "."]
+    unseen = sorted({c for r in runs for c in r.get("more_changes_not_visible", [])})
+    if unseen:
+        md += ["", f"Clicked but not timed ({', '.join(unseen)}): the two states look the same at the slice the viewer "
+               "opens on, at its window (no new frame differs), so there is no frame to time."]
     (out / "viewer_timing.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print(json.dumps({k: res[k] for k in ("first_paint_s", "change_s", "first_paint_met", "change_met",
                                           "problems")}))

@@ -225,11 +225,10 @@ class Recommendation(_Record):
 
 
 @dataclass(frozen=True)
-class MetastasisUpdate(_Record):
-    """The 2-year metastasis risk updated at one landmark week with the response of the TACE follow-up seen then
-    (``LandmarkMetastasis.predict``; the key in :attr:`Metastasis.landmark` is ``"wWW"``): risk with its 95%
-    interval, nomogram ``points``, the follow-up's ``source`` ("virtual" or "observed") and the ``question`` it
-    answers."""
+class _HorizonRisk(_Record):
+    """A risk by ``horizon_months`` as ``MetastasisModel.predict`` writes it: with its 95% interval, nomogram
+    ``points`` and how the interval was drawn (the fields, in the model's key order, that :class:`Metastasis` and
+    :class:`MetastasisUpdate` share)."""
 
     horizon_months: float | None = None
     risk: float | None = None
@@ -237,6 +236,21 @@ class MetastasisUpdate(_Record):
     upper: float | None = None
     points: Mapping[str, float] | None = None
     interval_method: str | None = None
+
+    @staticmethod
+    def _risk_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+        return {"horizon_months": data.get("horizon_months"), "risk": data.get("risk"), "lower": data.get("lower"),
+                "upper": data.get("upper"), "points": _map(data.get("points")),
+                "interval_method": data.get("interval_method")}
+
+
+@dataclass(frozen=True)
+class MetastasisUpdate(_HorizonRisk):
+    """The 2-year metastasis risk updated at one landmark week with the response of the TACE follow-up seen then
+    (``LandmarkMetastasis.predict``; the key in :attr:`Metastasis.landmark` is ``"wWW"``): the risk fields of
+    :class:`_HorizonRisk`, the landmark week, the follow-up's ``source`` ("virtual" or "observed") and the
+    ``question`` it answers."""
+
     landmark_weeks: int | None = None
     source: str | None = None
     question: str | None = None
@@ -244,10 +258,8 @@ class MetastasisUpdate(_Record):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MetastasisUpdate:
         data = _require_mapping(data, "metastasis landmark update")
-        return cls(horizon_months=data.get("horizon_months"), risk=data.get("risk"), lower=data.get("lower"),
-                   upper=data.get("upper"), points=_map(data.get("points")),
-                   interval_method=data.get("interval_method"), landmark_weeks=data.get("landmark_weeks"),
-                   source=data.get("source"), question=data.get("question"), **cls._split(data))
+        return cls(**cls._risk_fields(data), landmark_weeks=data.get("landmark_weeks"), source=data.get("source"),
+                   question=data.get("question"), **cls._split(data))
 
 
 @dataclass(frozen=True)
@@ -296,7 +308,7 @@ class LandmarkRegimen(_Record):
 
 
 @dataclass(frozen=True)
-class Metastasis(_Record):
+class Metastasis(_HorizonRisk):
     """Distant-metastasis risk by ``horizon_months`` (the logistic TACE model, ``applies_to``; ``population`` says
     for whom) with its 95% interval and nomogram ``points``; ``not_applicable`` (and no risk) when metastasis is
     already present at baseline. ``landmark``: ``{"wWW": MetastasisUpdate}``, the risk updated with the response of
@@ -309,13 +321,7 @@ class Metastasis(_Record):
         "not_applicable", "points", "interval_method", "applies_to", "population", "landmark", "competing_risk",
         "by_regimen"})
 
-    not_applicable: str | None = None
-    horizon_months: float | None = None
-    risk: float | None = None
-    lower: float | None = None
-    upper: float | None = None
-    points: Mapping[str, float] | None = None
-    interval_method: str | None = None
+    not_applicable: str | None = None  # written instead of the risk fields (never beside them)
     applies_to: str | None = None
     population: str | None = None
     landmark: Mapping[str, MetastasisUpdate] | None = None
@@ -325,9 +331,7 @@ class Metastasis(_Record):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Metastasis:
         data = _require_mapping(data, "metastasis risk")
-        return cls(not_applicable=data.get("not_applicable"), horizon_months=data.get("horizon_months"),
-                   risk=data.get("risk"), lower=data.get("lower"), upper=data.get("upper"),
-                   points=_map(data.get("points")), interval_method=data.get("interval_method"),
+        return cls(**cls._risk_fields(data), not_applicable=data.get("not_applicable"),
                    applies_to=data.get("applies_to"), population=data.get("population"),
                    landmark=_records(data["landmark"], MetastasisUpdate.from_dict)
                    if isinstance(data.get("landmark"), Mapping) else None,

@@ -164,6 +164,20 @@ def mrecist_categories(base_labels, base_arterial, followups, geometry: Geometry
     return reading.categories("mrecist")
 
 
+def mrecist_scores(predicted: Sequence[str], true: Sequence[str]) -> dict:
+    """mRECIST agreement, linear weighted kappa and the confusion ``{true: {read: n}}`` of categories read on virtual
+    follow-ups against the true ones (None without any)."""
+    from HCCTwinLib.response import weighted_kappa
+
+    confusion: dict[str, dict[str, int]] = {}
+    for t, p in zip(true, predicted):
+        confusion.setdefault(t, {}).setdefault(p, 0)
+        confusion[t][p] += 1
+    return {"mrecist_agreement": float(np.mean([a == b for a, b in zip(predicted, true)])) if true else None,
+            "mrecist_weighted_kappa": weighted_kappa(predicted, true) if true else None,
+            "mrecist_confusion_true_to_predicted": confusion}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 def machine_info() -> dict:
     import torch
@@ -246,7 +260,6 @@ def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, s
              steps: int | None = None, weeks: Sequence[int] = (8, 16, 24), max_cases: int | None = None,
              device: str = "auto", demo_case: str | None = None, skip_timing: bool = False, log=print) -> dict:
     from HCCTwinLib.io import load_case
-    from HCCTwinLib.response import weighted_kappa
     from HCCTwinLib.twin.baselines import ExponentialBaseline, copy_baseline
     from HCCTwinLib.twin.generator import get_generator
     from HCCTwinLib.twin.train import _inside, read_received_regimens
@@ -329,14 +342,7 @@ def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, s
                    "tumour_dice_mean": agg(f"{m}_dice", np.mean), "liver_ssim_mean": agg(f"{m}_ssim", np.mean),
                    "liver_hu_mae_mean": agg(f"{m}_mae", np.mean)} for m in methods}
     for m, key in (("generator", "pred"), ("copy", "copy"), ("exponential", "exponential")):
-        agree = float(np.mean([a == b for a, b in zip(cats[key], cats["true"])])) if cats["true"] else None
-        summary[m]["mrecist_agreement"] = agree
-        summary[m]["mrecist_weighted_kappa"] = weighted_kappa(cats[key], cats["true"]) if cats["true"] else None
-        confusion: dict[str, dict[str, int]] = {}
-        for t, pr in zip(cats["true"], cats[key]):
-            confusion.setdefault(t, {}).setdefault(pr, 0)
-            confusion[t][pr] += 1
-        summary[m]["mrecist_confusion_true_to_predicted"] = confusion
+        summary[m].update(mrecist_scores(cats[key], cats["true"]))
     summary["generator"]["error_std_pearson"] = error_std_correlation(np.concatenate(err_all),
                                                                       np.concatenate(std_all))
     result = {"cohort": str(cohort), "weights": str(weights), "model_card": {k: gen.card.get(k) for k in (

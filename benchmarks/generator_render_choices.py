@@ -37,12 +37,12 @@ from generator_evaluation import (  # noqa: E402
     _load_truth,
     machine_info,
     mrecist_categories,
+    mrecist_scores,
     ordering_scores,
     viable_volume_ml,
 )
 
 from HCCTwinLib.imagemetrics import relative_error, tumour_dice  # noqa: E402
-from HCCTwinLib.response import weighted_kappa  # noqa: E402
 from HCCTwinLib.twin import render as R  # noqa: E402
 from HCCTwinLib.twin.kinetic import sphere_radius_mm  # noqa: E402
 
@@ -122,16 +122,10 @@ def evaluate(cohort: Path, gen, log=print) -> dict:
         R._nodule_score = shipped
     result = {}
     for name, _ in VARIANTS:
-        confusion: dict[str, dict[str, int]] = {}
-        for t, p in zip(true_cats, cats[name]):
-            confusion.setdefault(t, {}).setdefault(p, 0)
-            confusion[t][p] += 1
         result[name] = {
             "tumour_dice_mean": float(np.mean([x["dice"] for x in rows[name]])),
             "viable_volume_median_rel_error": float(np.median([x["rel_error"] for x in rows[name]])),
-            "mrecist_agreement": float(np.mean([a == b for a, b in zip(true_cats, cats[name])])),
-            "mrecist_weighted_kappa": weighted_kappa(cats[name], true_cats),
-            "mrecist_confusion_true_to_predicted": confusion,
+            **mrecist_scores(cats[name], true_cats),
             "ordering_all_pairs": ordering_scores(rows[name], "generator")["all_pairs"],
             "followups": len(rows[name]), "patients": len({x["patient_id"] for x in rows[name]})}
     return result

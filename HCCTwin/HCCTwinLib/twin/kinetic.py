@@ -598,11 +598,7 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
         return np.array([(les["pre_total_ml"] + 1.0) ** size_weight for les in lesions])
 
     def targets(lesions):
-        yv = np.array([math.log((les["post_viable_ml"] + SMOOTH_ML) / (les["pre_viable_ml"] + SMOOTH_ML))
-                       for les in lesions])
-        yt = np.array([math.log((les["post_total_ml"] + SMOOTH_ML) / (les["pre_total_ml"] + SMOOTH_ML))
-                       for les in lesions])
-        return yv, yt
+        return tuple(np.array([_lesion_log_ratio(les, target) for les in lesions]) for target in ("viable", "total"))
 
     joint_fit = {}
     if joint:

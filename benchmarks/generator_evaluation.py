@@ -246,20 +246,10 @@ def _load_truth(folder: Path):
     return out, labels, geom
 
 
-def _clinical_rows(cohort: Path) -> dict[str, dict]:
-    import csv
-
-    path = Path(cohort) / "clinical.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return {row["patient_id"]: row for row in csv.DictReader(fh)}
-
-
 def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, samples: int = 4, seed: int = 0,
              steps: int | None = None, weeks: Sequence[int] = (8, 16, 24), max_cases: int | None = None,
              device: str = "auto", demo_case: str | None = None, skip_timing: bool = False, log=print) -> dict:
-    from HCCTwinLib.io import load_case
+    from HCCTwinLib.io import cohort_clinical_rows, load_case
     from HCCTwinLib.twin.baselines import ExponentialBaseline, copy_baseline
     from HCCTwinLib.twin.generator import get_generator
     from HCCTwinLib.twin.train import _inside, read_received_regimens
@@ -270,7 +260,7 @@ def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, s
     exp_model = ExponentialBaseline.fit_cohort(fit_on)
     log(f"exponential baseline rates (1/week, fit on {fit_on.name}): {exp_model.rates}")
     patients = list(read_received_regimens(cohort))[: max_cases or None]
-    clinical = _clinical_rows(cohort)
+    clinical = cohort_clinical_rows(cohort)
     methods = ("generator", "copy", "exponential")
     per_fu: list[dict] = []
     cats = {"pred": [], "true": [], "copy": [], "exponential": []}

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generator_evaluation import _clinical_rows, machine_info, ordering_scores  # noqa: E402
+from generator_evaluation import machine_info, ordering_scores  # noqa: E402
 
 from HCCTwinLib.imagemetrics import relative_error  # noqa: E402
 from HCCTwinLib.labels import PVTT, VIABLE_TUMOR  # noqa: E402
@@ -50,9 +50,9 @@ VARIANTS = [
 def truth_cohort(cohort: Path) -> dict:
     """Per patient: pre-treatment lesions (with covariates), PVTT and viable volume, and the true viable volume of
     every (regimen, week) in ``truth/``."""
-    from HCCTwinLib.io import find_image, load_case, read_image
+    from HCCTwinLib.io import cohort_clinical_rows, find_image, load_case, read_image
 
-    clinical = _clinical_rows(cohort)
+    clinical = cohort_clinical_rows(cohort)
     out = {}
     for pid, row in clinical.items():
         troot = cohort / "truth" / "cases" / pid

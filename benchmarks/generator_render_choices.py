@@ -33,7 +33,6 @@ sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generator_evaluation import (  # noqa: E402
-    _clinical_rows,
     _load_truth,
     machine_info,
     mrecist_categories,
@@ -75,10 +74,10 @@ VARIANTS = [("cap through the lesion (twin 1.0.0)", _cap),
 
 def evaluate(cohort: Path, gen, log=print) -> dict:
     """Per variant: the image-space scores of the median rendering on ``cohort`` (truth read once per patient)."""
-    from HCCTwinLib.io import load_case
+    from HCCTwinLib.io import cohort_clinical_rows, load_case
     from HCCTwinLib.twin.train import _inside, read_received_regimens
 
-    clinical = _clinical_rows(cohort)
+    clinical = cohort_clinical_rows(cohort)
     shipped = R._nodule_score
     rows = {name: [] for name, _ in VARIANTS}
     cats = {name: [] for name, _ in VARIANTS}

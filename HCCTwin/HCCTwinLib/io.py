@@ -951,6 +951,26 @@ def read_clinical_row(path: str | os.PathLike, patient_id: str) -> tuple[dict, l
     return clinical_row_values(table, patient_id, path), notes
 
 
+def cohort_clinical_rows(cohort_dir: str | os.PathLike, *, required: tuple[str, ...] = ("patient_id",)
+                         ) -> dict[str, dict]:
+    """Every row of ``COHORT/clinical.csv`` as ``{patient_id: values}`` in file order (missing cells left out, numbers
+    as numbers; :func:`read_clinical_table`'s checks and messages); ``{}`` when the cohort has no clinical.csv.
+    The one reader of a cohort's table for the stages that want rows, not a DataFrame (twin fitting, evaluation)."""
+    path = Path(cohort_dir) / "clinical.csv"
+    if not path.is_file():
+        return {}
+    table, _notes = read_clinical_table(path, required=required)
+    out: dict[str, dict] = {}
+    for record in table.to_dict("records"):
+        values = {}
+        for key, value in record.items():
+            if value is None or (isinstance(value, float) and not np.isfinite(value)):
+                continue
+            values[key] = value.item() if hasattr(value, "item") else value
+        out[str(values["patient_id"])] = values
+    return out
+
+
 def clinical_row_values(table, patient_id: str, path: str | os.PathLike = "clinical.csv") -> dict:
     """One patient's values from a table read by :func:`read_clinical_table` (missing cells left out); for a cohort,
     read the table once and call this per patient. InputError when the patient is not in the table."""

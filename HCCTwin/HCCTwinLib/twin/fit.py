@@ -9,7 +9,6 @@ and its model card (data, regimens, weeks, per-cell counts and residual spreads,
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io import find_image, read_image, to_sitk, write_text_atomic
+from ..io import cohort_clinical_rows, find_image, read_image, to_sitk, write_text_atomic
 from ..jsonutil import jsonable
 from ..parallel import map_ordered
 from ..progress import ProgressCallback, report
@@ -47,14 +46,6 @@ from .train import discover_pairs
 VERSION = "1.1.0"
 
 
-def _read_clinical(cohort: Path) -> dict[str, dict[str, str]]:
-    path = cohort / "clinical.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return {str(row.get("patient_id", "")).strip(): row for row in csv.DictReader(fh)}
-
-
 def _on_grid(array: np.ndarray, geometry, target, *, labels: bool) -> np.ndarray:
     if geometry == target:
         return array
@@ -68,7 +59,7 @@ def _on_grid(array: np.ndarray, geometry, target, *, labels: bool) -> np.ndarray
 
 
 def patient_records(pre_folder: str, followups: Sequence[tuple[str, int, str]],
-                    clinical: dict[str, str] | None, patient_id: str = "") -> list[FollowUpRecord]:
+                    clinical: dict[str, Any] | None, patient_id: str = "") -> list[FollowUpRecord]:
     """The observed follow-up records of one patient: ``followups`` = ``[(regimen, weeks, folder)]`` (a module-level
     function of plain arguments, so that :func:`cohort_records` can run it on Dask workers)."""
     pre_folder = Path(pre_folder)
@@ -143,7 +134,7 @@ def cohort_records(cohort_dir: str | os.PathLike, *, max_cases: int | None = Non
     clinical row are unchanged (refitting with other settings then takes seconds, not the minutes of reading)."""
     root = Path(cohort_dir).expanduser().resolve()
     pairs = discover_pairs(root, max_cases=max_cases)
-    clinical = _read_clinical(root)
+    clinical = cohort_clinical_rows(root)
     by_patient: dict[str, list] = {}
     for pair in pairs:
         by_patient.setdefault(pair.patient_id, []).append(pair)

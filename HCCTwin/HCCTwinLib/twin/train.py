@@ -22,7 +22,6 @@ model is written with :func:`HCCTwinLib.weights.save_model` as ``out_dir/<name>.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 import os
@@ -39,7 +38,7 @@ import numpy as np
 from .. import __version__
 from .. import device as devices
 from ..errors import InputError
-from ..io import find_image, load_case, read_image, read_training_state
+from ..io import cohort_clinical_rows, find_image, load_case, read_image, read_training_state
 from ..io import path_inside as _inside
 from ..progress import ProgressCallback, SubProgress, report
 from ..weights import ModelFileError, load_state, resolve_model_path, save_model, sha256_file
@@ -70,16 +69,12 @@ def read_received_regimens(cohort_dir: str | os.PathLike) -> dict[str, str]:
     if not csv_path.is_file():
         raise InputError(f"{root}: clinical.csv not found; the generator needs the received regimen per patient "
                          f"(columns patient_id, regimen).")
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        if "patient_id" not in cols or "regimen" not in cols:
-            raise InputError(f"{csv_path}: needs columns 'patient_id' and 'regimen' (has {cols}).")
-        out = {}
-        for row in reader:
-            pid, reg = str(row["patient_id"] or "").strip(), str(row["regimen"] or "").strip()
-            if pid and reg and pid not in out:
-                out[pid] = reg
+    rows = cohort_clinical_rows(root, required=("patient_id", "regimen"))
+    out = {}
+    for pid, values in rows.items():
+        reg = str(values.get("regimen", "")).strip()
+        if reg:
+            out[pid] = reg
     return out
 
 

@@ -28,6 +28,7 @@ from HCCTwinLib.clinical import compute_scores
 from HCCTwinLib.errors import ClinicalValueError, HCCTwinError, InputError
 from HCCTwinLib.io import (
     assemble_case,
+    cohort_clinical_rows,
     load_case,
     path_inside,
     read_clinical_row,
@@ -497,6 +498,26 @@ def test_clinical_csv_patient_not_found_and_missing_file(tmp_path):
     path = _csv(tmp_path, [HEADER, ROW])
     expect_error(lambda: read_clinical_row(path, "P999"), path, r"'P999' not found")
     expect_error(lambda: read_clinical_table(tmp_path / "absent.csv"), path, r"not found")
+
+
+def test_cohort_clinical_rows_one_reader_for_every_stage(tmp_path):
+    """The twin fit, the generator's regimen reader and the evaluations read a cohort's table with
+    read_clinical_table's rules: numbers as numbers, missing cells left out, semicolons and a BOM read, a duplicate
+    patient refused, no table -> {}; read_received_regimens needs the regimen column."""
+    from HCCTwinLib.twin.train import read_received_regimens
+
+    assert cohort_clinical_rows(tmp_path) == {}
+    (tmp_path / "clinical.csv").write_text("\ufeffpatient_id;regimen;afp_ng_ml;albi\nP002;haic;1.50;NA\n"
+                                          "P001;tace;;-2.1\n", encoding="utf-8")
+    rows = cohort_clinical_rows(tmp_path)
+    assert list(rows) == ["P002", "P001"]  # file order
+    assert rows["P002"] == {"patient_id": "P002", "regimen": "haic", "afp_ng_ml": 1.5}
+    assert rows["P001"] == {"patient_id": "P001", "regimen": "tace", "albi": -2.1}
+    assert read_received_regimens(tmp_path) == {"P002": "haic", "P001": "tace"}
+    (tmp_path / "clinical.csv").write_text("patient_id,afp_ng_ml\nP1,3\n", encoding="utf-8")
+    expect_error(lambda: read_received_regimens(tmp_path), tmp_path / "clinical.csv", r"'regimen'")
+    (tmp_path / "clinical.csv").write_text("patient_id,regimen\nP1,tace\nP1,haic\n", encoding="utf-8")
+    expect_error(lambda: cohort_clinical_rows(tmp_path), tmp_path / "clinical.csv", r"more than once")
 
 
 @pytest.mark.parametrize("content", ["patient_id,inr\nP001,1.1\nP002,1.2,9,9\n", b"\xff\xfe\x00\x00garbage"])

@@ -80,6 +80,31 @@ def picture(case, labels, verdict, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def png_stack_mask(folder: Path, dicom_folder: Path, geometry) -> np.ndarray:
+    """A mask stored as one PNG per DICOM file (CHAOS ``Ground/``: the n-th PNG in name order belongs to the n-th
+    DICOM file in name order), placed on the case grid slice by slice from each file's ImagePositionPatient."""
+    import pydicom
+    from PIL import Image
+
+    dcm = sorted(p for p in Path(dicom_folder).iterdir() if p.is_file())
+    png = sorted(Path(folder).glob("*.png"))
+    if len(dcm) != len(png):
+        raise ValueError(f"{folder}: {len(png)} PNG masks for {len(dcm)} DICOM files")
+    direction = np.asarray(geometry.direction_matrix, float)
+    origin, dz = np.asarray(geometry.origin, float), float(geometry.spacing[2])
+    out = np.zeros(geometry.shape, np.uint8)
+    for d, p in zip(dcm, png):
+        pos = np.asarray(pydicom.dcmread(d, stop_before_pixels=True).ImagePositionPatient, float)
+        k = int(round(float(np.dot(pos - origin, direction[:, 2])) / dz))
+        mask = np.asarray(Image.open(p))
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        if not 0 <= k < out.shape[0] or mask.shape != out.shape[1:]:
+            raise ValueError(f"{p.name}: does not fit the scan's grid (slice {k}, shape {mask.shape})")
+        out[k] = mask > 0
+    return out
+
+
 def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
     from HCCTwinLib import domain
     from HCCTwinLib.io import load_case, read_image, resample_to
@@ -111,16 +136,22 @@ def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
                    "slice_mm": m.get("slice_mm"), "n_slices": case.geometry.shape[0]}
             ref = spec.get("reference")
             if ref and (data / ref["path"]).exists():
-                # read as an image: another tool's label map has its own label values (checked here, not by HCCTwin)
-                arr, geom = read_image(data / ref["path"])
-                values = ref.get("label_values")
-                arr = np.rint(np.asarray(arr)).astype(np.int32)
-                truth = (np.isin(arr, values) if values else arr > 0).astype(np.uint8)
-                if not geom.same_grid(case.geometry):
-                    truth = np.asarray(resample_to(truth, geom, case.geometry, labels=True)).astype(np.uint8)
+                if ref.get("format") == "png_stack":
+                    truth = png_stack_mask(data / ref["path"], paths[next(iter(spec["phases"]))], case.geometry)
+                else:
+                    # read as an image: another tool's label map has its own label values (checked here)
+                    arr, geom = read_image(data / ref["path"])
+                    values = ref.get("label_values")
+                    arr = np.rint(np.asarray(arr)).astype(np.int32)
+                    truth = (np.isin(arr, values) if values else arr > 0).astype(np.uint8)
+                    if not geom.same_grid(case.geometry):
+                        truth = np.asarray(resample_to(truth, geom, case.geometry, labels=True)).astype(np.uint8)
                 d = dice_per_label(np.where(labels > 0, 1, 0).astype(np.uint8), truth)
+                voxel_ml = float(np.prod(case.geometry.spacing)) / 1000.0
                 row["reference"] = ref["kind"]
+                row["reference_manual"] = ref["kind"].startswith("manual")
                 row["liver_dice_vs_reference"] = d.get("liver")
+                row["reference_ml"] = round(float(np.count_nonzero(truth)) * voxel_ml, 1)
             rows.append(row)
             print(f"{spec['id']} [{name}]: liver {row['liver_ml']} mL, tumour {row['tumor_ml']} mL, "
                   f"{verdict.verdict}: {'; '.join(verdict.reasons)[:200]}", flush=True)
@@ -135,26 +166,29 @@ def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
 
 def _ref(row: dict) -> str:
     d = row.get("liver_dice_vs_reference")
-    return "no reference" if d is None else f"{d:.3f}"
+    if d is None:
+        return "no reference"
+    return f"**{d:.3f}** (manual)" if row.get("reference_manual") else f"{d:.3f} (model)"
 
 
 def write_md(res: dict, path: Path) -> None:
     lines = ["# Real public CT scans: segmentation and out-of-domain guard", "",
              f"Model {res['model_version']}, {res['machine']['date']}, {res['machine']['platform']}. "
              "Command: `.venv/bin/python benchmarks/real_scans.py --data DATA_ROOT` (sources and licences in "
-             "`benchmarks/real_scans.json`). No manual reference mask is available for these scans: volumes and "
-             "verdicts are checked for plausibility (adult liver 0.8-3 L; pictures in the README); where the manifest "
-             "names another model's mask (TotalSegmentator), the liver Dice against it is agreement with that model, "
-             "not accuracy.", "",
-             "| case | input | slices | liver + tumour (mL) | tumour (mL) | PVTT (mL) | liver Dice vs reference | "
-             "guard | reasons |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "`benchmarks/real_scans.json`). One scan has a manual liver mask (CHAOS CT set 3, a healthy liver: any "
+             "tumour drawn there is false); for the others volumes and verdicts are checked for plausibility (adult "
+             "liver 0.8-3 L; pictures in the README); where the manifest names another model's mask "
+             "(TotalSegmentator), the liver Dice against it is agreement with that model, not accuracy.", "",
+             "| case | input | slices | liver + tumour (mL) | tumour (mL) | PVTT (mL) | reference liver (mL) | "
+             "liver Dice vs reference | guard | reasons |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         if r["status"] != "ran":
-            lines.append(f"| {r['case']} | - | - | - | - | - | - | {r['status']} | |")
+            lines.append(f"| {r['case']} | - | - | - | - | - | - | - | {r['status']} | |")
             continue
+        ref_ml = f"{r['reference_ml']:.0f}" if r.get("reference_ml") is not None else "-"
         lines.append(f"| {r['case']} | {r['input']} | {r['n_slices']} x {r['slice_mm']:.1f} mm | {r['liver_ml']:.0f} | "
-                     f"{r['tumor_ml']:.0f} | {r['pvtt_ml']:.0f} | {_ref(r)} | **{r['verdict']}** | "
+                     f"{r['tumor_ml']:.0f} | {r['pvtt_ml']:.0f} | {ref_ml} | {_ref(r)} | **{r['verdict']}** | "
                      f"{'<br>'.join(r['reasons']) or '-'} |")
     lines += ["", "Sources:", ""]
     lines += [f"- {cid}: {s.get('source')} ({s.get('licence')}). {s.get('attribution', '')}"

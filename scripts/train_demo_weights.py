@@ -34,6 +34,15 @@ SEGMENTATION = {
     "data_description": "HCCTwin simulator cohort seed 101 (synthetic multiphase CT, pre-treatment and observed "
                         "follow-ups w08/w16/w24)",
 }
+#: The envelope stage (issue 22; 0.2.0): a continuation of the envelope model with these settings on top of
+#: SEGMENTATION (``--envelope --synthetic-templates CHAOS_DIR --init-weights hcctwin_seg_envelope.safetensors
+#: --max-cases 120 --val-max-cases 4 --cpu-bf16 --threads 2 --time-budget T``). 0.1.0 had the same synthetic share
+#: but mirrored patches (p 0.2 per axis), so it could not tell the liver from the spleen by side.
+ENVELOPE = {
+    "name": "hcctwin_seg_envelope", "lr": 3e-4, "class_weights": None, "class_ratios": (1.0, 1.0, 2.0, 1.0, 1.5),
+    "lesion_sampling": True, "phase_dropout": 0.3, "synthetic": 150, "synthetic_seed": 7001, "synthetic_prob": 0.7,
+    "flip_prob": 0.0, "version": "0.2.0",
+}
 #: The shipped generator: these settings for 6 float32 epochs (2 threads), then continued from that checkpoint in
 #: bfloat16 autocast with ``--cpu-bf16 --threads 2``: ``--epochs 60`` interrupted after epoch 9, then ``--epochs 34
 #: --time-budget 2700`` (epochs 10-34, 25 min); then (0.3.0) ``--epochs 80 --lr 5e-4`` stopped after epoch 47, and a
@@ -73,6 +82,16 @@ def main(argv=None) -> int:
                         help="segmentation: appearance randomisation on this fraction of the patches (real scans)")
     parser.add_argument("--phase-dropout", type=float, metavar="P",
                         help="segmentation: one phase copied onto both channels on this fraction of the patches")
+    parser.add_argument("--envelope", action="store_true",
+                        help="segmentation: the envelope stage (hcctwin_seg_envelope; ENVELOPE settings: "
+                             "SynthSeg-style images from simulated tissue maps, real liver shapes with "
+                             "--synthetic-templates)")
+    parser.add_argument("--synthetic-templates", metavar="DIR",
+                        help="segmentation with --envelope: folder of real label maps + images (label_<id>.nii.gz, "
+                             "image_<id>.nii.gz; e.g. CHAOS, benchmarks/data/chaos_templates.md), shapes only")
+    parser.add_argument("--flip-prob", type=float, metavar="P",
+                        help="segmentation: mirror each patch axis with this probability (default 0: the anatomy is "
+                             "not mirror-symmetric)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "HCCTwin"))
     from HCCTwinLib.cli import ProgressBar
@@ -90,6 +109,14 @@ def main(argv=None) -> int:
             from HCCTwinLib.segmentation.train import PVTT_STAGE_SETTINGS
 
             params.update(PVTT_STAGE_SETTINGS)
+        if args.envelope:
+            params.update(ENVELOPE)
+            if args.synthetic_templates:
+                params["synthetic_templates"] = args.synthetic_templates
+        elif args.synthetic_templates:
+            parser.error("--synthetic-templates goes with --envelope")
+        if args.flip_prob is not None:
+            params["flip_prob"] = args.flip_prob
         if args.lr:
             params["lr"] = args.lr
         if args.max_cases:

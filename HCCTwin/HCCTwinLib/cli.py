@@ -589,6 +589,19 @@ def cmd_train(args) -> int:
             raise InputError(f"--synthetic-prob {args.synthetic_prob}: a probability in (0, 1].")
         kwargs.update({"synthetic": args.synthetic, "synthetic_prob": args.synthetic_prob,
                        "synthetic_seed": args.synthetic_seed})
+        if args.synthetic_templates:
+            if not Path(args.synthetic_templates).is_dir():
+                raise InputError(f"--synthetic-templates {args.synthetic_templates}: not a folder (label_<id>.nii.gz "
+                                 f"with image_<id>.nii.gz, e.g. the CHAOS label maps).")
+            kwargs["synthetic_templates"] = args.synthetic_templates
+    elif getattr(args, "synthetic_templates", None):
+        raise InputError("--synthetic-templates goes with --synthetic N (the simulated tissue maps they join).")
+    if getattr(args, "flip_prob", None) is not None:
+        if args.model != "segmentation":
+            raise InputError("--flip-prob applies to the segmentation only.")
+        if not 0.0 <= args.flip_prob <= 1.0:
+            raise InputError(f"--flip-prob {args.flip_prob}: a probability between 0 and 1.")
+        kwargs["flip_prob"] = args.flip_prob
     summary = train(args.cohort, args.out, **kwargs)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -793,6 +806,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-prob", type=float, default=0.5, metavar="P",
                    help="segmentation with --synthetic: share of the patches drawn from them (default 0.5)")
     p.add_argument("--synthetic-seed", type=int, default=7001, help="segmentation with --synthetic: simulator seed")
+    p.add_argument("--synthetic-templates", metavar="DIR",
+                   help="segmentation with --synthetic: real label maps with their images (label_<id>.nii.gz, "
+                        "image_<id>.nii.gz, e.g. CHAOS) added to the tissue maps, shapes only")
+    p.add_argument("--flip-prob", type=float, metavar="P",
+                   help="segmentation: mirror each patch axis with this probability (default 0.2; 0 keeps the "
+                        "liver on the patient's right, as the envelope stage 0.2.0 was trained)")
     p.add_argument("--small-lesions", type=float, metavar="W",
                    help="segmentation: emphasise small lesions (tumour patch centres drawn per lesion, plus a "
                         "cross-entropy whose weight for lesions under 4 mL grows up to W, e.g. 10)")

@@ -18,7 +18,11 @@ label map on the *input* grid:
    look, draws the liver + lesions on the same crop; everything the main model labels farther than ``margin_mm``
    from that envelope becomes background (on real CT the main model spills liver and "tumour" into the stomach and
    bowel; on the simulator the two agree and nothing changes). Their agreement (Dice of the two foregrounds before
-   gating) goes to the out-of-domain guard;
+   gating) goes to the out-of-domain guard. When they agree less than they ever do on the training domain
+   (``takeover_below``, default the guard's caution threshold), the liver is the envelope's (its largest component)
+   and a voxel stays tumour only where both networks call it tumour: out of its domain the simulator-trained model
+   is the one to distrust (on a real healthy-liver CT it drew the spleen and stomach as liver). Stage 1's liver box
+   is then also the union of both networks' boxes, so a box drawn around the wrong organ cannot crop the liver away;
 6. post-processing (:mod:`.postprocessing`) on the model grid, nearest-neighbour back to the input grid.
 
 A CUDA out-of-memory error re-runs the step on the CPU with a message
@@ -38,8 +42,9 @@ import numpy as np
 
 from .. import device as devices
 from ..cases import Case, Geometry, accepted_inputs_of, fill_missing_phases, model_input
+from ..domain import MIN_ENVELOPE_AGREEMENT
 from ..errors import InputError
-from ..labels import PVTT
+from ..labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
 from ..progress import ProgressCallback, SubProgress, report
 from ..weights import ModelFileError, load_state, resolve_model_path, weights_dir
 from ..weights.cache import ModelCache, model_label
@@ -283,6 +288,10 @@ class Segmenter:
         #: ``postprocessing.envelope_stage.margin_mm``)
         self.envelope_stage: Segmenter | None = None
         self.envelope_margin_mm = float((tuned.get("envelope_stage") or {}).get("margin_mm", ENVELOPE_MARGIN_MM))
+        #: agreement below which the envelope stage draws the liver (card
+        #: ``postprocessing.envelope_stage.takeover_below``; default the guard's caution threshold)
+        self.envelope_takeover_below = float((tuned.get("envelope_stage") or {}).get(
+            "takeover_below", MIN_ENVELOPE_AGREEMENT[1]))
         if envelope_stage is not None:
             self.attach_envelope_stage(envelope_stage)
         self.last_info: dict[str, Any] = {}
@@ -376,7 +385,10 @@ class Segmenter:
             text += f" + PVTT stage {model_label(stage.card)} ({rule})"
         if self.envelope_stage is not None:
             text += (f" + envelope stage {model_label(self.envelope_stage.card)} (labels kept within "
-                     f"{self.envelope_margin_mm:g} mm of its liver)")
+                     f"{self.envelope_margin_mm:g} mm of its liver; its liver below agreement "
+                     f"{self.envelope_takeover_below:g})")
+            if (self.last_info.get("envelope") or {}).get("liver_from"):
+                text += " [liver from the envelope stage on this scan]"
         if self.mirror_axes:
             text += f", test-time mirroring ({2 ** len(self.mirror_axes)} passes)"
         return f"{text}, {devices.compute_label(self.last_info, self.device)}"
@@ -575,7 +587,8 @@ class Segmenter:
         liver + lesions set to background; the agreement of the two models goes to ``last_info["envelope"]``."""
         stage = self.envelope_stage
         env_logits = stage.crop_logits(crop, progress)
-        env = logits_to_labels(env_logits, class_bias=stage.bias_without_pvtt()) > 0
+        env_labels = logits_to_labels(env_logits, class_bias=stage.bias_without_pvtt())
+        env = env_labels > 0
         del env_logits
         main = labels > 0
         inter = int(np.count_nonzero(main & env))
@@ -598,29 +611,73 @@ class Segmenter:
                 f"Envelope stage ({info['model']} {info['version'] or ''}): {info['removed_ml']:.0f} mL labelled "
                 f"farther than {self.envelope_margin_mm:g} mm from its liver removed (tumour "
                 f"{info['removed_tumor_ml']:.0f} mL); the two models agree at Dice {agreement:.2f}.")
+        if agreement < self.envelope_takeover_below:
+            # the network reads the window only: below its lower bound in every phase is air or lung, never liver
+            tissue = np.asarray(crop).max(axis=0) > 0.0
+            return self._envelope_takeover(labels, np.where(tissue, env_labels, 0).astype(np.uint8), keep, voxel_ml)
         out = labels.copy()
         out[removed] = 0
         return out
 
+    def _envelope_takeover(self, labels: np.ndarray, env_labels: np.ndarray, keep: np.ndarray,
+                           voxel_ml: float) -> np.ndarray:
+        """The labels when the two networks disagree beyond their training domain: liver = the envelope's largest
+        component; viable tumour / necrosis only where the envelope also calls the voxel tumour (the main network's
+        label kept); PVTT of the main network within the envelope's margin."""
+        organ = postprocessing.largest_component(env_labels > 0)
+        out = np.where(organ, LIVER, 0).astype(np.uint8)
+        lesion = organ & np.isin(labels, (VIABLE_TUMOR, NECROSIS)) & np.isin(env_labels, (VIABLE_TUMOR, NECROSIS))
+        out[lesion] = labels[lesion]
+        thrombus = (labels == PVTT) & keep
+        out[thrombus] = PVTT
+        info = self.last_info["envelope"]
+        main_tumour = float(np.count_nonzero(np.isin(labels, (VIABLE_TUMOR, NECROSIS)))) * voxel_ml
+        info.update({"liver_from": "envelope stage", "takeover_below": self.envelope_takeover_below,
+                     "tumor_ml_main": round(main_tumour, 1),
+                     "tumor_ml_kept": round(float(np.count_nonzero(lesion)) * voxel_ml, 1)})
+        self.last_info.setdefault("messages", []).append(
+            f"The two segmentation networks disagree (Dice {info['agreement_dice']:.2f} < "
+            f"{self.envelope_takeover_below:g}, less than on their training domain): the liver is the envelope "
+            f"stage's (appearance-robust) and tumour is kept only where both networks draw it "
+            f"({info['tumor_ml_kept']:.0f} of {main_tumour:.0f} mL).")
+        return out
+
     def _liver_box(self, stack, geometry, mgeom: Geometry, progress) -> tuple[slice, ...] | None:
+        """The stage-2 box on the model grid: the box of the coarse liver + lesions (largest component) plus
+        :data:`BOX_MARGIN_MM`; with an envelope stage, the union of both networks' boxes (on a real scan the main
+        network may box the spleen and stomach and crop the liver away). None: no liver found."""
         coarse_sp = tuple(2.0 * s for s in self.spacing_mm)
         cimage, cgeom = to_model_grid(stack, geometry, coarse_sp, self.window_hu)
-        clabels = self.predict_model_grid(cimage, progress=progress)
-        organ = np.isin(clabels, (1, 2, 3))
-        if not organ.any():
+        models = [self] if self.envelope_stage is None else [self, self.envelope_stage]
+        boxes = []
+        for n, model in enumerate(models):
+            part = SubProgress(progress, n / len(models), (n + 1) / len(models))
+            box = _organ_box(model.predict_model_grid(cimage, progress=part), cgeom, mgeom)
+            if box is not None:
+                boxes.append(box)
+        if not boxes:
             self.last_info.setdefault("messages", []).append("Stage 1 found no liver; segmenting the whole volume.")
             return None
-        organ = postprocessing.largest_component(organ)
-        idx = np.argwhere(organ)
-        c_sp, f_sp = np.asarray(cgeom.spacing)[::-1], np.asarray(mgeom.spacing)[::-1]
-        offset = (np.asarray(cgeom.origin) - np.asarray(mgeom.origin))[::-1]
-        lo_mm = offset + (idx.min(axis=0) - 0.5) * c_sp - BOX_MARGIN_MM
-        hi_mm = offset + (idx.max(axis=0) + 0.5) * c_sp + BOX_MARGIN_MM
-        lo = np.clip(np.floor(lo_mm / f_sp).astype(int), 0, mgeom.shape)
-        hi = np.clip(np.ceil(hi_mm / f_sp).astype(int) + 1, 0, mgeom.shape)
-        if np.any(hi <= lo):
-            return None
-        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+
+
+def _organ_box(clabels: np.ndarray, cgeom: Geometry, mgeom: Geometry) -> tuple[slice, ...] | None:
+    """The model-grid box (``mgeom``) of the largest liver + lesion component of coarse labels (``cgeom``), grown by
+    :data:`BOX_MARGIN_MM`; None when there is none."""
+    organ = np.isin(clabels, (1, 2, 3))
+    if not organ.any():
+        return None
+    organ = postprocessing.largest_component(organ)
+    idx = np.argwhere(organ)
+    c_sp, f_sp = np.asarray(cgeom.spacing)[::-1], np.asarray(mgeom.spacing)[::-1]
+    offset = (np.asarray(cgeom.origin) - np.asarray(mgeom.origin))[::-1]
+    lo_mm = offset + (idx.min(axis=0) - 0.5) * c_sp - BOX_MARGIN_MM
+    hi_mm = offset + (idx.max(axis=0) + 0.5) * c_sp + BOX_MARGIN_MM
+    lo = np.clip(np.floor(lo_mm / f_sp).astype(int), 0, mgeom.shape)
+    hi = np.clip(np.ceil(hi_mm / f_sp).astype(int) + 1, 0, mgeom.shape)
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 def envelope_mask(envelope: np.ndarray, spacing_xyz: Sequence[float], margin_mm: float) -> np.ndarray:

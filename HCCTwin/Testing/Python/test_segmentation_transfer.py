@@ -127,6 +127,13 @@ def test_train_command_passes_the_synthetic_settings(monkeypatch, tmp_path):
     assert seen["synthetic"] == 20 and seen["synthetic_prob"] == 0.7 and seen["phase_dropout"] == 0.3
     assert cli.main(["train", "segmentation", "--cohort", str(tmp_path), "--out", str(tmp_path / "o"),
                      "--synthetic", "20", "--synthetic-prob", "1.5"]) == 2
+    seen.clear()
+    assert cli.main(["train", "segmentation", "--cohort", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--synthetic", "20", "--synthetic-templates", str(tmp_path), "--flip-prob", "0"]) == 0
+    assert seen["synthetic_templates"] == str(tmp_path) and seen["flip_prob"] == 0.0
+    for bad in (["--synthetic-templates", str(tmp_path)], ["--synthetic", "5", "--synthetic-templates",
+                                                            str(tmp_path / "absent")], ["--flip-prob", "2"]):
+        assert cli.main(["train", "segmentation", "--cohort", str(tmp_path), "--out", str(tmp_path / "o"), *bad]) == 2
 
 
 # ------------------------------------------------------------------------------------------------ envelope stage
@@ -158,7 +165,8 @@ def test_envelope_stage_removes_what_lies_away_from_the_liver():
     plain = Segmenter(_BrightNet(0.5), _card(), "cpu").segment(phases, geom)
     assert (plain[:, :, 30:44] > 0).all(axis=2)[3:13, 6:22].all()
     env = Segmenter(_BrightNet(0.7), _card(name="tiny_env"), "cpu")
-    gated = Segmenter(_BrightNet(0.5), _card(postprocessing={"envelope_stage": {"margin_mm": 6.0}}), "cpu",
+    gated = Segmenter(_BrightNet(0.5), _card(postprocessing={"envelope_stage": {"margin_mm": 6.0,
+                                                                                "takeover_below": 0.0}}), "cpu",
                       envelope_stage=env)
     out = gated.segment(phases, geom)
     # kept: the liver and the first 6 mm (4 voxels of 1.5 mm) of the spill; removed: the rest
@@ -166,7 +174,8 @@ def test_envelope_stage_removes_what_lies_away_from_the_liver():
     info = gated.last_info["envelope"]
     assert info["margin_mm"] == 6.0 and info["removed_ml"] > 0 and info["agreement_dice"] < 0.9
     assert any("Envelope stage" in m and "removed" in m for m in gated.last_info["messages"])
-    assert "envelope stage model tiny_env 0.0.1 (labels kept within 6 mm of its liver)" in gated.describe()
+    assert "envelope stage model tiny_env 0.0.1 (labels kept within 6 mm of its liver; its liver below " \
+           "agreement 0)" in gated.describe() and "liver_from" not in info
     assert gated.describe().startswith("model tiny_seg 0.0.1 + ") and "envelope" not in env.describe()
     assert gated.last_info["confidence"]["envelope_agreement"] == pytest.approx(info["agreement_dice"], abs=1e-4)
     # where both agree nothing changes and the agreement is 1
@@ -176,6 +185,87 @@ def test_envelope_stage_removes_what_lies_away_from_the_liver():
     with pytest.raises(ModelFileError, match="spacing"):
         Segmenter(_BrightNet(0.5), _card(), "cpu", envelope_stage=Segmenter(_BrightNet(0.7),
                                                                             _card(spacing_mm=[2, 2, 2]), "cpu"))
+
+
+class _TwoPhaseNet(torch.nn.Module):
+    """Organ (label 1) where the arterial channel is above ``organ``, viable tumour (label 2) where, inside it, the
+    portal channel is above ``tumour``; ``air``: the organ where the arterial channel is below 0.05 instead."""
+
+    def __init__(self, organ: float, tumour: float, air: bool = False):
+        super().__init__()
+        self.organ, self.tumour, self.air = organ, tumour, air
+
+    def forward(self, x):
+        art, por = x[:, :1], x[:, 1:2]
+        organ = (0.05 - art) if self.air else (art - self.organ)
+        off = -torch.ones_like(art)
+        tumour = torch.where((por > self.tumour) & (organ > 0), organ + 1.0, off)
+        return torch.cat([-organ, organ, tumour, off, off], dim=1) * 10
+
+
+def _liver_lesions_and_spill():
+    """Liver (arterial 200 HU, normalised 0.8) with a true lesion (portal 300 HU: both networks call it tumour) and
+    a doubtful one (portal 100 HU: only the main network does), touching a 'stomach' (arterial 100 HU) that the main
+    network takes for liver too."""
+    geom = Geometry(shape=(16, 48, 48), spacing=SPACING, origin=(0.0, 0.0, 0.0))
+    art = np.full(geom.shape, -150.0, np.float32)
+    por = np.full(geom.shape, -150.0, np.float32)
+    art[3:13, 6:22, 6:22] = 200.0
+    art[3:13, 6:22, 22:44] = 100.0
+    por[5:11, 9:15, 9:15] = 300.0   # true lesion
+    por[5:11, 9:15, 16:21] = 100.0  # doubtful lesion
+    return {"arterial": art, "portal": por}, geom
+
+
+def test_envelope_takes_over_the_liver_when_the_networks_disagree():
+    """Below the takeover agreement (default: the guard's caution threshold) the liver is the envelope's largest
+    component and tumour stays only where both networks draw it (issue 22: on a real healthy-liver CT the main
+    network drew the spleen and stomach as liver and 120 mL of tumour)."""
+    from HCCTwinLib.domain import MIN_ENVELOPE_AGREEMENT
+
+    phases, geom = _liver_lesions_and_spill()
+    main_only = Segmenter(_TwoPhaseNet(0.5, 0.5), _card(), "cpu").segment(phases, geom)
+    assert (main_only[3:13, 6:22, 22:44] > 0).all() and (main_only[5:11, 9:15, 16:21] == 2).all()
+    seg = Segmenter(_TwoPhaseNet(0.5, 0.5), _card(), "cpu",
+                    envelope_stage=Segmenter(_TwoPhaseNet(0.7, 0.7), _card(name="tiny_env"), "cpu"))
+    assert seg.envelope_takeover_below == MIN_ENVELOPE_AGREEMENT[1]
+    out = seg.segment(phases, geom)
+    liver = np.zeros(geom.shape, bool)
+    liver[3:13, 6:22, 6:22] = True
+    assert np.array_equal(out > 0, liver)  # the envelope's liver, no spill at all
+    assert (out[5:11, 9:15, 9:15] == 2).all()  # both call it tumour
+    assert (out[5:11, 9:15, 16:21] == 1).all()  # only the main network does: liver
+    info = seg.last_info["envelope"]
+    assert info["liver_from"] == "envelope stage" and info["agreement_dice"] < 0.9
+    assert info["tumor_ml_kept"] < info["tumor_ml_main"]
+    assert any("disagree" in m and "both networks" in m for m in seg.last_info["messages"])
+    assert seg.describe().split(", ")[0].endswith("[liver from the envelope stage on this scan]")
+    # an envelope that draws its 'liver' in air (below the window in every phase) gets no liver from it
+    airy = Segmenter(_TwoPhaseNet(0.5, 0.5), _card(), "cpu",
+                     envelope_stage=Segmenter(_TwoPhaseNet(0.0, 2.0, air=True), _card(name="tiny_env"), "cpu"))
+    phases["arterial"][phases["arterial"] < 0] = -400.0
+    phases["portal"][phases["portal"] < 0] = -400.0
+    assert not (airy.segment(phases, geom) > 0).any()
+    assert airy.last_info["envelope"]["liver_from"] == "envelope stage"
+
+
+def test_liver_box_is_the_union_of_both_networks_boxes():
+    """Stage 1 with an envelope stage: a main network whose largest coarse 'liver' is another organ cannot crop away
+    the liver the envelope finds elsewhere (model grid = input grid here; box margin 20 mm = 13.3 voxels)."""
+    geom = Geometry(shape=(24, 120, 120), spacing=SPACING, origin=(0.0, 0.0, 0.0))
+    art = np.full(geom.shape, -150.0, np.float32)
+    art[2:22, 5:60, 5:60] = 100.0    # 'spleen': organ for the main network only (0.6 > 0.5), its largest one
+    art[8:20, 70:110, 85:115] = 200.0  # 'liver': both networks' organ
+    phases = {"arterial": art, "portal": art.copy()}
+    main = Segmenter(_TwoPhaseNet(0.5, 2.0), _card(), "cpu")
+    main.segment(phases, geom, coarse_to_fine=True)
+    assert main.last_info["box"][2][1] < 85  # alone, its box holds the 'spleen' and crops the liver away
+    both = Segmenter(_TwoPhaseNet(0.5, 2.0), _card(), "cpu",
+                     envelope_stage=Segmenter(_TwoPhaseNet(0.7, 2.0), _card(name="tiny_env"), "cpu"))
+    out = both.segment(phases, geom, coarse_to_fine=True)
+    (_, _), (j0, j1), (i0, i1) = both.last_info["box"]
+    assert i0 <= 5 and i1 >= 115 and j0 <= 5 and j1 >= 110
+    assert (out[8:20, 70:110, 85:115] > 0).all()
 
 
 def test_envelope_mask_grows_the_largest_component_by_the_margin():

@@ -68,12 +68,6 @@ THICK_SLICE_MM = 5.0
 #: reference says (mean normalised entropy; share of voxels whose top probability is under 0.6)
 MAX_ENTROPY = 0.35
 MAX_UNCERTAIN_FRACTION = 0.35
-#: agreement (Dice of the two foregrounds) of the main segmentation network and its envelope stage (a network
-#: trained on randomised appearance, :mod:`HCCTwinLib.segmentation.synth`) below which the scan is outside / caution:
-#: two networks that err differently agree closely only where both are right: by the triangle inequality of the
-#: Jaccard distance, an agreement below 0.8 means at least one of them has a Dice against the truth below 0.91; the
-#: agreement on the simulated hold-out is in benchmarks/results/segmentation_evaluation.md
-MIN_ENVELOPE_AGREEMENT = (0.80, 0.90)
 #: measures compared with the training-domain reference (p1-p99 of the card's ``domain`` section)
 REFERENCE_MEASURES = ("fat_hu", "soft_tissue_hu", "noise_hu", "liver_ml", "tumor_fraction", "left_fraction",
                       "liver_hu_median", "liver_hu_iqr", "liver_nontissue_fraction", "mean_entropy",
@@ -303,6 +297,8 @@ def assess(phases: Mapping[str, np.ndarray], geometry, labels: np.ndarray | None
 
 
 def _segmentation_findings(v: DomainVerdict, s: Mapping[str, float | None]) -> None:
+    from .segmentation.inference import ENVELOPE_AGREEMENT  # the stage that owns the two networks (loads scipy)
+
     liver = float(s.get("liver_ml") or 0.0)
     if liver <= 0:
         v.add(Finding("liver_ml", OUTSIDE, "no liver was found.", 0.0))
@@ -349,12 +345,12 @@ def _segmentation_findings(v: DomainVerdict, s: Mapping[str, float | None]) -> N
         v.add(Finding("largest_component_fraction", CAUTION, f"the liver mask falls apart into pieces (largest "
                                                              f"{100 * comp:.0f}%).", comp, ">= 0.9"))
     agree = s.get("envelope_agreement")
-    if agree is not None and agree < MIN_ENVELOPE_AGREEMENT[1]:
-        severity = OUTSIDE if agree < MIN_ENVELOPE_AGREEMENT[0] else CAUTION
+    if agree is not None and agree < ENVELOPE_AGREEMENT[1]:
+        severity = OUTSIDE if agree < ENVELOPE_AGREEMENT[0] else CAUTION
         v.add(Finding("envelope_agreement", severity, f"the two segmentation networks (one trained on the simulator's "
                                                       f"look, one on randomised appearance) disagree on the liver "
                                                       f"(Dice {agree:.2f}): at least one is wrong on this scan.",
-                      agree, f">= {MIN_ENVELOPE_AGREEMENT[1]:g}"))
+                      agree, f">= {ENVELOPE_AGREEMENT[1]:g}"))
     ent, unc = s.get("mean_entropy"), s.get("uncertain_fraction")
     if (ent is not None and ent > MAX_ENTROPY) or (unc is not None and unc > MAX_UNCERTAIN_FRACTION):
         v.add(Finding("mean_entropy", OUTSIDE, f"the segmentation network is unsure over much of what it drew "

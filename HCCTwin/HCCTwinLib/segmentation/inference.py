@@ -42,7 +42,6 @@ import numpy as np
 
 from .. import device as devices
 from ..cases import Case, Geometry, accepted_inputs_of, fill_missing_phases, model_input
-from ..domain import MIN_ENVELOPE_AGREEMENT
 from ..errors import InputError
 from ..labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
 from ..progress import ProgressCallback, SubProgress, report
@@ -59,6 +58,14 @@ BOX_MARGIN_MM = 20.0
 COARSE_AUTO_ROIS = 4
 #: default margin (mm) around the envelope stage's liver within which the main model's labels are kept
 ENVELOPE_MARGIN_MM = 6.0
+#: agreement (Dice of the two foregrounds) of the main network and its envelope stage (a network trained on
+#: randomised appearance, :mod:`.synth`) below which the out-of-domain guard (:mod:`HCCTwinLib.domain`) calls the
+#: scan outside / caution, and below whose upper value the envelope stage draws the liver (card
+#: ``postprocessing.envelope_stage.takeover_below`` overrides it): two networks that err differently agree closely
+#: only where both are right: by the triangle inequality of the Jaccard distance, an agreement below 0.8 means at
+#: least one of them has a Dice against the truth below 0.91. On the simulated tuning and hold-out cohorts the two
+#: agree at 0.913 or more (benchmarks/results/segmentation_envelope_tuning.json, segmentation_evaluation.md).
+ENVELOPE_AGREEMENT = (0.80, 0.90)
 _ARGMAX_SLAB = 16
 
 
@@ -291,7 +298,7 @@ class Segmenter:
         #: agreement below which the envelope stage draws the liver (card
         #: ``postprocessing.envelope_stage.takeover_below``; default the guard's caution threshold)
         self.envelope_takeover_below = float((tuned.get("envelope_stage") or {}).get(
-            "takeover_below", MIN_ENVELOPE_AGREEMENT[1]))
+            "takeover_below", ENVELOPE_AGREEMENT[1]))
         if envelope_stage is not None:
             self.attach_envelope_stage(envelope_stage)
         self.last_info: dict[str, Any] = {}

@@ -221,14 +221,14 @@ def test_envelope_takes_over_the_liver_when_the_networks_disagree():
     """Below the takeover agreement (default: the guard's caution threshold) the liver is the envelope's largest
     component and tumour stays only where both networks draw it (issue 22: on a real healthy-liver CT the main
     network drew the spleen and stomach as liver and 120 mL of tumour)."""
-    from HCCTwinLib.domain import MIN_ENVELOPE_AGREEMENT
+    from HCCTwinLib.segmentation.inference import ENVELOPE_AGREEMENT
 
     phases, geom = _liver_lesions_and_spill()
     main_only = Segmenter(_TwoPhaseNet(0.5, 0.5), _card(), "cpu").segment(phases, geom)
     assert (main_only[3:13, 6:22, 22:44] > 0).all() and (main_only[5:11, 9:15, 16:21] == 2).all()
     seg = Segmenter(_TwoPhaseNet(0.5, 0.5), _card(), "cpu",
                     envelope_stage=Segmenter(_TwoPhaseNet(0.7, 0.7), _card(name="tiny_env"), "cpu"))
-    assert seg.envelope_takeover_below == MIN_ENVELOPE_AGREEMENT[1]
+    assert seg.envelope_takeover_below == ENVELOPE_AGREEMENT[1]
     out = seg.segment(phases, geom)
     liver = np.zeros(geom.shape, bool)
     liver[3:13, 6:22, 6:22] = True

@@ -615,7 +615,12 @@ def cmd_tune(args) -> int:
     from .weights import resolve_model_path
 
     weights = resolve_model_path(args.weights) if args.weights else default_weights_path()
-    segmenter = get_segmenter(weights, device=args.device)
+    if args.model == "envelope":  # tuned on the main model alone; its card may pin an envelope file now replaced
+        from .segmentation.inference import Segmenter
+
+        segmenter = Segmenter.from_file(weights, device=args.device, with_envelope=False)
+    else:
+        segmenter = get_segmenter(weights, device=args.device)
     print(segmenter.message, file=sys.stderr)
     if args.model == "domain":
         from .domain import apply_domain_to_card, tune_domain
@@ -637,7 +642,7 @@ def cmd_tune(args) -> int:
                              f"{weights.name} ({weights.resolve().parent}); the card names it by file name.")
         envelope = get_segmenter(env_path, device=args.device)
         segmenter.attach_envelope_stage(envelope)  # checks grid, window and phases
-        segmenter.attach_envelope_stage(None)  # tuned on the main model alone
+        segmenter.attach_envelope_stage(None)
         section = tune_envelope(segmenter, envelope, args.cohort, max_cases=args.max_cases, progress=ProgressBar())
         summary = {"weights": str(weights), "envelope_stage": section}
         if args.report:

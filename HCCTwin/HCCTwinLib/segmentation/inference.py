@@ -305,7 +305,9 @@ class Segmenter:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: str | Path, device="auto", **options) -> Segmenter:
+    def from_file(cls, path: str | Path, device="auto", *, with_envelope: bool = True, **options) -> Segmenter:
+        """The model of ``path`` with the stages its card names; ``with_envelope=False``: without the envelope
+        stage (to re-tune it after its file was replaced: ``hcctwin tune envelope``)."""
         dev, message = devices.select_device(device) if isinstance(device, str) else (device, "")
         state, card = load_state(path)
         if "architecture_kwargs" not in card or card.get("architecture", "DynUNet") not in ARCHITECTURES:
@@ -326,7 +328,7 @@ class Segmenter:
                                      f"{str(stage['sha256'])[:12]}..., but the file is {str(card.get('sha256'))[:12]}"
                                      f"...; re-tune (`hcctwin tune segmentation --pvtt-model {Path(path).name}`).")
             options = {**options, "pvtt_stage": loaded}
-        envelope = (card.get("postprocessing") or {}).get("envelope_stage")
+        envelope = (card.get("postprocessing") or {}).get("envelope_stage") if with_envelope else None
         if envelope:
             inner = cls._load_stage_file(Path(path), envelope, dev, options, "envelope")
             if inner is SELF_STAGE:
@@ -345,7 +347,8 @@ class Segmenter:
         """The stage model named in the card: a file next to ``path`` whose sha256 is the one the card recorded
         when the stage was tuned (another file of the same name would make the tuned rule meaningless)."""
         key = "pvtt_stage" if what == "PVTT" else "envelope_stage"
-        flag = "--pvtt-model" if what == "PVTT" else "--envelope-model"
+        retune = ("hcctwin tune segmentation --pvtt-model" if what == "PVTT" else "hcctwin tune envelope --cohort "
+                  "TUNING_COHORT --envelope-model")
         name = str(stage.get("model") or "")
         if not name or Path(name).name != name:
             raise ModelFileError(f"{path}: postprocessing.{key}.model must be a file name next to the model, "
@@ -363,7 +366,7 @@ class Segmenter:
         if want and inner.card.get("sha256") != want:
             raise ModelFileError(f"{stage_path}: sha256 {str(inner.card.get('sha256'))[:12]}... is not the "
                                  f"{str(want)[:12]}... that {path.name}'s card was tuned with; re-tune "
-                                 f"(`hcctwin tune segmentation {flag} {name}`).")
+                                 f"(`{retune} {name}`).")
         return inner
 
     def attach_envelope_stage(self, stage: Segmenter | None) -> None:

@@ -303,6 +303,37 @@ def test_envelope_stage_named_in_the_card_is_loaded_and_pinned(tmp_path):
     clear_cache()
 
 
+def test_tune_envelope_after_the_envelope_file_was_replaced(tmp_path, capsys):
+    """A new envelope file (another sha256 than the card pinned) makes the main model refuse to load, with the
+    command that re-tunes it; that command loads the main model without its envelope and writes the new pin."""
+    from HCCTwinLib import cli
+
+    _tuning_cohort(tmp_path / "cohort")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    main, env = folder / "tiny_seg.safetensors", folder / "tiny_env.safetensors"
+    torch.manual_seed(0)
+    save_model(build_model("DynUNet", **TINY), main, _card())
+    save_model(build_model("DynUNet", **TINY), env, _card(name="tiny_env"))
+    card = load_card(main)
+    card_path(main).write_text(json.dumps({**card, "postprocessing": {"envelope_stage": {
+        "model": env.name, "sha256": "0" * 64, "margin_mm": 10.0}}}))
+    clear_cache()
+    with pytest.raises(ModelFileError, match="hcctwin tune envelope --cohort TUNING_COHORT --envelope-model "
+                                             "tiny_env.safetensors"):
+        get_segmenter(main, device="cpu")
+    assert Segmenter.from_file(main, "cpu", with_envelope=False).envelope_stage is None
+    code = cli.main(["tune", "envelope", "--cohort", str(tmp_path / "cohort"), "--weights", str(main),
+                     "--envelope-model", str(env), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    stage = load_card(main)["postprocessing"].get("envelope_stage")
+    assert stage is not None and stage["sha256"] == load_card(env)["sha256"], out  # pinned to the new file
+    clear_cache()
+    assert get_segmenter(main, device="cpu").envelope_stage is not None
+    clear_cache()
+
+
 def _tuning_cohort(root, n=3):
     from HCCTwinLib.io import write_image
 

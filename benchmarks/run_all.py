@@ -14,6 +14,7 @@ segmentation              shipped segmentation network on the 30-patient hold-ou
 generator                 shipped generator vs counterfactual truth on the same hold-out (issue 5)
 generator_fit_choices     how the twin's kinetics are fitted: variants chosen on a tuning cohort (seed 950) (issue 23)
 generator_render_choices  how the twin draws residual viable tumour: variants chosen on the same tuning cohort (23)
+twin_records_cache        refitting the twin from its records cache vs reading 574 patients' images (issue 27)
 generator_ceiling         what pre-treatment information allows: a simulator oracle without the latent biology (issue 5)
 generator_speed           generator request time by memory layout and sampling steps (issues 5 / 8)
 cpu_precision             bfloat16 vs float32 CPU inference: time and agreement (issues 4 / 5 / 8)
@@ -91,6 +92,12 @@ def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
         return [py, str(BENCH / "generator_render_choices.py"), "--tune", str(tune), "--holdout", str(holdout()),
                 "--out", str(out)]
 
+    def twin_records_cache():  # the shipped twin's training cohort: the refit must reproduce the shipped arrays
+        train = _simulate(data, "train1101_600" if not q else "q_train1101", 600 if not q else 12, 1101, fast=q,
+                          truth_images=False)
+        return [py, str(BENCH / "twin_records_cache.py"), "--cohort", str(train), "--workers", "2", "--out",
+                str(out)] + (["--max-cases", "6"] if q else [])
+
     return {
         "simulator_calibration": lambda: [py, str(BENCH / "simulator_calibration.py"), "--n",
                                           "500" if not q else "100", "--seed", "2026", "--out",
@@ -100,6 +107,7 @@ def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
         "generator": generator,
         "generator_fit_choices": generator_fit_choices,
         "generator_render_choices": generator_render_choices,
+        "twin_records_cache": twin_records_cache,
         "generator_ceiling": lambda: [py, str(BENCH / "generator_ceiling.py"), "--out", str(out)] +
                                      (["--evaluation", str(out / "generator_evaluation.json")]
                                       if (out / "generator_evaluation.json").is_file() else []) +

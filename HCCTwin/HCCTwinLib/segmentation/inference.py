@@ -21,8 +21,9 @@ label map on the *input* grid:
    gating) goes to the out-of-domain guard. When they agree less than they ever do on the training domain
    (``takeover_below``, default the guard's caution threshold), the liver is the envelope's (its largest component)
    and a voxel stays tumour only where both networks call it tumour: out of its domain the simulator-trained model
-   is the one to distrust (on a real healthy-liver CT it drew the spleen and stomach as liver). Stage 1's liver box
-   is then also the union of both networks' boxes, so a box drawn around the wrong organ cannot crop the liver away;
+   is the one to distrust (on a real healthy-liver CT it drew the spleen and stomach as liver). With an envelope
+   stage, stage 1's liver box is the union of both networks' boxes, so a box drawn around the wrong organ cannot
+   crop the liver away;
 6. post-processing (:mod:`.postprocessing`) on the model grid, nearest-neighbour back to the input grid.
 
 A CUDA out-of-memory error re-runs the step on the CPU with a message
@@ -64,7 +65,8 @@ ENVELOPE_MARGIN_MM = 6.0
 #: ``postprocessing.envelope_stage.takeover_below`` overrides it): two networks that err differently agree closely
 #: only where both are right: by the triangle inequality of the Jaccard distance, an agreement below 0.8 means at
 #: least one of them has a Dice against the truth below 0.91. On the simulated tuning and hold-out cohorts the two
-#: agree at 0.913 or more (benchmarks/results/segmentation_envelope_tuning.json, segmentation_evaluation.md).
+#: agree at 0.92 or more (envelope 0.2.0: min 0.923 / 0.965; benchmarks/results/segmentation_envelope_tuning.json,
+#: segmentation_evaluation.md), so the takeover never happens there.
 ENVELOPE_AGREEMENT = (0.80, 0.90)
 _ARGMAX_SLAB = 16
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, distributed
 from .. import device as devices
 from ..errors import InputError
 from ..io import cohort_clinical_rows, find_image, load_case, read_image, read_training_state
@@ -242,6 +242,10 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     with native bfloat16, :func:`HCCTwinLib.device.cpu_native_bf16`); ``"fp32"`` (default) is plain float32. CUDA
     always uses its autocast. ``time_budget_s``: stop after the epoch during which this much wall time has passed
     (the model is saved as after the last epoch; re-running with the same ``epochs`` continues).
+    Under ``torchrun --nproc_per_node N`` (:mod:`HCCTwinLib.distributed`) each process trains on its own batches of
+    the epoch (the epoch's steps shared out: the same number of pairs per epoch), DistributedDataParallel averages
+    the gradients, rank 0 alone prepares the crops, logs and writes checkpoints and the model; the ranks stop
+    together on the time budget.
     ``regimen_prior``: add the regimen-prior conditioning channel (:mod:`.model`), its rates fitted on these pairs
     and stored in the model card. ``init_weights``: start a new run (not a resume) from this generator file; an input
     convolution with fewer input channels (a model without the regimen prior) is zero-padded, so the new channel
@@ -256,7 +260,14 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     dev, message = devices.select_device(device)
-    log(f"[generator training] {message}")
+    ctx, dev = distributed.setup(dev)  # torchrun: one process per core / GPU, gradients averaged (DDP)
+    if not ctx.main:
+        def log(*args, **kwargs):  # only rank 0 speaks
+            return None
+
+        progress = None
+    log(f"[generator training] {message}" + (f"; rank 0 of {ctx.world} processes ({ctx.backend})"
+                                               if ctx.enabled else ""))
     regimens = list(REGIMEN_IDS)
 
     report(progress, 0.0, "Reading the cohort")
@@ -271,9 +282,13 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     cache = out / "cache"
     prep = SubProgress(progress, 0.0, 0.1)
     npz_paths = []
+    if not ctx.main:  # rank 0 crops the cases first; the others then read its cache
+        ctx.barrier()
     for n, (_pid, plist) in enumerate(by_patient.items()):
         npz_paths.append(prepare_patient(plist, cache, crop_shape, pad_mm))
         report(prep, (n + 1) / len(by_patient), f"Cropping cases {n + 1}/{len(by_patient)}")
+    if ctx.main:
+        ctx.barrier()
     prior_rates = fit_prior_rates(npz_paths) if regimen_prior else None
     if prior_rates is not None:
         log("[generator training] regimen prior rates (1/week): "
@@ -281,6 +296,7 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     cond_np, x0_np, w_np, reg_np, weeks_np = build_arrays(npz_paths, regimens, tumour_weight, prior_rates)
     n_pairs = len(reg_np)
     steps_per_epoch = int(steps_per_epoch or max(1, math.ceil(n_pairs / batch_size)))
+    steps_per_epoch = max(1, math.ceil(steps_per_epoch / ctx.world))  # per process: same pairs per epoch
     total_steps = epochs * steps_per_epoch
 
     card = generator_card(regimens, crop_shape, architecture_kwargs, pad_mm=pad_mm, steps=sampling_steps,
@@ -299,11 +315,13 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
     ckpt, ckpt_ema, opt_path = out / "checkpoint.safetensors", out / "checkpoint_ema.safetensors", \
         out / "checkpoint_optimizer.pt"
     state: dict[str, Any] = {"epoch": 0, "step": 0, "config": config}
+    if ctx.enabled:  # a resume with another number of processes would change the schedule
+        config["world_size"] = ctx.world
     if resume and state_path.is_file():
         state = _load_checkpoint(state_path, config, model, ema, optimizer, ckpt, ckpt_ema, opt_path, dev)
         log(f"[generator training] resuming after epoch {state['epoch']} (step {state['step']})")
     else:
-        if log_path.exists():
+        if log_path.exists() and ctx.main:
             log_path.unlink()
         if init_weights is not None:
             init_from(model, init_weights)
@@ -326,22 +344,26 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
              "timestep_sampling": "uniform", "seed": seed,
              "precision": devices.training_precision(dev, cpu_precision), "regimen_prior": bool(regimen_prior),
              "init_weights": (f"{Path(init_weights).name} (sha256 {sha256_file(resolve_model_path(init_weights))[:12]})"
-                              if init_weights is not None else None)}
+                              if init_weights is not None else None),
+             "distributed": ctx.describe()}
+    net = ctx.wrap(model)  # DDP: rank 0's weights broadcast to every rank, gradients averaged at each step
     last_loss = None
     for epoch in range(int(state["epoch"]), epochs):
         t0 = time.perf_counter()
-        rng = np.random.default_rng([seed, epoch])
-        gen = torch.Generator().manual_seed(seed * 1000003 + epoch)
+        rng = np.random.default_rng([seed, epoch])  # the epoch's order of pairs: the same on every rank
+        flip_rng = rng if ctx.main else np.random.default_rng([seed, epoch, ctx.rank])
+        gen = torch.Generator().manual_seed(seed * 1000003 + epoch + 100003 * ctx.rank)
         model.train()
         losses = []
         ep_prog = SubProgress(progress, 0.1 + 0.9 * epoch / epochs, 0.1 + 0.9 * (epoch + 1) / epochs)
         order = np.concatenate([rng.permutation(n_pairs) for _ in range(
-            math.ceil(steps_per_epoch * batch_size / n_pairs) + 1)])
+            math.ceil(steps_per_epoch * ctx.world * batch_size / n_pairs) + 1)])
         for it in range(steps_per_epoch):
-            idx = torch.from_numpy(order[it * batch_size:(it + 1) * batch_size])
+            g = it * ctx.world + ctx.rank  # this rank's batch of the epoch's global step
+            idx = torch.from_numpy(order[g * batch_size:(g + 1) * batch_size])
             cond, x0, wv, reg = cond_t[idx], x0_t[idx], w_t[idx], reg_t[idx].clone()
             for axis in flip_axes:
-                if rng.random() < 0.5:
+                if flip_rng.random() < 0.5:
                     dims = [2 + int(axis)]
                     cond, x0, wv = cond.flip(dims), x0.flip(dims), wv.flip(dims)
             if cond_dropout > 0:
@@ -359,7 +381,7 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                 group["lr"] = current_lr
             optimizer.zero_grad(set_to_none=True)
             with devices.autocast(dev, cpu_precision):
-                x0_hat = tm.network(model, x_t, t, cond, reg)
+                x0_hat = tm.network(net, x_t, t, cond, reg)
             # velocity MSE weighted by (t/T)^2 == x0 MSE for the x0-parametrised network
             loss = (wv * ch_w * (x0_hat.float() - x0) ** 2).mean()
             loss.backward()
@@ -376,13 +398,17 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                    f"Generator epoch {epoch + 1}/{epochs}: step {it + 1}/{steps_per_epoch}, loss {losses[-1]:.4f}")
         last_loss = float(np.mean(losses))
         entry = {"epoch": epoch + 1, "step": state["step"], "train_loss": last_loss, "lr": current_lr,
-                 "seconds": round(time.perf_counter() - t0, 2), "device": str(dev), "precision": hyper["precision"]}
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        log(f"[generator training] epoch {epoch + 1}/{epochs} loss {last_loss:.4f} [{entry['seconds']:.1f} s]")
+                 "seconds": round(time.perf_counter() - t0, 2), "device": str(dev), "precision": hyper["precision"],
+                 "steps": steps_per_epoch}
         state["epoch"] = epoch + 1
-        _save_checkpoint(state, model, ema, optimizer, state_path, ckpt, ckpt_ema, opt_path)
-        if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s and epoch + 1 < epochs:
+        if ctx.main:  # rank 0 logs and writes the checkpoint; the others wait for it
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+            log(f"[generator training] epoch {epoch + 1}/{epochs} loss {last_loss:.4f} [{entry['seconds']:.1f} s]")
+            _save_checkpoint(state, model, ema, optimizer, state_path, ckpt, ckpt_ema, opt_path)
+        ctx.barrier()
+        if ctx.any(time_budget_s is not None and time.perf_counter() - t_start > time_budget_s) \
+                and epoch + 1 < epochs:
             log(f"[generator training] time budget of {time_budget_s:.0f} s reached after epoch {epoch + 1}")
             break
 
@@ -405,12 +431,17 @@ def train_generator(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike, *
                      "trained_on": str(dev)},
         "disclaimer": "Demo weights trained on synthetic data; research use only, not for clinical use.",
     })
-    model_path, card_path = save_model(final, out / f"{name}.safetensors", card)
+    model_path, card_path = out / f"{name}.safetensors", out / f"{name}.json"
+    if ctx.main:
+        model_path, card_path = save_model(final, model_path, card)
+    ctx.barrier()
     report(progress, 1.0, "Generator training done")
-    return {"model_path": str(model_path), "card_path": str(card_path), "epochs_completed": int(state["epoch"]),
-            "steps": int(state["step"]), "final_train_loss": last_loss, "n_pairs": n_pairs,
-            "n_patients": len(by_patient), "log_path": str(log_path), "device": str(dev),
-            "seconds": round(time.perf_counter() - t_start, 2)}
+    summary = {"model_path": str(model_path), "card_path": str(card_path), "epochs_completed": int(state["epoch"]),
+               "steps": int(state["step"]), "final_train_loss": last_loss, "n_pairs": n_pairs,
+               "n_patients": len(by_patient), "log_path": str(log_path), "device": str(dev),
+               "seconds": round(time.perf_counter() - t_start, 2), "distributed": ctx.describe()}
+    ctx.teardown()
+    return summary
 
 
 def init_from(model, weights: str | os.PathLike) -> None:

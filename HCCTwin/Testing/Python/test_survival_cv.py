@@ -84,3 +84,24 @@ def test_site_score_columns_must_be_numbers_for_every_patient():
     df.loc[3, "clip"] = "II"
     with pytest.raises(InputError, match="not numbers"):
         cross_validate(df, extra_scores=["clip"], select_engine=False, n_bootstrap=0)
+
+
+def test_scores_the_data_cannot_tell_apart_are_averaged():
+    """Three site scores, each a noisy reading of the same prognosis: their equal-weight mean (standardised, no
+    fitting) is a candidate, reported beside them (not as an established score), and chosen when the inner folds
+    cannot separate the scores; it ranks patients better than any one of them."""
+    df = _table(n=200, seed=5, diameter_effect=0.0, clip_effect=0.0)
+    rng = np.random.default_rng(5)
+    truth = rng.normal(size=len(df))
+    t = rng.exponential(20 * np.exp(-truth))
+    c = rng.uniform(5, 60, len(df))
+    df["os_months"], df["os_event"] = np.minimum(t, c), (t <= c).astype(int)
+    for name in ("s1", "s2", "s3"):
+        df[name] = np.round(truth + rng.normal(scale=1.2, size=len(df)), 1)
+    res = cross_validate(df, extra_scores=["s1", "s2", "s3"], select_engine=False, n_bootstrap=0)
+    models = res["models"]
+    mean = models["mean of scores"]
+    assert mean["kind"] == "mean of the established scores" and res["best_baseline"] in ("s1", "s2", "s3")
+    assert mean["harrell_c"] > max(models[s]["harrell_c"] for s in ("s1", "s2", "s3"))
+    chosen = models["selected"]["chosen_per_fold"]
+    assert sum(c == "score:mean of scores" for c in chosen) >= 4, chosen

@@ -403,7 +403,8 @@ def test_cross_validate_returns_every_baseline(cohort, tmp_path):
     assert path.read_bytes() == before
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"cox_per_regimen", "HAP", "mHAP-II", "six-and-twelve", "ALBI grade", "BCLC",
-                                      "anchored", "selected"}
+                                      "mean of scores", "anchored", "selected"}
+    assert metrics["models"]["mean of scores"]["kind"] == "mean of the established scores"
     for m in metrics["models"].values():
         assert len(m["harrell_c_per_fold"]) == 3 and 0 <= m["harrell_c"] <= 1
         lo, hi = m["harrell_c_pooled_oof_ci95"]

@@ -67,6 +67,13 @@ class DistContext:
             dist.destroy_process_group()
             self.initialized_here = False
 
+    def speakers(self, log, progress):
+        """``(log, progress)`` for this process: the caller's own on rank 0, silent ones on the others (only rank 0
+        speaks; their lines would interleave)."""
+        if self.main:
+            return log, progress
+        return (lambda *args, **kwargs: None), None
+
     def describe(self) -> dict[str, Any] | None:
         return {"world_size": self.world, "backend": self.backend} if self.enabled else None
 

@@ -521,11 +521,7 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     out.mkdir(parents=True, exist_ok=True)
     dev, message = devices.select_device(device)
     ctx, dev = distributed.setup(dev)  # torchrun: one process per core / GPU, gradients averaged (DDP)
-    if not ctx.main:
-        def log(*args, **kwargs):  # only rank 0 speaks
-            return None
-
-        progress = None
+    log, progress = ctx.speakers(log, progress)
     log(f"[segmentation training] {message}" + (f"; rank 0 of {ctx.world} processes ({ctx.backend})"
                                                  if ctx.enabled else ""))
     arch_kwargs = model_kwargs(architecture, **(architecture_kwargs or {}))

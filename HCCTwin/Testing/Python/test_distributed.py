@@ -38,6 +38,11 @@ def test_without_torchrun_nothing_changes(monkeypatch):
     assert ctx == DistContext() and dev == "cpu" and not ctx.enabled and ctx.any(True) and not ctx.any(False)
     model = object()
     assert ctx.wrap(model) is model and ctx.describe() is None
+    said = []
+    assert ctx.speakers(said.append, model) == (said.append, model)  # rank 0 keeps its log and progress
+    log, progress = DistContext(rank=1, world=2).speakers(said.append, model)
+    log("from rank 1")
+    assert progress is None and said == []  # the other ranks are silent
     ctx.barrier()
     ctx.teardown()
 

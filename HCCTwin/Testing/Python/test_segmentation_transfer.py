@@ -278,14 +278,19 @@ def test_envelope_mask_grows_the_largest_component_by_the_margin():
     assert not envelope_mask(np.zeros_like(env), (1, 1, 1), 5.0).any()
 
 
-def test_envelope_stage_named_in_the_card_is_loaded_and_pinned(tmp_path):
+def _tiny_model_files(tmp_path):
+    """A tiny main model and a tiny envelope model saved next to each other: ``(main, env, main's card)``."""
     folder = tmp_path / "models"
     folder.mkdir()
     main, env = folder / "tiny_seg.safetensors", folder / "tiny_env.safetensors"
     torch.manual_seed(0)
     save_model(build_model("DynUNet", **TINY), main, _card())
     save_model(build_model("DynUNet", **TINY), env, _card(name="tiny_env"))
-    card = load_card(main)
+    return main, env, load_card(main)
+
+
+def test_envelope_stage_named_in_the_card_is_loaded_and_pinned(tmp_path):
+    main, env, card = _tiny_model_files(tmp_path)
 
     def write_card(stage):
         card_path(main).write_text(json.dumps({**card, "postprocessing": {"envelope_stage": stage}}))
@@ -309,13 +314,7 @@ def test_tune_envelope_after_the_envelope_file_was_replaced(tmp_path, capsys):
     from HCCTwinLib import cli
 
     _tuning_cohort(tmp_path / "cohort")
-    folder = tmp_path / "models"
-    folder.mkdir()
-    main, env = folder / "tiny_seg.safetensors", folder / "tiny_env.safetensors"
-    torch.manual_seed(0)
-    save_model(build_model("DynUNet", **TINY), main, _card())
-    save_model(build_model("DynUNet", **TINY), env, _card(name="tiny_env"))
-    card = load_card(main)
+    main, env, card = _tiny_model_files(tmp_path)
     card_path(main).write_text(json.dumps({**card, "postprocessing": {"envelope_stage": {
         "model": env.name, "sha256": "0" * 64, "margin_mm": 10.0}}}))
     clear_cache()

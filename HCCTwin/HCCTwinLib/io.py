@@ -960,15 +960,18 @@ def cohort_clinical_rows(cohort_dir: str | os.PathLike, *, required: tuple[str, 
     if not path.is_file():
         return {}
     table, _notes = read_clinical_table(path, required=required)
-    out: dict[str, dict] = {}
-    for record in table.to_dict("records"):
-        values = {}
-        for key, value in record.items():
-            if value is None or (isinstance(value, float) and not np.isfinite(value)):
-                continue
-            values[key] = value.item() if hasattr(value, "item") else value
-        out[str(values["patient_id"])] = values
-    return out
+    rows = (_present_values(record.items()) for record in table.to_dict("records"))
+    return {str(values["patient_id"]): values for values in rows}
+
+
+def _present_values(items) -> dict:
+    """``{column: value}`` of a table row without its missing cells (None, NaN), numpy numbers as Python ones."""
+    values = {}
+    for key, value in items:
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+            continue
+        values[key] = value.item() if hasattr(value, "item") else value
+    return values
 
 
 def clinical_row_values(table, patient_id: str, path: str | os.PathLike = "clinical.csv") -> dict:
@@ -978,10 +981,4 @@ def clinical_row_values(table, patient_id: str, path: str | os.PathLike = "clini
     rows = table[table["patient_id"] == pid]
     if rows.empty:
         raise InputError(f"{path}: patient {pid!r} not found ({len(table)} rows); check the patient_id.")
-    row = rows.iloc[0]
-    values = {}
-    for key, value in row.items():
-        if value is None or (isinstance(value, float) and not np.isfinite(value)):
-            continue
-        values[key] = value.item() if hasattr(value, "item") else value
-    return values
+    return _present_values(rows.iloc[0].items())

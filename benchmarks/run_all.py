@@ -21,7 +21,22 @@ cpu_precision             bfloat16 vs float32 CPU inference: time and agreement 
 registration              target-registration error on simulated misalignments (issues 7 / 9)
 pipeline                  stage timings and peak memory from 128^3 to 512x512x300, copy baseline (issue 8)
 study_dicom               simulate as DICOM -> hcctwin import -> hcctwin study (issue 9)
+segmentation_phases       the same hold-out with one phase only, portal then arterial (issue 22)
+domain_guard              the domain guard on perturbed hold-out scans: verdict vs liver Dice (issue 22)
+real_scans                segmentation + guard on the public real CTs of real_scans.json (issue 22; --real-data)
+real_scan_twin            the anchored twin on a public real CT: time, memory, anatomy kept (issue 23; --real-data)
+survival_small_cohorts    survival cv on small real / simulated cohorts vs the established scores (issue 27)
+metastasis_competing_risk competing-risk metastasis model beside the 2-year logistic one (issue 27)
+parallel_speedup          Dask 2 workers vs serial, torchrun 2 processes vs 1 (issue 27)
+bad_input                 bad input and faults through the command line (issue 24)
+viewer_timing             the browser viewer in headless Chromium: first paint, clicks (issue 25; needs chromium)
 ========================  ==============================================================================================
+
+Not run here: ``train_segmentation_synthetic.py`` (a training run of hours that produced a model, not a measurement;
+its log is in ``results/segmentation_training/``).
+
+``real_scans`` and ``real_scan_twin`` read public scans that cannot be downloaded at run time: fetch them as
+``benchmarks/real_scans.json`` says and give their root folder as ``--real-data``; without it both are skipped.
 
 ``--quick`` runs each on a small input (minutes, for checking that they run; its numbers are not the recorded
 ones and are written to ``--out`` which then should not be the results folder). Each benchmark writes its own
@@ -31,6 +46,7 @@ ones and are written to ``--out`` which then should not be the results folder). 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -51,7 +67,7 @@ def _simulate(data: Path, name: str, n: int, seed: int, *, fast: bool, truth_ima
     return folder
 
 
-def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
+def plan(data: Path, out: Path, quick: bool, real_data: Path | None = None) -> dict[str, list[str] | callable]:
     py = sys.executable
     q = quick
 
@@ -62,6 +78,15 @@ def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
                          truth_images=False)
         return [py, str(BENCH / "survival_evaluation.py"), "--cohort", str(dev), "--holdout-cohort", str(hold),
                 "--out", str(out), "--cache", str(data / "featcache")] + (["--bootstrap", "5"] if q else [])
+
+    def segmentation_phases():
+        # two runs of one script: the portal-only and the arterial-only results are separate files
+        for phase in ("portal", "arterial"):
+            subprocess.run([py, str(BENCH / "segmentation_evaluation.py"), "--weights",
+                            str(WEIGHTS / "hcctwin_seg.safetensors"), "--cohort", str(holdout()), "--n",
+                            "30" if not q else "4", "--seed", "900", "--phases", phase, "--out", str(out)],
+                           check=True, cwd=ROOT)
+        return None
 
     def holdout():
         return _simulate(data, "holdout900" if not q else "q_holdout", 30 if not q else 4, 900, fast=q)
@@ -124,7 +149,29 @@ def plan(data: Path, out: Path, quick: bool) -> dict[str, list[str] | callable]:
         "study_dicom": lambda: [py, str(BENCH / "study_dicom.py"), "--work", str(data / "study-dicom"), "--out",
                                 str(out)] + (["--n", "15", "--fast", "--max-cases", "1", "--samples", "1"] if q else
                                              ["--n", "120", "--seed", "4040", "--max-cases", "10"]),
+        "segmentation_phases": segmentation_phases,
+        "domain_guard": lambda: [py, str(BENCH / "domain_guard.py"), "--cohort", str(holdout()), "--n",
+                                 "12" if not q else "2", "--out", str(out)],
+        "real_scans": lambda: None if real_data is None else [
+            py, str(BENCH / "real_scans.py"), "--data", str(real_data), "--out", str(out)] +
+            ([] if q else ["--pictures", str(ROOT / "docs" / "images")]),
+        "real_scan_twin": lambda: None if real_data is None else [
+            py, str(BENCH / "real_scan_twin.py"), "--data-root", str(real_data), "--out", str(out)] +
+            (["--figure", str(out / "real_twin.png")] if q else []),
+        "survival_small_cohorts": lambda: [py, str(BENCH / "survival_small_cohorts.py"), "--out", str(out)] +
+                                          (["--quick"] if q else []),
+        "metastasis_competing_risk": lambda: [py, str(BENCH / "metastasis_competing_risk.py"), "--n",
+                                              "3000" if not q else "400", "--out", str(out)],
+        "parallel_speedup": lambda: [py, str(BENCH / "parallel_speedup.py"), "--cohort", str(train101()), "--n",
+                                     "40" if not q else "6", "--out", str(out)] +
+                                    (["--train-epochs", "1", "--train-cases", "4"] if q else []),
+        "bad_input": lambda: [py, str(BENCH / "bad_input.py"), "--out", str(out)],
+        "viewer_timing": lambda: None if shutil.which("chromium") is None else [
+            py, str(BENCH / "viewer_timing.py"), "--out", str(out)] + (["--runs", "1"] if q else []),
     }
+
+#: benchmark scripts that run_all does not run (see the module docstring)
+NOT_RUN = ("train_segmentation_synthetic",)
 
 
 def main(argv=None) -> int:
@@ -134,8 +181,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=BENCH / "results")
     ap.add_argument("--quick", action="store_true", help="small inputs: checks that every benchmark runs")
     ap.add_argument("--list", action="store_true", help="print the benchmark names and exit")
+    ap.add_argument("--real-data", type=Path, help="root folder of the public real scans (benchmarks/real_scans.json)"
+                                                   "; real_scans and real_scan_twin are skipped without it")
     args = ap.parse_args(argv)
-    steps = plan(args.data, args.out, args.quick)
+    steps = plan(args.data, args.out, args.quick, args.real_data)
     if args.list:
         print("\n".join(steps))
         return 0
@@ -152,7 +201,15 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
         try:
-            subprocess.run(steps[name](), check=True, cwd=ROOT)
+            cmd = steps[name]()
+            if cmd is None and name.startswith("real_") and args.real_data is None:
+                print(f"== {name}: skipped (needs --real-data DIR, the public scans of benchmarks/real_scans.json)")
+                continue
+            if cmd is None and name == "viewer_timing":
+                print(f"== {name}: skipped (needs chromium on the PATH)")
+                continue
+            if cmd is not None:
+                subprocess.run(cmd, check=True, cwd=ROOT)
         except subprocess.CalledProcessError as exc:
             failed.append(f"{name} (exit {exc.returncode})")
         timings[name] = round(time.perf_counter() - t0, 1)

@@ -1,0 +1,38 @@
+"""``benchmarks/run_all.py`` (``make benchmarks``) re-runs every benchmark whose results the README and the issues
+quote: a new benchmark script that it does not run (or name as not run) fails here."""
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks"
+
+
+def _run_all():
+    spec = importlib.util.spec_from_file_location("run_all", BENCH / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_benchmark_script_is_run_or_named_as_not_run(tmp_path):
+    run_all = _run_all()
+    source = (BENCH / "run_all.py").read_text()
+    scripts = sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "run_all")
+    missing = [s for s in scripts if f'"{s}.py"' not in source and s not in run_all.NOT_RUN]
+    assert not missing, f"benchmarks not in run_all.py: {missing}"
+    assert all((BENCH / f"{s}.py").is_file() for s in run_all.NOT_RUN)
+    steps = run_all.plan(tmp_path / "data", tmp_path / "out", quick=True)
+    doc_names = {line.split()[0] for line in run_all.__doc__.splitlines()
+                 if line and not line.startswith(("=", " ")) and len(line.split()) > 1 and line.split()[0] in steps}
+    assert doc_names == set(steps), f"steps missing from the docstring table: {set(steps) - doc_names}"
+
+
+def test_real_scan_benchmarks_are_skipped_without_their_data(tmp_path, capsys):
+    run_all = _run_all()
+    steps = run_all.plan(tmp_path / "data", tmp_path / "out", quick=True)
+    assert steps["real_scans"]() is None and steps["real_scan_twin"]() is None
+    with_data = run_all.plan(tmp_path / "data", tmp_path / "out", quick=True, real_data=tmp_path / "real")
+    assert str(tmp_path / "real") in with_data["real_scans"]()
+    assert run_all.main(["--only", "real_scans,real_scan_twin", "--quick", "--data", str(tmp_path / "data"),
+                         "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.count("skipped (needs --real-data DIR") == 2

@@ -601,7 +601,6 @@ class Segmenter:
         env_logits = stage.crop_logits(crop, progress)
         env_labels = logits_to_labels(env_logits, class_bias=stage.bias_without_pvtt())
         env = env_labels > 0
-        del env_logits
         main = labels > 0
         inter = int(np.count_nonzero(main & env))
         total = int(np.count_nonzero(main)) + int(np.count_nonzero(env))
@@ -626,32 +625,41 @@ class Segmenter:
         if agreement < self.envelope_takeover_below:
             # the network reads the window only: below its lower bound in every phase is air or lung, never liver
             tissue = np.asarray(crop).max(axis=0) > 0.0
-            return self._envelope_takeover(labels, np.where(tissue, env_labels, 0).astype(np.uint8), keep, voxel_ml)
+            # where the envelope network itself draws thrombus (its argmax with PVTT, its own class bias)
+            env_pvtt = logits_to_labels(env_logits, class_bias=stage.class_bias) == PVTT
+            del env_logits
+            return self._envelope_takeover(labels, np.where(tissue, env_labels, 0).astype(np.uint8), env_pvtt,
+                                           voxel_ml)
+        del env_logits
         out = labels.copy()
         out[removed] = 0
         return out
 
-    def _envelope_takeover(self, labels: np.ndarray, env_labels: np.ndarray, keep: np.ndarray,
+    def _envelope_takeover(self, labels: np.ndarray, env_labels: np.ndarray, env_pvtt: np.ndarray,
                            voxel_ml: float) -> np.ndarray:
         """The labels when the two networks disagree beyond their training domain: liver = the envelope's largest
         component; viable tumour / necrosis only where the envelope also calls the voxel tumour (the main network's
-        label kept); PVTT of the main network within the envelope's margin."""
+        label kept); PVTT only where both networks draw thrombus (``env_pvtt``: the envelope's own argmax)."""
         organ = postprocessing.largest_component(env_labels > 0)
         out = np.where(organ, LIVER, 0).astype(np.uint8)
         lesion = organ & np.isin(labels, (VIABLE_TUMOR, NECROSIS)) & np.isin(env_labels, (VIABLE_TUMOR, NECROSIS))
         out[lesion] = labels[lesion]
-        thrombus = (labels == PVTT) & keep
+        main_thrombus = labels == PVTT
+        thrombus = main_thrombus & env_pvtt
         out[thrombus] = PVTT
         info = self.last_info["envelope"]
         main_tumour = float(np.count_nonzero(np.isin(labels, (VIABLE_TUMOR, NECROSIS)))) * voxel_ml
         info.update({"liver_from": "envelope stage", "takeover_below": self.envelope_takeover_below,
                      "tumor_ml_main": round(main_tumour, 1),
-                     "tumor_ml_kept": round(float(np.count_nonzero(lesion)) * voxel_ml, 1)})
+                     "tumor_ml_kept": round(float(np.count_nonzero(lesion)) * voxel_ml, 1),
+                     "pvtt_ml_main": round(float(np.count_nonzero(main_thrombus)) * voxel_ml, 1),
+                     "pvtt_ml_kept": round(float(np.count_nonzero(thrombus)) * voxel_ml, 1)})
         self.last_info.setdefault("messages", []).append(
             f"The two segmentation networks disagree (Dice {info['agreement_dice']:.2f} < "
             f"{self.envelope_takeover_below:g}, less than on their training domain): the liver is the envelope "
-            f"stage's (appearance-robust) and tumour is kept only where both networks draw it "
-            f"({info['tumor_ml_kept']:.0f} of {main_tumour:.0f} mL).")
+            f"stage's (appearance-robust) and tumour and PVTT are kept only where both networks draw them "
+            f"(tumour {info['tumor_ml_kept']:.0f} of {main_tumour:.0f} mL, PVTT {info['pvtt_ml_kept']:.0f} of "
+            f"{info['pvtt_ml_main']:.0f} mL).")
         return out
 
     def _liver_box(self, stack, geometry, mgeom: Geometry, progress) -> tuple[slice, ...] | None:

@@ -189,18 +189,23 @@ def test_envelope_stage_removes_what_lies_away_from_the_liver():
 
 class _TwoPhaseNet(torch.nn.Module):
     """Organ (label 1) where the arterial channel is above ``organ``, viable tumour (label 2) where, inside it, the
-    portal channel is above ``tumour``; ``air``: the organ where the arterial channel is below 0.05 instead."""
+    portal channel is above ``tumour``; ``air``: the organ where the arterial channel is below 0.05 instead;
+    ``pvtt_band``: PVTT (label 4) inside the organ where the portal channel lies in ``(lo, hi)``."""
 
-    def __init__(self, organ: float, tumour: float, air: bool = False):
+    def __init__(self, organ: float, tumour: float, air: bool = False, pvtt_band: tuple[float, float] | None = None):
         super().__init__()
-        self.organ, self.tumour, self.air = organ, tumour, air
+        self.organ, self.tumour, self.air, self.pvtt_band = organ, tumour, air, pvtt_band
 
     def forward(self, x):
         art, por = x[:, :1], x[:, 1:2]
         organ = (0.05 - art) if self.air else (art - self.organ)
         off = -torch.ones_like(art)
         tumour = torch.where((por > self.tumour) & (organ > 0), organ + 1.0, off)
-        return torch.cat([-organ, organ, tumour, off, off], dim=1) * 10
+        pvtt = off
+        if self.pvtt_band is not None:
+            lo, hi = self.pvtt_band
+            pvtt = torch.where((por > lo) & (por < hi) & (organ > 0), organ + 2.0, off)
+        return torch.cat([-organ, organ, tumour, off, pvtt], dim=1) * 10
 
 
 def _liver_lesions_and_spill():
@@ -214,6 +219,8 @@ def _liver_lesions_and_spill():
     art[3:13, 6:22, 22:44] = 100.0
     por[5:11, 9:15, 9:15] = 300.0   # true lesion
     por[5:11, 9:15, 16:21] = 100.0  # doubtful lesion
+    por[5:11, 16:20, 9:13] = 200.0  # thrombus for both networks (normalised 0.8)
+    por[5:11, 16:20, 15:19] = 160.0  # thrombus for the main network only (0.72)
     return {"arterial": art, "portal": por}, geom
 
 
@@ -224,10 +231,12 @@ def test_envelope_takes_over_the_liver_when_the_networks_disagree():
     from HCCTwinLib.segmentation.inference import ENVELOPE_AGREEMENT
 
     phases, geom = _liver_lesions_and_spill()
-    main_only = Segmenter(_TwoPhaseNet(0.5, 0.5), _card(), "cpu").segment(phases, geom)
+    main_net = _TwoPhaseNet(0.5, 0.5, pvtt_band=(0.7, 0.9))
+    main_only = Segmenter(main_net, _card(), "cpu").segment(phases, geom)
     assert (main_only[3:13, 6:22, 22:44] > 0).all() and (main_only[5:11, 9:15, 16:21] == 2).all()
-    seg = Segmenter(_TwoPhaseNet(0.5, 0.5), _card(), "cpu",
-                    envelope_stage=Segmenter(_TwoPhaseNet(0.7, 0.7), _card(name="tiny_env"), "cpu"))
+    assert (main_only[5:11, 16:20, 9:13] == 4).all() and (main_only[5:11, 16:20, 15:19] == 4).all()
+    seg = Segmenter(main_net, _card(), "cpu", envelope_stage=Segmenter(
+        _TwoPhaseNet(0.7, 0.7, pvtt_band=(0.75, 0.85)), _card(name="tiny_env"), "cpu"))
     assert seg.envelope_takeover_below == ENVELOPE_AGREEMENT[1]
     out = seg.segment(phases, geom)
     liver = np.zeros(geom.shape, bool)
@@ -235,10 +244,13 @@ def test_envelope_takes_over_the_liver_when_the_networks_disagree():
     assert np.array_equal(out > 0, liver)  # the envelope's liver, no spill at all
     assert (out[5:11, 9:15, 9:15] == 2).all()  # both call it tumour
     assert (out[5:11, 9:15, 16:21] == 1).all()  # only the main network does: liver
+    assert (out[5:11, 16:20, 9:13] == 4).all()  # both draw thrombus: PVTT
+    assert (out[5:11, 16:20, 15:19] == 1).all()  # the main network alone (the envelope says tumour): liver
     info = seg.last_info["envelope"]
     assert info["liver_from"] == "envelope stage" and info["agreement_dice"] < 0.9
     assert info["tumor_ml_kept"] < info["tumor_ml_main"]
-    assert any("disagree" in m and "both networks" in m for m in seg.last_info["messages"])
+    assert 0 < info["pvtt_ml_kept"] < info["pvtt_ml_main"]
+    assert any("disagree" in m and "both networks" in m and "PVTT" in m for m in seg.last_info["messages"])
     assert seg.describe().split(", ")[0].endswith("[liver from the envelope stage on this scan]")
     # an envelope that draws its 'liver' in air (below the window in every phase) gets no liver from it
     airy = Segmenter(_TwoPhaseNet(0.5, 0.5), _card(), "cpu",

@@ -6,7 +6,7 @@ CLI) parse the dict once with :meth:`SurvivalResult.from_dict` (or :meth:`Surviv
 ``result.json``) and read attributes instead of string keys::
 
     SurvivalResult
-      model                  "hcctwin_survival 0.1"
+      model                  "hcctwin_survival 0.2"
       endpoints              {"os": {regimen: Curve}, "pfs": {regimen: Curve}}
       rmst24_differences     (RmstDifference, ...)    every pair of regimens, RMST(a) - RMST(b) to tau months
       recommendation         Recommendation | None    None when withheld (see recommendation_withheld)

@@ -62,6 +62,9 @@ def test_demo_with_every_shipped_model(tmp_path, monkeypatch):
     os_curves = result["survival"]["endpoints"]["os"]
     assert set(os_curves) == {"tace_pd1_len", "haic_pd1_len", "pd1_tki"}
     assert result["survival"]["recommendation"]["regimen"] in os_curves
+    # the shipped engine carries the competing-risk metastasis model beside the 2-year logistic one (issue 27)
+    competing = result["survival"]["metastasis"]["competing_risk"]
+    assert 0.0 < competing["cumulative_incidence"] < 1.0 and competing["n_fit"] > 100
     # virtual follow-ups feed the landmark model and the response table
     assert result["response"]["tace_pd1_len"]["w08"]["mrecist"] in {"CR", "PR", "SD", "PD", "NE"}
     # the layout picture has the three linked panels: pre | real | virtual

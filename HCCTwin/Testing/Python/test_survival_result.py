@@ -81,7 +81,9 @@ def test_result_json_keeps_its_key_order(outputs):
     assert list(out["recommendation"]) == ["regimen", "probability_best", "endpoint", "tau_months",
                                            "eligible_only", "chosen_among"]
     assert list(out["metastasis"]) == ["horizon_months", "risk", "lower", "upper", "points", "interval_method",
-                                       "applies_to", "population", "landmark"]
+                                       "applies_to", "population", "landmark", "competing_risk"]
+    assert list(out["metastasis"]["competing_risk"]) == ["horizon_months", "cumulative_incidence", "curve", "method",
+                                                         "n_fit", "n_metastases", "n_deaths_without_metastasis"]
     assert list(outputs["spread"]["metastasis"]) == ["not_applicable", "applies_to"]
     assert list(out["landmark"]["tace_pd1_len"]) == ["timepoints", "response_features"]
 

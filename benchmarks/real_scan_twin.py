@@ -25,6 +25,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,7 @@ def run(args) -> dict:
 
     from HCCTwinLib import domain
     from HCCTwinLib.cases import fill_missing_phases
+    from HCCTwinLib.registration import align_phases
     from HCCTwinLib.segmentation import get_segmenter
     from HCCTwinLib.twin import get_generator
 
@@ -196,6 +198,11 @@ def run(args) -> dict:
     print(f"{spec['id']}: {geometry.shape} voxels, spacing {geometry.spacing} mm, loaded in {load_s:.1f} s",
           flush=True)
 
+    # as hcctwin predict does: the phases moved onto the arterial one when their breath-holds differ
+    aligned, alignment = align_phases(case.phases, case.geometry)
+    case = replace(case, phases=aligned)
+    for a in alignment:
+        print(a.note(), flush=True)
     seg = get_segmenter(None, device="cpu")
     t = time.perf_counter()
     labels = seg.segment(case)

@@ -7,9 +7,10 @@ The scans are not shipped (size); the manifest names each case's public source, 
 path under ``DATA_ROOT`` it is read from (DICOM series folders or NIfTI files; cases whose files are missing are
 listed as such, not skipped silently). For every case and input (both phases, each phase alone) the installed
 segmentation runs and the benchmark records liver and tumour volumes, the guard's verdict and reasons, the network's
-confidence, and the run time; where the manifest names a reference mask the liver Dice against it (and whether that
-mask is manual or another model's output). No reference mask: the plausibility checks only (adult liver 0.8-3 L,
-tumour where a radiologist would see one: judged on the pictures, which go to ``--pictures``).
+confidence, and the run time (the phases first aligned as ``hcctwin predict`` does); where the manifest names a
+reference mask the liver Dice against it (and whether that mask is manual or another model's output). No reference
+mask: the plausibility checks only (adult liver 0.8-3 L, tumour where a radiologist would see one: judged on the
+pictures, which go to ``--pictures``).
 
 Results: ``<out>/real_scans.{json,md}``. Nothing here is tuned on these scans: the guard's limits come from anatomy
 and from the simulated training domain (``HCCTwinLib.domain``).
@@ -22,6 +23,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,7 @@ def png_stack_mask(folder: Path, dicom_folder: Path, geometry) -> np.ndarray:
 def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
     from HCCTwinLib import domain
     from HCCTwinLib.io import load_case, read_image, resample_to
+    from HCCTwinLib.registration import align_phases
     from HCCTwinLib.segmentation import dice_per_label, get_segmenter
 
     manifest = json.loads(MANIFEST.read_text())
@@ -122,6 +125,9 @@ def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
             continue
         for name, rel in _inputs(spec):
             case = load_case(paths={p: data / r for p, r in rel.items()}, patient_id=spec["id"])
+            # as hcctwin predict / segment do: phases from separate breath-holds moved onto the arterial one
+            aligned, alignment = align_phases(case.phases, case.geometry)
+            case = replace(case, phases=aligned)
             t = time.perf_counter()
             labels = seg.segment(case)
             seconds = time.perf_counter() - t
@@ -133,7 +139,8 @@ def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
                    "pvtt_ml": round(m.get("pvtt_ml") or 0.0, 1), "verdict": verdict.verdict,
                    "reasons": verdict.reasons,
                    "mean_entropy": m.get("mean_entropy"), "uncertain_fraction": m.get("uncertain_fraction"),
-                   "slice_mm": m.get("slice_mm"), "n_slices": case.geometry.shape[0]}
+                   "slice_mm": m.get("slice_mm"), "n_slices": case.geometry.shape[0],
+                   "phase_alignment": [a.to_dict() for a in alignment]}
             ref = spec.get("reference")
             if ref and (data / ref["path"]).exists():
                 if ref.get("format") == "png_stack":
@@ -178,7 +185,9 @@ def write_md(res: dict, path: Path) -> None:
              "`benchmarks/real_scans.json`). One scan has a manual liver mask (CHAOS CT set 3, a healthy liver: any "
              "tumour drawn there is false); for the others volumes and verdicts are checked for plausibility (adult "
              "liver 0.8-3 L; pictures in the README); where the manifest names another model's mask "
-             "(TotalSegmentator), the liver Dice against it is agreement with that model, not accuracy.", "",
+             "(TotalSegmentator), the liver Dice against it is agreement with that model, not accuracy. As in "
+             "`hcctwin predict`, a two-phase study's portal phase is first moved onto the arterial one when their "
+             "breath-holds differ (the shift applied is in the input column; `phase_alignment` in the JSON).", "",
              "| case | input | slices | liver + tumour (mL) | tumour (mL) | PVTT (mL) | reference liver (mL) | "
              "liver Dice vs reference | guard | reasons |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -187,9 +196,11 @@ def write_md(res: dict, path: Path) -> None:
             lines.append(f"| {r['case']} | - | - | - | - | - | - | - | {r['status']} | |")
             continue
         ref_ml = f"{r['reference_ml']:.0f}" if r.get("reference_ml") is not None else "-"
-        lines.append(f"| {r['case']} | {r['input']} | {r['n_slices']} x {r['slice_mm']:.1f} mm | {r['liver_ml']:.0f} | "
-                     f"{r['tumor_ml']:.0f} | {r['pvtt_ml']:.0f} | {ref_ml} | {_ref(r)} | **{r['verdict']}** | "
-                     f"{'<br>'.join(r['reasons']) or '-'} |")
+        moved = [a for a in r.get("phase_alignment", []) if a["applied"]]
+        shift = "".join(f" ({a['phase']} shifted {a['shift_mm']:.1f} mm)" for a in moved)
+        lines.append(f"| {r['case']} | {r['input']}{shift} | {r['n_slices']} x {r['slice_mm']:.1f} mm | "
+                     f"{r['liver_ml']:.0f} | {r['tumor_ml']:.0f} | {r['pvtt_ml']:.0f} | {ref_ml} | {_ref(r)} | "
+                     f"**{r['verdict']}** | {'<br>'.join(r['reasons']) or '-'} |")
     lines += ["", "Sources:", ""]
     lines += [f"- {cid}: {s.get('source')} ({s.get('licence')}). {s.get('attribution', '')}"
               for cid, s in res["sources"].items()]

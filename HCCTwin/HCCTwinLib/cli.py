@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from . import DISCLAIMER, __version__
@@ -19,6 +20,8 @@ from .progress import SubProgress
 from .survival_result import SurvivalResult
 
 _T_START = time.perf_counter()  # `hcctwin view` reports its start-up from here
+PHASE_ALIGNMENT_HELP = ("leave the phases as read (default: a phase acquired in another breath-hold than the "
+                        "arterial one is shifted onto it before segmentation; result.json phase_alignment)")
 
 
 class ProgressBar:
@@ -286,6 +289,15 @@ def cmd_segment(args) -> int:
     refuse_overwriting_inputs([args.out], case.source.values())
     segmenter = get_segmenter(args.weights, device=args.device)
     print(segmenter.message, file=sys.stderr)
+    alignment = []
+    if not args.no_phase_alignment:
+        from .registration import align_phases
+
+        phases, alignment = align_phases(case.phases, case.geometry)
+        case = replace(case, phases=phases)
+        for a in alignment:
+            if a.applied or not a.reason.startswith("aligned already"):
+                print(f"note: {a.note()}", file=sys.stderr)
     t0 = time.perf_counter()
     labels = segmenter.segment(case, progress=ProgressBar())
     seconds = time.perf_counter() - t0
@@ -301,7 +313,7 @@ def cmd_segment(args) -> int:
             print(f"  {reason}", file=sys.stderr)
     print(json.dumps({"out": str(args.out), "seconds": round(seconds, 2),
                       "label_volumes_ml": label_volumes_ml(labels, case.geometry.voxel_volume_ml),
-                      "domain": verdict.to_dict()}, indent=2))
+                      "phase_alignment": [a.to_dict() for a in alignment], "domain": verdict.to_dict()}, indent=2))
     return 0
 
 
@@ -335,7 +347,8 @@ def _predict_cohort(args) -> int:
                               segmentation_weights=args.segmentation_weights,
                               generator_weights=args.generator_weights, survival_model=args.survival_model,
                               segmentation="model" if args.resegment else "auto",
-                              allow_missing_models=args.allow_missing_models)
+                              allow_missing_models=args.allow_missing_models,
+                              align_phases=not args.no_phase_alignment)
     table = predict_cohort(args.cohort, args.out, regimens=args.regimens, weeks=args.weeks, options=options,
                            max_cases=args.max_cases, report=args.report, deidentify=args.deidentify,
                            scheduler=args.scheduler, workers=args.workers, progress=ProgressBar())
@@ -378,7 +391,8 @@ def cmd_predict(args) -> int:
                               segmentation_weights=args.segmentation_weights,
                               generator_weights=args.generator_weights, survival_model=args.survival_model,
                               segmentation="model" if args.resegment else "auto",
-                              allow_missing_models=args.allow_missing_models)
+                              allow_missing_models=args.allow_missing_models,
+                              align_phases=not args.no_phase_alignment)
     out = Path(args.out)
     with staged_output(out) as stage:  # the outputs are complete or absent (an interrupted run changes nothing)
         result = run_case(case, args.regimens, args.weeks, real_followup=real, options=options,
@@ -764,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output label map (.nii.gz / .nrrd)")
     p.add_argument("--weights", help="model file (.safetensors with its .json card); default: installed model")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
+    p.add_argument("--no-phase-alignment", action="store_true", help=PHASE_ALIGNMENT_HELP)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("train", help="train a model on a cohort in the HCCTwin cohort layout")
@@ -877,6 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--followup", help="a real follow-up folder (registered to the pre-treatment scan first)")
     p.add_argument("--no-deformable", action="store_true", help="real follow-up: rigid + affine registration only")
+    p.add_argument("--no-phase-alignment", action="store_true", help=PHASE_ALIGNMENT_HELP)
     p.add_argument("--followup-weeks", type=int, help="weeks of the real follow-up since the start of treatment")
     p.add_argument("--allow-missing-models", action="store_true",
                    help="run the other steps when a model is not installed or is refused (noted in result.json); "

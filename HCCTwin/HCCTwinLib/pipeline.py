@@ -25,7 +25,7 @@ from .jsonutil import jsonable
 from .labels import LABELS, MAX_LABEL, TUMOR_LABELS
 from .progress import ProgressCallback, SubProgress, report
 from .regimens import eligibility_warnings
-from .registration import register_observed
+from .registration import align_phases, register_observed
 from .report.figures import write_key_image
 from .survival_result import SurvivalResult
 from .weights import ModelFileError, load_card, resolve_model_path
@@ -55,6 +55,8 @@ class TwinResult:
     provenance: dict[str, str] = field(default_factory=dict)
     #: the out-of-domain guard's verdict (:class:`HCCTwinLib.domain.DomainVerdict`); None before it ran
     domain: Any = None
+    #: how each phase was moved onto the reference phase before segmentation (:func:`registration.align_phases`)
+    phase_alignment: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (``result.json``)."""
@@ -67,6 +69,7 @@ class TwinResult:
             "phases": self.case.phase_names,
             "geometry": {"shape_kji": list(g.shape), "spacing_mm": list(g.spacing), "origin_lps_mm": list(g.origin),
                          "direction": list(g.direction)},
+            "phase_alignment": self.phase_alignment,
             "regimens": self.regimens,
             "weeks": self.weeks,
             "clinical": jsonable(self.case.clinical),
@@ -138,6 +141,9 @@ class PipelineOptions:
     #: a library caller); False stops the run with the reason instead (``hcctwin predict`` unless
     #: ``--allow-missing-models``)
     allow_missing_models: bool = True
+    #: move each phase onto the reference phase (a translation) before segmentation when they were acquired in
+    #: separate breath-holds (:func:`registration.align_phases`); phases already aligned are left as they are
+    align_phases: bool = True
 
 
 def _installed(get_model, weights, device, what: str, notes: list[str], allow_missing: bool = True):
@@ -201,8 +207,9 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     ``real_followup`` is an observed follow-up already on the case's grid (or an :class:`ObservedScan`, registered
     first); it is carried into the result for display and comparison. Steps whose model is not installed are listed
     in ``result.notes`` (never faked). The caller's ``case`` is not changed: the labels a model draws are in
-    ``result.case``. Steps: clinical scores, segmentation + out-of-domain guard, virtual follow-ups, response
-    reading and survival.
+    ``result.case`` (with its phases moved onto the reference phase when they were acquired in separate
+    breath-holds). Steps: phase alignment, clinical scores, segmentation + out-of-domain guard, virtual follow-ups,
+    response reading and survival.
     """
     options = options or PipelineOptions()
     catalogue = regimen_catalogue.load_catalogue()
@@ -213,6 +220,8 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
         raise ValueError(f"segmentation={options.segmentation!r}: expected auto, model or given")
     case = replace(case)  # the result's own Case (same arrays): the caller's keeps its labels as they were
     result = TwinResult(case=case, regimens=list(regimens), weeks=[int(w) for w in weeks])
+    if options.align_phases:  # first: a real follow-up is registered to the (aligned) pre-treatment phases
+        _phase_alignment_step(result, progress)
     if isinstance(real_followup, ObservedScan):
         real_followup = register_observed(case, real_followup, result, progress=SubProgress(progress, 0.0, 0.05))
     result.real_followup = real_followup
@@ -244,6 +253,20 @@ def _clinical_step(result: TwinResult, progress) -> None:
     else:
         result.notes.append("No clinical values given: scores, eligibility and survival need them.")
     result.timings["clinical"] = time.perf_counter() - t0
+
+
+def _phase_alignment_step(result: TwinResult, progress) -> None:
+    """The study's phases moved onto the reference phase when their breath-holds differ (the result's own Case gets
+    the moved arrays; the caller's keeps its own)."""
+    case = result.case
+    if len(case.phases) < 2:
+        return
+    t0 = time.perf_counter()
+    report(progress, 0.0, "Phase alignment")
+    case.phases, done = align_phases(case.phases, case.geometry)
+    result.phase_alignment = [a.to_dict() for a in done]
+    result.notes.extend(a.note() for a in done if a.applied or not a.reason.startswith("aligned already"))
+    result.timings["phase_alignment"] = time.perf_counter() - t0
 
 
 def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -> bool:

@@ -1,0 +1,81 @@
+"""Phases of one study acquired in separate breath-holds (issue 22): :func:`registration.align_phases` moves each
+phase onto the arterial one by a translation before segmentation, and leaves phases that are aligned already bit for
+bit as they are."""
+
+import numpy as np
+import pytest
+
+from HCCTwinLib.cases import Case, Geometry
+from HCCTwinLib.registration import align_phases
+
+from conftest import make_phantom
+
+SPACING = (2.0, 2.0, 2.5)
+
+
+def _study(shift_slices: int = 0):
+    hu, labels = make_phantom((40, 80, 80), seed=3)
+    geom = Geometry(hu.shape, SPACING, (0.0, 0.0, 0.0))
+    arterial = hu + 30.0
+    portal = np.roll(hu, shift_slices, axis=0)  # the anatomy sits shift_slices * 2.5 mm further along z
+    return {"arterial": arterial.astype(np.float32), "portal": portal.astype(np.float32)}, labels, geom
+
+
+def test_a_breath_hold_shift_is_found_and_undone():
+    phases, labels, geom = _study(2)
+    aligned, done = align_phases(phases, geom)
+    (a,) = done
+    assert a.phase == "portal" and a.reference == "arterial" and a.applied and a.reason == ""
+    assert a.translation_mm[2] == pytest.approx(5.0, abs=0.5) and abs(a.translation_mm[0]) < 0.5
+    assert a.mi_after < a.mi_before and "shifted by" in a.note() and a.to_dict()["applied"] is True
+    truth = _study(0)[0]["portal"]
+    inner = (slice(4, -4), slice(None), slice(None))
+    before = np.abs(phases["portal"][inner] - truth[inner]).mean()
+    after = np.abs(aligned["portal"][inner] - truth[inner]).mean()
+    assert after < 0.3 * before
+    assert aligned["arterial"] is phases["arterial"]  # the reference is never moved
+
+
+def test_aligned_phases_are_left_as_they_are():
+    phases, _, geom = _study(0)
+    aligned, done = align_phases(phases, geom)
+    assert not done[0].applied and done[0].reason.startswith("aligned already") and done[0].shift_mm < 1.0
+    assert aligned["portal"] is phases["portal"] and aligned is not phases
+    assert align_phases({"portal": phases["portal"]}, geom) == ({"portal": phases["portal"]}, [])
+    mri = {"t1": np.full(geom.shape, 300.0, np.float32), "t2": np.full(geom.shape, 200.0, np.float32)}
+    assert align_phases(mri, geom)[1] == []  # not CT: nothing to do here
+
+
+def test_a_shift_beyond_a_breath_hold_is_not_applied(monkeypatch):
+    import HCCTwinLib.registration as registration
+
+    monkeypatch.setattr(registration, "PHASE_MAX_SHIFT_MM", 2.0)
+    phases, _, geom = _study(2)
+    aligned, (a,) = align_phases(phases, geom)
+    assert not a.applied and "not a breath-hold difference" in a.reason and aligned["portal"] is phases["portal"]
+    assert "was not moved" in a.note()
+
+
+def test_run_case_aligns_the_phases_first_and_keeps_the_callers_case():
+    from HCCTwinLib.pipeline import PipelineOptions, run_case
+
+    phases, labels, geom = _study(2)
+    case = Case(patient_id="P1", phases=dict(phases), geometry=geom, labels=labels)
+    options = PipelineOptions(segmentation="given", generator_weights="none-installed-here")
+    result = run_case(case, ["tace_pd1_len"], [8], options=options)
+    (a,) = result.phase_alignment
+    assert a["applied"] and a["translation_mm"][2] == pytest.approx(5.0, abs=0.5)
+    assert any(n.startswith("Phase alignment: the portal phase was shifted") for n in result.notes)
+    assert result.case.phases["portal"] is not phases["portal"] and case.phases["portal"] is phases["portal"]
+    assert result.summary()["phase_alignment"] == result.phase_alignment
+    off = run_case(case, ["tace_pd1_len"], [8], options=PipelineOptions(segmentation="given", align_phases=False,
+                                                                         generator_weights="none-installed-here"))
+    assert off.phase_alignment == [] and off.case.phases["portal"] is phases["portal"]
+
+
+def test_the_cli_can_leave_the_phases_as_read():
+    from HCCTwinLib.cli import build_parser
+
+    for command in (["segment", "--out", "x.nii.gz"], ["predict", "--out", "o"]):
+        assert build_parser().parse_args(command + ["--no-phase-alignment"]).no_phase_alignment is True
+        assert build_parser().parse_args(command).no_phase_alignment is False

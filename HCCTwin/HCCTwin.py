@@ -108,6 +108,7 @@ class HCCTwinParameterNode:
     samples: Annotated[int, WithinRange(1, 32)] = 4
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    alignPhases: bool = True
     # how the results are shown (no model runs when these change)
     endpoint: Annotated[str, Choice(["OS", "PFS"])] = "OS"
     showUncertainty: bool = False
@@ -314,7 +315,8 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             case = self.logic.caseFromNodes(p.arterialVolume, p.portalVolume, p.segmentation, clinicalValues(p))
             realFollowup = self.logic.followupFromNode(p.followupVolume, p.followupWeeks, case)
             weeks = [int(w) for w in p.weeks.replace(" ", "").split(",") if w]
-            options = self.logic.options(samples=p.samples, seed=p.seed, device=p.device)
+            options = self.logic.options(samples=p.samples, seed=p.seed, device=p.device,
+                                         alignPhases=p.alignPhases)
         except Exception as exc:  # bad input: tell the user, change nothing
             slicer.util.errorDisplay(str(exc), windowTitle="HCCTwin")
             return

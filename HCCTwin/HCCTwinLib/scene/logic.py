@@ -99,10 +99,10 @@ class TwinLogic:
                             deformable=deformable)
 
     @staticmethod
-    def options(samples: int = 4, seed: int = 0, device: str = "auto"):
+    def options(samples: int = 4, seed: int = 0, device: str = "auto", alignPhases: bool = True):
         from ..pipeline import PipelineOptions
 
-        return PipelineOptions(samples=int(samples), seed=int(seed), device=device)
+        return PipelineOptions(samples=int(samples), seed=int(seed), device=device, align_phases=bool(alignPhases))
 
     @staticmethod
     def domainBanner(result) -> tuple[str, str]:

@@ -79,3 +79,11 @@ def test_the_cli_can_leave_the_phases_as_read():
     for command in (["segment", "--out", "x.nii.gz"], ["predict", "--out", "o"]):
         assert build_parser().parse_args(command + ["--no-phase-alignment"]).no_phase_alignment is True
         assert build_parser().parse_args(command).no_phase_alignment is False
+
+
+def test_the_slicer_logic_passes_the_checkbox_to_the_pipeline():
+    from HCCTwinLib.scene.logic import TwinLogic
+
+    assert TwinLogic.options().align_phases is True
+    off = TwinLogic.options(samples=2, seed=3, device="cpu", alignPhases=False)
+    assert off.align_phases is False and (off.samples, off.seed, off.device) == (2, 3, "cpu")

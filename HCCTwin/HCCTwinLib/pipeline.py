@@ -18,7 +18,7 @@ import numpy as np
 from . import DISCLAIMER, __version__, clinical
 from . import regimens as regimen_catalogue
 from .cases import Case, FollowUp, ObservedScan, fill_missing_phases, sub_geometry
-from .domain import assess
+from .domain import CAUTION, Finding, assess
 from .errors import InputError
 from .io import path_inside, write_image, write_text_atomic
 from .jsonutil import jsonable
@@ -298,6 +298,10 @@ def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -
             if note:
                 result.notes.append(note)
     result.domain = _guard(case, segmenter if use_model else None, options)
+    for a in result.phase_alignment:  # phases that may sit apart: the segmentation read them as one image
+        if not a["applied"] and not a["reason"].startswith("aligned already"):
+            result.domain.add(Finding("phase_alignment", CAUTION, f"the {a['phase']} phase may not be aligned with "
+                                      f"the {a['reference']} one ({a['reason']}).", a["shift_mm"], "aligned phases"))
     if result.domain.verdict != "inside":
         result.notes.append(f"Domain guard: {result.domain.headline()} " + "; ".join(result.domain.reasons))
     liver_found = case.labels is not None and bool(np.any(case.labels > 0))

@@ -87,3 +87,20 @@ def test_the_slicer_logic_passes_the_checkbox_to_the_pipeline():
     assert TwinLogic.options().align_phases is True
     off = TwinLogic.options(samples=2, seed=3, device="cpu", alignPhases=False)
     assert off.align_phases is False and (off.samples, off.seed, off.device) == (2, 3, "cpu")
+
+
+def test_a_phase_left_unaligned_is_a_caution_of_the_guard(monkeypatch):
+    import HCCTwinLib.registration as registration
+    from HCCTwinLib.pipeline import PipelineOptions, run_case
+
+    monkeypatch.setattr(registration, "PHASE_MAX_SHIFT_MM", 2.0)  # the 5 mm shift is then refused
+    phases, labels, geom = _study(2)
+    case = Case(patient_id="P1", phases=dict(phases), geometry=geom, labels=labels)
+    result = run_case(case, ["tace_pd1_len"], [8], options=PipelineOptions(segmentation="given",
+                                                                             generator_weights="none-installed"))
+    assert not result.phase_alignment[0]["applied"]
+    assert result.domain.verdict in ("caution", "outside")
+    assert any(r.startswith("caution: the portal phase may not be aligned") for r in result.domain.reasons)
+    aligned = run_case(Case(patient_id="P2", phases=_study(0)[0], geometry=geom, labels=labels), ["tace_pd1_len"],
+                       [8], options=PipelineOptions(segmentation="given", generator_weights="none-installed"))
+    assert not any("may not be aligned" in r for r in aligned.domain.reasons)

@@ -1,5 +1,7 @@
 """Registration of a real follow-up scan to the pre-treatment scan (SimpleITK): rigid, affine, then deformable inside
-the liver, so that real and virtual follow-ups can be compared voxel by voxel on the pre-treatment grid.
+the liver, so that real and virtual follow-ups can be compared voxel by voxel on the pre-treatment grid; and
+:func:`align_phases`, the translation of a study's phases onto its arterial phase when they were acquired in
+separate breath-holds (run before segmentation).
 
 Conventions
 -----------

@@ -605,6 +605,11 @@ class Segmenter:
         inter = int(np.count_nonzero(main & env))
         total = int(np.count_nonzero(main)) + int(np.count_nonzero(env))
         agreement = 2.0 * inter / total if total else 1.0
+        takeover = agreement < self.envelope_takeover_below
+        # where the envelope network itself draws thrombus (its argmax with PVTT, its own class bias): the takeover
+        # keeps PVTT only there; the logits are freed before the distance transform of the margin
+        env_pvtt = logits_to_labels(env_logits, class_bias=stage.class_bias) == PVTT if takeover else None
+        del env_logits
         keep = envelope_mask(env, mgeom.spacing, self.envelope_margin_mm)
         removed = main & ~keep
         voxel_ml = float(np.prod(mgeom.spacing)) / 1000.0
@@ -622,15 +627,11 @@ class Segmenter:
                 f"Envelope stage ({info['model']} {info['version'] or ''}): {info['removed_ml']:.0f} mL labelled "
                 f"farther than {self.envelope_margin_mm:g} mm from its liver removed (tumour "
                 f"{info['removed_tumor_ml']:.0f} mL); the two models agree at Dice {agreement:.2f}.")
-        if agreement < self.envelope_takeover_below:
+        if takeover:
             # the network reads the window only: below its lower bound in every phase is air or lung, never liver
             tissue = np.asarray(crop).max(axis=0) > 0.0
-            # where the envelope network itself draws thrombus (its argmax with PVTT, its own class bias)
-            env_pvtt = logits_to_labels(env_logits, class_bias=stage.class_bias) == PVTT
-            del env_logits
             return self._envelope_takeover(labels, np.where(tissue, env_labels, 0).astype(np.uint8), env_pvtt,
                                            voxel_ml)
-        del env_logits
         out = labels.copy()
         out[removed] = 0
         return out

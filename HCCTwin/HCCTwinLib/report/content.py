@@ -268,6 +268,11 @@ def domain_section(summary: Mapping) -> Section:
     reasons = [str(r) for r in dom.get("reasons") or []]
     if reasons:
         sec.blocks.append(Block("list", items=reasons))
+    moved = [a for a in summary.get("phase_alignment") or [] if isinstance(a, Mapping) and a.get("applied")]
+    for a in moved:  # the images the models read are not the files as acquired: say so where the scan is checked
+        sec.blocks.append(Block("text", text=(
+            f"Phase alignment: the {a.get('phase')} phase was shifted by {float(a.get('shift_mm') or 0.0):.1f} mm onto "
+            f"the {a.get('reference')} phase before segmentation (separate breath-holds).")))
     return sec
 
 

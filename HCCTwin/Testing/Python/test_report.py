@@ -405,3 +405,16 @@ def test_scene_table_and_report_write_the_same_numbers():
         assert (table[COL_MEDIAN_OS][n], table[COL_OS12][n], table[COL_OS24][n], table[COL_RMST24][n]) == (
             median, s12, s24, rmst)
     assert "NR (30.1–NR)" in table[COL_MEDIAN_OS]
+
+
+def test_the_scan_check_says_when_a_phase_was_moved():
+    from HCCTwinLib.report.content import domain_section
+
+    summary = {"domain": {"verdict": "caution", "headline": "Check the scan.", "reasons": ["caution: x"]},
+               "phase_alignment": [{"phase": "portal", "reference": "arterial", "shift_mm": 5.42, "applied": True},
+                                   {"phase": "delayed", "reference": "arterial", "shift_mm": 0.1, "applied": False}]}
+    texts = [b.text for b in domain_section(summary).blocks if b.kind == "text"]
+    assert texts == ["Phase alignment: the portal phase was shifted by 5.4 mm onto the arterial phase before "
+                     "segmentation (separate breath-holds)."]
+    summary["phase_alignment"] = []
+    assert not [b for b in domain_section(summary).blocks if b.kind == "text"]

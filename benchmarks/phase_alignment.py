@@ -66,10 +66,26 @@ def liver_region_shifted(array: np.ndarray, labels: np.ndarray, geometry, shift_
     return sitk.GetArrayFromImage(moved)
 
 
+def product_path(case, phases: dict, seg) -> tuple[dict, np.ndarray, list, list]:
+    """What ``hcctwin predict`` does: the whole-image alignment, segmentation, the liver pass (and segmentation again
+    when a phase moved). Returns ``(phases, labels, first-pass records, final records)``."""
+    from dataclasses import replace
+
+    from HCCTwinLib.pipeline import liver_alignment_pass
+    from HCCTwinLib.registration import align_phases
+
+    aligned, first = align_phases(phases, case.geometry)
+    labels = seg.segment(aligned, case.geometry)
+    final = first
+    if first and labels.any():
+        aligned, labels, final, _ = liver_alignment_pass(replace(case, phases=aligned), phases, first, labels, seg)
+    return aligned, labels, first, final
+
+
 def liver_only(cohort: Path, n: int, seg) -> list[dict]:
     """The liver region of the portal phase moved by :data:`LIVER_SHIFT`: tumour and liver Dice as read, after the
-    shipped (whole-image) alignment, and after the liver region's own translation applied to the whole phase (an
-    oracle: the shift is known here; a second, liver-masked pass would have to find it)."""
+    whole-image alignment alone, after both passes (the shipped path) and after the liver region's own translation
+    applied to the whole phase (an oracle: the shift is known here)."""
     from HCCTwinLib.io import load_case
     from HCCTwinLib.registration import align_phases
     from HCCTwinLib.segmentation import dice_per_label
@@ -83,16 +99,21 @@ def liver_only(cohort: Path, n: int, seg) -> list[dict]:
         aligned, (a,) = align_phases(phases, case.geometry)
         oracle = {"arterial": case.phases["arterial"], "portal": shifted(portal, case.geometry,
                                                                           [-v for v in LIVER_SHIFT])}
+        _, labels2, _, (b,) = product_path(case, phases, seg)
         row = {"patient_id": pid, "liver_shift_mm": list(LIVER_SHIFT),
-               "estimated_mm": [round(v, 2) for v in a.translation_mm], "applied": a.applied}
+               "estimated_mm": [round(v, 2) for v in a.translation_mm], "applied": a.applied,
+               "two_pass_mm": [round(v, 2) for v in b.translation_mm], "two_pass_stage": b.stage}
         for tag, ph in (("as_read", phases), ("aligned", aligned if a.applied else None), ("liver_oracle", oracle)):
             d = dice_per_label(seg.segment(ph, case.geometry), case.labels) if ph is not None else \
                 {"liver_total": row["as_read_liver_dice"], "tumor_total": row["as_read_tumor_dice"]}
             row[f"{tag}_liver_dice"], row[f"{tag}_tumor_dice"] = d.get("liver_total"), d.get("tumor_total")
+        d = dice_per_label(labels2, case.labels)
+        row["two_pass_liver_dice"], row["two_pass_tumor_dice"] = d.get("liver_total"), d.get("tumor_total")
         rows.append(row)
-        print(f"{pid} liver region shifted {LIVER_SHIFT}: whole-image estimate {row['estimated_mm']}; tumour "
-              f"{row['as_read_tumor_dice']:.3f} -> {row['aligned_tumor_dice']:.3f} (liver-region oracle "
-              f"{row['liver_oracle_tumor_dice']:.3f})", flush=True)
+        print(f"{pid} liver region shifted {LIVER_SHIFT}: whole-image estimate {row['estimated_mm']}, two passes "
+              f"{row['two_pass_mm']}; tumour {row['as_read_tumor_dice']:.3f} -> {row['aligned_tumor_dice']:.3f} -> "
+              f"{row['two_pass_tumor_dice']:.3f} (liver-region oracle {row['liver_oracle_tumor_dice']:.3f})",
+              flush=True)
     return rows
 
 
@@ -110,16 +131,14 @@ def simulated(cohort: Path, n: int, seg) -> list[dict]:
             if any(shift):
                 phases["portal"] = shifted(case.phases["portal"], case.geometry, shift)
             t = time.perf_counter()
-            aligned, (a,) = align_phases(phases, case.geometry)
+            align_phases(phases, case.geometry)
             align_s = time.perf_counter() - t
+            aligned, labels, _, (a,) = product_path(case, phases, seg)
             row = {"patient_id": pid, "shift_mm": list(shift), "estimated_mm": [round(v, 2) for v in a.translation_mm],
-                   "applied": a.applied, "align_seconds": round(align_s, 2),
+                   "applied": a.applied, "stage": a.stage, "align_seconds": round(align_s, 2),
                    "estimate_error_mm": round(float(np.linalg.norm(np.subtract(a.translation_mm, shift))), 2)}
-            for tag, ph in (("as_read", phases), ("aligned", aligned)):
-                if tag == "aligned" and not a.applied:
-                    row.update({f"aligned_{k}": row[f"as_read_{k}"] for k in ("liver_dice", "tumor_dice")})
-                    continue
-                d = dice_per_label(seg.segment(ph, case.geometry), case.labels)
+            for tag, lab in (("as_read", seg.segment(phases, case.geometry)), ("aligned", labels)):
+                d = dice_per_label(lab, case.labels)
                 row[f"{tag}_liver_dice"], row[f"{tag}_tumor_dice"] = d.get("liver_total"), d.get("tumor_total")
             if not any(shift):
                 row["unchanged_when_aligned"] = all(aligned[k] is phases[k] for k in phases)
@@ -133,7 +152,6 @@ def simulated(cohort: Path, n: int, seg) -> list[dict]:
 def real(data: Path, seg) -> list[dict]:
     from HCCTwinLib import domain
     from HCCTwinLib.io import load_case
-    from HCCTwinLib.registration import align_phases
 
     manifest = json.loads((ROOT / "benchmarks" / "real_scans.json").read_text())
     rows = []
@@ -145,11 +163,14 @@ def real(data: Path, seg) -> list[dict]:
             rows.append({"case": spec["id"], "status": "data missing"})
             continue
         case = load_case(paths=paths, patient_id=spec["id"])
-        aligned, (a,) = align_phases(case.phases, case.geometry)
-        row = {"case": spec["id"], "status": "ran", "estimated_mm": [round(v, 2) for v in a.translation_mm],
-               "applied": a.applied}
-        for tag, ph in (("as_read", case.phases), ("aligned", aligned)):
-            labels = seg.segment(ph, case.geometry)
+        row = {"case": spec["id"], "status": "ran"}
+        for tag in ("as_read", "aligned"):
+            if tag == "as_read":
+                ph, labels = case.phases, seg.segment(case.phases, case.geometry)
+            else:
+                ph, labels, (first,), (a,) = product_path(case, case.phases, seg)
+                row.update({"estimated_mm": [round(v, 2) for v in a.translation_mm], "applied": a.applied,
+                            "stage": a.stage, "first_pass_mm": [round(v, 2) for v in first.translation_mm]})
             v = domain.assess(ph, case.geometry, labels, confidence=seg.last_info.get("confidence"), card=seg.card)
             m = v.measures
             row[tag] = {"liver_ml": round(m.get("liver_ml") or 0.0, 1), "tumor_ml": round(m.get("tumor_ml") or 0.0, 1),
@@ -189,17 +210,20 @@ def write_md(res: dict, path: Path) -> None:
     lo = res.get("liver_only") or []
     if lo:
         est = [r["estimated_mm"][2] for r in lo]
-        lines += ["", "**Limit: the liver moving against the spine.** The liver region alone of the portal phase "
+        lines += ["", "**The liver moving against the spine.** The liver region alone of the portal phase "
                   f"moved by {', '.join(f'{v:g}' for v in LIVER_SHIFT)} mm (fading to none 40 mm from the liver); the "
                   f"whole-image translation finds {np.mean(est):.1f} mm in z on average ({min(est):.1f}-"
                   f"{max(est):.1f}):", "",
-                  "| runs | tumour Dice as read | after the shipped alignment | after the liver region's own shift "
-                  "(oracle) | liver Dice as read / aligned / oracle |", "|---|---|---|---|---|",
+                  "| runs | tumour Dice as read | whole-image alignment alone | **both passes (shipped)** | the liver "
+                  "region's own shift (oracle) | liver Dice as read / first pass / both / oracle |",
+                  "|---|---|---|---|---|---|",
                   f"| {len(lo)} | {_mean(lo, 'as_read_tumor_dice'):.3f} | {_mean(lo, 'aligned_tumor_dice'):.3f} | "
-                  f"{_mean(lo, 'liver_oracle_tumor_dice'):.3f} | {_mean(lo, 'as_read_liver_dice'):.3f} / "
-                  f"{_mean(lo, 'aligned_liver_dice'):.3f} / {_mean(lo, 'liver_oracle_liver_dice'):.3f} |", "",
-                  "A second pass that registers the phases inside the segmented liver (then segments again) would "
-                  "close most of that gap; not built yet."]
+                  f"**{_mean(lo, 'two_pass_tumor_dice'):.3f}** | {_mean(lo, 'liver_oracle_tumor_dice'):.3f} | "
+                  f"{_mean(lo, 'as_read_liver_dice'):.3f} / {_mean(lo, 'aligned_liver_dice'):.3f} / "
+                  f"{_mean(lo, 'two_pass_liver_dice'):.3f} / {_mean(lo, 'liver_oracle_liver_dice'):.3f} |", "",
+                  f"The second pass (registration inside the segmented liver grown by 15 mm, then segmentation again) "
+                  f"found {np.mean([r['two_pass_mm'][2] for r in lo]):.1f} mm in z on average "
+                  f"({sum(r['two_pass_stage'] == 'liver' for r in lo)} of {len(lo)} runs moved by it)."]
     if res["real"]:
         lines += ["", "Real two-phase studies (`benchmarks/real_scans.json`; no reference mask: volumes, the share of "
                   "the tumour mask with air / fat / bone HU, the two networks' liver agreement and the guard):", "",
@@ -213,7 +237,8 @@ def write_md(res: dict, path: Path) -> None:
 
             def pair(key, fmt, a=a, b=b):
                 return f"{format(a[key] or 0, fmt)} -> {format(b[key] or 0, fmt)}"
-            lines.append(f"| {r['case']} | {', '.join(f'{v:+.1f}' for v in r['estimated_mm'])} | "
+            stage = " (liver pass)" if r.get("stage") == "liver" else ""
+            lines.append(f"| {r['case']} | {', '.join(f'{v:+.1f}' for v in r['estimated_mm'])}{stage} | "
                          f"{pair('liver_ml', '.0f')} | {pair('tumor_ml', '.0f')} | "
                          f"{pair('tumor_nontissue_fraction', '.2f')} | {pair('agreement', '.2f')} | "
                          f"{a['verdict']} -> {b['verdict']} |")

@@ -186,6 +186,7 @@ def run(args) -> dict:
 
     from HCCTwinLib import domain
     from HCCTwinLib.cases import fill_missing_phases
+    from HCCTwinLib.pipeline import liver_alignment_pass
     from HCCTwinLib.registration import align_phases
     from HCCTwinLib.segmentation import get_segmenter
     from HCCTwinLib.twin import get_generator
@@ -199,13 +200,17 @@ def run(args) -> dict:
           flush=True)
 
     # as hcctwin predict does: the phases moved onto the arterial one when their breath-holds differ
+    as_read = dict(case.phases)
     aligned, alignment = align_phases(case.phases, case.geometry)
     case = replace(case, phases=aligned)
-    for a in alignment:
-        print(a.note(), flush=True)
     seg = get_segmenter(None, device="cpu")
     t = time.perf_counter()
     labels = seg.segment(case)
+    if alignment and labels.any():  # the liver pass, as predict runs it
+        phases_, labels, alignment, _ = liver_alignment_pass(case, as_read, alignment, labels, seg)
+        case = replace(case, phases=phases_)
+    for a in alignment:
+        print(a.note(), flush=True)
     seg_s = time.perf_counter() - t
     verdict = domain.assess(case.phases, geometry, labels, confidence=seg.last_info.get("confidence"), card=seg.card)
     phases, filled = fill_missing_phases(case.phases)

@@ -289,7 +289,7 @@ def cmd_segment(args) -> int:
     refuse_overwriting_inputs([args.out], case.source.values())
     segmenter = get_segmenter(args.weights, device=args.device)
     print(segmenter.message, file=sys.stderr)
-    alignment = []
+    alignment, as_read = [], dict(case.phases)
     if not args.no_phase_alignment:
         from .registration import align_phases
 
@@ -300,6 +300,14 @@ def cmd_segment(args) -> int:
                 print(f"note: {a.note()}", file=sys.stderr)
     t0 = time.perf_counter()
     labels = segmenter.segment(case, progress=ProgressBar())
+    if alignment and labels.any():  # second pass inside the liver; a phase that moved is segmented again
+        from .pipeline import liver_alignment_pass
+
+        phases, labels, alignment, moved = liver_alignment_pass(case, as_read, alignment, labels, segmenter)
+        case = replace(case, phases=phases)
+        for a in alignment:
+            if moved and a.stage == "liver":
+                print(f"note: {a.note()}", file=sys.stderr)
     seconds = time.perf_counter() - t0
     write_image(labels, case.geometry, args.out, labels=True)
     verdict = assess(case.phases, case.geometry, labels, confidence=segmenter.last_info.get("confidence"),

@@ -25,7 +25,7 @@ from .jsonutil import jsonable
 from .labels import LABELS, MAX_LABEL, TUMOR_LABELS
 from .progress import ProgressCallback, SubProgress, report
 from .regimens import eligibility_warnings
-from .registration import align_phases, register_observed
+from .registration import align_phases, refine_phase_alignment, register_observed
 from .report.figures import write_key_image
 from .survival_result import SurvivalResult
 from .weights import ModelFileError, load_card, resolve_model_path
@@ -55,8 +55,16 @@ class TwinResult:
     provenance: dict[str, str] = field(default_factory=dict)
     #: the out-of-domain guard's verdict (:class:`HCCTwinLib.domain.DomainVerdict`); None before it ran
     domain: Any = None
-    #: how each phase was moved onto the reference phase before segmentation (:func:`registration.align_phases`)
-    phase_alignment: list[dict[str, Any]] = field(default_factory=list)
+    #: how each phase was moved onto the reference phase (:func:`registration.align_phases`, then
+    #: :func:`registration.refine_phase_alignment` inside the segmented liver): ``PhaseAlignment`` records
+    alignments: list[Any] = field(default_factory=list)
+    #: the phases as read, before any alignment (the second pass resamples from them, never twice)
+    phases_as_read: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def phase_alignment(self) -> list[dict[str, Any]]:
+        """The alignment records as written into ``result.json``."""
+        return [a.to_dict() for a in self.alignments]
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (``result.json``)."""
@@ -263,10 +271,44 @@ def _phase_alignment_step(result: TwinResult, progress) -> None:
         return
     t0 = time.perf_counter()
     report(progress, 0.0, "Phase alignment")
+    result.phases_as_read = dict(case.phases)
     case.phases, done = align_phases(case.phases, case.geometry)
-    result.phase_alignment = [a.to_dict() for a in done]
+    result.alignments = done
     result.notes.extend(a.note() for a in done if a.applied or not a.reason.startswith("aligned already"))
     result.timings["phase_alignment"] = time.perf_counter() - t0
+
+
+def liver_alignment_pass(case: Case, as_read: dict[str, np.ndarray], alignments: list, labels: np.ndarray,
+                         segmenter=None, progress: ProgressCallback | None = None
+                         ) -> tuple[dict, np.ndarray, list, bool]:
+    """The phase alignment's second pass (:func:`registration.refine_phase_alignment`) inside the liver of
+    ``labels``; when a phase moved, ``segmenter`` (if given) segments the realigned phases again. Returns
+    ``(phases, labels, alignments, moved)``."""
+    phases, refined = refine_phase_alignment(as_read, case.phases, case.geometry, np.asarray(labels) > 0, alignments)
+    moved = any(a.applied and a.stage == "liver" for a in refined)
+    if moved and segmenter is not None:
+        labels = segmenter.segment(replace(case, phases=phases), progress=progress)
+    return phases, labels, refined, moved
+
+
+def _liver_alignment_step(result: TwinResult, segmenter, progress) -> None:
+    """The liver moves against the spine between breath-holds: the phases registered again inside the segmented
+    liver and, when one moved, segmented again (:func:`liver_alignment_pass`). Skipped when a real follow-up was
+    registered to the first pass's phases (its frame would no longer match)."""
+    if result.real_followup is not None:
+        result.notes.append("Phase alignment: the second pass inside the liver was skipped because a real follow-up "
+                            "was registered to the first pass's phases.")
+        return
+    t0 = time.perf_counter()
+    case = result.case
+    case.phases, labels, result.alignments, moved = liver_alignment_pass(
+        case, result.phases_as_read, result.alignments, case.labels, segmenter, SubProgress(progress, 0.35, 0.4))
+    if moved:
+        case.labels = labels
+        result.notes.extend(a.note() for a in result.alignments if a.applied and a.stage == "liver")
+        if segmenter is not None:
+            _add_messages(result, "Segmentation", segmenter)
+    result.timings["phase_alignment"] = result.timings.get("phase_alignment", 0.0) + time.perf_counter() - t0
 
 
 def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -> bool:
@@ -290,6 +332,8 @@ def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -
             result.provenance["segmentation"] = segmenter.describe()
     elif case.labels is not None:
         result.provenance["segmentation"] = "given (user or file)"
+    if result.alignments and case.labels is not None and np.any(case.labels > 0):
+        _liver_alignment_step(result, segmenter if use_model else None, progress)
     if case.labels is not None:
         result.label_volumes_ml = label_volumes_ml(case.labels, case.geometry.voxel_volume_ml)
         if case.clinical.get("max_diameter_mm") not in (None, ""):

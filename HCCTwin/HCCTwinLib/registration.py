@@ -811,6 +811,8 @@ class PhaseAlignment:
     mi_after: float
     applied: bool
     reason: str = ""
+    #: "image": the whole image's translation (first pass); "liver": found inside the segmented liver (second pass)
+    stage: str = "image"
 
     @property
     def shift_mm(self) -> float:
@@ -820,13 +822,16 @@ class PhaseAlignment:
         return {"phase": self.phase, "reference": self.reference,
                 "translation_mm": [round(float(t), 2) for t in self.translation_mm],
                 "shift_mm": round(self.shift_mm, 2), "mi_before": round(self.mi_before, 4),
-                "mi_after": round(self.mi_after, 4), "applied": self.applied, "reason": self.reason}
+                "mi_after": round(self.mi_after, 4), "applied": self.applied, "reason": self.reason,
+                "stage": self.stage}
 
     def note(self) -> str:
         t = ", ".join(f"{v:+.1f}" for v in self.translation_mm)
         if self.applied:
+            where = " (found inside the liver, which moved against the spine)" if self.stage == "liver" else ""
             return (f"Phase alignment: the {self.phase} phase was shifted by {self.shift_mm:.1f} mm (x, y, z {t} mm) "
-                    f"onto the {self.reference} phase (separate breath-holds or patient motion between the phases).")
+                    f"onto the {self.reference} phase{where} (separate breath-holds or patient motion between the "
+                    f"phases).")
         return f"Phase alignment: the {self.phase} phase was not moved ({self.reason})."
 
 
@@ -867,19 +872,8 @@ def align_phases(phases: dict[str, np.ndarray], geometry: Geometry, *, reference
             continue
         moving_full = np.asarray(phases[name])
         moving = _phase_working(moving_full, geometry)
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMattesMutualInformation(MI_BINS)
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(min(1.0, SAMPLES_PER_LEVEL / max(1, fixed.GetNumberOfPixels())), seed)
-        reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(learningRate=4.0, minStep=0.05, numberOfIterations=100,
-                                                     relaxationFactor=0.5)
-        reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([2, 1])
-        reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
+        reg = _translation_method(seed, threads, SAMPLES_PER_LEVEL / max(1, fixed.GetNumberOfPixels()))
         reg.SetInitialTransform(sitk.TranslationTransform(3), inPlace=False)
-        if threads:
-            reg.SetNumberOfThreads(int(threads))
         try:
             mi_before = float(reg.MetricEvaluate(fixed, moving))
             transform = reg.Execute(fixed, moving)
@@ -909,5 +903,76 @@ def align_phases(phases: dict[str, np.ndarray], geometry: Geometry, *, reference
     return out, done
 
 
-__all__ = ["PhaseAlignment", "RegistrationResult", "align_phases", "register_observed", "register_followup",
-           "tre_summary", "run_register_command", "check_phases", "check_labels", "sitk_image", "is_ct"]
+#: the liver mask of the second pass is grown by this much (mm): the liver's edges and what slides with it
+LIVER_PASS_MARGIN_MM = 15.0
+
+
+def _translation_method(seed: int, threads: int | None, fraction: float) -> sitk.ImageRegistrationMethod:
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(MI_BINS)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(min(1.0, fraction), seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=4.0, minStep=0.05, numberOfIterations=100,
+                                                 relaxationFactor=0.5)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([2, 1])
+    reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
+    if threads:
+        reg.SetNumberOfThreads(int(threads))
+    return reg
+
+
+def refine_phase_alignment(as_read: dict[str, np.ndarray], current: dict[str, np.ndarray], geometry: Geometry,
+                           liver: np.ndarray, alignments: list[PhaseAlignment], *, seed: int = DEFAULT_SEED,
+                           threads: int | None = None) -> tuple[dict[str, np.ndarray], list[PhaseAlignment]]:
+    """The second pass of :func:`align_phases`: each phase registered again to the reference inside ``liver`` (a
+    mask on ``geometry``, grown by :data:`LIVER_PASS_MARGIN_MM`), starting from the first pass's translation. Between
+    breath-holds the liver moves with the diaphragm while the spine stays, so the whole image's translation is a
+    compromise. A phase whose liver translation differs from the first pass's by at least
+    :data:`PHASE_MIN_SHIFT_MM` (within :data:`PHASE_MAX_SHIFT_MM`, the similarity inside the liver improved) is
+    resampled from ``as_read`` with it; the others keep ``current``'s array and their first-pass record. Returns
+    ``(phases, alignments)``."""
+    liver = np.asarray(liver, bool)
+    if not alignments or not liver.any():
+        return dict(current), list(alignments)
+    threads = _threads(threads)
+    ref = alignments[0].reference
+    fixed = _phase_working(np.asarray(as_read[ref]), geometry)
+    mask = sitk.Resample(sitk_image(liver.astype(np.uint8), geometry, np.uint8), fixed, sitk.Transform(),
+                         sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    radius = [max(1, int(round(LIVER_PASS_MARGIN_MM / s))) for s in fixed.GetSpacing()]
+    mask = sitk.BinaryDilate(mask, radius)
+    n_mask = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+    out = dict(current)
+    done: list[PhaseAlignment] = []
+    for a in alignments:
+        moving = _phase_working(np.asarray(as_read[a.phase]), geometry)
+        start = a.translation_mm if a.applied else (0.0, 0.0, 0.0)
+        reg = _translation_method(seed, threads, SAMPLES_PER_LEVEL / max(1, n_mask))
+        reg.SetMetricFixedMask(mask)
+        reg.SetInitialTransform(sitk.TranslationTransform(3, tuple(start)), inPlace=False)
+        try:
+            mi_start = float(reg.MetricEvaluate(fixed, moving))
+            transform = reg.Execute(fixed, moving)
+        except RuntimeError:  # too few samples in the mask, no overlap: the first pass stands
+            done.append(a)
+            continue
+        mi_end = float(reg.GetMetricValue())
+        translation = tuple(float(v) for v in transform.GetParameters())
+        change = float(np.linalg.norm(np.subtract(translation, start)))
+        if (change < PHASE_MIN_SHIFT_MM or float(np.linalg.norm(translation)) > PHASE_MAX_SHIFT_MM
+                or not mi_end < mi_start):
+            done.append(a)
+            continue
+        img = sitk_image(np.asarray(as_read[a.phase]), geometry)
+        shifted = sitk.Resample(img, img, sitk.TranslationTransform(3, translation), sitk.sitkLinear, 0.0,
+                                sitk.sitkFloat32, True)
+        out[a.phase] = sitk.GetArrayFromImage(shifted).astype(np.float32, copy=False)
+        done.append(PhaseAlignment(a.phase, ref, translation, mi_start, mi_end, True, "", stage="liver"))
+    return out, done
+
+
+__all__ = ["PhaseAlignment", "RegistrationResult", "align_phases", "refine_phase_alignment", "register_observed",
+           "register_followup", "tre_summary", "run_register_command", "check_phases", "check_labels", "sitk_image",
+           "is_ct"]

@@ -104,3 +104,63 @@ def test_a_phase_left_unaligned_is_a_caution_of_the_guard(monkeypatch):
     aligned = run_case(Case(patient_id="P2", phases=_study(0)[0], geometry=geom, labels=labels), ["tace_pd1_len"],
                        [8], options=PipelineOptions(segmentation="given", generator_weights="none-installed"))
     assert not any("may not be aligned" in r for r in aligned.domain.reasons)
+
+
+def _liver_only(shift_z_mm: float = 7.5):
+    """The phantom's portal phase with the liver region alone moved along z (a smooth field: the body stays)."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from HCCTwinLib.registration import sitk_image
+
+    phases, labels, geom = _study(0)
+    dist = ndimage.distance_transform_edt(labels == 0, sampling=np.array(SPACING[::-1]))
+    w = np.clip(1.0 - (dist - 6.0) / 12.0, 0.0, 1.0)
+    disp = np.stack([0.0 * w, 0.0 * w, -shift_z_mm * w], axis=-1).astype(np.float64)
+    field = sitk.GetImageFromArray(disp, isVector=True)
+    field.CopyInformation(sitk_image(np.zeros(geom.shape, np.float32), geom))
+    img = sitk_image(phases["portal"], geom)
+    moved = sitk.Resample(img, img, sitk.DisplacementFieldTransform(field), sitk.sitkLinear, 0.0, sitk.sitkFloat32,
+                          True)
+    return {"arterial": phases["arterial"], "portal": sitk.GetArrayFromImage(moved)}, labels, geom
+
+
+def _body_held(phases, geom):
+    """A first pass that the body held in place (on a real CT the spine and body wall outweigh the liver; this
+    phantom's body is a featureless cylinder along z, so its own first pass would find the liver's shift)."""
+    from HCCTwinLib.registration import PhaseAlignment
+
+    return dict(phases), [PhaseAlignment("portal", "arterial", (0.0, 0.0, 0.2), -1.0, -1.0, False,
+                                         "aligned already: estimated shift 0.2 mm < 1 mm")]
+
+
+def test_the_liver_pass_finds_the_liver_s_own_shift():
+    from HCCTwinLib.registration import refine_phase_alignment
+
+    as_read, labels, geom = _liver_only()
+    first, records = _body_held(as_read, geom)
+    second, refined = refine_phase_alignment(as_read, first, geom, labels > 0, records)
+    (a,) = refined
+    assert a.stage == "liver" and a.applied and a.translation_mm[2] == pytest.approx(7.5, abs=1.0)
+    assert second["portal"] is not as_read["portal"] and second["arterial"] is as_read["arterial"]
+    assert "inside the liver" in a.note() and a.to_dict()["stage"] == "liver"
+    # phases already aligned inside the liver: the first pass stands, arrays untouched
+    aligned, _, _ = _study(0)
+    first, records = align_phases(aligned, geom)
+    second, refined = refine_phase_alignment(aligned, first, geom, labels > 0, records)
+    assert refined == records and second["portal"] is aligned["portal"]
+
+
+def test_run_case_runs_the_liver_pass_after_the_labels_exist(monkeypatch):
+    import HCCTwinLib.pipeline as pipeline
+    from HCCTwinLib.pipeline import PipelineOptions, run_case
+
+    monkeypatch.setattr(pipeline, "align_phases", _body_held)
+    as_read, labels, geom = _liver_only()
+    case = Case(patient_id="P3", phases=dict(as_read), geometry=geom, labels=labels)
+    result = run_case(case, ["tace_pd1_len"], [8], options=PipelineOptions(segmentation="given",
+                                                                             generator_weights="none-installed"))
+    (a,) = result.phase_alignment
+    assert a["stage"] == "liver" and a["applied"] and a["translation_mm"][2] == pytest.approx(7.5, abs=1.0)
+    assert any("found inside the liver" in n for n in result.notes)
+    assert result.phases_as_read["portal"] is as_read["portal"] and case.phases["portal"] is as_read["portal"]

@@ -25,7 +25,6 @@ import json
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -186,8 +185,7 @@ def run(args) -> dict:
 
     from HCCTwinLib import domain
     from HCCTwinLib.cases import fill_missing_phases
-    from HCCTwinLib.pipeline import liver_alignment_pass
-    from HCCTwinLib.registration import align_phases
+    from HCCTwinLib.pipeline import align_and_segment
     from HCCTwinLib.segmentation import get_segmenter
     from HCCTwinLib.twin import get_generator
 
@@ -199,16 +197,10 @@ def run(args) -> dict:
     print(f"{spec['id']}: {geometry.shape} voxels, spacing {geometry.spacing} mm, loaded in {load_s:.1f} s",
           flush=True)
 
-    # as hcctwin predict does: the phases moved onto the arterial one when their breath-holds differ
-    as_read = dict(case.phases)
-    aligned, alignment = align_phases(case.phases, case.geometry)
-    case = replace(case, phases=aligned)
     seg = get_segmenter(None, device="cpu")
     t = time.perf_counter()
-    labels = seg.segment(case)
-    if alignment and labels.any():  # the liver pass, as predict runs it
-        phases_, labels, alignment, _ = liver_alignment_pass(case, as_read, alignment, labels, seg)
-        case = replace(case, phases=phases_)
+    # as hcctwin predict does: the phases moved onto the arterial one when their breath-holds differ
+    case, labels, alignment = align_and_segment(case, seg)
     for a in alignment:
         print(a.note(), flush=True)
     seg_s = time.perf_counter() - t

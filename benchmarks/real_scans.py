@@ -23,7 +23,6 @@ import json
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +109,7 @@ def png_stack_mask(folder: Path, dicom_folder: Path, geometry) -> np.ndarray:
 def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
     from HCCTwinLib import domain
     from HCCTwinLib.io import load_case, read_image, resample_to
-    from HCCTwinLib.pipeline import liver_alignment_pass
-    from HCCTwinLib.registration import align_phases
+    from HCCTwinLib.pipeline import align_and_segment
     from HCCTwinLib.segmentation import dice_per_label, get_segmenter
 
     manifest = json.loads(MANIFEST.read_text())
@@ -126,15 +124,9 @@ def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
             continue
         for name, rel in _inputs(spec):
             case = load_case(paths={p: data / r for p, r in rel.items()}, patient_id=spec["id"])
-            # as hcctwin predict / segment do: phases from separate breath-holds moved onto the arterial one
-            as_read = dict(case.phases)
-            aligned, alignment = align_phases(case.phases, case.geometry)
-            case = replace(case, phases=aligned)
             t = time.perf_counter()
-            labels = seg.segment(case)
-            if alignment and labels.any():  # the liver pass, as predict runs it
-                phases, labels, alignment, _ = liver_alignment_pass(case, as_read, alignment, labels, seg)
-                case = replace(case, phases=phases)
+            # as hcctwin predict / segment do: phases from separate breath-holds moved onto the arterial one
+            case, labels, alignment = align_and_segment(case, seg)
             seconds = time.perf_counter() - t
             verdict = domain.assess(case.phases, case.geometry, labels, confidence=seg.last_info.get("confidence"),
                                     card=seg.card)

@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from . import DISCLAIMER, __version__
@@ -282,32 +281,19 @@ def _load_case_args(args):
 def cmd_segment(args) -> int:
     from .domain import assess
     from .io import refuse_overwriting_inputs, write_image
-    from .pipeline import label_volumes_ml
+    from .pipeline import align_and_segment, label_volumes_ml
     from .segmentation import get_segmenter
 
     case = _load_case_args(args)
     refuse_overwriting_inputs([args.out], case.source.values())
     segmenter = get_segmenter(args.weights, device=args.device)
     print(segmenter.message, file=sys.stderr)
-    alignment, as_read = [], dict(case.phases)
-    if not args.no_phase_alignment:
-        from .registration import align_phases
-
-        phases, alignment = align_phases(case.phases, case.geometry)
-        case = replace(case, phases=phases)
-        for a in alignment:
-            if a.applied or not a.reason.startswith("aligned already"):
-                print(f"note: {a.note()}", file=sys.stderr)
     t0 = time.perf_counter()
-    labels = segmenter.segment(case, progress=ProgressBar())
-    if alignment and labels.any():  # second pass inside the liver; a phase that moved is segmented again
-        from .pipeline import liver_alignment_pass
-
-        phases, labels, alignment, moved = liver_alignment_pass(case, as_read, alignment, labels, segmenter)
-        case = replace(case, phases=phases)
-        for a in alignment:
-            if moved and a.stage == "liver":
-                print(f"note: {a.note()}", file=sys.stderr)
+    case, labels, alignment = align_and_segment(case, segmenter, align=not args.no_phase_alignment,
+                                                progress=ProgressBar())
+    for a in alignment:
+        if not a.aligned_already:
+            print(f"note: {a.note()}", file=sys.stderr)
     seconds = time.perf_counter() - t0
     write_image(labels, case.geometry, args.out, labels=True)
     verdict = assess(case.phases, case.geometry, labels, confidence=segmenter.last_info.get("confidence"),

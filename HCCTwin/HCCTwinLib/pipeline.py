@@ -274,7 +274,7 @@ def _phase_alignment_step(result: TwinResult, progress) -> None:
     result.phases_as_read = dict(case.phases)
     case.phases, done = align_phases(case.phases, case.geometry)
     result.alignments = done
-    result.notes.extend(a.note() for a in done if a.applied or not a.reason.startswith("aligned already"))
+    result.notes.extend(a.note() for a in done if not a.aligned_already)
     result.timings["phase_alignment"] = time.perf_counter() - t0
 
 
@@ -289,6 +289,24 @@ def liver_alignment_pass(case: Case, as_read: dict[str, np.ndarray], alignments:
     if moved and segmenter is not None:
         labels = segmenter.segment(replace(case, phases=phases), progress=progress)
     return phases, labels, refined, moved
+
+
+def align_and_segment(case: Case, segmenter, *, align: bool = True, progress: ProgressCallback | None = None
+                      ) -> tuple[Case, np.ndarray, list]:
+    """What :func:`run_case` does around its segmentation, for a caller without a real follow-up (``hcctwin
+    segment``, the real-scan benchmarks): the phases moved onto the reference phase (:func:`align_phases`), the
+    segmentation, the liver pass (:func:`liver_alignment_pass`). Returns ``(case with the phases the labels were
+    drawn on, labels, alignment records)``; ``align=False``: the segmentation of the phases as read."""
+    if not align:
+        return case, segmenter.segment(case, progress=progress), []
+    as_read = dict(case.phases)
+    phases, alignments = align_phases(as_read, case.geometry)
+    case = replace(case, phases=phases)
+    labels = segmenter.segment(case, progress=progress)
+    if alignments and np.any(labels > 0):
+        phases, labels, alignments, _ = liver_alignment_pass(case, as_read, alignments, labels, segmenter, progress)
+        case = replace(case, phases=phases)
+    return case, labels, alignments
 
 
 def _liver_alignment_step(result: TwinResult, segmenter, progress) -> None:
@@ -342,10 +360,10 @@ def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -
             if note:
                 result.notes.append(note)
     result.domain = _guard(case, segmenter if use_model else None, options)
-    for a in result.phase_alignment:  # phases that may sit apart: the segmentation read them as one image
-        if not a["applied"] and not a["reason"].startswith("aligned already"):
-            result.domain.add(Finding("phase_alignment", CAUTION, f"the {a['phase']} phase may not be aligned with "
-                                      f"the {a['reference']} one ({a['reason']}).", a["shift_mm"], "aligned phases"))
+    for a in result.alignments:  # phases that may sit apart: the segmentation read them as one image
+        if a.refused:
+            result.domain.add(Finding("phase_alignment", CAUTION, f"the {a.phase} phase may not be aligned with "
+                                      f"the {a.reference} one ({a.reason}).", a.shift_mm, "aligned phases"))
     if result.domain.verdict != "inside":
         result.notes.append(f"Domain guard: {result.domain.headline()} " + "; ".join(result.domain.reasons))
     liver_found = case.labels is not None and bool(np.any(case.labels > 0))

@@ -796,6 +796,8 @@ PHASE_MIN_SHIFT_MM = 1.0
 PHASE_MAX_SHIFT_MM = 30.0
 #: working voxel size (mm) of the phase alignment
 PHASE_WORKING_SPACING_MM = 4.0
+#: how the reason of a phase that needed no shift begins
+ALIGNED_ALREADY = "aligned already"
 
 
 @dataclass
@@ -818,6 +820,16 @@ class PhaseAlignment:
     def shift_mm(self) -> float:
         return float(np.linalg.norm(self.translation_mm))
 
+    @property
+    def aligned_already(self) -> bool:
+        """Not moved because the phases sat together already (nothing to tell the user)."""
+        return not self.applied and self.reason.startswith(ALIGNED_ALREADY)
+
+    @property
+    def refused(self) -> bool:
+        """Not moved although the phases may sit apart (shift beyond a breath-hold, no gain, a failed registration)."""
+        return not self.applied and not self.aligned_already
+
     def to_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "reference": self.reference,
                 "translation_mm": [round(float(t), 2) for t in self.translation_mm],
@@ -828,19 +840,11 @@ class PhaseAlignment:
     def note(self) -> str:
         t = ", ".join(f"{v:+.1f}" for v in self.translation_mm)
         if self.applied:
-            where = " (found inside the liver, which moved against the spine)" if self.stage == "liver" else ""
+            why = ("found inside the liver, which moves against the spine between breath-holds"
+                   if self.stage == "liver" else "separate breath-holds or patient motion between the phases")
             return (f"Phase alignment: the {self.phase} phase was shifted by {self.shift_mm:.1f} mm (x, y, z {t} mm) "
-                    f"onto the {self.reference} phase{where} (separate breath-holds or patient motion between the "
-                    f"phases).")
+                    f"onto the {self.reference} phase ({why}).")
         return f"Phase alignment: the {self.phase} phase was not moved ({self.reason})."
-
-
-def _phase_working(array: np.ndarray, geometry: Geometry) -> sitk.Image:
-    img = sitk_image(array, geometry)
-    factors = _shrink_factors(geometry.spacing, PHASE_WORKING_SPACING_MM)
-    if max(factors) > 1:
-        img = sitk.BinShrink(img, factors)
-    return sitk.Clamp(img, sitk.sitkFloat32, HU_WINDOW[0], HU_WINDOW[1])
 
 
 def align_phases(phases: dict[str, np.ndarray], geometry: Geometry, *, reference: str | None = None,
@@ -864,14 +868,14 @@ def align_phases(phases: dict[str, np.ndarray], geometry: Geometry, *, reference
     if ref not in phases:
         raise InputError(f"reference phase {ref!r} is not one of the study's phases ({', '.join(names)})")
     threads = _threads(threads)
-    fixed = _phase_working(np.asarray(phases[ref]), geometry)
+    fixed = _working(np.asarray(phases[ref]), geometry, PHASE_WORKING_SPACING_MM)[0]
     out = dict(phases)
     done: list[PhaseAlignment] = []
     for name in names:
         if name == ref:
             continue
         moving_full = np.asarray(phases[name])
-        moving = _phase_working(moving_full, geometry)
+        moving = _working(moving_full, geometry, PHASE_WORKING_SPACING_MM)[0]
         reg = _translation_method(seed, threads, SAMPLES_PER_LEVEL / max(1, fixed.GetNumberOfPixels()))
         reg.SetInitialTransform(sitk.TranslationTransform(3), inPlace=False)
         try:
@@ -887,7 +891,7 @@ def align_phases(phases: dict[str, np.ndarray], geometry: Geometry, *, reference
         shift = float(np.linalg.norm(translation))
         reason = ""
         if shift < PHASE_MIN_SHIFT_MM:
-            reason = f"aligned already: estimated shift {shift:.1f} mm < {PHASE_MIN_SHIFT_MM:g} mm"
+            reason = f"{ALIGNED_ALREADY}: estimated shift {shift:.1f} mm < {PHASE_MIN_SHIFT_MM:g} mm"
         elif shift > PHASE_MAX_SHIFT_MM:
             reason = (f"estimated shift {shift:.0f} mm > {PHASE_MAX_SHIFT_MM:g} mm: not a breath-hold difference; "
                       f"check that both series belong to the same study")
@@ -938,7 +942,7 @@ def refine_phase_alignment(as_read: dict[str, np.ndarray], current: dict[str, np
         return dict(current), list(alignments)
     threads = _threads(threads)
     ref = alignments[0].reference
-    fixed = _phase_working(np.asarray(as_read[ref]), geometry)
+    fixed = _working(np.asarray(as_read[ref]), geometry, PHASE_WORKING_SPACING_MM)[0]
     mask = sitk.Resample(sitk_image(liver.astype(np.uint8), geometry, np.uint8), fixed, sitk.Transform(),
                          sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     radius = [max(1, int(round(LIVER_PASS_MARGIN_MM / s))) for s in fixed.GetSpacing()]
@@ -947,7 +951,7 @@ def refine_phase_alignment(as_read: dict[str, np.ndarray], current: dict[str, np
     out = dict(current)
     done: list[PhaseAlignment] = []
     for a in alignments:
-        moving = _phase_working(np.asarray(as_read[a.phase]), geometry)
+        moving = _working(np.asarray(as_read[a.phase]), geometry, PHASE_WORKING_SPACING_MM)[0]
         start = a.translation_mm if a.applied else (0.0, 0.0, 0.0)
         reg = _translation_method(seed, threads, SAMPLES_PER_LEVEL / max(1, n_mask))
         reg.SetMetricFixedMask(mask)

@@ -28,7 +28,7 @@ margin:8px 0}footer{margin-top:30px;font-size:11px;color:#666}
 @media print{body{margin:0;max-width:none;font-size:8.5pt;line-height:1.3}h1{font-size:15pt}
 h2{font-size:11pt;page-break-after:avoid;margin-top:14px}figure,table,tr{page-break-inside:avoid}
 table{font-size:8pt}th,td{padding:2px 4px}#summary{page-break-after:always;border:none;padding:0;background:none}
-#summary figure{margin:4px 0 6px}#summary figure img{max-height:70mm}#summary .os img{max-height:78mm;max-width:none}
+#summary figure{margin:4px 0 6px}#summary figure img{max-height:64mm}#summary .os img{max-height:72mm;max-width:none}
 figure img{max-height:150mm}.banner{margin:4px 0}footer{display:none}}
 """
 

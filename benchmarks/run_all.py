@@ -19,6 +19,7 @@ generator_ceiling         what pre-treatment information allows: a simulator ora
 generator_speed           generator request time by memory layout and sampling steps (issues 5 / 8)
 cpu_precision             bfloat16 vs float32 CPU inference: time and agreement (issues 4 / 5 / 8)
 registration              target-registration error on simulated misalignments (issues 7 / 9)
+followup_registration     a real follow-up in predict: registered inside the segmented liver vs without (issue 22)
 pipeline                  stage timings and peak memory from 128^3 to 512x512x300, copy baseline (issue 8)
 study_dicom               simulate as DICOM -> hcctwin import -> hcctwin study (issue 9)
 segmentation_phases       the same hold-out with one phase only, portal then arterial (issue 22)
@@ -141,6 +142,9 @@ def plan(data: Path, out: Path, quick: bool, real_data: Path | None = None) -> d
         "registration": lambda: [py, str(BENCH / "registration_evaluation.py"), "--out",
                                  str(out / "registration_evaluation")] +
                                 (["--fast", "2", "--full", "0", "--ct512", "0"] if q else []),
+        "followup_registration": lambda: [py, str(BENCH / "followup_registration_mask.py"), "--out",
+                                          str(out / "followup_registration_mask")] +
+                                         (["--fast", "1", "--full", "0", "--ct512", "0"] if q else []),
         "generator_speed": lambda: [py, str(BENCH / "generator_speed.py"), "--out", str(out)] +
                                    (["--steps", "1", "--repeats", "1"] if q else []),
         "cpu_precision": lambda: [py, str(BENCH / "cpu_precision.py"), "--out", str(out)] +

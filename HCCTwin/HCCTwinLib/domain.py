@@ -80,6 +80,11 @@ _CAUTION_ONLY = ("fat_hu", "soft_tissue_hu", "noise_hu", "liver_ml", "liver_hu_m
                  "tumor_fraction")
 
 
+#: findings that say the liver mask itself is wrong (or the image is not CT): with one of these at "outside" the
+#: segmented liver guides nothing else (:attr:`DomainVerdict.liver_mask_usable`)
+LIVER_MASK_MEASURES = ("modality", "liver_ml", "left_fraction", "liver_nontissue_fraction", "liver_hu_median")
+
+
 @dataclass
 class Finding:
     """One reason of a verdict: which measure, its value, what was expected, how serious."""
@@ -112,6 +117,13 @@ class DomainVerdict:
     @property
     def reliable(self) -> bool:
         return self.verdict != OUTSIDE
+
+    @property
+    def liver_mask_usable(self) -> bool:
+        """Whether the segmented liver may guide other steps (the follow-up registration's masks): no finding says
+        the liver mask itself is wrong (its volume, side, HU) or the image is not CT. Uncertainty or the networks'
+        disagreement alone does not rule it out: a liver drawn a little too wide still holds the liver."""
+        return not any(f.severity == OUTSIDE and f.measure in LIVER_MASK_MEASURES for f in self.findings)
 
     @property
     def reasons(self) -> list[str]:

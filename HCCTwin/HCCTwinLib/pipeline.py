@@ -213,11 +213,12 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     """Run every step whose model is available on one case and return the result as data.
 
     ``real_followup`` is an observed follow-up already on the case's grid (or an :class:`ObservedScan`, registered
-    first); it is carried into the result for display and comparison. Steps whose model is not installed are listed
-    in ``result.notes`` (never faked). The caller's ``case`` is not changed: the labels a model draws are in
-    ``result.case`` (with its phases moved onto the reference phase when they were acquired in separate
-    breath-holds). Steps: phase alignment, clinical scores, segmentation + out-of-domain guard, virtual follow-ups,
-    response reading and survival.
+    after the segmentation, inside the segmented liver); it is carried into the result for display and comparison.
+    Steps whose model is not installed are listed in ``result.notes`` (never faked). The caller's ``case`` is not
+    changed: the labels a model draws are in ``result.case`` (with its phases moved onto the reference phase when
+    they were acquired in separate breath-holds). Steps: phase alignment, clinical scores, segmentation +
+    out-of-domain guard (+ the phase alignment's pass inside the liver), the real follow-up's registration, virtual
+    follow-ups, response reading and survival.
     """
     options = options or PipelineOptions()
     catalogue = regimen_catalogue.load_catalogue()
@@ -228,18 +229,13 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
         raise ValueError(f"segmentation={options.segmentation!r}: expected auto, model or given")
     case = replace(case)  # the result's own Case (same arrays): the caller's keeps its labels as they were
     result = TwinResult(case=case, regimens=list(regimens), weeks=[int(w) for w in weeks])
-    if options.align_phases:  # first: a real follow-up is registered to the (aligned) pre-treatment phases
+    if real_followup is not None and not isinstance(real_followup, ObservedScan):  # checked before any work
+        _check_on_grid(real_followup, case)
+    if options.align_phases:
         _phase_alignment_step(result, progress)
-    if isinstance(real_followup, ObservedScan):
-        real_followup = register_observed(case, real_followup, result, progress=SubProgress(progress, 0.0, 0.05))
-    result.real_followup = real_followup
-    if real_followup is not None:
-        for name, arr in real_followup.phases.items():
-            if arr.shape != case.geometry.shape:
-                raise ValueError(f"real follow-up phase {name!r} has shape {arr.shape}; register it onto the "
-                                 f"pre-treatment grid {case.geometry.shape} first")
     _clinical_step(result, progress)
     liver_found = _segmentation_step(result, options, progress)
+    result.real_followup = _real_followup_step(result, real_followup, progress)
     _generation_step(result, options, liver_found, progress)
     t0 = time.perf_counter()
     report(progress, 0.9, "Response reading and survival")
@@ -248,6 +244,32 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     result.timings["survival"] = time.perf_counter() - t0
     report(progress, 1.0, "Done")
     return result
+
+
+def _check_on_grid(follow: FollowUp, case: Case) -> None:
+    for name, arr in follow.phases.items():
+        if arr.shape != case.geometry.shape:
+            raise ValueError(f"real follow-up phase {name!r} has shape {arr.shape}; register it onto the "
+                             f"pre-treatment grid {case.geometry.shape} first")
+
+
+def _real_followup_step(result: TwinResult, real_followup, progress) -> FollowUp | None:
+    """The real follow-up on the pre-treatment grid. An :class:`ObservedScan` is registered after the segmentation,
+    onto the phases the labels were drawn on (both phase-alignment passes done), with its affine and deformable
+    stages inside the segmented liver: the liver moves against the body between visits, and without a liver mask
+    the deformable stage does not run. When the guard says the liver mask itself is wrong
+    (:attr:`~HCCTwinLib.domain.DomainVerdict.liver_mask_usable`) the whole body drives it, rigid and affine only."""
+    if not isinstance(real_followup, ObservedScan):
+        return real_followup
+    case = result.case
+    fixed = case
+    if case.labels is not None and result.domain is not None and not result.domain.liver_mask_usable:
+        fixed = replace(case, labels=None)
+        result.notes.append("Registration: the real follow-up was registered on the whole body (rigid + affine), not "
+                            "inside the segmented liver, because the domain guard says the liver mask is wrong.")
+    follow = register_observed(fixed, real_followup, result, progress=SubProgress(progress, 0.35, 0.4))
+    _check_on_grid(follow, case)
+    return follow
 
 
 def _clinical_step(result: TwinResult, progress) -> None:
@@ -311,16 +333,12 @@ def align_and_segment(case: Case, segmenter, *, align: bool = True, progress: Pr
 
 def _liver_alignment_step(result: TwinResult, segmenter, progress) -> None:
     """The liver moves against the spine between breath-holds: the phases registered again inside the segmented
-    liver and, when one moved, segmented again (:func:`liver_alignment_pass`). Skipped when a real follow-up was
-    registered to the first pass's phases (its frame would no longer match)."""
-    if result.real_followup is not None:
-        result.notes.append("Phase alignment: the second pass inside the liver was skipped because a real follow-up "
-                            "was registered to the first pass's phases.")
-        return
+    liver and, when one moved, segmented again (:func:`liver_alignment_pass`). (A real follow-up is registered
+    afterwards, onto the phases this pass leaves.)"""
     t0 = time.perf_counter()
     case = result.case
     case.phases, labels, result.alignments, moved = liver_alignment_pass(
-        case, result.phases_as_read, result.alignments, case.labels, segmenter, SubProgress(progress, 0.35, 0.4))
+        case, result.phases_as_read, result.alignments, case.labels, segmenter, SubProgress(progress, 0.3, 0.35))
     if moved:
         case.labels = labels
         result.notes.extend(a.note() for a in result.alignments if a.applied and a.stage == "liver")
@@ -345,7 +363,7 @@ def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -
         if segmenter is not None:
             if segmenter.message:
                 result.notes.append(segmenter.message)
-            case.labels = segmenter.segment(case, progress=SubProgress(progress, 0.05, 0.35))
+            case.labels = segmenter.segment(case, progress=SubProgress(progress, 0.05, 0.3))
             _add_messages(result, "Segmentation", segmenter)
             result.provenance["segmentation"] = segmenter.describe()
     elif case.labels is not None:
@@ -379,7 +397,7 @@ def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -
 def _generation_step(result: TwinResult, options: PipelineOptions, liver_found: bool, progress) -> None:
     """The virtual follow-ups of every regimen and week (a single-phase study: the missing phase filled, noted)."""
     t0 = time.perf_counter()
-    report(progress, 0.35, "Virtual follow-ups")
+    report(progress, 0.4, "Virtual follow-ups")
     case = result.case
     if case.labels is None:
         result.notes.append("Virtual follow-ups need a segmentation: none given and no model ran.")
@@ -397,7 +415,7 @@ def _generation_step(result: TwinResult, options: PipelineOptions, liver_found: 
             gen_case = case if not filled else replace(case, phases=model_phases)
             result.followups = generator.generate(gen_case, regimens=list(result.regimens), weeks=result.weeks,
                                                   samples=options.samples, seed=options.seed, steps=options.steps,
-                                                  progress=SubProgress(progress, 0.35, 0.9))
+                                                  progress=SubProgress(progress, 0.4, 0.9))
             _add_messages(result, "Generator", generator)
             result.provenance["generator"] = generator.describe(samples=options.samples, seed=options.seed)
     result.timings["generate"] = time.perf_counter() - t0

@@ -5,7 +5,7 @@ bit as they are."""
 import numpy as np
 import pytest
 
-from HCCTwinLib.cases import Case, Geometry
+from HCCTwinLib.cases import Case, FollowUp, Geometry
 from HCCTwinLib.registration import align_phases
 
 from conftest import make_phantom
@@ -164,3 +164,74 @@ def test_run_case_runs_the_liver_pass_after_the_labels_exist(monkeypatch):
     assert a["stage"] == "liver" and a["applied"] and a["translation_mm"][2] == pytest.approx(7.5, abs=1.0)
     assert any("found inside the liver" in n for n in result.notes)
     assert result.phases_as_read["portal"] is as_read["portal"] and case.phases["portal"] is as_read["portal"]
+
+
+def _followup_scan(phases, geom, shift_mm=(2.7, -1.8, 3.0)):
+    """The study's portal phase seen again with the table moved (its own grid): a real follow-up to register."""
+    from HCCTwinLib.cases import ObservedScan
+
+    moved = Geometry(shape=geom.shape, spacing=geom.spacing, origin=tuple(np.add(geom.origin, shift_mm)),
+                     direction=geom.direction)
+    return ObservedScan(weeks=8, phases={"portal": phases["portal"].copy()}, geometry=moved, regimen="tace_pd1_len",
+                        deformable=False)
+
+
+def test_a_real_followup_is_registered_after_the_liver_pass_inside_the_liver(monkeypatch):
+    """The follow-up goes onto the phases the labels were drawn on (both passes done, the liver pass not skipped)
+    and its registration gets the labels (the liver mask of its affine and deformable stages)."""
+    import HCCTwinLib.pipeline as pipeline
+    from HCCTwinLib.pipeline import PipelineOptions, run_case
+
+    monkeypatch.setattr(pipeline, "align_phases", _body_held)
+    seen = []
+    real_register = pipeline.register_observed
+    monkeypatch.setattr(pipeline, "register_observed",
+                        lambda fixed, scan, *a, **k: seen.append(fixed) or real_register(fixed, scan, *a, **k))
+    as_read, labels, geom = _liver_only()
+    case = Case(patient_id="P4", phases=dict(as_read), geometry=geom, labels=labels)
+    result = run_case(case, ["tace_pd1_len"], [8], real_followup=_followup_scan(as_read, geom),
+                      options=PipelineOptions(segmentation="given", generator_weights="none-installed"))
+    (a,) = result.phase_alignment
+    assert a["stage"] == "liver" and a["applied"]
+    assert not any("skipped" in n for n in result.notes)
+    (fixed,) = seen
+    assert fixed.phases["portal"] is result.case.phases["portal"] and fixed.labels is result.case.labels
+    fu = result.real_followup
+    assert "registered" in result.provenance["real_followup"] and fu.phases["portal"].shape == geom.shape
+    # the follow-up (the portal phase as read, its liver 7.5 mm off) lines up with the realigned portal phase inside
+    # the liver, which its scan coordinates alone do not
+    from HCCTwinLib.io import resample_to
+
+    scan = _followup_scan(as_read, geom)
+    target, liver = result.case.phases["portal"], labels > 0
+    err = np.abs(fu.phases["portal"] - target)[liver].mean()
+    naive = np.abs(resample_to(scan.phases["portal"], scan.geometry, geom) - target)[liver].mean()
+    assert err < 0.1 * naive, (err, naive)
+
+
+def test_a_liver_mask_the_guard_calls_wrong_does_not_drive_the_registration(monkeypatch):
+    import HCCTwinLib.pipeline as pipeline
+    from HCCTwinLib.domain import OUTSIDE, DomainVerdict, Finding
+    from HCCTwinLib.pipeline import PipelineOptions, run_case
+
+    def guard(*_a, **_k):
+        v = DomainVerdict()
+        v.add(Finding("liver_ml", OUTSIDE, "liver + tumour 5200 mL: not a possible adult liver.", 5200.0))
+        return v
+
+    monkeypatch.setattr(pipeline, "_guard", guard)
+    seen = []
+    monkeypatch.setattr(pipeline, "register_observed",
+                        lambda fixed, scan, *a, **k: seen.append(fixed) or FollowUp(
+                            weeks=8, phases={"portal": fixed.phases["portal"]}, labels=None, kind="observed"))
+    phases, labels, geom = _study(0)
+    case = Case(patient_id="P5", phases=phases, geometry=geom, labels=labels)
+    result = run_case(case, ["tace_pd1_len"], [8], real_followup=_followup_scan(phases, geom),
+                      options=PipelineOptions(segmentation="given", generator_weights="none-installed"))
+    (fixed,) = seen
+    assert fixed.labels is None and result.case.labels is labels
+    assert any("registered on the whole body" in n for n in result.notes)
+    # uncertainty alone (the networks disagree) leaves the liver mask in use
+    v = DomainVerdict()
+    v.add(Finding("envelope_agreement", OUTSIDE, "the two networks disagree.", 0.6))
+    assert not v.reliable and v.liver_mask_usable and not guard().liver_mask_usable

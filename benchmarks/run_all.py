@@ -144,7 +144,8 @@ def plan(data: Path, out: Path, quick: bool, real_data: Path | None = None) -> d
                                 (["--fast", "2", "--full", "0", "--ct512", "0"] if q else []),
         "followup_registration": lambda: [py, str(BENCH / "followup_registration_mask.py"), "--out",
                                           str(out / "followup_registration_mask")] +
-                                         (["--fast", "1", "--full", "0", "--ct512", "0"] if q else []),
+                                         (["--fast", "1", "--full", "0", "--ct512", "0"] if q else []) +
+                                         ([] if real_data is None else ["--real-data", str(real_data)]),
         "generator_speed": lambda: [py, str(BENCH / "generator_speed.py"), "--out", str(out)] +
                                    (["--steps", "1", "--repeats", "1"] if q else []),
         "cpu_precision": lambda: [py, str(BENCH / "cpu_precision.py"), "--out", str(out)] +

@@ -316,7 +316,8 @@ def _predict_outputs(out: Path, args) -> list[Path]:
     files = [out / n for n in ("result.json", "report.html", "report.pdf", "survival.png", "survival_pfs.png",
                                "landmark.png", "key_image.png")]
     files += [out / "pre" / f"{n}.nii.gz" for n in ("arterial", "portal", "delayed", "labels")]
-    if getattr(args, "followup", None) and args.followup_weeks is not None:
+    followup = any(getattr(args, n, None) for n in ("followup", "followup_arterial", "followup_portal"))
+    if followup and args.followup_weeks is not None:
         files += [out / "real" / f"w{int(args.followup_weeks):02d}" / f"{n}.nii.gz"
                   for n in ("arterial", "portal", "delayed", "labels")]
     names = ("arterial", "portal", "labels", "arterial_std", "portal_std")
@@ -332,7 +333,8 @@ def _predict_cohort(args) -> int:
     from .pipeline import PipelineOptions
 
     single = [f"--{name.replace('_', '-')}" for name in ("pre", "arterial", "portal", "delayed", "labels", "clinical",
-                                                         "patient", "followup", "followup_weeks", "followup_regimen")
+                                                         "patient", "followup", "followup_arterial",
+                                                         "followup_portal", "followup_weeks", "followup_regimen")
               if getattr(args, name, None) is not None]
     if single:
         raise InputError(f"--cohort reads each patient's pre-treatment study and clinical row from the cohort folder; "
@@ -371,16 +373,17 @@ def cmd_predict(args) -> int:
     case = load_case(args.pre, patient_id=args.patient, paths=paths or None, labels_path=args.labels,
                      clinical=clinical)
     real = None
-    if args.followup:
+    fu_paths = {k: v for k in ("arterial", "portal") if (v := getattr(args, f"followup_{k}", None))}
+    if args.followup or fu_paths:
         if args.followup_weeks is None:
             raise InputError("--followup needs --followup-weeks (weeks since the start of treatment).")
-        fu_case = load_case(args.followup)
+        fu_case = load_case(args.followup, paths=fu_paths or None)
         real = ObservedScan(weeks=args.followup_weeks, phases=dict(fu_case.phases), geometry=fu_case.geometry,
                             labels=fu_case.labels, regimen=args.followup_regimen,
                             deformable=not args.no_deformable)
     refuse_overwriting_inputs(_predict_outputs(Path(args.out), args),
                               [*case.source.values(), args.clinical, args.labels,
-                               *((fu_case.source.values()) if args.followup else ())])
+                               *((fu_case.source.values()) if real is not None else ())])
     options = PipelineOptions(device=args.device, samples=args.samples, seed=args.seed,
                               segmentation_weights=args.segmentation_weights,
                               generator_weights=args.generator_weights, survival_model=args.survival_model,
@@ -884,7 +887,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_samples, default=4, help="generator samples per request (default 4)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--followup", help="a real follow-up folder (registered to the pre-treatment scan first)")
+    p.add_argument("--followup", help="a real follow-up folder (arterial / portal images named as in --pre; "
+                                      "registered to the pre-treatment scan after its segmentation)")
+    p.add_argument("--followup-arterial", help="the real follow-up's arterial phase: file or DICOM folder")
+    p.add_argument("--followup-portal", help="the real follow-up's portal venous phase: file or DICOM folder")
     p.add_argument("--no-deformable", action="store_true", help="real follow-up: rigid + affine registration only")
     p.add_argument("--no-phase-alignment", action="store_true", help=PHASE_ALIGNMENT_HELP)
     p.add_argument("--followup-weeks", type=int, help="weeks of the real follow-up since the start of treatment")

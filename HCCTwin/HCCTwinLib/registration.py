@@ -117,11 +117,17 @@ class RegistrationResult:
         return FollowUp(weeks=int(weeks), phases=dict(self.phases), labels=self.labels, kind="observed",
                         regimen=regimen)
 
+    @property
+    def kept_stages(self) -> list[str]:
+        """The stages that ran and were kept (a stage that made the similarity worse or folded is reverted)."""
+        return [s for s in STAGES if s in self.stage_transforms and not self.metrics.get(s, {}).get("reverted")]
+
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable metrics, timings and notes (no arrays)."""
         metrics = dict(self.metrics)
         return {"geometry": {"shape_kji": list(self.geometry.shape), "spacing_mm": list(self.geometry.spacing)},
-                "stages": [s for s in STAGES if s in self.stage_transforms], "metrics": metrics,
+                "stages": [s for s in STAGES if s in self.stage_transforms], "kept_stages": self.kept_stages,
+                "metrics": metrics,
                 "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
                 "wall_time_s": round(self.wall_time_s, 3), "notes": list(self.notes)}
 
@@ -778,8 +784,13 @@ def register_observed(case: Case, scan: ObservedScan, result=None,
                             progress=progress)
     follow = reg.followup(scan.weeks, scan.regimen)
     if result is not None:
-        stages = reg.summary()["stages"]
-        result.provenance["real_followup"] = f"registered to the pre-treatment scan ({' + '.join(stages)})"
+        summary = reg.summary()
+        reverted = [s for s in summary["stages"] if s not in summary["kept_stages"]]
+        result.provenance["real_followup"] = (
+            f"registered to the pre-treatment scan ({' + '.join(summary['kept_stages']) or 'initial alignment only'}"
+            + (f"; {', '.join(reverted)} reverted" if reverted else "")
+            + (", inside the liver of the pre-treatment labels)" if case.labels is not None else ", on the whole "
+               "body: no pre-treatment liver mask)"))
         result.notes.extend(f"Registration: {n}" for n in reg.notes)
         result.timings["registration"] = time.perf_counter() - t0
     return follow

@@ -163,3 +163,27 @@ def test_seed_and_samples_are_bounded_with_one_line(argv, message, tmp_path, cap
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "OUT").exists()
+
+
+def test_predict_takes_a_real_followup_as_two_phase_files(pre_folder, tmp_path):
+    """`predict --followup-arterial A --followup-portal P` (files or DICOM folders, as the pre-treatment phases): the
+    follow-up, acquired with the table moved, is registered onto the pre-treatment grid and written under real/."""
+    from HCCTwinLib.cases import Geometry
+    from HCCTwinLib.io import read_image, write_image
+
+    portal, g = read_image(pre_folder / "portal.nii.gz")
+    moved = Geometry(g.shape, g.spacing, (2.0, -3.0, 2.5))  # the same anatomy, the table 4 mm away
+    fu = tmp_path / "fu"
+    write_image(read_image(pre_folder / "arterial.nii.gz")[0], moved, fu / "a.nii.gz")
+    write_image(portal, moved, fu / "p.nii.gz")
+    out = tmp_path / "out"
+    assert main(["predict", "--pre", str(pre_folder), "--regimens", "tace_pd1_len", "--weeks", "8", "--samples", "1",
+                 "--followup-arterial", str(fu / "a.nii.gz"), "--followup-portal", str(fu / "p.nii.gz"),
+                 "--followup-weeks", "6", "--followup-regimen", "tace_pd1_len", "--generator-weights",
+                 str(tmp_path / "none.safetensors"), "--allow-missing-models", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["provenance"]["real_followup"].startswith("registered to the pre-treatment scan")
+    registered, rg = read_image(out / "real" / "w06" / "portal.nii.gz")
+    assert rg.same_grid(g)
+    liver = read_image(pre_folder / "labels.nii.gz", labels=True)[0] > 0
+    assert np.abs(registered - portal)[liver].mean() < 0.5 * np.abs(np.roll(portal, 2, axis=2) - portal)[liver].mean()

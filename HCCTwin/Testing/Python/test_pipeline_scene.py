@@ -168,7 +168,11 @@ def test_real_followup_on_its_own_grid_is_registered_first():
     result = run_case(case, ["tace_pd1_len"], [8], real_followup=scan)
     fu = result.real_followup
     assert fu.phases["portal"].shape == g.shape and fu.kind == "observed" and fu.weeks == 8
-    assert "registered" in result.provenance["real_followup"] and result.timings["registration"] > 0
+    # (this phantom's liver is far below an adult's: the guard calls the mask wrong, the whole body drives it, and the
+    # centring alone finds the table shift, so rigid and affine are reverted: the provenance says so)
+    assert result.provenance["real_followup"].startswith("registered to the pre-treatment scan (")
+    assert "reverted" in result.provenance["real_followup"] or "rigid" in result.provenance["real_followup"]
+    assert result.timings["registration"] > 0
     liver = case.labels > 0
     err_registered = np.abs(fu.phases["portal"] - case.phases["portal"])[liver].mean()
     # without registration the follow-up would be displaced by the shift

@@ -181,3 +181,18 @@ def test_run_register_command_writes_the_registered_follow_up(case, tmp_path):
     tx = sitk.ReadTransform(str(tmp_path / "out" / "transform.h5"))
     assert mis.tre(tx).mean() < min(SPACING) < mis.tre().mean()
     assert (tmp_path / "out" / "registration.json").is_file()
+
+
+def test_a_reverted_stage_is_not_listed_as_kept():
+    """Provenance says which stages were kept: a deformable stage that folded and was reverted is not among them."""
+    import SimpleITK as sitk
+
+    from HCCTwinLib.cases import Geometry
+    from HCCTwinLib.registration import RegistrationResult
+
+    ident = sitk.Transform(3, sitk.sitkIdentity)
+    r = RegistrationResult(phases={}, labels=None, geometry=Geometry((4, 4, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)),
+                           transform=ident, stage_transforms={"rigid": ident, "affine": ident, "deformable": ident},
+                           metrics={"rigid": {}, "affine": {}, "deformable": {"reverted": True}})
+    assert r.kept_stages == ["rigid", "affine"]
+    assert r.summary()["stages"] == ["rigid", "affine", "deformable"] and r.summary()["kept_stages"] == r.kept_stages

@@ -28,6 +28,7 @@ from .regimens import eligibility_warnings
 from .registration import align_phases, refine_phase_alignment, register_observed
 from .report.figures import write_key_image
 from .survival_result import SurvivalResult
+from .twincheck import compare_with_real, twin_check_reason
 from .weights import ModelFileError, load_card, resolve_model_path
 
 DEFAULT_WEEKS = (8, 16, 24)
@@ -58,6 +59,9 @@ class TwinResult:
     #: how each phase was moved onto the reference phase (:func:`registration.align_phases`, then
     #: :func:`registration.refine_phase_alignment` inside the segmented liver): ``PhaseAlignment`` records
     alignments: list[Any] = field(default_factory=list)
+    #: the real follow-up against the virtual one of the received regimen at its week, and against the unchanged
+    #: pre-treatment scan (:class:`HCCTwinLib.twincheck.TwinCheck`); None without a real follow-up
+    twin_check: Any = None
     #: the phases as read, before any alignment (the second pass resamples from them, never twice)
     phases_as_read: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -96,6 +100,7 @@ class TwinResult:
                                       for w, fu in by_week.items() if fu.has_labels}
                                   for r, by_week in self.followups.items()},
             "domain": self.domain.to_dict() if self.domain is not None else None,
+            "twin_check": self.twin_check.to_dict() if self.twin_check is not None else None,
             "provenance": self.provenance,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "notes": self.notes,
@@ -231,6 +236,10 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     result = TwinResult(case=case, regimens=list(regimens), weeks=[int(w) for w in weeks])
     if real_followup is not None and not isinstance(real_followup, ObservedScan):  # checked before any work
         _check_on_grid(real_followup, case)
+    if real_followup is not None and int(real_followup.weeks) not in result.weeks:  # to compare the twin with it
+        result.weeks = sorted([*result.weeks, int(real_followup.weeks)])
+        result.notes.append(f"Virtual follow-ups also at week {int(real_followup.weeks)}, the real follow-up's time "
+                            f"point, to compare them with it.")
     if options.align_phases:
         _phase_alignment_step(result, progress)
     _clinical_step(result, progress)
@@ -240,6 +249,7 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     t0 = time.perf_counter()
     report(progress, 0.9, "Response reading and survival")
     read_responses(result)
+    _twin_check_step(result)
     update_survival(result, options)
     result.timings["survival"] = time.perf_counter() - t0
     report(progress, 1.0, "Done")
@@ -270,6 +280,22 @@ def _real_followup_step(result: TwinResult, real_followup, progress) -> FollowUp
     follow = register_observed(fixed, real_followup, result, progress=SubProgress(progress, 0.35, 0.4))
     _check_on_grid(follow, case)
     return follow
+
+
+def _twin_check_step(result: TwinResult) -> None:
+    """The real follow-up against the virtual follow-up of the regimen the patient received at the same week and
+    against the unchanged pre-treatment scan (:mod:`HCCTwinLib.twincheck`)."""
+    real = result.real_followup
+    if real is None or not result.followups:
+        return
+    why = twin_check_reason(real, result.regimens, result.followups)
+    if why:
+        result.notes.append(why)
+        return
+    result.twin_check = compare_with_real(result.case, result.followups[real.regimen][int(real.weeks)], real,
+                                          result.response)
+    if result.twin_check is not None:
+        result.twin_check.regimen_name = regimen_catalogue.load_catalogue()[real.regimen].name
 
 
 def _clinical_step(result: TwinResult, progress) -> None:

@@ -348,6 +348,42 @@ def volumes_section(summary: Mapping, info: Mapping) -> Section:
     return sec
 
 
+def twin_check_section(summary: Mapping) -> Section | None:
+    """The real follow-up against the virtual one of the received regimen and the unchanged pre-treatment scan
+    (:mod:`HCCTwinLib.twincheck`); None without a real follow-up."""
+    check = summary.get("twin_check") if isinstance(summary.get("twin_check"), Mapping) else None
+    if not check:
+        return None
+    sec = Section("twin_check", f"Twin check: the real follow-up at week {check.get('week')}")
+    sec.blocks.append(Block("text", text=str(check.get("headline", ""))))
+    virt = check.get("hu_mae_virtual") if isinstance(check.get("hu_mae_virtual"), Mapping) else {}
+    unchanged = check.get("hu_mae_copy") if isinstance(check.get("hu_mae_copy"), Mapping) else {}
+    rows = [[f"mean |HU difference| from the real scan, {phase} (within {fmt(check.get('margin_mm'))} mm of the "
+             f"tumours, {fmt(check.get('region_ml'))} mL)", fmt(virt.get(phase)), fmt(unchanged.get(phase)), "0"]
+            for phase in virt]
+    viable = check.get("viable_ml") if isinstance(check.get("viable_ml"), Mapping) else {}
+    tumour = check.get("tumour_ml") if isinstance(check.get("tumour_ml"), Mapping) else {}
+    if viable.get("real") is not None:
+        rows.append(["viable tumour (mL)", fmt(viable.get("virtual")), fmt(viable.get("pre-treatment")),
+                     fmt(viable.get("real"))])
+        rows.append(["tumour, viable + necrotic (mL)", fmt(tumour.get("virtual")), fmt(tumour.get("pre-treatment")),
+                     fmt(tumour.get("real"))])
+        rows.append(["viable tumour Dice with the real labels", fmt(check.get("viable_dice_virtual")),
+                     fmt(check.get("viable_dice_copy")), "1"])
+    if check.get("mrecist_real"):
+        rows.append(["mRECIST", str(check.get("mrecist_virtual") or "n/a"), "SD (no change)",
+                     str(check["mrecist_real"])])
+    sec.blocks.append(Block("table", header=["Measure", "Virtual follow-up", "Unchanged pre-treatment scan",
+                                             "Real follow-up"], rows=rows))
+    if viable.get("real") is None:
+        sec.blocks.append(_na("volumes and mRECIST: the real follow-up has no label map (give its segmentation to "
+                              "compare them)."))
+    sec.blocks.append(Block("text", text="One patient is an anecdote; registration error and scanner differences "
+                                         "enter both comparisons alike. The cohort-level comparison is hcctwin "
+                                         "evaluate."))
+    return sec
+
+
 def images_section(summary: Mapping, images: Mapping[str, str]) -> Section:
     sec = Section("images", "Linked views")
     if not images:
@@ -688,6 +724,9 @@ def summary_section(summary: Mapping, info: Mapping, plots: Mapping[str, str], k
         seq = {w: r for w, r in observed.items() if isinstance(r, Mapping)}
         sec.blocks.append(Block("text", text=f"Real follow-up: mRECIST {_last_response(seq)} "
                                              f"({info.get(observed.get('regimen'), {}).get('name', 'regimen n/a')})."))
+    check = summary.get("twin_check") if isinstance(summary.get("twin_check"), Mapping) else None
+    if check and check.get("headline"):
+        sec.blocks.append(Block("text", text=str(check["headline"])))
     if key_image:
         sec.blocks.append(Block("image", text="Pre-treatment | real | virtual follow-up per regimen at the largest "
                                               "lesion (yellow: tumour outline)", image=str(key_image)))
@@ -710,7 +749,8 @@ def build_sections(summary: Mapping, *, images: Mapping[str, str] | None = None,
     sections = [summary_section(summary, info, plots, key_image, date),
                 header_section(summary, date), domain_section(summary), scores_section(summary),
                 eligibility_section(summary, info),
-                volumes_section(summary, info), images_section(summary, dict(images or {})),
+                volumes_section(summary, info), *filter(None, [twin_check_section(summary)]),
+                images_section(summary, dict(images or {})),
                 survival_section(summary, info, {k: v for k, v in details_plots.items() if k != "os"}),
                 benefit_section(summary, info), recommendation_section(summary, info), metastasis_section(summary)]
     landmark = landmark_section(summary, info, plots)

@@ -178,6 +178,19 @@ def results_table_columns(result) -> dict[str, list]:
     for key, ml in result.label_volumes_ml.items():
         names.append(f"volume {key} (mL)")
         values.append(f"{ml:.1f}")
+    check = getattr(result, "twin_check", None)
+    if check is not None:  # the real follow-up against the virtual one and the unchanged scan (twincheck)
+        head = f"twin check w{check.week} ({check.regimen})"
+        names.append(head)
+        values.append({True: "virtual closer to the real scan than the unchanged scan",
+                       False: "virtual not closer to the real scan than the unchanged scan",
+                       None: "neither clearly closer nor farther than the unchanged scan"}[check.closer])
+        for phase, mae in check.hu_mae_virtual.items():
+            names.append(f"{head}: mean |HU diff| {phase}, virtual / unchanged")
+            values.append(f"{mae:.0f} / {check.hu_mae_copy.get(phase, float('nan')):.0f}")
+        if check.viable_ml.get("real") is not None:
+            names.append(f"{head}: viable mL real / virtual / before")
+            values.append(" / ".join(f"{check.viable_ml[k]:.1f}" for k in ("real", "virtual", "pre-treatment")))
     return {"item": names, "value": values}
 
 

@@ -88,6 +88,13 @@ def test_run_case_adds_the_real_week_and_checks_the_twin(tmp_path):
     assert "twin_check" in sections
     first = " ".join(b.text for b in sections["summary"].blocks if b.text)
     assert check["headline"] in first
+    # the Slicer module's case table carries it too
+    from HCCTwinLib.scene.build import results_table_columns
+
+    table = results_table_columns(result)
+    rows = dict(zip(table["item"], table["value"]))
+    assert rows["twin check w5 (tace_pd1_len)"].startswith(("virtual", "neither"))
+    assert "/" in rows["twin check w5 (tace_pd1_len): mean |HU diff| arterial, virtual / unchanged"]
     # without the regimen the patient received there is nothing to compare with: said, not guessed
     real.regimen = None
     result = run_case(case, ["tace_pd1_len"], [5], real_followup=real, options=PipelineOptions(samples=1))

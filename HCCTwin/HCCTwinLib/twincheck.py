@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from . import imagemetrics as im
 from .cases import Case, FollowUp
 from .labels import PVTT, TUMOR_LABELS, VIABLE_TUMOR, foreground_box
 
@@ -129,6 +128,8 @@ def compare_with_real(case: Case, virtual: FollowUp, real: FollowUp, response: M
                       ) -> TwinCheck | None:
     """The twin check of one virtual follow-up against the real one (both on ``case``'s grid, same week). None when
     no map has tumour or PVTT (nothing to compare)."""
+    from .imagemetrics import hu_mae  # (loads scipy: not on the import path of the Slicer module and the CLI)
+
     if case.labels is None:
         return None
     g = case.geometry
@@ -145,8 +146,8 @@ def compare_with_real(case: Case, virtual: FollowUp, real: FollowUp, response: M
         if phase not in virtual.phases or phase not in case.phases:
             continue
         truth = np.asarray(real.phases[phase], np.float32)[region]
-        check.hu_mae_virtual[phase] = im.hu_mae(virtual.phase_region(phase, region), truth, near)
-        check.hu_mae_copy[phase] = im.hu_mae(np.asarray(case.phases[phase], np.float32)[region], truth, near)
+        check.hu_mae_virtual[phase] = hu_mae(virtual.phase_region(phase, region), truth, near)
+        check.hu_mae_copy[phase] = hu_mae(np.asarray(case.phases[phase], np.float32)[region], truth, near)
     ml = g.voxel_volume_ml
     named = {"pre-treatment": case.labels, "virtual": v_labels, "real": real.labels}
     check.viable_ml = {k: None if m is None else float(np.count_nonzero(np.asarray(m) == VIABLE_TUMOR)) * ml

@@ -15,6 +15,7 @@ generator                 shipped generator vs counterfactual truth on the same 
 generator_fit_choices     how the twin's kinetics are fitted: variants chosen on a tuning cohort (seed 950) (issue 23)
 generator_render_choices  how the twin draws residual viable tumour: variants chosen on the same tuning cohort (23)
 twin_records_cache        refitting the twin from its records cache vs reading 574 patients' images (issue 27)
+twin_check                the twin check on the hold-out: virtual vs unchanged scan against the observed one (23)
 generator_ceiling         what pre-treatment information allows: a simulator oracle without the latent biology (issue 5)
 generator_speed           generator request time by memory layout and sampling steps (issues 5 / 8)
 cpu_precision             bfloat16 vs float32 CPU inference: time and agreement (issues 4 / 5 / 8)
@@ -135,6 +136,8 @@ def plan(data: Path, out: Path, quick: bool, real_data: Path | None = None) -> d
         "generator_fit_choices": generator_fit_choices,
         "generator_render_choices": generator_render_choices,
         "twin_records_cache": twin_records_cache,
+        "twin_check": lambda: [py, str(BENCH / "twin_check.py"), "--out", str(out / "twin_check")] +
+                              (["--n", "2", "--samples", "1"] if q else []),
         "generator_ceiling": lambda: [py, str(BENCH / "generator_ceiling.py"), "--out", str(out)] +
                                      (["--evaluation", str(out / "generator_evaluation.json")]
                                       if (out / "generator_evaluation.json").is_file() else []) +

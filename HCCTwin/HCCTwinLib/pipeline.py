@@ -243,8 +243,8 @@ def run_case(case: Case, regimens=DEFAULT_REGIMENS, weeks=DEFAULT_WEEKS, *, real
     if options.align_phases:
         _phase_alignment_step(result, progress)
     _clinical_step(result, progress)
-    liver_found = _segmentation_step(result, options, progress)
-    result.real_followup = _real_followup_step(result, real_followup, progress)
+    liver_found, segmenter = _segmentation_step(result, options, progress)
+    result.real_followup = _real_followup_step(result, real_followup, segmenter, options, progress)
     _generation_step(result, options, liver_found, progress)
     t0 = time.perf_counter()
     report(progress, 0.9, "Response reading and survival")
@@ -263,14 +263,17 @@ def _check_on_grid(follow: FollowUp, case: Case) -> None:
                              f"pre-treatment grid {case.geometry.shape} first")
 
 
-def _real_followup_step(result: TwinResult, real_followup, progress) -> FollowUp | None:
+def _real_followup_step(result: TwinResult, real_followup, segmenter, options: PipelineOptions, progress
+                        ) -> FollowUp | None:
     """The real follow-up on the pre-treatment grid. An :class:`ObservedScan` is registered after the segmentation,
     onto the phases the labels were drawn on (both phase-alignment passes done), with its affine and deformable
     stages inside the segmented liver: the liver moves against the body between visits, and without a liver mask
     the deformable stage does not run. When the guard says the liver mask itself is wrong
-    (:attr:`~HCCTwinLib.domain.DomainVerdict.liver_mask_usable`) the whole body drives it, rigid and affine only."""
+    (:attr:`~HCCTwinLib.domain.DomainVerdict.liver_mask_usable`) the whole body drives it, rigid and affine only.
+    A follow-up without labels is then segmented by the model that drew the pre-treatment labels
+    (:func:`_segment_followup`)."""
     if not isinstance(real_followup, ObservedScan):
-        return real_followup
+        return _segment_followup(result, real_followup, segmenter, options)
     case = result.case
     fixed = case
     if case.labels is not None and result.domain is not None and not result.domain.liver_mask_usable:
@@ -279,7 +282,37 @@ def _real_followup_step(result: TwinResult, real_followup, progress) -> FollowUp
                             "inside the segmented liver, because the domain guard says the liver mask is wrong.")
     follow = register_observed(fixed, real_followup, result, progress=SubProgress(progress, 0.35, 0.4))
     _check_on_grid(follow, case)
-    return follow
+    return _segment_followup(result, follow, segmenter, options)
+
+
+def _segment_followup(result: TwinResult, follow: FollowUp | None, segmenter, options: PipelineOptions
+                      ) -> FollowUp | None:
+    """A real follow-up without labels, segmented by the model that drew the pre-treatment labels (the same reader
+    for both scans: its response, the twin check's volumes and the landmark survival then read it), when it has every
+    phase the pre-treatment study has (one phase alone collapses the tumour labels). Labels the guard calls outside
+    the models' domain are not used (noted): the follow-up is then shown, not read."""
+    case = result.case
+    if follow is None or follow.labels is not None or segmenter is None:
+        return follow
+    if not set(case.phases) <= set(follow.phases):
+        result.notes.append("Real follow-up: not segmented, it lacks the " + ", ".join(
+            sorted(set(case.phases) - set(follow.phases))) + " phase of the pre-treatment study (the segmentation "
+            "reads both); give its labels to read its response.")
+        return follow
+    t0 = time.perf_counter()
+    scan = Case(patient_id=case.patient_id, phases={p: follow.phases[p] for p in case.phases},
+                geometry=case.geometry, modality=case.modality)
+    labels = segmenter.segment(scan)
+    verdict = _guard(replace(scan, labels=labels), segmenter, options)
+    result.timings["followup_segmentation"] = time.perf_counter() - t0
+    if not verdict.reliable:
+        result.notes.append("Real follow-up: the model's segmentation of it is outside the models' domain ("
+                            + "; ".join(f.message for f in verdict.findings if f.severity == "outside")
+                            + "); its response is not read.")
+        return follow
+    result.provenance["real_followup_labels"] = f"segmented by the pre-treatment model (guard: {verdict.verdict})"
+    result.notes.append("Real follow-up: segmented by the same model as the pre-treatment scan (no labels given).")
+    return FollowUp(weeks=follow.weeks, phases=follow.phases, labels=labels, kind=follow.kind, regimen=follow.regimen)
 
 
 def _twin_check_step(result: TwinResult) -> None:
@@ -373,9 +406,9 @@ def _liver_alignment_step(result: TwinResult, segmenter, progress) -> None:
     result.timings["phase_alignment"] = result.timings.get("phase_alignment", 0.0) + time.perf_counter() - t0
 
 
-def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -> bool:
+def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -> tuple[bool, Any]:
     """Labels from the model (or the ones given), their volumes, the diameter check and the out-of-domain guard.
-    Returns whether the labels hold any liver or tumour."""
+    Returns whether the labels hold any liver or tumour, and the segmenter that drew them (None: labels given)."""
     t0 = time.perf_counter()
     report(progress, 0.05, "Segmentation")
     case = result.case
@@ -417,7 +450,7 @@ def _segmentation_step(result: TwinResult, options: PipelineOptions, progress) -
                             "with the Segment Editor and run again; virtual follow-ups and imaging features are "
                             "skipped.")
     result.timings["segmentation"] = time.perf_counter() - t0
-    return liver_found
+    return liver_found, segmenter if use_model else None
 
 
 def _generation_step(result: TwinResult, options: PipelineOptions, liver_found: bool, progress) -> None:

@@ -99,3 +99,38 @@ def test_run_case_adds_the_real_week_and_checks_the_twin(tmp_path):
     real.regimen = None
     result = run_case(case, ["tace_pd1_len"], [5], real_followup=real, options=PipelineOptions(samples=1))
     assert result.twin_check is None and any("regimen was not given" in n for n in result.notes)
+
+
+def test_a_real_followup_without_labels_is_segmented_by_the_same_model(monkeypatch):
+    """Pre-treatment labels drawn by the model and a two-phase follow-up without labels: the same model segments the
+    follow-up (its response is read, the twin check gets volumes); labels the guard calls outside are not used, and a
+    one-phase follow-up is not segmented (both said in the notes)."""
+    import HCCTwinLib.pipeline as pipeline
+    from HCCTwinLib.domain import OUTSIDE, DomainVerdict, Finding
+    from HCCTwinLib.pipeline import PipelineOptions, run_case
+
+    case, real, *_ = _study()
+    unlabelled = FollowUp(8, dict(real.phases), labels=None, kind="observed", regimen="tace_pd1_len")
+    opts = PipelineOptions(samples=1, segmentation="model", generator_weights="none", allow_missing_models=True)
+    monkeypatch.setattr(pipeline, "_guard", lambda *a, **k: DomainVerdict())
+    result = run_case(case, ["tace_pd1_len"], [8], real_followup=unlabelled, options=opts)
+    assert result.real_followup.labels is not None and unlabelled.labels is None  # the caller's object unchanged
+    assert "segmented by the pre-treatment model" in result.provenance["real_followup_labels"]
+    assert "w08" in result.response["observed"] and result.timings["followup_segmentation"] > 0
+
+    def outside(*_a, **_k):
+        v = DomainVerdict()
+        v.add(Finding("mean_entropy", OUTSIDE, "the network is unsure.", 0.4))
+        return v
+
+    monkeypatch.setattr(pipeline, "_guard", outside)
+    result = run_case(case, ["tace_pd1_len"], [8], real_followup=unlabelled, options=opts)
+    assert result.real_followup.labels is None and "observed" not in result.response
+    assert any("its response is not read" in n for n in result.notes)
+    one_phase = FollowUp(8, {"portal": real.phases["portal"]}, labels=None, kind="observed", regimen="tace_pd1_len")
+    result = run_case(case, ["tace_pd1_len"], [8], real_followup=one_phase, options=opts)
+    assert result.real_followup.labels is None and any("lacks the arterial phase" in n for n in result.notes)
+    # labels given for the pre-treatment scan: the follow-up is not segmented by a model that did not read it
+    given = run_case(case, ["tace_pd1_len"], [8], real_followup=unlabelled,
+                     options=PipelineOptions(samples=1, generator_weights="none", allow_missing_models=True))
+    assert given.real_followup.labels is None and "real_followup_labels" not in given.provenance

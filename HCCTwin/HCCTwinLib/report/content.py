@@ -376,8 +376,8 @@ def twin_check_section(summary: Mapping) -> Section | None:
     sec.blocks.append(Block("table", header=["Measure", "Virtual follow-up", "Unchanged pre-treatment scan",
                                              "Real follow-up"], rows=rows))
     if viable.get("real") is None:
-        sec.blocks.append(_na("volumes and mRECIST: the real follow-up has no label map (give its segmentation to "
-                              "compare them)."))
+        sec.blocks.append(_na("volumes and mRECIST: the real follow-up has no labels (none given, and the model's "
+                              "segmentation of it was not made or not usable: see the notes)."))
     sec.blocks.append(Block("text", text="One patient is an anecdote; registration error and scanner differences "
                                          "enter both comparisons alike. The cohort-level comparison is hcctwin "
                                          "evaluate."))

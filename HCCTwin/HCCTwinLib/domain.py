@@ -192,8 +192,11 @@ def _lps_x(geometry, idx_kji: np.ndarray) -> np.ndarray:
 
 
 def segmentation_measures(phases: Mapping[str, np.ndarray], geometry, labels: np.ndarray,
-                          confidence: Mapping[str, float] | None = None) -> dict[str, float | None]:
-    """Liver and tumour volumes and plausibility measures of a label map on the phases' grid."""
+                          confidence: Mapping[str, float] | None = None, *, lipiodol: bool = False
+                          ) -> dict[str, float | None]:
+    """Liver and tumour volumes and plausibility measures of a label map on the phases' grid. ``lipiodol``: the
+    scan follows a lipiodol regimen (TACE), so dense necrotic tumour is lipiodol, not bone: it is not counted in
+    ``tumor_nontissue_fraction`` (fat or gas there still is)."""
     from scipy import ndimage
 
     labels = np.asarray(labels)
@@ -236,8 +239,12 @@ def segmentation_measures(phases: Mapping[str, np.ndarray], geometry, labels: np
         out["liver_hu_iqr"] = float(q3 - q1)
         out["liver_nontissue_fraction"] = float(np.mean((v < -30.0) | (v > 300.0)))
     if tumour:
-        v = ref[np.isin(labels, (VIABLE_TUMOR, NECROSIS))].astype(np.float32)
-        out["tumor_nontissue_fraction"] = float(np.mean((v < -30.0) | (v > 300.0)))
+        in_tumour = np.isin(labels, (VIABLE_TUMOR, NECROSIS))
+        v = ref[in_tumour].astype(np.float32)
+        non = (v < -30.0) | (v > 300.0)
+        if lipiodol:  # dense necrosis after TACE: lipiodol deposit
+            non &= ~((v > 300.0) & (labels[in_tumour] == NECROSIS))
+        out["tumor_nontissue_fraction"] = float(np.mean(non))
     return out
 
 
@@ -252,11 +259,12 @@ def _fmt(v: float, unit: str = "") -> str:
 
 def assess(phases: Mapping[str, np.ndarray], geometry, labels: np.ndarray | None = None, *,
            confidence: Mapping[str, float] | None = None, card: Mapping[str, Any] | None = None,
-           modality: str = "CT", labels_source: str = "model") -> DomainVerdict:
+           modality: str = "CT", labels_source: str = "model", lipiodol: bool = False) -> DomainVerdict:
     """The guard's verdict for one study: ``phases`` (HU arrays on ``geometry``), the label map (None: image checks
     only), the segmentation network's ``confidence`` measures, and the segmentation model card (its
     ``accepted_inputs`` and ``domain`` reference). ``labels_source`` "given": labels drawn or corrected by a
-    person (no network confidence; volume and position are still checked)."""
+    person (no network confidence; volume and position are still checked). ``lipiodol``: a scan after a lipiodol
+    regimen (dense necrotic tumour is lipiodol, see :func:`segmentation_measures`)."""
     v = DomainVerdict()
     card = card or {}
     reference = (card.get("domain") or {}).get("reference") or {}
@@ -300,7 +308,8 @@ def assess(phases: Mapping[str, np.ndarray], geometry, labels: np.ndarray | None
                       f"<= {THICK_SLICE_MM:g} mm"))
 
     if labels is not None:
-        s = segmentation_measures(phases, geometry, labels, confidence if labels_source == "model" else None)
+        s = segmentation_measures(phases, geometry, labels, confidence if labels_source == "model" else None,
+                                  lipiodol=lipiodol)
         v.measures.update(s)
         _segmentation_findings(v, s)
     for name in REFERENCE_MEASURES:

@@ -180,7 +180,7 @@ def _add_messages(result: TwinResult, step: str, model) -> None:
             result.notes.append(f"{step}: {message}")
 
 
-def _guard(case: Case, segmenter, options: PipelineOptions):
+def _guard(case: Case, segmenter, options: PipelineOptions, lipiodol: bool = False):
     """The out-of-domain guard (:mod:`.domain`) on the case's phases and labels: with the segmentation model's card
     (its accepted inputs and training-domain reference) and its confidence when it drew the labels."""
     card = getattr(segmenter, "card", None)
@@ -195,7 +195,8 @@ def _guard(case: Case, segmenter, options: PipelineOptions):
             card = None
     confidence = (getattr(segmenter, "last_info", None) or {}).get("confidence") if segmenter is not None else None
     return assess(case.phases, case.geometry, case.labels, confidence=confidence, card=card,
-                  modality=case.modality, labels_source="model" if segmenter is not None else "given")
+                  modality=case.modality, labels_source="model" if segmenter is not None else "given",
+                  lipiodol=lipiodol)
 
 
 def withhold_recommendation(result: TwinResult) -> None:
@@ -303,7 +304,9 @@ def _segment_followup(result: TwinResult, follow: FollowUp | None, segmenter, op
     scan = Case(patient_id=case.patient_id, phases={p: follow.phases[p] for p in case.phases},
                 geometry=case.geometry, modality=case.modality)
     labels = segmenter.segment(scan)
-    verdict = _guard(replace(scan, labels=labels), segmenter, options)
+    catalogue = regimen_catalogue.load_catalogue()
+    lipiodol = bool(follow.regimen in catalogue and catalogue[follow.regimen].lipiodol)  # dense necrosis is lipiodol
+    verdict = _guard(replace(scan, labels=labels), segmenter, options, lipiodol=lipiodol)
     result.timings["followup_segmentation"] = time.perf_counter() - t0
     if not verdict.reliable:
         result.notes.append("Real follow-up: the model's segmentation of it is outside the models' domain ("

@@ -288,3 +288,25 @@ def test_cli_segment_one_phase_prints_the_verdict_and_tune_domain_writes_the_car
     assert section["n_cases"] == 5 and section["cohort"] == "cohort"
     assert "fat_hu" in section["reference"] and section["reference"]["fat_hu"][0] <= section["reference"]["fat_hu"][1]
     assert sha256_file(tiny_model) == before  # the weights are untouched
+
+
+def test_lipiodol_in_necrosis_after_tace_is_not_bone():
+    """After a lipiodol regimen dense necrotic tumour is lipiodol (not a tumour mask spilling into bone); dense viable
+    tumour, or dense necrosis on a scan without lipiodol, still counts as non-tissue."""
+    from HCCTwinLib.labels import NECROSIS
+
+    shape = (12, 40, 40)
+    g = Geometry(shape, (2.0, 2.0, 3.0), (0.0, 0.0, 0.0))
+    labels = np.zeros(shape, np.uint8)
+    labels[2:10, 8:32, 8:32] = LIVER
+    labels[4:8, 14:22, 14:22] = NECROSIS
+    labels[4:8, 22:26, 14:22] = VIABLE_TUMOR
+    img = np.where(labels > 0, 90.0, -100.0).astype(np.float32)
+    img[labels == NECROSIS] = 900.0  # lipiodol
+    phases = {"arterial": img, "portal": img}
+    plain = domain.segmentation_measures(phases, g, labels)["tumor_nontissue_fraction"]
+    after = domain.segmentation_measures(phases, g, labels, lipiodol=True)["tumor_nontissue_fraction"]
+    assert plain == pytest.approx(2 / 3) and after == 0.0
+    img[labels == VIABLE_TUMOR] = 900.0
+    assert domain.segmentation_measures(phases, g, labels, lipiodol=True)["tumor_nontissue_fraction"] == \
+        pytest.approx(1 / 3)

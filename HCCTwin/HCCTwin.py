@@ -365,6 +365,7 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               segmentationNode=self._runSegmentation)
                     self.ui.statusLabel.text = _("Done")
                     self._showDomainBanner(a)
+                    self._showTwinCheck(a)
                 except Exception:  # noqa: BLE001 - already shown to the user
                     self.ui.statusLabel.text = _("Failed")
                 finally:
@@ -385,6 +386,13 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.domainLabel.text = text
         self.ui.domainLabel.styleSheet = style
         self.ui.domainLabel.visible = bool(text)
+
+    def _showTwinCheck(self, result) -> None:
+        """The twin check below the banner: did the virtual follow-up of the received regimen come closer to the
+        real follow-up than the unchanged scan (hidden without a real follow-up)?"""
+        text = self.logic.twinCheckText(result)
+        self.ui.twinCheckLabel.text = text
+        self.ui.twinCheckLabel.visible = bool(text)
 
     def _finish(self) -> None:
         if self._timer:

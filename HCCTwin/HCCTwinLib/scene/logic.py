@@ -105,6 +105,13 @@ class TwinLogic:
         return PipelineOptions(samples=int(samples), seed=int(seed), device=device, align_phases=bool(alignPhases))
 
     @staticmethod
+    def twinCheckText(result) -> str:
+        """The twin check's one line (the real follow-up against the virtual one of the received regimen and the
+        unchanged scan, :mod:`HCCTwinLib.twincheck`); empty without a real follow-up or a check."""
+        check = getattr(result, "twin_check", None)
+        return check.headline() if check is not None else ""
+
+    @staticmethod
     def domainBanner(result) -> tuple[str, str]:
         """``(rich text, style sheet)`` of the banner that shows the out-of-domain guard's verdict (empty text:
         nothing to show). "outside" is red and says the results are unreliable; "caution" is orange."""

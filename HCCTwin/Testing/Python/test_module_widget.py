@@ -298,3 +298,18 @@ def test_clinical_values_come_from_the_typed_pack_with_the_cohort_column_names(m
     assert row["afp_ng_ml"] == 400.0 and row["pvtt"] == 1 and row["ascites"] == "mild"
     assert row["extrahepatic_spread"] == 0 and row["age_years"] == module.ClinicalValues().ageYears
     assert set(row) <= set(CLINICAL_FIELDS) and set(REQUIRED_FIELDS) <= set(row)
+
+
+def test_the_twin_check_line_is_shown_after_a_run_with_a_real_followup(module):
+    w, logic, node = _widget(module, TwinLogic.regimenChoices())
+    w.ui.twinCheckLabel = _Label()
+    logic.twinCheckText.return_value = "Twin check at week 8 (TACE): the virtual follow-up is closer ..."
+    w._showTwinCheck(object())
+    assert w.ui.twinCheckLabel.text.startswith("Twin check at week 8") and w.ui.twinCheckLabel.visible
+    logic.twinCheckText.return_value = ""
+    w._showTwinCheck(object())
+    assert w.ui.twinCheckLabel.visible is False
+    # the real logic: the check's headline, nothing without one
+    assert TwinLogic.twinCheckText(types.SimpleNamespace(twin_check=None)) == ""
+    check = types.SimpleNamespace(headline=lambda: "Twin check at week 5 (x): ...")
+    assert TwinLogic.twinCheckText(types.SimpleNamespace(twin_check=check)) == "Twin check at week 5 (x): ..."

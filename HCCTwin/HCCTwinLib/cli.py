@@ -271,6 +271,11 @@ def _phase_paths(args) -> dict:
     return {k: v for k in ("arterial", "portal", "delayed") if (v := getattr(args, k, None))}
 
 
+def _followup_paths(args) -> dict:
+    """The real follow-up's phase files given on the command line (--followup-arterial, --followup-portal)."""
+    return {k: v for k in ("arterial", "portal") if (v := getattr(args, f"followup_{k}", None))}
+
+
 def _load_case_args(args):
     from .io import load_case
 
@@ -316,8 +321,7 @@ def _predict_outputs(out: Path, args) -> list[Path]:
     files = [out / n for n in ("result.json", "report.html", "report.pdf", "survival.png", "survival_pfs.png",
                                "landmark.png", "key_image.png")]
     files += [out / "pre" / f"{n}.nii.gz" for n in ("arterial", "portal", "delayed", "labels")]
-    followup = any(getattr(args, n, None) for n in ("followup", "followup_arterial", "followup_portal"))
-    if followup and args.followup_weeks is not None:
+    if (getattr(args, "followup", None) or _followup_paths(args)) and args.followup_weeks is not None:
         files += [out / "real" / f"w{int(args.followup_weeks):02d}" / f"{n}.nii.gz"
                   for n in ("arterial", "portal", "delayed", "labels")]
     names = ("arterial", "portal", "labels", "arterial_std", "portal_std")
@@ -373,7 +377,7 @@ def cmd_predict(args) -> int:
     case = load_case(args.pre, patient_id=args.patient, paths=paths or None, labels_path=args.labels,
                      clinical=clinical)
     real = None
-    fu_paths = {k: v for k in ("arterial", "portal") if (v := getattr(args, f"followup_{k}", None))}
+    fu_paths = _followup_paths(args)
     if args.followup or fu_paths:
         if args.followup_weeks is None:
             raise InputError("--followup needs --followup-weeks (weeks since the start of treatment).")

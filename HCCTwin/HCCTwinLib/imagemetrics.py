@@ -64,12 +64,17 @@ def hu_mae(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> floa
         else float("nan")
 
 
-def tumour_dice(pred_labels: np.ndarray, true_labels: np.ndarray) -> float:
-    """Dice of tumour = labels 2|3 (viable + necrosis); 1.0 when both are empty."""
-    p = np.isin(pred_labels, (VIABLE_TUMOR, NECROSIS))
-    t = np.isin(true_labels, (VIABLE_TUMOR, NECROSIS))
+def label_dice(pred_labels: np.ndarray, true_labels: np.ndarray, values: Sequence[int]) -> float:
+    """Dice of the voxels whose label is one of ``values``; 1.0 when both are empty."""
+    p = np.isin(pred_labels, values)
+    t = np.isin(true_labels, values)
     denom = int(p.sum()) + int(t.sum())
     return 1.0 if denom == 0 else 2.0 * float(np.logical_and(p, t).sum()) / denom
+
+
+def tumour_dice(pred_labels: np.ndarray, true_labels: np.ndarray) -> float:
+    """Dice of tumour = labels 2|3 (viable + necrosis); 1.0 when both are empty."""
+    return label_dice(pred_labels, true_labels, (VIABLE_TUMOR, NECROSIS))
 
 
 def viable_volume_ml(labels: np.ndarray, voxel_volume_ml: float) -> float:

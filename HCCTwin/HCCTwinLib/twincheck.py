@@ -68,11 +68,16 @@ class TwinCheck:
         decided = {v for v in votes if v is not None}
         return decided.pop() if len(decided) == 1 else None
 
+    @property
+    def verdict(self) -> str:
+        """The verdict in words (what the report, the CLI and the Slicer module show)."""
+        return {True: "closer to the real scan than the unchanged pre-treatment scan",
+                False: "not closer to the real scan than the unchanged pre-treatment scan",
+                None: "neither clearly closer nor farther than the unchanged pre-treatment scan"}[self.closer]
+
     def headline(self) -> str:
         name = self.regimen_name or self.regimen
-        verdict = {True: "closer to the real scan than the unchanged pre-treatment scan",
-                   False: "not closer to the real scan than the unchanged pre-treatment scan",
-                   None: "neither clearly closer nor farther than the unchanged pre-treatment scan"}[self.closer]
+        verdict = self.verdict
         parts = []
         phases = [p for p in self.hu_mae_virtual if p in self.hu_mae_copy]
         if phases:
@@ -117,18 +122,11 @@ def _lesion_region(label_maps: list[np.ndarray], spacing_kji: np.ndarray
     return region, dist <= CHANGE_MARGIN_MM
 
 
-def _viable_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of viable tumour (label 2); 1.0 when neither has any."""
-    x, y = np.asarray(a) == VIABLE_TUMOR, np.asarray(b) == VIABLE_TUMOR
-    denom = int(x.sum()) + int(y.sum())
-    return 1.0 if denom == 0 else 2.0 * float(np.logical_and(x, y).sum()) / denom
-
-
 def compare_with_real(case: Case, virtual: FollowUp, real: FollowUp, response: Mapping | None = None
                       ) -> TwinCheck | None:
     """The twin check of one virtual follow-up against the real one (both on ``case``'s grid, same week). None when
     no map has tumour or PVTT (nothing to compare)."""
-    from .imagemetrics import hu_mae  # (loads scipy: not on the import path of the Slicer module and the CLI)
+    from .imagemetrics import hu_mae, label_dice, viable_volume_ml  # (scipy: not on the Slicer module's import path)
 
     if case.labels is None:
         return None
@@ -150,12 +148,11 @@ def compare_with_real(case: Case, virtual: FollowUp, real: FollowUp, response: M
         check.hu_mae_copy[phase] = hu_mae(np.asarray(case.phases[phase], np.float32)[region], truth, near)
     ml = g.voxel_volume_ml
     named = {"pre-treatment": case.labels, "virtual": v_labels, "real": real.labels}
-    check.viable_ml = {k: None if m is None else float(np.count_nonzero(np.asarray(m) == VIABLE_TUMOR)) * ml
-                       for k, m in named.items()}
+    check.viable_ml = {k: None if m is None else viable_volume_ml(m, ml) for k, m in named.items()}
     check.tumour_ml = {k: None if m is None else float(np.isin(m, TUMOR_LABELS).sum()) * ml for k, m in named.items()}
     if real.labels is not None and v_labels is not None:
-        check.viable_dice_virtual = _viable_dice(v_labels, real.labels)
-        check.viable_dice_copy = _viable_dice(case.labels, real.labels)
+        check.viable_dice_virtual = label_dice(v_labels, real.labels, (VIABLE_TUMOR,))
+        check.viable_dice_copy = label_dice(case.labels, real.labels, (VIABLE_TUMOR,))
     key = f"w{int(real.weeks):02d}"
     response = response or {}
     check.mrecist_virtual = ((response.get(check.regimen) or {}).get(key) or {}).get("mrecist")

@@ -182,9 +182,7 @@ def results_table_columns(result) -> dict[str, list]:
     if check is not None:  # the real follow-up against the virtual one and the unchanged scan (twincheck)
         head = f"twin check w{check.week} ({check.regimen})"
         names.append(head)
-        values.append({True: "virtual closer to the real scan than the unchanged scan",
-                       False: "virtual not closer to the real scan than the unchanged scan",
-                       None: "neither clearly closer nor farther than the unchanged scan"}[check.closer])
+        values.append(f"virtual follow-up {check.verdict}")
         for phase, mae in check.hu_mae_virtual.items():
             names.append(f"{head}: mean |HU diff| {phase}, virtual / unchanged")
             values.append(f"{mae:.0f} / {check.hu_mae_copy.get(phase, float('nan')):.0f}")

@@ -96,8 +96,11 @@ class ClinicalValues:
 class HCCTwinParameterNode:
     arterialVolume: vtkMRMLScalarVolumeNode
     portalVolume: vtkMRMLScalarVolumeNode
+    # a real follow-up study: portal-venous and/or arterial phase, its week and the regimen the patient received
     followupVolume: vtkMRMLScalarVolumeNode
+    followupArterialVolume: vtkMRMLScalarVolumeNode
     followupWeeks: Annotated[int, WithinRange(0, 520)] = 8
+    followupRegimen: str = ""
     segmentation: vtkMRMLSegmentationNode
     # clinical values: a typed pack (bound in the .ui as clinical.<name>)
     clinical: ClinicalValues
@@ -117,8 +120,9 @@ class HCCTwinParameterNode:
     deidentify: bool = False
 
 
-#: parameters without a widget of the .ui: the Widget's code sets them (the regimen check-boxes are built at setup)
-PARAMETERS_SET_BY_CODE = ("regimens",)
+#: parameters without a widget of the .ui: the Widget's code sets them (the regimen check-boxes and the choices of the
+#: received regimen are built from the catalogue at setup)
+PARAMETERS_SET_BY_CODE = ("regimens", "followupRegimen")
 
 
 def clinicalValues(p: HCCTwinParameterNode) -> dict:
@@ -161,6 +165,7 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveBundleButton.connect("clicked(bool)", self.onSaveBundleButton)
         self.ui.progressBar.hide()
         self._buildRegimenCheckBoxes()
+        self._buildFollowupRegimenChoices()
         self._selectionTimer = qt.QTimer()
         self._selectionTimer.setSingleShot(True)
         self._selectionTimer.setInterval(SELECTION_DELAY_MS)
@@ -207,6 +212,29 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if preselected:
                 self._preselected.append(rid)
 
+    def _buildFollowupRegimenChoices(self) -> None:
+        """The regimen received before the real follow-up: "not given" and the catalogue's regimens."""
+        combo = self.ui.followupRegimenComboBox
+        combo.clear()
+        combo.addItem(_("not given"), "")
+        for rid, name, _preselected in self.logic.regimenChoices():
+            combo.addItem(name, rid)
+        combo.connect("currentIndexChanged(int)", self._onFollowupRegimenChosen)
+
+    def _onFollowupRegimenChosen(self, index: int) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.followupRegimen = str(self.ui.followupRegimenComboBox.itemData(index) or "")
+
+    def _showFollowupRegimen(self) -> None:
+        """Select the parameter node's received regimen in the combo box (without writing it back; an id this
+        catalogue does not have shows "not given")."""
+        combo = self.ui.followupRegimenComboBox
+        index = max(combo.findData(self._parameterNode.followupRegimen or ""), 0)
+        if combo.currentIndex != index:
+            wasBlocked = combo.blockSignals(True)
+            combo.currentIndex = index
+            combo.blockSignals(wasBlocked)
+
     def _onRegimenBoxToggled(self, checked: bool = False) -> None:
         if self._parameterNode is not None:
             self._parameterNode.regimens = ",".join(rid for rid, box in self._regimenBoxes.items() if box.checked)
@@ -223,6 +251,11 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _inCatalogue(self, regimens: str) -> list[str]:
         ticked = {rid for rid in regimens.replace(" ", "").split(",") if rid}
         return [rid for rid in self._regimenBoxes if rid in ticked]
+
+    def receivedRegimen(self) -> str | None:
+        """The regimen received before the real follow-up, when the catalogue has it (None: not given)."""
+        rid = (self._parameterNode.followupRegimen or "").strip() if self._parameterNode is not None else ""
+        return rid if rid in self._regimenBoxes else None
 
     def selectedRegimens(self) -> list[str]:
         """The ticked regimens in catalogue order (ids the catalogue does not have are dropped)."""
@@ -254,6 +287,7 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is None:
             return
         self._showRegimenSelection()
+        self._showFollowupRegimen()
         self.ui.scoresLabel.text = self.logic.scoresText(clinicalValues(p), self.selectedRegimens())
         if self._worker is None:
             ready = bool(p.portalVolume or p.arterialVolume)
@@ -313,7 +347,9 @@ class HCCTwinWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self.logic.ensureDependencies()
             case = self.logic.caseFromNodes(p.arterialVolume, p.portalVolume, p.segmentation, clinicalValues(p))
-            realFollowup = self.logic.followupFromNode(p.followupVolume, p.followupWeeks, case)
+            realFollowup = self.logic.followupFromNode(p.followupVolume, p.followupWeeks, case,
+                                                       regimen=self.receivedRegimen(),
+                                                       arterialNode=p.followupArterialVolume)
             weeks = [int(w) for w in p.weeks.replace(" ", "").split(",") if w]
             options = self.logic.options(samples=p.samples, seed=p.seed, device=p.device,
                                          alignPhases=p.alignPhases)

@@ -83,19 +83,27 @@ class TwinLogic:
         return assemble_case(patientId, images, labels, clinical or {})
 
     @staticmethod
-    def followupFromNode(followupNode, weeks: int, case, regimen: str | None = None, deformable: bool = True):
-        """A real follow-up volume node -> ObservedScan on its own grid (shown in the portal-venous role). The
-        pipeline registers it to the pre-treatment scan (rigid + affine, then deformable inside the liver) on the
-        worker thread, so the Qt thread is never blocked by the registration."""
-        if followupNode is None:
+    def followupFromNode(followupNode, weeks: int, case, regimen: str | None = None, deformable: bool = True,
+                         arterialNode=None):
+        """Real follow-up volume nodes (``followupNode``: portal-venous, ``arterialNode``: arterial; either may be
+        None) -> ObservedScan on the grid of its portal phase (the arterial resampled onto it), None without either.
+        ``regimen``: the regimen received before it (the twin check compares the real scan with that regimen's
+        virtual follow-up). The pipeline registers it to the pre-treatment scan (rigid + affine, then deformable inside
+        the liver) on the worker thread, so the Qt thread is never blocked by the registration; with both phases the
+        follow-up is segmented by the model that drew the pre-treatment labels (one phase alone is not)."""
+        if followupNode is None and arterialNode is None:
             return None
         from ..cases import ObservedScan
-        from ..io import to_sitk, validate_image
+        from ..io import assemble_case, to_sitk, validate_image
         from .nodes import array_and_geometry_from_volume
 
-        array, geometry = array_and_geometry_from_volume(followupNode)
-        array, geometry = validate_image(to_sitk(array, geometry), followupNode.GetName())
-        return ObservedScan(weeks=int(weeks), phases={"portal": array}, geometry=geometry, regimen=regimen,
+        images = {}
+        for name, node in (("portal", followupNode), ("arterial", arterialNode)):
+            if node is not None:
+                array, geometry = array_and_geometry_from_volume(node)
+                images[name] = validate_image(to_sitk(array, geometry), node.GetName())
+        study = assemble_case("followup", images, None, {})
+        return ObservedScan(weeks=int(weeks), phases=dict(study.phases), geometry=study.geometry, regimen=regimen,
                             deformable=deformable)
 
     @staticmethod

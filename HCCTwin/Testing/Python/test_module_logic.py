@@ -209,3 +209,36 @@ def test_twin_logic_uses_the_scene_it_is_given(app, monkeypatch, tmp_path, fake_
     assert len(captured) == 1 and "Doe^John-0815" not in Path(anonymous["html"]).read_text(encoding="utf-8")
     text = TwinLogic.scoresText({"albumin_g_l": 40, "bilirubin_umol_l": 15}, ["tace_pd1_len"])
     assert "ALBI" in text or "color:#c0392b" in text
+
+
+def test_a_real_followup_of_two_phases_from_volume_nodes(app, module):
+    """The follow-up study from the module's two follow-up selectors: both phases on the portal phase's grid (the
+    arterial resampled onto it), the received regimen kept; one phase alone, or none, as before."""
+    import numpy as np
+
+    from HCCTwinLib.cases import Geometry
+    from HCCTwinLib.errors import InputError
+    from HCCTwinLib.scene.nodes import add_volume
+
+    logic = module.HCCTwinLogic()
+    portal_geom = Geometry(shape=(20, 128, 128), spacing=(2.5, 2.5, 3.0), origin=(-160.0, -160.0, 0.0))
+    arterial_geom = Geometry(shape=(24, 132, 132), spacing=(2.5, 2.5, 3.0), origin=(-165.0, -165.0, -6.0))
+    i = np.indices(portal_geom.shape)[2]
+    portal = np.where(i < 8, -1000.0, 60.0 + 0.5 * i).astype(np.float32)  # air on the right, tissue
+    ia = np.indices(arterial_geom.shape)[2] - 2  # the portal's column index at the same LPS position
+    arterial = np.where(ia < 8, -1000.0, 100.0 + 0.5 * ia).astype(np.float32)  # +40 HU
+    pnode = add_volume(app.scene, portal, portal_geom, "fu portal")
+    anode = add_volume(app.scene, arterial, arterial_geom, "fu arterial")
+    both = logic.followupFromNode(pnode, 8, None, regimen="tace_pd1_len", arterialNode=anode)
+    assert set(both.phases) == {"portal", "arterial"} and both.regimen == "tace_pd1_len" and both.weeks == 8
+    assert both.geometry.same_grid(portal_geom) and both.phases["arterial"].shape == portal.shape
+    inner = (slice(2, -2), slice(2, -2), slice(12, -2))
+    assert np.allclose(both.phases["arterial"][inner] - both.phases["portal"][inner], 40.0, atol=0.5)
+    only = logic.followupFromNode(pnode, 5, None)
+    assert set(only.phases) == {"portal"} and only.regimen is None and np.array_equal(only.phases["portal"], portal)
+    assert set(logic.followupFromNode(None, 5, None, arterialNode=anode).phases) == {"arterial"}
+    assert logic.followupFromNode(None, 5, None) is None
+    far = add_volume(app.scene, arterial, Geometry(shape=arterial_geom.shape, spacing=arterial_geom.spacing,
+                                                   origin=(900.0, 900.0, 900.0)), "another study")
+    with pytest.raises(InputError, match="do not overlap"):
+        logic.followupFromNode(pnode, 8, None, arterialNode=far)

@@ -78,6 +78,48 @@ class _CheckBox:
         self.checked = not self.checked
 
 
+class _ComboBox:
+    """Enough of QComboBox: items with data, ``currentIndex`` (a change emits currentIndexChanged unless
+    blocked), findData."""
+
+    def __init__(self):
+        self.items, self._index, self._blocked = [], -1, False
+        self.changed = _Signal()
+
+    def clear(self):
+        self.items, self._index = [], -1
+
+    def addItem(self, text, data=None):
+        self.items.append((text, data))
+        if self._index < 0:
+            self._index = 0
+
+    def itemData(self, index):
+        return self.items[index][1] if 0 <= index < len(self.items) else None
+
+    def findData(self, data):
+        return next((n for n, (_, d) in enumerate(self.items) if d == data), -1)
+
+    def connect(self, signal, slot):
+        assert signal == "currentIndexChanged(int)", signal
+        self.changed.connect(slot)
+
+    def blockSignals(self, block):
+        was, self._blocked = self._blocked, block
+        return was
+
+    @property
+    def currentIndex(self):
+        return self._index
+
+    @currentIndex.setter
+    def currentIndex(self, index):
+        changed = index != self._index
+        self._index = index
+        if changed and not self._blocked:
+            self.changed.emit(index)
+
+
 class _Layout:
     def __init__(self):
         self.widgets = []
@@ -196,10 +238,12 @@ def _widget(module, choices, result=None):
     logic.getParameterNode.return_value = node
     w = module.HCCTwinWidget(logic=logic)
     w.ui = types.SimpleNamespace(regimensWidget=_Container(), scoresLabel=_Label(), applyButton=_Label(),
-                                 reportButton=_Label(), saveBundleButton=_Label(), statusLabel=_Label())
+                                 reportButton=_Label(), saveBundleButton=_Label(), statusLabel=_Label(),
+                                 followupRegimenComboBox=_ComboBox())
     w.addObserver = w.removeObserver = lambda *args: None
     w._selectionTimer = _Timer()
     w._buildRegimenCheckBoxes()
+    w._buildFollowupRegimenChoices()
     w.initializeParameterNode()
     return w, logic, node
 
@@ -313,3 +357,31 @@ def test_the_twin_check_line_is_shown_after_a_run_with_a_real_followup(module):
     assert TwinLogic.twinCheckText(types.SimpleNamespace(twin_check=None)) == ""
     check = types.SimpleNamespace(headline=lambda: "Twin check at week 5 (x): ...")
     assert TwinLogic.twinCheckText(types.SimpleNamespace(twin_check=check)) == "Twin check at week 5 (x): ..."
+
+
+def test_the_received_regimen_is_chosen_from_the_catalogue_and_goes_with_both_followup_phases(module, tmp_path):
+    choices = TwinLogic.regimenChoices(_site_catalogue(tmp_path))
+    w, logic, node = _widget(module, choices)
+    combo = w.ui.followupRegimenComboBox
+    assert [d for _, d in combo.items] == [""] + [rid for rid, _, _ in choices]
+    assert combo.items[0][0] == "not given" and combo.currentIndex == 0 and w.receivedRegimen() is None
+    combo.currentIndex = combo.findData("site_tace_atezo_bev")
+    assert node.followupRegimen == "site_tace_atezo_bev" and w.receivedRegimen() == "site_tace_atezo_bev"
+    # a scene's stored choice selects the item without writing back; one this catalogue lacks shows "not given"
+    node.followupRegimen = "haic_pd1_len"
+    w._onParameterModified()
+    assert combo.currentIndex == combo.findData("haic_pd1_len")
+    node.followupRegimen = "not_in_this_catalogue"
+    w._onParameterModified()
+    assert combo.currentIndex == 0 and node.followupRegimen == "not_in_this_catalogue"
+    assert w.receivedRegimen() is None
+    # Apply hands both follow-up phases and the received regimen to the logic (the run itself is not started here)
+    node.followupRegimen = "tace_pd1_len"
+    node.followupVolume, node.followupArterialVolume, node.followupWeeks = "portal node", "arterial node", 6
+    logic.caseFromNodes.return_value = "case"
+    logic.followupFromNode.side_effect = RuntimeError("stop before the worker starts")
+    w.onApplyButton()
+    logic.followupFromNode.assert_called_once_with("portal node", 6, "case", regimen="tace_pd1_len",
+                                                   arterialNode="arterial node")
+    assert module.errors == ["stop before the worker starts"]
+    logic.run.assert_not_called()

@@ -42,6 +42,7 @@ from generator_evaluation import (  # noqa: E402
 )
 
 from HCCTwinLib.imagemetrics import relative_error, tumour_dice  # noqa: E402
+from HCCTwinLib.labels import VIABLE_TUMOR  # noqa: E402
 from HCCTwinLib.twin import render as R  # noqa: E402
 from HCCTwinLib.twin.kinetic import sphere_radius_mm  # noqa: E402
 
@@ -72,23 +73,31 @@ VARIANTS = [("cap through the lesion (twin 1.0.0)", _cap),
             ("compact nodule (shipped)", R._nodule_score)]
 
 
-def evaluate(cohort: Path, gen, log=print) -> dict:
-    """Per variant: the image-space scores of the median rendering on ``cohort`` (truth read once per patient)."""
+def _viable_hu(phases, labels) -> float | None:
+    """Mean arterial HU of the viable tumour (None below 0.5 mL): what the mRECIST reading compares with the liver."""
+    v = labels == VIABLE_TUMOR
+    return float(phases["arterial"][v].mean()) if v.sum() >= 5 else None
+
+
+def evaluate(cohort: Path, variants, log=print) -> dict:
+    """Per variant ``(name, generator, nodule score or None)``: the image-space scores of the median rendering on
+    ``cohort`` (truth read once per patient; the score, where given, replaces the renderer's nodule rule)."""
     from HCCTwinLib.io import cohort_clinical_rows, load_case
     from HCCTwinLib.twin.train import _inside, read_received_regimens
 
     clinical = cohort_clinical_rows(cohort)
     shipped = R._nodule_score
-    rows = {name: [] for name, _ in VARIANTS}
-    cats = {name: [] for name, _ in VARIANTS}
+    rows = {name: [] for name, _, _ in variants}
+    cats = {name: [] for name, _, _ in variants}
     true_cats: list[str] = []
+    regimens = variants[0][1].regimens
     t0 = time.perf_counter()
     try:
         for n, pid in enumerate(read_received_regimens(cohort)):
             troot = _inside(cohort, "truth", "cases", pid)
             if not troot.is_dir():
                 continue
-            regs = [r for r in sorted(p.name for p in troot.iterdir()) if r in gen.regimens]
+            regs = [r for r in sorted(p.name for p in troot.iterdir()) if r in regimens]
             case = load_case(_inside(cohort, "cases", pid, "pre"), patient_id=pid)
             case.clinical = clinical.get(pid, {})
             truth = {(r, w): _load_truth(troot / r / f"w{w:02d}") for r in regs for w in WEEKS
@@ -98,8 +107,8 @@ def evaluate(cohort: Path, gen, log=print) -> dict:
                 traj = [(w, truth[(r, w)][1], truth[(r, w)][0]["arterial"]) for w in WEEKS if (r, w) in truth]
                 if traj:
                     true_cats += mrecist_categories(case.labels, case.phases["arterial"], traj, case.geometry)
-            for name, score in VARIANTS:
-                R._nodule_score = score
+            for name, gen, score in variants:
+                R._nodule_score = score or shipped
                 out = gen.generate(case, regimens=regs, weeks=WEEKS, samples=1, seed=0)
                 for r in regs:
                     pred = []
@@ -109,9 +118,11 @@ def evaluate(cohort: Path, gen, log=print) -> dict:
                         t_phases, t_labels, _ = truth[(r, w)]
                         f = out[r][w]
                         vv, tv = viable_volume_ml(f.labels, case.geometry), viable_volume_ml(t_labels, case.geometry)
+                        hv, ht = _viable_hu(f.phases, f.labels), _viable_hu(t_phases, t_labels)
                         rows[name].append({"patient_id": pid, "regimen": r, "weeks": w, "true_viable_ml": tv,
                                            "pre_viable_ml": v0, "generator_viable_ml": vv,
                                            "rel_error": relative_error(vv, tv),
+                                           "viable_hu_error": None if hv is None or ht is None else abs(hv - ht),
                                            "dice": tumour_dice(f.labels, t_labels)})
                         pred.append((w, f.labels, f.phases["arterial"]))
                     if pred:
@@ -120,10 +131,12 @@ def evaluate(cohort: Path, gen, log=print) -> dict:
     finally:
         R._nodule_score = shipped
     result = {}
-    for name, _ in VARIANTS:
+    for name, _, _ in variants:
+        hu = [x["viable_hu_error"] for x in rows[name] if x["viable_hu_error"] is not None]
         result[name] = {
             "tumour_dice_mean": float(np.mean([x["dice"] for x in rows[name]])),
             "viable_volume_median_rel_error": float(np.median([x["rel_error"] for x in rows[name]])),
+            "viable_arterial_hu_median_abs_error": float(np.median(hu)) if hu else None,
             **mrecist_scores(cats[name], true_cats),
             "ordering_all_pairs": ordering_scores(rows[name], "generator")["all_pairs"],
             "followups": len(rows[name]), "patients": len({x["patient_id"] for x in rows[name]})}
@@ -142,8 +155,9 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     gen = get_generator(args.weights)
-    tune = evaluate(args.tune, gen)
-    hold = evaluate(args.holdout, gen) if args.holdout else {}
+    variants = [(name, gen, score) for name, score in VARIANTS]
+    tune = evaluate(args.tune, variants)
+    hold = evaluate(args.holdout, variants) if args.holdout else {}
     result = {"tune": str(args.tune), "holdout": str(args.holdout) if args.holdout else None,
               "weights": str(args.weights), "model": {k: gen.card.get(k) for k in ("name", "version", "sha256")},
               "variants": [{"variant": name, "tune": tune[name], "holdout": hold.get(name)} for name, _ in VARIANTS],

@@ -43,7 +43,7 @@ from .kinetic import (
 )
 from .train import discover_pairs
 
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 
 
 def _on_grid(array: np.ndarray, geometry, target, *, labels: bool) -> np.ndarray:
@@ -86,10 +86,12 @@ def patient_records(pre_folder: str, followups: Sequence[tuple[str, int, str]],
 RENDERING = ("each lesion's outline moved along its normals to the planned volume (its interior and the liver within "
              "10 mm follow, the identity beyond, nothing outside the liver moves); new necrosis as a core, or, once "
              "treatment necrosis passes 10 % of the lesion, everything but one compact residual viable nodule against "
-             "the wall; learned median HU per (regimen, week); see twin/render.py")
+             "the wall; learned median HU per (regimen, week), the change of surviving viable HU a line in the "
+             "lesion's own pre-treatment viable HU where that beats the median (leave-one-out); see twin/render.py")
 
-#: version of the records' content: a cache written by another version is not read
-RECORDS_FORMAT = 1
+#: version of the records' content: a cache written by another version is not read (2: the pre-treatment viable HU
+#: of each viable-HU change)
+RECORDS_FORMAT = 2
 
 
 def _files_stamp(folder: str) -> list:

@@ -18,7 +18,11 @@ follow-up; the uncertainty samples are draws of ``z`` (one per sample, shared by
 the patient: common random numbers, coherent trajectories), never pixel noise.
 The portal-vein tumour thrombus has a patient-level ratio per (regimen, week) and new intrahepatic lesions a
 probability per (regimen, week); the appearance the renderer needs (HU of new necrosis and of released thrombus, the
-change of viable-tumour HU, the contrast of new lesions against the liver) are medians per (regimen, week).
+contrast of new lesions against the liver) are medians per (regimen, week). The change of a surviving lesion's viable
+HU depends on how much it enhanced (devascularisation takes away enhancement, and a hypovascular lesion has little to
+lose): per (regimen, week, phase) it is a straight line in the lesion's pre-treatment viable HU, kept only where its
+leave-one-out error is below that of the median change (:func:`fit_viable_shift`), and clipped to the 5-95 % range of
+the observed changes.
 
 **Fit** (:func:`fit_kinetics`): on a cohort's *observed* follow-ups only (``cases/<id>/pre`` and
 ``cases/<id>/followup/wNN`` of the regimen each patient received; never the simulator's counterfactual truth). Every
@@ -57,6 +61,8 @@ MATCH_MM = 15.0
 MIN_NEW_ML = 0.5
 #: liver shell (mm) around a lesion for its enhancement and wash-out
 SHELL_MM = 10.0
+#: fewest (lesion, follow-up) pairs of a (regimen, week, phase) for a viable-HU change that depends on the lesion's HU
+MIN_SHIFT_PAIRS = 20
 #: covariates of the first models (cards without ``architecture_kwargs.features`` use these)
 LEGACY_FEATURES = ("log_total_ml", "necrotic_share", "arterial_enhancement_hu", "portal_washout_hu", "log_burden_ml",
                    "n_lesions", "pvtt", "log_afp", "albi_score")
@@ -225,6 +231,18 @@ class Appearance:
     viable_shift_hu: dict[str, float]
     released_pvtt_hu: dict[str, float]
     new_lesion_contrast_hu: dict[str, float]
+    #: per phase ``(reference HU, change at the reference, slope, lowest, highest)``: a surviving lesion of
+    #: pre-treatment viable HU ``h`` changes by ``clip(change + slope * (h - reference), lowest, highest)``; a phase
+    #: without an entry, or a lesion without viable HU, changes by the median ``viable_shift_hu``
+    viable_shift_fit: dict[str, tuple[float, float, float, float, float]] = field(default_factory=dict)
+
+    def viable_shift(self, phase: str, pre_hu: float) -> float:
+        """HU change of the surviving viable tumour of a lesion whose pre-treatment mean viable HU is ``pre_hu``."""
+        fit = self.viable_shift_fit.get(phase)
+        if fit is None or not math.isfinite(pre_hu) or not all(math.isfinite(v) for v in fit):
+            return self.viable_shift_hu.get(phase, 0.0)
+        ref, at_ref, slope, lo, hi = fit
+        return float(min(max(at_ref + slope * (pre_hu - ref), lo), hi))
 
 
 class KineticModel:
@@ -246,6 +264,7 @@ class KineticModel:
         for key in ARRAY_KEYS:
             if key not in self.arrays:
                 raise ValueError(f"kinetic model: missing array {key!r}")
+        for key in self.arrays:
             if self.arrays[key].shape[:2] != (nr, nw):
                 raise ValueError(f"kinetic model: {key} has shape {self.arrays[key].shape}, expected ({nr}, {nw}, ...)")
 
@@ -331,9 +350,14 @@ class KineticModel:
             vals = self._interp_mean(key, regimen, week)
             return {p: float(v) if math.isfinite(v) else default for p, v in zip(PHASES, vals)}
 
+        shift_fit = {}
+        if "viable_shift_fit" in self.arrays:
+            for p, row in zip(PHASES, self._interp_mean("viable_shift_fit", regimen, week)):
+                if np.all(np.isfinite(row)) and row[2] != 0.0:
+                    shift_fit[p] = tuple(float(v) for v in row)
         return Appearance(necrosis_hu=per_phase("necrosis_hu", 25.0), viable_shift_hu=per_phase("viable_shift_hu", 0.0),
                           released_pvtt_hu=per_phase("released_pvtt_hu", float("nan")),
-                          new_lesion_contrast_hu=per_phase("new_lesion_contrast_hu", 0.0))
+                          new_lesion_contrast_hu=per_phase("new_lesion_contrast_hu", 0.0), viable_shift_fit=shift_fit)
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:
@@ -349,14 +373,17 @@ class KineticModel:
         if unknown:
             raise ValueError(f"covariates {', '.join(map(str, unknown))} are not computed by this version")
         arr = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v, np.float64) for k, v in state.items()}
-        return cls(regimens, weeks, {k: arr[k] for k in ARRAY_KEYS}, arr["feature_mean"], arr["feature_sd"], counts,
-                   features=features or LEGACY_FEATURES)
+        return cls(regimens, weeks, {k: arr[k] for k in ARRAY_KEYS + OPTIONAL_ARRAY_KEYS if k in arr},
+                   arr["feature_mean"], arr["feature_sd"], counts, features=features or LEGACY_FEATURES)
 
 
 #: arrays of a kinetic model: [regimen, week] (+ [coefficient] or [phase])
 ARRAY_KEYS = ("fitted", "beta_viable", "beta_total", "sd_viable", "sd_total", "pvtt_log_ratio", "pvtt_sd",
               "new_lesion_p", "new_lesion_ml", "necrosis_hu", "viable_shift_hu", "released_pvtt_hu",
               "new_lesion_contrast_hu")
+#: arrays a model fitted by an earlier version lacks: ``viable_shift_fit`` [regimen, week, phase, (reference HU, change
+#: there, slope, lowest, highest)] (without it every lesion's viable HU changes by the median)
+OPTIONAL_ARRAY_KEYS = ("viable_shift_fit",)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -377,6 +404,8 @@ class FollowUpRecord:
     released_pvtt_hu: dict[str, float]
     new_lesion_contrast_hu: dict[str, list[float]]
     patient_id: str = ""  # links a patient's follow-ups (the sequential fit of later weeks); "" when unknown
+    #: the pre-treatment mean viable HU of the lesion of each entry of ``viable_shift_hu`` (same order)
+    viable_pre_hu: dict[str, list[float]] = field(default_factory=dict)
 
 
 def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray, post_phases: Mapping[str, np.ndarray],
@@ -400,6 +429,7 @@ def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray
     rec_lesions = []
     nec_hu = {p: [] for p in PHASES}
     shift = {p: [] for p in PHASES}
+    shift_pre = {p: [] for p in PHASES}
     for les in lesions:
         mine = post_tumour & (owner == les.index)
         viable = mine & (post_labels == VIABLE_TUMOR)
@@ -412,6 +442,7 @@ def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray
                 nec_hu[p].append(float(np.asarray(post_phases[p])[nec].mean()))
             if viable.sum() * vox >= 0.5 and math.isfinite(les.hu.get(p, float("nan"))):
                 shift[p].append(float(np.asarray(post_phases[p])[viable].mean()) - les.hu[p])
+                shift_pre[p].append(float(les.hu[p]))
     new_mask = post_tumour & (owner == 0)
     new_ml, contrast = [], {p: [] for p in PHASES}
     if new_mask.any():
@@ -434,7 +465,7 @@ def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray
                           pvtt_pre_ml=float(pre_pvtt.sum()) * vox,
                           pvtt_post_ml=float((post_labels == PVTT).sum()) * vox,
                           new_lesions_ml=new_ml, necrosis_hu=nec_hu, viable_shift_hu=shift, released_pvtt_hu=rel_hu,
-                          new_lesion_contrast_hu=contrast, patient_id=str(patient_id))
+                          new_lesion_contrast_hu=contrast, patient_id=str(patient_id), viable_pre_hu=shift_pre)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -504,6 +535,48 @@ def joint_ridge(X: np.ndarray, groups: np.ndarray, y: np.ndarray, n_groups: int,
 def _median(values: Sequence[float]) -> float:
     vals = [v for v in values if math.isfinite(v)]
     return float(np.median(vals)) if vals else float("nan")
+
+
+def fit_viable_shift(pre_hu: Sequence[float], shift_hu: Sequence[float], *, min_pairs: int = MIN_SHIFT_PAIRS
+                     ) -> tuple[float, tuple[float, float, float, float, float] | None]:
+    """The change of surviving viable HU of one (regimen, week, phase) from its (pre-treatment viable HU, change)
+    pairs: ``(median change, line)``, the line ``(mean pre HU, mean change, slope, 5 %, 95 % of the changes)`` of least
+    squares in the pre HU where it has a lower exact leave-one-out squared error than the leave-one-out median (with at
+    least ``min_pairs`` pairs), else None."""
+    x = np.asarray(pre_hu, float)
+    y = np.asarray(shift_hu, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    med = _median(list(y))
+    n = len(y)
+    if n < max(min_pairs, 3) or float(np.ptp(x)) <= 0.0:
+        return med, None
+    srt = np.sort(y)
+    # the median of the others: drop one value of the sorted list
+    loo_med = np.empty(n)
+    order = np.argsort(y, kind="stable")
+    for rank, i in enumerate(order):
+        loo_med[i] = float(np.median(np.delete(srt, rank)))
+    err_med = float(np.mean((y - loo_med) ** 2))
+    xm = float(x.mean())
+    xc = x - xm
+    sxx = float(xc @ xc)
+    slope = float(xc @ (y - y.mean())) / sxx
+    base = float(y.mean())
+    resid = y - (base + slope * xc)
+    lev = 1.0 / n + xc ** 2 / sxx
+    err_lin = float(np.mean((resid / (1.0 - lev)) ** 2))
+    if err_lin >= err_med:
+        return med, None
+    lo, hi = (float(v) for v in np.percentile(y, [5.0, 95.0]))
+    return med, (xm, base, slope, lo, hi)
+
+
+def _aligned(pre_hu: Sequence[float] | None, shifts: Sequence[float]) -> list[float]:
+    """The pre-treatment HU of each change (NaN for records of an earlier version, which did not keep them)."""
+    if pre_hu is None or len(pre_hu) != len(shifts):
+        return [float("nan")] * len(shifts)
+    return [float(v) for v in pre_hu]
 
 
 def _lesion_log_ratio(lesion: Mapping[str, Any], target: str) -> float:
@@ -592,6 +665,7 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
               "new_lesion_ml": np.full((nr, nw), np.nan)}
     for key in ("necrosis_hu", "viable_shift_hu", "released_pvtt_hu", "new_lesion_contrast_hu"):
         arrays[key] = np.full((nr, nw, len(PHASES)), np.nan)
+    arrays["viable_shift_fit"] = np.full((nr, nw, len(PHASES), 5), np.nan)
     summary: dict[str, Any] = {}
 
     def lesion_weights(lesions):
@@ -709,9 +783,18 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
                                                                           for s in rec.new_lesions_ml]
             if sizes:
                 arrays["new_lesion_ml"][r_i, n] = float(np.median(sizes))
-            for key in ("necrosis_hu", "viable_shift_hu", "new_lesion_contrast_hu"):
+            for key in ("necrosis_hu", "new_lesion_contrast_hu"):
                 for p_i, p in enumerate(PHASES):
                     arrays[key][r_i, n, p_i] = _median([v for rec in recs for v in getattr(rec, key)[p]])
+            for p_i, p in enumerate(PHASES):
+                pairs = [(h, d) for rec in recs
+                         for h, d in zip(_aligned(rec.viable_pre_hu.get(p), rec.viable_shift_hu[p]),
+                                         rec.viable_shift_hu[p])]
+                med, line = fit_viable_shift([h for h, _ in pairs], [d for _, d in pairs])
+                arrays["viable_shift_hu"][r_i, n, p_i] = med
+                if line is not None:
+                    arrays["viable_shift_fit"][r_i, n, p_i] = line
+                    cell.setdefault("viable_shift_slope", {})[p] = round(line[2], 3)
             for p_i, p in enumerate(PHASES):
                 arrays["released_pvtt_hu"][r_i, n, p_i] = _median([rec.released_pvtt_hu[p] for rec in recs])
             cell["new_lesion_probability"] = round(float(arrays["new_lesion_p"][r_i, n]), 3)
@@ -725,6 +808,7 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
     return model, summary
 
 
-__all__ = ["ARRAY_KEYS", "CATEGORY_FEATURES", "FEATURES", "LEGACY_FEATURES", "Appearance", "FollowUpRecord",
-           "KineticModel", "Plan", "PreLesion",
-           "find_lesions", "fit_kinetics", "followup_record", "ridge_loo", "sphere_radius_mm", "tumour_components"]
+__all__ = ["ARRAY_KEYS", "CATEGORY_FEATURES", "FEATURES", "LEGACY_FEATURES", "OPTIONAL_ARRAY_KEYS", "Appearance",
+           "FollowUpRecord", "KineticModel", "Plan", "PreLesion",
+           "find_lesions", "fit_kinetics", "fit_viable_shift", "followup_record", "ridge_loo", "sphere_radius_mm",
+           "tumour_components"]

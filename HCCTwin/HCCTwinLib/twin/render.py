@@ -18,8 +18,9 @@ HU of an :class:`~.kinetic.Appearance`, :func:`render` changes the pre-treatment
    residual enhancing tumour looks after TACE/HAIC; its longest diameter, which mRECIST measures, is that of a ball
    of the viable volume and shrinks with it, unlike a cap cut through the whole lesion). Viable voxels that die take the
    (regimen, week) median necrosis HU (lipiodol after TACE) with half of their texture; surviving viable tumour is
-   shifted by the median viable-HU change (e.g. devascularisation under lenvatinib); regrowth takes the lesion's
-   viable HU.
+   shifted by the viable-HU change the model gives for the lesion's own pre-treatment viable HU
+   (:meth:`~.kinetic.Appearance.viable_shift`: devascularisation under lenvatinib takes more from a hypervascular
+   lesion than from a hypovascular one); regrowth takes the lesion's viable HU plus that change.
 3. **PVTT**: a shrinking thrombus gives up its outermost voxels (released lumen: the median HU of released thrombus,
    the nearest non-thrombus label); it is never grown (where it would extend is not known from one scan).
 4. **New lesion**: a sphere of the plan's volume at a liver site chosen once per request (>= 20 mm from tumour and
@@ -322,7 +323,7 @@ def _layout_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: floa
         ref = les.hu.get(p, float("nan"))
         if not math.isfinite(ref):
             ref = float(vals[~was_nec].mean()) if (~was_nec).any() else float(vals.mean())
-        shift = look.viable_shift_hu.get(p, 0.0)
+        shift = look.viable_shift(p, ref)
         out = vals.copy()
         out[stays] = vals[stays] + shift
         out[dies] = look.necrosis_hu[p] + NECROSIS_TEXTURE * (vals[dies] - ref)

@@ -627,3 +627,78 @@ def test_growth_beyond_the_liver_is_capped_not_an_error():
     full = _full(ctx, labels, lab)
     assert np.isin(full, (VIABLE_TUMOR, NECROSIS)).sum() > np.isin(lab, (VIABLE_TUMOR, NECROSIS)).sum()
     assert np.array_equal(full > 0, lab > 0)
+
+
+def test_viable_hu_change_is_a_line_in_the_lesions_own_hu_only_where_it_beats_the_median():
+    rng = np.random.default_rng(3)
+    pre = rng.uniform(40.0, 200.0, 300)
+    # devascularisation: a lesion loses 40 % of its enhancement above 40 HU
+    change = -0.4 * (pre - 40.0) + rng.normal(0.0, 3.0, pre.size)
+    med, line = K.fit_viable_shift(pre, change)
+    assert line is not None and med == pytest.approx(float(np.median(change)))
+    ref, at_ref, slope, lo, hi = line
+    assert slope == pytest.approx(-0.4, abs=0.03) and ref == pytest.approx(pre.mean())
+    assert at_ref == pytest.approx(-0.4 * (ref - 40.0), abs=1.0)
+    assert lo < hi and lo == pytest.approx(np.percentile(change, 5))
+    # the same change whatever the HU (heavy-tailed noise): the median stays
+    flat = rng.laplace(-10.0, 5.0, pre.size)
+    med, line = K.fit_viable_shift(pre, flat)
+    assert line is None and med == pytest.approx(float(np.median(flat)))
+    # too few pairs, or no spread of HU: the median
+    assert K.fit_viable_shift(pre[:10], change[:10])[1] is None
+    assert K.fit_viable_shift(np.full(50, 90.0), change[:50])[1] is None
+    # the appearance applies the line to a lesion's own HU, clipped to the observed range; without HU, the base
+    look = K.Appearance(necrosis_hu={}, viable_shift_hu={"arterial": -25.0}, released_pvtt_hu={},
+                        new_lesion_contrast_hu={}, viable_shift_fit={"arterial": (100.0, -20.0, -0.5, -60.0, 0.0)})
+    assert look.viable_shift("arterial", 100.0) == -20.0
+    assert look.viable_shift("arterial", 60.0) == 0.0  # -20 + 20, clipped to 0 at the top
+    assert look.viable_shift("arterial", 140.0) == -40.0
+    assert look.viable_shift("arterial", 400.0) == -60.0
+    assert look.viable_shift("arterial", float("nan")) == -25.0  # the median
+    assert look.viable_shift("portal", 100.0) == 0.0
+
+
+def test_a_hypovascular_lesion_keeps_its_hu_where_a_hypervascular_one_loses_enhancement():
+    """Records keep each lesion's pre-treatment HU beside its change; the fitted model renders the change of a
+    lesion's own HU (seed 2026 patient 5 of the hold-out: a 52 HU lesion shifted by the population's -13 HU read CR)."""
+    art, por, lab, _ = synth_case(4, radius=7.0)
+    comp, lesions = K.find_lesions(lab, GEOM, {"arterial": art, "portal": por})
+    post_art = np.where(lab == VIABLE_TUMOR, art - 30.0, art).astype(np.float32)
+    rec = K.followup_record({"arterial": art, "portal": por}, lab, {"arterial": post_art, "portal": por}, lab, GEOM,
+                            SHRINK, 8)
+    assert rec.viable_pre_hu["arterial"] == pytest.approx([lesions[0].hu["arterial"]])
+    assert rec.viable_shift_hu["arterial"] == pytest.approx([-30.0], abs=0.5)
+    # a cohort in which enhancement is lost in proportion to it
+    rng = np.random.default_rng(5)
+    records = []
+    for n in range(60):
+        hu = float(rng.uniform(50.0, 220.0))
+        les = {f: 0.0 for f in K.FEATURES}
+        les.update(pre_total_ml=10.0, pre_viable_ml=10.0, post_total_ml=10.0, post_viable_ml=8.0)
+        d = -0.3 * (hu - 50.0) + float(rng.normal(0.0, 2.0))
+        records.append(K.FollowUpRecord(SHRINK, 8, [les], 0.0, 0.0, [], {"arterial": [], "portal": []},
+                                        {"arterial": [d], "portal": [0.0]}, {"arterial": float("nan"),
+                                                                             "portal": float("nan")},
+                                        {"arterial": [], "portal": []}, patient_id=f"P{n}",
+                                        viable_pre_hu={"arterial": [hu], "portal": [100.0]}))
+    model, summary = K.fit_kinetics(records, [SHRINK, GROW])
+    assert summary[SHRINK]["w08"]["viable_shift_slope"]["arterial"] == pytest.approx(-0.3, abs=0.03)
+    look = model.appearance(SHRINK, 8)
+    assert "portal" not in look.viable_shift_fit  # no spread of HU: the median change
+    assert look.viable_shift("arterial", 55.0) > -5.0 and look.viable_shift("arterial", 200.0) < -40.0
+    # the model file keeps the line; a model of an earlier version (without it) shifts every lesion by the median
+    state = model.state()
+    again = K.KineticModel.from_state(state, model.regimens, model.weeks, features=model.features)
+    assert again.appearance(SHRINK, 8).viable_shift("arterial", 55.0) == pytest.approx(
+        look.viable_shift("arterial", 55.0), abs=1e-3)
+    old = K.KineticModel.from_state({k: v for k, v in state.items() if k != "viable_shift_fit"}, model.regimens,
+                                    model.weeks, features=model.features)
+    assert old.appearance(SHRINK, 8).viable_shift_fit == {}
+    # rendered: the hypovascular lesion keeps its HU, the hypervascular one loses enhancement
+    for level, lo, hi in ((60.0, -5.0, 0.5), (200.0, -50.0, -40.0)):
+        a2 = np.where(lab == VIABLE_TUMOR, level, art).astype(np.float32)
+        ctx, (les,) = _context(lab, a2, por)
+        plan = K.Plan({les.index: (les.total_ml, les.viable_ml)}, 0.0)
+        phases, labels = R.render(ctx, plan, look)
+        v = labels == VIABLE_TUMOR
+        assert lo <= float(phases["arterial"][v].mean()) - level <= hi

@@ -545,9 +545,9 @@ def fit_viable_shift(pre_hu: Sequence[float], shift_hu: Sequence[float], *, min_
     least ``min_pairs`` pairs), else None."""
     x = np.asarray(pre_hu, float)
     y = np.asarray(shift_hu, float)
+    med = _median(list(y))  # every change, also those whose pre HU is not known
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
-    med = _median(list(y))
     n = len(y)
     if n < max(min_pairs, 3) or float(np.ptp(x)) <= 0.0:
         return med, None

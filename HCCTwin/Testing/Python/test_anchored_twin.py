@@ -644,6 +644,9 @@ def test_viable_hu_change_is_a_line_in_the_lesions_own_hu_only_where_it_beats_th
     flat = rng.laplace(-10.0, 5.0, pre.size)
     med, line = K.fit_viable_shift(pre, flat)
     assert line is None and med == pytest.approx(float(np.median(flat)))
+    # changes without their pre HU (records of an earlier version): the median of them all, no line
+    med, line = K.fit_viable_shift([float("nan")] * 30, change[:30])
+    assert line is None and med == pytest.approx(float(np.median(change[:30])))
     # too few pairs, or no spread of HU: the median
     assert K.fit_viable_shift(pre[:10], change[:10])[1] is None
     assert K.fit_viable_shift(np.full(50, 90.0), change[:50])[1] is None

@@ -15,6 +15,7 @@ generator                 shipped generator vs counterfactual truth on the same 
 generator_fit_choices     how the twin's kinetics are fitted: variants chosen on a tuning cohort (seed 950) (issue 23)
 generator_render_choices  how the twin draws residual viable tumour: variants chosen on the same tuning cohort (23)
 generator_viable_shift    how the twin changes the HU of surviving viable tumour: median vs per-lesion line (23)
+tace_viable_blur          the viable-HU change after TACE by distance from the lipiodol (23)
 twin_records_cache        refitting the twin from its records cache vs reading 574 patients' images (issue 27)
 twin_check                the twin check on the hold-out: virtual vs unchanged scan against the observed one (23)
 generator_ceiling         what pre-treatment information allows: a simulator oracle without the latent biology (issue 5)
@@ -126,6 +127,10 @@ def plan(data: Path, out: Path, quick: bool, real_data: Path | None = None) -> d
         return [py, str(BENCH / "generator_viable_shift.py"), "--tune", str(tune), "--holdout", str(holdout()),
                 "--out", str(out)]
 
+    def tace_viable_blur():
+        tune = _simulate(data, "tune950" if not q else "q_tune950", 60 if not q else 4, 950, fast=q)
+        return [py, str(BENCH / "tace_viable_blur.py"), "--cohort", str(tune), "--out", str(out)]
+
     def twin_records_cache():  # the shipped twin's training cohort: the refit must reproduce the shipped arrays
         train = _simulate(data, "train1101_600" if not q else "q_train1101", 600 if not q else 12, 1101, fast=q,
                           truth_images=False)
@@ -142,6 +147,7 @@ def plan(data: Path, out: Path, quick: bool, real_data: Path | None = None) -> d
         "generator_fit_choices": generator_fit_choices,
         "generator_render_choices": generator_render_choices,
         "generator_viable_shift": generator_viable_shift,
+        "tace_viable_blur": tace_viable_blur,
         "twin_records_cache": twin_records_cache,
         "twin_check": lambda: [py, str(BENCH / "twin_check.py"), "--out", str(out / "twin_check")] +
                               (["--n", "2", "--samples", "1"] if q else []),

@@ -52,6 +52,15 @@ def _dask():
     return distributed
 
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Open and close a TCP connection to ``tcp://HOST:PORT`` (OSError when nothing listens there)."""
+    import socket
+
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        pass
+
+
 @contextlib.contextmanager
 def client_for(spec: str | None, workers: int | None = None) -> Iterator[Any]:
     """A Dask client for ``spec`` (None for serial); a local cluster is started and closed with the block."""
@@ -69,6 +78,7 @@ def client_for(spec: str | None, workers: int | None = None) -> Iterator[Any]:
             yield client
         return
     try:
+        _probe(address)  # a refused or unreachable port fails here at once, not after Dask's 30 s of retries
         client = distributed.Client(address, timeout=30)
     except OSError as exc:
         raise InputError(f"--scheduler {spec}: no Dask scheduler answers at {address} ({exc}).") from exc

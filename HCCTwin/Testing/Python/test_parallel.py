@@ -43,6 +43,15 @@ def test_unreachable_scheduler_is_one_line():
             pass
 
 
+def test_a_running_scheduler_is_reached_at_its_address():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  dashboard_address=None, silence_logs=40) as cluster:
+        host_port = cluster.scheduler_address.removeprefix("tcp://")
+        with client_for(f"distributed://{host_port}") as client:
+            assert map_ordered(operator.add, [(1, 2), (3, 4)], client=client) == [3, 7]
+
+
 @pytest.fixture(scope="module")
 def local_client():
     with client_for("local", workers=2) as client:

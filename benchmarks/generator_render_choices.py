@@ -143,53 +143,72 @@ def evaluate(cohort: Path, variants, log=print) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def tuning_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that compares twin variants on a tuning cohort (and a hold-out beside)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--tune", type=Path, required=True)
     ap.add_argument("--holdout", type=Path)
     ap.add_argument("--weights", type=Path, default=ROOT / "HCCTwin" / "HCCTwinLib" / "weights" /
                     "hcctwin_twin.safetensors")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = ap.parse_args(argv)
-    from HCCTwinLib.twin.generator import get_generator
+    return ap
 
+
+def compare(args, gen, variants, **extra) -> tuple[dict, dict, dict]:
+    """``variants`` scored on ``args.tune`` (and ``args.holdout``): ``(tune, holdout, result payload)``."""
     t0 = time.perf_counter()
-    gen = get_generator(args.weights)
-    variants = [(name, gen, score) for name, score in VARIANTS]
     tune = evaluate(args.tune, variants)
     hold = evaluate(args.holdout, variants) if args.holdout else {}
     result = {"tune": str(args.tune), "holdout": str(args.holdout) if args.holdout else None,
               "weights": str(args.weights), "model": {k: gen.card.get(k) for k in ("name", "version", "sha256")},
-              "variants": [{"variant": name, "tune": tune[name], "holdout": hold.get(name)} for name, _ in VARIANTS],
+              **extra,
+              "variants": [{"variant": name, "tune": tune[name], "holdout": hold.get(name)} for name, _, _ in variants],
               "total_s": round(time.perf_counter() - t0, 1), "machine": machine_info(),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "disclaimer": "Synthetic data, not for clinical use."}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "generator_render_choices.json").write_text(json.dumps(result, indent=2))
+    return tune, hold, result
 
-    def f(x):
-        return "" if x is None else f"{x:.3f}"
 
+def fmt(x) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def header_lines(title: str, result: dict, args, tune: dict) -> list[str]:
     first = next(iter(tune.values()))
-    lines = ["# How the anchored twin draws residual viable tumour (issue 23)", "",
-             "Synthetic data, not for clinical use.", "",
-             f"{result['date']}, {result['machine']['cpu']}, {result['total_s']:.0f} s. Model "
-             f"`{result['model']['name']}` {result['model']['version']} (median response rendered). Chosen on the "
-             f"tuning cohort `{args.tune}` ({first['patients']} patients, {first['followups']} follow-ups); the "
-             f"hold-out `{args.holdout}` is shown beside and was never used to choose.", "",
-             "| residual viable tumour drawn as | tune: mRECIST agreement | tune: kappa | tune: tumour Dice | "
-             "tune: viable error | tune: all pairs | hold-out: mRECIST | hold-out: Dice |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, _ in VARIANTS:
-        t, h = tune[name], hold.get(name) or {}
-        lines.append(f"| {name} | {f(t['mrecist_agreement'])} | {f(t['mrecist_weighted_kappa'])} | "
-                     f"{f(t['tumour_dice_mean'])} | {f(t['viable_volume_median_rel_error'])} | "
-                     f"{f(t['ordering_all_pairs'])} | {f(h.get('mrecist_agreement'))} | "
-                     f"{f(h.get('tumour_dice_mean'))} |")
-    lines += ["", "mRECIST confusion on the tuning cohort (true -> read on the virtual follow-up):", ""]
-    for name, _ in VARIANTS:
+    return [f"# {title} (issue 23)", "", "Synthetic data, not for clinical use.", "",
+            f"{result['date']}, {result['machine']['cpu']}, {result['total_s']:.0f} s. Model "
+            f"`{result['model']['name']}` {result['model']['version']} (median response rendered). Chosen on the "
+            f"tuning cohort `{args.tune}` ({first['patients']} patients, {first['followups']} follow-ups); the "
+            f"hold-out `{args.holdout}` is shown beside and was never used to choose.", ""]
+
+
+def confusion_lines(tune: dict) -> list[str]:
+    lines = ["", "mRECIST confusion on the tuning cohort (true -> read on the virtual follow-up):", ""]
+    for name, scores in tune.items():
         lines.append(f"- {name}: " + "; ".join(
             f"true {t}: " + ", ".join(f"{p} {n}" for p, n in sorted(row.items()))
-            for t, row in sorted(tune[name]["mrecist_confusion_true_to_predicted"].items())))
+            for t, row in sorted(scores["mrecist_confusion_true_to_predicted"].items())))
+    return lines
+
+
+def main(argv=None) -> int:
+    args = tuning_parser(__doc__).parse_args(argv)
+    from HCCTwinLib.twin.generator import get_generator
+
+    gen = get_generator(args.weights)
+    tune, hold, result = compare(args, gen, [(name, gen, score) for name, score in VARIANTS])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "generator_render_choices.json").write_text(json.dumps(result, indent=2))
+    lines = header_lines("How the anchored twin draws residual viable tumour", result, args, tune) + [
+        "| residual viable tumour drawn as | tune: mRECIST agreement | tune: kappa | tune: tumour Dice | "
+        "tune: viable error | tune: all pairs | hold-out: mRECIST | hold-out: Dice |",
+        "|---|---|---|---|---|---|---|---|"]
+    for name, t in tune.items():
+        h = hold.get(name) or {}
+        lines.append(f"| {name} | {fmt(t['mrecist_agreement'])} | {fmt(t['mrecist_weighted_kappa'])} | "
+                     f"{fmt(t['tumour_dice_mean'])} | {fmt(t['viable_volume_median_rel_error'])} | "
+                     f"{fmt(t['ordering_all_pairs'])} | {fmt(h.get('mrecist_agreement'))} | "
+                     f"{fmt(h.get('tumour_dice_mean'))} |")
+    lines += confusion_lines(tune)
     lines += ["", "Volumes do not depend on the variant (same kinetics, same voxel counts), so viable error and "
               "ordering are equal across rows; the variants differ in where the viable voxels sit, which moves the "
               "mRECIST diameter and, slightly, the Dice."]

@@ -22,19 +22,16 @@ is never used to choose.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generator_evaluation import machine_info  # noqa: E402
-from generator_render_choices import evaluate  # noqa: E402
+from generator_render_choices import compare, confusion_lines, fmt, header_lines, tuning_parser  # noqa: E402
 
 MEDIAN = "median change for every lesion (twin 1.1.0)"
 LINE = "line in the lesion's own viable HU (shipped)"
@@ -52,58 +49,29 @@ def variants(gen) -> list[tuple[str, object, None]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tune", type=Path, required=True)
-    ap.add_argument("--holdout", type=Path)
-    ap.add_argument("--weights", type=Path, default=ROOT / "HCCTwin" / "HCCTwinLib" / "weights" /
-                    "hcctwin_twin.safetensors")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = ap.parse_args(argv)
+    args = tuning_parser(__doc__).parse_args(argv)
     from HCCTwinLib.twin.generator import get_generator
 
-    t0 = time.perf_counter()
     gen = get_generator(args.weights)
-    var = variants(gen)
-    tune = evaluate(args.tune, var)
-    hold = evaluate(args.holdout, var) if args.holdout else {}
-    names = [name for name, _, _ in var]
-    result = {"tune": str(args.tune), "holdout": str(args.holdout) if args.holdout else None,
-              "weights": str(args.weights), "model": {k: gen.card.get(k) for k in ("name", "version", "sha256")},
-              "slopes": {reg: {w: c.get("viable_shift_slope") for w, c in cells.items()}
-                         for reg, cells in ((gen.card.get("kinetics") or {}).get("per_cell") or {}).items()},
-              "variants": [{"variant": name, "tune": tune[name], "holdout": hold.get(name)} for name in names],
-              "total_s": round(time.perf_counter() - t0, 1), "machine": machine_info(),
-              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "disclaimer": "Synthetic data, not for clinical use."}
+    slopes = {reg: {w: c.get("viable_shift_slope") for w, c in cells.items()}
+              for reg, cells in ((gen.card.get("kinetics") or {}).get("per_cell") or {}).items()}
+    tune, hold, result = compare(args, gen, variants(gen), slopes=slopes)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "generator_viable_shift.json").write_text(json.dumps(result, indent=2))
-
-    def f(x):
-        return "" if x is None else f"{x:.3f}"
-
-    first = tune[names[0]]
-    lines = ["# How the anchored twin changes the HU of surviving viable tumour (issue 23)", "",
-             "Synthetic data, not for clinical use.", "",
-             f"{result['date']}, {result['machine']['cpu']}, {result['total_s']:.0f} s. Model "
-             f"`{result['model']['name']}` {result['model']['version']} (median response rendered). Chosen on the "
-             f"tuning cohort `{args.tune}` ({first['patients']} patients, {first['followups']} follow-ups); the "
-             f"hold-out `{args.holdout}` is shown beside and was never used to choose.", "",
-             "| viable HU change | tune: mRECIST agreement | tune: kappa | tune: viable arterial HU error | "
-             "tune: tumour Dice | hold-out: mRECIST | hold-out: kappa | hold-out: viable HU error |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name in names:
-        t, h = tune[name], hold.get(name) or {}
-        lines.append(f"| {name} | {f(t['mrecist_agreement'])} | {f(t['mrecist_weighted_kappa'])} | "
-                     f"{f(t['viable_arterial_hu_median_abs_error'])} | {f(t['tumour_dice_mean'])} | "
-                     f"{f(h.get('mrecist_agreement'))} | {f(h.get('mrecist_weighted_kappa'))} | "
-                     f"{f(h.get('viable_arterial_hu_median_abs_error'))} |")
-    lines += ["", "mRECIST confusion on the tuning cohort (true -> read on the virtual follow-up):", ""]
-    for name in names:
-        lines.append(f"- {name}: " + "; ".join(
-            f"true {t}: " + ", ".join(f"{p} {n}" for p, n in sorted(row.items()))
-            for t, row in sorted(tune[name]["mrecist_confusion_true_to_predicted"].items())))
+    lines = header_lines("How the anchored twin changes the HU of surviving viable tumour", result, args, tune) + [
+        "| viable HU change | tune: mRECIST agreement | tune: kappa | tune: viable arterial HU error | "
+        "tune: tumour Dice | hold-out: mRECIST | hold-out: kappa | hold-out: viable HU error |",
+        "|---|---|---|---|---|---|---|---|"]
+    for name, t in tune.items():
+        h = hold.get(name) or {}
+        lines.append(f"| {name} | {fmt(t['mrecist_agreement'])} | {fmt(t['mrecist_weighted_kappa'])} | "
+                     f"{fmt(t['viable_arterial_hu_median_abs_error'])} | {fmt(t['tumour_dice_mean'])} | "
+                     f"{fmt(h.get('mrecist_agreement'))} | {fmt(h.get('mrecist_weighted_kappa'))} | "
+                     f"{fmt(h.get('viable_arterial_hu_median_abs_error'))} |")
+    lines += confusion_lines(tune)
     lines += ["", "Slopes kept (HU change per HU of pre-treatment viable tumour; cells without one use the median):",
               ""]
-    for reg, cells in result["slopes"].items():
+    for reg, cells in slopes.items():
         kept = {w: s for w, s in cells.items() if s}
         lines.append(f"- {reg}: " + ("; ".join(f"{w} " + ", ".join(f"{p} {v:+.2f}" for p, v in s.items())
                                                for w, s in kept.items()) or "none"))

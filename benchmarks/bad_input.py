@@ -19,7 +19,6 @@ import gzip
 import hashlib
 import json
 import os
-import platform
 import shutil
 import signal
 import struct
@@ -35,6 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
 
 from HCCTwinLib.cases import Geometry  # noqa: E402
 from HCCTwinLib.io import write_image  # noqa: E402
@@ -557,8 +559,8 @@ def main(argv=None) -> int:
                "identifiers_in_deidentified_outputs": sum(len(r.get("identifiers_found", [])) for r in records),
                "silently_accepted_unit_errors": sum(1 for r in records if r["item"] in ("6", "7", "8")
                                                     and not r["passed"])}
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
-              "python": platform.python_version(), "summary": summary, "cases": records}
+    machine = machine_info()
+    result = {"date": machine["date"], "machine": machine, "summary": summary, "cases": records}
     if args.only:
         print(json.dumps(summary))
         return 0 if summary["passed"] == summary["cases"] else 1
@@ -566,7 +568,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bad_input.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Bad input and faults through the command line (issue 24)", "",
-             f"{result['date']}, {result['machine']}, Python {result['python']}. Command: "
+             f"{result['date']}, {machine_line(machine)}, Python {machine['python']}. Command: "
              f"`python benchmarks/bad_input.py`. Every case runs `python -m HCCTwinLib.cli ...` in a subprocess on "
              f"inputs built for it (a small phantom study unless said otherwise).", "",
              f"**{summary['passed']} of {summary['cases']} cases as specified; tracebacks {summary['tracebacks']}, "

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,7 +219,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     import torch
-    from generator_evaluation import machine_info
+    from _common import machine_info, utc_now
 
     from HCCTwinLib import device as devices
 
@@ -228,7 +227,7 @@ def main(argv=None) -> int:
     if args.skip_timing:
         res = json.loads((args.out / "cpu_precision.json").read_text())
     else:
-        res = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
+        res = {"date": utc_now(), "machine": machine_info(),
                "cpu_native_bf16": devices.cpu_native_bf16(), "cpu_bf16_flags": list(devices.cpu_bf16_flags()),
                "default_precision": devices.cpu_precision("auto")}
         res["segmentation"] = time_segmentation(args.repeats)

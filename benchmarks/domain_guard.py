@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
 
 
 def _perturbations():
@@ -116,7 +117,7 @@ def run(cohort: str, n: int, weights: str | None, seed: int = 0) -> dict:
                   f"{'; '.join(verdict.reasons)[:150]}", flush=True)
     return {"rows": rows, "summary": summarise(rows), "weights": str(weights or "installed"),
             "model_version": seg.card.get("version"),
-            "machine": {"platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}
+            "machine": machine_info()}
 
 
 def summarise(rows) -> dict:
@@ -147,7 +148,7 @@ def write_md(res: dict, path: Path) -> None:
     b, g, m = s["dice_below_0.8"], s["dice_at_least_0.9"], s["dice_0.8_to_0.9"]
     lines = ["# Out-of-domain guard on perturbed simulated hold-out scans", "",
              f"Model {res['model_version']} ({res['weights']}), {res['machine']['date']}, "
-             f"{res['machine']['platform']}.",
+             f"{machine_line(res['machine'])}.",
              "Command: `.venv/bin/python benchmarks/domain_guard.py --cohort HOLDOUT --n N` (see the script's "
              "docstring for the perturbations).", "",
              f"- runs with liver Dice < 0.8: {b['n']}, called **outside** {b['called_outside']} "

@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from registration_evaluation import MISALIGNMENT, machine, upsample  # noqa: E402
+from _common import machine_info, machine_line  # noqa: E402
+from registration_evaluation import MISALIGNMENT, upsample  # noqa: E402
 
 from HCCTwinLib import __version__  # noqa: E402
 from HCCTwinLib.cases import ObservedScan  # noqa: E402
@@ -139,8 +140,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def write_markdown(path: Path, payload: dict) -> None:
     lines = ["# A real follow-up in `hcctwin predict`: registered inside the segmented liver", "",
-             f"{payload['date_utc']} UTC, HCCTwin {payload['hcctwin_version']}, {payload['machine']['platform']}, "
-             f"{payload['machine']['cpu_count']} CPU cores. Command: `python benchmarks/followup_registration_mask.py"
+             f"{payload['date_utc']} UTC, HCCTwin {payload['hcctwin_version']}, {machine_line(payload['machine'])}. "
+             f"Command: `python benchmarks/followup_registration_mask.py"
              f"{' --real-data DATA_ROOT' if payload.get('real_pair') else ''}`. Simulated misalignments of "
              f"`registration_evaluation.py` (seed {payload['seed']}); the pre-treatment "
              "study is given without labels, as a real one is. *before*: the follow-up registered without a liver "
@@ -193,7 +194,8 @@ def main(argv=None) -> int:
             print(kind, row["patient_id"], {v: round(float(np.mean(t)), 2) for v, t in row["tre_mm"].items()},
                   row["wall_s"], flush=True)
     payload = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-               "hcctwin_version": __version__, "machine": machine(), "seed": args.seed, "misalignment": MISALIGNMENT,
+               "hcctwin_version": __version__, "machine": machine_info(), "seed": args.seed,
+               "misalignment": MISALIGNMENT,
                "summary": summarise(rows), "cases": rows,
                "real_pair": real_pair(args.real_data) if args.real_data else None}
     out = Path(args.out)

@@ -40,7 +40,6 @@ import math
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +50,8 @@ except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generator_evaluation import TARGETS, machine_info, ordering_scores  # noqa: E402
+from _common import machine_info, machine_line, utc_now  # noqa: E402
+from generator_evaluation import TARGETS, ordering_scores  # noqa: E402
 
 from HCCTwinLib.imagemetrics import relative_error  # noqa: E402
 from HCCTwinLib.simulate.cohort import FOLLOWUP_WEEKS, _response_at, observed_weeks  # noqa: E402
@@ -186,7 +186,7 @@ def run(seed: int, n: int, n_draws: int, train_seed: int, train_n: int, evaluati
             rows.append(x)
         if (i + 1) % 25 == 0 or i + 1 == n:
             log(f"[{i + 1}/{n}] {len(rows)} follow-ups ({time.perf_counter() - t0:.0f} s)")
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
+    result = {"date": utc_now(), "machine": machine_info(),
               "seed": seed, "n_patients": n, "draws": n_draws, "train_seed": train_seed, "train_n": train_n,
               "exponential_rates_per_week": exp_model.rates, "n_followups": len(rows),
               "targets": {k: TARGETS[k] for k in ("viable_volume_median_rel_error", "mrecist_agreement",
@@ -216,7 +216,7 @@ def write_report(result: dict, out: Path) -> tuple[Path, Path]:
     a = result["all"]
     lines = ["# Generator ceiling: what pre-treatment information allows on this simulator (issue 5)", "",
              "Synthetic data, not for clinical use.", "",
-             f"{result['date']}, {result['machine'].get('cpu')}, {result['seconds']} s. Cohort seed "
+             f"{result['date']}, {machine_line(result['machine'])}, {result['seconds']} s. Cohort seed "
              f"{result['seed']}, {result['n_patients']} patients, {result['n_followups']} follow-ups (every eligible "
              f"regimen, 8/16/24 weeks while alive); {result['draws']} biology draws per patient; exponential rates "
              f"fitted on the observed follow-ups of seed {result['train_seed']} ({result['train_n']} patients).", "",

@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -45,6 +44,10 @@ try:
     import HCCTwinLib  # noqa: F401
 except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_info  # noqa: E402
 
 from HCCTwinLib.cases import Geometry
 from HCCTwinLib.imagemetrics import (  # noqa: F401  (re-exported: the metric pieces live in the library)
@@ -179,28 +182,6 @@ def mrecist_scores(predicted: Sequence[str], true: Sequence[str]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def machine_info() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
-    try:
-        info["load_average_1_5_15"] = list(os.getloadavg())
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def demo_phantom(shape=(120, 512, 512), spacing=(0.75, 0.75, 2.5)):
     """A 512 x 512 x 120 CT-sized phantom (liver block + two tumours) for timing only."""
     g = Geometry(shape=shape, spacing=spacing, origin=(-192.0, -192.0, 0.0))

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generator_evaluation import machine_info, ordering_scores  # noqa: E402
+from _common import machine_info, machine_line, utc_now  # noqa: E402
+from generator_evaluation import ordering_scores  # noqa: E402
 
 from HCCTwinLib.imagemetrics import relative_error  # noqa: E402
 from HCCTwinLib.labels import PVTT, VIABLE_TUMOR  # noqa: E402
@@ -150,12 +151,13 @@ def main(argv=None) -> int:
     result = {"train": str(args.train), "train_info": info, "tune": str(args.tune),
               "holdout": str(args.holdout) if args.holdout else None, "variants": results,
               "read_s": round(t_read, 1), "total_s": round(time.perf_counter() - t0, 1), "machine": machine_info(),
-              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "disclaimer": "Synthetic data, not for clinical use."}
+              "date": utc_now(), "disclaimer": "Synthetic data, not for clinical use."}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "generator_fit_choices.json").write_text(json.dumps(result, indent=2, default=str))
     lines = ["# How the anchored twin's kinetics are fitted (issue 23)", "",
              "Synthetic data, not for clinical use.", "",
-             f"{result['date']}, {result['machine']['cpu']}. Fitted on the observed follow-ups of `{args.train}` "
+             f"{result['date']}, {machine_line(result['machine'])}. Fitted on the observed follow-ups of "
+             f"`{args.train}` "
              f"({info['patients']} patients, {info['followups']} follow-ups; "
              f"{'records from the cache' if from_cache else f'read in {t_read:.0f} s'}). Choices made on "
              f"the tuning cohort `{args.tune}` (counterfactual truth, every eligible regimen); the hold-out "

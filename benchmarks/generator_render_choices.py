@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import machine_info, utc_now  # noqa: E402
 from generator_evaluation import (  # noqa: E402
     _load_truth,
-    machine_info,
     mrecist_categories,
     mrecist_scores,
     ordering_scores,
@@ -164,7 +164,7 @@ def compare(args, gen, variants, **extra) -> tuple[dict, dict, dict]:
               **extra,
               "variants": [{"variant": name, "tune": tune[name], "holdout": hold.get(name)} for name, _, _ in variants],
               "total_s": round(time.perf_counter() - t0, 1), "machine": machine_info(),
-              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "disclaimer": "Synthetic data, not for clinical use."}
+              "date": utc_now(), "disclaimer": "Synthetic data, not for clinical use."}
     return tune, hold, result
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +55,8 @@ def _time(fn, repeats: int) -> list[float]:
 def run(weights: Path | None, steps_list, repeats: int, log=print) -> dict:
     import numpy as np
     import torch
-    from generator_evaluation import demo_phantom, machine_info
+    from _common import machine_info, utc_now
+    from generator_evaluation import demo_phantom
 
     from HCCTwinLib import device as devices
     from HCCTwinLib.twin import generator as G
@@ -64,7 +64,7 @@ def run(weights: Path | None, steps_list, repeats: int, log=print) -> dict:
 
     gen = G.get_generator(weights, device="cpu")
     phases, labels, geometry = demo_phantom()
-    res: dict = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
+    res: dict = {"date": utc_now(), "machine": machine_info(),
                  "model": gen.card.get("name"), "sha256": gen.card.get("sha256"),
                  "request": {"regimens": list(REGIMENS), "weeks": list(WEEKS), "samples": SAMPLES,
                              "shape_kji": list(geometry.shape), "case": "synthetic 512x512x120 phantom"},

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
 
 FEATURES = ("max_diameter_cm", "n_tumors", "log_afp", "pvtt")
 
@@ -81,11 +82,12 @@ def main(argv=None) -> int:
            "test": {"complete_case_rate_24m": float(y[keep].mean()), "n_status_known": int(keep.sum()),
                     "aalen_johansen_cif_24m": observed_aj, "mean_true_risk24": float(np.nanmean(truth))},
            "models": rows, "seconds": round(time.perf_counter() - t0, 1),
-           "machine": {"platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}
+           "machine": machine_info()}
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "metastasis_competing_risk.json").write_text(json.dumps(res, indent=2))
     md = ["# Metastasis after TACE: competing-risk model beside the 2-year logistic one (issue 27)", "",
-          f"{res['machine']['date']}, {res['machine']['platform']}. Command: `.venv/bin/python "
+          f"{res['machine']['date']}, {machine_line(res['machine'])}. Command: `.venv/bin/python "
           f"benchmarks/metastasis_competing_risk.py --n {args.n} --train-seed {args.train_seed} --test-seed "
           f"{args.test_seed}`. Simulated cohorts, TACE patients without extrahepatic spread: {res['n_train']} to "
           f"fit, {res['n_test']} to measure; covariates {', '.join(FEATURES)}.", "",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
 
 
 def subset(cohort: Path, n: int, out: Path) -> Path:
@@ -94,9 +95,7 @@ def main(argv=None) -> int:
     ids = pd.read_csv(cohort / "clinical.csv")["patient_id"]
     n_seg = max(2, args.n // 3)
     res = {"cohort": Path(args.cohort).name, "n_feature_table": args.n, "n_segmentation": n_seg,
-           "workers": args.workers, "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                                                "torch_threads_serial": torch.get_num_threads(),
-                                                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}
+           "workers": args.workers, "machine": machine_info(torch_threads_serial=torch.get_num_threads())}
     t = time.perf_counter()
     serial_table, _ = cohort_feature_table(cohort, deep=False)
     res["feature_table_serial_s"] = time.perf_counter() - t
@@ -146,7 +145,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     (out / "parallel_speedup.json").write_text(json.dumps(res, indent=2))
     md = ["# Cohort work on Dask: 2 workers vs serial (issue 27)", "",
-          f"{res['machine']['date']}, {res['machine']['platform']}, {res['machine']['cpu_count']} CPU cores, no GPU. "
+          f"{res['machine']['date']}, {machine_line(res['machine'])}. "
           f"Command: `.venv/bin/python benchmarks/parallel_speedup.py --cohort {res['cohort']} --n {args.n}`.", "",
           f"| step | patients | serial (s) | Dask, {args.workers} workers (s) | speed-up | same result |",
           "|---|---|---|---|---|---|",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
+
 #: portal-phase shifts (x, y, z in mm, LPS): none, a typical breath-hold difference, a large one, and one in-plane too
 SHIFTS = ((0.0, 0.0, 0.0), (0.0, 0.0, 5.0), (0.0, 0.0, 10.0), (3.0, -3.0, 8.0))
 #: shift of the liver region only (the spine and the body wall stay): what the whole-image translation cannot undo
@@ -189,7 +191,7 @@ def _mean(rows, key):
 def write_md(res: dict, path: Path) -> None:
     sim = res["simulated"]
     lines = ["# Phases from separate breath-holds: segmentation without and with the phase alignment (issue 22)", "",
-             f"{res['machine']['date']}, {res['machine']['platform']}, model {res['model_version']}. Command: "
+             f"{res['machine']['date']}, {machine_line(res['machine'])}, model {res['model_version']}. Command: "
              f"`.venv/bin/python benchmarks/phase_alignment.py --cohort {res['cohort']} --n {res['n']}"
              f"{' --real-data DATA_ROOT' if res['real'] else ''}`. The portal phase of each simulated hold-out "
              f"patient is moved by the shift (x, y, z mm); the arterial phase is the reference.", "",
@@ -263,7 +265,7 @@ def main(argv=None) -> int:
            "shifts_mm": [list(s) for s in SHIFTS], "simulated": simulated(args.cohort, args.n, seg),
            "liver_only": liver_only(args.cohort, args.n, seg),
            "real": real(args.real_data, seg) if args.real_data else [],
-           "machine": {"platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}
+           "machine": machine_info()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "phase_alignment.json").write_text(json.dumps(res, indent=2))
     write_md(res, args.out / "phase_alignment.md")

@@ -28,7 +28,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
 
 REGIMENS = ("tace_pd1_len", "haic_pd1_len", "pd1_tki")
 WEEKS = (8, 16, 24)
@@ -299,20 +300,6 @@ def _scene_render_report(result, out_dir: Path, sampler: Sampler) -> dict[str, f
 
 
 # ------------------------------------------------------------------------------------------------------ driver
-def machine_description() -> str:
-    gpu = "no GPU"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = f"GPU {torch.cuda.get_device_name(0)}"
-    except Exception:  # noqa: BLE001 - optional
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
-    return (f"{platform.node()} {platform.platform()}, {os.cpu_count()} CPU cores, {mem:.0f} GB RAM, {gpu}, "
-            f"Python {platform.python_version()}")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="128x128x128,256x256x120,512x512x120,512x512x300")
@@ -358,7 +345,9 @@ def main(argv=None) -> int:
                 row["process_s"] = time.perf_counter() - t0
                 rows.append(row)
         print(json.dumps(rows[-1], default=str)[:800], flush=True)
-    res = {"machine": machine_description() + (f"; {args.machine_note}" if args.machine_note else ""),
+    info = machine_info()
+    res = {"machine": machine_line(info) + f", Python {info['python']}"
+                      + (f"; {args.machine_note}" if args.machine_note else ""), "machine_info": info,
            "date": started, "finished": time.strftime("%Y-%m-%d %H:%M"), "uptime_start": uptime_start,
            "uptime_end": _uptime(), "rows": rows, "targets": TARGETS}
     baseline_path = args.out / "pipeline_benchmark_baseline.json"

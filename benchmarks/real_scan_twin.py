@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 real_scans = importlib.import_module("real_scans")  # also puts HCCTwin/ on sys.path
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+from _common import machine_info, machine_line, utc_now  # noqa: E402
 
 REGIMENS = ["tace_pd1_len", "haic_pd1_len", "pd1_tki"]
 WEEKS = [8, 16, 24]
@@ -252,8 +252,7 @@ def run(args) -> dict:
 
     return {"scan": spec["id"], "title": spec["title"], "source": spec.get("source"), "licence": spec.get("licence"),
             "attribution": spec.get("attribution"), "scan_note": spec.get("note"),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": {"cpu": "2-core CPU", "torch_threads": args.threads, "platform": platform.platform()},
+            "date": utc_now(), "machine": machine_info(torch_threads=args.threads),
             "command": "benchmarks/real_scan_twin.py " + " ".join(sys.argv[1:]),
             "grid": {"shape_kji": list(geometry.shape), "spacing_xyz_mm": list(geometry.spacing)},
             "phases_filled": filled,
@@ -271,8 +270,8 @@ def run(args) -> dict:
 def write_md(res: dict, path: Path) -> None:
     g, s, pre = res["generator"], res["segmentation"], res["pre"]
     lines = [f"# Anchored twin on a real CT scan ({res['scan']})", "",
-             f"{res['date']}, {res['machine']['cpu']} ({res['machine']['torch_threads']} torch threads, "
-             f"{res['machine']['platform']}). Command: `.venv/bin/python {res['command']}`.", "",
+             f"{res['date']}, {machine_line(res['machine'])}, {res['machine']['torch_threads']} torch threads. "
+             f"Command: `.venv/bin/python {res['command']}`.", "",
              f"Scan: {res['title']} ({res['grid']['shape_kji'][0]} slices, spacing "
              f"{', '.join(f'{v:.2f}' for v in res['grid']['spacing_xyz_mm'])} mm). {res['source']}. Licence "
              f"{res['licence']}. Attribution: {res['attribution']}", "",

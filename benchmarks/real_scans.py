@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
+
 MANIFEST = ROOT / "benchmarks" / "real_scans.json"
 
 
@@ -163,7 +165,7 @@ def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
                 picture(case, labels, verdict, f"{spec['title']} [{name}], model {seg.card.get('version')}",
                         pictures / f"real_{spec['id']}.png")
     return {"model_version": seg.card.get("version"), "weights": str(weights or "installed"), "rows": rows,
-            "machine": {"platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+            "machine": machine_info(),
             "sources": {c["id"]: {k: c[k] for k in ("source", "licence", "attribution", "note") if k in c}
                         for c in manifest["cases"]}}
 
@@ -177,7 +179,7 @@ def _ref(row: dict) -> str:
 
 def write_md(res: dict, path: Path) -> None:
     lines = ["# Real public CT scans: segmentation and out-of-domain guard", "",
-             f"Model {res['model_version']}, {res['machine']['date']}, {res['machine']['platform']}. "
+             f"Model {res['model_version']}, {res['machine']['date']}, {machine_line(res['machine'])}. "
              "Command: `.venv/bin/python benchmarks/real_scans.py --data DATA_ROOT` (sources and licences in "
              "`benchmarks/real_scans.json`). One scan has a manual liver mask (CHAOS CT set 3, a healthy liver: any "
              "tumour drawn there is false); for the others volumes and verdicts are checked for plausibility (adult "

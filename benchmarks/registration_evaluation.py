@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,9 @@ import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
 
 from HCCTwinLib import __version__  # noqa: E402
 from HCCTwinLib.cases import Case, Geometry  # noqa: E402
@@ -102,17 +103,11 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(), "simpleitk": sitk.Version.VersionString()}
-
-
 def write_markdown(path: Path, payload: dict) -> None:
     lines = ["# Follow-up registration: target-registration error on simulated misalignments", "",
              f"Date (UTC): {payload['date_utc']}; HCCTwin {payload['hcctwin_version']}; machine: "
-             f"{payload['machine']['platform']}, {payload['machine']['cpu_count']} CPU cores "
-             f"(1-min load {payload['machine']['load_average_1min']} when it ended: the machine was shared), "
+             f"{machine_line(payload['machine'])} (load average "
+             f"{payload['machine'].get('load_average_1_5_15')} when it ended), "
              f"SimpleITK {payload['machine']['simpleitk']}, {payload['threads']} ITK threads.", "",
              "Each simulated patient's 8-week follow-up (received regimen) was moved by a known rigid + affine + "
              "smooth local deformation (rotation 4-8 deg about the liver centre, translation 7.5-15 mm, scaling "
@@ -164,7 +159,8 @@ def main(argv=None) -> int:
             print(f"{kind} {row['patient_id']}: TRE mean {np.mean(row['tre_mm']['identity']):.2f} -> "
                   f"{np.mean(row['tre_mm']['deformable']):.2f} mm, {row['wall_s']:.1f} s", flush=True)
     payload = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-               "hcctwin_version": __version__, "machine": machine(), "threads": args.threads, "seed": args.seed,
+               "hcctwin_version": __version__, "machine": machine_info(simpleitk=sitk.Version.VersionString()),
+               "threads": args.threads, "seed": args.seed,
                "misalignment": MISALIGNMENT, "summary": summarise(rows), "cases": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,20 +25,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import machine_info, machine_line  # noqa: E402
 
 TARGETS = {"liver": 0.95, "viable_tumor": 0.85, "necrosis": 0.70, "pvtt": 0.60, "sensitivity_10mm": 0.90,
            "fp_per_patient": 0.2, "warm_cpu_s": 20.0, "peak_rss_gb": 4.0}
-
-
-def machine() -> dict:
-    import torch
-
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _holdout_cases(n: int, seed: int, cohort: str | None):
@@ -202,9 +192,7 @@ def write_report(result: dict, out: Path) -> None:
     lines = [f"# Segmentation evaluation ({result['machine']['date']})", "",
              f"Model: `{result['weights']}` (sha256 {result['sha256'][:16]}...). Hold-out: {result['n']} simulated "
              f"patients, seed {result['seed']}" + (f" (read from `{result['cohort']}`)" if result.get("cohort") else "")
-             + f", training used seed 101. Machine: {result['machine']['platform']}, "
-             f"{result['machine']['cpu_count']} CPU cores" + (f", GPU {result['machine']['gpu']}"
-                                                             if "gpu" in result["machine"] else ", no GPU") + ".", "",
+             + f", training used seed 101. Machine: {machine_line(result['machine'])}.", "",
              "| metric | measured | target | |", "|---|---|---|---|",
              row("Dice liver, whole organ (labels 1-3; mean)", s["liver_total"]["mean"], TARGETS["liver"]),
              f"| Dice liver parenchyma only (label 1; mean) | {s['liver']['mean']:.3f} | | |",
@@ -313,7 +301,7 @@ def main(argv=None) -> int:
     if args.phases:
         phases = [p.strip() for p in args.phases.split(",") if p.strip()]
         result = {"weights": args.weights, "sha256": sha256_file(Path(args.weights)), "n": args.n,
-                  "seed": args.seed, "cohort": args.cohort, "machine": machine(), "phases": phases,
+                  "seed": args.seed, "cohort": args.cohort, "machine": machine_info(), "phases": phases,
                   "quality": evaluate_quality(args.weights, args.n, args.seed, args.device, args.cohort, phases)}
         path = Path(args.out) / f"segmentation_phases_{'_'.join(phases)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +309,7 @@ def main(argv=None) -> int:
         print(json.dumps(result["quality"]["summary"], indent=2, default=float))
         return 0
     result = {"weights": args.weights, "sha256": sha256_file(Path(args.weights)), "n": args.n, "seed": args.seed,
-              "cohort": args.cohort, "machine": machine(), "targets": TARGETS,
+              "cohort": args.cohort, "machine": machine_info(), "targets": TARGETS,
               "decision_rules": decision_rules(args.weights),
               "quality": evaluate_quality(args.weights, args.n, args.seed, args.device, args.cohort)}
     if args.cohort and not args.skip_curve:

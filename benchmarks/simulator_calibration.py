@@ -39,6 +39,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
+
 from HCCTwinLib import DISCLAIMER, __version__  # noqa: E402
 from HCCTwinLib.simulate import simulate_cohort  # noqa: E402
 
@@ -192,8 +195,8 @@ def to_markdown(res: dict, args, seconds: float) -> str:
     lines = [
         "# Simulator calibration (issue 3)", "",
         f"`python benchmarks/simulator_calibration.py --n {args.n} --seed {args.seed}` — HCCTwin {__version__}, "
-        f"{res['cohort']['n']} simulated patients, {seconds:.0f} s on {platform.machine()} "
-        f"({platform.python_version()}). {DISCLAIMER}", "",
+        f"{res['cohort']['n']} simulated patients, {seconds:.0f} s on {machine_line(machine_info())}, "
+        f"Python {platform.python_version()}. {DISCLAIMER}", "",
         "Targets: `../shared/reference/clinical-facts.md` (LAUNCH, LEAP-012, CHANCE001, Mei 2021, FOHAIC-1, "
         "post-TACE metastasis cohorts). Observed figures use the censored, confounded data of `clinical.csv` "
         "(patients grouped by the regimen they received); *true* figures use `truth/counterfactuals.csv` "

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -33,25 +31,14 @@ try:
 except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(ROOT / "HCCTwin"))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
+
 from HCCTwinLib.cli import main as hcctwin  # noqa: E402
 
 
 def _du_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2 ** 20, 1)
-
-
-def machine() -> dict:
-    import torch
-
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "cuda": torch.cuda.is_available()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        info["load_average_at_start"] = os.getloadavg()
-    except OSError:
-        pass
-    return info
 
 
 def _f(v, d=3):
@@ -60,9 +47,8 @@ def _f(v, d=3):
 
 def markdown(study: dict, stages: dict, info: dict, args) -> str:
     lines = ["# Validation study on a simulated DICOM cohort (`benchmarks/study_dicom.py`)", "",
-             f"Date {study['date']}; machine: {info['platform']}, {info['cpus']} CPUs, torch {info['torch']}, "
-             f"CUDA {'yes: ' + info.get('gpu', '') if info['cuda'] else 'no'}; load average at start "
-             f"{tuple(round(x, 1) for x in info.get('load_average_at_start', ()))}.", "",
+             f"Date {study['date']}; machine: {machine_line(info)}, torch {info.get('torch')}; load average at start "
+             f"{info.get('load_average_1_5_15')}.", "",
              f"Cohort: {args.n} simulated patients (seed {args.seed}, {'fast 96x96x32' if args.fast else '192x192x64'}"
              f" grid), written as DICOM ({stages.get('dicom_mb')} MB), imported with `hcctwin import`; "
              f"`hcctwin study --max-cases {args.max_cases}` (image models on up to that many patients per split).", "",
@@ -129,7 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "study-dicom")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
-    info = machine()
+    info = machine_info()
     if args.work.exists():
         shutil.rmtree(args.work)
     sim, cohort, study_dir = args.work / "site", args.work / "cohort", args.work / "study"

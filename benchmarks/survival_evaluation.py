@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from itertools import combinations
@@ -42,6 +41,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line, utc_now  # noqa: E402
 
 from HCCTwinLib import DISCLAIMER  # noqa: E402
 from HCCTwinLib.jsonutil import jsonable  # noqa: E402
@@ -394,8 +396,10 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     public = {k: v for k, v in res.items() if not k.startswith("_")}
     jpath.write_text(json.dumps(jsonable(public, finite=True), indent=2))
     o = res["os"]
+    machine = res.get("machine") or machine_info()
+    machine_text = machine_line(machine) if isinstance(machine, dict) else machine
     lines = ["# Survival engine evaluation (issue 6)", "", f"_{DISCLAIMER}_", "",
-             f"Machine: {res.get('machine', platform.platform())}; date {res.get('date', time.strftime('%Y-%m-%d'))};"
+             f"Machine: {machine_text}; date {res.get('date', utc_now())};"
              f" cohort `{res.get('cohort', '?')}`; dev {res['n_dev']} / hold-out {res['n_holdout']} patients;"
              f" bootstrap B = {res.get('n_bootstrap', '?')}; penalty {res.get('penalizer')}.", "",
              "| OS metric (hold-out) | value | target |", "|---|---|---|",
@@ -553,8 +557,8 @@ def main(argv=None) -> int:
     if previous is not None:
         res["previous"] = previous
     res.update({"cohort": str(args.cohort), "holdout_cohort": str(args.holdout_cohort or ""),
-                "n_bootstrap": args.bootstrap, "machine": f"{platform.node()} {platform.platform()}",
-                "date": time.strftime("%Y-%m-%d")})
+                "n_bootstrap": args.bootstrap, "machine": machine_info(),
+                "date": utc_now()})
     engine = res.pop("_engine")
     if args.save_engine is not None:
         o = res["os"]

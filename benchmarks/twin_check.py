@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
 
 from HCCTwinLib import __version__  # noqa: E402
 from HCCTwinLib.cases import FollowUp  # noqa: E402
@@ -96,7 +98,8 @@ def _summarise(rows: list[dict]) -> dict:
 
 def write_markdown(path: Path, payload: dict) -> None:
     lines = ["# The twin check on the simulated hold-out", "",
-             f"{payload['date_utc']} UTC, HCCTwin {payload['hcctwin_version']}, {payload['machine']}. Command: "
+             f"{payload['date_utc']} UTC, HCCTwin {payload['hcctwin_version']}, {machine_line(payload['machine'])}. "
+             f"Command: "
              f"`python benchmarks/twin_check.py --n {payload['n']} --seed {payload['seed']} --samples "
              f"{payload['samples']}`. Each hold-out patient's observed week-{WEEK} follow-up under the regimen it "
              "received is given to `run_case` as the real follow-up; the twin check compares it with the virtual "
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
                                                                           c["hu_mae_copy"], c["viable_ml"]),
               row["seconds"], flush=True)
     payload = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-               "hcctwin_version": __version__, "machine": platform.platform(), "n": args.n, "seed": args.seed,
+               "hcctwin_version": __version__, "machine": machine_info(), "n": args.n, "seed": args.seed,
                "samples": args.samples, "modes": args.modes, "summary": summarise(rows), "patients": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

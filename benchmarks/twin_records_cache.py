@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, machine_line  # noqa: E402
 
 
 def _arrays(path: Path) -> dict:
@@ -80,14 +81,13 @@ def main(argv=None) -> int:
     res = {"cohort": str(args.cohort), "workers": args.workers, "max_cases": args.max_cases, "runs": runs,
            "fitted_arrays_equal_across_runs": same_runs, "fitted_arrays_equal_to_shipped": same_shipped,
            "cache_files": len(cache_files), "cache_mb": round(cache_mb, 2),
-           "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}
+           "machine": machine_info()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "twin_records_cache.json").write_text(json.dumps(res, indent=2) + "\n")
     speed = runs[0]["seconds"] / max(runs[1]["seconds"], 1e-9)
     md = ["# Refitting the anchored twin from its records cache (issue 27)", "",
-          f"{res['machine']['date']}, {res['machine']['platform']}, local Dask cluster of {args.workers} workers. "
+          f"{res['machine']['date']}, {machine_line(res['machine'])}, local Dask cluster of {args.workers} workers. "
           f"Command: `.venv/bin/python benchmarks/twin_records_cache.py --cohort {Path(args.cohort).name}"
           + (f" --max-cases {args.max_cases}" if args.max_cases else "") + "`.", "",
           "| run | seconds | patients | follow-ups | model SHA-256 |", "|---|---|---|---|---|"]

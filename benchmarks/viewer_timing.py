@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import socket
 import subprocess
 import sys
@@ -32,6 +31,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_info, machine_line, utc_now  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -283,7 +286,7 @@ def main(argv=None) -> int:
     first = [r["first_paint_s"] for r in runs]
     changes = [c for r in runs for c in (r["regimen_change"]["seconds"], r["timepoint_change"]["seconds"],
                                          *r["more_changes_s"])]
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
+    res = {"date": utc_now(), "machine": machine_info(),
            "cpu_cores": len(__import__("os").sched_getaffinity(0)), "result": str(result), "runs": runs,
            "first_paint_s": {"median": float(np.median(first)), "max": float(np.max(first))},
            "change_s": {"median": float(np.median(changes)), "max": float(np.max(changes)), "n": len(changes)},
@@ -295,8 +298,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "viewer_timing.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     md = ["# Browser viewer (`hcctwin view`) in headless Chromium", "",
-          f"{res['date']}, {res['machine']}, {res['cpu_cores']} CPU cores, no GPU (slice views rendered offscreen by "
-          f"Mesa on the CPU). Command: `python benchmarks/viewer_timing.py` ({args.runs} runs on the `hcctwin demo` "
+          f"{res['date']}, {machine_line(res['machine'])}, {res['cpu_cores']} cores available (slice views rendered "
+          f"offscreen by Mesa on the CPU). Command: `python benchmarks/viewer_timing.py` ({args.runs} runs on the "
+          f"`hcctwin demo` "
           f"result; the browser is running before the viewer starts).", "",
           "| measure | median | max | target | met |", "|---|---|---|---|---|",
           f"| first paint after the viewer process starts (s) | {res['first_paint_s']['median']:.2f} | "

@@ -23,12 +23,12 @@ from .features import DEFAULT_COVARIATES, SCORE_BASELINES, clinical_features
 from .metrics import harrell_c, uno_c
 from .models import PerRegimenSurvival
 
-__all__ = ["cross_validate", "run_cv_command", "ENDPOINTS"]
+__all__ = ["cross_validate", "run_cv_command", "score_table", "stratified_folds", "ENDPOINTS"]
 
 ENDPOINTS = ("os", "pfs")
 
 
-def _folds(n: int, k: int, events: np.ndarray, seed: int) -> list[np.ndarray]:
+def stratified_folds(n: int, k: int, events: np.ndarray, seed: int) -> list[np.ndarray]:
     """k folds stratified by event status (events and censored rows dealt round-robin after a seeded shuffle)."""
     rng = np.random.default_rng(seed)
     out: list[list[int]] = [[] for _ in range(k)]
@@ -54,26 +54,58 @@ SCORE_INPUTS = {"HAP": ("albumin_g_l", "bilirubin_umol_l", "afp_ng_ml", "max_dia
 MAX_IMPUTED_SHARE = 0.2
 #: a richer candidate is chosen over a simpler one only when its inner C is higher by more than this many standard
 #: errors: the winner among some thirty candidates on inner folds of a hundred patients is optimistic (one standard
-#: error still let noise through on the real 105-patient TACE cohort, benchmarks/results/survival_small_cohorts.md)
+#: error still let noise through on the real 105-patient TACE cohort, benchmarks/results/survival_small_cohorts.md);
+#: one score is chosen over the mean of the scores only when it beats it by this many standard errors of their
+#: paired difference (before, CLIP alone was picked on noise in 6 of the 25 outer folds of that cohort and ranked
+#: the test fold worse than the mean in 5 of them, tied in the sixth)
 SE_MULTIPLIER = 2.0
+#: bootstrap resamples of the paired C difference in :func:`_select`
+N_SELECT_BOOTSTRAP = 200
 
 
 #: the equal-weight mean of the established scores (each standardised over the table; outcomes not used): on a
 #: hundred patients picking the best of several scores on inner folds mostly picks noise, while their mean uses all
 #: of them without fitting anything (with it, the selected model's gap to the best score chosen after the fact on
-#: the real 105-patient TACE cohort went from -0.037 to -0.020; benchmarks/results/survival_small_cohorts.md)
+#: the real 105-patient TACE cohort went from -0.037 to -0.020, and to -0.006 once one score had to beat it by two
+#: standard errors of their paired difference; benchmarks/results/survival_small_cohorts.md)
 SCORE_MEAN = "mean of scores"
 
 
 def _complexity(name: str) -> int:
-    """Candidate classes from simplest to richest, for the one-standard-error rule of :func:`_select`: an
-    established score; a score with the other covariates strongly shrunk; moderately shrunk; the full engine."""
+    """Candidate classes from simplest to richest, for the one-standard-error rule of :func:`_select`: the mean of
+    the established scores (nothing chosen, nothing fitted); one established score (chosen among several); a score
+    with the other covariates strongly shrunk; moderately shrunk; the full engine."""
     kind, _, rest = name.partition(":")
     if kind == "score":
-        return 0
+        return 0 if rest == SCORE_MEAN else 1
     if kind == "anchored":
-        return 1 if float(rest.rpartition(":")[2]) >= 128 else 2
-    return 3
+        return 2 if float(rest.rpartition(":")[2]) >= 128 else 3
+    return 4
+
+
+def paired_c_difference_se(time_, event, risks_a: Sequence[np.ndarray], risks_b: Sequence[np.ndarray],
+                           n: int = N_SELECT_BOOTSTRAP, seed: int = 0) -> float:
+    """Bootstrap standard error (``n`` resamples of the patients, the same resample for both) of
+    ``mean(C(a)) - mean(C(b))``, Harrell's C of each risk vector in ``risks_a`` / ``risks_b`` (several vectors: the
+    repeats of an inner cross-validation, averaged). Pairs (i, j) are comparable when i has the event before j's
+    time; ties in risk count one half. Two scores of the same patients are usually correlated, so this is smaller
+    than either C's own standard error, and it is the one that says whether one beats the other."""
+    t, e = np.asarray(time_, float), np.asarray(event, float) > 0
+    comparable = (e[:, None] & (t[:, None] < t[None, :])).astype(float)
+
+    def parts(risks):
+        return [comparable * ((r[:, None] > r[None, :]) + 0.5 * (r[:, None] == r[None, :])) for r in risks]
+
+    num_a, num_b = parts([np.asarray(r, float) for r in risks_a]), parts([np.asarray(r, float) for r in risks_b])
+    w = np.random.default_rng(seed).multinomial(len(t), np.full(len(t), 1.0 / len(t)), size=n).astype(float)
+    den = np.einsum("bi,ij,bj->b", w, comparable, w)
+    ok = den > 0
+
+    def c(nums):
+        return np.mean([np.einsum("bi,ij,bj->b", w, m, w)[ok] / den[ok] for m in nums], axis=0)
+
+    diff = c(num_a) - c(num_b)
+    return float(diff.std(ddof=1)) if len(diff) > 1 else float("inf")
 
 
 class AnchoredCox:
@@ -142,17 +174,20 @@ def _select(tr: pd.DataFrame, candidates: Sequence[str], covariates, penalizers,
 
     An established score needs no fitting: its C on the whole of ``tr`` is already an out-of-sample estimate (and
     the least noisy one). A fitted candidate is scored by its pooled out-of-fold C over ``repeats`` x ``folds``
-    inner folds (risks standardised within each inner fold). Among the candidates within one standard error (the
-    spread of the best one's inner-fold C over the square root of their number) of the best, the simplest class
-    (:func:`_complexity`) wins, and within it the best C: a richer model must beat the established scores by more
-    than the noise of its own estimate; on a hundred patients it rarely does, as it should."""
+    inner folds (risks standardised within each inner fold). Among the candidates within ``se_multiplier``
+    standard errors (the spread of the best one's inner-fold C over the square root of their number) of the best,
+    the simplest class (:func:`_complexity`) wins, and within it the best C: a richer model must beat the
+    established scores by more than the noise of its own estimate; on a hundred patients it rarely does, as it
+    should. When that class is the established scores, one score is taken over the mean of all of them only when
+    its C on ``tr`` is higher by more than ``se_multiplier`` standard errors of their *paired* difference
+    (:func:`paired_c_difference_se`): picking one of several scores is itself a fit."""
     scores = SCORE_BASELINES if score_columns is None else score_columns
     t, e = tr["_T"].to_numpy(float), tr["_E"].to_numpy(float)
     fitted = [c for c in candidates if not c.startswith("score:")]
     oof = {c: np.full((repeats, len(tr)), np.nan) for c in fitted}
     per_fold: dict[str, list[float]] = {c: [] for c in candidates}
     for rep in range(repeats):
-        for test in _folds(len(tr), folds, e.astype(bool), seed + 7919 * (rep + 1)):
+        for test in stratified_folds(len(tr), folds, e.astype(bool), seed + 7919 * (rep + 1)):
             fit, held = tr.iloc[np.setdiff1d(np.arange(len(tr)), test)], tr.iloc[test]
             for c in candidates:
                 try:
@@ -176,8 +211,16 @@ def _select(tr: pd.DataFrame, candidates: Sequence[str], covariates, penalizers,
     se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
     near = [c for c in candidates if mean[c] >= mean[top] - se_multiplier * se]
     simplest = min(_complexity(c) for c in near)
-    if simplest == 0 and f"score:{SCORE_MEAN}" in near:  # scores the data cannot tell apart: use them all
-        return f"score:{SCORE_MEAN}", mean
+    average = f"score:{SCORE_MEAN}"
+    if simplest <= 1 and average in candidates:  # the scores: their mean unless one of them clearly beats it
+        single = [c for c in candidates if _complexity(c) == 1]
+        best = max(single, key=lambda c: (mean[c], -candidates.index(c))) if single else average
+        gain = mean[best] - mean[average]
+        if best != average and gain > 0 and gain > se_multiplier * paired_c_difference_se(
+                t, e, [tr[scores[best.partition(":")[2]]].to_numpy(float)], [tr[scores[SCORE_MEAN]].to_numpy(float)],
+                seed=seed):
+            return best, mean
+        return average, mean
     best = max((c for c in near if _complexity(c) == simplest), key=lambda c: (mean[c], -candidates.index(c)))
     return best, mean
 
@@ -206,6 +249,76 @@ def calibration_slope(time_, event, linear_predictor) -> float:
 def _summ(values: list[float]) -> tuple[float, float]:
     arr = np.array([v for v in values if np.isfinite(v)])
     return (float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0) if len(arr) else (float("nan"),) * 2
+
+
+def _prepare(df: pd.DataFrame, tcol: str, ecol: str, extra_scores: Sequence[str] = ()
+             ) -> tuple[pd.DataFrame, dict[str, str], list[str], list[str], list[str]]:
+    """The rows with an outcome, as model inputs (``_T``, ``_E``, ``_R`` and the clinical features) with one
+    column per established score; returns ``(data, score name -> column, scores usable, derived scores (their
+    mean), notes)``. ``data.attrs``: ``imputed`` (per input column) and ``has_regimen``."""
+    feats, notes = clinical_features(df)
+    t = pd.to_numeric(df[tcol], errors="coerce").to_numpy(float)
+    e = pd.to_numeric(df[ecol], errors="coerce").to_numpy(float)
+    ok = np.isfinite(t) & np.isfinite(e) & (t >= 0)
+    if (~ok).any():
+        notes.append(f"dropped {int((~ok).sum())} row(s) with missing or negative {tcol}/{ecol}.")
+    data = feats.loc[ok].copy()
+    data["_T"], data["_E"] = t[ok], (e[ok] > 0).astype(float)
+    has_regimen = "regimen" in df.columns and df.loc[ok, "regimen"].notna().all()
+    if has_regimen:
+        data["_R"] = df.loc[ok, "regimen"].astype(str).values
+    else:
+        data["_R"] = "all"
+        notes.append("no complete regimen column: the Cox model is fitted without regimen terms.")
+    # the established scores: those computed from the table's values (not when their inputs are mostly imputed),
+    # and score columns the site's table brings (``extra_scores``: CLIP, Okuda, ... as numbers, higher = worse)
+    imputed = feats.attrs.get("imputed", {})
+    scores: dict[str, str] = {}
+    for name, col in SCORE_BASELINES.items():
+        worst = max((imputed.get(c, 0) for c in SCORE_INPUTS.get(name, ())), default=0)
+        if worst > MAX_IMPUTED_SHARE * len(feats):
+            notes.append(f"{name} left out: its inputs are missing for {worst} of {len(feats)} patients.")
+        else:
+            scores[name] = col
+    for col in extra_scores:
+        if col not in df.columns:
+            raise InputError(f"score column {col!r} is not in the table; give a column of the table (numbers, "
+                             f"higher = worse prognosis).")
+        values = pd.to_numeric(df.loc[ok, col], errors="coerce")
+        if values.isna().any():
+            raise InputError(f"score column {col!r}: {int(values.isna().sum())} value(s) are missing or not numbers; "
+                             f"give the score as numbers (e.g. Okuda stage I/II/III as 1/2/3) for every patient.")
+        data[f"_score_{col}"] = values.to_numpy(float)
+        scores[col] = f"_score_{col}"
+    score_names = [n for n in scores if data[scores[n]].notna().all() and data[scores[n]].nunique() > 1]
+    if not score_names:
+        raise InputError("no established score can be computed from this table (albumin, bilirubin, AFP, tumour "
+                         "size and number are needed) and none was given: name the table's score columns "
+                         "(hcctwin survival cv --score-columns clip_score,...).")
+    derived = []
+    if len(score_names) > 1:  # their equal-weight mean (standardised over the table; outcomes not used)
+        z = [(data[scores[n]] - data[scores[n]].mean()) / (data[scores[n]].std() or 1.0) for n in score_names]
+        data["_score_mean"] = np.mean(np.vstack([v.to_numpy(float) for v in z]), axis=0)
+        scores[SCORE_MEAN] = "_score_mean"
+        derived = [SCORE_MEAN]
+    data.attrs["imputed"], data.attrs["has_regimen"] = feats.attrs.get("imputed", {}), has_regimen
+    data.attrs["ignored_columns"] = feats.attrs.get("ignored_columns", [])
+    return data, scores, score_names, derived, notes
+
+
+def score_table(df: pd.DataFrame, endpoint: str = "os", extra_scores: Sequence[str] = ()) -> pd.DataFrame:
+    """The established scores of every patient with an outcome, as :func:`cross_validate` compares them:
+    columns ``time``, ``event`` and one per score (higher = worse; the computed ones left out where their
+    inputs are mostly imputed, then ``extra_scores`` columns of the table, then the mean of the scores,
+    standardised, where there are several). Outcomes are not used to build any of them."""
+    endpoint = endpoint.lower()
+    if endpoint not in ENDPOINTS:
+        raise InputError(f"endpoint = {endpoint!r}: expected one of {', '.join(ENDPOINTS)}.")
+    data, scores, score_names, derived, _ = _prepare(df, f"{endpoint}_months", f"{endpoint}_event", extra_scores)
+    out = pd.DataFrame({"time": data["_T"].to_numpy(float), "event": data["_E"].to_numpy(float)}, index=data.index)
+    for name in (*score_names, *derived):
+        out[name] = data[scores[name]].to_numpy(float)
+    return out
 
 
 def cross_validate(df: pd.DataFrame, endpoint: str = "os", folds: int = 5, seed: int = 0,
@@ -245,59 +358,15 @@ def cross_validate(df: pd.DataFrame, endpoint: str = "os", folds: int = 5, seed:
         raise InputError(f"the table lacks the outcome column(s) {', '.join(missing)} for endpoint {endpoint}.")
     if folds < 2:
         raise InputError(f"folds = {folds}: need at least 2.")
-    feats, notes = clinical_features(df)
-    t = pd.to_numeric(df[tcol], errors="coerce").to_numpy(float)
-    e = pd.to_numeric(df[ecol], errors="coerce").to_numpy(float)
-    ok = np.isfinite(t) & np.isfinite(e) & (t >= 0)
-    if (~ok).any():
-        notes.append(f"dropped {int((~ok).sum())} row(s) with missing or negative {tcol}/{ecol}.")
-    data = feats.loc[ok].copy()
-    data["_T"], data["_E"] = t[ok], (e[ok] > 0).astype(float)
-    has_regimen = "regimen" in df.columns and df.loc[ok, "regimen"].notna().all()
-    if has_regimen:
-        data["_R"] = df.loc[ok, "regimen"].astype(str).values
-    else:
-        data["_R"] = "all"
-        notes.append("no complete regimen column: the Cox model is fitted without regimen terms.")
+    data, scores, score_names, derived, notes = _prepare(df, tcol, ecol, extra_scores)
+    has_regimen = bool(data.attrs["has_regimen"])
     n, n_events = len(data), int(data["_E"].sum())
     if n_events < 2 * folds:
         raise InputError(f"only {n_events} events for endpoint {endpoint}: too few for {folds}-fold "
                          f"cross-validation (need at least {2 * folds}).")
     tau = float(np.quantile(data["_T"], 0.9)) if tau is None else float(tau)
-    split = _folds(n, folds, data["_E"].to_numpy(bool), seed)
-    # the established scores: those computed from the table's values (not when their inputs are mostly imputed),
-    # and score columns the site's table brings (``extra_scores``: CLIP, Okuda, ... as numbers, higher = worse)
-    imputed = feats.attrs.get("imputed", {})
-    scores: dict[str, str] = {}
-    for name, col in SCORE_BASELINES.items():
-        worst = max((imputed.get(c, 0) for c in SCORE_INPUTS.get(name, ())), default=0)
-        if worst > MAX_IMPUTED_SHARE * len(feats):
-            notes.append(f"{name} left out: its inputs are missing for {worst} of {len(feats)} patients.")
-        else:
-            scores[name] = col
-    for col in extra_scores:
-        if col not in df.columns:
-            raise InputError(f"score column {col!r} is not in the table; give a column of the table (numbers, "
-                             f"higher = worse prognosis).")
-        values = pd.to_numeric(df.loc[ok, col], errors="coerce")
-        if values.isna().any():
-            raise InputError(f"score column {col!r}: {int(values.isna().sum())} value(s) are missing or not numbers; "
-                             f"give the score as numbers (e.g. Okuda stage I/II/III as 1/2/3) for every patient.")
-        data[f"_score_{col}"] = values.to_numpy(float)
-        scores[col] = f"_score_{col}"
-    score_names = [n for n in scores if data[scores[n]].notna().all() and data[scores[n]].nunique() > 1]
-    if not score_names:
-        raise InputError("no established score can be computed from this table (albumin, bilirubin, AFP, tumour "
-                         "size and number are needed) and none was given: name the table's score columns "
-                         "(hcctwin survival cv --score-columns clip_score,...).")
-    candidates = [f"score:{n}" for n in score_names]
-    derived = []
-    if len(score_names) > 1:  # their equal-weight mean (standardised over the table; outcomes not used)
-        z = [(data[scores[n]] - data[scores[n]].mean()) / (data[scores[n]].std() or 1.0) for n in score_names]
-        data["_score_mean"] = np.mean(np.vstack([v.to_numpy(float) for v in z]), axis=0)
-        scores[SCORE_MEAN] = "_score_mean"
-        derived = [SCORE_MEAN]
-        candidates.append(f"score:{SCORE_MEAN}")
+    split = stratified_folds(n, folds, data["_E"].to_numpy(bool), seed)
+    candidates = [f"score:{n}" for n in [*score_names, *derived]]
     candidates += [f"anchored:{n}:{lam:g}" for n in score_names for lam in ANCHOR_PENALTIES]
     if len(score_names) > 1:  # every score in one model (each with its own weight), the other covariates shrunk
         candidates += [f"anchored:{'+'.join(score_names)}:{lam:g}" for lam in (*ANCHOR_PENALTIES, 1e6)]
@@ -384,7 +453,7 @@ def cross_validate(df: pd.DataFrame, endpoint: str = "os", folds: int = 5, seed:
         "selected_minus_best_baseline_harrell_c_pooled_oof": models["selected"]["harrell_c_pooled_oof"]
         - models[best_baseline]["harrell_c_pooled_oof"],
         "candidates": candidates, "inner_folds": inner_folds,
-        "imputed": feats.attrs.get("imputed", {}), "ignored_columns": feats.attrs.get("ignored_columns", []),
+        "imputed": data.attrs.get("imputed", {}), "ignored_columns": data.attrs.get("ignored_columns", []),
         "notes": notes, "wall_time_s": time.perf_counter() - started,
     }
 

@@ -10,7 +10,13 @@ import pytest
 
 from HCCTwinLib.errors import InputError
 from HCCTwinLib.survival._linear import ridge_cox
-from HCCTwinLib.survival.cv import AnchoredCox, calibration_slope, cross_validate
+from HCCTwinLib.survival.cv import (
+    AnchoredCox,
+    calibration_slope,
+    cross_validate,
+    paired_c_difference_se,
+    score_table,
+)
 from HCCTwinLib.survival.metrics import harrell_c
 
 
@@ -105,3 +111,48 @@ def test_scores_the_data_cannot_tell_apart_are_averaged():
     assert mean["harrell_c"] > max(models[s]["harrell_c"] for s in ("s1", "s2", "s3"))
     chosen = models["selected"]["chosen_per_fold"]
     assert sum(c == "score:mean of scores" for c in chosen) >= 4, chosen
+
+
+def test_paired_c_difference_se_is_small_for_two_readings_of_one_ranking_and_zero_for_the_same_one():
+    """The standard error that decides whether a richer candidate replaces a simpler one is that of their paired
+    difference: two correlated rankings differ by far less than either C varies over resamples, and a ranking
+    compared with itself not at all."""
+    rng = np.random.default_rng(0)
+    n = 120
+    truth = rng.normal(size=n)
+    t = rng.exponential(20 * np.exp(-truth))
+    c = rng.uniform(5, 60, n)
+    time_, event = np.minimum(t, c), (t <= c).astype(float)
+    a = truth + rng.normal(scale=0.5, size=n)
+    close = a + rng.normal(scale=0.1, size=n)
+    unrelated = rng.normal(size=n)
+    assert paired_c_difference_se(time_, event, [a], [a]) == 0.0
+    se_close = paired_c_difference_se(time_, event, [a], [close])
+    se_far = paired_c_difference_se(time_, event, [a], [unrelated])
+    assert 0 < se_close < 0.5 * se_far
+    assert 0.03 < se_far < 0.15  # about sqrt(2) x the SE of one C on 120 patients
+    # several repeats are averaged: two copies of a ranking behave like one
+    assert paired_c_difference_se(time_, event, [a, a], [close], seed=1) == pytest.approx(
+        paired_c_difference_se(time_, event, [a], [close], seed=1))
+
+
+def test_score_table_holds_the_scores_cross_validation_compares_and_no_outcome_shapes_them():
+    df = _table(n=120, seed=6)
+    df["okuda"] = np.clip(df["clip"] // 2 + 1, 1, 3)
+    df.loc[[3, 7], "os_months"] = np.nan  # no outcome: not in the table
+    table = score_table(df, extra_scores=["clip", "okuda"])
+    assert len(table) == 118 and list(table.columns[:2]) == ["time", "event"]
+    assert {"clip", "okuda", "six-and-twelve", "mean of scores"} <= set(table.columns)
+    assert "HAP" not in table.columns  # no albumin / bilirubin: not that score
+    assert table["clip"].tolist() == df["clip"].drop(index=[3, 7]).astype(float).tolist()
+    singles = [c for c in table.columns[2:] if c != "mean of scores"]
+    z = (table[singles] - table[singles].mean()) / table[singles].std()
+    assert np.allclose(table["mean of scores"], z.mean(axis=1))
+    shuffled = df.copy()  # other outcomes for the same patients (the same two without one)
+    keep = ~df["os_months"].isna()
+    shuffled.loc[keep, "os_months"] = df.loc[keep, "os_months"].sample(frac=1.0, random_state=0).to_numpy()
+    shuffled["os_event"] = 1 - df["os_event"]
+    assert np.allclose(score_table(shuffled, extra_scores=["clip", "okuda"])[singles + ["mean of scores"]],
+                       table[singles + ["mean of scores"]])
+    with pytest.raises(InputError, match="endpoint"):
+        score_table(df, endpoint="ttp")

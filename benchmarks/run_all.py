@@ -27,6 +27,7 @@ pipeline                  stage timings and peak memory from 128^3 to 512x512x30
 study_dicom               simulate as DICOM -> hcctwin import -> hcctwin study (issue 9)
 segmentation_phases       the same hold-out with one phase only, portal then arterial (issue 22)
 domain_guard              the domain guard on perturbed hold-out scans: verdict vs liver Dice (issue 22)
+segmentation_thin_scans   slabs of 24 / 16 / 10 slices through the liver: zero vs edge padding (issue 22)
 phase_alignment           phases from separate breath-holds: segmentation without / with the alignment (issue 22)
 real_scans                segmentation + guard on the public real CTs of real_scans.json (issue 22; --real-data)
 real_scan_twin            the anchored twin on a public real CT: time, memory, anatomy kept (issue 23; --real-data)
@@ -174,6 +175,9 @@ def plan(data: Path, out: Path, quick: bool, real_data: Path | None = None) -> d
         "segmentation_phases": segmentation_phases,
         "domain_guard": lambda: [py, str(BENCH / "domain_guard.py"), "--cohort", str(holdout()), "--n",
                                  "12" if not q else "2", "--out", str(out)],
+        "segmentation_thin_scans": lambda: [py, str(BENCH / "segmentation_thin_scans.py"), "--cohort", str(holdout()),
+                                            "--n", "12" if not q else "1", "--out", str(out)] +
+                                           (["--slices", "10"] if q else []),
         "phase_alignment": lambda: [py, str(BENCH / "phase_alignment.py"), "--cohort", str(holdout()), "--n",
                                     "12" if not q else "1", "--out", str(out)] +
                                    ([] if real_data is None else ["--real-data", str(real_data)]),

@@ -55,6 +55,12 @@ from .preprocessing import DEFAULT_WINDOW_HU, from_model_grid, to_model_grid
 DEFAULT_MODEL_NAME = "hcctwin_seg"
 #: margin (mm) around the stage-1 liver box: covers stage-1 imprecision and the portal vein at the hilum
 BOX_MARGIN_MM = 20.0
+#: how a crop smaller than the network's ROI is padded before the sliding windows (MONAI / torch ``F.pad`` mode):
+#: "replicate" repeats the edge slices. MONAI's default, "constant" 0, is the bottom of the HU window, i.e. air
+#: above and below a thin scan: on 10 / 16 / 24-slice slabs through 12 simulated hold-out livers the liver Dice was
+#: 0.68 / 0.92 / 0.96 with it and 0.97 / 0.98 / 0.98 with "replicate", whole studies unchanged
+#: (benchmarks/results/segmentation_thin_scans.md)
+PADDING_MODE = "replicate"
 #: stage 1 runs automatically when the model-grid volume exceeds this many sliding-window ROIs
 COARSE_AUTO_ROIS = 4
 #: default margin (mm) around the envelope stage's liver within which the main model's labels are kept
@@ -114,14 +120,16 @@ def mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
 
 def sliding_window_logits(model, image: np.ndarray, *, roi_size: Sequence[int], device, overlap: float = 0.25,
                           sw_batch_size: int = 1, progress: ProgressCallback | None = None,
-                          cpu_precision: str = "fp32", mirror_axes: Sequence[int] = ()):
+                          cpu_precision: str = "fp32", mirror_axes: Sequence[int] = (),
+                          padding_mode: str = PADDING_MODE):
     """Blended logits (a float32 CPU tensor ``(classes, K, J, I)``) of ``model`` over a normalised ``(C, K, J, I)``
     image: Gaussian-weighted sliding windows run on ``device`` (``cpu_precision`` ``"bf16"``: bfloat16 autocast on
     the CPU, :func:`device.cpu_precision`), accumulated on the CPU for this image only.
 
     ``mirror_axes``: test-time mirroring. The image is also run mirrored along every subset of these spatial axes
     (:func:`mirror_sets`), each prediction mirrored back, and the softmax probabilities averaged; the result is
-    then the log of the mean probability (a valid logit: its softmax is that mean). Empty: one plain pass."""
+    then the log of the mean probability (a valid logit: its softmax is that mean). Empty: one plain pass.
+    ``padding_mode``: how an image smaller than ``roi_size`` is padded (:data:`PADDING_MODE`)."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -147,7 +155,7 @@ def sliding_window_logits(model, image: np.ndarray, *, roi_size: Sequence[int], 
             xf = torch.flip(x, dims) if dims else x
             logits = sliding_window_inference(xf, roi_size=roi, sw_batch_size=sw_batch_size, predictor=predictor,
                                               overlap=overlap, mode="gaussian", sw_device=device,
-                                              device=torch.device("cpu"))[0]
+                                              padding_mode=padding_mode, device=torch.device("cpu"))[0]
             del xf
             if len(flips) == 1:
                 return logits
@@ -230,13 +238,13 @@ def softmax_channel(logits, channel: int) -> np.ndarray:
 def sliding_window_argmax(model, image: np.ndarray, *, roi_size: Sequence[int], device, overlap: float = 0.25,
                           sw_batch_size: int = 1, progress: ProgressCallback | None = None,
                           cpu_precision: str = "fp32", class_bias: Sequence[float] | None = None,
-                          tumor_prob: bool = False, mirror_axes: Sequence[int] = ()):
+                          tumor_prob: bool = False, mirror_axes: Sequence[int] = (), padding_mode: str = PADDING_MODE):
     """Argmax labels (uint8, ``image.shape[1:]``) of ``model`` over a normalised ``(C, K, J, I)`` image
     (:func:`sliding_window_logits` then :func:`logits_to_labels`; with ``tumor_prob`` the result is
     ``(labels, tumour probability)``)."""
     logits = sliding_window_logits(model, image, roi_size=roi_size, device=device, overlap=overlap,
                                    sw_batch_size=sw_batch_size, progress=progress, cpu_precision=cpu_precision,
-                                   mirror_axes=mirror_axes)
+                                   mirror_axes=mirror_axes, padding_mode=padding_mode)
     out = logits_to_labels(logits, class_bias=class_bias, tumor_prob=tumor_prob)
     del logits
     return out
@@ -260,6 +268,8 @@ class Segmenter:
         self.cpu_precision = devices.cpu_precision()
         self.overlap = float(overlap)
         self.sw_batch_size = int(sw_batch_size)
+        #: how a crop smaller than the ROI is padded (:data:`PADDING_MODE`)
+        self.padding_mode = PADDING_MODE
         self.phases = tuple(self.card.get("input_phases") or ("arterial", "portal"))
         self.spacing_mm = tuple(float(s) for s in (self.card.get("spacing_mm") or (1.5, 1.5, 3.0)))
         self.window_hu = tuple(self.card.get("intensity", {}).get("window_hu", DEFAULT_WINDOW_HU))
@@ -483,7 +493,7 @@ class Segmenter:
         def run(d):
             return sliding_window_argmax(self._model_on(d), image, roi_size=self.roi_size, device=d,
                                          overlap=self.overlap, sw_batch_size=self.sw_batch_size, progress=progress,
-                                         cpu_precision=self.cpu_precision)
+                                         cpu_precision=self.cpu_precision, padding_mode=self.padding_mode)
 
         return devices.call_with_cpu_fallback(run, dev, notify=lambda m: self._note(progress, m))
 
@@ -525,7 +535,8 @@ class Segmenter:
         def run(d):
             return sliding_window_logits(self._model_on(d), crop, roi_size=self.roi_size, device=d,
                                          overlap=self.overlap, sw_batch_size=self.sw_batch_size, progress=progress,
-                                         cpu_precision=self.cpu_precision, mirror_axes=axes)
+                                         cpu_precision=self.cpu_precision, mirror_axes=axes,
+                                         padding_mode=self.padding_mode)
 
         return devices.call_with_cpu_fallback(run, self.device, notify=lambda m: self._note(progress, m))
 

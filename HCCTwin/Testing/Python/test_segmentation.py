@@ -1083,3 +1083,39 @@ def test_lesion_sampling_centres_small_lesions_and_batches_carry_weights(tmp_pat
     heavy[0, 0, 0, 0, 0] = 1.0
     ce0 = torch.nn.functional.cross_entropy(logits[:1, :, :1, :1, :1], yt[:1, 0, :1, :1, :1])
     assert torch.allclose(weighted_ce(logits, yt, heavy), ce0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Thin scans: a crop smaller than the window is padded by repeating its edge slices, not with air
+# ---------------------------------------------------------------------------------------------------------------
+
+class _WindowMeanNet(torch.nn.Module):
+    """Liver logit = the mean of the window's first channel minus 0.5: liver only where the whole window looks bright
+    (what padding a thin bright slab with zeros takes away)."""
+
+    def forward(self, x):
+        mean = x[:, :1].mean(dim=(2, 3, 4), keepdim=True).expand_as(x[:, :1])
+        one = torch.ones_like(x[:, :1])
+        return torch.cat([one * 0, (mean - 0.5) * 20, one - 9, one - 9, one - 9], dim=1)
+
+
+def test_thin_scans_are_padded_with_their_edge_slices():
+    from HCCTwinLib.segmentation.inference import PADDING_MODE, sliding_window_logits
+
+    slab = np.full((2, 3, 8, 8), 0.9, np.float32)  # 3 bright slices, window of 8: 5 slices of padding
+    kw = {"roi_size": (8, 8, 8), "device": "cpu"}
+    assert PADDING_MODE == "replicate"
+    assert float(sliding_window_logits(_WindowMeanNet(), slab, **kw)[1].min()) > 7  # mean 0.9: liver
+    zero_padded = sliding_window_logits(_WindowMeanNet(), slab, padding_mode="constant", **kw)
+    assert float(zero_padded[1].max()) < 0  # mean 0.9 * 3/8: not liver
+    # the Segmenter passes its padding mode down (stage 2 and the coarse stage)
+    art, inside, geom = _sphere_case((4, 32, 32), (1.5, 1.5, 3.0), radius_mm=40.0)
+    phases = {"arterial": np.full(art.shape, 250.0, np.float32), "portal": np.full(art.shape, 250.0, np.float32)}
+    seg = Segmenter(_WindowMeanNet(), _card(patch_size_kji=[16, 32, 32]), "cpu")
+    assert seg.padding_mode == "replicate"
+    assert (seg.segment(phases, geom, postprocess=False) == 1).all()
+    seg.padding_mode = "constant"
+    assert (seg.segment(phases, geom, postprocess=False) == 0).all()
+    assert (seg.predict_model_grid(np.full((2, 4, 32, 32), 0.9, np.float32)) == 0).all()
+    seg.padding_mode = "replicate"
+    assert (seg.predict_model_grid(np.full((2, 4, 32, 32), 0.9, np.float32)) == 1).all()

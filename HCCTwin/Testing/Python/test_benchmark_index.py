@@ -36,3 +36,21 @@ def test_real_scan_benchmarks_are_skipped_without_their_data(tmp_path, capsys):
     assert run_all.main(["--only", "real_scans,real_scan_twin", "--quick", "--data", str(tmp_path / "data"),
                          "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out.count("skipped (needs --real-data DIR") == 2
+
+
+def test_every_result_names_its_machine():
+    """``benchmarks/_common.py``: what each benchmark writes beside its numbers (timings differ between CPUs of the
+    same core count, so the CPU model must be there), and the one-line form of the Markdown headers."""
+    spec = importlib.util.spec_from_file_location("_common", BENCH / "_common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    info = common.machine_info(simpleitk="2.x")
+    assert {"date", "cpu", "cpu_count", "platform", "python", "gpu"} <= set(info) and info["simpleitk"] == "2.x"
+    assert info["cpu"] and info["date"].endswith(" UTC") and info["cpu_count"] >= 1
+    line = common.machine_line(info)
+    assert line.startswith(info["cpu"]) and f"{info['cpu_count']} cores" in line
+    assert ("no GPU" in line) == (info["gpu"] is None)
+    assert "GPU A100" in common.machine_line({**info, "gpu": "A100"})
+    scripts = [p for p in BENCH.glob("*.py") if p.stem not in ("run_all", "_common")]
+    inline = [p.name for p in scripts if "platform.platform()" in p.read_text()]
+    assert not inline, f"these benchmarks describe their machine themselves instead of _common.machine_info: {inline}"

@@ -413,6 +413,11 @@ class Segmenter:
                 text += " [liver from the envelope stage on this scan]"
         if self.mirror_axes:
             text += f", test-time mirroring ({2 ** len(self.mirror_axes)} passes)"
+        padded = self.last_info.get("padded")
+        if padded:
+            how = "its edges repeated to fill them" if padded["mode"] == "replicate" else f"{padded['mode']} padding"
+            text += (f", a crop of {' x '.join(map(str, padded['crop_kji']))} model-grid voxels read in windows of "
+                     f"{' x '.join(map(str, padded['window_kji']))} ({how})")
         return f"{text}, {devices.compute_label(self.last_info, self.device)}"
 
     def bias_without_pvtt(self) -> tuple[float, ...]:
@@ -523,6 +528,9 @@ class Segmenter:
             box = self._liver_box(stack, geometry, mgeom, SubProgress(progress, 0.05, 0.25)) or box
         self.last_info["box"] = [(b.start, b.stop) for b in box]
         crop = np.ascontiguousarray(image[(slice(None), *box)])
+        if any(c < r for c, r in zip(crop.shape[1:], self.roi_size)):  # read padded (PADDING_MODE): said in provenance
+            self.last_info["padded"] = {"crop_kji": [int(c) for c in crop.shape[1:]],
+                                        "window_kji": [int(r) for r in self.roi_size], "mode": self.padding_mode}
         return crop, box, mgeom, geometry
 
     def crop_logits(self, crop: np.ndarray, progress: ProgressCallback | None = None,

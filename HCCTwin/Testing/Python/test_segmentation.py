@@ -1114,8 +1114,14 @@ def test_thin_scans_are_padded_with_their_edge_slices():
     seg = Segmenter(_WindowMeanNet(), _card(patch_size_kji=[16, 32, 32]), "cpu")
     assert seg.padding_mode == "replicate"
     assert (seg.segment(phases, geom, postprocess=False) == 1).all()
+    assert seg.last_info["padded"]["window_kji"] == [16, 32, 32] and seg.last_info["padded"]["crop_kji"][0] < 16
+    assert "read in windows of 16 x 32 x 32 (its edges repeated to fill them)" in seg.describe()  # in the provenance
     seg.padding_mode = "constant"
     assert (seg.segment(phases, geom, postprocess=False) == 0).all()
+    assert "(constant padding)" in seg.describe()
+    big, _, big_geom = _sphere_case((20, 32, 32), (1.5, 1.5, 3.0), radius_mm=9.0)
+    seg.segment({"arterial": big, "portal": big}, big_geom, postprocess=False)  # fills the window: no padding
+    assert "padded" not in seg.last_info and "read in windows" not in seg.describe()
     assert (seg.predict_model_grid(np.full((2, 4, 32, 32), 0.9, np.float32)) == 0).all()
     seg.padding_mode = "replicate"
     assert (seg.predict_model_grid(np.full((2, 4, 32, 32), 0.9, np.float32)) == 1).all()

@@ -1,7 +1,8 @@
-"""What every benchmark records beside its numbers, in one place: when and on which machine it ran.
+"""What every benchmark records beside its numbers, in one place: when and on which machine it ran, and the two
+result files it writes (``<stem>.json`` for programs, ``<stem>.md`` for people).
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import machine_info, machine_line, utc_now
+    from _common import machine_info, machine_line, utc_now, write_results
 
 Timings depend on the CPU model, not only on the number of cores (the project's sessions have run on an Intel Xeon
 with AMX/bfloat16 and on an AMD EPYC, with make test 412 s vs 565 s), so every result file names the CPU, the cores
@@ -11,13 +12,14 @@ and threads, the memory, the GPU (or that there was none) and the load when it w
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["utc_now", "cpu_model", "machine_info", "machine_line"]
+__all__ = ["utc_now", "cpu_model", "machine_info", "machine_line", "write_results"]
 
 
 def utc_now() -> str:
@@ -68,3 +70,18 @@ def machine_line(info: dict[str, Any]) -> str:
         parts.append(f"{info['memory_gb']:.0f} GB")
     parts.append(f"GPU {info['gpu']}" if info.get("gpu") else "no GPU")
     return f"{info.get('cpu', 'unknown CPU')} ({', '.join(parts)}), {info.get('platform', '')}".rstrip(", ")
+
+
+def write_results(out: str | Path, stem: str, result: Any = None, lines: list[str] | None = None, *,
+                  echo: bool = True, default=float) -> None:
+    """Write ``out/stem.json`` (``result``, indented; numpy scalars via ``default``) and ``out/stem.md`` (``lines``
+    joined), creating ``out``; ``echo`` prints the Markdown too."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if result is not None:
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=default) + "\n", encoding="utf-8")
+    if lines is not None:
+        text = "\n".join(lines) + "\n"
+        (out / f"{stem}.md").write_text(text, encoding="utf-8")
+        if echo:
+            print(text, end="")

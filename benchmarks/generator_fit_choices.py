@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info, machine_line, utc_now  # noqa: E402
+from _common import machine_info, machine_line, utc_now, write_results  # noqa: E402
 from generator_evaluation import ordering_scores  # noqa: E402
 
 from HCCTwinLib.imagemetrics import relative_error  # noqa: E402
@@ -152,8 +152,6 @@ def main(argv=None) -> int:
               "holdout": str(args.holdout) if args.holdout else None, "variants": results,
               "read_s": round(t_read, 1), "total_s": round(time.perf_counter() - t0, 1), "machine": machine_info(),
               "date": utc_now(), "disclaimer": "Synthetic data, not for clinical use."}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "generator_fit_choices.json").write_text(json.dumps(result, indent=2, default=str))
     lines = ["# How the anchored twin's kinetics are fitted (issue 23)", "",
              "Synthetic data, not for clinical use.", "",
              f"{result['date']}, {machine_line(result['machine'])}. Fitted on the observed follow-ups of "
@@ -180,8 +178,7 @@ def main(argv=None) -> int:
               f"enhancement < {K.HYPERVASCULAR_HU:.0f} HU). Size weight: lesions weigh (mL + 1) ** w. Sequential: "
               "week 16 fitted through week 8 and week 24 through week 16 on the patients observed at both "
               "(poor responders leave follow-up)."]
-    (args.out / "generator_fit_choices.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "generator_fit_choices", result, lines, default=str)
     return 0
 
 

@@ -21,7 +21,6 @@ confusion matrix) and all-pairs regimen ordering. ``HOLDOUT`` (seed 900) is show
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info, utc_now  # noqa: E402
+from _common import machine_info, utc_now, write_results  # noqa: E402
 from generator_evaluation import (  # noqa: E402
     _load_truth,
     mrecist_categories,
@@ -196,8 +195,6 @@ def main(argv=None) -> int:
 
     gen = get_generator(args.weights)
     tune, hold, result = compare(args, gen, [(name, gen, score) for name, score in VARIANTS])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "generator_render_choices.json").write_text(json.dumps(result, indent=2))
     lines = header_lines("How the anchored twin draws residual viable tumour", result, args, tune) + [
         "| residual viable tumour drawn as | tune: mRECIST agreement | tune: kappa | tune: tumour Dice | "
         "tune: viable error | tune: all pairs | hold-out: mRECIST | hold-out: Dice |",
@@ -212,8 +209,7 @@ def main(argv=None) -> int:
     lines += ["", "Volumes do not depend on the variant (same kinetics, same voxel counts), so viable error and "
               "ordering are equal across rows; the variants differ in where the viable voxels sit, which moves the "
               "mRECIST diameter and, slightly, the Dice."]
-    (args.out / "generator_render_choices.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "generator_render_choices", result, lines)
     return 0
 
 

@@ -23,7 +23,6 @@ is never used to choose.
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import write_results  # noqa: E402
 from generator_render_choices import compare, confusion_lines, fmt, header_lines, tuning_parser  # noqa: E402
 
 MEDIAN = "median change for every lesion (twin 1.1.0)"
@@ -56,8 +56,6 @@ def main(argv=None) -> int:
     slopes = {reg: {w: c.get("viable_shift_slope") for w, c in cells.items()}
               for reg, cells in ((gen.card.get("kinetics") or {}).get("per_cell") or {}).items()}
     tune, hold, result = compare(args, gen, variants(gen), slopes=slopes)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "generator_viable_shift.json").write_text(json.dumps(result, indent=2))
     lines = header_lines("How the anchored twin changes the HU of surviving viable tumour", result, args, tune) + [
         "| viable HU change | tune: mRECIST agreement | tune: kappa | tune: viable arterial HU error | "
         "tune: tumour Dice | hold-out: mRECIST | hold-out: kappa | hold-out: viable HU error |",
@@ -78,8 +76,7 @@ def main(argv=None) -> int:
     lines += ["", "Volumes do not depend on the variant (same kinetics, same voxel counts): viable volume error and "
               "ordering are equal across rows; the variants differ in the HU of the surviving viable tumour, which "
               "decides what mRECIST counts as enhancing."]
-    (args.out / "generator_viable_shift.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "generator_viable_shift", result, lines)
     return 0
 
 

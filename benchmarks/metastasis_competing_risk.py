@@ -15,7 +15,6 @@ benchmarks/results/metastasis_competing_risk.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 FEATURES = ("max_diameter_cm", "n_tumors", "log_afp", "pvtt")
 
@@ -83,9 +82,6 @@ def main(argv=None) -> int:
                     "aalen_johansen_cif_24m": observed_aj, "mean_true_risk24": float(np.nanmean(truth))},
            "models": rows, "seconds": round(time.perf_counter() - t0, 1),
            "machine": machine_info()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metastasis_competing_risk.json").write_text(json.dumps(res, indent=2))
     md = ["# Metastasis after TACE: competing-risk model beside the 2-year logistic one (issue 27)", "",
           f"{res['machine']['date']}, {machine_line(res['machine'])}. Command: `.venv/bin/python "
           f"benchmarks/metastasis_competing_risk.py --n {args.n} --train-seed {args.train_seed} --test-seed "
@@ -102,8 +98,7 @@ def main(argv=None) -> int:
            f"is known. The logistic model was fitted on {logistic.n_used_} patients ({logistic.n_excluded_} dropped: "
            f"censored or dead before 2 years); the competing-risk model on all {crm.n_} ({crm.n_met_} metastases, "
            f"{crm.n_death_} deaths without metastasis)."]
-    (out / "metastasis_competing_risk.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(args.out, "metastasis_competing_risk", res, md)
     return 0
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 from segmentation_evaluation import _holdout_cases  # noqa: E402
 
 from HCCTwinLib.cases import Case, sub_geometry  # noqa: E402
@@ -94,7 +94,7 @@ def run(cohort: str | None, n: int, seed: int, slices: list[int]) -> dict:
             "shipped_padding": PADDING_MODE, "rows": rows, "summary": summary, "machine": machine_info()}
 
 
-def write_md(res: dict, path: Path) -> None:
+def markdown(res: dict) -> list[str]:
     def f(v, d=3):
         return "-" if v is None else f"{v:.{d}f}"
 
@@ -115,7 +115,7 @@ def write_md(res: dict, path: Path) -> None:
         (ld, _), (td, tn), (fm, fn) = s["liver_dice"], s["tumour_dice"], s["false_tumour_ml"]
         lines.append(f"| {name} | {s['padding']} | {f(ld)} | {f(s['worst_liver_dice'])} | {f(td)} ({tn}) | "
                      f"{f(fm, 1)} ({fn}) |")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -127,10 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     res = run(args.cohort, args.n, args.seed, [int(s) for s in args.slices.split(",") if s.strip()])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "segmentation_thin_scans.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
-    write_md(res, args.out / "segmentation_thin_scans.md")
-    print((args.out / "segmentation_thin_scans.md").read_text())
+    write_results(args.out, "segmentation_thin_scans", res, markdown(res))
     return 0
 
 

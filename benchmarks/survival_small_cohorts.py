@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line, utc_now  # noqa: E402
+from _common import machine_info, machine_line, utc_now, write_results  # noqa: E402
 
 from HCCTwinLib.io import read_clinical_table  # noqa: E402
 from HCCTwinLib.simulate.cohort import observed_row  # noqa: E402
@@ -120,9 +120,6 @@ def main(argv=None) -> int:
     noise = fold_noise(real, REAL_SCORES, seeds=20 if args.quick else 100)
     result = {"date": utc_now(), "machine": machine_info(), "runs": runs, "summary": summary,
               "real_fold_noise": noise}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "survival_small_cohorts.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     md = ["# Survival on small cohorts: the selected model against the established scores (issue 27)", "",
           f"{result['date']}, {machine_line(result['machine'])}. Command: "
           f"`python benchmarks/survival_small_cohorts.py`. 5-fold "
@@ -155,7 +152,7 @@ def main(argv=None) -> int:
     for name, v in noise["scores"].items():
         md.append(f"| {name} | {v['whole_table_c']:.3f} | {v['mean_gap']:+.3f} | {v['worst_gap']:+.3f} | "
                   f"{100 * v['share_below_minus_0.01']:.0f}% |")
-    (out / "survival_small_cohorts.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_results(args.out, "survival_small_cohorts", result, md, echo=False)
     print(json.dumps(summary, indent=2))
     return 0
 

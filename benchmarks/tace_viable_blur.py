@@ -14,7 +14,6 @@ Writes ``tace_viable_blur.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,9 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 from HCCTwinLib.io import find_image, load_case, read_image  # noqa: E402
 from HCCTwinLib.labels import NECROSIS, VIABLE_TUMOR  # noqa: E402
@@ -85,12 +87,11 @@ def main(argv=None) -> int:
         summary[f"{key} mm from necrosis"] = med([r["bands"][key]["change"] for r in rows])
     result = {"cohort": str(args.cohort), "regimen": args.regimen, "followups": len(rows), "summary": summary,
               "rows": rows, "seconds": round(time.perf_counter() - t0, 1),
-              "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+              "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": machine_info(),
               "disclaimer": "Synthetic data, not for clinical use."}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tace_viable_blur.json").write_text(json.dumps(result, indent=2))
     lines = ["# Viable-HU change after TACE by distance from the lipiodol (issue 23)", "",
-             f"{result['date_utc']} UTC. Command: `python benchmarks/tace_viable_blur.py --cohort "
+             f"{result['date_utc']} UTC, {machine_line(result['machine'])}. Command: "
+             f"`python benchmarks/tace_viable_blur.py --cohort "
              f"{args.cohort.name} --regimen {args.regimen}`; {len(rows)} observed follow-ups (weeks 8/16/24) of the "
              "patients who received it. Change = mean arterial HU of the follow-up's viable tumour (in the band) minus "
              "the mean arterial HU of the pre-treatment viable tumour; bands with fewer than 20 voxels are left out. "
@@ -102,8 +103,7 @@ def main(argv=None) -> int:
               "line in the lesion's HU) and paints it on every surviving viable voxel; the bands show how much of it "
               "is blur from the adjacent lipiodol. The simulator's own mRECIST reading counts that blur as enhancing "
               "tumour, which is why the twin keeps it (README, Limitations)."]
-    (args.out / "tace_viable_blur.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "tace_viable_blur", result, lines)
     return 0
 
 

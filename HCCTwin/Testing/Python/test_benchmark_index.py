@@ -2,6 +2,7 @@
 quote: a new benchmark script that it does not run (or name as not run) fails here."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[3] / "benchmarks"
@@ -38,7 +39,7 @@ def test_real_scan_benchmarks_are_skipped_without_their_data(tmp_path, capsys):
     assert capsys.readouterr().out.count("skipped (needs --real-data DIR") == 2
 
 
-def test_every_result_names_its_machine():
+def test_every_result_names_its_machine(tmp_path, capsys):
     """``benchmarks/_common.py``: what each benchmark writes beside its numbers (timings differ between CPUs of the
     same core count, so the CPU model must be there), and the one-line form of the Markdown headers."""
     spec = importlib.util.spec_from_file_location("_common", BENCH / "_common.py")
@@ -51,6 +52,12 @@ def test_every_result_names_its_machine():
     assert line.startswith(info["cpu"]) and f"{info['cpu_count']} cores" in line
     assert ("no GPU" in line) == (info["gpu"] is None)
     assert "GPU A100" in common.machine_line({**info, "gpu": "A100"})
+    import numpy as np
+
+    common.write_results(tmp_path / "new", "bench", {"machine": info, "c": np.float64(0.5)}, ["# Title", "", "| a |"])
+    assert json.loads((tmp_path / "new" / "bench.json").read_text())["c"] == 0.5  # numpy scalars written as numbers
+    assert (tmp_path / "new" / "bench.md").read_text() == "# Title\n\n| a |\n"
+    assert capsys.readouterr().out == "# Title\n\n| a |\n"
     scripts = [p for p in BENCH.glob("*.py") if p.stem not in ("run_all", "_common")]
     inline = [p.name for p in scripts if "platform.platform()" in p.read_text()]
     assert not inline, f"these benchmarks describe their machine themselves instead of _common.machine_info: {inline}"

@@ -20,7 +20,7 @@ from ..errors import InputError
 from ..jsonutil import jsonable
 from ..progress import ProgressCallback, SubProgress, report
 from .features import DEFAULT_COVARIATES, SCORE_BASELINES, clinical_features
-from .metrics import harrell_c, uno_c
+from .metrics import concordance_matrix, harrell_c, uno_c
 from .models import PerRegimenSurvival
 
 __all__ = ["cross_validate", "run_cv_command", "score_table", "stratified_folds", "ENDPOINTS"]
@@ -94,7 +94,7 @@ def paired_c_difference_se(time_, event, risks_a: Sequence[np.ndarray], risks_b:
     comparable = (e[:, None] & (t[:, None] < t[None, :])).astype(float)
 
     def parts(risks):
-        return [comparable * ((r[:, None] > r[None, :]) + 0.5 * (r[:, None] == r[None, :])) for r in risks]
+        return [comparable * concordance_matrix(r, r) for r in risks]
 
     num_a, num_b = parts([np.asarray(r, float) for r in risks_a]), parts([np.asarray(r, float) for r in risks_b])
     w = np.random.default_rng(seed).multinomial(len(t), np.full(len(t), 1.0 / len(t)), size=n).astype(float)

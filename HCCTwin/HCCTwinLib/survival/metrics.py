@@ -96,7 +96,8 @@ def harrell_c(time, event, risk) -> float:
     return float(concordance_index(time, -risk, event))
 
 
-def _concordance_matrix(r_i, r_j):
+def concordance_matrix(r_i, r_j):
+    """1 where ``r_i`` ranks above ``r_j`` (pairwise, rows i, columns j), 0.5 for ties, else 0."""
     return (r_i[:, None] > r_j[None, :]) + 0.5 * (r_i[:, None] == r_j[None, :])
 
 
@@ -119,7 +120,7 @@ def uno_c(time, event, risk, tau: float | None = None, train_time=None, train_ev
     for start in range(0, len(cases), 512):
         c = cases[start:start + 512]
         comparable = time[c][:, None] < time[None, :]
-        conc = _concordance_matrix(risk[c], risk)
+        conc = concordance_matrix(risk[c], risk)
         num += float((w[start:start + 512, None] * comparable * conc).sum())
         den += float((w[start:start + 512, None] * comparable).sum())
     return num / den if den > 0 else float("nan")
@@ -142,7 +143,7 @@ def time_dependent_auc(time, event, risk, t, train_time=None, train_event=None, 
             out.append(float("nan"))
             continue
         w = 1.0 / np.maximum(g(time[cases], left=True), g_min)
-        conc = _concordance_matrix(risk[cases], risk[controls])
+        conc = concordance_matrix(risk[cases], risk[controls])
         out.append(float((w[:, None] * conc).sum() / (w.sum() * controls.sum())))
     return out[0] if np.ndim(t) == 0 else np.asarray(out)
 
@@ -164,7 +165,7 @@ def binary_auc(y, score) -> float:
     pos, neg = s[y], s[~y]
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    return float(_concordance_matrix(pos, neg).mean())
+    return float(concordance_matrix(pos, neg).mean())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 from HCCTwinLib.cases import Geometry  # noqa: E402
 from HCCTwinLib.io import write_image  # noqa: E402
@@ -564,9 +564,6 @@ def main(argv=None) -> int:
     if args.only:
         print(json.dumps(summary))
         return 0 if summary["passed"] == summary["cases"] else 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bad_input.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Bad input and faults through the command line (issue 24)", "",
              f"{result['date']}, {machine_line(machine)}, Python {machine['python']}. Command: "
              f"`python benchmarks/bad_input.py`. Every case runs `python -m HCCTwinLib.cli ...` in a subprocess on "
@@ -583,7 +580,7 @@ def main(argv=None) -> int:
         outcome = "as specified" if r["passed"] else "**" + "; ".join(r["problems"]).replace("|", "\\|") + "**"
         lines.append(f"| {r['item']} | {r['name']} | {r['expect']} | {r['exit']} | {r['seconds']} | {outcome} | "
                      f"{last[:220]} |")
-    (out / "bad_input.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, "bad_input", result, lines, echo=False)
     print(json.dumps(summary))
     return 0 if summary["passed"] == summary["cases"] else 1
 

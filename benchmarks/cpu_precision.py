@@ -163,9 +163,8 @@ def _fmt(v) -> str:
 
 
 def write(res: dict, out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    js = out / "cpu_precision.json"
-    js.write_text(json.dumps(res, indent=1))
+    from _common import write_results
+
     m, s, g = res["machine"], res["segmentation"], res["generator"]
     lines = ["# CPU inference in bfloat16 vs float32", "", "Demo weights, synthetic data, not for clinical use.", "",
              f"Date {res['date']}. Machine: {m.get('cpu')}, {m.get('cpu_count')} cores, torch {m.get('torch')} with "
@@ -203,9 +202,8 @@ def write(res: dict, out: Path) -> tuple[Path, Path]:
                   "", "| metric | float32 | bfloat16 |", "|---|---|---|"]
         lines += [f"| {k} | {_fmt(v.get('fp32'))} | {_fmt(v.get('bf16'))} |" for k, v in qg["metrics"].items()]
         lines.append("")
-    md = out / "cpu_precision.md"
-    md.write_text("\n".join(lines) + "\n")
-    return md, js
+    write_results(out, "cpu_precision", res, lines, echo=False)
+    return out / "cpu_precision.md", out / "cpu_precision.json"
 
 
 def main(argv=None) -> int:

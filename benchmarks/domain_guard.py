@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 
 def _perturbations():
@@ -143,7 +143,7 @@ def summarise(rows) -> dict:
             "by_perturbation": by_pert}
 
 
-def write_md(res: dict, path: Path) -> None:
+def markdown(res: dict) -> list[str]:
     s = res["summary"]
     b, g, m = s["dice_below_0.8"], s["dice_at_least_0.9"], s["dice_0.8_to_0.9"]
     lines = ["# Out-of-domain guard on perturbed simulated hold-out scans", "",
@@ -165,7 +165,7 @@ def write_md(res: dict, path: Path) -> None:
         lines += ["", "Runs with liver Dice < 0.8 not called outside:", ""]
         lines += [f"- {r['patient_id']} {r['perturbation']}: Dice {r['liver_dice']:.3f}, {r['verdict']} "
                   f"({'; '.join(r['reasons'])})" for r in missed]
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -180,10 +180,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     res = run(args.cohort, args.n, args.weights)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "domain_guard.json").write_text(json.dumps(res, indent=2, default=float))
-    write_md(res, out / "domain_guard.md")
+    write_results(args.out, "domain_guard", res, markdown(res), echo=False)
     print(json.dumps(res["summary"], indent=2, default=float))
     return 0
 

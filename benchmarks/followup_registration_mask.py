@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 from registration_evaluation import MISALIGNMENT, upsample  # noqa: E402
 
 from HCCTwinLib import __version__  # noqa: E402
@@ -138,7 +138,7 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def write_markdown(path: Path, payload: dict) -> None:
+def markdown(payload: dict) -> list[str]:
     lines = ["# A real follow-up in `hcctwin predict`: registered inside the segmented liver", "",
              f"{payload['date_utc']} UTC, HCCTwin {payload['hcctwin_version']}, {machine_line(payload['machine'])}. "
              f"Command: `python benchmarks/followup_registration_mask.py"
@@ -173,8 +173,8 @@ def write_markdown(path: Path, payload: dict) -> None:
               "stage fits noise and partial volume (as in `registration_evaluation.md`), which is where *run_case* can "
               "lose to *before*; `full` (about 2 x 2 x 3.5 mm) and `ct512` are the grids of clinical scans. Simulated "
               "phantoms: on real scans the liver also moves against the body between visits (breathing), which this "
-              "misalignment (one field for the whole body) does not model.", ""]
-    path.write_text("\n".join(lines))
+              "misalignment (one field for the whole body) does not model."]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -199,10 +199,7 @@ def main(argv=None) -> int:
                "summary": summarise(rows), "cases": rows,
                "real_pair": real_pair(args.real_data) if args.real_data else None}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(jsonable(payload), indent=1))
-    write_markdown(out.with_suffix(".md"), payload)
-    print(out.with_suffix(".md").read_text())
+    write_results(out.parent, out.stem, jsonable(payload), markdown(payload))
     return 0
 
 

@@ -50,7 +50,7 @@ except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line, utc_now  # noqa: E402
+from _common import machine_info, machine_line, utc_now, write_results  # noqa: E402
 from generator_evaluation import TARGETS, ordering_scores  # noqa: E402
 
 from HCCTwinLib.imagemetrics import relative_error  # noqa: E402
@@ -210,9 +210,6 @@ def _f(v, nd=3):
 
 
 def write_report(result: dict, out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = out / "generator_ceiling.json", out / "generator_ceiling.md"
-    jpath.write_text(json.dumps(result, indent=1, default=float) + "\n")
     a = result["all"]
     lines = ["# Generator ceiling: what pre-treatment information allows on this simulator (issue 5)", "",
              "Synthetic data, not for clinical use.", "",
@@ -262,8 +259,8 @@ def write_report(result: dict, out: Path) -> tuple[Path, Path]:
                     o = s["ordering"]
                     lines.append(f"| {m} | {_f(s['viable_volume_median_rel_error'])} | {_f(o['all_pairs'])} | "
                                  f"{_f(o['pairwise'])} | {_f(o['best_regimen'])} |")
-    mpath.write_text("\n".join(lines) + "\n")
-    return jpath, mpath
+    write_results(out, "generator_ceiling", result, lines)
+    return out / "generator_ceiling.json", out / "generator_ceiling.md"
 
 
 def main(argv=None) -> int:
@@ -282,7 +279,6 @@ def main(argv=None) -> int:
     if not args.rows:
         result.pop("rows")
     jpath, mpath = write_report(result, args.out)
-    print(mpath.read_text())
     print(f"written {jpath} and {mpath}")
     return 0
 

@@ -47,7 +47,7 @@ except ImportError:  # running from a checkout without installing the package
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info  # noqa: E402
+from _common import machine_info, write_results  # noqa: E402
 
 from HCCTwinLib.cases import Geometry
 from HCCTwinLib.imagemetrics import (  # noqa: F401  (re-exported: the metric pieces live in the library)
@@ -358,11 +358,7 @@ def check_targets(result: dict) -> dict:
     return out
 
 
-def write_report(result: dict, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = out_dir / "generator_evaluation.json", out_dir / "generator_evaluation.md"
-    jpath.write_text(json.dumps(result, indent=2, default=float))
-
+def write_report(result: dict, out_dir: Path, *, echo: bool = True) -> tuple[Path, Path]:
     def fmt(v):
         return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
@@ -412,8 +408,8 @@ def write_report(result: dict, out_dir: Path) -> tuple[Path, Path]:
     lines += ["", "## Targets (issue 23)", "", "| target | value | met |", "|---|---|---|"]
     for key, v in result["targets"].items():
         lines.append(f"| {key} {v.get('target', '')} | {fmt(v['value']) if not isinstance(v['value'], dict) else ''.join(f'{k}: {fmt(x)} ' for k, x in v['value'].items())} | {v['met']} |")  # noqa: E501
-    mpath.write_text("\n".join(lines) + "\n")
-    return jpath, mpath
+    write_results(out_dir, "generator_evaluation", result, lines, echo=echo)
+    return out_dir / "generator_evaluation.json", out_dir / "generator_evaluation.md"
 
 
 def update_card(weights: Path, result: dict) -> None:
@@ -455,7 +451,7 @@ def main(argv=None) -> int:
         result = json.loads(args.rescore.read_text())
         summarise_ordering(result)
         result["targets"] = check_targets(result)
-        jpath, mpath = write_report(result, args.out)
+        jpath, mpath = write_report(result, args.out, echo=False)
         print(f"re-scored {args.rescore}: written {jpath} and {mpath}")
         return 0
     if not (args.cohort and args.weights):
@@ -470,7 +466,6 @@ def main(argv=None) -> int:
     jpath, mpath = write_report(result, args.out)
     if args.update_card:
         update_card(args.weights, result)
-    print(mpath.read_text())
     print(f"written {jpath} and {mpath}")
     return 0
 

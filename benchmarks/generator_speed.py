@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -111,9 +110,8 @@ def run(weights: Path | None, steps_list, repeats: int, log=print) -> dict:
 
 
 def write(res: dict, out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    js = out / "generator_speed.json"
-    js.write_text(json.dumps(res, indent=1))
+    from _common import write_results
+
     m = res["machine"]
     lines = ["# Generator speed on the CPU: layout and sampling steps", "",
              "Demo weights, synthetic data, not for clinical use.", "",
@@ -135,9 +133,8 @@ def write(res: dict, out: Path) -> tuple[Path, Path]:
                   "(network units; 1 unit of the image residual = 100 HU x g(weeks)).", "",
               "Targets: demo request <= 60 s on 2 CPU cores (issue 5); the whole warm pipeline <= 30 s "
               "(issue 8, `pipeline_benchmark.md`)."]
-    md = out / "generator_speed.md"
-    md.write_text("\n".join(lines) + "\n")
-    return md, js
+    write_results(out, "generator_speed", res, lines, echo=False)
+    return out / "generator_speed.md", out / "generator_speed.json"
 
 
 def main(argv=None) -> int:

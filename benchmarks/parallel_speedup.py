@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 
 def subset(cohort: Path, n: int, out: Path) -> Path:
@@ -142,8 +142,6 @@ def main(argv=None) -> int:
         res["torchrun_wall_speedup"] = runs[0]["wall_s"] / runs[1]["wall_s"]
         res["torchrun_epoch_speedup"] = float(np.mean(runs[0]["epoch_s"]) / np.mean(runs[1]["epoch_s"]))
     shutil.rmtree(tmp, ignore_errors=True)
-    out = Path(args.out)
-    (out / "parallel_speedup.json").write_text(json.dumps(res, indent=2))
     md = ["# Cohort work on Dask: 2 workers vs serial (issue 27)", "",
           f"{res['machine']['date']}, {machine_line(res['machine'])}. "
           f"Command: `.venv/bin/python benchmarks/parallel_speedup.py --cohort {res['cohort']} --n {args.n}`.", "",
@@ -175,8 +173,7 @@ def main(argv=None) -> int:
                f"wall time, {res['torchrun_epoch_speedup']:.2f}x per epoch. The losses differ: each process draws its "
                f"own batches, so the two runs are not the same training (the test checks that the processes train "
                f"one model)."]
-    (out / "parallel_speedup.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(args.out, "parallel_speedup", res, md)
     return 0
 
 

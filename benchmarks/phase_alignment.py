@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 #: portal-phase shifts (x, y, z in mm, LPS): none, a typical breath-hold difference, a large one, and one in-plane too
 SHIFTS = ((0.0, 0.0, 0.0), (0.0, 0.0, 5.0), (0.0, 0.0, 10.0), (3.0, -3.0, 8.0))
@@ -188,7 +188,7 @@ def _mean(rows, key):
     return float(np.mean(vals)) if vals else None
 
 
-def write_md(res: dict, path: Path) -> None:
+def markdown(res: dict) -> list[str]:
     sim = res["simulated"]
     lines = ["# Phases from separate breath-holds: segmentation without and with the phase alignment (issue 22)", "",
              f"{res['machine']['date']}, {machine_line(res['machine'])}, model {res['model_version']}. Command: "
@@ -244,7 +244,7 @@ def write_md(res: dict, path: Path) -> None:
                          f"{pair('liver_ml', '.0f')} | {pair('tumor_ml', '.0f')} | "
                          f"{pair('tumor_nontissue_fraction', '.2f')} | {pair('agreement', '.2f')} | "
                          f"{a['verdict']} -> {b['verdict']} |")
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -266,10 +266,7 @@ def main(argv=None) -> int:
            "liver_only": liver_only(args.cohort, args.n, seg),
            "real": real(args.real_data, seg) if args.real_data else [],
            "machine": machine_info()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "phase_alignment.json").write_text(json.dumps(res, indent=2))
-    write_md(res, args.out / "phase_alignment.md")
-    print((args.out / "phase_alignment.md").read_text())
+    write_results(args.out, "phase_alignment", res, markdown(res))
     return 0
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 REGIMENS = ("tace_pd1_len", "haic_pd1_len", "pd1_tki")
 WEEKS = (8, 16, 24)
@@ -352,12 +352,9 @@ def main(argv=None) -> int:
            "uptime_end": _uptime(), "rows": rows, "targets": TARGETS}
     baseline_path = args.out / "pipeline_benchmark_baseline.json"
     baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else None
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pipeline_benchmark.json").write_text(json.dumps(res, indent=2, default=str))
     notes_path = args.out / "pipeline_benchmark_notes.md"
     notes = notes_path.read_text() if notes_path.is_file() else None
-    (args.out / "pipeline_benchmark.md").write_text(render_markdown(res, baseline, notes))
-    print((args.out / "pipeline_benchmark.md").read_text())
+    write_results(args.out, "pipeline_benchmark", res, render_markdown(res, baseline, notes), default=str)
     return 0
 
 
@@ -381,9 +378,9 @@ def _run_value(row: dict, run: str, key: str):
     return r.get(key)
 
 
-def render_markdown(res: dict, baseline: dict | None = None, notes: str | None = None) -> str:
-    """The results page; ``notes`` (``OUT/pipeline_benchmark_notes.md``: conditions, paired runs, what the numbers
-    mean) is appended as written."""
+def render_markdown(res: dict, baseline: dict | None = None, notes: str | None = None) -> list[str]:
+    """The results page, as lines; ``notes`` (``OUT/pipeline_benchmark_notes.md``: conditions, paired runs, what the
+    numbers mean) is appended as written."""
     cols = (*STAGES, "total")
     ok = [r for r in res["rows"] if "error" not in r]
     samples = ", ".join(sorted({str(r.get("samples")) for r in ok})) or "?"
@@ -459,7 +456,7 @@ def render_markdown(res: dict, baseline: dict | None = None, notes: str | None =
         lines += ["", "Notes from the runs:"] + [f"- {n}" for n in run_notes]
     if notes:
         lines += ["", notes.rstrip()]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 real_scans = importlib.import_module("real_scans")  # also puts HCCTwin/ on sys.path
 sys.path.insert(0, str(ROOT / "HCCTwin"))
-from _common import machine_info, machine_line, utc_now  # noqa: E402
+from _common import machine_info, machine_line, utc_now, write_results  # noqa: E402
 
 REGIMENS = ["tace_pd1_len", "haic_pd1_len", "pd1_tki"]
 WEEKS = [8, 16, 24]
@@ -267,7 +267,7 @@ def run(args) -> dict:
             "caveat": caveat(verdict.verdict)}
 
 
-def write_md(res: dict, path: Path) -> None:
+def markdown(res: dict) -> list[str]:
     g, s, pre = res["generator"], res["segmentation"], res["pre"]
     lines = [f"# Anchored twin on a real CT scan ({res['scan']})", "",
              f"{res['date']}, {machine_line(res['machine'])}, {res['machine']['torch_threads']} torch threads. "
@@ -321,7 +321,7 @@ def write_md(res: dict, path: Path) -> None:
     if res.get("figure"):
         lines += ["", f"Picture: `{res['figure']['path']}` (axial slice {res['figure']['slice_k']} through the "
                       "largest segmented tumour component)."]
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -333,11 +333,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     res = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "real_scan_twin.json").write_text(json.dumps(res, indent=2, default=float))
-    write_md(res, out / "real_scan_twin.md")
-    print((out / "real_scan_twin.md").read_text())
+    write_results(args.out, "real_scan_twin", res, markdown(res))
     return 0
 
 

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 MANIFEST = ROOT / "benchmarks" / "real_scans.json"
 
@@ -177,7 +177,7 @@ def _ref(row: dict) -> str:
     return f"**{d:.3f}** (manual)" if row.get("reference_manual") else f"{d:.3f} (model)"
 
 
-def write_md(res: dict, path: Path) -> None:
+def markdown(res: dict) -> list[str]:
     lines = ["# Real public CT scans: segmentation and out-of-domain guard", "",
              f"Model {res['model_version']}, {res['machine']['date']}, {machine_line(res['machine'])}. "
              "Command: `.venv/bin/python benchmarks/real_scans.py --data DATA_ROOT` (sources and licences in "
@@ -203,7 +203,7 @@ def write_md(res: dict, path: Path) -> None:
     lines += ["", "Sources:", ""]
     lines += [f"- {cid}: {s.get('source')} ({s.get('licence')}). {s.get('attribution', '')}"
               for cid, s in res["sources"].items()]
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -218,11 +218,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     res = run(Path(args.data), args.weights, Path(args.pictures) if args.pictures else None)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "real_scans.json").write_text(json.dumps(res, indent=2, default=float))
-    write_md(res, out / "real_scans.md")
-    print((out / "real_scans.md").read_text())
+    write_results(args.out, "real_scans", res, markdown(res))
     return 0
 
 

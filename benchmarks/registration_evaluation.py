@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 from HCCTwinLib import __version__  # noqa: E402
 from HCCTwinLib.cases import Case, Geometry  # noqa: E402
@@ -103,7 +102,7 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def write_markdown(path: Path, payload: dict) -> None:
+def markdown(payload: dict) -> list[str]:
     lines = ["# Follow-up registration: target-registration error on simulated misalignments", "",
              f"Date (UTC): {payload['date_utc']}; HCCTwin {payload['hcctwin_version']}; machine: "
              f"{machine_line(payload['machine'])} (load average "
@@ -139,7 +138,7 @@ def write_markdown(path: Path, payload: dict) -> None:
     notes = sorted({n for r in payload["cases"] for n in r["notes"]})
     if notes:
         lines += ["Notes from the runs: " + "; ".join(notes) + ".", ""]
-    path.write_text("\n".join(lines))
+    return lines[:-1]  # every section ends with a blank line; write_results ends the file with one newline
 
 
 def main(argv=None) -> int:
@@ -163,10 +162,7 @@ def main(argv=None) -> int:
                "threads": args.threads, "seed": args.seed,
                "misalignment": MISALIGNMENT, "summary": summarise(rows), "cases": rows}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
-    write_markdown(out.with_suffix(".md"), payload)
-    print(out.with_suffix(".md").read_text())
+    write_results(out.parent, out.stem, payload, markdown(payload))
     return 0
 
 

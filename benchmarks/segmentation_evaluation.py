@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 TARGETS = {"liver": 0.95, "viable_tumor": 0.85, "necrosis": 0.70, "pvtt": 0.60, "sensitivity_10mm": 0.90,
            "fp_per_patient": 0.2, "warm_cpu_s": 20.0, "peak_rss_gb": 4.0}
@@ -173,14 +173,12 @@ def operating_curve(weights: str, n: int, device: str, cohort: str) -> list[dict
 
 
 def write_report(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     md_path = out / "segmentation_evaluation.md"
     notes = ""
     if md_path.is_file():
         old = md_path.read_text()
         if NOTES_HEADING in old:
             notes = old[old.index(NOTES_HEADING):]
-    (out / "segmentation_evaluation.json").write_text(json.dumps(result, indent=2, default=float))
     s, sp = result["quality"]["summary"], result.get("speed", {})
     shape = "x".join(map(str, result["quality"]["per_patient"][0]["shape_kji"]))
 
@@ -247,7 +245,9 @@ def write_report(result: dict, out: Path) -> None:
             lines.append(f"| {r['min_tumor_confidence']:.2f}{mark} | {r['sensitivity']:.3f} | "
                          f"{r['fp_per_patient']:.2f} | {r['viable_tumor']:.3f} | {r['necrosis']:.3f} |")
         lines.append("")
-    md_path.write_text("\n".join(lines) + "\n" + ("\n" + notes if notes else ""))
+    if notes:
+        lines += ["", notes.rstrip("\n")]
+    write_results(out, "segmentation_evaluation", result, lines)
 
 
 def update_card(result: dict) -> None:
@@ -303,9 +303,7 @@ def main(argv=None) -> int:
         result = {"weights": args.weights, "sha256": sha256_file(Path(args.weights)), "n": args.n,
                   "seed": args.seed, "cohort": args.cohort, "machine": machine_info(), "phases": phases,
                   "quality": evaluate_quality(args.weights, args.n, args.seed, args.device, args.cohort, phases)}
-        path = Path(args.out) / f"segmentation_phases_{'_'.join(phases)}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=float))
+        write_results(args.out, f"segmentation_phases_{'_'.join(phases)}", result)
         print(json.dumps(result["quality"]["summary"], indent=2, default=float))
         return 0
     result = {"weights": args.weights, "sha256": sha256_file(Path(args.weights)), "n": args.n, "seed": args.seed,
@@ -323,7 +321,6 @@ def main(argv=None) -> int:
     write_report(result, Path(args.out))
     if args.update_card:
         update_card(result)
-    print((Path(args.out) / "segmentation_evaluation.md").read_text())
     return 0
 
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 from HCCTwinLib import DISCLAIMER, __version__  # noqa: E402
 from HCCTwinLib.simulate import simulate_cohort  # noqa: E402
@@ -191,7 +191,7 @@ def fmt(v, pct=False):
     return f"{100 * v:.0f}%" if pct else f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
 
 
-def to_markdown(res: dict, args, seconds: float) -> str:
+def to_markdown(res: dict, args, seconds: float) -> list[str]:
     lines = [
         "# Simulator calibration (issue 3)", "",
         f"`python benchmarks/simulator_calibration.py --n {args.n} --seed {args.seed}` — HCCTwin {__version__}, "
@@ -258,7 +258,7 @@ def to_markdown(res: dict, args, seconds: float) -> str:
                   f"in all ({t['cpu_seconds'] / t['n']:.2f} CPU-s per patient, i.e. about "
                   f"{t['cpu_seconds'] / t['cpus']:.0f} s on {t['cpus']} otherwise idle cores); {t['files']} files, "
                   f"{t['gigabytes']:.2f} GB on disk (the received regimen's truth follow-ups are hard links)."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None) -> int:
@@ -299,12 +299,8 @@ def main(argv=None) -> int:
         res["timing"] = {"n": args.time_images, "seconds": sec, "cpu_seconds": cpu, "load_before": load,
                          "workers": args.workers or default_workers(), "cpus": len(os.sched_getaffinity(0)),
                          "files": len(files), "gigabytes": size}
-    md = to_markdown(res, args, seconds)
     out_md = Path(args.out)
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(md)
-    out_md.with_suffix(".json").write_text(json.dumps(res, indent=2, default=float))
-    print(md)
+    write_results(out_md.parent, out_md.stem, res, to_markdown(res, args, seconds))
     return 0 if res["all_pass"] else 1
 
 

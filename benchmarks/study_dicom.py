@@ -32,7 +32,7 @@ except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(ROOT / "HCCTwin"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 from HCCTwinLib.cli import main as hcctwin  # noqa: E402
 
@@ -45,7 +45,7 @@ def _f(v, d=3):
     return "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
 
 
-def markdown(study: dict, stages: dict, info: dict, args) -> str:
+def markdown(study: dict, stages: dict, info: dict, args) -> list[str]:
     lines = ["# Validation study on a simulated DICOM cohort (`benchmarks/study_dicom.py`)", "",
              f"Date {study['date']}; machine: {machine_line(info)}, torch {info.get('torch')}; load average at start "
              f"{info.get('load_average_1_5_15')}.", "",
@@ -99,10 +99,10 @@ def markdown(study: dict, stages: dict, info: dict, args) -> str:
                      f"{best[0] + ' ' + _f(best[1]['harrell_c']) if best else '-'} | "
                      f"{_f(lm['dynamic_harrell_c']) + ' / ' + _f(lm['baseline_harrell_c']) if lm else '-'} |")
     lines += ["", "Results on the development split are apparent (the survival engine was fitted there) when the "
-              "models line says so. Full tables and plots: `study_dicom.html` / `study_dicom.json`.", ""]
+              "models line says so. Full tables and plots: `study_dicom.html` / `study_dicom.json`."]
     if study.get("notes"):
-        lines += ["Notes:", ""] + [f"- {n}" for n in study["notes"]] + [""]
-    return "\n".join(lines)
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in study["notes"]]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -134,13 +134,10 @@ def main(argv=None) -> int:
                     "--samples", str(args.samples)]) == 0
     stages["study_s"] = round(time.perf_counter() - t, 1)
     study = json.loads((study_dir / "study.json").read_text())
-    args.out.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": "study_dicom", "machine": info, "stages": stages,
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "study": study}
-    (args.out / "study_dicom.json").write_text(json.dumps(record, indent=2))
+    write_results(args.out, "study_dicom", record, markdown(study, stages, info, args))
     shutil.copyfile(study_dir / "study.html", args.out / "study_dicom.html")
-    (args.out / "study_dicom.md").write_text(markdown(study, stages, info, args))
-    print((args.out / "study_dicom.md").read_text())
     return 0
 
 

@@ -43,7 +43,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "HCCTwin"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line, utc_now  # noqa: E402
+from _common import machine_info, machine_line, utc_now, write_results  # noqa: E402
 
 from HCCTwinLib import DISCLAIMER  # noqa: E402
 from HCCTwinLib.jsonutil import jsonable  # noqa: E402
@@ -391,10 +391,6 @@ def _f(x, nd=3):
 
 
 def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = out_dir / "survival_evaluation.json", out_dir / "survival_evaluation.md"
-    public = {k: v for k, v in res.items() if not k.startswith("_")}
-    jpath.write_text(json.dumps(jsonable(public, finite=True), indent=2))
     o = res["os"]
     machine = res.get("machine") or machine_info()
     machine_text = machine_line(machine) if isinstance(machine, dict) else machine
@@ -488,8 +484,9 @@ def write_report(res: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
                   f"{_f(h.get('metastasis_auc'))} | {_f(h.get('recommendation_accuracy'))} | "
                   f"{_f(h.get('landmark_8w_harrell_c'))} |" for name, h in comparison]
     lines += ["", "Notes:"] + [f"- {n}" for n in res["notes"]]
-    mpath.write_text("\n".join(lines) + "\n")
-    return mpath, jpath
+    public = {k: v for k, v in res.items() if not k.startswith("_")}
+    write_results(out_dir, "survival_evaluation", jsonable(public, finite=True), lines)
+    return out_dir / "survival_evaluation.md", out_dir / "survival_evaluation.json"
 
 
 def headline(res: dict[str, Any]) -> dict[str, Any]:
@@ -579,8 +576,7 @@ def main(argv=None) -> int:
                     "notes": res["notes"], "regimens": engine.os.regimen_counts_}
         save_engine(engine, args.save_engine, training_data=training, metrics=jsonable(metrics, finite=True))
         res["saved_engine"] = str(args.save_engine)
-    mpath, _ = write_report(res, args.out)
-    print(mpath.read_text())
+    write_report(res, args.out)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 from HCCTwinLib import __version__  # noqa: E402
 from HCCTwinLib.cases import FollowUp  # noqa: E402
@@ -96,7 +95,7 @@ def _summarise(rows: list[dict]) -> dict:
     return out
 
 
-def write_markdown(path: Path, payload: dict) -> None:
+def markdown(payload: dict) -> list[str]:
     lines = ["# The twin check on the simulated hold-out", "",
              f"{payload['date_utc']} UTC, HCCTwin {payload['hcctwin_version']}, {machine_line(payload['machine'])}. "
              f"Command: "
@@ -122,8 +121,8 @@ def write_markdown(path: Path, payload: dict) -> None:
         lines.append("")
     lines += ["", "*closer* / *not closer*: image and viable volume agree that the virtual follow-up is nearer to the "
               "observed one than the unchanged scan (or farther); *neither*: they disagree or tie (within 1 HU, "
-              "within 1 mL or 10 %). The unchanged scan's mRECIST is SD by construction.", ""]
-    path.write_text("\n".join(lines))
+              "within 1 mL or 10 %). The unchanged scan's mRECIST is SD by construction."]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -148,10 +147,7 @@ def main(argv=None) -> int:
                "hcctwin_version": __version__, "machine": machine_info(), "n": args.n, "seed": args.seed,
                "samples": args.samples, "modes": args.modes, "summary": summarise(rows), "patients": rows}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(jsonable(payload), indent=1))
-    write_markdown(out.with_suffix(".md"), payload)
-    print(out.with_suffix(".md").read_text())
+    write_results(out.parent, out.stem, jsonable(payload), markdown(payload))
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line  # noqa: E402
+from _common import machine_info, machine_line, write_results  # noqa: E402
 
 
 def _arrays(path: Path) -> dict:
@@ -82,9 +81,6 @@ def main(argv=None) -> int:
            "fitted_arrays_equal_across_runs": same_runs, "fitted_arrays_equal_to_shipped": same_shipped,
            "cache_files": len(cache_files), "cache_mb": round(cache_mb, 2),
            "machine": machine_info()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "twin_records_cache.json").write_text(json.dumps(res, indent=2) + "\n")
     speed = runs[0]["seconds"] / max(runs[1]["seconds"], 1e-9)
     md = ["# Refitting the anchored twin from its records cache (issue 27)", "",
           f"{res['machine']['date']}, {machine_line(res['machine'])}, local Dask cluster of {args.workers} workers. "
@@ -99,8 +95,7 @@ def main(argv=None) -> int:
     if same_shipped is not None:
         md.append(f"Fitted arrays identical to the shipped `hcctwin_twin.safetensors`: "
                   f"**{'yes' if same_shipped else 'NO'}** (the file's SHA-256 also covers its card's creation time).")
-    (out / "twin_records_cache.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(args.out, "twin_records_cache", res, md)
     return 0 if same_runs else 1
 
 

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info, machine_line, utc_now  # noqa: E402
+from _common import machine_info, machine_line, utc_now, write_results  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -294,9 +294,6 @@ def main(argv=None) -> int:
            "targets": TARGETS, "problems": problems}
     res["first_paint_met"] = res["first_paint_s"]["median"] <= TARGETS["first_paint_s"]
     res["change_met"] = res["change_s"]["max"] <= TARGETS["change_s"]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "viewer_timing.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     md = ["# Browser viewer (`hcctwin view`) in headless Chromium", "",
           f"{res['date']}, {machine_line(res['machine'])}, {res['cpu_cores']} cores available (slice views rendered "
           f"offscreen by Mesa on the CPU). Command: `python benchmarks/viewer_timing.py` ({args.runs} runs on the "
@@ -317,7 +314,7 @@ def main(argv=None) -> int:
     if unseen:
         md += ["", f"Clicked but not timed ({', '.join(unseen)}): the two states look the same at the slice the viewer "
                "opens on, at its window (no new frame differs), so there is no frame to time."]
-    (out / "viewer_timing.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_results(args.out, "viewer_timing", res, md, echo=False)
     print(json.dumps({k: res[k] for k in ("first_paint_s", "change_s", "first_paint_met", "change_met",
                                           "problems")}))
     return 1 if problems else 0

@@ -43,6 +43,15 @@ ENVELOPE = {
     "lesion_sampling": True, "phase_dropout": 0.3, "synthetic": 150, "synthetic_seed": 7001, "synthetic_prob": 0.7,
     "flip_prob": 0.0, "version": "0.2.0",
 }
+#: The single-phase stage (issue 22; 0.1.0): the main model's settings (PVTT class weight 20, lesion-wise patch
+#: centres, small-lesion weights up to 10) with one phase copied onto both channels on every patch, validated on
+#: each phase alone; continued from the main model (``--single-phase --init-weights hcctwin_seg.safetensors
+#: --cpu-bf16 --threads 2 --time-budget T``). Used instead of the main model when a study has one phase.
+SINGLE_PHASE = {
+    "version": "0.1.0", "lr": 5e-4, "phase_dropout": 1.0,
+    "class_weights": (1.0, 1.0, 1.0, 1.0, 20.0), "class_ratios": (0.5, 0.5, 1.0, 0.5, 6.0),
+    "lesion_sampling": True, "small_lesion_weight": 10.0, "max_cases": 120, "val_max_cases": 4, "epochs": 40,
+}
 #: The shipped generator: these settings for 6 float32 epochs (2 threads), then continued from that checkpoint in
 #: bfloat16 autocast with ``--cpu-bf16 --threads 2``: ``--epochs 60`` interrupted after epoch 9, then ``--epochs 34
 #: --time-budget 2700`` (epochs 10-34, 25 min); then (0.3.0) ``--epochs 80 --lr 5e-4`` stopped after epoch 47, and a
@@ -86,6 +95,9 @@ def main(argv=None) -> int:
                         help="segmentation: the envelope stage (hcctwin_seg_envelope; ENVELOPE settings: "
                              "SynthSeg-style images from simulated tissue maps, real liver shapes with "
                              "--synthetic-templates)")
+    parser.add_argument("--single-phase", action="store_true",
+                        help="segmentation: the single-phase stage (hcctwin_seg_single_phase; SINGLE_PHASE settings: "
+                             "every patch one phase on both channels)")
     parser.add_argument("--synthetic-templates", metavar="DIR",
                         help="segmentation with --envelope: folder of real label maps + images (label_<id>.nii.gz, "
                              "image_<id>.nii.gz; e.g. CHAOS, benchmarks/data/chaos_templates.md), shapes only")
@@ -115,6 +127,12 @@ def main(argv=None) -> int:
                 params["synthetic_templates"] = args.synthetic_templates
         elif args.synthetic_templates:
             parser.error("--synthetic-templates goes with --envelope")
+        if args.single_phase:
+            if args.envelope or args.pvtt_stage:
+                parser.error("--single-phase is a model of its own: not with --envelope or --pvtt-stage")
+            from HCCTwinLib.segmentation.train import SINGLE_PHASE_MODEL_NAME
+
+            params.update(SINGLE_PHASE, name=SINGLE_PHASE_MODEL_NAME)
         if args.flip_prob is not None:
             params["flip_prob"] = args.flip_prob
         if args.lr:

@@ -302,7 +302,7 @@ def cmd_segment(args) -> int:
     seconds = time.perf_counter() - t0
     write_image(labels, case.geometry, args.out, labels=True)
     verdict = assess(case.phases, case.geometry, labels, confidence=segmenter.last_info.get("confidence"),
-                     card=segmenter.card, modality=case.modality)
+                     card=segmenter.last_card, modality=case.modality)
     for message in segmenter.last_info.get("messages", []):
         if message and message != segmenter.message:
             print(f"note: {message}", file=sys.stderr)
@@ -595,6 +595,10 @@ def cmd_train(args) -> int:
         if not 0.0 <= value <= 1.0:
             raise InputError(f"--{flag.replace('_', '-')} {value}: a probability between 0 and 1.")
         kwargs[key] = value
+    if kwargs.get("phase_dropout", 0.0) >= 1.0:  # every patch one phase: a single-phase model, named as such
+        from .segmentation.train import SINGLE_PHASE_MODEL_NAME
+
+        kwargs["name"] = SINGLE_PHASE_MODEL_NAME
     if getattr(args, "synthetic", None):
         if args.model != "segmentation":
             raise InputError("--synthetic applies to the segmentation only.")
@@ -622,6 +626,39 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _tune_single_phase(args, segmenter, weights) -> int:
+    """``hcctwin tune single-phase``: measure the single-phase model against the main model on the cohort's
+    single-phase studies and pin it in the main card when it reads them at least as well."""
+    from .jsonutil import jsonable
+    from .segmentation import get_segmenter
+    from .segmentation.tuning import apply_single_phase_to_card, tune_single_phase
+    from .weights import resolve_model_path
+
+    if not args.single_phase_model:
+        raise InputError("tune single-phase needs --single-phase-model (a model trained with --phase-dropout 1).")
+    stage_path = resolve_model_path(args.single_phase_model)
+    if stage_path.resolve().parent != weights.resolve().parent:
+        raise InputError(f"--single-phase-model {stage_path}: put it (with its .json card) in the folder of "
+                         f"{weights.name} ({weights.resolve().parent}); the card names it by file name.")
+    stage = get_segmenter(stage_path, device=args.device)
+    segmenter.attach_single_phase_stage(stage)  # checks grid, window, phases and that it reads one phase
+    segmenter.attach_single_phase_stage(None)
+    section = tune_single_phase(segmenter, stage, args.cohort, max_cases=args.max_cases, progress=ProgressBar())
+    summary = {"weights": str(weights), "single_phase_stage": section}
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(jsonable(section, finite=True), indent=2) + "\n", encoding="utf-8")
+    if args.dry_run:
+        summary["card"] = "not changed (--dry-run)"
+    elif "rejected" in section:
+        apply_single_phase_to_card(weights, None)
+        summary["card"] = "no single-phase stage (it did not read the single-phase studies better)"
+    else:
+        summary["card"] = str(apply_single_phase_to_card(weights, section))
+    print(json.dumps(jsonable(summary, finite=True), indent=2))
+    return 0
+
+
 def cmd_tune(args) -> int:
     from .jsonutil import jsonable
     from .segmentation import get_segmenter
@@ -634,6 +671,10 @@ def cmd_tune(args) -> int:
         from .segmentation.inference import Segmenter
 
         segmenter = Segmenter.from_file(weights, device=args.device, with_envelope=False)
+    elif args.model == "single-phase":  # its card may pin a single-phase file now replaced
+        from .segmentation.inference import Segmenter
+
+        segmenter = Segmenter.from_file(weights, device=args.device, with_single_phase=False)
     else:
         segmenter = get_segmenter(weights, device=args.device)
     print(segmenter.message, file=sys.stderr)
@@ -646,6 +687,8 @@ def cmd_tune(args) -> int:
         summary["card"] = "not changed (--dry-run)" if args.dry_run else str(apply_domain_to_card(weights, section))
         print(json.dumps(jsonable(summary, finite=True), indent=2))
         return 0
+    if args.model == "single-phase":
+        return _tune_single_phase(args, segmenter, weights)
     if args.model == "envelope":
         from .segmentation.tuning import apply_envelope_to_card, tune_envelope
 
@@ -819,7 +862,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "curve, per-label contrast, bias, blur, slice thickness, noise) for real scans, e.g. 0.6")
     p.add_argument("--phase-dropout", type=float, metavar="P",
                    help="segmentation: copy one phase onto both channels in this share of the patches, so the model "
-                        "also reads single-phase studies (listed in its card), e.g. 0.3")
+                        "also reads single-phase studies (listed in its card), e.g. 0.3; 1: a single-phase model "
+                        "(hcctwin_seg_single_phase, validated on each phase alone; `hcctwin tune single-phase`)")
     p.add_argument("--synthetic", type=int, metavar="N",
                    help="segmentation: also train on images synthesised from N simulated tissue maps with a random "
                         "appearance per patch (SynthSeg-style, for real scans; HCCTwinLib.segmentation.synth), "
@@ -848,10 +892,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="tune a trained segmentation model's decision rules (PVTT prior, lesion "
                                     "confidence) on labelled cases outside its training and evaluation cohorts, or "
                                     "('domain') record the out-of-domain guard's reference ranges in its card")
-    p.add_argument("model", choices=["segmentation", "domain", "envelope"],
+    p.add_argument("model", choices=["segmentation", "domain", "envelope", "single-phase"],
                    help="segmentation: decision rules; domain: the guard's training-domain reference (p1-p99 of "
                         "its measures on a cohort of the training domain, not the evaluation hold-out); envelope: the "
-                        "margin of an appearance-robust envelope model (--envelope-model) around the liver")
+                        "margin of an appearance-robust envelope model (--envelope-model) around the liver; "
+                        "single-phase: whether a single-phase model (--single-phase-model) reads one-phase studies "
+                        "in the main model's place")
     p.add_argument("--cohort", required=True, help="tuning cohort folder (cases/<id>/pre/{arterial,portal,labels})")
     p.add_argument("--weights", help="model file (.safetensors; its .json card is updated); default: installed model")
     p.add_argument("--max-fp", type=float, default=0.2,
@@ -864,6 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--envelope-model", help="tune envelope: a model trained with --synthetic (randomised appearance) "
                                             "in the folder of the main model; its liver bounds the main model's "
                                             "labels on real scans (the margin is chosen on --cohort)")
+    p.add_argument("--single-phase-model", help="tune single-phase: a model trained with --phase-dropout 1 in the "
+                                                "folder of the main model, with its own tuned rules; pinned in the "
+                                                "main card when it reads the cohort's one-phase studies better")
     p.add_argument("--pvtt-model", help="a PVTT-stage model (`hcctwin train segmentation --pvtt-stage`) in the same "
                                         "folder: tune its threshold instead of the PVTT logit bias (the stage is "
                                         "written into the card only when it finds thrombus within --max-false-pvtt)")

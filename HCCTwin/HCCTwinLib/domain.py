@@ -411,11 +411,12 @@ def reference_from_measures(rows: Sequence[Mapping[str, float | None]]) -> dict[
 
 def measure_cohort(segmenter, cohort_dir, *, max_cases: int | None = None, progress=None
                    ) -> list[dict[str, float | None]]:
-    """The guard's measures of ``segmenter`` on each pre-treatment study of a cohort folder (its labels unused)."""
-    from .segmentation.tuning import _tuning_cases
+    """The guard's measures of ``segmenter`` on each pre-treatment study of a cohort folder (its labels unused; a
+    single-phase model on each phase alone)."""
+    from .segmentation.tuning import _tuning_cases, tuning_inputs
 
     rows = []
-    cases = list(_tuning_cases(cohort_dir, max_cases))
+    cases = list(_tuning_cases(cohort_dir, max_cases, tuning_inputs(segmenter.card)))
     for n, (pid, case, _truth) in enumerate(cases):
         labels = segmenter.segment(case)
         row = {"patient_id": pid, **image_measures(case.phases, case.geometry),

@@ -182,8 +182,9 @@ def _add_messages(result: TwinResult, step: str, model) -> None:
 
 def _guard(case: Case, segmenter, options: PipelineOptions, lipiodol: bool = False):
     """The out-of-domain guard (:mod:`.domain`) on the case's phases and labels: with the segmentation model's card
-    (its accepted inputs and training-domain reference) and its confidence when it drew the labels."""
-    card = getattr(segmenter, "card", None)
+    (its accepted inputs and training-domain reference; its single-phase stage's for a study that stage read) and
+    its confidence when it drew the labels."""
+    card = getattr(segmenter, "last_card", None) or getattr(segmenter, "card", None)
     if card is None:  # labels given: the installed model's card still says what the models were trained on
         from .segmentation import default_weights_path
 

@@ -26,6 +26,13 @@ label map on the *input* grid:
    crop the liver away;
 6. post-processing (:mod:`.postprocessing`) on the model grid, nearest-neighbour back to the input grid.
 
+A study with one phase (portal only, arterial only, a delayed phase) is read by the model card's
+``postprocessing.single_phase_stage`` when it names one: a network of the same grid trained with one phase on both
+channels (phase dropout 1), with its own decision rules, PVTT and envelope stages and domain reference, attached
+only where it read the tuning cohort's single-phase studies better than the main model
+(:func:`.tuning.tune_single_phase`). Without one, the missing channel is filled with the given phase and the main
+model reads it (what it was not trained on, unless its card accepts that input).
+
 A CUDA out-of-memory error re-runs the step on the CPU with a message
 (:func:`HCCTwinLib.device.call_with_cpu_fallback`).
 """
@@ -255,7 +262,8 @@ class Segmenter:
 
     def __init__(self, model, card: Mapping[str, Any], device="cpu", *, message: str = "", path: Path | None = None,
                  overlap: float = 0.25, sw_batch_size: int = 1, roi_size: Sequence[int] | None = None,
-                 pvtt_stage: Segmenter | None = None, envelope_stage: Segmenter | None = None):
+                 pvtt_stage: Segmenter | None = None, envelope_stage: Segmenter | None = None,
+                 single_phase_stage: Segmenter | None = None):
         import torch
 
         self.card = dict(card)
@@ -313,13 +321,18 @@ class Segmenter:
             "takeover_below", ENVELOPE_AGREEMENT[1]))
         if envelope_stage is not None:
             self.attach_envelope_stage(envelope_stage)
+        #: the model that reads a single-phase study in this model's place (:meth:`attach_single_phase_stage`)
+        self.single_phase_stage: Segmenter | None = None
+        if single_phase_stage is not None:
+            self.attach_single_phase_stage(single_phase_stage)
         self.last_info: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: str | Path, device="auto", *, with_envelope: bool = True, **options) -> Segmenter:
-        """The model of ``path`` with the stages its card names; ``with_envelope=False``: without the envelope
-        stage (to re-tune it after its file was replaced: ``hcctwin tune envelope``)."""
+    def from_file(cls, path: str | Path, device="auto", *, with_envelope: bool = True, with_single_phase: bool = True,
+                  **options) -> Segmenter:
+        """The model of ``path`` with the stages its card names; ``with_envelope`` / ``with_single_phase`` False:
+        without that stage (to re-tune it after its file was replaced: ``hcctwin tune envelope / single-phase``)."""
         dev, message = devices.select_device(device) if isinstance(device, str) else (device, "")
         state, card = load_state(path)
         if "architecture_kwargs" not in card or card.get("architecture", "DynUNet") not in ARCHITECTURES:
@@ -347,6 +360,13 @@ class Segmenter:
                 raise ModelFileError(f"{path}: its card names the model itself as its envelope stage; the envelope "
                                      f"stage must be another model (trained with --synthetic).")
             options = {**options, "envelope_stage": inner}
+        single = (card.get("postprocessing") or {}).get("single_phase_stage") if with_single_phase else None
+        if single:
+            inner = cls._load_stage_file(Path(path), single, dev, options, "single-phase")
+            if inner is SELF_STAGE:
+                raise ModelFileError(f"{path}: its card names the model itself as its single-phase stage; it must be "
+                                     f"another model (trained with --phase-dropout 1).")
+            options = {**options, "single_phase_stage": inner}
         return cls(model, card, dev, message=message, path=Path(path), **options)
 
     @classmethod
@@ -358,9 +378,10 @@ class Segmenter:
     def _load_stage_file(cls, path: Path, stage: Mapping[str, Any], dev, options, what: str) -> Segmenter:
         """The stage model named in the card: a file next to ``path`` whose sha256 is the one the card recorded
         when the stage was tuned (another file of the same name would make the tuned rule meaningless)."""
-        key = "pvtt_stage" if what == "PVTT" else "envelope_stage"
-        retune = ("hcctwin tune segmentation --pvtt-model" if what == "PVTT" else "hcctwin tune envelope --cohort "
-                  "TUNING_COHORT --envelope-model")
+        key, retune = {"PVTT": ("pvtt_stage", "hcctwin tune segmentation --pvtt-model"),
+                       "envelope": ("envelope_stage", "hcctwin tune envelope --cohort TUNING_COHORT --envelope-model"),
+                       "single-phase": ("single_phase_stage", "hcctwin tune single-phase --cohort TUNING_COHORT "
+                                                              "--single-phase-model")}[what]
         name = str(stage.get("model") or "")
         if not name or Path(name).name != name:
             raise ModelFileError(f"{path}: postprocessing.{key}.model must be a file name next to the model, "
@@ -373,7 +394,7 @@ class Segmenter:
                                  f"it (with its .json card) next to {path.name}, or re-tune without it "
                                  f"(`hcctwin tune segmentation`).")
         inner = cls.from_file(stage_path, dev, **{k: v for k, v in options.items()
-                                                  if k not in ("pvtt_stage", "envelope_stage")})
+                                                  if k not in ("pvtt_stage", "envelope_stage", "single_phase_stage")})
         want = stage.get("sha256")
         if want and inner.card.get("sha256") != want:
             raise ModelFileError(f"{stage_path}: sha256 {str(inner.card.get('sha256'))[:12]}... is not the "
@@ -395,9 +416,51 @@ class Segmenter:
                 raise ModelFileError(f"envelope stage: its {what} {theirs} differs from the main model's {mine}.")
         self.envelope_stage = stage
 
+    def attach_single_phase_stage(self, stage: Segmenter | None) -> None:
+        """Read single-phase studies with ``stage`` (another model on the same grid, window and phases that accepts
+        single-phase input and has no single-phase stage of its own); None: the main model reads them."""
+        if stage is None:
+            self.single_phase_stage = None
+            return
+        if stage is self:
+            raise ModelFileError("single-phase stage: must be another model.")
+        for what, mine, theirs in (("spacing", self.spacing_mm, stage.spacing_mm),
+                                   ("HU window", tuple(self.window_hu), tuple(stage.window_hu)),
+                                   ("input phases", self.phases, stage.phases)):
+            if tuple(mine) != tuple(theirs):
+                raise ModelFileError(f"single-phase stage: its {what} {theirs} differs from the main model's {mine}.")
+        if not any(len(a) == 1 for a in accepted_inputs_of(stage.card, stage.phases)):
+            raise ModelFileError(f"single-phase stage {model_label(stage.card)}: its card accepts no single-phase "
+                                 f"input (train it with --phase-dropout 1).")
+        if stage.single_phase_stage is not None:
+            raise ModelFileError("single-phase stage: it has a single-phase stage of its own.")
+        self.single_phase_stage = stage
+
+    def reads_with(self, phases) -> Segmenter:
+        """The model that segments a study with these phases (a dict keyed by phase name): the single-phase stage
+        for a study it accepts that lacks one of this model's phases, else this model."""
+        stage = self.single_phase_stage
+        if stage is None or phases is None:
+            return self
+        used = model_input(phases, self.phases)
+        if len(used) < len(self.phases) and used in accepted_inputs_of(stage.card, stage.phases):
+            return stage
+        return self
+
+    @property
+    def last_card(self) -> Mapping[str, Any]:
+        """The card of the model that drew the last labels (the single-phase stage's for a study it read): what the
+        out-of-domain guard checks the input and the measures against."""
+        stage = self.single_phase_stage
+        return stage.card if stage is not None and self.last_info.get("single_phase_stage") else self.card
+
     def describe(self) -> str:
         """One line for provenance: the model, its PVTT and envelope stages with their rules, test-time mirroring
         and where the last run ran (``result.json`` ``provenance.segmentation``)."""
+        single = self.last_info.get("single_phase_stage")
+        if single and self.single_phase_stage is not None:
+            return (f"{model_label(self.card)}: {single['input']}-only study read by its single-phase stage "
+                    f"{self.single_phase_stage.describe()}")
         stage = self.pvtt_stage
         rule = f"probability >= {self.pvtt_min_probability:g}, components >= {self.pvtt_min_ml:g} mL"
         text = model_label(self.card)
@@ -411,6 +474,8 @@ class Segmenter:
                      f"{self.envelope_takeover_below:g})")
             if (self.last_info.get("envelope") or {}).get("liver_from"):
                 text += " [liver from the envelope stage on this scan]"
+        if self.single_phase_stage is not None:
+            text += f" + single-phase stage {model_label(self.single_phase_stage.card)} (one-phase studies)"
         if self.mirror_axes:
             text += f", test-time mirroring ({2 ** len(self.mirror_axes)} passes)"
         padded = self.last_info.get("padded")
@@ -510,7 +575,23 @@ class Segmenter:
                 *, postprocess: bool = True, coarse_to_fine: bool | str = "auto") -> np.ndarray:
         """Labels (uint8, 0..4) on the input grid for a :class:`Case`, a dict of phase arrays or a stacked array."""
         with self._lock:
+            stage = self.reads_with(_phase_names(case_or_arrays))
+            if stage is not self:
+                return self._segment_single_phase(stage, case_or_arrays, geometry, progress, postprocess,
+                                                  coarse_to_fine)
             return self._segment(case_or_arrays, geometry, progress, postprocess, coarse_to_fine)
+
+    def _segment_single_phase(self, stage: Segmenter, case_or_arrays, geometry, progress, postprocess,
+                              coarse_to_fine) -> np.ndarray:
+        """A single-phase study read by the single-phase stage; its run information becomes this model's (with
+        ``single_phase_stage``: which model read which phase)."""
+        labels = stage.segment(case_or_arrays, geometry, progress, postprocess=postprocess,
+                               coarse_to_fine=coarse_to_fine)
+        used = model_input(_phase_names(case_or_arrays), self.phases)
+        self.last_info = {**stage.last_info, "single_phase_stage": {
+            "model": stage.path.name if stage.path else None, "version": stage.card.get("version"),
+            "input": "+".join(used)}}
+        return labels
 
     def _stage2_input(self, case_or_arrays, geometry, progress, coarse_to_fine):
         """``(crop, box, model grid, input geometry)``: the normalised model-grid image inside the liver box
@@ -699,6 +780,16 @@ class Segmenter:
             self.last_info.setdefault("messages", []).append("Stage 1 found no liver; segmenting the whole volume.")
             return None
         return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+
+
+def _phase_names(case_or_arrays) -> dict[str, None] | None:
+    """The phases of a :class:`Case` or a dict of phase arrays (names as keys, what :func:`model_input` reads);
+    None for a stacked array (all the model's phases)."""
+    if isinstance(case_or_arrays, Case):
+        return dict.fromkeys(case_or_arrays.phases)
+    if isinstance(case_or_arrays, Mapping):
+        return dict.fromkeys(case_or_arrays)
+    return None
 
 
 def _organ_box(clabels: np.ndarray, cgeom: Geometry, mgeom: Geometry) -> tuple[slice, ...] | None:

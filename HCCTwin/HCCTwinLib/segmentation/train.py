@@ -64,6 +64,9 @@ DICE_KEYS = ("liver", "viable_tumor", "necrosis", "pvtt")
 #: weighted 20x in the loss and most patch centres drawn on it where a volume has one; the other classes stay in the
 #: loss, so the stage also learns what is not thrombus. Its PVTT probability is thresholded at a value tuned on a
 #: labelled cohort (:mod:`.tuning`); the main model keeps the other labels.
+#: the name of a model trained with phase dropout 1 (one phase on both channels in every patch): the single-phase
+#: stage a main model's card can name (:meth:`.inference.Segmenter.attach_single_phase_stage`)
+SINGLE_PHASE_MODEL_NAME = "hcctwin_seg_single_phase"
 PVTT_STAGE_SETTINGS = {"name": "hcctwin_seg_pvtt", "class_weights": (1.0, 1.0, 1.0, 1.0, 20.0),
                        "class_ratios": (0.5, 0.5, 1.0, 0.5, 6.0)}
 CACHE_VERSION = 1
@@ -439,19 +442,24 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 def validate(model, items: list[tuple[Path, Path]], *, patch: Sequence[int], device, spacing_mm: Sequence[float],
              postprocess: bool = True, progress: ProgressCallback | None = None,
-             cpu_precision: str = "fp32") -> dict[str, float]:
-    """Mean (over volumes) Dice per label of full-volume sliding-window predictions on the model grid."""
+             cpu_precision: str = "fp32", inputs: Sequence[int | None] = (None,)) -> dict[str, float]:
+    """Mean (over volumes) Dice per label of full-volume sliding-window predictions on the model grid.
+
+    ``inputs``: how each volume is fed, once per entry: None = its phases as they are, ``c`` = phase ``c`` copied
+    onto every channel (a single-phase study; :func:`.augment.drop_phase`)."""
     model.eval()
     per_key: dict[str, list[float]] = {}
     for n, (img_p, lbl_p) in enumerate(items):
-        image = np.load(img_p).astype(np.float32)
+        volume = np.load(img_p).astype(np.float32)
         truth = np.load(lbl_p)[0]
-        pred = sliding_window_argmax(model, image, roi_size=patch, device=device, overlap=0.25,
-                                     cpu_precision=cpu_precision)
-        if postprocess:
-            pred = postprocessing.postprocess(pred, spacing_mm)
-        for key, value in dice_per_label(pred, truth).items():
-            per_key.setdefault(key, []).append(value)
+        for phase in inputs:
+            image = volume if phase is None else np.repeat(volume[phase:phase + 1], volume.shape[0], axis=0)
+            pred = sliding_window_argmax(model, image, roi_size=patch, device=device, overlap=0.25,
+                                         cpu_precision=cpu_precision)
+            if postprocess:
+                pred = postprocessing.postprocess(pred, spacing_mm)
+            for key, value in dice_per_label(pred, truth).items():
+                per_key.setdefault(key, []).append(value)
         report(progress, (n + 1) / len(items), f"Validation {n + 1}/{len(items)}")
     out = {}
     for key, values in per_key.items():
@@ -555,6 +563,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
     val_items = [prepared[s.sample_id] for s in val_samples]
     if val_max_cases is not None:
         val_items = val_items[:max(1, int(val_max_cases))]
+    #: a single-phase model (phase dropout 1) is validated, and its epoch chosen, on each phase alone
+    val_inputs = tuple(range(len(INPUT_PHASES))) if float(phase_dropout) >= 1.0 else (None,)
 
     synthetic_items = []
     if synthetic:
@@ -685,7 +695,8 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
                 break
             continue
         val = validate(model, val_items, patch=patch, device=dev, spacing_mm=spacing_mm,
-                       progress=SubProgress(ep_progress, 0.8, 1.0), cpu_precision=cpu_precision)
+                       progress=SubProgress(ep_progress, 0.8, 1.0), cpu_precision=cpu_precision,
+                       inputs=val_inputs)
         score = val["mean"]
         improved = math.isfinite(score) and (state["best_score"] is None or score > state["best_score"])
         entry = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "lr": current_lr,
@@ -725,11 +736,12 @@ def train_segmentation(cohort_dir: str | os.PathLike, out_dir: str | os.PathLike
 
 def accepted_inputs(input_phases: Sequence[str], phase_dropout: float) -> list[list[str]]:
     """The phase combinations a model reads (card ``accepted_inputs``): all its input phases and, when trained with
-    phase dropout, each phase alone (the missing channel is filled with the given phase at inference)."""
-    out = [list(input_phases)]
-    if phase_dropout > 0 and len(input_phases) > 1:
-        out += [[p] for p in input_phases]
-    return out
+    phase dropout, each phase alone (the missing channel is filled with the given phase at inference); with phase
+    dropout 1 (every patch one phase: a single-phase model) each phase alone only."""
+    single = [[p] for p in input_phases] if phase_dropout > 0 and len(input_phases) > 1 else []
+    if phase_dropout >= 1.0 and single:  # a single-phase model: it never saw two different phases
+        return single
+    return [list(input_phases)] + single
 
 
 def _model_card(name, version, config, hyper, val, epoch, by_patient, train_ids, val_ids, train_samples, cohort_dir,

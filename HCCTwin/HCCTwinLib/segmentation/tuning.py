@@ -29,11 +29,13 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..cases import accepted_inputs_of
 from ..errors import InputError
 from ..io import load_case
 from ..jsonutil import jsonable
@@ -59,7 +61,10 @@ PVTT = 4
 DICE_KEYS = ("liver_total", "viable_tumor", "necrosis", "pvtt")
 
 
-def _tuning_cases(cohort_dir, max_cases: int | None):
+def _tuning_cases(cohort_dir, max_cases: int | None, inputs: Sequence[Sequence[str]] | None = None):
+    """``(id, case without its labels, true labels)`` of each labelled pre-treatment study of a cohort, up to
+    ``max_cases`` patients. ``inputs``: the phase combinations to yield of each study (e.g. ``[["arterial"],
+    ["portal"]]``: each phase alone, ids ``P001:arterial``...); None: the study as it is."""
     root = Path(cohort_dir)
     n = 0
     for pid in cohort_patient_ids(root):
@@ -68,19 +73,32 @@ def _tuning_cases(cohort_dir, max_cases: int | None):
             continue
         case = load_case(pre, patient_id=pid)
         truth, case.labels = case.labels, None
-        yield pid, case, truth
+        if inputs is None:
+            yield pid, case, truth
+        else:
+            for combo in inputs:
+                yield f"{pid}:{'+'.join(combo)}", replace(case, phases={p: case.phases[p] for p in combo}), truth
         n += 1
         if max_cases is not None and n >= max_cases:
             return
 
 
+def tuning_inputs(card) -> list[list[str]] | None:
+    """The phase combinations a model is tuned on: None (each study as it is) for a model that reads all its input
+    phases, else each combination its card accepts (a single-phase model: each phase alone)."""
+    phases = list(card.get("input_phases") or ("arterial", "portal"))
+    accepted = accepted_inputs_of(card, phases)
+    return None if sorted(phases) in accepted else accepted
+
+
 def collect_logits(segmenter, cohort_dir, *, max_cases: int | None = None, pvtt_model=None,
                    progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
     """Run ``segmenter`` once on every labelled pre-treatment study of a cohort (``cases/<id>/pre`` with
-    arterial, portal and labels): the stage-2 logits, their box and grids, the true labels and, with
-    ``pvtt_model`` (a PVTT-stage :class:`~.inference.Segmenter`), its PVTT probability on the same box."""
+    arterial, portal and labels; a single-phase model on each phase alone, :func:`tuning_inputs`): the stage-2
+    logits, their box and grids, the true labels and, with ``pvtt_model`` (a PVTT-stage
+    :class:`~.inference.Segmenter`), its PVTT probability on the same box."""
     items = []
-    ids = list(_tuning_cases(cohort_dir, max_cases))
+    ids = list(_tuning_cases(cohort_dir, max_cases, tuning_inputs(segmenter.card)))
     if not ids:
         raise InputError(f"{cohort_dir}: no case with arterial, portal and labels under cases/<id>/pre to tune on.")
     for n, (pid, case, truth) in enumerate(ids):
@@ -358,9 +376,10 @@ def apply_to_card(weights_path, postprocessing_section: dict[str, Any], *, repor
         raise InputError(f"{card_path}: model card not found next to {weights_path}.")
     card = load_card(weights_path)
     section = dict(postprocessing_section)
-    kept = (card.get("postprocessing") or {}).get("envelope_stage")
-    if kept and "envelope_stage" not in section:  # chosen by `hcctwin tune envelope`, not by these rules
-        section["envelope_stage"] = kept
+    for key in ("envelope_stage", "single_phase_stage"):  # chosen by `hcctwin tune envelope / single-phase`
+        kept = (card.get("postprocessing") or {}).get(key)
+        if kept and key not in section:
+            section[key] = kept
     tuning = {k: v for k, v in dict(section.get("tuning") or {}).items()
               if k not in ("pvtt_bias_table", "confidence_table", "pvtt_stage_table")}
     if report:
@@ -391,7 +410,7 @@ def tune_envelope(segmenter, envelope, cohort_dir, *, max_cases: int | None = No
     Returns the card's ``postprocessing.envelope_stage`` section (model file, sha256, margin, the cohort's numbers)
     or, when no margin qualifies, ``{"rejected": ...}``."""
     t0 = time.perf_counter()
-    cases = list(_tuning_cases(cohort_dir, max_cases))
+    cases = list(_tuning_cases(cohort_dir, max_cases, tuning_inputs(segmenter.card)))
     if not cases:
         raise InputError(f"{cohort_dir}: no labelled pre-treatment studies to tune on.")
     rows = []
@@ -451,6 +470,83 @@ def apply_envelope_to_card(weights_path, section: dict[str, Any]) -> Path:
     card = load_card(weights_path)
     post = dict(card.get("postprocessing") or {})
     post["envelope_stage"] = jsonable(section, finite=True)
+    card["postprocessing"] = post
+    _atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8"))
+    return card_path
+
+
+# -------------------------------------------------------------------------------------------- single-phase stage
+def tune_single_phase(segmenter, stage, cohort_dir, *, max_cases: int | None = None,
+                      progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Whether ``stage`` (a model trained on one phase at a time, its card accepting single-phase input) should
+    read single-phase studies in ``segmenter``'s place: both run on every single-phase input the stage accepts (each
+    phase of each labelled study alone); the stage is kept when its mean Dice of liver + lesions together, of
+    tumour and of viable tumour are each at least the main model's (the main model reads a single phase copied
+    into both channels, as it does without a stage).
+
+    Returns the card's ``postprocessing.single_phase_stage`` section (model file, sha256, version, the cohort's
+    numbers per input) or ``{"rejected": numbers}``."""
+    t0 = time.perf_counter()
+    inputs = [a for a in accepted_inputs_of(stage.card, stage.phases) if len(a) == 1]
+    if not inputs:
+        raise InputError(f"single-phase stage {stage.card.get('name')}: its card accepts no single-phase input.")
+    kept = segmenter.single_phase_stage
+    segmenter.attach_single_phase_stage(None)  # the main model alone: what a single-phase study gets without it
+    try:
+        cases = list(_tuning_cases(cohort_dir, max_cases, inputs))
+        if not cases:
+            raise InputError(f"{cohort_dir}: no labelled pre-treatment studies to tune on.")
+        rows = []
+        for n, (pid, case, truth) in enumerate(cases):
+            row = {"study": pid, "input": "+".join(case.phases)}
+            for who, model in (("main", segmenter), ("stage", stage)):
+                pred = model.segment(case)
+                row[who] = {**_fg_tumour_dice(pred, truth), "viable": _dice_of(pred, truth, (2,))}
+            rows.append(row)
+            report(progress, (n + 1) / len(cases), f"Single-phase stage {n + 1}/{len(cases)}")
+    finally:
+        segmenter.attach_single_phase_stage(kept)
+
+    def mean(sel, who, part):
+        vals = [r[who][part] for r in sel if r[who][part] is not None]
+        return float(np.mean(vals)) if vals else None
+
+    parts = ("foreground", "tumor", "viable")
+    by_input = {}
+    for combo in ["+".join(a) for a in inputs] + ["all"]:
+        sel = [r for r in rows if combo in ("all", r["input"])]
+        by_input[combo] = {who: {p: mean(sel, who, p) for p in parts} for who in ("main", "stage")}
+        by_input[combo]["n_studies"] = len(sel)
+    total = by_input["all"]
+    better = all((total["stage"][p] or 0.0) >= (total["main"][p] or 0.0) for p in parts)
+    numbers = {"cohort": Path(cohort_dir).name, "n_cases": len({r["study"].split(":")[0] for r in rows}),
+               "by_input": by_input,
+               "rule": "kept when its mean Dice of liver + lesions, tumour and viable tumour over the single-phase "
+                       "studies are each at least the main model's",
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "seconds": round(time.perf_counter() - t0, 1)}
+    if not better:
+        return {"rejected": numbers}
+    return {"model": stage.path.name if stage.path else None, "sha256": stage.card.get("sha256"),
+            "version": stage.card.get("version"), "tuning": numbers}
+
+
+def _dice_of(pred: np.ndarray, truth: np.ndarray, values) -> float | None:
+    p, t = np.isin(pred, values), np.isin(truth, values)
+    s = int(np.count_nonzero(p)) + int(np.count_nonzero(t))
+    return 2.0 * int(np.count_nonzero(p & t)) / s if s else None
+
+
+def apply_single_phase_to_card(weights_path, section: dict[str, Any] | None) -> Path:
+    """Write the single-phase stage ``section`` into the card of ``weights_path``
+    (``postprocessing.single_phase_stage``; None removes it; the other decision rules are kept)."""
+    card_path = card_path_of(Path(weights_path))
+    card = load_card(weights_path)
+    post = dict(card.get("postprocessing") or {})
+    if section is None:
+        post.pop("single_phase_stage", None)
+    else:
+        post["single_phase_stage"] = jsonable(section, finite=True)
     card["postprocessing"] = post
     _atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8"))
     return card_path

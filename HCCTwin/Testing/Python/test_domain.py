@@ -197,6 +197,34 @@ def test_patch_sampler_phase_dropout_copies_one_phase(tmp_path):
         _PatchSampler(items, (8, 16, 16), 0, phase_dropout=1.5)
     assert accepted_inputs(["arterial", "portal"], 0.0) == [["arterial", "portal"]]
     assert accepted_inputs(["arterial", "portal"], 0.3) == [["arterial", "portal"], ["arterial"], ["portal"]]
+    # every patch one phase: a single-phase model, which never saw two different phases together
+    assert accepted_inputs(["arterial", "portal"], 1.0) == [["arterial"], ["portal"]]
+
+
+def test_validation_of_a_single_phase_model_reads_each_phase_alone(tmp_path):
+    """``validate(inputs=...)``: each volume once per entry (None: as it is; c: phase c on every channel)."""
+    import torch
+
+    from HCCTwinLib.segmentation.train import validate
+
+    class FirstChannel(torch.nn.Module):  # liver where channel 0 is bright
+        def forward(self, x):
+            v = x[:, :1] - 0.5
+            off = -torch.ones_like(v)
+            return torch.cat([-v, v, off, off, off], dim=1) * 10
+
+    image = np.zeros((2, 8, 16, 16), np.float32)
+    image[0, 2:6, 4:12, 4:12] = 1.0  # the liver is bright in phase 0 only
+    truth = np.zeros((1, 8, 16, 16), np.uint8)
+    truth[0, 2:6, 4:12, 4:12] = 1
+    np.save(tmp_path / "i.npy", image)
+    np.save(tmp_path / "l.npy", truth)
+    items = [(tmp_path / "i.npy", tmp_path / "l.npy")]
+    kw = {"patch": (8, 16, 16), "device": "cpu", "spacing_mm": (2, 2, 3.5), "postprocess": False}
+    assert validate(FirstChannel(), items, **kw)["liver_total"] == pytest.approx(1.0)
+    assert validate(FirstChannel(), items, inputs=(0,), **kw)["liver_total"] == pytest.approx(1.0)
+    assert validate(FirstChannel(), items, inputs=(1,), **kw)["liver_total"] == pytest.approx(0.0)
+    assert validate(FirstChannel(), items, inputs=(0, 1), **kw)["liver_total"] == pytest.approx(0.5)
 
 
 def test_outside_verdict_withholds_the_recommendation():

@@ -812,7 +812,11 @@ def test_train_command_pvtt_stage_settings_reach_the_trainer(monkeypatch, tmp_pa
     seen.clear()
     assert main(["train", "segmentation", "--cohort", str(tmp_path), "--out", str(tmp_path / "m"), "--appearance",
                  "0.6", "--phase-dropout", "0.3"]) == 0
-    assert seen["appearance_prob"] == 0.6 and seen["phase_dropout"] == 0.3
+    assert seen["appearance_prob"] == 0.6 and seen["phase_dropout"] == 0.3 and "name" not in seen
+    seen.clear()
+    assert main(["train", "segmentation", "--cohort", str(tmp_path), "--out", str(tmp_path / "m"),
+                 "--phase-dropout", "1"]) == 0
+    assert seen["phase_dropout"] == 1.0 and seen["name"] == "hcctwin_seg_single_phase"  # not the main model's name
     assert main(["train", "segmentation", "--cohort", str(tmp_path), "--out", str(tmp_path / "m"),
                  "--phase-dropout", "1.5"]) == 2
     assert main(["train", "generator", "--cohort", str(tmp_path), "--out", str(tmp_path / "g"),

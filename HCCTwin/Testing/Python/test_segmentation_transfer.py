@@ -425,3 +425,151 @@ def test_template_volume_keeps_the_real_shapes_and_clusters_the_rest(tmp_path):
     assert len(paths) == 1 and np.array_equal(np.load(paths[0][1])[0], lbl)
     with pytest.raises(ValueError, match="no label_"):
         synth.prepare_templates(tmp_path / "cache", tmp_path / "c2", SPACING)
+
+
+# ------------------------------------------------------------------------------------------- single-phase stage
+def _single_card(**extra):
+    return _card(**{"name": "tiny_1p", "accepted_inputs": [["arterial"], ["portal"]], **extra})
+
+
+def test_single_phase_study_is_read_by_the_single_phase_stage():
+    """A one-phase study goes to the single-phase stage (its labels, its card for the guard, named in provenance);
+    a two-phase study, or a phase the stage does not accept, stays with the main model."""
+    phases, geom = _liver_and_spill()
+    main_net, stage_net = _BrightNet(0.5), _BrightNet(0.7)  # the stage draws the liver only, the main model the spill
+    stage = Segmenter(stage_net, _single_card(), "cpu")
+    seg = Segmenter(main_net, _card(), "cpu", single_phase_stage=stage)
+    plain = Segmenter(main_net, _card(), "cpu")
+    both = seg.segment(phases, geom)
+    assert np.array_equal(both, plain.segment(phases, geom)) and "single_phase_stage" not in seg.last_info
+    assert seg.last_card is seg.card and "+ single-phase stage model tiny_1p 0.0.1 (one-phase studies)" in \
+        seg.describe()
+    portal_only = seg.segment({"portal": phases["portal"]}, geom)
+    assert np.array_equal(portal_only, stage.segment({"portal": phases["portal"]}, geom))
+    assert not np.array_equal(portal_only, both) and not (portal_only[:, :, 30:] > 0).any()
+    assert seg.last_info["single_phase_stage"] == {"model": None, "version": "0.0.1", "input": "portal"}
+    assert seg.last_card is stage.card
+    assert seg.describe().startswith("model tiny_seg 0.0.1: portal-only study read by its single-phase stage "
+                                     "model tiny_1p 0.0.1")
+    # a Case goes the same way; a delayed phase standing in for the portal one counts as portal
+    from HCCTwinLib.cases import Case
+
+    seg.segment(Case("P", {"delayed": phases["portal"]}, geom))
+    assert seg.last_info["single_phase_stage"]["input"] == "portal"
+    # a stage accepting the portal phase only leaves an arterial-only study to the main model
+    seg.attach_single_phase_stage(Segmenter(stage_net, _card(name="tiny_1p", accepted_inputs=[["portal"]]), "cpu"))
+    assert np.array_equal(seg.segment({"arterial": phases["arterial"]}, geom),
+                          plain.segment({"arterial": phases["arterial"]}, geom))
+    assert "single_phase_stage" not in seg.last_info and seg.last_card is seg.card
+    # a stage must read one phase, be another model of the same grid, and have no stage of its own
+    for bad, match in ((Segmenter(stage_net, _card(name="two"), "cpu"), "accepts no single-phase"),
+                       (Segmenter(stage_net, _single_card(spacing_mm=[2, 2, 2]), "cpu"), "spacing"),
+                       (plain, "another model")):
+        with pytest.raises(ModelFileError, match=match):
+            plain.attach_single_phase_stage(bad)
+    with pytest.raises(ModelFileError, match="of its own"):
+        plain.attach_single_phase_stage(Segmenter(stage_net, _single_card(), "cpu", single_phase_stage=stage))
+
+
+def test_guard_checks_a_single_phase_study_against_the_model_that_read_it():
+    """Without a stage, the main model (trained on two phases) reading one phase is outside its domain; with a
+    single-phase stage the guard checks the study against the stage's card (a caution: one phase only)."""
+    from HCCTwinLib.cases import Case
+    from HCCTwinLib.pipeline import PipelineOptions, _guard
+
+    phases, geom = _liver_and_spill()
+    case = Case("P", {"portal": phases["portal"]}, geom)
+    for seg, severity in ((Segmenter(_BrightNet(0.7), _card(), "cpu"), domain.OUTSIDE),
+                          (Segmenter(_BrightNet(0.5), _card(), "cpu",
+                                     single_phase_stage=Segmenter(_BrightNet(0.7), _single_card(), "cpu")),
+                           domain.CAUTION)):
+        labels = seg.segment(case)
+        verdict = _guard(Case("P", case.phases, geom, labels=labels), seg, PipelineOptions())
+        found = [f for f in verdict.findings if f.measure == "phases"]
+        assert found and found[0].severity == severity, verdict.reasons
+
+
+def test_single_phase_stage_named_in_the_card_is_loaded_and_pinned(tmp_path):
+    main, _env, card = _tiny_model_files(tmp_path)
+    one = main.parent / "tiny_1p.safetensors"
+    save_model(build_model("DynUNet", **TINY), one, _single_card())
+
+    def write_card(stage):
+        card_path(main).write_text(json.dumps({**card, "postprocessing": {"single_phase_stage": stage}}))
+        clear_cache()
+
+    write_card({"model": one.name, "sha256": load_card(one)["sha256"]})
+    seg = get_segmenter(main, device="cpu")
+    assert seg.single_phase_stage is not None and seg.single_phase_stage.path == one
+    assert Segmenter.from_file(main, "cpu", with_single_phase=False).single_phase_stage is None
+    write_card({"model": one.name, "sha256": "0" * 64})
+    with pytest.raises(ModelFileError, match="hcctwin tune single-phase --cohort TUNING_COHORT "
+                                             "--single-phase-model tiny_1p.safetensors"):
+        get_segmenter(main, device="cpu")
+    write_card({"model": main.name})
+    with pytest.raises(ModelFileError, match="itself"):
+        get_segmenter(main, device="cpu")
+    clear_cache()
+
+
+def test_tuning_reads_each_phase_alone_for_a_single_phase_model(tmp_path):
+    from HCCTwinLib.segmentation.tuning import _tuning_cases, tuning_inputs
+
+    _tuning_cohort(tmp_path / "cohort", n=2)
+    assert tuning_inputs(_card()) is None
+    assert tuning_inputs(_card(accepted_inputs=[["arterial", "portal"], ["portal"]])) is None
+    assert tuning_inputs(_single_card()) == [["arterial"], ["portal"]]
+    got = [(pid, sorted(case.phases)) for pid, case, _ in _tuning_cases(tmp_path / "cohort", 1,
+                                                                         tuning_inputs(_single_card()))]
+    assert got == [("P000:arterial", ["arterial"]), ("P000:portal", ["portal"])]
+    assert [pid for pid, _, _ in _tuning_cases(tmp_path / "cohort", None)] == ["P000", "P001"]
+
+
+def test_tune_single_phase_keeps_a_better_stage_and_rejects_a_worse_one(tmp_path, capsys):
+    from HCCTwinLib import cli
+    from HCCTwinLib.segmentation.tuning import apply_single_phase_to_card, apply_to_card, tune_single_phase
+
+    _tuning_cohort(tmp_path / "cohort")
+    main = Segmenter(_BrightNet(0.5), _card(), "cpu")  # draws the 'stomach' as liver: foreground Dice < 1
+    good = Segmenter(_BrightNet(0.7), _single_card(), "cpu")
+    good.path = tmp_path / "tiny_1p.safetensors"
+    section = tune_single_phase(main, good, tmp_path / "cohort")
+    t = section["tuning"]
+    assert section["model"] == "tiny_1p.safetensors" and t["n_cases"] == 3
+    assert t["by_input"]["portal"]["n_studies"] == 3 and t["by_input"]["all"]["n_studies"] == 6
+    assert t["by_input"]["all"]["stage"]["foreground"] == pytest.approx(1.0)
+    assert t["by_input"]["all"]["main"]["foreground"] < 0.9
+    blind = Segmenter(_BrightNet(2.0), _single_card(name="blind"), "cpu")
+    blind.path = tmp_path / "blind.safetensors"
+    assert "rejected" in tune_single_phase(main, blind, tmp_path / "cohort")
+    # the main model's own stage is set aside while measuring and put back after
+    main.attach_single_phase_stage(blind)
+    tune_single_phase(main, good, tmp_path / "cohort")
+    assert main.single_phase_stage is blind
+    # written into the card, kept when the other rules are re-tuned, removed with None
+    weights = tmp_path / "m.safetensors"
+    save_model(build_model("DynUNet", **TINY), weights, _card())
+    apply_single_phase_to_card(weights, section)
+    apply_to_card(weights, {"class_bias": [0, 0, 0, 0, 0], "min_tumor_confidence": 0.5, "tuning": {}})
+    assert load_card(weights)["postprocessing"]["single_phase_stage"]["model"] == "tiny_1p.safetensors"
+    apply_single_phase_to_card(weights, None)
+    assert "single_phase_stage" not in load_card(weights)["postprocessing"]
+    # the command: a stage outside the main model's folder, or one reading two phases, is refused
+    main_file, _env, _ = _tiny_model_files(tmp_path)
+    other = tmp_path / "elsewhere" / "tiny_1p.safetensors"
+    save_model(build_model("DynUNet", **TINY), other, _single_card())
+    args = ["tune", "single-phase", "--cohort", str(tmp_path / "cohort"), "--weights", str(main_file),
+            "--device", "cpu"]
+    assert cli.main([*args, "--single-phase-model", str(other)]) == 2
+    assert cli.main([*args, "--single-phase-model", str(main_file.parent / "tiny_env.safetensors")]) == 2
+    one = main_file.parent / "tiny_1p.safetensors"
+    save_model(build_model("DynUNet", **TINY), one, _single_card())
+    capsys.readouterr()
+    assert cli.main([*args, "--single-phase-model", str(one)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    pinned = (load_card(main_file).get("postprocessing") or {}).get("single_phase_stage")
+    if "rejected" in summary["single_phase_stage"]:
+        assert pinned is None and summary["card"].startswith("no single-phase stage")
+    else:
+        assert pinned["sha256"] == load_card(one)["sha256"] and summary["card"].endswith(".json")
+    clear_cache()

@@ -57,6 +57,10 @@ PVTT_VOLUME_GRID_ML = (postprocessing.MIN_PVTT_ML, 0.5, 1.5)
 DEFAULT_MAX_FP = 0.2
 #: at most this fraction of the tuning patients without PVTT may get a predicted PVTT
 DEFAULT_MAX_FALSE_PVTT = 0.1
+#: the PVTT logit bias that keeps PVTT out of the argmax: chosen when neither a bias of the grid nor a PVTT-stage
+#: threshold draws thrombus in at most ``max_false_pvtt`` of the patients without it (a model that cannot tell
+#: thrombus, e.g. from one phase, then draws none rather than a false one in most patients)
+PVTT_OFF_BIAS = -1000.0
 PVTT = 4
 DICE_KEYS = ("liver_total", "viable_tumor", "necrosis", "pvtt")
 
@@ -327,6 +331,10 @@ def tune_from_logits(items, *, max_fp: float = DEFAULT_MAX_FP, max_false_pvtt: f
         stage_table = sweep_pvtt_stage(items, stage_grid, volume_grid, progress=SubProgress(progress, 0.3, 0.6))
         stage_row = choose_pvtt_stage(stage_table, max_false_pvtt)
     stage = None if stage_row is None else (stage_row["pvtt_min_probability"], stage_row["pvtt_min_volume_ml"])
+    pvtt_off = stage_row is None and best_bias["false_pvtt_fraction"] > max_false_pvtt + 1e-9
+    if pvtt_off:
+        best_bias = sweep_pvtt_bias(items, (PVTT_OFF_BIAS,))[0]
+        class_bias = _bias(n_classes, PVTT_OFF_BIAS)
     pvtt_row = best_bias if stage_row is None else stage_row
     conf_table = sweep_confidence(items, class_bias, confidence_grid, progress=SubProgress(progress, 0.6, 1.0),
                                   pvtt_stage=stage)
@@ -340,9 +348,9 @@ def tune_from_logits(items, *, max_fp: float = DEFAULT_MAX_FP, max_false_pvtt: f
             "n_cases": len(items),
             "patients": [it["patient_id"] for it in items],
             "rule": (f"{pvtt_rule}: highest mean Dice (liver, viable, necrosis, PVTT over patients with PVTT in "
-                     f"truth or prediction) with PVTT drawn in <= {max_false_pvtt:.0%} of the patients without it; "
-                     f"lesion confidence: highest sensitivity (lesions >= 10 mm) with <= {max_fp} false-positive "
-                     f"lesions per patient"),
+                     f"truth or prediction) with PVTT drawn in <= {max_false_pvtt:.0%} of the patients without it "
+                     f"(none qualifying: no PVTT drawn, bias {PVTT_OFF_BIAS:g}); lesion confidence: highest "
+                     f"sensitivity (lesions >= 10 mm) with <= {max_fp} false-positive lesions per patient"),
             "max_fp": float(max_fp), "max_false_pvtt": float(max_false_pvtt),
             "untuned": {k: untuned[k] for k in ("sensitivity", "fp_per_patient", "viable_tumor", "necrosis")}
             | {k: bias_table[0][k] if bias_table[0]["pvtt_bias"] == 0 else None
@@ -356,6 +364,9 @@ def tune_from_logits(items, *, max_fp: float = DEFAULT_MAX_FP, max_false_pvtt: f
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         },
     }
+    if pvtt_off:
+        section["tuning"]["pvtt_off"] = (f"no PVTT rule drew thrombus in <= {max_false_pvtt:.0%} of the patients "
+                                         f"without one: PVTT is not drawn (logit bias {PVTT_OFF_BIAS:g})")
     if staged:
         section["tuning"]["pvtt_stage_table"] = stage_table
         if stage_row is None:

@@ -789,6 +789,26 @@ def test_tuning_chooses_the_pvtt_stage_threshold_or_rejects_the_stage():
     assert "pvtt_stage" not in rejected and "not used" in rejected["tuning"]["pvtt_stage_rejected"]
     assert choose_pvtt_stage([{"pvtt_min_probability": 0.5, "mean": 0.7, "false_pvtt_fraction": 0.0,
                                "pvtt_where_present": 0.0}], 0.1) is None
+    assert "pvtt_off" not in rejected["tuning"]  # its argmax draws no false thrombus: left as it is
+
+
+def test_tuning_turns_pvtt_off_when_no_rule_keeps_false_thrombus_rare():
+    """A network whose argmax draws a thrombus in every patient without one, and whose stage probability cannot
+    separate true from false ones (a single-phase model): PVTT is not drawn at all."""
+    from HCCTwinLib.segmentation.tuning import PVTT_OFF_BIAS, tune_from_logits
+
+    items = [_staged_item(f"F{i}", i, with_pvtt=i % 2 == 0, false_blob=True) for i in range(4)]
+    for it in items:
+        it["pvtt_prob"] = np.where(it["pvtt_prob"] > 0.5, 0.85, 0.05).astype(np.float16)
+        logits = it["logits"].astype(np.float32)
+        logits[4, 14:18, 8:14, 8:14] = 9.0  # a false thrombus at the argmax in every patient
+        it["logits"] = logits.astype(np.float16)
+    section = tune_from_logits(items, stage_grid=(0.5, 0.7), volume_grid=(0.05,), confidence_grid=(0.5,))
+    chosen = section["tuning"]["chosen"]
+    assert section["class_bias"][4] == PVTT_OFF_BIAS and "not drawn" in section["tuning"]["pvtt_off"]
+    assert chosen["pvtt_bias"] == PVTT_OFF_BIAS and chosen["false_pvtt_fraction"] == 0.0
+    assert chosen["pvtt_where_present"] == 0.0 and "pvtt_stage" not in section
+    assert section["tuning"]["untuned"]["false_pvtt_fraction"] == 1.0
 
 
 def test_train_command_pvtt_stage_settings_reach_the_trainer(monkeypatch, tmp_path):

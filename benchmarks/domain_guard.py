@@ -106,7 +106,7 @@ def run(cohort: str, n: int, weights: str | None, seed: int = 0) -> dict:
             phases, geom, truth = f(dict(case.phases), case.geometry, case.labels, rng)
             t = time.perf_counter()
             pred = seg.segment(phases, geom)
-            verdict = domain.assess(phases, geom, pred, confidence=seg.last_info.get("confidence"), card=seg.card)
+            verdict = domain.assess(phases, geom, pred, confidence=seg.last_info.get("confidence"), card=seg.last_card)
             d = dice_per_label(pred, truth)
             row = {"patient_id": pid, "perturbation": name, "liver_dice": d.get("liver_total"),
                    "tumor_dice": d.get("tumor_total"), "verdict": verdict.verdict,

@@ -173,7 +173,7 @@ def real(data: Path, seg) -> list[dict]:
                 ph, labels, (first,), (a,) = product_path(case, case.phases, seg)
                 row.update({"estimated_mm": [round(v, 2) for v in a.translation_mm], "applied": a.applied,
                             "stage": a.stage, "first_pass_mm": [round(v, 2) for v in first.translation_mm]})
-            v = domain.assess(ph, case.geometry, labels, confidence=seg.last_info.get("confidence"), card=seg.card)
+            v = domain.assess(ph, case.geometry, labels, confidence=seg.last_info.get("confidence"), card=seg.last_card)
             m = v.measures
             row[tag] = {"liver_ml": round(m.get("liver_ml") or 0.0, 1), "tumor_ml": round(m.get("tumor_ml") or 0.0, 1),
                         "tumor_nontissue_fraction": m.get("tumor_nontissue_fraction"), "verdict": v.verdict,

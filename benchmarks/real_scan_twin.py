@@ -204,7 +204,8 @@ def run(args) -> dict:
     for a in alignment:
         print(a.note(), flush=True)
     seg_s = time.perf_counter() - t
-    verdict = domain.assess(case.phases, geometry, labels, confidence=seg.last_info.get("confidence"), card=seg.card)
+    verdict = domain.assess(case.phases, geometry, labels, confidence=seg.last_info.get("confidence"),
+                            card=seg.last_card)
     phases, filled = fill_missing_phases(case.phases)
     pre_phases = {p: phases[p] for p in ("arterial", "portal")}
     pre = {"tumour_ml": _ml(np.isin(labels, (2, 3)), geometry), "viable_ml": _ml(labels == 2, geometry),

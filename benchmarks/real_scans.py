@@ -131,7 +131,7 @@ def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
             case, labels, alignment = align_and_segment(case, seg)
             seconds = time.perf_counter() - t
             verdict = domain.assess(case.phases, case.geometry, labels, confidence=seg.last_info.get("confidence"),
-                                    card=seg.card)
+                                    card=seg.last_card)
             m = verdict.measures
             row = {"case": spec["id"], "input": name, "status": "ran", "seconds": round(seconds, 2),
                    "liver_ml": round(m.get("liver_ml") or 0.0, 1), "tumor_ml": round(m.get("tumor_ml") or 0.0, 1),

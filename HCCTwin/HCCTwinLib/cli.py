@@ -626,28 +626,42 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _stage_model(option: str, value: str, weights: Path, device: str):
+    """The stage model given by ``--<option>``: a file in the main model's folder (its card names the stage by file
+    name), loaded."""
+    from .segmentation import get_segmenter
+    from .weights import resolve_model_path
+
+    path = resolve_model_path(value)
+    if path.resolve().parent != weights.resolve().parent:
+        raise InputError(f"--{option} {path}: put it (with its .json card) in the folder of {weights.name} "
+                         f"({weights.resolve().parent}); the card names it by file name.")
+    return get_segmenter(path, device=device)
+
+
+def _write_tuning_report(path: str | None, section) -> None:
+    """``--report``: the full tuning section as JSON."""
+    from .jsonutil import jsonable
+
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(jsonable(section, finite=True), indent=2) + "\n", encoding="utf-8")
+
+
 def _tune_single_phase(args, segmenter, weights) -> int:
     """``hcctwin tune single-phase``: measure the single-phase model against the main model on the cohort's
     single-phase studies and pin it in the main card when it reads them at least as well."""
     from .jsonutil import jsonable
-    from .segmentation import get_segmenter
     from .segmentation.tuning import apply_single_phase_to_card, tune_single_phase
-    from .weights import resolve_model_path
 
     if not args.single_phase_model:
         raise InputError("tune single-phase needs --single-phase-model (a model trained with --phase-dropout 1).")
-    stage_path = resolve_model_path(args.single_phase_model)
-    if stage_path.resolve().parent != weights.resolve().parent:
-        raise InputError(f"--single-phase-model {stage_path}: put it (with its .json card) in the folder of "
-                         f"{weights.name} ({weights.resolve().parent}); the card names it by file name.")
-    stage = get_segmenter(stage_path, device=args.device)
+    stage = _stage_model("single-phase-model", args.single_phase_model, weights, args.device)
     segmenter.attach_single_phase_stage(stage)  # checks grid, window, phases and that it reads one phase
     segmenter.attach_single_phase_stage(None)
     section = tune_single_phase(segmenter, stage, args.cohort, max_cases=args.max_cases, progress=ProgressBar())
     summary = {"weights": str(weights), "single_phase_stage": section}
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(jsonable(section, finite=True), indent=2) + "\n", encoding="utf-8")
+    _write_tuning_report(args.report, section)
     if args.dry_run:
         summary["card"] = "not changed (--dry-run)"
     elif "rejected" in section:
@@ -694,19 +708,12 @@ def cmd_tune(args) -> int:
 
         if not args.envelope_model:
             raise InputError("tune envelope needs --envelope-model (a model trained with --synthetic).")
-        env_path = resolve_model_path(args.envelope_model)
-        if env_path.resolve().parent != weights.resolve().parent:
-            raise InputError(f"--envelope-model {env_path}: put it (with its .json card) in the folder of "
-                             f"{weights.name} ({weights.resolve().parent}); the card names it by file name.")
-        envelope = get_segmenter(env_path, device=args.device)
+        envelope = _stage_model("envelope-model", args.envelope_model, weights, args.device)
         segmenter.attach_envelope_stage(envelope)  # checks grid, window and phases
         segmenter.attach_envelope_stage(None)
         section = tune_envelope(segmenter, envelope, args.cohort, max_cases=args.max_cases, progress=ProgressBar())
         summary = {"weights": str(weights), "envelope_stage": section}
-        if args.report:
-            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.report).write_text(json.dumps(jsonable(section, finite=True), indent=2) + "\n",
-                                         encoding="utf-8")
+        _write_tuning_report(args.report, section)
         if args.dry_run or "rejected" in section:
             summary["card"] = "not changed" + (" (--dry-run)" if args.dry_run else ": no margin qualified")
         else:
@@ -715,11 +722,7 @@ def cmd_tune(args) -> int:
         return 0
     stage = None
     if args.pvtt_model:
-        stage_path = resolve_model_path(args.pvtt_model)
-        if stage_path.resolve().parent != weights.resolve().parent:
-            raise InputError(f"--pvtt-model {stage_path}: put the PVTT-stage model (with its .json card) in the "
-                             f"folder of {weights.name} ({weights.resolve().parent}); the card names it by file name.")
-        stage = get_segmenter(stage_path, device=args.device)
+        stage = _stage_model("pvtt-model", args.pvtt_model, weights, args.device)
         segmenter.attach_pvtt_stage(stage)  # checks grid, window and phases; the card decides whether it is used
         segmenter.attach_pvtt_stage(None)
     section = tune_segmentation(segmenter, args.cohort, max_fp=args.max_fp, max_false_pvtt=args.max_false_pvtt,
@@ -731,9 +734,8 @@ def cmd_tune(args) -> int:
                "untuned": section["tuning"]["untuned"], "chosen": section["tuning"]["chosen"]}
     if "pvtt_stage_rejected" in section["tuning"]:
         summary["pvtt_stage"] = section["tuning"]["pvtt_stage_rejected"]
+    _write_tuning_report(args.report, section)
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(jsonable(section, finite=True), indent=2) + "\n", encoding="utf-8")
         summary["report"] = str(args.report)
     if args.dry_run:
         summary["card"] = "not changed (--dry-run)"

@@ -409,12 +409,16 @@ class Segmenter:
             return
         if stage is self:
             raise ModelFileError("envelope stage: must be another model.")
-        for what, mine, theirs in (("spacing", self.spacing_mm, stage.spacing_mm),
+        self._check_same_grid(stage, "envelope stage")
+        self.envelope_stage = stage
+
+    def _check_same_grid(self, stage: Segmenter, what: str) -> None:
+        """A stage must read the same model grid as this model: spacing, HU window and input phases."""
+        for name, mine, theirs in (("spacing", self.spacing_mm, stage.spacing_mm),
                                    ("HU window", tuple(self.window_hu), tuple(stage.window_hu)),
                                    ("input phases", self.phases, stage.phases)):
             if tuple(mine) != tuple(theirs):
-                raise ModelFileError(f"envelope stage: its {what} {theirs} differs from the main model's {mine}.")
-        self.envelope_stage = stage
+                raise ModelFileError(f"{what}: its {name} {theirs} differs from the main model's {mine}.")
 
     def attach_single_phase_stage(self, stage: Segmenter | None) -> None:
         """Read single-phase studies with ``stage`` (another model on the same grid, window and phases that accepts
@@ -424,11 +428,7 @@ class Segmenter:
             return
         if stage is self:
             raise ModelFileError("single-phase stage: must be another model.")
-        for what, mine, theirs in (("spacing", self.spacing_mm, stage.spacing_mm),
-                                   ("HU window", tuple(self.window_hu), tuple(stage.window_hu)),
-                                   ("input phases", self.phases, stage.phases)):
-            if tuple(mine) != tuple(theirs):
-                raise ModelFileError(f"single-phase stage: its {what} {theirs} differs from the main model's {mine}.")
+        self._check_same_grid(stage, "single-phase stage")
         if not any(len(a) == 1 for a in accepted_inputs_of(stage.card, stage.phases)):
             raise ModelFileError(f"single-phase stage {model_label(stage.card)}: its card accepts no single-phase "
                                  f"input (train it with --phase-dropout 1).")
@@ -500,11 +500,7 @@ class Segmenter:
                 raise ModelFileError("PVTT stage: the model has no PVTT class (label 4).")
             self.pvtt_stage = self
             return
-        for what, mine, theirs in (("spacing", self.spacing_mm, stage.spacing_mm),
-                                   ("HU window", tuple(self.window_hu), tuple(stage.window_hu)),
-                                   ("input phases", self.phases, stage.phases)):
-            if tuple(mine) != tuple(theirs):
-                raise ModelFileError(f"PVTT stage: its {what} {theirs} differs from the main model's {mine}.")
+        self._check_same_grid(stage, "PVTT stage")
         if int(stage.card["architecture_kwargs"].get("out_channels", 0)) <= PVTT:
             raise ModelFileError("PVTT stage: the model has no PVTT class (label 4).")
         self.pvtt_stage = stage

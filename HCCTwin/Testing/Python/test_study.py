@@ -97,7 +97,7 @@ def test_study_trains_the_survival_engine_on_the_development_split(tmp_path):
     from HCCTwinLib.simulate import simulate_cohort
 
     cohort = tmp_path / "clinical_only"
-    simulate_cohort(120, 9191, cohort, fast=True, write_images=False)
+    simulate_cohort(120, 9191, cohort, fast=True, write_images=False, write_truth_images=False)
     study = run_study(cohort, tmp_path / "out", splits=["development", "test"], train="always", images=False,
                       n_bootstrap=3)
     assert study["models"]["survival"]["source"].startswith("trained on the development split")

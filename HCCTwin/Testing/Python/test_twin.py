@@ -316,15 +316,15 @@ def test_bad_input_is_reported():
 def test_train_two_epochs_and_resume(cohort, tmp_path):
     pairs = discover_pairs(cohort)
     assert len(pairs) == 18 and {p.regimen for p in pairs} == {SHRINK, GROW}
-    kw = dict(steps_per_epoch=3, batch_size=2, device="cpu", crop_shape=TINY_CROP, architecture_kwargs=TINY_ARCH,
+    kw = dict(steps_per_epoch=1, batch_size=2, device="cpu", crop_shape=TINY_CROP, architecture_kwargs=TINY_ARCH,
               ema_decay=0.99, log=lambda *_: None)
     s1 = train_generator(cohort, tmp_path, epochs=2, **kw)
-    assert s1["epochs_completed"] == 2 and s1["steps"] == 6
+    assert s1["epochs_completed"] == 2 and s1["steps"] == 2
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 6
     log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2] and all(math.isfinite(e["train_loss"]) for e in log)
     s2 = train_generator(cohort, tmp_path, epochs=3, **kw)
-    assert s2["epochs_completed"] == 3 and s2["steps"] == 9
+    assert s2["epochs_completed"] == 3 and s2["steps"] == 3
     log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2, 3]
     card = json.loads(Path(s2["card_path"]).read_text())
@@ -336,7 +336,7 @@ def test_train_two_epochs_and_resume(cohort, tmp_path):
     # a time budget stops after the epoch that passes it (here the first); bfloat16 autocast on the CPU trains too,
     # is recorded, and resuming with the same total continues
     s3 = train_generator(cohort, tmp_path, epochs=6, time_budget_s=0.0, cpu_precision="bf16", **kw)
-    assert s3["epochs_completed"] == 4 and s3["steps"] == 12
+    assert s3["epochs_completed"] == 4 and s3["steps"] == 4
     log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["precision"] == "bfloat16 autocast (CPU)" and math.isfinite(log[-1]["train_loss"])
     card = json.loads(Path(s3["card_path"]).read_text())

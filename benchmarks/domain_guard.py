@@ -143,6 +143,16 @@ def summarise(rows) -> dict:
             "by_perturbation": by_pert}
 
 
+#: the hand-written reading of each run (dated) starts at this heading and is kept when the script re-runs
+NOTES_HEADING = "## Readings"
+
+
+def kept_notes(md_path: Path) -> list[str]:
+    """The hand-written part of an earlier report (from :data:`NOTES_HEADING` on), kept below a re-run's tables."""
+    old = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
+    return ["", *old[old.index(NOTES_HEADING):].rstrip("\n").split("\n")] if NOTES_HEADING in old else []
+
+
 def markdown(res: dict) -> list[str]:
     s = res["summary"]
     b, g, m = s["dice_below_0.8"], s["dice_at_least_0.9"], s["dice_0.8_to_0.9"]
@@ -180,7 +190,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     res = run(args.cohort, args.n, args.weights)
-    write_results(args.out, "domain_guard", res, markdown(res), echo=False)
+    write_results(args.out, "domain_guard", res, markdown(res) + kept_notes(Path(args.out) / "domain_guard.md"),
+                  echo=False)
     print(json.dumps(res["summary"], indent=2, default=float))
     return 0
 

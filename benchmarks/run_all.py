@@ -26,6 +26,7 @@ followup_registration     a real follow-up in predict: registered inside the seg
 pipeline                  stage timings and peak memory from 128^3 to 512x512x300, copy baseline (issue 8)
 study_dicom               simulate as DICOM -> hcctwin import -> hcctwin study (issue 9)
 segmentation_phases       the same hold-out with one phase only, portal then arterial (issue 22)
+segmentation_speed        warm time and peak memory on 512x512x120: two phases, portal only, arterial only (22)
 domain_guard              the domain guard on perturbed hold-out scans: verdict vs liver Dice (issue 22)
 segmentation_thin_scans   slabs of 24 / 16 / 10 slices through the liver: zero vs edge padding (issue 22)
 phase_alignment           phases from separate breath-holds: segmentation without / with the alignment (issue 22)
@@ -173,6 +174,8 @@ def plan(data: Path, out: Path, quick: bool, real_data: Path | None = None) -> d
                                 str(out)] + (["--n", "15", "--fast", "--max-cases", "1", "--samples", "1"] if q else
                                              ["--n", "120", "--seed", "4040", "--max-cases", "10"]),
         "segmentation_phases": segmentation_phases,
+        "segmentation_speed": lambda: [py, str(BENCH / "segmentation_evaluation.py"), "--weights",
+                                       str(WEIGHTS / "hcctwin_seg.safetensors"), "--speed-only", "--out", str(out)],
         "domain_guard": lambda: [py, str(BENCH / "domain_guard.py"), "--cohort", str(holdout()), "--n",
                                  "12" if not q else "2", "--out", str(out)],
         "segmentation_thin_scans": lambda: [py, str(BENCH / "segmentation_thin_scans.py"), "--cohort", str(holdout()),

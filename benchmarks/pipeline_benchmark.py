@@ -44,7 +44,7 @@ REGIMENS = ("tace_pd1_len", "haic_pd1_len", "pd1_tki")
 WEEKS = (8, 16, 24)
 TARGETS = {"cold_s_512x512x120": 90.0, "warm_s_512x512x120": 30.0, "regimen_change_s": 1.0,
            "peak_rss_gb_512x512x300": 4.0}
-STAGES = ("load", "clinical", "segmentation", "generate", "survival", "scene_and_render", "report")
+STAGES = ("load", "phase_alignment", "clinical", "segmentation", "generate", "survival", "scene_and_render", "report")
 GB = 1024.0 ** 3
 
 
@@ -163,6 +163,9 @@ class _CopyBaselineGenerator:
             for fu in by_week.values():
                 fu.std = {}  # a deterministic prediction has no spread: no uncertainty overlay
         return out
+
+    def describe(self, **_) -> str:
+        return "copy baseline (the pre-treatment study at every time point; benchmark stand-in)"
 
 
 def run_one(size_text: str, folder: Path, device: str, samples: int, copy_path: bool = True) -> dict:
@@ -412,7 +415,7 @@ def render_markdown(res: dict, baseline: dict | None = None, notes: str | None =
               "what a case leaves behind), regimen change (survival + table + curves + views, no model re-run).", "",
               "| size | load | segmentation | generate | survival | scene + render | report | process peak | "
               "RSS after case 1 | RSS after case 2 | leak | regimen change s | segmentation | max load (1 min) |",
-              "|---" * 15 + "|"]
+              "|---" * 14 + "|"]
     for r in ok:
         p = r["warm"].get("stage_peak_rss_gb", {})
         lines.append(f"| {r['size']} | " + " | ".join(_f(p.get(k), 2) for k in (

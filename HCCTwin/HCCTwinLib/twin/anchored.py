@@ -12,9 +12,9 @@ every regimen, week and lesion: regimens compared on equal footing, coherent tra
   differ between plausible responses).
 
 The (regimen, week) renderings run on threads (:func:`HCCTwinLib.device.cpu_threads`; the images do not depend on
-the thread count). A :class:`PatchFollowUp` keeps only the box of the voxels its rendering changed (within the region
-that can change: about the lesions + 10 mm, the thrombus, the new site), pasted into the input on access: outside it
-every voxel is the input's, bit for bit. Weeks == 0 and regimens
+the thread count). A :class:`PatchFollowUp` keeps only the voxels its rendering changed (and their box, within the
+region that can change: about the lesions + 10 mm, the thrombus, the new site), pasted into the input on access:
+every other voxel is the input's, bit for bit. Weeks == 0 and regimens
 without kinetics (no observed follow-ups in the training cohort) return the input unchanged, the latter with a note.
 """
 
@@ -66,8 +66,10 @@ def _overlap(want: tuple[slice, ...], have: tuple[slice, ...], shape) -> tuple[t
 
 
 class PatchFollowUp(FollowUp):
-    """A virtual follow-up that differs from the input only inside ``patch_region``: full-resolution HU (float32),
-    SD and labels there, the input's arrays (referenced, not copied) everywhere else."""
+    """A virtual follow-up that differs from the input only inside ``patch_region``: there, only the voxels whose
+    HU, label or SD differ from the input's are stored (flat indices into the box; HU float32, SD float16, labels
+    uint8; often a fifth of the box), the input's arrays (referenced, not copied) everywhere else. The box arrays
+    (``patch_phases``, ``patch_labels``, ``patch_std``) and the full-grid volumes are rebuilt on access."""
 
     def __init__(self, weeks: int, pre: Mapping[str, np.ndarray], pre_labels: np.ndarray, geometry: Geometry, *,
                  patch_region: tuple[slice, slice, slice] | None = None,
@@ -80,13 +82,53 @@ class PatchFollowUp(FollowUp):
         self.pre_labels = pre_labels
         self.geometry = geometry
         self.patch_region = patch_region
-        self.patch_phases = dict(patch_phases or {})
-        self.patch_labels = patch_labels
-        self.patch_std = dict(patch_std or {})
         self.phase_names = tuple(pre)
+        self._index = np.zeros(0, np.int64)
+        self._values: dict[str, np.ndarray] = {}
+        self._std_values: dict[str, np.ndarray] = {}
+        self._label_values: np.ndarray | None = None
+        if patch_region is not None:
+            self._store(dict(patch_phases or {}), patch_labels, dict(patch_std or {}))
         self.phases = _LazyVolumes(self.phase_names, self._phase)
         self.std = _LazyVolumes(self.phase_names, self._std)
+        self.patch_phases = _LazyVolumes(tuple(self._values), self._box_phase)
+        self.patch_std = _LazyVolumes(tuple(self._std_values), self._box_std)
         self._counts: np.ndarray | None = None
+
+    def _store(self, phases: dict[str, np.ndarray], labels: np.ndarray | None, std: dict[str, np.ndarray]) -> None:
+        """Keep the voxels of the box where anything differs from the input (or has an SD)."""
+        box = self.patch_region
+        differs = np.zeros([b.stop - b.start for b in box], bool)
+        if labels is not None:
+            differs |= labels != np.asarray(self.pre_labels)[box]
+        for name, arr in phases.items():
+            differs |= arr != np.asarray(self.pre[name])[box]
+        for arr in std.values():
+            differs |= arr > 0
+        self._index = np.flatnonzero(differs)
+        self._index = self._index.astype(np.int32 if differs.size < 2 ** 31 else np.int64)
+        self._values = {n: np.asarray(a, np.float32).ravel()[self._index] for n, a in phases.items()}
+        self._std_values = {n: np.asarray(a).ravel()[self._index].astype(np.float16)  # an SD for display
+                            for n, a in std.items()}
+        self._label_values = None if labels is None else np.asarray(labels, np.uint8).ravel()[self._index]
+
+    def _box_phase(self, phase: str) -> np.ndarray:
+        out = np.array(np.asarray(self.pre[phase])[self.patch_region], dtype=np.float32, copy=True)
+        out.ravel()[self._index] = self._values[phase]
+        return out
+
+    def _box_std(self, phase: str) -> np.ndarray:
+        out = np.zeros([b.stop - b.start for b in self.patch_region], np.float32)
+        out.ravel()[self._index] = self._std_values[phase]
+        return out
+
+    @property
+    def patch_labels(self) -> np.ndarray | None:
+        if self._label_values is None:
+            return None
+        out = np.array(np.asarray(self.pre_labels)[self.patch_region], dtype=np.uint8, copy=True)
+        out.ravel()[self._index] = self._label_values
+        return out
 
     @property
     def region(self) -> tuple[slice, slice, slice] | None:
@@ -97,43 +139,43 @@ class PatchFollowUp(FollowUp):
         return True
 
     def nbytes(self) -> int:
-        arrays = [*self.patch_phases.values(), *self.patch_std.values(), self.patch_labels]
+        arrays = [self._index, *self._values.values(), *self._std_values.values(), self._label_values]
         return sum(a.nbytes for a in arrays if a is not None)
 
     @property
     def labels(self) -> np.ndarray:
         out = np.array(self.pre_labels, dtype=np.uint8, copy=True)
-        if self.patch_labels is not None:
+        if self._label_values is not None:
             out[self.patch_region] = self.patch_labels
         return out
 
     def _phase(self, phase: str) -> np.ndarray:
         out = np.array(self.pre[phase], dtype=np.float32, copy=True)
-        if phase in self.patch_phases:
-            out[self.patch_region] = self.patch_phases[phase]
+        if phase in self._values:
+            out[self.patch_region] = self._box_phase(phase)
         return out
 
     def _std(self, phase: str) -> np.ndarray:
         out = np.zeros(np.shape(self.pre_labels), np.float32)
-        if phase in self.patch_std:
-            out[self.patch_region] = self.patch_std[phase]
+        if phase in self._std_values:
+            out[self.patch_region] = self._box_std(phase)
         return out
 
     def phase_region(self, phase: str, region: tuple[slice, ...] | None) -> np.ndarray:
         if region is None:
             return self._phase(phase)
         out = np.array(np.asarray(self.pre[phase])[region], dtype=np.float32, copy=True)
-        if phase in self.patch_phases:
+        if phase in self._values:
             hit = _overlap(region, self.patch_region, np.shape(self.pre_labels))
             if hit is not None:
-                out[hit[0]] = self.patch_phases[phase][hit[1]]
+                out[hit[0]] = self._box_phase(phase)[hit[1]]
         return out
 
     def labels_region(self, region: tuple[slice, ...] | None) -> np.ndarray:
         if region is None:
             return self.labels
         out = np.array(np.asarray(self.pre_labels)[region], dtype=np.uint8, copy=True)
-        if self.patch_labels is not None:
+        if self._label_values is not None:
             hit = _overlap(region, self.patch_region, np.shape(self.pre_labels))
             if hit is not None:
                 out[hit[0]] = self.patch_labels[hit[1]]
@@ -143,9 +185,9 @@ class PatchFollowUp(FollowUp):
         if self._counts is None:
             n = MAX_LABEL + 1
             counts = np.bincount(np.asarray(self.pre_labels).ravel(), minlength=n)
-            if self.patch_labels is not None:
-                counts = counts - np.bincount(np.asarray(self.pre_labels)[self.patch_region].ravel(), minlength=n)
-                counts = counts + np.bincount(self.patch_labels.ravel(), minlength=n)
+            if self._label_values is not None:
+                before = np.asarray(self.pre_labels)[self.patch_region].ravel()[self._index]
+                counts = counts - np.bincount(before, minlength=n) + np.bincount(self._label_values, minlength=n)
             self._counts = counts
         return self._counts
 
@@ -154,15 +196,15 @@ class PatchFollowUp(FollowUp):
             np.copyto(out, rounded_input)
         else:
             store_rounded(out, np.asarray(self.pre[phase]))
-        if phase in self.patch_phases:
-            store_rounded(out[self.patch_region], self.patch_phases[phase])
+        if phase in self._values:
+            store_rounded(out[self.patch_region], self._box_phase(phase))
         return out
 
     def std_volume(self, phase: str, geometry=None) -> tuple[np.ndarray, Any]:
         geometry = geometry or self.geometry
-        if phase not in self.patch_std:
+        if phase not in self._std_values:
             return np.zeros((1, 1, 1), np.float32), region_geometry(geometry, (slice(0, 1),) * 3)
-        return self.patch_std[phase], region_geometry(geometry, self.patch_region)
+        return self._box_std(phase), region_geometry(geometry, self.patch_region)
 
 
 def _render_item(ctx, plans: Mapping, look, regimen: str, weeks: int, samples: int) -> tuple:
@@ -290,26 +332,25 @@ class AnchoredGenerator:
         rendered = {}
         # the (regimen, week) renderings are independent: on threads (scipy's interpolation and numpy's copies run
         # without the GIL), each deterministic, so the images do not depend on the thread count; progress is
-        # reported (and a cancel raised) on the caller's thread, and a cancel drops the renderings not yet started
+        # reported (and a cancel raised) on the caller's thread, and a cancel drops the renderings not yet started.
+        # Each rendering is kept as the voxels it changed as soon as it arrives (its box arrays are then freed).
         pool = ThreadPoolExecutor(threads, thread_name_prefix="hcctwin-render") if threads > 1 else None
         try:
             results = pool.map(one, work) if pool is not None else map(one, work)
-            for done, (item, result) in enumerate(zip(work, results), start=1):
-                rendered[item] = result
-                report(progress, 0.1 + 0.85 * done / max(1, len(items)), f"Rendered {item[0]}, week {item[1]}")
+            for done, ((r, w), (region, med_phases, med_labels, std)) in enumerate(zip(work, results), start=1):
+                rendered[(r, w)] = PatchFollowUp(w, pre, labels, geometry, patch_region=region,
+                                                 patch_phases=med_phases, patch_labels=med_labels, patch_std=std,
+                                                 regimen=r)
+                del med_phases, med_labels, std
+                report(progress, 0.1 + 0.85 * done / max(1, len(items)), f"Rendered {r}, week {w}")
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        out: dict[str, dict[int, FollowUp]] = {}
-        for r in regimens:
-            out[r] = {}
-            for w in weeks:
-                if (r, w) not in rendered:
-                    out[r][w] = PatchFollowUp(w, pre, labels, geometry, regimen=r)
-                    continue
-                region, med_phases, med_labels, std = rendered[(r, w)]
-                out[r][w] = PatchFollowUp(w, pre, labels, geometry, patch_region=region, patch_phases=med_phases,
-                                          patch_labels=med_labels, patch_std=std, regimen=r)
+            devices.release_freed_memory()  # the render threads' freed arrays, else kept by the process
+        out: dict[str, dict[int, FollowUp]] = {
+            r: {w: rendered[(r, w)] if (r, w) in rendered else PatchFollowUp(w, pre, labels, geometry, regimen=r)
+                for w in weeks}
+            for r in regimens}
         self.last_info = {"n_items": len(items), "samples": samples, "lesions": len(lesions),
                           "region_kji": None if ctx is None else [[s.start, s.stop] for s in ctx.region],
                           "latent_response_z": [round(z, 4) for z in zs],

@@ -374,6 +374,44 @@ def fitted(tmp_path_factory):
     return summary
 
 
+def test_patch_follow_up_keeps_only_the_changed_voxels_and_gives_back_the_same_volumes():
+    """A follow-up built from a dense box (what the renderer cuts) gives back exactly that box pasted into the input
+    (HU and labels bit for bit, SD to float16 precision), while storing only the voxels that differ."""
+    rng = np.random.default_rng(3)
+    art, por, lab, _ = synth_case(2, radius=6.0)
+    pre = {"arterial": art, "portal": por}
+    box = (slice(6, 26), slice(10, 40), slice(8, 44))
+    changed = np.zeros(lab.shape, bool)
+    changed[12:18, 20:28, 20:30] = True  # a small part of the box changes
+    new_art, new_por, new_lab = art.copy(), por.copy(), lab.copy()
+    new_art[changed] += rng.normal(0, 40, changed.sum()).astype(np.float32)
+    new_por[changed] -= 15.5
+    new_lab[changed] = NECROSIS
+    sd = np.zeros(lab.shape, np.float32)
+    sd[10:20, 18:30, 18:32] = rng.uniform(0.5, 300.0, (10, 12, 14)).astype(np.float32)
+    f = PatchFollowUp(24, pre, lab, GEOM, patch_region=box, patch_phases={"arterial": new_art[box],
+                      "portal": new_por[box]}, patch_labels=new_lab[box], patch_std={"arterial": sd[box],
+                      "portal": sd[box]}, regimen=SHRINK)
+    assert np.array_equal(f.phases["arterial"], new_art) and np.array_equal(f.phases["portal"], new_por)
+    assert np.array_equal(f.labels, new_lab) and np.array_equal(f.patch_labels, new_lab[box])
+    assert np.array_equal(f.patch_phases["portal"], new_por[box])
+    assert np.allclose(f.std["portal"], sd, rtol=1e-3) and f.std["portal"].dtype == np.float32
+    std, g = f.std_volume("arterial", GEOM)
+    assert np.allclose(std, sd[box], rtol=1e-3) and g.shape == std.shape
+    reg = (slice(0, 15), slice(15, 45), slice(0, 30))  # partly outside the box
+    assert np.array_equal(f.phase_region("arterial", reg), new_art[reg])
+    assert np.array_equal(f.labels_region(reg), new_lab[reg])
+    assert np.array_equal(f.label_counts(), np.bincount(new_lab.ravel(), minlength=5))
+    ref, buf = np.zeros(lab.shape, np.int16), np.zeros(lab.shape, np.int16)
+    store_rounded(ref, new_por)
+    assert np.array_equal(f.fill_phase("portal", buf), ref)
+    dense = sum(a.nbytes for a in (new_art[box], new_por[box], new_lab[box], sd[box], sd[box]))
+    assert f.nbytes() < 0.25 * dense  # 1680 of 21600 box voxels differ (the SD's block)
+    unchanged = PatchFollowUp(8, pre, lab, GEOM, regimen=SHRINK)
+    assert np.array_equal(unchanged.phases["arterial"], art) and np.array_equal(unchanged.labels, lab)
+    assert not unchanged.std["portal"].any() and unchanged.nbytes() == 0
+
+
 def test_fitted_generator_shrinks_and_grows_on_the_patients_own_image(fitted):
     clear_cache()
     gen = get_generator(fitted["weights"])

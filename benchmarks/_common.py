@@ -85,3 +85,11 @@ def write_results(out: str | Path, stem: str, result: Any = None, lines: list[st
         (out / f"{stem}.md").write_text(text, encoding="utf-8")
         if echo:
             print(text, end="")
+
+
+def kept_notes(md_path: str | Path, heading: str) -> list[str]:
+    """The hand-written part of an earlier report (from ``heading`` on, e.g. dated readings of each run) as lines,
+    with a blank line before it, to keep below a re-run's generated tables; empty when there is none."""
+    md_path = Path(md_path)
+    old = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
+    return ["", *old[old.index(heading):].rstrip("\n").split("\n")] if heading in old else []

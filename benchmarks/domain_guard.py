@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, machine_line, write_results  # noqa: E402
+from _common import kept_notes, machine_info, machine_line, write_results  # noqa: E402
 
 
 def _perturbations():
@@ -147,12 +147,6 @@ def summarise(rows) -> dict:
 NOTES_HEADING = "## Readings"
 
 
-def kept_notes(md_path: Path) -> list[str]:
-    """The hand-written part of an earlier report (from :data:`NOTES_HEADING` on), kept below a re-run's tables."""
-    old = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
-    return ["", *old[old.index(NOTES_HEADING):].rstrip("\n").split("\n")] if NOTES_HEADING in old else []
-
-
 def markdown(res: dict) -> list[str]:
     s = res["summary"]
     b, g, m = s["dice_below_0.8"], s["dice_at_least_0.9"], s["dice_0.8_to_0.9"]
@@ -190,8 +184,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     res = run(args.cohort, args.n, args.weights)
-    write_results(args.out, "domain_guard", res, markdown(res) + kept_notes(Path(args.out) / "domain_guard.md"),
-                  echo=False)
+    notes = kept_notes(Path(args.out) / "domain_guard.md", NOTES_HEADING)
+    write_results(args.out, "domain_guard", res, markdown(res) + notes, echo=False)
     print(json.dumps(res["summary"], indent=2, default=float))
     return 0
 

@@ -24,7 +24,6 @@ peak RSS <= 4 GB at 512x512x300. On a GPU: <= 10 s cold after model load, GPU me
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -76,11 +75,10 @@ def reset_peak() -> None:
 
 def release_memory() -> float:
     """Collect garbage and hand freed heap back to the system (glibc keeps it otherwise); returns the RSS in GB."""
+    from HCCTwinLib.device import release_freed_memory
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
+    release_freed_memory()
     return rss_gb()
 
 

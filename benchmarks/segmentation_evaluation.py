@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import machine_info, machine_line, write_results  # noqa: E402
+from _common import kept_notes, machine_info, machine_line, write_results  # noqa: E402
 
 TARGETS = {"liver": 0.95, "viable_tumor": 0.85, "necrosis": 0.70, "pvtt": 0.60, "sensitivity_10mm": 0.90,
            "fp_per_patient": 0.2, "warm_cpu_s": 20.0, "peak_rss_gb": 4.0}
@@ -180,12 +180,7 @@ def operating_curve(weights: str, n: int, device: str, cohort: str) -> list[dict
 
 
 def write_report(result: dict, out: Path) -> None:
-    md_path = out / "segmentation_evaluation.md"
-    notes = ""
-    if md_path.is_file():
-        old = md_path.read_text()
-        if NOTES_HEADING in old:
-            notes = old[old.index(NOTES_HEADING):]
+    notes = kept_notes(out / "segmentation_evaluation.md", NOTES_HEADING)
     s, sp = result["quality"]["summary"], result.get("speed", {})
     shape = "x".join(map(str, result["quality"]["per_patient"][0]["shape_kji"]))
 
@@ -252,8 +247,7 @@ def write_report(result: dict, out: Path) -> None:
             lines.append(f"| {r['min_tumor_confidence']:.2f}{mark} | {r['sensitivity']:.3f} | "
                          f"{r['fp_per_patient']:.2f} | {r['viable_tumor']:.3f} | {r['necrosis']:.3f} |")
         lines.append("")
-    if notes:
-        lines += ["", notes.rstrip("\n")]
+    lines += notes
     write_results(out, "segmentation_evaluation", result, lines)
 
 

@@ -181,6 +181,60 @@ def mrecist_scores(predicted: Sequence[str], true: Sequence[str]) -> dict:
             "mrecist_confusion_true_to_predicted": confusion}
 
 
+def sampled_mrecist_scores(rows: Sequence[Mapping]) -> dict:
+    """How well the categories of the sampled responses (``generator_mrecist_sampled``: one per sample) say how sure
+    a virtual reading is, against the true category (``true_mrecist``): the multi-class Brier score of their shares
+    beside that of the virtual follow-up's own reading (``generator_mrecist``, all its weight on one category),
+    the mean share of the true category, the agreement of the most frequent sampled category (ties: the virtual
+    follow-up's own reading when tied, else the best), and the calibration per category and per share."""
+    from HCCTwinLib.response import CATEGORIES
+
+    rows = [x for x in rows if x.get("generator_mrecist_sampled") and x.get("true_mrecist")]
+    if not rows:
+        return {}
+    brier, brier_one, p_true, modal = [], [], [], []
+    by_share: dict[float, list[int]] = {}
+    per_cat = {c: [0.0, 0] for c in CATEGORIES}
+    for x in rows:
+        sampled, truth = x["generator_mrecist_sampled"], x["true_mrecist"]
+        shares = {c: sampled.count(c) / len(sampled) for c in CATEGORIES}
+        brier.append(sum((shares[c] - (c == truth)) ** 2 for c in CATEGORIES))
+        brier_one.append(sum(((c == x["generator_mrecist"]) - (c == truth)) ** 2 for c in CATEGORIES))
+        p_true.append(shares.get(truth, 0.0))
+        top = max(shares.values())
+        tied = [c for c in CATEGORIES if shares[c] == top]
+        modal.append((x["generator_mrecist"] if x["generator_mrecist"] in tied else tied[0]) == truth)
+        for c in CATEGORIES:
+            per_cat[c][0] += shares[c]
+            per_cat[c][1] += c == truth
+            by_share.setdefault(round(shares[c], 3), []).append(int(c == truth))
+    return {"mrecist_sampled_followups": len(rows), "mrecist_sampled_brier": float(np.mean(brier)),
+            "mrecist_median_brier": float(np.mean(brier_one)),
+            "mrecist_sampled_true_share_mean": float(np.mean(p_true)),
+            "mrecist_sampled_modal_agreement": float(np.mean(modal)),
+            "mrecist_sampled_calibration_by_category": {c: {"mean_share": v[0] / len(rows),
+                                                            "observed": v[1] / len(rows)}
+                                                        for c, v in per_cat.items()},
+            "mrecist_sampled_calibration_by_share": {str(k): {"n": len(v), "observed": float(np.mean(v))}
+                                                     for k, v in sorted(by_share.items())}}
+
+
+def patient_bootstrap_ci(rows: Sequence[Mapping], stat, n_boot: int = 2000, seed: int = 0) -> list[float] | None:
+    """95% percentile interval of ``stat(rows)`` over bootstrap resamples of the patients (a patient's follow-ups
+    are not independent: they share the patient's image and latent response)."""
+    rows = [x for x in rows if x.get("true_mrecist")]
+    by_patient: dict[str, list] = {}
+    for x in rows:
+        by_patient.setdefault(x["patient_id"], []).append(x)
+    ids = sorted(by_patient)
+    if len(ids) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    vals = [stat([x for i in rng.integers(0, len(ids), len(ids)) for x in by_patient[ids[i]]])
+            for _ in range(n_boot)]
+    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 def demo_phantom(shape=(120, 512, 512), spacing=(0.75, 0.75, 2.5)):
     """A 512 x 512 x 120 CT-sized phantom (liver block + two tumours) for timing only."""
@@ -295,8 +349,13 @@ def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, s
             if traj["true"]:
                 true_c = mrecist_categories(case.labels, case.phases["arterial"], traj["true"], case.geometry)
                 cats["true"].extend(true_c)
-                cats["pred"].extend(mrecist_categories(case.labels, case.phases["arterial"], traj["generator"],
-                                                       case.geometry))
+                pred_c = mrecist_categories(case.labels, case.phases["arterial"], traj["generator"], case.geometry)
+                cats["pred"].extend(pred_c)
+                # the rows of this trajectory are the last ones, in week order
+                for row, t_cat, p_cat in zip(per_fu[-len(true_c):], true_c, pred_c):
+                    sampled = preds["generator"][r][row["weeks"]].sampled_response
+                    row.update(true_mrecist=t_cat, generator_mrecist=p_cat,
+                               generator_mrecist_sampled=list(sampled["mrecist"]) if sampled else None)
                 cats["copy"].extend(mrecist_categories(case.labels, case.phases["arterial"], traj["copy"],
                                                        case.geometry))
                 cats["exponential"].extend(mrecist_categories(case.labels, case.phases["arterial"],
@@ -314,6 +373,9 @@ def evaluate(cohort: Path, weights: Path, *, train_cohort: Path | None = None, s
                    "liver_hu_mae_mean": agg(f"{m}_mae", np.mean)} for m in methods}
     for m, key in (("generator", "pred"), ("copy", "copy"), ("exponential", "exponential")):
         summary[m].update(mrecist_scores(cats[key], cats["true"]))
+    summary["generator"].update(sampled_mrecist_scores(per_fu))
+    summary["generator"]["mrecist_agreement_ci95"] = patient_bootstrap_ci(
+        per_fu, lambda rows: float(np.mean([x["true_mrecist"] == x["generator_mrecist"] for x in rows])))
     summary["generator"]["error_std_pearson"] = error_std_correlation(np.concatenate(err_all),
                                                                       np.concatenate(std_all))
     result = {"cohort": str(cohort), "weights": str(weights), "model_card": {k: gen.card.get(k) for k in (
@@ -385,6 +447,27 @@ def write_report(result: dict, out_dir: Path, *, echo: bool = True) -> tuple[Pat
             lines.append(f"| {key} | " + " | ".join(fmt(s[m].get(key)) for m in ("generator", "copy", "exponential"))
                          + " |")
     g = s["generator"]
+    if g.get("mrecist_agreement_ci95"):
+        lo, hi = g["mrecist_agreement_ci95"]
+        lines += ["", f"mRECIST agreement of the virtual follow-ups {fmt(g['mrecist_agreement'])}, 95% interval "
+                      f"{lo:.3f}-{hi:.3f} (bootstrap over the {result['n_patients']} patients: their follow-ups share "
+                      "the patient's image and latent response)."]
+    if g.get("mrecist_sampled_brier") is not None:
+        cal = g["mrecist_sampled_calibration_by_category"]
+        lines += ["", f"**How sure a virtual mRECIST reading is** (each follow-up's {result['samples']} sampled "
+                      f"responses read like the follow-up itself, `sampled` in result.json; "
+                      f"{g['mrecist_sampled_followups']} follow-ups): multi-class Brier score of the samples' shares "
+                      f"{fmt(g['mrecist_sampled_brier'])} vs {fmt(g['mrecist_median_brier'])} for the virtual "
+                      f"follow-up's reading alone (0 = always sure and right, lower is better); mean share of the "
+                      f"true category {fmt(g['mrecist_sampled_true_share_mean'])}; most frequent sampled category "
+                      f"right in {fmt(g['mrecist_sampled_modal_agreement'])} (the virtual follow-up's own reading: "
+                      f"{fmt(g['mrecist_agreement'])}).", "",
+                  "| category | mean share of the samples | observed frequency |", "|---|---|---|"]
+        lines += [f"| {c} | {v['mean_share']:.3f} | {v['observed']:.3f} |" for c, v in cal.items()]
+        lines += ["", "| share of the samples | (follow-up, category) pairs | that category was the true one |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {v['n']} | {v['observed']:.3f} |"
+                  for k, v in g["mrecist_sampled_calibration_by_share"].items()]
     lines += ["", "Regimen ordering by the change of the viable volume at the last follow-up (pairs tied in the truth, "
                   "< 0.5 mL apart, left out; the copy baseline predicts no change, so it never orders a pair; the "
                   "exponential baseline orders every patient's regimens the same way, by the fitted rates):", "",

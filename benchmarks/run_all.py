@@ -7,37 +7,38 @@ Usage::
 
 Simulates the cohorts the benchmarks read (into ``--data``, re-used when already there) and runs, in order:
 
-========================  ==============================================================================================
-simulator_calibration     trial medians / response rates of 500 simulated patients vs the reference (issue 3)
-survival_evaluation       survival engine on a 2000-patient development / 800-patient hold-out image cohort (issue 6)
-segmentation              shipped segmentation network on the 30-patient hold-out (seed 900) (issue 4)
-generator                 shipped generator vs counterfactual truth on the same hold-out (issue 5)
-generator_fit_choices     how the twin's kinetics are fitted: variants chosen on a tuning cohort (seed 950) (issue 23)
-generator_render_choices  how the twin draws residual viable tumour: variants chosen on the same tuning cohort (23)
-generator_viable_shift    how the twin changes the HU of surviving viable tumour: median vs per-lesion line (23)
-tace_viable_blur          the viable-HU change after TACE by distance from the lipiodol (23)
-twin_records_cache        refitting the twin from its records cache vs reading 574 patients' images (issue 27)
-twin_check                the twin check on the hold-out: virtual vs unchanged scan against the observed one (23)
-generator_ceiling         what pre-treatment information allows: a simulator oracle without the latent biology (issue 5)
-generator_speed           generator request time by memory layout and sampling steps (issues 5 / 8)
-cpu_precision             bfloat16 vs float32 CPU inference: time and agreement (issues 4 / 5 / 8)
-registration              target-registration error on simulated misalignments (issues 7 / 9)
-followup_registration     a real follow-up in predict: registered inside the segmented liver vs without (issue 22)
-pipeline                  stage timings and peak memory from 128^3 to 512x512x300, copy baseline (issue 8)
-study_dicom               simulate as DICOM -> hcctwin import -> hcctwin study (issue 9)
-segmentation_phases       the same hold-out with one phase only, portal then arterial (issue 22)
-segmentation_speed        warm time and peak memory on 512x512x120: two phases, portal only, arterial only (22)
-domain_guard              the domain guard on perturbed hold-out scans: verdict vs liver Dice (issue 22)
-segmentation_thin_scans   slabs of 24 / 16 / 10 slices through the liver: zero vs edge padding (issue 22)
-phase_alignment           phases from separate breath-holds: segmentation without / with the alignment (issue 22)
-real_scans                segmentation + guard on the public real CTs of real_scans.json (issue 22; --real-data)
-real_scan_twin            the anchored twin on a public real CT: time, memory, anatomy kept (issue 23; --real-data)
-survival_small_cohorts    survival cv on small real / simulated cohorts vs the established scores (issue 27)
-metastasis_competing_risk competing-risk metastasis model beside the 2-year logistic one (issue 27)
-parallel_speedup          Dask 2 workers vs serial, torchrun 2 processes vs 1 (issue 27)
-bad_input                 bad input and faults through the command line (issue 24)
-viewer_timing             the browser viewer in headless Chromium: first paint, clicks (issue 25; needs chromium)
-========================  ==============================================================================================
+==========================  ==============================================================================================
+simulator_calibration       trial medians / response rates of 500 simulated patients vs the reference (issue 3)
+survival_evaluation         survival engine on a 2000-patient development / 800-patient hold-out image cohort (issue 6)
+segmentation                shipped segmentation network on the 30-patient hold-out (seed 900) (issue 4)
+generator                   shipped generator vs counterfactual truth on the same hold-out (issue 5)
+generator_fit_choices       how the twin's kinetics are fitted: variants chosen on a tuning cohort (seed 950) (issue 23)
+generator_render_choices    how the twin draws residual viable tumour: variants chosen on the same tuning cohort (23)
+generator_viable_shift      how the twin changes the HU of surviving viable tumour: median vs per-lesion line (23)
+generator_sampling_choices  how the twin draws its samples: their mRECIST readings vs the truth (23)
+tace_viable_blur            the viable-HU change after TACE by distance from the lipiodol (23)
+twin_records_cache          refitting the twin from its records cache vs reading 574 patients' images (issue 27)
+twin_check                  the twin check on the hold-out: virtual vs unchanged scan against the observed one (23)
+generator_ceiling           what pre-treatment information allows: a simulator oracle without the latent biology (issue 5)
+generator_speed             generator request time by memory layout and sampling steps (issues 5 / 8)
+cpu_precision               bfloat16 vs float32 CPU inference: time and agreement (issues 4 / 5 / 8)
+registration                target-registration error on simulated misalignments (issues 7 / 9)
+followup_registration       a real follow-up in predict: registered inside the segmented liver vs without (issue 22)
+pipeline                    stage timings and peak memory from 128^3 to 512x512x300, copy baseline (issue 8)
+study_dicom                 simulate as DICOM -> hcctwin import -> hcctwin study (issue 9)
+segmentation_phases         the same hold-out with one phase only, portal then arterial (issue 22)
+segmentation_speed          warm time and peak memory on 512x512x120: two phases, portal only, arterial only (22)
+domain_guard                the domain guard on perturbed hold-out scans: verdict vs liver Dice (issue 22)
+segmentation_thin_scans     slabs of 24 / 16 / 10 slices through the liver: zero vs edge padding (issue 22)
+phase_alignment             phases from separate breath-holds: segmentation without / with the alignment (issue 22)
+real_scans                  segmentation + guard on the public real CTs of real_scans.json (issue 22; --real-data)
+real_scan_twin              the anchored twin on a public real CT: time, memory, anatomy kept (issue 23; --real-data)
+survival_small_cohorts      survival cv on small real / simulated cohorts vs the established scores (issue 27)
+metastasis_competing_risk   competing-risk metastasis model beside the 2-year logistic one (issue 27)
+parallel_speedup            Dask 2 workers vs serial, torchrun 2 processes vs 1 (issue 27)
+bad_input                   bad input and faults through the command line (issue 24)
+viewer_timing               the browser viewer in headless Chromium: first paint, clicks (issue 25; needs chromium)
+==========================  ==============================================================================================
 
 Not run here: ``train_segmentation_synthetic.py`` (a training run of hours that produced a model, not a measurement;
 its log is in ``results/segmentation_training/``).
@@ -129,6 +130,11 @@ def plan(data: Path, out: Path, quick: bool, real_data: Path | None = None) -> d
         return [py, str(BENCH / "generator_viable_shift.py"), "--tune", str(tune), "--holdout", str(holdout()),
                 "--out", str(out)]
 
+    def generator_sampling_choices():
+        tune = _simulate(data, "tune950" if not q else "q_tune950", 60 if not q else 4, 950, fast=q)
+        return [py, str(BENCH / "generator_sampling_choices.py"), "--tune", str(tune), "--holdout", str(holdout()),
+                "--out", str(out)]
+
     def tace_viable_blur():
         tune = _simulate(data, "tune950" if not q else "q_tune950", 60 if not q else 4, 950, fast=q)
         return [py, str(BENCH / "tace_viable_blur.py"), "--cohort", str(tune), "--out", str(out)]
@@ -149,6 +155,7 @@ def plan(data: Path, out: Path, quick: bool, real_data: Path | None = None) -> d
         "generator_fit_choices": generator_fit_choices,
         "generator_render_choices": generator_render_choices,
         "generator_viable_shift": generator_viable_shift,
+        "generator_sampling_choices": generator_sampling_choices,
         "tace_viable_blur": tace_viable_blur,
         "twin_records_cache": twin_records_cache,
         "twin_check": lambda: [py, str(BENCH / "twin_check.py"), "--out", str(out / "twin_check")] +

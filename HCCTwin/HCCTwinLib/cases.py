@@ -183,6 +183,10 @@ class FollowUp:
     plain FollowUp (arrays given) they work on those arrays.
     """
 
+    #: virtual only, when the generator read them: the response category of each sampled response's trajectory at
+    #: this week, per criterion (``{"mrecist": ["PR", "SD", ...], "recist": [...]}``, one entry per sample)
+    sampled_response: dict[str, list[str]] | None = None
+
     def __init__(self, weeks: int, phases: Mapping[str, np.ndarray], labels: np.ndarray | None = None,
                  std: Mapping[str, np.ndarray] | None = None, kind: str = "virtual", regimen: str | None = None):
         self.weeks = weeks

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["num", "fmt", "fmt_pct", "fmt_ci", "fmt_median", "ci_pair"]
+__all__ = ["num", "fmt", "fmt_pct", "fmt_ci", "fmt_median", "ci_pair", "fmt_sampled", "fmt_reading"]
 
 #: between the bounds of an interval
 DASH = "–"
@@ -73,3 +73,33 @@ def fmt_median(curve: Any) -> str:
     if num(lo) is None and num(hi) is None:
         return est if med is not None else "not reached"
     return f"{est} ({fmt(lo) if num(lo) is not None else 'n/a'}{DASH}{fmt(hi) if num(hi) is not None else 'NR'})"
+
+
+def _sampled_counts(reading: Any, criterion: str) -> tuple[int, list[tuple[str, int]]]:
+    """``(samples, [(category, count)])`` of a response reading's ``sampled`` entry (best category first)."""
+    sampled = reading.get("sampled") if isinstance(reading, Mapping) else None
+    if not isinstance(sampled, Mapping):
+        return 0, []
+    n = int(num(sampled.get("samples")) or 0)
+    shares = sampled.get(criterion)
+    if n <= 0 or not isinstance(shares, Mapping):
+        return 0, []
+    return n, [(str(c), int(round(float(num(v) or 0.0) * n))) for c, v in shares.items() if num(v)]
+
+
+def fmt_sampled(reading: Any, criterion: str = "mrecist") -> str:
+    """The categories of a virtual follow-up's sampled responses, e.g. ``"PR 3/4 · SD 1/4"`` (n/a without)."""
+    n, counts = _sampled_counts(reading, criterion)
+    return " · ".join(f"{c} {k}/{n}" for c, k in counts if k) if counts else "n/a"
+
+
+def fmt_reading(reading: Any, criterion: str = "mrecist") -> str:
+    """A follow-up's category with how many sampled responses read the same, e.g. ``"PR (3/4 samples)"``; the
+    category alone without samples, n/a without a reading."""
+    cat = reading.get(criterion) if isinstance(reading, Mapping) else None
+    if not cat:
+        return "n/a"
+    n, counts = _sampled_counts(reading, criterion)
+    if not n:
+        return str(cat)
+    return f"{cat} ({dict(counts).get(str(cat), 0)}/{n} samples)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -517,8 +518,25 @@ def read_responses(result: TwinResult) -> None:
                                               "viable_volume_ml": round(r["viable_volume_ml"], 2),
                                               "sum_viable_mm": round(float(r["sum_viable_mm"]), 1)}
                                 for w, r in sorted(readings.items()) if w > 0}
+        for fu in followups:
+            entry = result.response[key].get(f"w{int(fu.weeks):02d}")
+            sampled = getattr(fu, "sampled_response", None)
+            if entry is not None and sampled:
+                entry["sampled"] = sampled_shares(sampled)
     if real is not None and "observed" in result.response and real.regimen:
         result.response["observed"]["regimen"] = real.regimen
+
+
+def sampled_shares(sampled: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """``{"samples": n, "mrecist": {category: share}, "recist": {...}}`` of a follow-up's sampled responses
+    (categories best first, only those read)."""
+    from .response import CATEGORIES  # here: the response reading loads scipy, which the Slicer module loads later
+
+    out: dict[str, Any] = {"samples": max((len(v) for v in sampled.values()), default=0)}
+    for crit, cats in sampled.items():
+        if cats:
+            out[crit] = {c: round(cats.count(c) / len(cats), 3) for c in CATEGORIES if c in cats}
+    return out
 
 
 def _trajectory(case: Case, followups: list[FollowUp], full):

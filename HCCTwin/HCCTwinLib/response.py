@@ -78,7 +78,8 @@ from .labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
 
 __all__ = [
     "CATEGORIES", "CRITERIA", "ResponseConfig", "Lesion", "TimePointReading", "ResponseReading",
-    "extract_lesions", "select_targets", "read_response", "target_response", "overall_response",
+    "extract_lesions", "select_targets", "read_response", "analyse_image", "ImageLesions", "read_analysed",
+    "target_response", "overall_response",
     "category_ordinal", "weighted_kappa", "feret_diameter_2d",
 ]
 
@@ -662,26 +663,75 @@ def read_response(baseline_labels, followups: Sequence, geometry: Geometry, base
     per call, since the nadir runs along it. See the module docstring for every rule.
     """
     cfg = config or ResponseConfig()
+    crits = _criteria(criteria)
+    base_arr = _check_labels(baseline_labels, geometry, "baseline labels")
+    baseline = analyse_image(base_arr, geometry, _check_arterial(baseline_arterial, geometry, "baseline arterial"),
+                             config=cfg)
+    items = _ordered_followups(followups, "(weeks, labels, arterial_or_None)", 3)
+    analysed = []
+    for weeks, lab, art in items:
+        arr = _check_labels(lab, geometry, f"follow-up labels (week {weeks:g})")
+        analysed.append((weeks, analyse_image(arr, geometry, _check_arterial(art, geometry, f"arterial (week "
+                                                                                           f"{weeks:g})"),
+                                              config=cfg)))
+    return read_analysed(baseline, analysed, criteria=crits, config=cfg)
+
+
+@dataclass
+class ImageLesions:
+    """What the reading needs of one image: its lesions (:func:`extract_lesions`) and its PVTT volume (mL)."""
+
+    lesions: list[Lesion]
+    pvtt_ml: float
+
+
+def analyse_image(labels, geometry: Geometry, arterial=None, *, config: ResponseConfig | None = None
+                  ) -> ImageLesions:
+    """Lesions and PVTT of one label map (+ arterial phase), for :func:`read_analysed`: read each image once when
+    many trajectories share it (e.g. the baseline of every sampled response of a virtual follow-up)."""
+    cfg = config or ResponseConfig()
+    arr = _check_labels(labels, geometry, "labels")
+    lesions, pvtt_ml = _analyse(arr, geometry, _check_arterial(arterial, geometry, "arterial"), cfg)
+    return ImageLesions(lesions, pvtt_ml)
+
+
+def _criteria(criteria: Sequence[str]) -> tuple[str, ...]:
     crits = tuple(dict.fromkeys(_criterion(c) for c in criteria))
     if not crits:
         raise InputError("criteria is empty; use ('recist', 'mrecist') or one of them")
-    base_arr = _check_labels(baseline_labels, geometry, "baseline labels")
-    base_lesions, base_pvtt = _analyse(base_arr, geometry, _check_arterial(baseline_arterial, geometry,
-                                                                           "baseline arterial"), cfg)
+    return crits
+
+
+def _ordered_followups(followups: Sequence, form: str, size: int) -> list[tuple]:
+    """``[(weeks, *rest)]`` sorted by weeks (input order on ties is an error: one trajectory per call)."""
     items = []
     for n, item in enumerate(followups):
         try:
-            weeks, lab, art = item
+            weeks, *rest = item
         except (TypeError, ValueError):
-            raise InputError(f"follow-up #{n} must be a (weeks, labels, arterial_or_None) tuple") from None
+            raise InputError(f"follow-up #{n} must be a {form} tuple") from None
+        if len(rest) != size - 1:
+            raise InputError(f"follow-up #{n} must be a {form} tuple")
         weeks = float(weeks)
         if not math.isfinite(weeks) or weeks < 0:
             raise InputError(f"follow-up #{n} has weeks={weeks}; use weeks since baseline (>= 0)")
-        items.append((weeks, n, lab, art))
+        items.append((weeks, n, *rest))
     items.sort(key=lambda x: (x[0], x[1]))
     for a, b in zip(items, items[1:]):
         if a[0] == b[0]:
             raise InputError(f"two follow-ups at week {a[0]:g}; read each sample/regimen trajectory separately")
+    return [(it[0], *it[2:]) for it in items]
+
+
+def read_analysed(baseline: ImageLesions, followups: Sequence[tuple[float, ImageLesions]],
+                  criteria: Sequence[str] = CRITERIA, config: ResponseConfig | None = None) -> ResponseReading:
+    """:func:`read_response` on images already analysed (:func:`analyse_image`, same grid and configuration):
+    ``followups`` = ``[(weeks, ImageLesions)]``. The baseline may be shared by many calls; a follow-up's lesions
+    are matched to it in place, so give each call its own follow-up analyses."""
+    cfg = config or ResponseConfig()
+    crits = _criteria(criteria)
+    base_lesions, base_pvtt = baseline.lesions, baseline.pvtt_ml
+    items = _ordered_followups(followups, "(weeks, ImageLesions)", 2)
 
     targets = {c: select_targets(base_lesions, c, cfg) for c in CRITERIA}
     target_ids = {c: [t.id for t in targets[c]] for c in crits}
@@ -695,10 +745,8 @@ def read_response(baseline_labels, followups: Sequence, geometry: Geometry, base
     nadir_pvtt = base_pvtt
 
     timepoints = []
-    for weeks, _n, lab, art in items:
-        arr = _check_labels(lab, geometry, f"follow-up labels (week {weeks:g})")
-        fu_lesions, pvtt_ml = _analyse(arr, geometry, _check_arterial(art, geometry, f"arterial (week {weeks:g})"),
-                                       cfg)
+    for weeks, analysed in items:
+        fu_lesions, pvtt_ml = analysed.lesions, analysed.pvtt_ml
         _assign(base_lesions, fu_lesions, cfg)
         base_by_id = {b.id: b for b in base_lesions}
         for f in fu_lesions:

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import DISCLAIMER, __version__
-from ..formatting import fmt, fmt_ci, fmt_median, fmt_pct, num  # noqa: F401 - one formatting for report and scene
+from ..formatting import fmt, fmt_ci, fmt_median, fmt_pct, fmt_sampled, num  # noqa: F401 - one formatting for report and scene
 from ..survival_result import Curve, Metastasis, SurvivalResult
 
 DEMO_SENTENCE = ("The shipped demo weights are trained on synthetic (simulated) data only. This report is for "
@@ -404,6 +404,31 @@ def _response_text(by_week: Any) -> str:
     return "; ".join(parts) or "n/a"
 
 
+def sampled_response_blocks(response: Mapping, info: Mapping) -> list[Block]:
+    """mRECIST of each virtual follow-up beside the categories of its sampled responses (none without samples)."""
+    rows, keys, weeks, n = [], [], [], 0
+    for rid, by_week in response.items():
+        if rid == "observed" or not isinstance(by_week, Mapping):
+            continue
+        sampled = {w: r for w, r in by_week.items() if isinstance(r, Mapping) and isinstance(r.get("sampled"), Mapping)}
+        if sampled:
+            weeks = sorted(set(weeks) | set(sampled))
+            keys.append(rid)
+            n = max(n, *(int(num(r["sampled"].get("samples")) or 0) for r in sampled.values()))
+    if not keys:
+        return []
+    for rid in keys:
+        by_week = response[rid]
+        rows.append([info.get(rid, {}).get("name", rid),
+                     *[f"{by_week[w].get('mrecist') or 'n/a'}; samples {fmt_sampled(by_week[w])}"
+                       if isinstance(by_week.get(w), Mapping) else "n/a" for w in weeks]])
+    return [Block("text", text=f"mRECIST of each virtual follow-up and of its {n} sampled responses. The virtual "
+                               "follow-up shows the median response; each sample is a draw of the patient's latent "
+                               "response (the part no pre-treatment information shows), rendered and read by the "
+                               "same rules. Where the samples disagree, the reading is uncertain."),
+            Block("table", header=["Regimen", *weeks], rows=rows, row_keys=keys)]
+
+
 def horizon_of(meta: Metastasis) -> int:
     return int(num(meta.horizon_months) or 24)
 
@@ -451,6 +476,7 @@ def survival_section(summary: Mapping, info: Mapping, plots: Mapping[str, str]) 
         ])
         keys.append(rid)
     sec.blocks.append(Block("table", header=header, rows=rows, row_keys=keys))
+    sec.blocks.extend(sampled_response_blocks(response, info))
     methods = sorted({str(c.interval_method) for c in [*os_curves.values(), *pfs_curves.values()]
                       if c.interval_method})
     if methods:

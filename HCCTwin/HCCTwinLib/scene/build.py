@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..formatting import fmt_ci, fmt_median, num
+from ..formatting import fmt_ci, fmt_median, fmt_reading, num
 from ..survival_result import Metastasis, SurvivalResult
 from . import layout as L
 from .nodes import (
@@ -242,7 +242,7 @@ def survival_table_columns(result, regimens: Sequence[str] | None = None) -> dic
         by_week = result.response.get(r) or {}
         for w in weeks:
             reading = by_week.get(f"w{w:02d}")
-            cols[f"mRECIST w{w:02d}"].append((reading or {}).get("mrecist") or "n/a")
+            cols[f"mRECIST w{w:02d}"].append(fmt_reading(reading))
         cols[metastasis_col].append(_metastasis_text(meta, r, catalogue))
         cols[COL_P_BEST].append(float(p_best[r]) if num(p_best.get(r)) is not None else float("nan"))
         if rec is not None and rec.regimen == r:

@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..cases import Case
-from ..formatting import fmt_ci, fmt_median
+from ..formatting import fmt_ci, fmt_median, fmt_reading
 from ..labels import LABEL_BY_VALUE
 from ..survival_result import Curve, Metastasis, Recommendation, SurvivalResult
 from . import build as B
@@ -217,7 +217,9 @@ def check_survival_table(scene, result, ids: SceneNodes) -> None:
         assert (table[B.COL_RECOMMENDATION][n] == "recommended") == (recommended == r), f"{r}: recommendation"
         for key, reading in (result.response.get(r) or {}).items():
             if isinstance(reading, dict) and f"mRECIST {key}" in table:
-                assert table[f"mRECIST {key}"][n] == (reading.get("mrecist") or "n/a"), f"{r} {key}: mRECIST"
+                cell = table[f"mRECIST {key}"][n]
+                assert cell == fmt_reading(reading), f"{r} {key}: mRECIST"
+                assert cell.split(" ")[0] == (reading.get("mrecist") or "n/a"), f"{r} {key}: mRECIST category"
     meta = survival.metastasis
     if meta is not None and meta.has_risk and meta.by_regimen is None:
         column = next(c for c in table if c.startswith("Metastasis risk"))

@@ -2,9 +2,12 @@
 (:mod:`.render`), with the generator's interface (``generate`` -> ``{regimen: {weeks: FollowUp}}``).
 
 Per request: the lesions of the pre-treatment labels and their covariates (clinical values from ``Case.clinical``
-when given), one latent response ``z_s`` per sample (``numpy.random.default_rng(seed * 1000003 + s)``, shared by
-every regimen, week and lesion: regimens compared on equal footing, coherent trajectories) and one new-lesion draw
-``u_s``; the site of a new lesion is chosen once per request. For each (regimen, week):
+when given), one latent response ``z_s`` per sample (stratified over the quantiles of N(0, 1) from ``seed``:
+:func:`latent_draws`; shared by every regimen, week and lesion: regimens compared on equal footing, coherent
+trajectories), each lesion's own deviation (:func:`lesion_draws`; weighed against ``z_s`` by the share of the
+residual variance a patient's lesions have in common, fitted) and one new-lesion draw ``u_s``; the site of a new
+lesion is chosen once per request. For each
+(regimen, week):
 
 - ``phases`` / ``labels``: the rendering of the **median** response (``z = 0``; a new lesion when its probability is
   >= 0.5), a plausible image whose labels and HU agree;
@@ -28,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import ndtri
 
 from .. import device as devices
 from ..cases import Case, FollowUp, Geometry, store_rounded
 from ..errors import InputError
 from ..labels import MAX_LABEL, PVTT
 from ..progress import ProgressCallback, report
+from ..response import CRITERIA, ImageLesions, analyse_image, read_analysed
 from ..weights.cache import model_label
 from .crop import _LazyVolumes
 from .generator import check_request
@@ -207,21 +212,60 @@ class PatchFollowUp(FollowUp):
         return self._box_std(phase), region_geometry(geometry, self.patch_region)
 
 
-def _render_item(ctx, plans: Mapping, look, regimen: str, weeks: int, samples: int) -> tuple:
+def latent_draws(seed: int, samples: int) -> tuple[list[float], list[float]]:
+    """The samples' latent responses ``z_s`` and new-lesion draws ``u_s``, stratified: sample ``s`` draws ``z_s``
+    from its own ``1/samples`` quantile slab of N(0, 1) (``z_s = Phi^-1((s + v_s) / samples)``, ``v_s`` uniform) and
+    ``u_s`` from the slab ``pi(s)`` of U(0, 1) for a random permutation ``pi`` (so ``u`` does not follow ``z``).
+    Still random draws of the response (each ``z_s`` is N(0, 1) when ``s`` is picked at random), but four of them
+    span the distribution instead of, by chance, sitting in one tail for every patient of a run."""
+    rng = np.random.default_rng(int(seed) * 1000003)
+    v, w, perm = rng.random(samples), rng.random(samples), rng.permutation(samples)
+    eps = 1e-9
+    zs = [float(ndtri(min(max((s + v[s]) / samples, eps), 1.0 - eps))) for s in range(samples)]
+    us = [float((perm[s] + w[s]) / samples) for s in range(samples)]
+    return zs, us
+
+
+def lesion_draws(seed: int, samples: int, indices: Sequence[int]) -> list[dict[int, float]]:
+    """Each sample's own deviation of every lesion (N(0, 1) per lesion index, from ``seed``; the same for every
+    regimen and week of the request): the part of a lesion's response its patient's other lesions do not share
+    (:meth:`.kinetic.KineticModel.plan`)."""
+    per_lesion = {int(i): np.random.default_rng([int(seed), 1, int(i)]).standard_normal(samples) for i in indices}
+    return [{i: float(v[s]) for i, v in per_lesion.items()} for s in range(samples)]
+
+
+def _render_item(ctx, plans: Mapping, look, regimen: str, weeks: int, samples: int, read_geometry=None) -> tuple:
     """One (regimen, week): the median response's rendering and the per-voxel SD over the samples' renderings, cut
-    to the box of its changes (:func:`_crop_to_changes`)."""
+    to the box of its changes (:func:`_crop_to_changes`), and, with ``read_geometry`` (the region's), the lesions of
+    each sample's rendering for its response reading (:func:`HCCTwinLib.response.analyse_image`)."""
     med_phases, med_labels = render(ctx, plans[(regimen, weeks, None)], look)
     acc = {p: np.zeros(ctx.labels.shape, np.float32) for p in PHASES}
     acc2 = {p: np.zeros(ctx.labels.shape, np.float32) for p in PHASES}
+    readings = []
     for s in range(samples):
-        sp_, _ = render(ctx, plans[(regimen, weeks, s)], look)
+        sp_, sl_ = render(ctx, plans[(regimen, weeks, s)], look)
+        if read_geometry is not None:
+            readings.append(analyse_image(sl_, read_geometry, sp_["arterial"]))
         for p in PHASES:
             d = np.subtract(sp_[p], med_phases[p], out=sp_[p])
             acc[p] += d
             acc2[p] += d * d
     std = {p: np.sqrt(np.maximum(acc2[p] / samples - (acc[p] / samples) ** 2, 0.0)).astype(np.float32)
            for p in PHASES}
-    return _crop_to_changes(ctx, med_phases, med_labels, std)
+    return (*_crop_to_changes(ctx, med_phases, med_labels, std), readings)
+
+
+def sampled_categories(baseline: ImageLesions, by_week: Mapping[int, Sequence[ImageLesions]], samples: int
+                       ) -> dict[int, dict[str, list[str]]]:
+    """``{week: {criterion: [category of sample 0, 1, ...]}}``: each sample's trajectory (its renderings in week
+    order, the nadir running along it) read against the input's lesions by the same rules as every reading."""
+    out: dict[int, dict[str, list[str]]] = {w: {c: [] for c in CRITERIA} for w in by_week}
+    for s in range(samples):
+        reading = read_analysed(baseline, [(w, by_week[w][s]) for w in sorted(by_week)])
+        for tp in reading.timepoints:
+            for c in CRITERIA:
+                out[int(tp.weeks)][c].append(tp.category(c))
+    return out
 
 
 def _crop_to_changes(ctx, phases: dict[str, np.ndarray], labels: np.ndarray, std: dict[str, np.ndarray]):
@@ -266,6 +310,15 @@ class AnchoredGenerator:
             text += f", seed {seed}"
         return f"{text}, {devices.compute_label(self.last_info, self.device)}"
 
+    @staticmethod
+    def _read_samples(ctx, read_geometry, sample_lesions, rendered, samples: int) -> None:
+        """Set ``sampled_response`` of the rendered follow-ups (one trajectory per regimen and sample)."""
+        baseline = analyse_image(ctx.labels, read_geometry, ctx.phases["arterial"])
+        for r in dict.fromkeys(r for r, _ in sample_lesions):
+            by_week = {w: v for (r2, w), v in sample_lesions.items() if r2 == r}
+            for w, cats in sampled_categories(baseline, by_week, samples).items():
+                rendered[(r, w)].sampled_response = cats
+
     @property
     def trained_weeks(self) -> tuple[int, ...]:
         weeks = (self.card.get("training_data") or {}).get("weeks") or self.model.weeks
@@ -274,10 +327,12 @@ class AnchoredGenerator:
     def generate(self, case_or_phases: Case | Mapping[str, np.ndarray], labels: np.ndarray | None = None,
                  geometry: Geometry | None = None, *, regimens: Sequence[str] | None = None,
                  weeks: Sequence[int] = (8, 16, 24), samples: int = 4, seed: int = 0, steps: int | None = None,
-                 progress: ProgressCallback | None = None, clinical: Mapping[str, Any] | None = None
-                 ) -> dict[str, dict[int, FollowUp]]:
+                 progress: ProgressCallback | None = None, clinical: Mapping[str, Any] | None = None,
+                 read_samples: bool = True) -> dict[str, dict[int, FollowUp]]:
         """``{regimen: {weeks: FollowUp}}`` rendered on the input (``steps`` is accepted for the interface and
-        ignored: nothing is sampled step by step)."""
+        ignored: nothing is sampled step by step). With ``read_samples`` (default) each rendered follow-up's
+        :attr:`~HCCTwinLib.cases.FollowUp.sampled_response` holds the RECIST 1.1 / mRECIST category of every
+        sample's trajectory at its week, read on the region that can change: how sure the twin is of the reading."""
         t0 = time.perf_counter()
         if isinstance(case_or_phases, Case) and clinical is None:
             clinical = case_or_phases.clinical
@@ -301,15 +356,14 @@ class AnchoredGenerator:
         report(progress, 0.0, "Lesions and their covariates")
         comp, lesions = find_lesions(labels, geometry, phases, clinical)
         pvtt_ml = float((labels == PVTT).sum()) * geometry.voxel_volume_ml
-        draws = [np.random.default_rng(int(seed) * 1000003 + s) for s in range(samples)]
-        zs = [float(g.standard_normal()) for g in draws]
-        us = [float(g.random()) for g in draws]
+        zs, us = latent_draws(seed, samples)
+        es = lesion_draws(seed, samples, [les.index for les in lesions])
         items = [(r, w) for r in regimens for w in weeks if w > 0]
         plans = {}
         for r, w in items:
             plans[(r, w, None)] = self.model.plan(lesions, pvtt_ml, r, w, 0.0, 0.5)
             for s in range(samples):
-                plans[(r, w, s)] = self.model.plan(lesions, pvtt_ml, r, w, zs[s], us[s])
+                plans[(r, w, s)] = self.model.plan(lesions, pvtt_ml, r, w, zs[s], us[s], es[s])
         max_scale = {les.index: max([1.0] + [(p.lesions[les.index][0] / les.total_ml) ** (1 / 3)
                                              for p in plans.values()]) for les in lesions}
         new_ml = max([p.new_lesion_ml for p in plans.values()], default=0.0)
@@ -325,11 +379,14 @@ class AnchoredGenerator:
         work = [(r, w) for r in regimens for w in weeks if w > 0 and ctx is not None and self.model.fitted(r)]
         threads = min(devices.cpu_threads(), len(work))
 
+        read_geometry = region_geometry(geometry, ctx.region) if ctx is not None and read_samples else None
+
         def one(item):
             r, w = item
-            return _render_item(ctx, plans, self.model.appearance(r, w), r, w, samples)
+            return _render_item(ctx, plans, self.model.appearance(r, w), r, w, samples, read_geometry)
 
         rendered = {}
+        sample_lesions: dict[tuple[str, int], list[ImageLesions]] = {}
         # the (regimen, week) renderings are independent: on threads (scipy's interpolation and numpy's copies run
         # without the GIL), each deterministic, so the images do not depend on the thread count; progress is
         # reported (and a cancel raised) on the caller's thread, and a cancel drops the renderings not yet started.
@@ -337,16 +394,21 @@ class AnchoredGenerator:
         pool = ThreadPoolExecutor(threads, thread_name_prefix="hcctwin-render") if threads > 1 else None
         try:
             results = pool.map(one, work) if pool is not None else map(one, work)
-            for done, ((r, w), (region, med_phases, med_labels, std)) in enumerate(zip(work, results), start=1):
+            for done, ((r, w), (region, med_phases, med_labels, std, readings)) in enumerate(zip(work, results),
+                                                                                              start=1):
                 rendered[(r, w)] = PatchFollowUp(w, pre, labels, geometry, patch_region=region,
                                                  patch_phases=med_phases, patch_labels=med_labels, patch_std=std,
                                                  regimen=r)
+                if readings:
+                    sample_lesions[(r, w)] = readings
                 del med_phases, med_labels, std
                 report(progress, 0.1 + 0.85 * done / max(1, len(items)), f"Rendered {r}, week {w}")
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             devices.release_freed_memory()  # the render threads' freed arrays, else kept by the process
+        if sample_lesions:
+            self._read_samples(ctx, read_geometry, sample_lesions, rendered, samples)
         out: dict[str, dict[int, FollowUp]] = {
             r: {w: rendered[(r, w)] if (r, w) in rendered else PatchFollowUp(w, pre, labels, geometry, regimen=r)
                 for w in weeks}
@@ -362,4 +424,5 @@ class AnchoredGenerator:
         return out
 
 
-__all__ = ["ARCHITECTURE", "AnchoredGenerator", "PatchFollowUp", "region_geometry"]
+__all__ = ["ARCHITECTURE", "AnchoredGenerator", "PatchFollowUp", "latent_draws", "lesion_draws", "region_geometry",
+           "sampled_categories"]

@@ -43,7 +43,7 @@ from .kinetic import (
 )
 from .train import discover_pairs
 
-VERSION = "1.2.0"
+VERSION = "1.3.0"
 
 
 def _on_grid(array: np.ndarray, geometry, target, *, labels: bool) -> np.ndarray:
@@ -197,7 +197,11 @@ def kinetic_card(model, summary: dict, info: dict, *, name: str, version: str = 
                      "model": "ridge regression per (regimen, observed week), penalty by exact leave-one-out, "
                               f"lesions weighted by (mL + 1) ** {SIZE_WEIGHT}; later weeks refitted through the "
                               "earlier one on the patients observed at both (poor responders leave follow-up); "
-                              "residual SD (leave-one-out) = spread of the latent response",
+                              "residual SD (leave-one-out) = spread of the response no covariate shows, split "
+                              "into the share a patient's lesions have in common (shared_viable / shared_total: one-"
+                              "way analysis of variance of the residuals over the patients with two or more lesions; "
+                              "the patient's latent response z) and each lesion's own deviation; samples draw z "
+                              "stratified over its quantiles",
                      "matching": f"follow-up tumour within {MATCH_MM:.0f} mm of a pre-treatment lesion belongs to it",
                      "per_cell": summary},
         "rendering": RENDERING,

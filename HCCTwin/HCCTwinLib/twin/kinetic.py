@@ -63,6 +63,9 @@ MIN_NEW_ML = 0.5
 SHELL_MM = 10.0
 #: fewest (lesion, follow-up) pairs of a (regimen, week, phase) for a viable-HU change that depends on the lesion's HU
 MIN_SHIFT_PAIRS = 20
+#: fewest patients with two or more lesions of a (regimen, week) for its own share of the residual variance that a
+#: patient's lesions have in common (fewer: the week's pooled share)
+MIN_SHARING_PATIENTS = 10
 #: covariates of the first models (cards without ``architecture_kwargs.features`` use these)
 LEGACY_FEATURES = ("log_total_ml", "necrotic_share", "arterial_enhancement_hu", "portal_washout_hu", "log_burden_ml",
                    "n_lesions", "pvtt", "log_afp", "albi_score")
@@ -318,17 +321,32 @@ class KineticModel:
         x = np.where(np.isfinite(x), x, self.feature_mean)
         return (x - self.feature_mean) / self.feature_sd
 
+    def shared(self, target: str, regimen: str, week: float) -> float:
+        """Share of the residual variance of ``target`` ("viable" / "total") that a patient's lesions have in common
+        (1 for a model fitted before it was measured: every lesion follows the patient's latent response)."""
+        key = f"shared_{target}"
+        if key not in self.arrays:
+            return 1.0
+        return float(np.clip(self._interp_mean(key, regimen, week), 0.0, 1.0))
+
     def plan(self, lesions: Sequence[PreLesion], pvtt_ml: float, regimen: str, week: float, z: float = 0.0,
-             u_new: float = 1.0) -> Plan:
+             u_new: float = 1.0, lesion_z: Mapping[int, float] | None = None) -> Plan:
         """Volumes of one virtual follow-up for latent response ``z`` (0 = median) and new-lesion draw ``u_new``
-        (a new lesion appears when ``u_new < p``; the median follow-up uses 0.5)."""
+        (a new lesion appears when ``u_new < p``; the median follow-up uses 0.5). ``lesion_z``: each lesion's own
+        deviation (N(0, 1) per lesion index; none = 0): a lesion's residual is ``sd * (sqrt(rho) z + sqrt(1 - rho)
+        lesion_z)`` with ``rho`` the share its patient's lesions have in common (:meth:`shared`)."""
         if not self.fitted(regimen) or week <= 0:
             return Plan({les.index: (les.total_ml, les.viable_ml) for les in lesions}, pvtt_ml)
         out = {}
+        mix = {t: (math.sqrt(self.shared(t, regimen, week)), math.sqrt(1.0 - self.shared(t, regimen, week)))
+               for t in ("viable", "total")}
         for les in lesions:
             x = self.design(les.features)
-            yv = self._interp("beta_viable", regimen, week, x) + z * self._interp("sd_viable", regimen, week)
-            yt = self._interp("beta_total", regimen, week, x) + z * self._interp("sd_total", regimen, week)
+            e = float((lesion_z or {}).get(les.index, 0.0))
+            zv = mix["viable"][0] * z + mix["viable"][1] * e
+            zt = mix["total"][0] * z + mix["total"][1] * e
+            yv = self._interp("beta_viable", regimen, week, x) + zv * self._interp("sd_viable", regimen, week)
+            yt = self._interp("beta_total", regimen, week, x) + zt * self._interp("sd_total", regimen, week)
             v = max(0.0, (les.viable_ml + SMOOTH_ML) * math.exp(yv) - SMOOTH_ML)
             t = max(v, (les.total_ml + SMOOTH_ML) * math.exp(yt) - SMOOTH_ML)
             out[les.index] = (t, v)
@@ -383,7 +401,9 @@ ARRAY_KEYS = ("fitted", "beta_viable", "beta_total", "sd_viable", "sd_total", "p
               "new_lesion_contrast_hu")
 #: arrays a model fitted by an earlier version lacks: ``viable_shift_fit`` [regimen, week, phase, (reference HU, change
 #: there, slope, lowest, highest)] (without it every lesion's viable HU changes by the median)
-OPTIONAL_ARRAY_KEYS = ("viable_shift_fit",)
+#: ``shared_viable`` / ``shared_total`` [regimen, week]: the share of the residual variance a patient's lesions have in
+#: common (without them every lesion follows the patient's latent response alone, as the first models did)
+OPTIONAL_ARRAY_KEYS = ("viable_shift_fit", "shared_viable", "shared_total")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -630,6 +650,65 @@ def _sequential_weeks(records: Sequence[FollowUpRecord], regimens: Sequence[str]
                                                 "patients": len(pairs), "lesions": len(now)}
 
 
+def residual_share(residuals: Sequence[float], groups: Sequence[Any], *, min_groups: int = MIN_SHARING_PATIENTS
+                   ) -> tuple[float | None, int]:
+    """Share of the variance of ``residuals`` that the members of a group (a patient's lesions) have in common:
+    ``1 - s_within^2 / s_total^2`` (one-way analysis of variance; ``s_within`` over the groups of two or more, clipped
+    to [0, 1]); ``(None, n)`` with fewer than ``min_groups`` such groups (``n``: how many there were)."""
+    r = np.asarray(residuals, float)
+    g = np.asarray(groups)
+    by: dict[Any, list[float]] = {}
+    for value, key in zip(r, g):
+        by.setdefault(key, []).append(float(value))
+    multi = [np.asarray(v) for v in by.values() if len(v) >= 2]
+    if len(multi) < min_groups or r.size < 3:
+        return None, len(multi)
+    within = sum(float(((v - v.mean()) ** 2).sum()) for v in multi) / sum(len(v) - 1 for v in multi)
+    total = float(r.var(ddof=1))
+    if total <= 0:
+        return None, len(multi)
+    return float(np.clip(1.0 - within / total, 0.0, 1.0)), len(multi)
+
+
+def _residual_sharing(records: Sequence[FollowUpRecord], regimens: Sequence[str], weeks: Sequence[int],
+                      arrays: dict[str, np.ndarray], summary: dict[str, Any], design) -> None:
+    """``shared_viable`` / ``shared_total`` per (regimen, week), in place: how much of a lesion's deviation from its
+    predicted change its patient's other lesions share (:func:`residual_share` of the fitted model's residuals on the
+    training follow-ups, patients by ``patient_id``). A cell with too few patients of two or more lesions takes the
+    pooled share of its week, else 1 (every lesion follows the patient's latent response)."""
+    pooled: dict[tuple[int, str], float] = {}
+    cells: dict[tuple[int, int, str], tuple[float | None, int]] = {}
+    for n, w in enumerate(weeks):
+        res_all: dict[str, list[float]] = {"viable": [], "total": []}
+        grp_all: list[str] = []
+        for r_i, reg in enumerate(regimens):
+            if arrays["fitted"][r_i, n] <= 0:
+                continue
+            recs = [rec for rec in records if rec.regimen == reg and rec.weeks == w and rec.patient_id]
+            les = [le for rec in recs for le in rec.lesions]
+            grp = [rec.patient_id for rec in recs for _ in rec.lesions]
+            if not les:
+                continue
+            A = np.hstack([np.ones((len(les), 1)), design(les)])
+            for target in ("viable", "total"):
+                y = np.array([_lesion_log_ratio(le, target) for le in les])
+                res = y - A @ arrays[f"beta_{target}"][r_i, n]
+                cells[(r_i, n, target)] = residual_share(res, grp)
+                res_all[target] += list(res - res.mean())  # each regimen's own offset out of the pooled share
+            grp_all += [f"{reg}/{g}" for g in grp]
+        for target in ("viable", "total"):
+            share, _m = residual_share(res_all[target], grp_all) if grp_all else (None, 0)
+            pooled[(n, target)] = 1.0 if share is None else share
+    for target in ("viable", "total"):
+        arrays[f"shared_{target}"] = np.ones((len(regimens), len(weeks)))
+    for (r_i, n, target), (share, m) in cells.items():
+        value = pooled[(n, target)] if share is None else share
+        arrays[f"shared_{target}"][r_i, n] = value
+        cell = summary.setdefault(regimens[r_i], {}).setdefault(f"w{weeks[n]:02d}", {})
+        cell[f"shared_{target}"] = {"share": round(value, 3), "patients_with_two_or_more_lesions": m,
+                                    "from": "this cell" if share is not None else "the week's pooled share"}
+
+
 def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, min_lesions: int = 15,
                  min_patients: int = 8, size_weight: float = SIZE_WEIGHT, joint: bool = True,
                  features: Sequence[str] = FEATURES, sequential: bool = True) -> tuple[KineticModel, dict[str, Any]]:
@@ -802,6 +881,7 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
     if sequential:
         _sequential_weeks(records, regimens, weeks, arrays, summary, design, lesion_weights, min_lesions=min_lesions,
                           min_patients=min_patients)
+    _residual_sharing(records, regimens, weeks, arrays, summary, design)
     counts = {"followups": len(records), "lesion_followups": int(all_x.shape[0]),
               "followups_per_regimen": {reg: sum(1 for rec in records if rec.regimen == reg) for reg in regimens}}
     model = KineticModel(regimens, weeks, arrays, mean, sd, counts, features=features)
@@ -810,5 +890,6 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
 
 __all__ = ["ARRAY_KEYS", "CATEGORY_FEATURES", "FEATURES", "LEGACY_FEATURES", "OPTIONAL_ARRAY_KEYS", "Appearance",
            "FollowUpRecord", "KineticModel", "Plan", "PreLesion",
-           "find_lesions", "fit_kinetics", "fit_viable_shift", "followup_record", "ridge_loo", "sphere_radius_mm",
+           "find_lesions", "fit_kinetics", "fit_viable_shift", "followup_record", "residual_share", "ridge_loo",
+           "sphere_radius_mm",
            "tumour_components"]

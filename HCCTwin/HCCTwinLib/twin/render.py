@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -71,6 +72,11 @@ class RenderContext:
     #: per lesion: :func:`_distance_cache` (signed distance and normals of the liver voxels of its box): the part of
     #: a warp that does not depend on the planned volume
     reach_cache: dict[int, tuple] = field(default_factory=dict)
+
+    @cached_property
+    def has_pvtt(self) -> bool:
+        """Whether the input has thrombus in the region (computed once)."""
+        return bool((self.labels == PVTT).any())
 
     @property
     def spacing_kji(self) -> np.ndarray:
@@ -396,7 +402,8 @@ def render(ctx: RenderContext, plan: Plan, look: Appearance) -> tuple[dict[str, 
         if abs(total - les.total_ml) > 1e-9:
             _warp_lesion(ctx, cur, les, total)
         _layout_lesion(ctx, cur, les, total, viable, look)
-    _pvtt(ctx, cur, plan.pvtt_ml, look)
+    if ctx.has_pvtt:  # a rendering moves existing labels only: no thrombus before, none after
+        _pvtt(ctx, cur, plan.pvtt_ml, look)
     _new_lesion(ctx, cur, plan.new_lesion_ml, look)
     return {p: cur[p] for p in PHASES}, cur["labels"]
 

@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 from test_twin import GROW, SHRINK, SPACING, synth_case, write_cohort  # noqa: E402
 
-from HCCTwinLib.twin.anchored import AnchoredGenerator, PatchFollowUp  # noqa: E402
+from HCCTwinLib.twin.anchored import AnchoredGenerator, PatchFollowUp, latent_draws, lesion_draws  # noqa: E402
 from HCCTwinLib.twin.fit import train_kinetic  # noqa: E402
 from HCCTwinLib.twin.generator import clear_cache, get_generator  # noqa: E402
 
@@ -216,6 +216,54 @@ def test_ridge_recovers_a_known_relation_and_kinetics_predict_from_covariates():
     assert model.plan([lesion(40.0)], 0.0, GROW, 16).lesions[1] == (40.0, 40.0)
     # a worse latent response (z > 0) keeps more viable tumour
     assert model.plan([lesion(40.0)], 0.0, SHRINK, 16, z=1.0).lesions[1][1] > big * 40.0
+
+
+@pytest.mark.parametrize("shared", [0.9, 0.1])
+def test_the_share_of_a_response_a_patients_lesions_have_in_common_is_fitted_and_sampled(shared):
+    """Lesions of one patient respond alike as far as the patient's latent response goes, and apart by their own:
+    the fit measures the shared share of the residual variance (one-way ANOVA over the patients' lesions) and a
+    sample moves each lesion by ``sqrt(share) z + sqrt(1 - share) e_lesion``; a model without the share (older
+    file) moves every lesion by the patient's ``z`` alone."""
+    rng = np.random.default_rng(2)
+    records = []
+    for n in range(80):
+        z = rng.normal()
+        lesions = []
+        for _ in range(3):
+            size = math.exp(rng.uniform(1, 3))
+            y = -1.0 + 0.5 * (math.sqrt(shared) * z + math.sqrt(1 - shared) * rng.normal())
+            les = {f: float("nan") for f in K.FEATURES}
+            les.update(log_total_ml=math.log(size + K.SMOOTH_ML), necrotic_share=0.0, pre_total_ml=size,
+                       pre_viable_ml=size, post_total_ml=size, post_viable_ml=(size + K.SMOOTH_ML) * math.exp(y)
+                       - K.SMOOTH_ML)
+            lesions.append(les)
+        records.append(K.FollowUpRecord(SHRINK, 8, lesions, 0.0, 0.0, [], {"arterial": [], "portal": []},
+                                        {"arterial": [], "portal": []}, {"arterial": float("nan"),
+                                                                         "portal": float("nan")},
+                                        {"arterial": [], "portal": []}, patient_id=f"P{n}"))
+    model, summary = K.fit_kinetics(records, [SHRINK])
+    assert model.shared("viable", SHRINK, 8) == pytest.approx(shared, abs=0.15)
+    assert summary[SHRINK]["w08"]["shared_viable"]["patients_with_two_or_more_lesions"] == 80
+    les = [K.PreLesion(i, 10.0, 0.0, np.zeros(3), 5.0, (), {"log_total_ml": math.log(10.5), "necrotic_share": 0.0})
+           for i in (1, 2)]
+
+    def viable(z, e):
+        return [v for _t, v in model.plan(les, 0.0, SHRINK, 8, z=z, lesion_z=e).lesions.values()]
+
+    median = viable(0.0, None)
+    assert viable(0.0, {1: 0.0, 2: 0.0}) == median  # the median response has no lesion deviation
+    apart = viable(0.0, {1: -1.0, 2: 1.0})
+    assert apart[0] < median[0] and apart[1] > median[1]  # each lesion by its own deviation
+    together = viable(1.0, {1: 0.0, 2: 0.0})
+    assert (apart[1] / median[1] > together[1] / median[1]) == (shared < 0.5)
+    # a model file without the shares: every lesion follows z alone, the lesion deviations do nothing
+    older = K.KineticModel(model.regimens, model.weeks, {k: v for k, v in model.arrays.items()
+                                                         if not k.startswith("shared_")},
+                           model.feature_mean, model.feature_sd, features=model.features)
+    assert older.shared("viable", SHRINK, 8) == 1.0
+    assert [v for _t, v in older.plan(les, 0.0, SHRINK, 8, z=0.0, lesion_z={1: -1.0, 2: 1.0}).lesions.values()] == \
+        median
+    assert K.residual_share([0.1, -0.1, 0.2], ["a", "a", "b"]) == (None, 1)  # too few patients with 2+ lesions
 
 
 def test_joint_fit_shares_slopes_across_regimens_and_is_chosen_by_leave_one_out():
@@ -454,6 +502,57 @@ def test_fitted_generator_shrinks_and_grows_on_the_patients_own_image(fitted):
                          seed=5)
     assert not np.array_equal(other[SHRINK][24].std["arterial"], out[SHRINK][24].std["arterial"])
     assert np.array_equal(other[SHRINK][24].labels, out[SHRINK][24].labels)  # the median does not depend on seed
+
+
+def test_latent_draws_are_stratified_over_the_quantiles_and_follow_the_seed():
+    from scipy.special import ndtr
+
+    zs, us = latent_draws(7, 4)
+    assert [int(4 * ndtr(z)) for z in zs] == [0, 1, 2, 3]  # one draw in each quartile of N(0, 1)
+    assert sorted(int(4 * u) for u in us) == [0, 1, 2, 3] and all(0.0 <= u < 1.0 for u in us)
+    assert latent_draws(7, 4) == (zs, us) and latent_draws(8, 4) != (zs, us)
+    many = np.array([z for seed in range(200) for z in latent_draws(seed, 4)[0]])
+    assert abs(many.mean()) < 0.05 and abs(many.std() - 1.0) < 0.05  # draws of N(0, 1)
+    one = [latent_draws(seed, 1)[0][0] for seed in range(400)]
+    assert abs(np.mean(one)) < 0.15 and abs(np.std(one) - 1.0) < 0.12
+
+
+def test_each_sampled_response_is_read_as_its_own_trajectory_like_any_follow_up(fitted, monkeypatch):
+    """A follow-up's ``sampled_response`` holds, per sample, the category read on that sample's own rendering (its
+    trajectory over the weeks, read on the region that can change) = the reading of the full-grid images of that
+    response read by ``read_response``; without ``read_samples`` nothing is read."""
+    from HCCTwinLib.pipeline import sampled_shares
+    from HCCTwinLib.response import CATEGORIES, read_response
+
+    clear_cache()
+    gen = get_generator(fitted["weights"])
+    art, por, lab, _ = synth_case(11, radius=6.0)
+    phases, weeks, seed, n = {"arterial": art, "portal": por}, [8, 24], 4, 3
+    out = gen.generate(phases, lab, GEOM, regimens=[SHRINK, GROW], weeks=weeks, samples=n, seed=seed)
+    for r in (SHRINK, GROW):
+        for w in weeks:
+            sampled = out[r][w].sampled_response
+            assert set(sampled) == {"recist", "mrecist"} and all(len(v) == n for v in sampled.values())
+            assert set(sampled["mrecist"]) <= set(CATEGORIES)
+    assert {"CR", "PR"} & set(out[SHRINK][24].sampled_response["mrecist"])  # the cohort's responders
+    assert set(out[GROW][24].sampled_response["mrecist"]) == {"PD"}
+    orig = gen.model.plan
+    zs, us = latent_draws(seed, n)
+    es = lesion_draws(seed, n, range(1, 50))
+    for s, (z, u) in enumerate(zip(zs, us)):  # render sample s as the median response on the full grid, read it
+        monkeypatch.setattr(gen.model, "plan", lambda les, pv, r, w, *_a, z=z, u=u, e=es[s]: orig(les, pv, r, w, z,
+                                                                                                   u, e))
+        alone = gen.generate(phases, lab, GEOM, regimens=[SHRINK, GROW], weeks=weeks, samples=1, seed=seed,
+                             read_samples=False)
+        for r in (SHRINK, GROW):
+            assert all(alone[r][w].sampled_response is None for w in weeks)
+            reading = read_response(lab, [(w, alone[r][w].labels, alone[r][w].phases["arterial"]) for w in weeks],
+                                    GEOM, art)
+            for c in ("mrecist", "recist"):
+                assert reading.categories(c) == [out[r][w].sampled_response[c][s] for w in weeks], (r, s, c)
+    monkeypatch.undo()
+    shares = sampled_shares({"mrecist": ["PR", "SD", "PR", "CR"], "recist": ["SD"] * 4})
+    assert shares == {"samples": 4, "mrecist": {"CR": 0.25, "PR": 0.5, "SD": 0.25}, "recist": {"SD": 1.0}}
 
 
 def test_renderings_on_threads_equal_the_serial_ones_and_a_cancel_stops_them(fitted, monkeypatch):

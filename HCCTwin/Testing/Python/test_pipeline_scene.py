@@ -53,6 +53,11 @@ def test_run_case_result_is_complete_data(tmp_path):
     assert summary["virtual_followups"] or any(n.startswith("Generator:") for n in summary["notes"])
     assert summary["survival"] or any(n.startswith("Survival:") for n in summary["notes"])
     assert summary["response"]["observed"]["w08"]["mrecist"] in {"CR", "PR", "SD", "PD", "NE"}
+    assert "sampled" not in summary["response"]["observed"]["w08"]  # a real scan has no sampled responses
+    # each virtual reading comes with the categories of its sampled responses (shares of the samples, summing to 1)
+    virtual = {(r, w): v for r, by_week in summary["response"].items() if r != "observed" for w, v in by_week.items()}
+    assert virtual and all(v["sampled"]["samples"] == 4 for v in virtual.values())
+    assert all(abs(sum(v["sampled"][c].values()) - 1.0) < 0.01 for v in virtual.values() for c in ("mrecist", "recist"))
 
 
 def test_run_case_rejects_unknown_regimen_and_off_grid_followup():

@@ -418,3 +418,33 @@ def test_the_scan_check_says_when_a_phase_was_moved():
                      "segmentation (separate breath-holds)."]
     summary["phase_alignment"] = []
     assert not [b for b in domain_section(summary).blocks if b.kind == "text"]
+
+
+def test_sampled_responses_are_shown_beside_each_virtual_reading():
+    """A virtual follow-up read on its sampled responses: the report lists the categories of the samples beside the
+    virtual follow-up's own (and the Slicer table says how many samples agree); none without samples."""
+    from types import SimpleNamespace
+
+    from HCCTwinLib.formatting import fmt_reading, fmt_sampled
+    from HCCTwinLib.report.content import build_sections
+    from HCCTwinLib.scene.build import survival_table_columns
+
+    summary = make_summary()
+    plain = [b for sec in build_sections(summary) if sec.key == "survival" for b in sec.blocks if b.kind == "table"]
+    rid = REGIMENS[0]
+    summary["response"][rid]["w08"]["sampled"] = {"samples": 4, "mrecist": {"PR": 0.25, "SD": 0.75},
+                                                  "recist": {"SD": 1.0}}
+    tables = [b for sec in build_sections(summary) if sec.key == "survival" for b in sec.blocks if b.kind == "table"]
+    assert len(plain) == 1 and len(tables) == 2
+    sampled = tables[1]
+    assert sampled.header == ["Regimen", "w08"] and sampled.row_keys == [rid]
+    cat = summary["response"][rid]["w08"]["mrecist"]
+    assert sampled.rows[0][1] == f"{cat}; samples PR 1/4 · SD 3/4"
+    assert fmt_sampled(summary["response"][rid]["w08"]) == "PR 1/4 · SD 3/4"
+    assert fmt_reading({"mrecist": "SD", "sampled": {"samples": 4, "mrecist": {"PR": 0.25, "SD": 0.75}}}) == \
+        "SD (3/4 samples)"
+    assert fmt_reading({"mrecist": "PR"}) == "PR" and fmt_reading(None) == "n/a" and fmt_sampled({}) == "n/a"
+    table = survival_table_columns(SimpleNamespace(regimens=list(REGIMENS), weeks=[8, 16, 24],
+                                                   survival=summary["survival"], response=summary["response"]))
+    assert table["mRECIST w08"][0] == fmt_reading(summary["response"][rid]["w08"])
+    assert table["mRECIST w08"][1] == summary["response"][REGIMENS[1]]["w08"]["mrecist"]

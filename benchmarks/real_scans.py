@@ -139,6 +139,7 @@ def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
                    "reasons": verdict.reasons,
                    "mean_entropy": m.get("mean_entropy"), "uncertain_fraction": m.get("uncertain_fraction"),
                    "slice_mm": m.get("slice_mm"), "n_slices": case.geometry.shape[0],
+                   "read_by": f"{seg.last_card.get('name')} {seg.last_card.get('version')}",
                    "phase_alignment": [a.to_dict() for a in alignment]}
             ref = spec.get("reference")
             if ref and (data / ref["path"]).exists():
@@ -164,7 +165,8 @@ def run(data: Path, weights: str | None, pictures: Path | None) -> dict:
             if pictures is not None and name == "+".join(spec["phases"]):
                 picture(case, labels, verdict, f"{spec['title']} [{name}], model {seg.card.get('version')}",
                         pictures / f"real_{spec['id']}.png")
-    return {"model_version": seg.card.get("version"), "weights": str(weights or "installed"), "rows": rows,
+    return {"model_version": seg.card.get("version"), "model": seg.describe(), "weights": str(weights or "installed"),
+            "rows": rows,
             "machine": machine_info(),
             "sources": {c["id"]: {k: c[k] for k in ("source", "licence", "attribution", "note") if k in c}
                         for c in manifest["cases"]}}
@@ -177,9 +179,18 @@ def _ref(row: dict) -> str:
     return f"**{d:.3f}** (manual)" if row.get("reference_manual") else f"{d:.3f} (model)"
 
 
+def _models_line(res: dict) -> str:
+    """Which models read the rows: the two-phase model, and the single-phase stage where a one-phase study went to it
+    (each row's ``read_by``)."""
+    read_by = list(dict.fromkeys(r["read_by"] for r in res["rows"] if r.get("read_by")))
+    if not read_by:  # a result written before the rows said which model read them
+        return f"Model {res['model_version']}"
+    return "Models " + " and ".join(f"`{m}`" for m in read_by) + " (each row's reader in the input column)"
+
+
 def markdown(res: dict) -> list[str]:
     lines = ["# Real public CT scans: segmentation and out-of-domain guard", "",
-             f"Model {res['model_version']}, {res['machine']['date']}, {machine_line(res['machine'])}. "
+             f"{_models_line(res)}, {res['machine']['date']}, {machine_line(res['machine'])}. "
              "Command: `.venv/bin/python benchmarks/real_scans.py --data DATA_ROOT` (sources and licences in "
              "`benchmarks/real_scans.json`). One scan has a manual liver mask (CHAOS CT set 3, a healthy liver: any "
              "tumour drawn there is false); for the others volumes and verdicts are checked for plausibility (adult "
@@ -197,7 +208,8 @@ def markdown(res: dict) -> list[str]:
         ref_ml = f"{r['reference_ml']:.0f}" if r.get("reference_ml") is not None else "-"
         moved = [a for a in r.get("phase_alignment", []) if a["applied"]]
         shift = "".join(f" ({a['phase']} shifted {a['shift_mm']:.1f} mm)" for a in moved)
-        lines.append(f"| {r['case']} | {r['input']}{shift} | {r['n_slices']} x {r['slice_mm']:.1f} mm | "
+        reader = f" [{r['read_by']}]" if r.get("read_by") else ""
+        lines.append(f"| {r['case']} | {r['input']}{shift}{reader} | {r['n_slices']} x {r['slice_mm']:.1f} mm | "
                      f"{r['liver_ml']:.0f} | {r['tumor_ml']:.0f} | {r['pvtt_ml']:.0f} | {ref_ml} | {_ref(r)} | "
                      f"**{r['verdict']}** | {'<br>'.join(r['reasons']) or '-'} |")
     lines += ["", "Sources:", ""]

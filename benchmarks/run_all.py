@@ -7,7 +7,7 @@ Usage::
 
 Simulates the cohorts the benchmarks read (into ``--data``, re-used when already there) and runs, in order:
 
-==========================  ==============================================================================================
+==========================  ============================================================================================
 simulator_calibration       trial medians / response rates of 500 simulated patients vs the reference (issue 3)
 survival_evaluation         survival engine on a 2000-patient development / 800-patient hold-out image cohort (issue 6)
 segmentation                shipped segmentation network on the 30-patient hold-out (seed 900) (issue 4)
@@ -19,7 +19,7 @@ generator_sampling_choices  how the twin draws its samples: their mRECIST readin
 tace_viable_blur            the viable-HU change after TACE by distance from the lipiodol (23)
 twin_records_cache          refitting the twin from its records cache vs reading 574 patients' images (issue 27)
 twin_check                  the twin check on the hold-out: virtual vs unchanged scan against the observed one (23)
-generator_ceiling           what pre-treatment information allows: a simulator oracle without the latent biology (issue 5)
+generator_ceiling           what pre-treatment information allows: a simulator oracle without the latent biology (5)
 generator_speed             generator request time by memory layout and sampling steps (issues 5 / 8)
 cpu_precision               bfloat16 vs float32 CPU inference: time and agreement (issues 4 / 5 / 8)
 registration                target-registration error on simulated misalignments (issues 7 / 9)
@@ -38,7 +38,7 @@ metastasis_competing_risk   competing-risk metastasis model beside the 2-year lo
 parallel_speedup            Dask 2 workers vs serial, torchrun 2 processes vs 1 (issue 27)
 bad_input                   bad input and faults through the command line (issue 24)
 viewer_timing               the browser viewer in headless Chromium: first paint, clicks (issue 25; needs chromium)
-==========================  ==============================================================================================
+==========================  ============================================================================================
 
 Not run here: ``train_segmentation_synthetic.py`` (a training run of hours that produced a model, not a measurement;
 its log is in ``results/segmentation_training/``).

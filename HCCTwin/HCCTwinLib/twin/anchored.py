@@ -6,8 +6,7 @@ when given), one latent response ``z_s`` per sample (stratified over the quantil
 :func:`latent_draws`; shared by every regimen, week and lesion: regimens compared on equal footing, coherent
 trajectories), each lesion's own deviation (:func:`lesion_draws`; weighed against ``z_s`` by the share of the
 residual variance a patient's lesions have in common, fitted) and one new-lesion draw ``u_s``; the site of a new
-lesion is chosen once per request. For each
-(regimen, week):
+lesion is chosen once per request. For each (regimen, week):
 
 - ``phases`` / ``labels``: the rendering of the **median** response (``z = 0``; a new lesion when its probability is
   >= 0.5), a plausible image whose labels and HU agree;

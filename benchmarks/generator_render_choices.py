@@ -153,11 +153,13 @@ def tuning_parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
-def compare(args, gen, variants, **extra) -> tuple[dict, dict, dict]:
-    """``variants`` scored on ``args.tune`` (and ``args.holdout``): ``(tune, holdout, result payload)``."""
+def compare(args, gen, variants, *, score=None, **extra) -> tuple[dict, dict, dict]:
+    """``variants`` scored on ``args.tune`` (and ``args.holdout``) by ``score(cohort, variants)`` (default
+    :func:`evaluate`): ``(tune, holdout, result payload)``."""
+    score = score or evaluate
     t0 = time.perf_counter()
-    tune = evaluate(args.tune, variants)
-    hold = evaluate(args.holdout, variants) if args.holdout else {}
+    tune = score(args.tune, variants)
+    hold = score(args.holdout, variants) if args.holdout else {}
     result = {"tune": str(args.tune), "holdout": str(args.holdout) if args.holdout else None,
               "weights": str(args.weights), "model": {k: gen.card.get(k) for k in ("name", "version", "sha256")},
               **extra,
@@ -171,11 +173,12 @@ def fmt(x) -> str:
     return "" if x is None else f"{x:.3f}"
 
 
-def header_lines(title: str, result: dict, args, tune: dict) -> list[str]:
+def header_lines(title: str, result: dict, args, tune: dict, rendered: str = "median response rendered"
+                 ) -> list[str]:
     first = next(iter(tune.values()))
     return [f"# {title} (issue 23)", "", "Synthetic data, not for clinical use.", "",
             f"{result['date']}, {result['machine']['cpu']}, {result['total_s']:.0f} s. Model "
-            f"`{result['model']['name']}` {result['model']['version']} (median response rendered). Chosen on the "
+            f"`{result['model']['name']}` {result['model']['version']} ({rendered}). Chosen on the "
             f"tuning cohort `{args.tune}` ({first['patients']} patients, {first['followups']} follow-ups); the "
             f"hold-out `{args.holdout}` is shown beside and was never used to choose.", ""]
 

@@ -26,7 +26,6 @@ beside and was never used to choose. Synthetic data, not for clinical use.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -37,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HCCTwin"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info, utc_now, write_results  # noqa: E402
+from _common import write_results  # noqa: E402
 from generator_evaluation import _load_truth, mrecist_categories, sampled_mrecist_scores  # noqa: E402
+from generator_render_choices import compare, fmt, header_lines, tuning_parser  # noqa: E402
 
 from HCCTwinLib.twin import anchored as A  # noqa: E402
 from HCCTwinLib.twin.kinetic import KineticModel  # noqa: E402
@@ -59,14 +59,21 @@ def without_sharing(model: KineticModel) -> KineticModel:
                         model.feature_mean, model.feature_sd, model.counts, features=model.features)
 
 
-def evaluate(cohort: Path, gen, log=print) -> dict:
+def variants_of(gen) -> list[tuple]:
+    """``[(name, generator, (draws, kinetic model))]``: the three ways of drawing the samples."""
+    fitted, plain = gen.model, without_sharing(gen.model)
+    return [("independent draws, shared response (twin 1.2.0)", gen, (independent_draws, plain)),
+            ("stratified draws, shared response", gen, (A.latent_draws, plain)),
+            ("stratified draws, lesions apart (shipped)", gen, (A.latent_draws, fitted))]
+
+
+def evaluate(cohort: Path, variants, log=print) -> dict:
+    """Per variant: the sampled mRECIST scores (``sampled_mrecist_scores``) on ``cohort``, truth read once."""
     from HCCTwinLib.io import cohort_clinical_rows, load_case
     from HCCTwinLib.twin.train import _inside, read_received_regimens
 
-    fitted, plain = gen.model, without_sharing(gen.model)
-    variants = [("independent draws, shared response (twin 1.2.0)", independent_draws, plain),
-                ("stratified draws, shared response", A.latent_draws, plain),
-                ("stratified draws, lesions apart (shipped)", A.latent_draws, fitted)]
+    gen = variants[0][1]
+    fitted = gen.model
     clinical = cohort_clinical_rows(cohort)
     rows = {name: [] for name, _, _ in variants}
     shipped_draws = A.latent_draws
@@ -89,7 +96,7 @@ def evaluate(cohort: Path, gen, log=print) -> dict:
                 if traj:
                     true_cats[r] = dict(zip(ws, mrecist_categories(case.labels, case.phases["arterial"], traj,
                                                                    case.geometry)))
-            for name, draws, model in variants:
+            for name, _gen, (draws, model) in variants:
                 A.latent_draws = draws
                 gen.model = model
                 out = gen.generate(case, regimens=regs, weeks=WEEKS, samples=SAMPLES, seed=0)
@@ -107,6 +114,7 @@ def evaluate(cohort: Path, gen, log=print) -> dict:
         A.latent_draws = shipped_draws
         gen.model = fitted
     return {name: {**sampled_mrecist_scores(rows[name]), "patients": len({x["patient_id"] for x in rows[name]}),
+                   "followups": len(rows[name]),
                    "mrecist_agreement": float(np.mean([x["true_mrecist"] == x["generator_mrecist"]
                                                        for x in rows[name]]))}
             for name, _, _ in variants}
@@ -115,41 +123,20 @@ def evaluate(cohort: Path, gen, log=print) -> dict:
 def main(argv=None) -> int:
     from HCCTwinLib.twin.generator import load_generator
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tune", type=Path, required=True)
-    ap.add_argument("--holdout", type=Path)
-    ap.add_argument("--weights", type=Path, default=ROOT / "HCCTwin" / "HCCTwinLib" / "weights" /
-                    "hcctwin_twin.safetensors")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = ap.parse_args(argv)
+    args = tuning_parser(__doc__).parse_args(argv)
     gen = load_generator(args.weights)
-    t0 = time.perf_counter()
-    tune = evaluate(args.tune, gen)
-    hold = evaluate(args.holdout, gen) if args.holdout else {}
-    result = {"tune": str(args.tune), "holdout": str(args.holdout) if args.holdout else None,
-              "weights": str(args.weights), "model": {k: gen.card.get(k) for k in ("name", "version", "sha256")},
-              "samples": SAMPLES, "seed": 0, "variants": [{"variant": k, "tune": v, "holdout": hold.get(k)}
-                                                          for k, v in tune.items()],
-              "total_s": round(time.perf_counter() - t0, 1), "machine": machine_info(), "date": utc_now(),
-              "disclaimer": "Synthetic data, not for clinical use."}
-
-    def f(x):
-        return "" if x is None else f"{x:.3f}"
-
-    first = next(iter(tune.values()))
-    lines = ["# How the anchored twin draws its samples (issue 23)", "", "Synthetic data, not for clinical use.", "",
-             f"{result['date']}, {result['machine']['cpu']}, {result['total_s']:.0f} s. Model "
-             f"`{result['model']['name']}` {result['model']['version']}, {SAMPLES} samples, seed 0. Chosen on the "
-             f"tuning cohort `{args.tune}` ({first['patients']} patients, {first['mrecist_sampled_followups']} "
-             f"follow-ups); the hold-out `{args.holdout}` is shown beside and was never used to choose.", "",
-             "| samples drawn as | tune: Brier (samples) | tune: Brier (reading alone) | tune: share of the true "
-             "category | tune: most frequent sampled category right | hold-out: Brier (samples) | hold-out: share "
-             "of the true category |", "|---|---|---|---|---|---|---|"]
+    tune, hold, result = compare(args, gen, variants_of(gen), score=evaluate, samples=SAMPLES, seed=0)
+    lines = header_lines("How the anchored twin draws its samples", result, args, tune,
+                         rendered=f"{SAMPLES} samples, seed 0") + [
+        "| samples drawn as | tune: Brier (samples) | tune: Brier (reading alone) | tune: share of the true "
+        "category | tune: most frequent sampled category right | hold-out: Brier (samples) | hold-out: share "
+        "of the true category |", "|---|---|---|---|---|---|---|"]
     for name, t in tune.items():
         h = hold.get(name) or {}
-        lines.append(f"| {name} | {f(t.get('mrecist_sampled_brier'))} | {f(t.get('mrecist_median_brier'))} | "
-                     f"{f(t.get('mrecist_sampled_true_share_mean'))} | {f(t.get('mrecist_sampled_modal_agreement'))}"
-                     f" | {f(h.get('mrecist_sampled_brier'))} | {f(h.get('mrecist_sampled_true_share_mean'))} |")
+        lines.append(f"| {name} | {fmt(t.get('mrecist_sampled_brier'))} | {fmt(t.get('mrecist_median_brier'))} | "
+                     f"{fmt(t.get('mrecist_sampled_true_share_mean'))} | "
+                     f"{fmt(t.get('mrecist_sampled_modal_agreement'))} | {fmt(h.get('mrecist_sampled_brier'))} | "
+                     f"{fmt(h.get('mrecist_sampled_true_share_mean'))} |")
     lines += ["", "Calibration on the tuning cohort: mean share of the samples per category / observed frequency:", ""]
     for name, t in tune.items():
         cal = t.get("mrecist_sampled_calibration_by_category") or {}

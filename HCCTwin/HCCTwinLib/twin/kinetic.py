@@ -338,8 +338,8 @@ class KineticModel:
         if not self.fitted(regimen) or week <= 0:
             return Plan({les.index: (les.total_ml, les.viable_ml) for les in lesions}, pvtt_ml)
         out = {}
-        mix = {t: (math.sqrt(self.shared(t, regimen, week)), math.sqrt(1.0 - self.shared(t, regimen, week)))
-               for t in ("viable", "total")}
+        rho = {t: self.shared(t, regimen, week) for t in ("viable", "total")}
+        mix = {t: (math.sqrt(r), math.sqrt(1.0 - r)) for t, r in rho.items()}
         for les in lesions:
             x = self.design(les.features)
             e = float((lesion_z or {}).get(les.index, 0.0))

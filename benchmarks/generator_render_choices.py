@@ -137,9 +137,19 @@ def evaluate(cohort: Path, variants, log=print) -> dict:
             "viable_volume_median_rel_error": float(np.median([x["rel_error"] for x in rows[name]])),
             "viable_arterial_hu_median_abs_error": float(np.median(hu)) if hu else None,
             **mrecist_scores(cats[name], true_cats),
+            **pd_while_shrinking(rows[name], cats[name], true_cats),
             "ordering_all_pairs": ordering_scores(rows[name], "generator")["all_pairs"],
             "followups": len(rows[name]), "patients": len({x["patient_id"] for x in rows[name]})}
     return result
+
+
+def pd_while_shrinking(rows, predicted, true) -> dict:
+    """Follow-ups read PD although their viable volume fell below the pre-treatment one, virtual and true (the rows
+    and the categories in the same order): progression by enhancement that a shrinking tumour gains."""
+    virtual = [c == "PD" and r["generator_viable_ml"] < r["pre_viable_ml"] for r, c in zip(rows, predicted)]
+    truth = [c == "PD" and r["true_viable_ml"] < r["pre_viable_ml"] for r, c in zip(rows, true)]
+    return {"pd_while_viable_shrank": float(np.mean(virtual)) if virtual else None,
+            "true_pd_while_viable_shrank": float(np.mean(truth)) if truth else None}
 
 
 def tuning_parser(doc: str) -> argparse.ArgumentParser:

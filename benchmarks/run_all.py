@@ -14,7 +14,7 @@ segmentation                shipped segmentation network on the 30-patient hold-
 generator                   shipped generator vs counterfactual truth on the same hold-out (issue 5)
 generator_fit_choices       how the twin's kinetics are fitted: variants chosen on a tuning cohort (seed 950) (issue 23)
 generator_render_choices    how the twin draws residual viable tumour: variants chosen on the same tuning cohort (23)
-generator_viable_shift      how the twin changes the HU of surviving viable tumour: median vs per-lesion line (23)
+generator_viable_shift      how the twin changes surviving viable HU: median, per-lesion line, bands near necrosis (23)
 generator_sampling_choices  how the twin draws its samples: their mRECIST readings vs the truth (23)
 tace_viable_blur            the viable-HU change after TACE by distance from the lipiodol (23)
 twin_records_cache          refitting the twin from its records cache vs reading 574 patients' images (issue 27)
@@ -128,7 +128,7 @@ def plan(data: Path, out: Path, quick: bool, real_data: Path | None = None) -> d
     def generator_viable_shift():
         tune = _simulate(data, "tune950" if not q else "q_tune950", 60 if not q else 4, 950, fast=q)
         return [py, str(BENCH / "generator_viable_shift.py"), "--tune", str(tune), "--holdout", str(holdout()),
-                "--out", str(out)]
+                "--earlier", str(BENCH / "data" / "twin_1.3.0" / "hcctwin_twin.safetensors"), "--out", str(out)]
 
     def generator_sampling_choices():
         tune = _simulate(data, "tune950" if not q else "q_tune950", 60 if not q else 4, 950, fast=q)

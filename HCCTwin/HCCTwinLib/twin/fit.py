@@ -43,7 +43,7 @@ from .kinetic import (
 )
 from .train import discover_pairs
 
-VERSION = "1.3.0"
+VERSION = "1.4.0"
 
 
 def _on_grid(array: np.ndarray, geometry, target, *, labels: bool) -> np.ndarray:
@@ -87,11 +87,12 @@ RENDERING = ("each lesion's outline moved along its normals to the planned volum
              "10 mm follow, the identity beyond, nothing outside the liver moves); new necrosis as a core, or, once "
              "treatment necrosis passes 10 % of the lesion, everything but one compact residual viable nodule against "
              "the wall; learned median HU per (regimen, week), the change of surviving viable HU a line in the "
-             "lesion's own pre-treatment viable HU where that beats the median (leave-one-out); see twin/render.py")
+             "lesion's own pre-treatment viable HU where that beats the median (leave-one-out), plus an offset for "
+             "viable tumour within 2 mm and 2-4 mm of new necrosis (lipiodol blur after TACE); see twin/render.py")
 
 #: version of the records' content: a cache written by another version is not read (2: the pre-treatment viable HU
-#: of each viable-HU change)
-RECORDS_FORMAT = 2
+#: of each viable-HU change; 3: the tissue change measured beyond the bands next to new necrosis, and the bands)
+RECORDS_FORMAT = 3
 
 
 def _files_stamp(folder: str) -> list:

@@ -22,7 +22,9 @@ contrast of new lesions against the liver) are medians per (regimen, week). The 
 HU depends on how much it enhanced (devascularisation takes away enhancement, and a hypovascular lesion has little to
 lose): per (regimen, week, phase) it is a straight line in the lesion's pre-treatment viable HU, kept only where its
 leave-one-out error is below that of the median change (:func:`fit_viable_shift`), and clipped to the 5-95 % range of
-the observed changes.
+the observed changes. That change is measured on the tissue beyond 4 mm of the new necrosis: next to it the scanner's
+blur mixes the necrosis (dense lipiodol after TACE) into the viable tumour, which gets an HU offset per band of
+distance instead (:data:`ADJACENT_BANDS_MM`, median per (regimen, week, phase)).
 
 **Fit** (:func:`fit_kinetics`): on a cohort's *observed* follow-ups only (``cases/<id>/pre`` and
 ``cases/<id>/followup/wNN`` of the regimen each patient received; never the simulator's counterfactual truth). Every
@@ -63,6 +65,15 @@ MIN_NEW_ML = 0.5
 SHELL_MM = 10.0
 #: fewest (lesion, follow-up) pairs of a (regimen, week, phase) for a viable-HU change that depends on the lesion's HU
 MIN_SHIFT_PAIRS = 20
+#: surviving viable tumour next to new necrosis looks different from the rest of it (after TACE the scanner's blur
+#: spreads the dense lipiodol into it): bands of distance (mm) from the new necrosis, each with its own HU offset from
+#: the viable tumour beyond them (whose change is the tissue's: ``viable_shift_hu``); chosen from the simulator's
+#: observed TACE follow-ups (``benchmarks/results/tace_viable_blur.md``: +72 HU within 2 mm, +20 at 2-4 mm, -3 beyond)
+ADJACENT_BANDS_MM = (2.0, 4.0)
+#: fewest voxels of a band (and of the viable tumour beyond the bands) for a lesion's measurement
+MIN_BAND_VOXELS = 20
+#: fewest lesions of a (regimen, week, phase) for a band's own offset (fewer: no offset)
+MIN_BAND_LESIONS = 10
 #: fewest patients with two or more lesions of a (regimen, week) for its own share of the residual variance that a
 #: patient's lesions have in common (fewer: the week's pooled share)
 MIN_SHARING_PATIENTS = 10
@@ -238,6 +249,21 @@ class Appearance:
     #: pre-treatment viable HU ``h`` changes by ``clip(change + slope * (h - reference), lowest, highest)``; a phase
     #: without an entry, or a lesion without viable HU, changes by the median ``viable_shift_hu``
     viable_shift_fit: dict[str, tuple[float, float, float, float, float]] = field(default_factory=dict)
+    #: per phase, the HU offset of surviving viable tumour in each band of :data:`ADJACENT_BANDS_MM` from the new
+    #: necrosis (a phase without an entry: none)
+    viable_adjacent_hu: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def adjacent_offset(self, phase: str, distance_mm: np.ndarray) -> np.ndarray | None:
+        """HU offset of surviving viable voxels at ``distance_mm`` from the new necrosis (None: no offset)."""
+        offsets = self.viable_adjacent_hu.get(phase)
+        if not offsets or not any(offsets):
+            return None
+        out = np.zeros(np.shape(distance_mm), np.float32)
+        lo = 0.0
+        for hi, value in zip(ADJACENT_BANDS_MM, offsets):
+            out[(distance_mm > lo) & (distance_mm <= hi)] = value
+            lo = hi
+        return out
 
     def viable_shift(self, phase: str, pre_hu: float) -> float:
         """HU change of the surviving viable tumour of a lesion whose pre-treatment mean viable HU is ``pre_hu``."""
@@ -373,9 +399,15 @@ class KineticModel:
             for p, row in zip(PHASES, self._interp_mean("viable_shift_fit", regimen, week)):
                 if np.all(np.isfinite(row)) and row[2] != 0.0:
                     shift_fit[p] = tuple(float(v) for v in row)
+        adjacent = {}
+        if "viable_adjacent_hu" in self.arrays:
+            for p, row in zip(PHASES, self._interp_mean("viable_adjacent_hu", regimen, week)):
+                if np.all(np.isfinite(row)) and np.any(row != 0.0):
+                    adjacent[p] = tuple(float(v) for v in row)
         return Appearance(necrosis_hu=per_phase("necrosis_hu", 25.0), viable_shift_hu=per_phase("viable_shift_hu", 0.0),
                           released_pvtt_hu=per_phase("released_pvtt_hu", float("nan")),
-                          new_lesion_contrast_hu=per_phase("new_lesion_contrast_hu", 0.0), viable_shift_fit=shift_fit)
+                          new_lesion_contrast_hu=per_phase("new_lesion_contrast_hu", 0.0), viable_shift_fit=shift_fit,
+                          viable_adjacent_hu=adjacent)
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:
@@ -403,7 +435,9 @@ ARRAY_KEYS = ("fitted", "beta_viable", "beta_total", "sd_viable", "sd_total", "p
 #: there, slope, lowest, highest)] (without it every lesion's viable HU changes by the median)
 #: ``shared_viable`` / ``shared_total`` [regimen, week]: the share of the residual variance a patient's lesions have in
 #: common (without them every lesion follows the patient's latent response alone, as the first models did)
-OPTIONAL_ARRAY_KEYS = ("viable_shift_fit", "shared_viable", "shared_total")
+#: ``viable_adjacent_hu`` [regimen, week, phase, band]: the HU offset of surviving viable tumour in each band of
+#: :data:`ADJACENT_BANDS_MM` from the new necrosis (without it every surviving voxel of a lesion changes alike)
+OPTIONAL_ARRAY_KEYS = ("viable_shift_fit", "shared_viable", "shared_total", "viable_adjacent_hu")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -426,6 +460,9 @@ class FollowUpRecord:
     patient_id: str = ""  # links a patient's follow-ups (the sequential fit of later weeks); "" when unknown
     #: the pre-treatment mean viable HU of the lesion of each entry of ``viable_shift_hu`` (same order)
     viable_pre_hu: dict[str, list[float]] = field(default_factory=dict)
+    #: per phase and band of :data:`ADJACENT_BANDS_MM`: mean HU of a lesion's viable tumour in that band from its new
+    #: necrosis minus that of its viable tumour beyond the bands (one value per lesion with enough voxels in both)
+    viable_adjacent_hu: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
 def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray, post_phases: Mapping[str, np.ndarray],
@@ -450,6 +487,8 @@ def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray
     nec_hu = {p: [] for p in PHASES}
     shift = {p: [] for p in PHASES}
     shift_pre = {p: [] for p in PHASES}
+    adjacent = {p: [[] for _ in ADJACENT_BANDS_MM] for p in PHASES}
+    pre_nec_all = np.asarray(pre_labels) == NECROSIS
     for les in lesions:
         mine = post_tumour & (owner == les.index)
         viable = mine & (post_labels == VIABLE_TUMOR)
@@ -460,9 +499,20 @@ def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray
         for p in PHASES:
             if new_nec >= 0.5 and nec.any():
                 nec_hu[p].append(float(np.asarray(post_phases[p])[nec].mean()))
-            if viable.sum() * vox >= 0.5 and math.isfinite(les.hu.get(p, float("nan"))):
-                shift[p].append(float(np.asarray(post_phases[p])[viable].mean()) - les.hu[p])
+        if viable.sum() * vox < 0.5:
+            continue
+        bands, far = _adjacent_bands(viable, nec & ~pre_nec_all, sp)
+        if int(far.sum()) < MIN_BAND_VOXELS:
+            continue  # all of what survives lies next to the new necrosis: no tissue change to measure
+        for p in PHASES:
+            post = np.asarray(post_phases[p])
+            far_hu = float(post[far].mean())
+            if math.isfinite(les.hu.get(p, float("nan"))):
+                shift[p].append(far_hu - les.hu[p])
                 shift_pre[p].append(float(les.hu[p]))
+            for b, band in enumerate(bands):
+                if int(band.sum()) >= MIN_BAND_VOXELS:
+                    adjacent[p][b].append(float(post[band].mean()) - far_hu)
     new_mask = post_tumour & (owner == 0)
     new_ml, contrast = [], {p: [] for p in PHASES}
     if new_mask.any():
@@ -485,7 +535,31 @@ def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray
                           pvtt_pre_ml=float(pre_pvtt.sum()) * vox,
                           pvtt_post_ml=float((post_labels == PVTT).sum()) * vox,
                           new_lesions_ml=new_ml, necrosis_hu=nec_hu, viable_shift_hu=shift, released_pvtt_hu=rel_hu,
-                          new_lesion_contrast_hu=contrast, patient_id=str(patient_id), viable_pre_hu=shift_pre)
+                          new_lesion_contrast_hu=contrast, patient_id=str(patient_id), viable_pre_hu=shift_pre,
+                          viable_adjacent_hu=adjacent)
+
+
+def _adjacent_bands(viable: np.ndarray, new_necrosis: np.ndarray, sp: np.ndarray
+                    ) -> tuple[list[np.ndarray], np.ndarray]:
+    """The viable voxels in each distance band of :data:`ADJACENT_BANDS_MM` from ``new_necrosis`` and those beyond
+    the last band (all of ``viable`` when there is no new necrosis); computed on the box around the viable voxels."""
+    bands = [np.zeros(viable.shape, bool) for _ in ADJACENT_BANDS_MM]
+    box = foreground_box(viable)
+    if box is None or not new_necrosis.any():
+        return bands, viable.copy()
+    pad = [int(math.ceil(ADJACENT_BANDS_MM[-1] / s)) + 1 for s in sp]
+    sl = tuple(slice(max(0, a - q), min(n, b + q)) for a, b, q, n in zip(*box, pad, viable.shape))
+    if not new_necrosis[sl].any():
+        return bands, viable.copy()
+    dist = ndimage.distance_transform_edt(~new_necrosis[sl], sampling=sp)
+    v = viable[sl]
+    lo = 0.0
+    for band, hi in zip(bands, ADJACENT_BANDS_MM):
+        band[sl] = v & (dist > lo) & (dist <= hi)
+        lo = hi
+    far = viable.copy()
+    far[sl] = v & (dist > ADJACENT_BANDS_MM[-1])
+    return bands, far
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -745,6 +819,7 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
     for key in ("necrosis_hu", "viable_shift_hu", "released_pvtt_hu", "new_lesion_contrast_hu"):
         arrays[key] = np.full((nr, nw, len(PHASES)), np.nan)
     arrays["viable_shift_fit"] = np.full((nr, nw, len(PHASES), 5), np.nan)
+    arrays["viable_adjacent_hu"] = np.zeros((nr, nw, len(PHASES), len(ADJACENT_BANDS_MM)))
     summary: dict[str, Any] = {}
 
     def lesion_weights(lesions):
@@ -875,6 +950,14 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
                     arrays["viable_shift_fit"][r_i, n, p_i] = line
                     cell.setdefault("viable_shift_slope", {})[p] = round(line[2], 3)
             for p_i, p in enumerate(PHASES):
+                for b in range(len(ADJACENT_BANDS_MM)):
+                    offsets = [v for rec in recs for v in (rec.viable_adjacent_hu.get(p) or [[]] * (b + 1))[b]]
+                    if len(offsets) >= MIN_BAND_LESIONS:
+                        arrays["viable_adjacent_hu"][r_i, n, p_i, b] = _median(offsets)
+                if np.any(arrays["viable_adjacent_hu"][r_i, n, p_i] != 0.0):
+                    cell.setdefault("viable_adjacent_hu", {})[p] = [
+                        round(float(v), 1) for v in arrays["viable_adjacent_hu"][r_i, n, p_i]]
+            for p_i, p in enumerate(PHASES):
                 arrays["released_pvtt_hu"][r_i, n, p_i] = _median([rec.released_pvtt_hu[p] for rec in recs])
             cell["new_lesion_probability"] = round(float(arrays["new_lesion_p"][r_i, n]), 3)
             summary[reg][f"w{w:02d}"] = cell
@@ -888,8 +971,7 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
     return model, summary
 
 
-__all__ = ["ARRAY_KEYS", "CATEGORY_FEATURES", "FEATURES", "LEGACY_FEATURES", "OPTIONAL_ARRAY_KEYS", "Appearance",
-           "FollowUpRecord", "KineticModel", "Plan", "PreLesion",
-           "find_lesions", "fit_kinetics", "fit_viable_shift", "followup_record", "residual_share", "ridge_loo",
-           "sphere_radius_mm",
+__all__ = ["ADJACENT_BANDS_MM", "ARRAY_KEYS", "CATEGORY_FEATURES", "FEATURES", "LEGACY_FEATURES", "OPTIONAL_ARRAY_KEYS",
+           "Appearance", "FollowUpRecord", "KineticModel", "Plan", "PreLesion", "find_lesions", "fit_kinetics",
+           "fit_viable_shift", "followup_record", "residual_share", "ridge_loo", "sphere_radius_mm",
            "tumour_components"]

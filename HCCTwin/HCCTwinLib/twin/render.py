@@ -20,7 +20,10 @@ HU of an :class:`~.kinetic.Appearance`, :func:`render` changes the pre-treatment
    (regimen, week) median necrosis HU (lipiodol after TACE) with half of their texture; surviving viable tumour is
    shifted by the viable-HU change the model gives for the lesion's own pre-treatment viable HU
    (:meth:`~.kinetic.Appearance.viable_shift`: devascularisation under lenvatinib takes more from a hypervascular
-   lesion than from a hypovascular one); regrowth takes the lesion's viable HU plus that change.
+   lesion than from a hypovascular one); regrowth takes the lesion's viable HU plus that change. Surviving viable
+   tumour within 2 mm and 2-4 mm of the tumour that dies in this rendering takes a further offset per band
+   (:meth:`~.kinetic.Appearance.adjacent_offset`: after TACE the scanner's blur spreads the dense lipiodol into it,
+   after HAIC the darker necrosis), so the blur stays next to the necrosis instead of brightening the whole residue.
 3. **PVTT**: a shrinking thrombus gives up its outermost voxels (released lumen: the median HU of released thrombus,
    the nearest non-thrombus label); it is never grown (where it would extend is not known from one scan).
 4. **New lesion**: a sphere of the plan's volume at a liver site chosen once per request (>= 20 mm from tumour and
@@ -43,7 +46,7 @@ from scipy import ndimage
 
 from ..cases import Geometry
 from ..labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
-from .kinetic import PHASES, Appearance, Plan, PreLesion, sphere_radius_mm
+from .kinetic import ADJACENT_BANDS_MM, PHASES, Appearance, Plan, PreLesion, sphere_radius_mm
 
 #: parenchyma beyond this distance (mm) from the pre-treatment and the virtual outline never moves
 MARGIN_MM = 10.0
@@ -323,6 +326,7 @@ def _layout_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: floa
     dies = nec & ~was_nec
     regrows = ~nec & was_nec
     stays = ~nec & ~was_nec
+    near = _near_new_necrosis(mine, dies, ~nec, sp) if look.viable_adjacent_hu and dies.any() else None
     for p in PHASES:
         sub = cur[p][box]
         vals = sub[mine]
@@ -334,8 +338,35 @@ def _layout_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: floa
         out[stays] = vals[stays] + shift
         out[dies] = look.necrosis_hu[p] + NECROSIS_TEXTURE * (vals[dies] - ref)
         out[regrows] = ref + shift
+        offset = look.adjacent_offset(p, near) if near is not None else None
+        if offset is not None:
+            out[~nec] += offset[~nec]
         sub[mine] = out
     lab[mine] = new_lab
+
+
+def _near_new_necrosis(mine: np.ndarray, dies: np.ndarray, survives: np.ndarray, sp: np.ndarray) -> np.ndarray:
+    """Distance (mm) of each voxel of the lesion (``mine``, in its order) from the tumour that dies in this rendering
+    (``dies``, per voxel of ``mine``), for the surviving voxels (``survives``) on the box around them widened by the
+    last adjacency band (:data:`~.kinetic.ADJACENT_BANDS_MM`); ``inf`` for the other voxels."""
+    out = np.full(dies.shape, np.inf, np.float32)
+    idx = np.argwhere(mine)  # the order of mine's voxels in dies / survives
+    keep = survives
+    if not keep.any():
+        return out
+    reach = np.ceil(ADJACENT_BANDS_MM[-1] / sp).astype(int) + 1
+    lo = np.maximum(idx[keep].min(axis=0) - reach, 0)
+    hi = np.minimum(idx[keep].max(axis=0) + reach + 1, mine.shape)
+    inside = np.all((idx >= lo) & (idx < hi), axis=1)
+    dead = np.ones(tuple(hi - lo), bool)
+    pts = idx[inside & dies] - lo
+    if len(pts) == 0:
+        return out
+    dead[tuple(pts.T)] = False
+    dist = ndimage.distance_transform_edt(dead, sampling=sp)
+    sel = inside & survives
+    out[sel] = dist[tuple((idx[sel] - lo).T)]
+    return out
 
 
 def _nodule_score(pts: np.ndarray, les: PreLesion, direction: np.ndarray, sp: np.ndarray, viable_ml: float

@@ -842,3 +842,89 @@ def test_a_hypovascular_lesion_keeps_its_hu_where_a_hypervascular_one_loses_enha
         phases, labels = R.render(ctx, plan, look)
         v = labels == VIABLE_TUMOR
         assert lo <= float(phases["arterial"][v].mean()) - level <= hi
+
+
+def _shell_followup(lab, r2, core_radius):
+    """The lesion's outer shell turned into new necrosis, its core still viable; the distance (mm) of every voxel from
+    that necrosis."""
+    post = lab.copy()
+    post[(lab == VIABLE_TUMOR) & (r2 > core_radius ** 2)] = NECROSIS
+    dist = ndimage.distance_transform_edt(post != NECROSIS, sampling=SPACING[::-1])
+    return post, dist
+
+
+def test_viable_tumour_next_to_new_necrosis_is_measured_apart_from_the_rest():
+    """After TACE the scanner's blur spreads the dense lipiodol into the residual tumour next to it: the records keep
+    the tissue's own change (beyond 4 mm of the new necrosis) apart from the offset of each band next to it."""
+    art, por, lab, (_c, r2) = synth_case(6, radius=8.0)
+    post, dist = _shell_followup(lab, r2, 5.5)
+    viable = post == VIABLE_TUMOR
+    offset = np.select([dist <= 2.0, dist <= 4.0], [60.0, 20.0], -5.0)
+    post_art = np.where(viable, art + offset, np.where(post == NECROSIS, 400.0, art)).astype(np.float32)
+    (les,) = K.find_lesions(lab, GEOM, {"arterial": art, "portal": por})[1]
+    rec = K.followup_record({"arterial": art, "portal": por}, lab, {"arterial": post_art, "portal": por}, post, GEOM,
+                            SHRINK, 8)
+    far = viable & (dist > 4.0)
+    assert far.sum() >= K.MIN_BAND_VOXELS
+    # the tissue change: the far part of the residual tumour against the whole pre-treatment viable tumour
+    assert rec.viable_shift_hu["arterial"] == pytest.approx([float(art[far].mean()) - 5.0 - les.hu["arterial"]],
+                                                            abs=0.1)
+    band_a = [v[0] for v in rec.viable_adjacent_hu["arterial"]]
+    assert band_a[0] == pytest.approx(65.0 + float(art[viable & (dist <= 2)].mean() - art[far].mean()), abs=0.1)
+    assert band_a[1] == pytest.approx(25.0 + float(art[viable & (dist > 2) & (dist <= 4)].mean() - art[far].mean()),
+                                      abs=0.1)
+    assert rec.viable_adjacent_hu["portal"][0][0] == pytest.approx(0.0, abs=3.0)  # no blur in the portal phase here
+    # no new necrosis: the whole viable tumour is the tissue, no band
+    rec0 = K.followup_record({"arterial": art, "portal": por}, lab, {"arterial": art - 10.0, "portal": por}, lab, GEOM,
+                             SHRINK, 8)
+    assert rec0.viable_shift_hu["arterial"] == pytest.approx([-10.0], abs=0.01)
+    assert rec0.viable_adjacent_hu["arterial"] == [[], []]
+
+
+def test_the_band_offsets_are_fitted_and_rendered_next_to_the_new_necrosis_only():
+    rng = np.random.default_rng(8)
+    records = []
+    for n in range(30):
+        les = {f: 0.0 for f in K.FEATURES}
+        les.update(pre_total_ml=10.0, pre_viable_ml=10.0, post_total_ml=10.0, post_viable_ml=3.0)
+        records.append(K.FollowUpRecord(
+            SHRINK, 8, [les], 0.0, 0.0, [], {"arterial": [], "portal": []}, {"arterial": [-3.0], "portal": [0.0]},
+            {"arterial": float("nan"), "portal": float("nan")}, {"arterial": [], "portal": []}, patient_id=f"P{n}",
+            viable_pre_hu={"arterial": [160.0], "portal": [90.0]},
+            viable_adjacent_hu={"arterial": [[float(70.0 + rng.normal(0, 2))], [float(20.0 + rng.normal(0, 2))]],
+                                "portal": [[], []]}))
+    model, summary = K.fit_kinetics(records, [SHRINK, GROW])
+    look = model.appearance(SHRINK, 8)
+    assert look.viable_adjacent_hu["arterial"] == pytest.approx((70.0, 20.0), abs=1.5)
+    assert "portal" not in look.viable_adjacent_hu  # too few lesions: no offset
+    assert summary[SHRINK]["w08"]["viable_adjacent_hu"]["arterial"][0] == pytest.approx(70.0, abs=1.5)
+    assert look.adjacent_offset("arterial", np.array([0.5, 2.0, 3.0, 4.5, np.inf])).tolist() == pytest.approx(
+        [look.viable_adjacent_hu["arterial"][0]] * 2 + [look.viable_adjacent_hu["arterial"][1], 0.0, 0.0])
+    assert look.adjacent_offset("portal", np.array([1.0])) is None
+    # rendered: the surviving viable voxels within 2 / 2-4 mm of the voxels that die take the offsets, the others not
+    art, por, lab, _ = synth_case(7, radius=8.0)
+    ctx, (les,) = _context(lab, art, por)
+    plan = K.Plan({les.index: (les.total_ml, les.viable_ml * 0.3)}, 0.0)
+    bands = K.Appearance(necrosis_hu=ZERO_LOOK.necrosis_hu, viable_shift_hu=ZERO_LOOK.viable_shift_hu,
+                         released_pvtt_hu=ZERO_LOOK.released_pvtt_hu,
+                         new_lesion_contrast_hu=ZERO_LOOK.new_lesion_contrast_hu,
+                         viable_adjacent_hu={"arterial": (70.0, 20.0)})
+    plain_phases, plain_labels = R.render(ctx, plan, ZERO_LOOK)
+    phases, labels = R.render(ctx, plan, bands)
+    assert np.array_equal(labels, plain_labels)
+    dies = (labels == NECROSIS) & (np.asarray(lab[ctx.region]) != NECROSIS)
+    dist = ndimage.distance_transform_edt(~dies, sampling=SPACING[::-1])
+    viable = labels == VIABLE_TUMOR
+    diff = phases["arterial"] - plain_phases["arterial"]
+    for sel, value in ((viable & (dist <= 2.0), 70.0), (viable & (dist > 2.0) & (dist <= 4.0), 20.0),
+                       (viable & (dist > 4.0), 0.0), (~viable, 0.0)):
+        assert sel.any() and np.allclose(diff[sel], value, atol=1e-3), value
+    assert np.array_equal(phases["portal"], plain_phases["portal"])
+    # a model of an earlier version (no band array) renders every surviving voxel alike
+    state = model.state()
+    old = K.KineticModel.from_state({k: v for k, v in state.items() if k != "viable_adjacent_hu"}, model.regimens,
+                                    model.weeks, features=model.features)
+    assert old.appearance(SHRINK, 8).viable_adjacent_hu == {}
+    again = K.KineticModel.from_state(state, model.regimens, model.weeks, features=model.features)
+    assert again.appearance(SHRINK, 8).viable_adjacent_hu["arterial"] == pytest.approx(
+        look.viable_adjacent_hu["arterial"], abs=1e-3)

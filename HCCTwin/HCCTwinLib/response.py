@@ -664,16 +664,13 @@ def read_response(baseline_labels, followups: Sequence, geometry: Geometry, base
     """
     cfg = config or ResponseConfig()
     crits = _criteria(criteria)
-    base_arr = _check_labels(baseline_labels, geometry, "baseline labels")
-    baseline = analyse_image(base_arr, geometry, _check_arterial(baseline_arterial, geometry, "baseline arterial"),
-                             config=cfg)
-    items = _ordered_followups(followups, "(weeks, labels, arterial_or_None)", 3)
+    baseline = ImageLesions(*_analyse(_check_labels(baseline_labels, geometry, "baseline labels"), geometry,
+                                      _check_arterial(baseline_arterial, geometry, "baseline arterial"), cfg))
     analysed = []
-    for weeks, lab, art in items:
+    for weeks, lab, art in _ordered_followups(followups, "(weeks, labels, arterial_or_None)", 3):
         arr = _check_labels(lab, geometry, f"follow-up labels (week {weeks:g})")
-        analysed.append((weeks, analyse_image(arr, geometry, _check_arterial(art, geometry, f"arterial (week "
-                                                                                           f"{weeks:g})"),
-                                              config=cfg)))
+        art = _check_arterial(art, geometry, f"arterial (week {weeks:g})")
+        analysed.append((weeks, ImageLesions(*_analyse(arr, geometry, art, cfg))))
     return read_analysed(baseline, analysed, criteria=crits, config=cfg)
 
 

@@ -539,27 +539,31 @@ def followup_record(pre_phases: Mapping[str, np.ndarray], pre_labels: np.ndarray
                           viable_adjacent_hu=adjacent)
 
 
+def distance_near(source: np.ndarray, near: np.ndarray, sp: np.ndarray,
+                  reach_mm: float = ADJACENT_BANDS_MM[-1]) -> np.ndarray:
+    """Distance (mm) of each voxel of ``near`` from the nearest voxel of ``source`` (boolean arrays of one shape),
+    computed on the box around ``near`` widened by ``reach_mm`` (a farther source is farther than the reach);
+    ``inf`` outside ``near`` and where no source lies in that box."""
+    out = np.full(near.shape, np.inf, np.float32)
+    box = foreground_box(near)
+    if box is None:
+        return out
+    pad = [int(math.ceil(reach_mm / s)) + 1 for s in sp]
+    sl = tuple(slice(max(0, a - q), min(n, b + q)) for a, b, q, n in zip(*box, pad, near.shape))
+    src = source[sl]
+    if src.any():
+        out[sl] = np.where(near[sl], ndimage.distance_transform_edt(~src, sampling=sp), np.inf)
+    return out
+
+
 def _adjacent_bands(viable: np.ndarray, new_necrosis: np.ndarray, sp: np.ndarray
                     ) -> tuple[list[np.ndarray], np.ndarray]:
     """The viable voxels in each distance band of :data:`ADJACENT_BANDS_MM` from ``new_necrosis`` and those beyond
-    the last band (all of ``viable`` when there is no new necrosis); computed on the box around the viable voxels."""
-    bands = [np.zeros(viable.shape, bool) for _ in ADJACENT_BANDS_MM]
-    box = foreground_box(viable)
-    if box is None or not new_necrosis.any():
-        return bands, viable.copy()
-    pad = [int(math.ceil(ADJACENT_BANDS_MM[-1] / s)) + 1 for s in sp]
-    sl = tuple(slice(max(0, a - q), min(n, b + q)) for a, b, q, n in zip(*box, pad, viable.shape))
-    if not new_necrosis[sl].any():
-        return bands, viable.copy()
-    dist = ndimage.distance_transform_edt(~new_necrosis[sl], sampling=sp)
-    v = viable[sl]
-    lo = 0.0
-    for band, hi in zip(bands, ADJACENT_BANDS_MM):
-        band[sl] = v & (dist > lo) & (dist <= hi)
-        lo = hi
-    far = viable.copy()
-    far[sl] = v & (dist > ADJACENT_BANDS_MM[-1])
-    return bands, far
+    the last band (all of ``viable`` when there is no new necrosis within its reach)."""
+    dist = distance_near(new_necrosis, viable, sp)
+    edges = (0.0,) + ADJACENT_BANDS_MM
+    bands = [viable & (dist > lo) & (dist <= hi) for lo, hi in zip(edges, edges[1:])]
+    return bands, viable & (dist > ADJACENT_BANDS_MM[-1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -950,8 +954,9 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
                     arrays["viable_shift_fit"][r_i, n, p_i] = line
                     cell.setdefault("viable_shift_slope", {})[p] = round(line[2], 3)
             for p_i, p in enumerate(PHASES):
-                for b in range(len(ADJACENT_BANDS_MM)):
-                    offsets = [v for rec in recs for v in (rec.viable_adjacent_hu.get(p) or [[]] * (b + 1))[b]]
+                per_band = [rec.viable_adjacent_hu[p] for rec in recs if rec.viable_adjacent_hu.get(p)]
+                for b, lists in enumerate(zip(*per_band)):  # records of an earlier format have no bands
+                    offsets = [v for values in lists for v in values]
                     if len(offsets) >= MIN_BAND_LESIONS:
                         arrays["viable_adjacent_hu"][r_i, n, p_i, b] = _median(offsets)
                 if np.any(arrays["viable_adjacent_hu"][r_i, n, p_i] != 0.0):
@@ -972,6 +977,6 @@ def fit_kinetics(records: Sequence[FollowUpRecord], regimens: Sequence[str], *, 
 
 
 __all__ = ["ADJACENT_BANDS_MM", "ARRAY_KEYS", "CATEGORY_FEATURES", "FEATURES", "LEGACY_FEATURES", "OPTIONAL_ARRAY_KEYS",
-           "Appearance", "FollowUpRecord", "KineticModel", "Plan", "PreLesion", "find_lesions", "fit_kinetics",
-           "fit_viable_shift", "followup_record", "residual_share", "ridge_loo", "sphere_radius_mm",
+           "Appearance", "FollowUpRecord", "KineticModel", "Plan", "PreLesion", "distance_near", "find_lesions",
+           "fit_kinetics", "fit_viable_shift", "followup_record", "residual_share", "ridge_loo", "sphere_radius_mm",
            "tumour_components"]

@@ -46,7 +46,7 @@ from scipy import ndimage
 
 from ..cases import Geometry
 from ..labels import LIVER, NECROSIS, PVTT, VIABLE_TUMOR
-from .kinetic import ADJACENT_BANDS_MM, PHASES, Appearance, Plan, PreLesion, sphere_radius_mm
+from .kinetic import PHASES, Appearance, Plan, PreLesion, distance_near, sphere_radius_mm
 
 #: parenchyma beyond this distance (mm) from the pre-treatment and the virtual outline never moves
 MARGIN_MM = 10.0
@@ -346,27 +346,14 @@ def _layout_lesion(ctx: RenderContext, cur: dict, les: PreLesion, total_ml: floa
 
 
 def _near_new_necrosis(mine: np.ndarray, dies: np.ndarray, survives: np.ndarray, sp: np.ndarray) -> np.ndarray:
-    """Distance (mm) of each voxel of the lesion (``mine``, in its order) from the tumour that dies in this rendering
-    (``dies``, per voxel of ``mine``), for the surviving voxels (``survives``) on the box around them widened by the
-    last adjacency band (:data:`~.kinetic.ADJACENT_BANDS_MM`); ``inf`` for the other voxels."""
-    out = np.full(dies.shape, np.inf, np.float32)
-    idx = np.argwhere(mine)  # the order of mine's voxels in dies / survives
-    keep = survives
-    if not keep.any():
-        return out
-    reach = np.ceil(ADJACENT_BANDS_MM[-1] / sp).astype(int) + 1
-    lo = np.maximum(idx[keep].min(axis=0) - reach, 0)
-    hi = np.minimum(idx[keep].max(axis=0) + reach + 1, mine.shape)
-    inside = np.all((idx >= lo) & (idx < hi), axis=1)
-    dead = np.ones(tuple(hi - lo), bool)
-    pts = idx[inside & dies] - lo
-    if len(pts) == 0:
-        return out
-    dead[tuple(pts.T)] = False
-    dist = ndimage.distance_transform_edt(dead, sampling=sp)
-    sel = inside & survives
-    out[sel] = dist[tuple((idx[sel] - lo).T)]
-    return out
+    """Distance (mm) of each voxel of the lesion (``mine``, a box mask; ``dies`` / ``survives`` per voxel of it, in
+    its order) from the tumour that dies in this rendering, for the surviving voxels within the reach of the
+    adjacency bands (:func:`~.kinetic.distance_near`); ``inf`` for the others."""
+    source = np.zeros(mine.shape, bool)
+    source[mine] = dies
+    near = np.zeros(mine.shape, bool)
+    near[mine] = survives
+    return distance_near(source, near, sp)[mine]
 
 
 def _nodule_score(pts: np.ndarray, les: PreLesion, direction: np.ndarray, sp: np.ndarray, viable_ml: float
